@@ -1,0 +1,300 @@
+//! The job catalogue: the validated, typed view of `catalogue.toml` (DESIGN §2, §12).
+//!
+//! Loading has two phases: [`raw`] reads the TOML through figment into a permissive layer
+//! (options and loose values, so no single bad value aborts parsing); [`validate`] builds the
+//! rich types below and collects **every** error with its key path and file.
+
+pub mod raw;
+pub mod validate;
+
+use crate::model::{BackupType, JobKindName};
+use crate::schedule::CronSchedule;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use validate::{CatalogueError, CatalogueErrors};
+
+/// Environment variables that override daemon scalars (the only ones).
+pub const ENV_STATE_DB: &str = "BDC_BACKUP_STATE_DB";
+pub const ENV_SOCKET: &str = "BDC_BACKUP_SOCKET";
+pub const ENV_LOG: &str = "BDC_BACKUP_LOG";
+/// Names the catalogue for the ctl.
+pub const ENV_CATALOGUE: &str = "BDC_BACKUP_CATALOGUE";
+
+/// A validated catalogue.
+#[derive(Debug, Clone)]
+pub struct Catalogue {
+    /// The file it was loaded from.
+    pub source: PathBuf,
+    pub daemon: DaemonSettings,
+    pub postgres: Option<PostgresSettings>,
+    pub encryption: EncryptionSettings,
+    /// In declaration order.
+    pub repositories: Vec<RepositorySettings>,
+    pub retention: BTreeMap<String, RetentionPolicy>,
+    pub objectives: BTreeMap<String, Objective>,
+    /// In declaration order.
+    pub jobs: Vec<Job>,
+}
+
+impl Catalogue {
+    /// Reads, parses and validates `path`, honouring the documented environment overrides.
+    pub fn load(path: &Path) -> Result<Catalogue, CatalogueErrors> {
+        validate::load(path)
+    }
+
+    pub fn job(&self, name: &str) -> Option<&Job> {
+        self.jobs.iter().find(|j| j.name == name)
+    }
+
+    pub fn repository(&self, name: &str) -> Option<&RepositorySettings> {
+        self.repositories.iter().find(|r| r.name == name)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatchUp {
+    /// After downtime, the strongest missed run type runs once.
+    Once,
+    /// Missed fires are skipped.
+    Skip,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogTarget {
+    /// journald when its socket exists, stderr otherwise.
+    Auto,
+    Journal,
+    Stderr,
+}
+
+#[derive(Debug, Clone)]
+pub struct DaemonSettings {
+    /// `state-db` (env `BDC_BACKUP_STATE_DB`). Default `/var/lib/bdc-backup/state.db`.
+    pub state_db: PathBuf,
+    /// `state-directory`: plaintext manifest copies etc. Default: the state DB's folder.
+    pub state_directory: PathBuf,
+    /// `socket` (env `BDC_BACKUP_SOCKET`). Default `/run/bdc-backup/control.sock`.
+    pub socket: PathBuf,
+    /// `timezone`: cron times are wall-clock here. Default: UTC.
+    pub timezone: chrono_tz::Tz,
+    /// `max-concurrent-runs`, default 2, at least 1.
+    pub max_concurrent_runs: usize,
+    /// `catch-up`, default once.
+    pub catch_up: CatchUp,
+    /// `postgres-os-user`, default "postgres": the only peer allowed to wal-push.
+    pub postgres_os_user: String,
+    /// `read-group`, default "bdc-backup": may query.
+    pub read_group: String,
+    /// `admin-group`, default "bdc-backup-admin": may run/cancel/reload.
+    pub admin_group: String,
+    /// `log` (env `BDC_BACKUP_LOG`): auto | journal | stderr. Default auto.
+    pub log: LogTarget,
+    /// `log-level`, a tracing EnvFilter directive, default "info".
+    pub log_level: String,
+    /// `shutdown-timeout`: how long SIGTERM waits for running jobs to drain. Default 30s.
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct PostgresSettings {
+    /// `url`: a postgresql:// URL without a password.
+    pub url: String,
+    /// `password-file`: a file holding the password (first line).
+    pub password_file: Option<PathBuf>,
+    /// `data-directory`: needed by postgres-base.
+    pub data_directory: Option<PathBuf>,
+    /// `bin-dir`: where pg_dump etc. live; found from the server's version otherwise.
+    pub bin_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EncryptionSettings {
+    /// `recipients`: age public keys (`age1…`), validated.
+    pub recipients: Vec<String>,
+    /// `identity-file`: only where restores and drills run.
+    pub identity_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalAck {
+    Sync,
+    Async,
+}
+
+/// Where a repository lives, parsed from its URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RepositoryLocation {
+    /// `file:///path`
+    File { path: PathBuf },
+    /// `s3://bucket/prefix`
+    S3 { bucket: String, prefix: String },
+    /// `gs://bucket/prefix`
+    Gcs { bucket: String, prefix: String },
+    /// `az://container/prefix`
+    Azure { container: String, prefix: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct RepositorySettings {
+    /// The table name: `[repository.NAME]`.
+    pub name: String,
+    /// `url` as written.
+    pub url: String,
+    pub location: RepositoryLocation,
+    /// `wal-ack`, default sync.
+    pub wal_ack: WalAck,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub credentials_file: Option<PathBuf>,
+    /// `bandwidth-limit` in bytes per second (e.g. "20MiB"), if any.
+    pub bandwidth_limit: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    pub last: Option<u32>,
+    pub hourly: Option<u32>,
+    pub daily: Option<u32>,
+    pub weekly: Option<u32>,
+    pub monthly: Option<u32>,
+    pub yearly: Option<u32>,
+    /// `keep-within`, e.g. "2d".
+    pub keep_within: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Objective {
+    pub name: String,
+    pub jobs: Vec<String>,
+    pub rpo: Option<Duration>,
+    pub rto: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Zstd,
+    Gzip,
+}
+
+/// How a job's data goes through the pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompressionSettings {
+    /// `compression`: "zstd" (default) or "gzip".
+    pub algorithm: Compression,
+    /// `compression-level`: zstd 1..=19 (default 3), gzip 1..=9 (default 6).
+    pub level: i32,
+    /// `compression-workers`: parallel frame compressors, default: number of CPUs (at most 8).
+    pub workers: usize,
+}
+
+/// One `[[job]]`.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub name: String,
+    /// Repository names, the first is the primary (DESIGN §2).
+    pub repositories: Vec<String>,
+    /// A `[retention.NAME]` name.
+    pub retention: Option<String>,
+    /// `max-age`: freshness objective.
+    pub max_age: Option<Duration>,
+    /// `connection`: a per-job PostgreSQL URL (no password).
+    pub connection: Option<String>,
+    pub compression: CompressionSettings,
+    pub spec: JobSpec,
+}
+
+impl Job {
+    pub fn kind(&self) -> JobKindName {
+        match &self.spec {
+            JobSpec::PostgresDump(_) => JobKindName::PostgresDump,
+            JobSpec::PostgresBase(_) => JobKindName::PostgresBase,
+            JobSpec::PostgresWal(_) => JobKindName::PostgresWal,
+            JobSpec::Files(_) => JobKindName::Files,
+            JobSpec::Config(_) => JobKindName::Config,
+            JobSpec::Verify(_) => JobKindName::Verify,
+        }
+    }
+
+    /// The job's schedules with the backup type each one fires, strongest (full) first.
+    pub fn schedules(&self) -> Vec<(BackupType, &CronSchedule)> {
+        let mut out = Vec::new();
+        match &self.spec {
+            JobSpec::PostgresDump(d) => out.push((BackupType::Full, &d.schedule)),
+            JobSpec::PostgresBase(b) => {
+                out.push((BackupType::Full, &b.full));
+                if let Some(i) = &b.incremental {
+                    out.push((BackupType::Incremental, i));
+                }
+            }
+            JobSpec::PostgresWal(_) => {}
+            JobSpec::Files(f) => {
+                out.push((BackupType::Full, &f.full));
+                if let Some(i) = &f.incremental {
+                    out.push((BackupType::Incremental, i));
+                }
+            }
+            JobSpec::Config(c) => out.push((BackupType::Full, &c.schedule)),
+            JobSpec::Verify(v) => out.push((BackupType::Full, &v.schedule)),
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum JobSpec {
+    PostgresDump(DumpJob),
+    PostgresBase(BaseJob),
+    PostgresWal(WalJob),
+    Files(FilesJob),
+    Config(ConfigJob),
+    Verify(VerifyJob),
+}
+
+#[derive(Debug, Clone)]
+pub struct DumpJob {
+    pub schedule: CronSchedule,
+    /// `databases`: at least one.
+    pub databases: Vec<String>,
+    /// `tables`: dump only these (pg_dump -t), empty = all.
+    pub tables: Vec<String>,
+    /// `globals`: also dump roles and tablespaces with pg_dumpall --globals-only. Default true.
+    pub globals: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct BaseJob {
+    pub full: CronSchedule,
+    pub incremental: Option<CronSchedule>,
+    pub wal_job: Option<String>,
+    pub pitr_window: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WalJob {}
+
+#[derive(Debug, Clone)]
+pub struct FilesJob {
+    pub path: PathBuf,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub full: CronSchedule,
+    pub incremental: Option<CronSchedule>,
+    pub max_chain: Option<u32>,
+    pub one_file_system: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConfigJob {
+    pub paths: Vec<String>,
+    pub schedule: CronSchedule,
+    pub watch: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct VerifyJob {
+    pub schedule: CronSchedule,
+    /// Jobs to verify; empty = all.
+    pub jobs: Vec<String>,
+}

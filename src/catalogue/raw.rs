@@ -1,0 +1,1 @@
+//! The permissive raw layer of the catalogue: what figment reads, before validation.

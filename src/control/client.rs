@@ -1,0 +1,1 @@
+//! The client side: connect, handshake, one request at a time, events.

@@ -1,0 +1,1 @@
+//! The `bdc-backupctl` commands: one function per command, human output or `--json`.

@@ -1,0 +1,31 @@
+//! Error policy: every library error keeps its source and answers [`Retry`]: may the same
+//! operation succeed if simply tried again later? The scheduler and the uploaders decide backoff
+//! from that answer alone; nothing matches on message strings. Messages name the thing at fault
+//! (the job, the repository, the key, the file).
+
+use serde::{Deserialize, Serialize};
+
+/// Whether retrying the same operation may succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Retry {
+    /// A passing fault (timeout, connection reset, server busy): try again with backoff.
+    Transient,
+    /// Retrying will fail the same way until someone changes something (bad key, missing file).
+    Permanent,
+}
+
+/// Implemented by every error type of the library.
+pub trait Classify {
+    fn retry(&self) -> Retry;
+}
+
+/// Classifies an I/O error kind.
+pub fn io_retry(err: &std::io::Error) -> Retry {
+    use std::io::ErrorKind::*;
+    match err.kind() {
+        TimedOut | Interrupted | WouldBlock | ConnectionReset | ConnectionAborted | BrokenPipe
+        | ConnectionRefused | NotConnected => Retry::Transient,
+        _ => Retry::Permanent,
+    }
+}

@@ -1,0 +1,30 @@
+//! bdc-backup: the library behind `bdc-backupd` (the daemon) and `bdc-backupctl` (the control CLI).
+//!
+//! # Layout
+//! - [`catalogue`]: the job catalogue (TOML) — permissive raw layer, then validation collecting every error.
+//! - [`schedule`]: cron expressions in the catalogue's timezone, DST rules, what is due when (pure).
+//! - [`clock`]: the injectable clock the scheduler runs on.
+//! - [`pipeline`]: bounded-memory streaming: frame-parallel zstd (or gzip) → age → SHA-256 → store.
+//! - [`repository`]: the repository format (ids, keys, commit records, manifests) and the stores.
+//! - [`state`]: the SQLite state DB (runs, backups, schedule state, audit). All SQL lives here.
+//! - [`protocol`]: the control-socket wire types shared by both binaries.
+//! - [`control`]: the socket server (peer credentials, authorization) and the client.
+//! - [`postgres`]: the PostgreSQL side: control connection, pg_dump jobs, logical restore.
+//! - [`daemon`]: wires it all together: scheduler loop, run executor, reload, systemd, logs.
+//! - [`ctl`]: the `bdc-backupctl` commands.
+//! - [`model`]: plain data types shared by state, protocol and daemon.
+//! - [`error`]: the retry classification every error answers.
+
+pub mod catalogue;
+pub mod clock;
+pub mod control;
+pub mod ctl;
+pub mod daemon;
+pub mod error;
+pub mod model;
+pub mod pipeline;
+pub mod postgres;
+pub mod protocol;
+pub mod repository;
+pub mod schedule;
+pub mod state;

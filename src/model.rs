@@ -1,0 +1,174 @@
+//! Plain data types shared by the state DB, the control protocol and the daemon: runs, their
+//! statuses and triggers, backup types, backup rows and the status report.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+macro_rules! string_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $var:ident => $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub enum $name { $($(#[$vm])* #[serde(rename = $s)] $var),+ }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$var),+];
+            pub fn as_str(self) -> &'static str { match self { $($name::$var => $s),+ } }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
+        }
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s { $($s => Ok($name::$var),)+ other => Err(format!("unknown {} `{}`", stringify!($name), other)) }
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// The status of a run (DESIGN §7).
+    RunStatus {
+        Running => "running",
+        Succeeded => "succeeded",
+        /// Committed to the first repository, but a replica failed.
+        Partial => "partial",
+        /// Nothing changed since the last backup (config jobs): nothing stored, still fresh.
+        Unchanged => "unchanged",
+        Failed => "failed",
+        /// The daemon stopped or was killed while the run was going; no commit record.
+        Interrupted => "interrupted",
+        /// Not started: the job was still running (overlap) or catch-up was off.
+        Skipped => "skipped",
+    }
+);
+
+impl RunStatus {
+    /// A finished run whose backup is usable.
+    pub fn is_success(self) -> bool {
+        matches!(self, RunStatus::Succeeded | RunStatus::Partial | RunStatus::Unchanged)
+    }
+}
+
+string_enum!(
+    /// Why a run started.
+    Trigger {
+        Scheduled => "scheduled",
+        /// A fire missed while the daemon was down, run once after start-up.
+        CatchUp => "catch-up",
+        /// `bdc-backupctl run`.
+        Manual => "manual",
+    }
+);
+
+string_enum!(
+    /// Full or incremental. Logical dumps are always full.
+    BackupType {
+        Full => "full",
+        Incremental => "incremental",
+    }
+);
+
+impl BackupType {
+    /// The letter that ends a backup id (`20261126T020000Z-F`).
+    pub fn letter(self) -> char {
+        match self {
+            BackupType::Full => 'F',
+            BackupType::Incremental => 'I',
+        }
+    }
+}
+
+string_enum!(
+    /// The kind of a job (DESIGN §3).
+    JobKindName {
+        PostgresDump => "postgres-dump",
+        PostgresBase => "postgres-base",
+        PostgresWal => "postgres-wal",
+        Files => "files",
+        Config => "config",
+        Verify => "verify",
+    }
+);
+
+/// One run, as recorded in the state DB.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: i64,
+    pub job: String,
+    pub kind: JobKindName,
+    pub trigger: Trigger,
+    pub backup_type: Option<BackupType>,
+    pub status: RunStatus,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub bytes_read: u64,
+    pub bytes_stored: u64,
+    pub error: Option<String>,
+    pub backup_id: Option<String>,
+}
+
+/// A committed backup in one repository.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackupRow {
+    pub job: String,
+    pub backup_id: String,
+    pub repository: String,
+    pub kind: JobKindName,
+    pub backup_type: BackupType,
+    pub started_at: DateTime<Utc>,
+    pub stopped_at: DateTime<Utc>,
+    pub bytes_read: u64,
+    pub bytes_stored: u64,
+    /// Ancestor backup ids, nearest first (empty for a full).
+    pub ancestors: Vec<String>,
+    /// What the backup holds, in one line without secrets (e.g. "2 databases + globals").
+    pub summary: String,
+}
+
+/// Progress of a running run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub phase: String,
+    pub bytes_read: u64,
+    pub bytes_stored: u64,
+}
+
+/// One job in the status report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub name: String,
+    pub kind: JobKindName,
+    /// The next scheduled fire, if the job has a schedule.
+    pub next_run: Option<DateTime<Utc>>,
+    pub next_type: Option<BackupType>,
+    pub last_run: Option<RunRecord>,
+    /// The last successful run.
+    pub last_success: Option<RunRecord>,
+    /// The running run, with its progress.
+    pub running: Option<(RunRecord, Progress)>,
+    /// Last committed backup per repository.
+    pub repositories: Vec<RepositoryStatus>,
+    /// `max-age` exceeded (or never succeeded and older than max-age since the daemon started).
+    pub stale: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RepositoryStatus {
+    pub repository: String,
+    pub last_backup_id: Option<String>,
+    pub last_backup_at: Option<DateTime<Utc>>,
+}
+
+/// The daemon's answer to `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub version: String,
+    pub pid: u32,
+    pub started_at: DateTime<Utc>,
+    pub catalogue: String,
+    pub timezone: String,
+    pub max_concurrent_runs: usize,
+    pub jobs: Vec<JobStatus>,
+}

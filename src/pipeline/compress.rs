@@ -1,0 +1,1 @@
+//! Frame-parallel zstd compression (ordered output, bounded workers) and gzip.

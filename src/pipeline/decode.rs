@@ -1,0 +1,1 @@
+//! The read direction: ranged or streamed fetch, age decryption, hash check, decompression.

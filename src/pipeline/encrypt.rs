@@ -1,0 +1,1 @@
+//! age encryption to recipients on a blocking thread, feeding the store writer.

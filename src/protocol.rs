@@ -1,0 +1,160 @@
+//! The control-socket protocol shared by both binaries (DESIGN §8; spec in docs/protocol.md).
+//!
+//! Newline-delimited JSON, one value per line, at most [`MAX_LINE`] bytes a line.
+//! 1. The client sends a [`Hello`]; the daemon answers with its [`Hello`] (or an error line and
+//!    closes if the major protocol version differs).
+//! 2. The client sends one [`Request`] per line; the daemon answers one [`Reply`] per line.
+//! 3. After `follow` or `run` with `wait: true`, the daemon sends [`Event`]s (as `Ok(Response::Event)`)
+//!    until the run ends (run --wait) or the client closes (follow).
+
+use crate::model::{BackupRow, BackupType, Progress, RunRecord, RunStatus, StatusReport};
+use serde::{Deserialize, Serialize};
+
+/// The protocol version: the major part must match; minor additions keep working.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The longest line either side accepts (1 MiB).
+pub const MAX_LINE: usize = 1 << 20;
+
+/// First line each way: `{"protocol":1,"software":"bdc-backupctl 0.1.0"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol: u32,
+    pub software: String,
+}
+
+/// One request: `{"type":"runs","job":"db-dump","limit":20}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Request {
+    /// `{"type":"status"}`
+    Status,
+    /// `{"type":"runs","job":null,"limit":20}`
+    Runs { job: Option<String>, limit: Option<u32> },
+    /// `{"type":"backups","job":"db-dump","repository":null}`
+    Backups { job: Option<String>, repository: Option<String> },
+    /// `{"type":"run","job":"db-dump","backup-type":null,"wait":true}`
+    Run {
+        job: String,
+        #[serde(rename = "backup-type")]
+        backup_type: Option<BackupType>,
+        wait: bool,
+    },
+    /// `{"type":"cancel","run-id":42}`
+    Cancel {
+        #[serde(rename = "run-id")]
+        run_id: i64,
+    },
+    /// `{"type":"reload"}`
+    Reload,
+    /// `{"type":"follow"}`: every event until the client closes.
+    Follow,
+}
+
+impl Request {
+    /// The verb, as recorded in the audit trail.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+            Request::Runs { .. } => "runs",
+            Request::Backups { .. } => "backups",
+            Request::Run { .. } => "run",
+            Request::Cancel { .. } => "cancel",
+            Request::Reload => "reload",
+            Request::Follow => "follow",
+        }
+    }
+
+    /// Whether the request changes anything (needs root, the daemon's user or the admin group).
+    pub fn is_mutation(&self) -> bool {
+        matches!(self, Request::Run { .. } | Request::Cancel { .. } | Request::Reload)
+    }
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Response {
+    Status(StatusReport),
+    Runs { runs: Vec<RunRecord> },
+    Backups { backups: Vec<BackupRow> },
+    /// The run was started (or queued behind the concurrency cap).
+    RunStarted { run: RunRecord },
+    Cancelled { run_id: i64 },
+    Reloaded { jobs: usize },
+    /// Follow mode acknowledged; events follow.
+    Following,
+    Event(Event),
+}
+
+/// Something that happened, streamed to followers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Event {
+    RunStarted { run: RunRecord },
+    Progress { run_id: i64, job: String, progress: Progress },
+    RunFinished { run: RunRecord },
+    Skipped { job: String, reason: String },
+    Reloaded { jobs: usize },
+    Log { level: String, message: String },
+}
+
+impl Event {
+    pub fn finished_status(&self) -> Option<RunStatus> {
+        match self {
+            Event::RunFinished { run } => Some(run.status),
+            _ => None,
+        }
+    }
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorCode {
+    /// The line was not valid JSON or not a known request.
+    BadRequest,
+    /// The line exceeded [`MAX_LINE`].
+    TooLong,
+    /// The peer may not do this.
+    Forbidden,
+    /// No such job / run.
+    NotFound,
+    /// The request was understood but cannot be done now (e.g. job already running).
+    Conflict,
+    /// The major protocol version differs.
+    Version,
+    /// Something failed inside the daemon.
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl std::fmt::Display for ErrorBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({:?})", self.message, self.code)
+    }
+}
+
+/// One answer line: `{"ok":{...}}` or `{"error":{"code":"forbidden","message":"..."}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reply {
+    Ok(Response),
+    Error(ErrorBody),
+}
+
+impl Reply {
+    pub fn into_result(self) -> Result<Response, ErrorBody> {
+        match self {
+            Reply::Ok(r) => Ok(r),
+            Reply::Error(e) => Err(e),
+        }
+    }
+}
