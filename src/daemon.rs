@@ -1,2 +1,111 @@
-//! The daemon: loads the catalogue, opens the state DB, reconciles with the repositories, binds
-//! the socket, runs the scheduler loop and the run executor, and talks to systemd.
+//! The daemon: loads the catalogue, opens the state DB, reconciles it with the repositories, binds
+//! the control socket, then runs the scheduler loop and the run executor until SIGTERM; SIGHUP
+//! reloads the catalogue (an invalid one is rejected and the old one kept). Talks to systemd.
+
+mod core;
+mod handler;
+pub mod logging;
+mod reconcile;
+mod scheduler;
+pub mod systemd;
+
+pub use self::core::StartError;
+
+use crate::catalogue::{Catalogue, CatalogueErrors};
+use crate::clock::{Clock, SystemClock};
+use crate::state::{StateDb, StateError};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// How to run the daemon.
+pub struct DaemonOptions {
+    pub catalogue: PathBuf,
+    /// The scheduler's clock (tests inject a manual one).
+    pub clock: Arc<dyn Clock>,
+}
+
+impl DaemonOptions {
+    pub fn new(catalogue: PathBuf) -> Self {
+        DaemonOptions { catalogue, clock: Arc::new(SystemClock) }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("the catalogue is invalid:\n{0}")]
+    Catalogue(#[source] CatalogueErrors),
+    #[error("{0}")]
+    State(#[source] StateError),
+    #[error("control socket {path}: {source}")]
+    Socket {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+/// `bdc-backupd --check`: validates the catalogue, returning every error.
+pub fn check(path: &std::path::Path) -> Result<Catalogue, CatalogueErrors> {
+    Catalogue::load(path)
+}
+
+/// Runs the daemon until SIGTERM/SIGINT. Logging must already be initialised.
+pub async fn run(options: DaemonOptions, catalogue: Catalogue) -> Result<(), DaemonError> {
+    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+
+    let state = StateDb::open(&catalogue.daemon.state_db).await.map_err(DaemonError::State)?;
+    let socket_path = catalogue.daemon.socket.clone();
+    let shared = core::Shared::new(options.catalogue.clone(), catalogue, state, options.clock);
+
+    reconcile::interrupted_runs(&shared).await;
+
+    let policy = shared.access_policy();
+    let listener = crate::control::server::bind(&socket_path, policy.read_gid)
+        .map_err(|source| DaemonError::Socket { path: socket_path.display().to_string(), source })?;
+
+    let server = {
+        let shared = shared.clone();
+        let handler = Arc::new(handler::DaemonHandler::new(shared.clone()));
+        let policy_rx = shared.policy_receiver();
+        let shutdown = shared.shutdown.clone();
+        tokio::spawn(async move { crate::control::server::serve(listener, handler, policy_rx, shutdown).await })
+    };
+
+    systemd::ready(&shared.status_line().await);
+    tracing::info!(catalogue = %options.catalogue.display(), socket = %socket_path.display(), "bdc-backupd ready");
+
+    // Bring the backups table in line with the repositories, after READY (remote listings may be slow).
+    {
+        let shared = shared.clone();
+        shared.tasks.clone().spawn(async move { reconcile::backups(&shared).await });
+    }
+
+    let scheduler = tokio::spawn(scheduler::run_loop(shared.clone()));
+
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = sighup.recv() => {
+                if let Err(errors) = shared.reload().await {
+                    tracing::error!("reload rejected, keeping the previous catalogue:\n{errors}");
+                }
+            }
+        }
+    }
+
+    systemd::stopping();
+    tracing::info!("stopping: cancelling running jobs");
+    shared.shutdown_runs().await;
+    shared.shutdown.cancel();
+    let _ = scheduler.await;
+    let _ = server.await;
+    let _ = std::fs::remove_file(&socket_path);
+    tracing::info!("bdc-backupd stopped");
+    Ok(())
+}

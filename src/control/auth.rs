@@ -20,3 +20,9 @@ pub struct AccessPolicy {
     /// The PostgreSQL OS user: the only peer allowed to wal-push.
     pub postgres_uid: Option<u32>,
 }
+
+impl AccessPolicy {
+    pub fn resolve(_daemon_uid: u32, _read_group: &str, _admin_group: &str, _postgres_os_user: &str) -> AccessPolicy {
+        todo!("state/control helper")
+    }
+}

@@ -14,3 +14,16 @@ pub trait Handler: Send + Sync + 'static {
     /// Records a request (allowed or denied) in the audit trail.
     fn audit(&self, peer: &Peer, request: &Request, allowed: bool, detail: &str) -> impl Future<Output = ()> + Send;
 }
+
+pub fn bind(_path: &std::path::Path, _group: Option<u32>) -> std::io::Result<tokio::net::UnixListener> {
+    todo!("state/control helper")
+}
+
+pub async fn serve<H: Handler>(
+    _listener: tokio::net::UnixListener,
+    _handler: std::sync::Arc<H>,
+    _policy: tokio::sync::watch::Receiver<crate::control::auth::AccessPolicy>,
+    _shutdown: tokio_util::sync::CancellationToken,
+) {
+    todo!()
+}

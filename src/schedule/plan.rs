@@ -28,6 +28,8 @@ pub struct Due {
     pub fire_time: DateTime<Utc>,
     /// Fires of other (weaker) types at the same time, covered by this run and to be marked handled.
     pub covers: Vec<BackupType>,
+    /// False: catch-up is off; record the missed fire as skipped instead of running.
+    pub run: bool,
 }
 
 /// The decision for `now`: None when nothing is due.

@@ -1,0 +1,641 @@
+//! The daemon's shared state and the run executor: starting runs (overlap and the global cap),
+//! executing a job kind, recording the outcome, cancellation, reload and the status report.
+
+use crate::catalogue::{Catalogue, CatalogueErrors, Job, JobSpec};
+use crate::clock::Clock;
+use crate::control::auth::AccessPolicy;
+use crate::model::{
+    BackupRow, BackupType, JobKindName, JobStatus, Progress, RepositoryStatus, RunRecord, RunStatus,
+    StatusReport, Trigger,
+};
+use crate::pipeline::{PipelineSettings, ProgressCounter};
+use crate::protocol::Event;
+use crate::repository::{BackupId, CommitRecord, Repository};
+use crate::schedule::{JobSchedule, next_fire};
+use crate::state::{NewRun, RunOutcome, StateDb};
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::{Mutex, Notify, Semaphore, broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Uncompressed bytes per zstd frame.
+const FRAME_SIZE: usize = 2 << 20;
+
+/// Why a run was cancelled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelReason {
+    Shutdown,
+    Operator(String),
+}
+
+/// A run in progress.
+pub struct ActiveRun {
+    pub record: RunRecord,
+    pub progress: ProgressCounter,
+    pub phase: Arc<std::sync::Mutex<String>>,
+    pub cancel: CancellationToken,
+    pub reason: Arc<std::sync::Mutex<Option<CancelReason>>>,
+}
+
+/// Why a run could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("no job named `{0}` in the catalogue")]
+    UnknownJob(String),
+    #[error("job `{job}` is already running (run {run_id})")]
+    AlreadyRunning { job: String, run_id: i64 },
+    #[error("job `{job}`: {message}")]
+    NotRunnable { job: String, message: String },
+    #[error("the daemon is stopping")]
+    Stopping,
+    #[error("job `{job}`: cannot record the run: {source}")]
+    State {
+        job: String,
+        #[source]
+        source: crate::state::StateError,
+    },
+}
+
+pub struct Shared {
+    pub catalogue_path: PathBuf,
+    catalogue: RwLock<Arc<Catalogue>>,
+    pub state: StateDb,
+    pub clock: Arc<dyn Clock>,
+    pub events: broadcast::Sender<Event>,
+    pub runs: Mutex<HashMap<String, ActiveRun>>,
+    slots: Arc<Semaphore>,
+    slot_total: AtomicUsize,
+    pub wake: Notify,
+    pub started_at: DateTime<Utc>,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+    policy: watch::Sender<AccessPolicy>,
+    last_ids: std::sync::Mutex<HashMap<String, String>>,
+}
+
+impl Shared {
+    pub fn new(path: PathBuf, catalogue: Catalogue, state: StateDb, clock: Arc<dyn Clock>) -> Arc<Shared> {
+        let max = catalogue.daemon.max_concurrent_runs.max(1);
+        let policy = resolve_policy(&catalogue);
+        let (events, _) = broadcast::channel(1024);
+        let started_at = clock.now();
+        Arc::new(Shared {
+            catalogue_path: path,
+            catalogue: RwLock::new(Arc::new(catalogue)),
+            state,
+            clock,
+            events,
+            runs: Mutex::new(HashMap::new()),
+            slots: Arc::new(Semaphore::new(max)),
+            slot_total: AtomicUsize::new(max),
+            wake: Notify::new(),
+            started_at,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            policy: watch::channel(policy).0,
+            last_ids: std::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn catalogue(&self) -> Arc<Catalogue> {
+        self.catalogue.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn access_policy(&self) -> AccessPolicy {
+        self.policy.borrow().clone()
+    }
+
+    pub fn policy_receiver(&self) -> watch::Receiver<AccessPolicy> {
+        self.policy.subscribe()
+    }
+
+    pub fn emit(&self, event: Event) {
+        let _ = self.events.send(event);
+    }
+
+    /// Re-reads the catalogue; an invalid one is rejected and the old one kept.
+    pub async fn reload(self: &Arc<Self>) -> Result<usize, CatalogueErrors> {
+        super::systemd::reloading();
+        let result = Catalogue::load(&self.catalogue_path);
+        let outcome = match result {
+            Ok(new) => {
+                let old = self.catalogue();
+                if new.daemon.state_db != old.daemon.state_db || new.daemon.socket != old.daemon.socket {
+                    tracing::warn!("state-db and socket changes take effect only after a restart");
+                }
+                let new_max = new.daemon.max_concurrent_runs.max(1);
+                let old_max = self.slot_total.swap(new_max, Ordering::SeqCst);
+                if new_max > old_max {
+                    self.slots.add_permits(new_max - old_max);
+                } else if new_max < old_max {
+                    let slots = self.slots.clone();
+                    let shrink = (old_max - new_max) as u32;
+                    tokio::spawn(async move {
+                        if let Ok(p) = slots.acquire_many_owned(shrink).await {
+                            p.forget();
+                        }
+                    });
+                }
+                let _ = self.policy.send(resolve_policy(&new));
+                let jobs = new.jobs.len();
+                *self.catalogue.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+                tracing::info!(jobs, "catalogue reloaded");
+                self.emit(Event::Reloaded { jobs });
+                self.wake.notify_one();
+                Ok(jobs)
+            }
+            Err(errors) => Err(errors),
+        };
+        super::systemd::reloaded(&self.status_line().await);
+        outcome
+    }
+
+    /// Starts a run of `job` now (queued behind the global cap if needed).
+    pub async fn start_run(
+        self: &Arc<Self>,
+        job_name: &str,
+        requested: Option<BackupType>,
+        trigger: Trigger,
+    ) -> Result<RunRecord, StartError> {
+        if self.shutdown.is_cancelled() {
+            return Err(StartError::Stopping);
+        }
+        let catalogue = self.catalogue();
+        let job = catalogue.job(job_name).ok_or_else(|| StartError::UnknownJob(job_name.to_string()))?.clone();
+        let backup_type = runnable_type(&job, requested)?;
+        let mut runs = self.runs.lock().await;
+        if let Some(active) = runs.get(job_name) {
+            return Err(StartError::AlreadyRunning { job: job_name.to_string(), run_id: active.record.id });
+        }
+        let now = self.clock.now();
+        let backup_id = self.unique_backup_id(job_name, now, backup_type);
+        let new = NewRun {
+            job: job.name.clone(),
+            kind: job.kind(),
+            trigger,
+            backup_type: Some(backup_type),
+            started_at: now,
+            backup_id: Some(backup_id.clone()),
+        };
+        let id = self
+            .state
+            .start_run(&new)
+            .await
+            .map_err(|source| StartError::State { job: job.name.clone(), source })?;
+        let record = RunRecord {
+            id,
+            job: job.name.clone(),
+            kind: job.kind(),
+            trigger,
+            backup_type: Some(backup_type),
+            status: RunStatus::Running,
+            started_at: now,
+            finished_at: None,
+            bytes_read: 0,
+            bytes_stored: 0,
+            error: None,
+            backup_id: Some(backup_id.clone()),
+        };
+        let active = ActiveRun {
+            record: record.clone(),
+            progress: ProgressCounter::default(),
+            phase: Arc::new(std::sync::Mutex::new("queued".to_string())),
+            cancel: self.shutdown.child_token(),
+            reason: Arc::new(std::sync::Mutex::new(None)),
+        };
+        let ctx = RunContext {
+            shared: self.clone(),
+            catalogue,
+            job,
+            record: record.clone(),
+            progress: active.progress.clone(),
+            phase: active.phase.clone(),
+            cancel: active.cancel.clone(),
+            reason: active.reason.clone(),
+        };
+        runs.insert(job_name.to_string(), active);
+        drop(runs);
+        tracing::info!(job = %record.job, run_id = record.id, backup_id = %backup_id, trigger = %trigger, "run started");
+        self.emit(Event::RunStarted { run: record.clone() });
+        self.tasks.spawn(ctx.execute());
+        Ok(record)
+    }
+
+    fn unique_backup_id(&self, job: &str, now: DateTime<Utc>, ty: BackupType) -> String {
+        let mut last = self.last_ids.lock().unwrap_or_else(|e| e.into_inner());
+        let mut at = now;
+        let mut id = BackupId::new(at, ty).0;
+        while last.get(job).is_some_and(|prev| prev >= &id) {
+            at += chrono::Duration::seconds(1);
+            id = BackupId::new(at, ty).0;
+        }
+        last.insert(job.to_string(), id.clone());
+        id
+    }
+
+    /// Cancels a running run on an operator's request.
+    pub async fn cancel_run(&self, run_id: i64, by: &str) -> bool {
+        let runs = self.runs.lock().await;
+        for active in runs.values() {
+            if active.record.id == run_id {
+                *active.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(CancelReason::Operator(by.to_string()));
+                active.cancel.cancel();
+                return true;
+            }
+        }
+        false
+    }
+
+    /// SIGTERM: cancel every run, wait for them to record `interrupted` (bounded).
+    pub async fn shutdown_runs(&self) {
+        {
+            let runs = self.runs.lock().await;
+            for active in runs.values() {
+                *active.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(CancelReason::Shutdown);
+                active.cancel.cancel();
+            }
+        }
+        self.tasks.close();
+        let timeout = self.catalogue().daemon.shutdown_timeout;
+        if tokio::time::timeout(timeout, self.tasks.wait()).await.is_err() {
+            tracing::warn!("running jobs did not stop within {}s", timeout.as_secs());
+        }
+    }
+
+    /// One line for systemd's STATUS.
+    pub async fn status_line(&self) -> String {
+        let runs = self.runs.lock().await;
+        if !runs.is_empty() {
+            let parts: Vec<String> = runs
+                .values()
+                .map(|a| {
+                    let phase = a.phase.lock().map(|p| p.clone()).unwrap_or_default();
+                    format!("{} {} ({} read)", a.record.job, phase, human_bytes(a.progress.read()))
+                })
+                .collect();
+            return format!("running: {}", parts.join(", "));
+        }
+        drop(runs);
+        let catalogue = self.catalogue();
+        let now = self.clock.now();
+        let mut next: Option<(DateTime<Utc>, String)> = None;
+        for job in &catalogue.jobs {
+            if let Some(t) = self.next_fire_of(&catalogue, job, now).await.map(|(t, _)| t)
+                && next.as_ref().is_none_or(|(n, _)| t < *n)
+            {
+                next = Some((t, job.name.clone()));
+            }
+        }
+        match next {
+            Some((t, job)) => {
+                let local = t.with_timezone(&catalogue.daemon.timezone);
+                format!("idle; next: {job} at {}", local.format("%Y-%m-%d %H:%M %Z"))
+            }
+            None => "idle; nothing scheduled".to_string(),
+        }
+    }
+
+    pub async fn next_fire_of(
+        &self,
+        catalogue: &Catalogue,
+        job: &Job,
+        now: DateTime<Utc>,
+    ) -> Option<(DateTime<Utc>, BackupType)> {
+        let entries = job.schedules();
+        if entries.is_empty() {
+            return None;
+        }
+        let mut last_fire = Vec::new();
+        for (ty, _) in &entries {
+            last_fire.push((*ty, self.state.last_fire(&job.name, *ty).await.ok().flatten()));
+        }
+        let known_since = self.state.job_known_since(&job.name, now).await.unwrap_or(now);
+        let js = JobSchedule { job: &job.name, entries, last_fire, known_since };
+        next_fire(&js, now, catalogue.daemon.timezone)
+    }
+
+    /// The answer to `status`.
+    pub async fn status_report(&self) -> Result<StatusReport, crate::state::StateError> {
+        let catalogue = self.catalogue();
+        let now = self.clock.now();
+        let running: HashMap<String, (RunRecord, Progress)> = {
+            let runs = self.runs.lock().await;
+            runs.iter()
+                .map(|(job, a)| {
+                    let mut record = a.record.clone();
+                    record.bytes_read = a.progress.read();
+                    record.bytes_stored = a.progress.stored();
+                    let progress = Progress {
+                        phase: a.phase.lock().map(|p| p.clone()).unwrap_or_default(),
+                        bytes_read: a.progress.read(),
+                        bytes_stored: a.progress.stored(),
+                    };
+                    (job.clone(), (record, progress))
+                })
+                .collect()
+        };
+        let backups = self.state.backups(None, None).await?;
+        let mut jobs = Vec::new();
+        for job in &catalogue.jobs {
+            let (last_run, last_success) = self.state.last_runs(&job.name).await?;
+            let next = self.next_fire_of(&catalogue, job, now).await;
+            let repositories = job
+                .repositories
+                .iter()
+                .map(|repo| {
+                    let last = backups.iter().filter(|b| b.job == job.name && &b.repository == repo).max_by_key(|b| b.stopped_at);
+                    RepositoryStatus {
+                        repository: repo.clone(),
+                        last_backup_id: last.map(|b| b.backup_id.clone()),
+                        last_backup_at: last.map(|b| b.stopped_at),
+                    }
+                })
+                .collect();
+            let stale = match job.max_age {
+                None => false,
+                Some(max_age) => {
+                    let reference = match &last_success {
+                        Some(run) => run.finished_at.unwrap_or(run.started_at),
+                        None => self.state.job_known_since(&job.name, now).await.unwrap_or(self.started_at),
+                    };
+                    now - reference > chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX)
+                }
+            };
+            jobs.push(JobStatus {
+                name: job.name.clone(),
+                kind: job.kind(),
+                next_run: next.map(|(t, _)| t),
+                next_type: next.map(|(_, ty)| ty),
+                last_run,
+                last_success,
+                running: running.get(&job.name).cloned(),
+                repositories,
+                stale,
+            });
+        }
+        Ok(StatusReport {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            started_at: self.started_at,
+            catalogue: self.catalogue_path.display().to_string(),
+            timezone: catalogue.daemon.timezone.to_string(),
+            max_concurrent_runs: catalogue.daemon.max_concurrent_runs,
+            jobs,
+        })
+    }
+}
+
+/// The backup type a run of `job` takes, or why it cannot run.
+fn runnable_type(job: &Job, requested: Option<BackupType>) -> Result<BackupType, StartError> {
+    let not = |message: &str| StartError::NotRunnable { job: job.name.clone(), message: message.to_string() };
+    match &job.spec {
+        JobSpec::PostgresWal(_) => Err(not("postgres-wal jobs are not run: PostgreSQL pushes WAL with `bdc-backupctl wal-push`")),
+        JobSpec::PostgresDump(_) => match requested {
+            Some(BackupType::Incremental) => Err(not("postgres-dump backups are always full")),
+            _ => Ok(BackupType::Full),
+        },
+        _ => Ok(requested.unwrap_or(BackupType::Full)),
+    }
+}
+
+fn resolve_policy(catalogue: &Catalogue) -> AccessPolicy {
+    let d = &catalogue.daemon;
+    AccessPolicy::resolve(nix::unistd::geteuid().as_raw(), &d.read_group, &d.admin_group, &d.postgres_os_user)
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+}
+
+/// Everything one run needs, moved into its task.
+struct RunContext {
+    shared: Arc<Shared>,
+    catalogue: Arc<Catalogue>,
+    job: Job,
+    record: RunRecord,
+    progress: ProgressCounter,
+    phase: Arc<std::sync::Mutex<String>>,
+    cancel: CancellationToken,
+    reason: Arc<std::sync::Mutex<Option<CancelReason>>>,
+}
+
+impl RunContext {
+    fn set_phase(&self, phase: &str) {
+        if let Ok(mut p) = self.phase.lock() {
+            *p = phase.to_string();
+        }
+    }
+
+    async fn execute(self) {
+        let shared = self.shared.clone();
+        let permit = tokio::select! {
+            p = shared.slots.clone().acquire_owned() => p.ok(),
+            _ = self.cancel.cancelled() => None,
+        };
+        let result = match permit {
+            None => Err("cancelled before it started".to_string()),
+            Some(_permit) => {
+                self.set_phase("running");
+                let reporter = self.spawn_progress_reporter();
+                let result = self.run_kind().await;
+                reporter.abort();
+                result
+            }
+        };
+        self.finish(result).await;
+    }
+
+    fn spawn_progress_reporter(&self) -> tokio::task::JoinHandle<()> {
+        let shared = self.shared.clone();
+        let progress = self.progress.clone();
+        let phase = self.phase.clone();
+        let run_id = self.record.id;
+        let job = self.record.job.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let p = Progress {
+                    phase: phase.lock().map(|p| p.clone()).unwrap_or_default(),
+                    bytes_read: progress.read(),
+                    bytes_stored: progress.stored(),
+                };
+                let _ = shared.state.update_progress(run_id, p.bytes_read, p.bytes_stored).await;
+                shared.emit(Event::Progress { run_id, job: job.clone(), progress: p });
+            }
+        })
+    }
+
+    async fn run_kind(&self) -> Result<Vec<(String, CommitRecord)>, String> {
+        let primary_name = self.job.repositories.first().ok_or("the job lists no repository")?;
+        let settings = self
+            .catalogue
+            .repository(primary_name)
+            .ok_or_else(|| format!("repository `{primary_name}` is not in the catalogue"))?;
+        let repository = Repository::open(settings).map_err(|e| error_chain(&e))?;
+        let recipients = self
+            .catalogue
+            .encryption
+            .recipients
+            .iter()
+            .map(|r| r.parse::<age::x25519::Recipient>().map_err(|e| format!("recipient {r}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let pipeline = PipelineSettings { compression: self.job.compression.clone(), recipients, frame_size: FRAME_SIZE };
+        let backup_id = self.record.backup_id.clone().unwrap_or_default();
+        match &self.job.spec {
+            JobSpec::PostgresDump(spec) => {
+                self.set_phase("dumping");
+                let ctx = crate::postgres::dump::DumpContext {
+                    catalogue: &self.catalogue,
+                    job: &self.job,
+                    spec,
+                    repository: &repository,
+                    pipeline: &pipeline,
+                    backup_id: &backup_id,
+                    started_at: self.record.started_at,
+                    progress: &self.progress,
+                    cancel: &self.cancel,
+                    state_dir: &self.catalogue.daemon.state_directory,
+                };
+                let record = crate::postgres::dump::run_dump(ctx).await.map_err(|e| error_chain(&e))?;
+                Ok(vec![(repository.name.clone(), record)])
+            }
+            other => Err(format!(
+                "job kind `{}` is not supported by this version of bdc-backupd",
+                kind_of(other)
+            )),
+        }
+    }
+
+    async fn finish(self, result: Result<Vec<(String, CommitRecord)>, String>) {
+        let shared = &self.shared;
+        let now = shared.clock.now();
+        let reason = self.reason.lock().map(|r| r.clone()).unwrap_or(None);
+        let (status, error, backup_id) = match result {
+            Ok(committed) => {
+                let mut backup_id = None;
+                for (repository, record) in &committed {
+                    backup_id = Some(record.id.clone());
+                    let row = backup_row(repository, record);
+                    if let Err(err) = shared.state.upsert_backup(&row).await {
+                        tracing::error!(job = %self.record.job, error = %err, "cannot record the backup in the state DB");
+                    }
+                }
+                (RunStatus::Succeeded, None, backup_id)
+            }
+            Err(message) => match reason {
+                Some(CancelReason::Shutdown) => {
+                    (RunStatus::Interrupted, Some(format!("interrupted: the daemon was stopping ({message})")), None)
+                }
+                Some(CancelReason::Operator(by)) => {
+                    (RunStatus::Interrupted, Some(format!("cancelled by {by} ({message})")), None)
+                }
+                None => (RunStatus::Failed, Some(message), None),
+            },
+        };
+        let outcome = RunOutcome {
+            status,
+            finished_at: now,
+            bytes_read: self.progress.read(),
+            bytes_stored: self.progress.stored(),
+            error: error.clone(),
+            backup_id: backup_id.clone().or(self.record.backup_id.clone()),
+        };
+        if let Err(err) = shared.state.finish_run(self.record.id, &outcome).await {
+            tracing::error!(job = %self.record.job, run_id = self.record.id, error = %err, "cannot record the run's end in the state DB");
+        }
+        match (&status, &error) {
+            (RunStatus::Succeeded, _) => tracing::info!(
+                job = %self.record.job, run_id = self.record.id, backup_id = %backup_id.clone().unwrap_or_default(),
+                bytes_read = outcome.bytes_read, bytes_stored = outcome.bytes_stored, "run succeeded"
+            ),
+            (_, Some(e)) => tracing::error!(job = %self.record.job, run_id = self.record.id, status = %status, "run ended: {e}"),
+            _ => {}
+        }
+        let mut record = self.record.clone();
+        record.status = status;
+        record.finished_at = Some(now);
+        record.bytes_read = outcome.bytes_read;
+        record.bytes_stored = outcome.bytes_stored;
+        record.error = error;
+        record.backup_id = outcome.backup_id.clone();
+        shared.runs.lock().await.remove(&self.record.job);
+        shared.emit(Event::RunFinished { run: record });
+        shared.wake.notify_one();
+    }
+}
+
+fn kind_of(spec: &JobSpec) -> JobKindName {
+    match spec {
+        JobSpec::PostgresDump(_) => JobKindName::PostgresDump,
+        JobSpec::PostgresBase(_) => JobKindName::PostgresBase,
+        JobSpec::PostgresWal(_) => JobKindName::PostgresWal,
+        JobSpec::Files(_) => JobKindName::Files,
+        JobSpec::Config(_) => JobKindName::Config,
+        JobSpec::Verify(_) => JobKindName::Verify,
+    }
+}
+
+/// The state DB row for a committed backup.
+pub fn backup_row(repository: &str, record: &CommitRecord) -> BackupRow {
+    BackupRow {
+        job: record.job.clone(),
+        backup_id: record.id.clone(),
+        repository: repository.to_string(),
+        kind: record.kind,
+        backup_type: record.backup_type,
+        started_at: record.started_at,
+        stopped_at: record.stopped_at,
+        bytes_read: record.bytes_read,
+        bytes_stored: record.bytes_stored,
+        ancestors: record.ancestors.clone(),
+        summary: summary_of(record),
+    }
+}
+
+/// One line about what a backup holds, from the commit record's plaintext details.
+pub fn summary_of(record: &CommitRecord) -> String {
+    let mut parts = Vec::new();
+    if let Some(n) = record.details.get("databases").and_then(|v| v.as_u64()) {
+        parts.push(format!("{n} database{}", if n == 1 { "" } else { "s" }));
+    }
+    if record.details.get("globals").and_then(|v| v.as_bool()) == Some(true) {
+        parts.push("globals".to_string());
+    }
+    if let Some(v) = record.details.get("server-version").and_then(|v| v.as_str()) {
+        parts.push(format!("PostgreSQL {v}"));
+    }
+    if parts.is_empty() {
+        format!("{} objects", record.objects.len())
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// An error and all its sources on one line.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
