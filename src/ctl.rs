@@ -1,1 +1,342 @@
-//! The `bdc-backupctl` commands: one function per command, human output or `--json`.
+//! The `bdc-backupctl` commands (DESIGN §13): argument parsing, one function per command, human
+//! output or `--json`. Exit codes: 0 ok, 1 the operation failed, 2 usage or cannot reach the daemon.
+
+mod args;
+mod output;
+
+pub use args::{Command, CtlArgs, RestoreCommand};
+
+use crate::catalogue::{Catalogue, ENV_CATALOGUE, ENV_SOCKET};
+use crate::control::client::{Client, ClientError};
+use crate::model::{BackupType, RunStatus};
+use crate::protocol::{Event, Request, Response};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// The default socket when neither `--socket`, a catalogue nor `BDC_BACKUP_SOCKET` says otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/bdc-backup/control.sock";
+
+/// A failed command: the message and the exit code.
+#[derive(Debug)]
+pub struct CtlError {
+    pub code: u8,
+    pub message: String,
+}
+
+impl CtlError {
+    pub fn failed(message: impl Into<String>) -> Self {
+        CtlError { code: 1, message: message.into() }
+    }
+    pub fn usage(message: impl Into<String>) -> Self {
+        CtlError { code: 2, message: message.into() }
+    }
+}
+
+impl From<ClientError> for CtlError {
+    fn from(err: ClientError) -> Self {
+        match err {
+            ClientError::Daemon(body) => CtlError::failed(body.message),
+            other => CtlError::usage(crate::daemon::error_chain_of(&other)),
+        }
+    }
+}
+
+type CtlResult = Result<(), CtlError>;
+
+/// Runs the ctl; the binary only calls this.
+pub fn main() -> ExitCode {
+    use clap::Parser;
+    let args = CtlArgs::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("bdc-backupctl: cannot start the async runtime: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            if !err.message.is_empty() {
+                eprintln!("bdc-backupctl: {}", err.message);
+            }
+            ExitCode::from(err.code)
+        }
+    }
+}
+
+struct Ctx {
+    args: CtlArgs,
+}
+
+impl Ctx {
+    fn catalogue_path(&self) -> Option<PathBuf> {
+        self.args.catalogue.clone().or_else(|| std::env::var_os(ENV_CATALOGUE).map(PathBuf::from))
+    }
+
+    fn load_catalogue(&self) -> Result<Catalogue, CtlError> {
+        let path = self.catalogue_path().ok_or_else(|| {
+            CtlError::usage(format!("this command needs the catalogue: give --catalogue FILE or set {ENV_CATALOGUE}"))
+        })?;
+        Catalogue::load(&path).map_err(|errors| CtlError::usage(format!("the catalogue is invalid:\n{errors}")))
+    }
+
+    fn socket_path(&self) -> Result<PathBuf, CtlError> {
+        if let Some(socket) = &self.args.socket {
+            return Ok(socket.clone());
+        }
+        if self.catalogue_path().is_some() {
+            return Ok(self.load_catalogue()?.daemon.socket);
+        }
+        if let Some(socket) = std::env::var_os(ENV_SOCKET) {
+            return Ok(PathBuf::from(socket));
+        }
+        Ok(PathBuf::from(DEFAULT_SOCKET))
+    }
+
+    async fn client(&self) -> Result<Client, CtlError> {
+        let path = self.socket_path()?;
+        Ok(Client::connect(&path).await?)
+    }
+
+    async fn request(&self, request: Request) -> Result<Response, CtlError> {
+        let mut client = self.client().await?;
+        Ok(client.request(&request).await?)
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> CtlResult {
+    let text = serde_json::to_string_pretty(value).map_err(|e| CtlError::failed(e.to_string()))?;
+    println!("{text}");
+    Ok(())
+}
+
+fn unexpected(response: Response) -> CtlError {
+    CtlError::usage(format!("unexpected answer from the daemon: {response:?}"))
+}
+
+async fn run(args: CtlArgs) -> CtlResult {
+    let command = args.command.clone();
+    let ctx = Ctx { args };
+    let json = ctx.args.json;
+    match command {
+        Command::Status => match ctx.request(Request::Status).await? {
+            Response::Status(report) if json => print_json(&report),
+            Response::Status(report) => {
+                print!("{}", output::status(&report));
+                Ok(())
+            }
+            other => Err(unexpected(other)),
+        },
+        Command::Runs { job, limit } => match ctx.request(Request::Runs { job, limit: Some(limit) }).await? {
+            Response::Runs { runs } if json => print_json(&runs),
+            Response::Runs { runs } => {
+                print!("{}", output::runs(&runs));
+                Ok(())
+            }
+            other => Err(unexpected(other)),
+        },
+        Command::Backups { job, repository } => backups(&ctx, job, repository).await,
+        Command::Run { job, full, incremental, wait } => {
+            let backup_type = match (full, incremental) {
+                (true, _) => Some(BackupType::Full),
+                (_, true) => Some(BackupType::Incremental),
+                _ => None,
+            };
+            run_job(&ctx, job, backup_type, wait).await
+        }
+        Command::Cancel { run_id } => match ctx.request(Request::Cancel { run_id }).await? {
+            Response::Cancelled { run_id } if json => print_json(&serde_json::json!({"cancelled": run_id})),
+            Response::Cancelled { run_id } => {
+                println!("run {run_id}: cancellation requested");
+                Ok(())
+            }
+            other => Err(unexpected(other)),
+        },
+        Command::Reload => match ctx.request(Request::Reload).await? {
+            Response::Reloaded { jobs } if json => print_json(&serde_json::json!({"reloaded": true, "jobs": jobs})),
+            Response::Reloaded { jobs } => {
+                println!("catalogue reloaded: {jobs} jobs");
+                Ok(())
+            }
+            other => Err(unexpected(other)),
+        },
+        Command::Follow => follow(&ctx).await,
+        Command::Keygen { output } => keygen(output, json),
+        Command::Restore { what } => restore(&ctx, what).await,
+        Command::WalPush { .. } | Command::WalFetch { .. } => Err(CtlError::failed(
+            "WAL archiving (postgres-wal jobs) is not available in this version of bdc-backup",
+        )),
+        Command::Verify { .. } => Err(CtlError::failed("verify is not available in this version of bdc-backup")),
+    }
+}
+
+async fn backups(ctx: &Ctx, job: Option<String>, repository: Option<String>) -> CtlResult {
+    let json = ctx.args.json;
+    let rows = match ctx.request(Request::Backups { job: job.clone(), repository: repository.clone() }).await {
+        Ok(Response::Backups { backups }) => backups,
+        Ok(other) => return Err(unexpected(other)),
+        // No daemon (a fresh host after a disaster): read the repositories directly.
+        Err(err) if err.code == 2 && ctx.catalogue_path().is_some() => {
+            eprintln!("bdc-backupctl: {}; listing the repositories directly", err.message);
+            let catalogue = ctx.load_catalogue()?;
+            crate::daemon::list_backups_offline(&catalogue, job.as_deref(), repository.as_deref())
+                .await
+                .map_err(CtlError::failed)?
+        }
+        Err(err) => return Err(err),
+    };
+    if json { print_json(&rows) } else {
+        print!("{}", output::backups(&rows));
+        Ok(())
+    }
+}
+
+async fn run_job(ctx: &Ctx, job: String, backup_type: Option<BackupType>, wait: bool) -> CtlResult {
+    let json = ctx.args.json;
+    let mut client = ctx.client().await?;
+    let run = match client.request(&Request::Run { job, backup_type, wait }).await? {
+        Response::RunStarted { run } => run,
+        other => return Err(unexpected(other)),
+    };
+    if !wait {
+        return if json {
+            print_json(&run)
+        } else {
+            println!("run {} of {} started", run.id, run.job);
+            Ok(())
+        };
+    }
+    if !json {
+        eprintln!("run {} of {} started", run.id, run.job);
+    }
+    let tty = std::io::stderr().is_terminal() && !json;
+    loop {
+        let event = client.next_event().await?;
+        let Some(event) = event else {
+            return Err(CtlError::usage("the daemon closed the connection before the run ended"));
+        };
+        match &event {
+            Event::Progress { run_id, progress, .. } if *run_id == run.id => {
+                if json {
+                    println!("{}", serde_json::to_string(&event).unwrap_or_default());
+                } else {
+                    let line = output::progress_line(progress);
+                    if tty {
+                        eprint!("\r\x1b[2K{line}");
+                    } else {
+                        eprintln!("{line}");
+                    }
+                }
+            }
+            Event::RunFinished { run: done } if done.id == run.id => {
+                if tty {
+                    eprintln!();
+                }
+                if json {
+                    print_json(done)?;
+                } else {
+                    print!("{}", output::finished(done));
+                }
+                return if done.status.is_success() {
+                    Ok(())
+                } else {
+                    Err(CtlError { code: 1, message: String::new() })
+                };
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn follow(ctx: &Ctx) -> CtlResult {
+    let mut client = ctx.client().await?;
+    match client.request(&Request::Follow).await? {
+        Response::Following => {}
+        other => return Err(unexpected(other)),
+    }
+    let mut stdout = std::io::stdout();
+    while let Some(event) = client.next_event().await? {
+        let line = if ctx.args.json { serde_json::to_string(&event).unwrap_or_default() } else { output::event(&event) };
+        if writeln!(stdout, "{line}").and_then(|_| stdout.flush()).is_err() {
+            return Ok(()); // the reader went away (e.g. `| head`)
+        }
+    }
+    Ok(())
+}
+
+fn keygen(output: Option<PathBuf>, json: bool) -> CtlResult {
+    use age::secrecy::ExposeSecret;
+    let identity = age::x25519::Identity::generate();
+    let recipient = identity.to_public().to_string();
+    let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let text = format!(
+        "# created: {created}\n# public key: {recipient}\n{}\n",
+        identity.to_string().expose_secret()
+    );
+    match &output {
+        Some(path) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::AlreadyExists {
+                        CtlError::failed(format!("{} already exists; keygen never overwrites an identity", path.display()))
+                    } else {
+                        CtlError::failed(format!("cannot create {}: {e}", path.display()))
+                    }
+                })?;
+            file.write_all(text.as_bytes())
+                .and_then(|_| file.sync_all())
+                .map_err(|e| CtlError::failed(format!("cannot write {}: {e}", path.display())))?;
+        }
+        None => print!("{text}"),
+    }
+    if json {
+        print_json(&serde_json::json!({"recipient": recipient, "identity-file": output}))
+    } else {
+        if output.is_some() {
+            println!("{recipient}");
+        } else {
+            eprintln!("public key: {recipient}");
+        }
+        Ok(())
+    }
+}
+
+async fn restore(ctx: &Ctx, what: RestoreCommand) -> CtlResult {
+    match what {
+        RestoreCommand::Database(a) => {
+            let catalogue = ctx.load_catalogue()?;
+            let options = crate::postgres::restore::RestoreDatabaseOptions {
+                job: a.job,
+                database: a.database,
+                backup: a.backup,
+                into: a.into,
+                url: a.url,
+                tables: a.tables.iter().flat_map(|t| t.split(',')).map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect(),
+                create: a.create,
+                jobs: a.jobs,
+                roles: a.roles,
+                repository: a.repository,
+            };
+            let report = crate::postgres::restore::restore_database(&catalogue, options)
+                .await
+                .map_err(|e| CtlError::failed(crate::daemon::error_chain_of(&e)))?;
+            if ctx.args.json { print_json(&report) } else {
+                println!("{report}");
+                Ok(())
+            }
+        }
+        _ => Err(CtlError::failed("this restore is not available in this version of bdc-backup")),
+    }
+}
+
+/// Statuses that make `run --wait` exit 0.
+pub fn is_success(status: RunStatus) -> bool {
+    status.is_success()
+}

@@ -1,0 +1,131 @@
+//! The command line of `bdc-backupctl` (DESIGN §13, a contract: flags may be added, these keep working).
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "bdc-backupctl", version, about = "Control and restore side of bdc-backup")]
+pub struct CtlArgs {
+    /// The job catalogue (also BDC_BACKUP_CATALOGUE); its socket is used unless --socket is given.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub catalogue: Option<PathBuf>,
+    /// The daemon's control socket (default: the catalogue's, BDC_BACKUP_SOCKET, or /run/bdc-backup/control.sock).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Jobs, last result per repository, next run, running jobs and their progress.
+    Status,
+    /// Run history from the state DB, newest first.
+    Runs {
+        #[arg(long)]
+        job: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// What is restorable (falls back to reading the repositories when the daemon is down).
+    Backups {
+        #[arg(long)]
+        job: Option<String>,
+        #[arg(long)]
+        repository: Option<String>,
+    },
+    /// Start a job now.
+    Run {
+        job: String,
+        #[arg(long, conflicts_with = "incremental")]
+        full: bool,
+        #[arg(long)]
+        incremental: bool,
+        /// Follow progress and exit with the run's result.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Cancel a running run.
+    Cancel { run_id: i64 },
+    /// Re-read the catalogue (an invalid one is rejected, the old one kept).
+    Reload,
+    /// Print the daemon's events as they happen.
+    Follow,
+    /// Make an age identity (written 0600, never overwriting) and print its recipient.
+    Keygen {
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// PostgreSQL's archive_command.
+    WalPush { path: PathBuf },
+    /// PostgreSQL's restore_command.
+    WalFetch { name: String, dest: PathBuf },
+    /// Restore from a backup (works without the daemon).
+    Restore {
+        #[command(subcommand)]
+        what: RestoreCommand,
+    },
+    /// Integrity check and restore drill now.
+    Verify {
+        #[arg(long)]
+        job: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum RestoreCommand {
+    /// Restore a logical dump into a database.
+    Database(RestoreDatabaseArgs),
+    /// Point-in-time recovery of the cluster.
+    Cluster(PassThrough),
+    /// Restore a files job's snapshot.
+    Files(PassThrough),
+    /// Restore a config job's snapshot.
+    Config(PassThrough),
+    /// Disaster recovery in the seed's order.
+    All(PassThrough),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RestoreDatabaseArgs {
+    #[arg(long)]
+    pub job: String,
+    /// The source database in the backup (needed when the backup holds several).
+    #[arg(long)]
+    pub database: Option<String>,
+    /// The backup id (default: the newest).
+    #[arg(long)]
+    pub backup: Option<String>,
+    /// The target database name (never mapped to pg_restore -C).
+    #[arg(long)]
+    pub into: String,
+    /// The target server (default: the catalogue's [postgres] url).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Only these tables (comma-separated or repeated), with their indexes, constraints, triggers,
+    /// sequences and grants.
+    #[arg(long, value_name = "T,…")]
+    pub tables: Vec<String>,
+    /// Create the target database first.
+    #[arg(long)]
+    pub create: bool,
+    /// Parallel restore (spools the archive to a checked temp file).
+    #[arg(long)]
+    pub jobs: Option<u32>,
+    /// Also restore roles and tablespaces (the globals).
+    #[arg(long)]
+    pub roles: bool,
+    /// Read from this repository (default: the job's first).
+    #[arg(long)]
+    pub repository: Option<String>,
+}
+
+/// Restores that arrive with later releases: their flags are accepted and reported.
+#[derive(Debug, Clone, Args)]
+pub struct PassThrough {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub rest: Vec<String>,
+}

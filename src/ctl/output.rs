@@ -1,0 +1,184 @@
+//! Human-readable output of the ctl: tables and one-line events.
+
+use crate::daemon::human_bytes;
+use crate::model::{BackupRow, Progress, RunRecord, StatusReport};
+use crate::protocol::Event;
+use chrono::{DateTime, Utc};
+use std::fmt::Write;
+
+fn time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%SZ").to_string()
+}
+
+fn duration(run: &RunRecord) -> String {
+    match run.finished_at {
+        Some(end) => {
+            let secs = (end - run.started_at).num_milliseconds().max(0) as f64 / 1000.0;
+            if secs < 120.0 { format!("{secs:.1}s") } else { format!("{:.1}m", secs / 60.0) }
+        }
+        None => "-".into(),
+    }
+}
+
+/// A table with left-aligned columns.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<String>, out: &mut String| {
+        let last = cells.len() - 1;
+        for (i, cell) in cells.into_iter().enumerate() {
+            if i == last {
+                let _ = write!(out, "{cell}");
+            } else {
+                let _ = write!(out, "{cell:<w$}  ", w = widths[i]);
+            }
+        }
+        out.push('\n');
+    };
+    line(header.iter().map(|h| h.to_string()).collect(), &mut out);
+    for row in rows {
+        line(row.clone(), &mut out);
+    }
+    out
+}
+
+pub fn status(report: &StatusReport) -> String {
+    let tz: chrono_tz::Tz = report.timezone.parse().unwrap_or(chrono_tz::UTC);
+    let local = |t: DateTime<Utc>| t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string();
+    let mut out = format!(
+        "bdc-backupd {} (pid {}), up since {}; timezone {}; catalogue {}\n\n",
+        report.version,
+        report.pid,
+        local(report.started_at),
+        report.timezone,
+        report.catalogue
+    );
+    let rows: Vec<Vec<String>> = report
+        .jobs
+        .iter()
+        .map(|j| {
+            let last = match &j.last_run {
+                Some(r) => format!("{} {}", r.status, local(r.finished_at.unwrap_or(r.started_at))),
+                None => "never".into(),
+            };
+            let next = match (j.next_run, j.next_type) {
+                (Some(t), Some(ty)) => format!("{} ({ty})", local(t)),
+                (Some(t), None) => local(t),
+                _ => "-".into(),
+            };
+            let repos = j
+                .repositories
+                .iter()
+                .map(|r| format!("{}: {}", r.repository, r.last_backup_id.as_deref().unwrap_or("none")))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let state = if j.running.is_some() {
+                "running"
+            } else if j.stale {
+                "STALE"
+            } else {
+                "ok"
+            };
+            vec![j.name.clone(), j.kind.to_string(), state.into(), last, next, repos]
+        })
+        .collect();
+    out.push_str(&table(&["JOB", "KIND", "STATE", "LAST RUN", "NEXT RUN", "LAST BACKUP"], &rows));
+    for j in &report.jobs {
+        if let Some((run, progress)) = &j.running {
+            let _ = writeln!(out, "\n{}: run {} {}", j.name, run.id, progress_line(progress));
+        }
+        if let Some(run) = &j.last_run
+            && let Some(err) = &run.error
+            && !run.status.is_success()
+        {
+            let _ = writeln!(out, "\n{}: last run {} {}: {}", j.name, run.id, run.status, err);
+        }
+    }
+    out
+}
+
+pub fn runs(runs: &[RunRecord]) -> String {
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.to_string(),
+                r.job.clone(),
+                r.trigger.to_string(),
+                r.backup_type.map(|t| t.to_string()).unwrap_or_default(),
+                r.status.to_string(),
+                time(r.started_at),
+                duration(r),
+                human_bytes(r.bytes_read),
+                human_bytes(r.bytes_stored),
+                r.backup_id.clone().unwrap_or_default(),
+                r.error.clone().unwrap_or_default().lines().next().unwrap_or("").to_string(),
+            ]
+        })
+        .collect();
+    table(&["ID", "JOB", "TRIGGER", "TYPE", "STATUS", "STARTED", "TOOK", "READ", "STORED", "BACKUP", "ERROR"], &rows)
+}
+
+pub fn backups(rows: &[BackupRow]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|b| {
+            vec![
+                b.job.clone(),
+                b.backup_id.clone(),
+                b.repository.clone(),
+                b.backup_type.to_string(),
+                time(b.stopped_at),
+                human_bytes(b.bytes_stored),
+                b.summary.clone(),
+            ]
+        })
+        .collect();
+    table(&["JOB", "BACKUP", "REPOSITORY", "TYPE", "FINISHED", "STORED", "CONTENTS"], &rows)
+}
+
+pub fn progress_line(p: &Progress) -> String {
+    let ratio = if p.bytes_read > 0 { format!(" ({:.0}%)", 100.0 * p.bytes_stored as f64 / p.bytes_read as f64) } else { String::new() };
+    format!("{}: {} read, {} stored{ratio}", p.phase, human_bytes(p.bytes_read), human_bytes(p.bytes_stored))
+}
+
+pub fn finished(run: &RunRecord) -> String {
+    let mut out = format!(
+        "run {} of {} {} in {}: {} read, {} stored",
+        run.id,
+        run.job,
+        run.status,
+        duration(run),
+        human_bytes(run.bytes_read),
+        human_bytes(run.bytes_stored)
+    );
+    if let Some(id) = &run.backup_id
+        && run.status.is_success()
+    {
+        let _ = write!(out, ", backup {id}");
+    }
+    out.push('\n');
+    if let Some(err) = &run.error {
+        let _ = writeln!(out, "error: {err}");
+    }
+    out
+}
+
+pub fn event(e: &Event) -> String {
+    let now = time(Utc::now());
+    match e {
+        Event::RunStarted { run } => format!("{now} run {} of {} started ({})", run.id, run.job, run.trigger),
+        Event::Progress { run_id, job, progress } => format!("{now} run {run_id} of {job}: {}", progress_line(progress)),
+        Event::RunFinished { run } => format!("{now} {}", finished(run).trim_end()),
+        Event::Skipped { job, reason } => format!("{now} {job}: skipped: {reason}"),
+        Event::Reloaded { jobs } => format!("{now} catalogue reloaded ({jobs} jobs)"),
+        Event::Log { level, message } => format!("{now} {level}: {message}"),
+        #[allow(unreachable_patterns)]
+        other => format!("{now} {other:?}"),
+    }
+}
