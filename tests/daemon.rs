@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::daemon::{Setup, wait_for};
+use common::daemon::Setup;
 use nix::sys::signal::Signal;
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;
