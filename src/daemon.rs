@@ -52,24 +52,47 @@ pub fn check(path: &std::path::Path) -> Result<Catalogue, CatalogueErrors> {
     Catalogue::load(path)
 }
 
-/// Runs the daemon until SIGTERM/SIGINT. Logging must already be initialised.
+/// Runs the daemon until SIGTERM/SIGINT; SIGHUP reloads. Logging must already be initialised.
 pub async fn run(options: DaemonOptions, catalogue: Catalogue) -> Result<(), DaemonError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+    let daemon = start(options, catalogue).await?;
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = sighup.recv() => {
+                if let Err(errors) = daemon.reload().await {
+                    tracing::error!("reload rejected, keeping the previous catalogue:\n{errors}");
+                }
+            }
+        }
+    }
+    daemon.stop().await;
+    Ok(())
+}
 
+/// A started daemon: socket bound, scheduler running.
+pub struct RunningDaemon {
+    shared: Arc<core::Shared>,
+    socket: PathBuf,
+    scheduler: tokio::task::JoinHandle<()>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+/// Opens the state DB, reconciles, binds the socket, notifies READY and starts the scheduler.
+pub async fn start(options: DaemonOptions, catalogue: Catalogue) -> Result<RunningDaemon, DaemonError> {
     let state = StateDb::open(&catalogue.daemon.state_db).await.map_err(DaemonError::State)?;
-    let socket_path = catalogue.daemon.socket.clone();
+    let socket = catalogue.daemon.socket.clone();
     let shared = core::Shared::new(options.catalogue.clone(), catalogue, state, options.clock);
 
     reconcile::interrupted_runs(&shared).await;
 
     let policy = shared.access_policy();
-    let listener = crate::control::server::bind(&socket_path, policy.read_gid)
-        .map_err(|source| DaemonError::Socket { path: socket_path.display().to_string(), source })?;
-
+    let listener = crate::control::server::bind(&socket, policy.read_gid)
+        .map_err(|source| DaemonError::Socket { path: socket.display().to_string(), source })?;
     let server = {
-        let shared = shared.clone();
         let handler = Arc::new(handler::DaemonHandler::new(shared.clone()));
         let policy_rx = shared.policy_receiver();
         let shutdown = shared.shutdown.clone();
@@ -77,37 +100,39 @@ pub async fn run(options: DaemonOptions, catalogue: Catalogue) -> Result<(), Dae
     };
 
     systemd::ready(&shared.status_line().await);
-    tracing::info!(catalogue = %options.catalogue.display(), socket = %socket_path.display(), "bdc-backupd ready");
+    tracing::info!(catalogue = %options.catalogue.display(), socket = %socket.display(), "bdc-backupd ready");
 
     // Bring the backups table in line with the repositories, after READY (remote listings may be slow).
     {
         let shared = shared.clone();
         shared.tasks.clone().spawn(async move { reconcile::backups(&shared).await });
     }
-
     let scheduler = tokio::spawn(scheduler::run_loop(shared.clone()));
+    Ok(RunningDaemon { shared, socket, scheduler, server })
+}
 
-    loop {
-        tokio::select! {
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-            _ = sighup.recv() => {
-                if let Err(errors) = shared.reload().await {
-                    tracing::error!("reload rejected, keeping the previous catalogue:\n{errors}");
-                }
-            }
-        }
+impl RunningDaemon {
+    /// Re-reads the catalogue (SIGHUP); an invalid one is rejected and the old one kept.
+    pub async fn reload(&self) -> Result<usize, CatalogueErrors> {
+        self.shared.reload().await
     }
 
-    systemd::stopping();
-    tracing::info!("stopping: cancelling running jobs");
-    shared.shutdown_runs().await;
-    shared.shutdown.cancel();
-    let _ = scheduler.await;
-    let _ = server.await;
-    let _ = std::fs::remove_file(&socket_path);
-    tracing::info!("bdc-backupd stopped");
-    Ok(())
+    /// Wakes the scheduler loop (after a manual clock moved).
+    pub fn wake(&self) {
+        self.shared.wake.notify_one();
+    }
+
+    /// STOPPING=1, cancel running jobs (recorded as interrupted), wait for them, close the socket.
+    pub async fn stop(self) {
+        systemd::stopping();
+        tracing::info!("stopping: cancelling running jobs");
+        self.shared.shutdown_runs().await;
+        self.shared.shutdown.cancel();
+        let _ = self.scheduler.await;
+        let _ = self.server.await;
+        let _ = std::fs::remove_file(&self.socket);
+        tracing::info!("bdc-backupd stopped");
+    }
 }
 
 pub use self::core::{error_chain as error_chain_of_dyn, human_bytes};

@@ -76,6 +76,7 @@ pub struct Shared {
     pub tasks: TaskTracker,
     policy: watch::Sender<AccessPolicy>,
     last_ids: std::sync::Mutex<HashMap<String, String>>,
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -99,6 +100,7 @@ impl Shared {
             tasks: TaskTracker::new(),
             policy: watch::channel(policy).0,
             last_ids: std::sync::Mutex::new(HashMap::new()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -162,7 +164,7 @@ impl Shared {
         requested: Option<BackupType>,
         trigger: Trigger,
     ) -> Result<RunRecord, StartError> {
-        if self.shutdown.is_cancelled() {
+        if self.stopping.load(Ordering::SeqCst) {
             return Err(StartError::Stopping);
         }
         let catalogue = self.catalogue();
@@ -253,6 +255,7 @@ impl Shared {
 
     /// SIGTERM: cancel every run, wait for them to record `interrupted` (bounded).
     pub async fn shutdown_runs(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
         {
             let runs = self.runs.lock().await;
             for active in runs.values() {

@@ -1,0 +1,125 @@
+//! The scheduler inside a real (in-process) daemon on a manual clock: DST, catch-up after downtime,
+//! catch-up = "skip". The job's server is down, so every run fails fast: what is checked is which
+//! runs the scheduler starts, when, and with which trigger.
+
+mod common;
+
+use bdc_backup::catalogue::Catalogue;
+use bdc_backup::clock::{Clock, ManualClock};
+use bdc_backup::daemon::{DaemonOptions, RunningDaemon, start};
+use bdc_backup::model::{RunRecord, RunStatus, Trigger};
+use bdc_backup::state::StateDb;
+use chrono::{DateTime, TimeZone, Utc};
+use common::daemon::Setup;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const JOB: &str = r#"
+[postgres]
+url = "postgresql://postgres@127.0.0.1:1/postgres"
+
+[[job]]
+name = "db-dump"
+kind = "postgres-dump"
+schedule = "30 2 * * *"
+databases = ["app"]
+repositories = ["local"]
+"#;
+
+fn utc(y: i32, m: u32, d: u32, h: u32, min: u32, s: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(y, m, d, h, min, s).unwrap()
+}
+
+async fn boot(setup: &Setup, clock: Arc<ManualClock>) -> RunningDaemon {
+    let catalogue = Catalogue::load(&setup.catalogue_path()).expect("valid catalogue");
+    let options = DaemonOptions { catalogue: setup.catalogue_path(), clock: clock as Arc<dyn Clock> };
+    start(options, catalogue).await.expect("daemon starts")
+}
+
+async fn runs(setup: &Setup) -> Vec<RunRecord> {
+    let state = StateDb::open(&setup.path("state/state.db")).await.unwrap();
+    let mut runs = state.runs(None, 1000).await.unwrap();
+    runs.reverse();
+    runs
+}
+
+/// Waits until the run count reaches `n` and none is running; then a little longer, to catch extras.
+async fn settle(setup: &Setup, daemon: &RunningDaemon, n: usize) -> Vec<RunRecord> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        daemon.wake();
+        let r = runs(setup).await;
+        if r.len() >= n && r.iter().all(|r| r.status != RunStatus::Running) {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            return runs(setup).await;
+        }
+        assert!(Instant::now() < deadline, "expected {n} runs, have {r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daily_job_fires_once_across_the_autumn_dst_change_and_catches_up_once() {
+    let setup = Setup::new();
+    let text = setup_catalogue(&setup, "once");
+    let _ = text;
+    // 2026-10-25 00:00 CEST; 02:30 happens twice that night (00:30Z CEST and 01:30Z CET).
+    let clock = Arc::new(ManualClock::new(utc(2026, 10, 24, 22, 0, 0)));
+    let daemon = boot(&setup, clock.clone()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(runs(&setup).await.len(), 0, "nothing due at start");
+
+    clock.set(utc(2026, 10, 25, 0, 29, 59));
+    daemon.wake();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(runs(&setup).await.len(), 0, "not before 02:30 CEST");
+
+    clock.set(utc(2026, 10, 25, 0, 30, 1));
+    let r = settle(&setup, &daemon, 1).await;
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].trigger, Trigger::Scheduled);
+    assert_eq!(r[0].status, RunStatus::Failed, "the server is down");
+    assert!(r[0].error.as_deref().unwrap_or("").contains("127.0.0.1"), "{:?}", r[0].error);
+
+    // The second 02:30 (CET) does not fire again.
+    clock.set(utc(2026, 10, 25, 1, 45, 0));
+    daemon.wake();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(runs(&setup).await.len(), 1, "an ambiguous time fires once");
+    daemon.stop().await;
+
+    // Down for three days: one catch-up run, not three.
+    clock.set(utc(2026, 10, 28, 9, 0, 0));
+    let daemon = boot(&setup, clock.clone()).await;
+    let r = settle(&setup, &daemon, 2).await;
+    assert_eq!(r.len(), 2, "{r:?}");
+    assert_eq!(r[1].trigger, Trigger::CatchUp);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_skip_records_a_skipped_run() {
+    let setup = Setup::new();
+    setup_catalogue(&setup, "skip");
+    let clock = Arc::new(ManualClock::new(utc(2027, 3, 27, 12, 0, 0)));
+    let daemon = boot(&setup, clock.clone()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    daemon.stop().await;
+    // Down across the spring-forward night (02:30 does not exist on 2027-03-28) and the next.
+    clock.set(utc(2027, 3, 29, 12, 0, 0));
+    let daemon = boot(&setup, clock.clone()).await;
+    let r = settle(&setup, &daemon, 1).await;
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].status, RunStatus::Skipped);
+    assert!(r[0].error.as_deref().unwrap_or("").contains("skip"), "{:?}", r[0].error);
+    daemon.stop().await;
+}
+
+fn setup_catalogue(setup: &Setup, catch_up: &str) -> String {
+    setup.write_catalogue(JOB);
+    let text = std::fs::read_to_string(setup.catalogue_path())
+        .unwrap()
+        .replace("max-concurrent-runs = 2", &format!("max-concurrent-runs = 2\ncatch-up = \"{catch_up}\""));
+    std::fs::write(setup.catalogue_path(), &text).unwrap();
+    text
+}
