@@ -614,6 +614,68 @@ mod tests {
         assert!(CronSchedule::parse("0 0 29 2 *").is_ok());
     }
 
+    /// Cross-check against the definition, minute by minute: every matching wall time maps to
+    /// `resolve(wall)`; the fires are those instants, each once. `next_after` iterated from the
+    /// start and `prev_at_or_before` at every minute must agree with it.
+    #[test]
+    fn matches_the_definition_minute_by_minute_across_both_changes() {
+        let exprs = [
+            "0 * * * *",
+            "*/30 * * * *",
+            "30 2 * * *",
+            "15,45 1-3 * * *",
+            "*/7 2 * * *",
+            "0 0 25 * 0",
+            "0 0 * * *",
+        ];
+        let windows = [
+            ("2026-10-24T20:00:00", "2026-10-25T06:00:00"),
+            ("2027-03-27T20:00:00", "2027-03-28T06:00:00"),
+        ];
+        for expr in exprs {
+            let c = cron(expr);
+            for (from, to) in windows {
+                let from: NaiveDateTime = from.parse().expect("naive");
+                let to: NaiveDateTime = to.parse().expect("naive");
+                let mut expected = Vec::new();
+                let mut w = from;
+                while w <= to {
+                    if c.cron.is_time_matching(&w.and_utc()).expect("match") {
+                        expected.push(resolve(w, Berlin).expect("resolves"));
+                    }
+                    w += Duration::minutes(1);
+                }
+                expected.dedup();
+                let start = resolve(from, Berlin).expect("start");
+                let end = resolve(to, Berlin).expect("end");
+                let mut got = Vec::new();
+                let mut t = start - Duration::seconds(1);
+                while let Some(next) = c.next_after(t, Berlin).filter(|n| *n <= end) {
+                    got.push(next);
+                    t = next;
+                }
+                assert!(!expected.is_empty(), "{expr} from {from}: no fires");
+                assert_eq!(got, expected, "{expr} from {from}");
+                let mut t = start;
+                while t <= end {
+                    let prev = expected.iter().rev().find(|f| **f <= t).copied();
+                    if let Some(prev) = prev {
+                        assert_eq!(
+                            c.prev_at_or_before(t, Berlin),
+                            Some(prev),
+                            "{expr} prev at {t}"
+                        );
+                    }
+                    let next = expected.iter().find(|f| **f > t).copied();
+                    if let Some(next) = next {
+                        assert_eq!(c.next_after(t, Berlin), Some(next), "{expr} next after {t}");
+                    }
+                    t += Duration::seconds(450);
+                }
+            }
+        }
+    }
+
     /// What croner 3.0.1 does by itself with a real `Tz` (why we only let it match naive times).
     #[test]
     fn croner_own_dst_behaviour() {
