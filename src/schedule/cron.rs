@@ -38,14 +38,21 @@ pub struct CronError {
     pub source: Option<Arc<croner::errors::CronError>>,
 }
 
-const FIELD_NAMES_5: [&str; 5] = ["minute", "hour", "day-of-month", "month", "day-of-week"];
-const FIELD_NAMES_6: [&str; 6] = [
-    "second",
-    "minute",
-    "hour",
-    "day-of-month",
-    "month",
-    "day-of-week",
+/// Field names and their allowed values, for error messages.
+const FIELDS_5: [(&str, &str); 5] = [
+    ("minute", "0-59"),
+    ("hour", "0-23"),
+    ("day-of-month", "1-31"),
+    ("month", "1-12 or JAN-DEC"),
+    ("day-of-week", "0-7 or SUN-SAT"),
+];
+const FIELDS_6: [(&str, &str); 6] = [
+    ("second", "0-59"),
+    ("minute", "0-59"),
+    ("hour", "0-23"),
+    ("day-of-month", "1-31"),
+    ("month", "1-12 or JAN-DEC"),
+    ("day-of-week", "0-7 or SUN-SAT"),
 ];
 
 /// Nicknames and the 5-field expressions they stand for.
@@ -92,9 +99,9 @@ impl CronSchedule {
             trimmed.to_string()
         };
         let fields: Vec<&str> = expanded.split_whitespace().collect();
-        let names: &[&str] = match fields.len() {
-            5 => &FIELD_NAMES_5,
-            6 => &FIELD_NAMES_6,
+        let names: &[(&str, &str)] = match fields.len() {
+            5 => &FIELDS_5,
+            6 => &FIELDS_6,
             n => {
                 return Err(err(format!(
                     "expected 5 fields (minute hour day-of-month month day-of-week) or 6 with \
@@ -113,8 +120,13 @@ impl CronSchedule {
         }
         let cron = parser().parse(&expanded).map_err(|e| {
             let reason = match field_at_fault(&fields, names) {
-                Some((name, value, field_err)) => format!("{name} field `{value}`: {field_err}"),
-                None => e.to_string(),
+                Some(((name, allowed), value, field_err)) => {
+                    format!(
+                        "{name} field `{value}` (allowed {allowed}): {}",
+                        croner_message(&field_err)
+                    )
+                }
+                None => croner_message(&e),
             };
             CronError {
                 expression: expression.to_string(),
@@ -194,18 +206,27 @@ fn parser() -> CronParser {
         .build()
 }
 
+/// croner's message without its category prefix.
+fn croner_message(e: &croner::errors::CronError) -> String {
+    use croner::errors::CronError as E;
+    match e {
+        E::ComponentError(msg) | E::IllegalCharacters(msg) | E::InvalidPattern(msg) => msg.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// Finds the first field that croner rejects on its own (the others replaced by `*`).
-fn field_at_fault<'a>(
+fn field_at_fault<'a, N: Copy>(
     fields: &[&'a str],
-    names: &[&'static str],
-) -> Option<(&'static str, &'a str, croner::errors::CronError)> {
+    names: &[N],
+) -> Option<(N, &'a str, croner::errors::CronError)> {
     let p = parser();
     for (i, (value, name)) in fields.iter().zip(names).enumerate() {
         let probe: Vec<&str> = (0..fields.len())
             .map(|j| if j == i { *value } else { "*" })
             .collect();
         if let Err(e) = p.parse(&probe.join(" ")) {
-            return Some((name, value, e));
+            return Some((*name, value, e));
         }
     }
     None
