@@ -1,7 +1,7 @@
 //! Cron expressions (croner) evaluated as wall-clock time in a timezone (chrono-tz), DST-correct.
 //!
 //! croner only matches *naive* wall-clock times here (it is always handed UTC, which has no DST);
-//! turning a wall time into an instant is done by [`resolve`], with one rule for every
+//! turning a wall time into an instant is done by `resolve`, with one rule for every
 //! expression:
 //!
 //! * a wall time that exists once is that instant;
@@ -136,15 +136,14 @@ impl CronSchedule {
         })?;
         // A valid but impossible expression (`0 0 30 2 *`) would never fire: reject it here rather
         // than let the job silently never run. 28 years cover every weekday/leap-year combination.
-        let probe = Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0).single();
-        let fires = probe
-            .and_then(|p| cron.find_next_occurrence(&p, false).ok())
-            .is_some_and(|next| {
-                next < Utc
-                    .with_ymd_and_hms(2028, 1, 1, 0, 0, 0)
-                    .single()
-                    .unwrap_or(next)
-            });
+        let window = Utc
+            .with_ymd_and_hms(2000, 1, 1, 0, 0, 0)
+            .single()
+            .zip(Utc.with_ymd_and_hms(2028, 1, 1, 0, 0, 0).single());
+        let fires = window.is_some_and(|(from, until)| {
+            cron.find_next_occurrence(&from, false)
+                .is_ok_and(|next| next < until)
+        });
         if !fires {
             return Err(err(
                 "the expression never fires (no such date, e.g. day 30 of February)".into(),
