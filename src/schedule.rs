@@ -4,9 +4,10 @@
 //! fire after an instant in a timezone, DST-correct (a time in a gap fires right after the gap, an
 //! ambiguous time fires once). [`plan`]: given the persisted last fires and the clock, which run
 //! type is due for a job now (full wins over incremental; catch-up of the strongest missed type).
+//! The exact rules, with worked DST examples, are in docs/scheduling.md.
 
 pub mod cron;
 pub mod plan;
 
 pub use cron::{CronError, CronSchedule};
-pub use plan::{Due, JobSchedule, due_now, next_fire};
+pub use plan::{CATCH_UP_TOLERANCE, Due, JobSchedule, due_now, next_fire};
