@@ -38,13 +38,21 @@ pub async fn run_loop(shared: Arc<Shared>) {
                     continue;
                 }
             };
-            let mut last_fire = Vec::new();
-            for (ty, _) in &entries {
-                last_fire.push((*ty, shared.state.last_fire(&job.name, *ty).await.ok().flatten()));
-            }
-            let js = JobSchedule { job: &job.name, entries, last_fire, known_since };
-            if let Some(due) = due_now(&js, now, tz, catalogue.daemon.catch_up) {
-                handle_due(&shared, &job.name, job.kind(), due, now).await;
+            // One decision per call: record it, ask again (bounded) until nothing is due.
+            for _ in 0..8 {
+                let mut last_fire = Vec::new();
+                for (ty, _) in &entries {
+                    last_fire.push((*ty, shared.state.last_fire(&job.name, *ty).await.ok().flatten()));
+                }
+                let js = JobSchedule { job: &job.name, entries: entries.clone(), last_fire, known_since };
+                match due_now(&js, now, tz, catalogue.daemon.catch_up) {
+                    Some(due) => {
+                        if !handle_due(&shared, &job.name, job.kind(), due, now).await {
+                            break;
+                        }
+                    }
+                    None => break,
+                }
             }
         }
         super::systemd::status(&shared.status_line().await);
@@ -66,14 +74,21 @@ pub async fn run_loop(shared: Arc<Shared>) {
     }
 }
 
-async fn handle_due(shared: &Arc<Shared>, job: &str, kind: crate::model::JobKindName, due: Due, now: chrono::DateTime<chrono::Utc>) {
+/// Handles one decision; false when the fire could not be recorded (stop asking for this job).
+async fn handle_due(
+    shared: &Arc<Shared>,
+    job: &str,
+    kind: crate::model::JobKindName,
+    due: Due,
+    now: chrono::DateTime<chrono::Utc>,
+) -> bool {
     // Persist first: the fire is handled whatever happens next.
     let mut types: Vec<BackupType> = vec![due.backup_type];
     types.extend(due.covers.iter().copied());
     for ty in &types {
         if let Err(err) = shared.state.set_last_fire(job, *ty, now).await {
             tracing::error!(job = %job, error = %err, "state DB: cannot record the schedule fire; not running it");
-            return;
+            return false;
         }
     }
     let skipped = |reason: String| {
@@ -92,7 +107,7 @@ async fn handle_due(shared: &Arc<Shared>, job: &str, kind: crate::model::JobKind
         let local = due.fire_time.with_timezone(&shared.catalogue().daemon.timezone);
         let (run, reason) = skipped(format!("missed fire at {local} not caught up (catch-up = \"skip\")"));
         record_skip(shared, run, reason).await;
-        return;
+        return true;
     }
     let trigger = due.trigger;
     if trigger == Trigger::CatchUp {
@@ -107,6 +122,7 @@ async fn handle_due(shared: &Arc<Shared>, job: &str, kind: crate::model::JobKind
         Err(StartError::Stopping) => {}
         Err(err) => tracing::error!(job = %job, "scheduled run not started: {err}"),
     }
+    true
 }
 
 async fn record_skip(shared: &Arc<Shared>, run: NewRun, reason: String) {
