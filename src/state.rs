@@ -260,18 +260,18 @@ impl StateDb {
     /// a SQLite database is an error, never replaced by an empty one.
     pub async fn open(path: &Path) -> Result<StateDb, StateError> {
         let shown = path.display().to_string();
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if !parent.exists() {
-                use std::os::unix::fs::DirBuilderExt;
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(parent)
-                    .map_err(|source| StateError::CreateDir {
-                        path: parent.display().to_string(),
-                        source,
-                    })?;
-            }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+            && !parent.exists()
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(|source| StateError::CreateDir {
+                    path: parent.display().to_string(),
+                    source,
+                })?;
         }
         let opts = SqliteConnectOptions::new()
             .filename(path)

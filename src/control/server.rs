@@ -53,15 +53,15 @@ fn with_path(path: &Path, what: &str, e: io::Error) -> io::Error {
 /// stale socket file, refuses when another daemon answers there, then sets mode 0660 and, when
 /// `group` is given, the socket's group. Must be called inside a tokio runtime.
 pub fn bind(path: &Path, group: Option<u32>) -> io::Result<UnixListener> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !parent.exists() {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(parent)
-                .map_err(|e| with_path(parent, "cannot create socket folder", e))?;
-        }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.exists()
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .map_err(|e| with_path(parent, "cannot create socket folder", e))?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
