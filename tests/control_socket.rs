@@ -561,3 +561,34 @@ async fn unprivileged_peer_is_denied_audited_and_allowed_reads_with_the_read_gro
     d.shutdown.cancel();
     d.task.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn connections_beyond_the_cap_are_refused_not_queued() {
+    let d = start(None, 4).await;
+    let mut open = Vec::new();
+    for _ in 0..server::MAX_CONNECTIONS {
+        open.push(Raw::hello(&d.path).await);
+    }
+    let mut extra = Raw::connect(&d.path).await;
+    let reply = extra.recv().await.expect("an error line");
+    assert_eq!(code(&reply), "conflict", "{reply}");
+    assert!(extra.recv().await.is_none());
+    let err = Client::connect(&d.path).await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Daemon(b) if b.code == ErrorCode::Conflict),
+        "{err:?}"
+    );
+    // Closing one frees its slot.
+    drop(open.pop());
+    let mut ok = None;
+    for _ in 0..50 {
+        match Client::connect(&d.path).await {
+            Ok(c) => {
+                ok = Some(c);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert!(ok.is_some(), "a slot was freed");
+}

@@ -311,6 +311,47 @@ mod tests {
         assert!(parse_reply(b"nonsense").is_err());
     }
 
+    #[test]
+    fn known_event_tags_cover_every_event() {
+        use crate::model::{JobKindName, Progress, RunRecord, RunStatus, Trigger};
+        let run = RunRecord {
+            id: 1,
+            job: "j".into(),
+            kind: JobKindName::Files,
+            trigger: Trigger::Manual,
+            backup_type: None,
+            status: RunStatus::Running,
+            started_at: chrono::Utc::now(),
+            finished_at: None,
+            bytes_read: 0,
+            bytes_stored: 0,
+            error: None,
+            backup_id: None,
+        };
+        let all = [
+            Event::RunStarted { run: run.clone() },
+            Event::Progress {
+                run_id: 1,
+                job: "j".into(),
+                progress: Progress::default(),
+            },
+            Event::RunFinished { run },
+            Event::Skipped {
+                job: "j".into(),
+                reason: "r".into(),
+            },
+            Event::Reloaded { jobs: 1 },
+            Event::Log {
+                level: "info".into(),
+                message: "m".into(),
+            },
+        ];
+        for e in all {
+            let v = serde_json::to_value(&e).unwrap();
+            assert!(Event::KNOWN.contains(&v["event"].as_str().unwrap()), "{v}");
+        }
+    }
+
     #[tokio::test]
     async fn connect_error_names_the_path_and_exits_2() {
         let err = Client::connect(Path::new("/nonexistent/bdc/control.sock"))
