@@ -146,24 +146,30 @@ pub async fn serve<H: Handler>(
             });
             continue;
         };
-        let peer = match Peer::from_stream(&stream) {
-            Ok(peer) => peer,
+        let cred = match stream.peer_cred() {
+            Ok(cred) => cred,
             Err(e) => {
                 tracing::warn!(error = %e, "control socket: cannot read peer credentials; closing");
                 continue;
             }
         };
         let (reader, writer) = stream.into_split();
-        let conn = Connection {
-            reader: BufReader::new(reader),
-            writer,
-            peer,
-            handler: handler.clone(),
-            policy: policy.clone(),
-            shutdown: shutdown.child_token(),
-        };
+        let (handler, policy, shutdown) = (handler.clone(), policy.clone(), shutdown.child_token());
         tasks.spawn(async move {
             let _permit = permit;
+            // User and group lookups may block (NSS): keep them off the runtime threads.
+            let lookup = move || Peer::from_ids(cred.uid(), cred.gid(), cred.pid());
+            let Ok(peer) = tokio::task::spawn_blocking(lookup).await else {
+                return;
+            };
+            let conn = Connection {
+                reader: BufReader::new(reader),
+                writer,
+                peer,
+                handler,
+                policy,
+                shutdown,
+            };
             let peer = conn.peer.describe();
             if let Err(e) = conn.run().await {
                 tracing::debug!(peer, error = %e, "control connection ended with an error");

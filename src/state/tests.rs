@@ -453,3 +453,34 @@ async fn manifest_copy_round_trip_with_non_utf8_path() {
     db.remove_manifest_copy("files", "F1").await.unwrap();
     assert_eq!(db.manifest_copy("files", "F1").await.unwrap(), None);
 }
+
+#[tokio::test]
+async fn newer_schema_and_uncreatable_folder_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let db = StateDb::open(&path).await.unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (9999, 'from a newer bdc-backupd', 1, x'00', 0)",
+    )
+    .execute(db.pool())
+    .await
+    .unwrap();
+    db.pool().close().await;
+    let err = StateDb::open(&path)
+        .await
+        .expect_err("a newer schema must not be used");
+    assert!(matches!(err, StateError::Migrate { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    let err = StateDb::open(&file.join("sub/state.db"))
+        .await
+        .expect_err("parent is a file");
+    assert!(matches!(err, StateError::CreateDir { .. }), "{err:?}");
+    assert!(err.to_string().contains("plain-file/sub"), "{err}");
+}
