@@ -95,6 +95,10 @@ impl Handler for Fake {
                 Reply::Ok(Response::RunStarted { run })
             }
             Request::Reload => Reply::Ok(Response::Reloaded { jobs: 3 }),
+            Request::Runs { job: Some(job), .. } if job == "slow" => {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                Reply::Ok(Response::Runs { runs: vec![] })
+            }
             _ => Reply::Ok(Response::Runs { runs: vec![] }),
         }
     }
@@ -591,4 +595,21 @@ async fn connections_beyond_the_cap_are_refused_not_queued() {
         }
     }
     assert!(ok.is_some(), "a slot was freed");
+}
+
+#[tokio::test]
+async fn request_times_out_on_a_silent_daemon() {
+    let d = start(None, 4).await;
+    let mut c = Client::connect(&d.path).await.unwrap();
+    c.set_reply_timeout(Some(Duration::from_millis(200)));
+    let slow = Request::Runs {
+        job: Some("slow".into()),
+        limit: None,
+    };
+    let err = c.request(&slow).await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Io { source, .. } if source.kind() == std::io::ErrorKind::TimedOut),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("no answer to `runs`"), "{err}");
 }

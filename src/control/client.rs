@@ -19,6 +19,9 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 /// Connecting and the handshake each must finish within this time.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// [`Client::request`] gives up after this long by default (see [`Client::set_reply_timeout`]).
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Where the daemon listens unless the catalogue or `--socket` says otherwise.
 pub fn default_socket_path() -> PathBuf {
     PathBuf::from("/run/bdc-backup/control.sock")
@@ -81,6 +84,7 @@ pub struct Client {
     path: PathBuf,
     daemon: Hello,
     line: Vec<u8>,
+    reply_timeout: Option<Duration>,
 }
 
 /// One parsed reply line.
@@ -120,6 +124,7 @@ impl Client {
                 software: String::new(),
             },
             line: Vec::new(),
+            reply_timeout: Some(REPLY_TIMEOUT),
         };
         let hello = Hello {
             protocol: PROTOCOL_VERSION,
@@ -164,9 +169,31 @@ impl Client {
         &self.daemon
     }
 
+    /// How long [`Client::request`] waits for its answer (`None`: forever). Events are
+    /// never timed out. After a timeout the connection is out of step: drop the client.
+    pub fn set_reply_timeout(&mut self, timeout: Option<Duration>) {
+        self.reply_timeout = timeout;
+    }
+
     /// Sends one request and returns its answer. Stray events (from an earlier stream the caller
     /// stopped reading) are skipped.
     pub async fn request(&mut self, request: &Request) -> Result<Response, ClientError> {
+        let Some(limit) = self.reply_timeout else {
+            return self.request_inner(request).await;
+        };
+        match tokio::time::timeout(limit, self.request_inner(request)).await {
+            Ok(result) => result,
+            Err(_) => Err(ClientError::Io {
+                path: self.path.display().to_string(),
+                source: io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer to `{}` within {limit:?}", request.verb()),
+                ),
+            }),
+        }
+    }
+
+    async fn request_inner(&mut self, request: &Request) -> Result<Response, ClientError> {
         self.write(request).await?;
         loop {
             match self.read_reply().await? {
