@@ -102,6 +102,11 @@ pub enum Event {
 }
 
 impl Event {
+    /// The `event` tags this version knows; a client skips events with other tags (a newer
+    /// daemon's additions).
+    pub const KNOWN: &'static [&'static str] =
+        &["run-started", "progress", "run-finished", "skipped", "reloaded", "log"];
+
     pub fn finished_status(&self) -> Option<RunStatus> {
         match self {
             Event::RunFinished { run } => Some(run.status),
