@@ -96,7 +96,11 @@ pub async fn start(options: DaemonOptions, catalogue: Catalogue) -> Result<Runni
         let handler = Arc::new(handler::DaemonHandler::new(shared.clone()));
         let policy_rx = shared.policy_receiver();
         let shutdown = shared.shutdown.clone();
-        tokio::spawn(async move { crate::control::server::serve(listener, handler, policy_rx, shutdown).await })
+        tokio::spawn(async move {
+            if let Err(err) = crate::control::server::serve(listener, handler, policy_rx, shutdown).await {
+                tracing::error!(error = %err, "control socket server stopped");
+            }
+        })
     };
 
     systemd::ready(&shared.status_line().await);

@@ -441,16 +441,3 @@ async fn send(writer: &mut OwnedWriteHalf, reply: &Reply) -> io::Result<()> {
 fn too_long() -> String {
     format!("line longer than {MAX_LINE} bytes; closing the connection")
 }
-
-pub fn bind(_path: &std::path::Path, _group: Option<u32>) -> std::io::Result<tokio::net::UnixListener> {
-    todo!("state/control helper")
-}
-
-pub async fn serve<H: Handler>(
-    _listener: tokio::net::UnixListener,
-    _handler: std::sync::Arc<H>,
-    _policy: tokio::sync::watch::Receiver<crate::control::auth::AccessPolicy>,
-    _shutdown: tokio_util::sync::CancellationToken,
-) {
-    todo!()
-}
