@@ -4,6 +4,7 @@
 //! (options and loose values, so no single bad value aborts parsing); [`validate`] builds the
 //! rich types below and collects **every** error with its key path and file.
 
+mod fields;
 pub mod raw;
 pub mod validate;
 
@@ -13,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use validate::{CatalogueError, CatalogueErrors};
+pub use validate::{CatalogueError, CatalogueErrors, parse_str};
 
 /// Environment variables that override daemon scalars (the only ones).
 pub const ENV_STATE_DB: &str = "BDC_BACKUP_STATE_DB";
