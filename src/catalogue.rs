@@ -8,6 +8,9 @@ mod fields;
 pub mod raw;
 pub mod validate;
 
+#[cfg(test)]
+mod tests;
+
 use crate::model::{BackupType, JobKindName};
 use crate::schedule::CronSchedule;
 use std::collections::BTreeMap;

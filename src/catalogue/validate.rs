@@ -348,7 +348,12 @@ fn postgres(cx: &mut Ctx, t: &Table) -> Option<PostgresSettings> {
 
 /// A `postgresql://` URL without a password. `password_hint` says where the password goes instead.
 fn check_postgres_url(cx: &mut Ctx, key: &str, s: &str, password_hint: &str) -> Option<String> {
-    // Never echo the URL: it may hold the very password being rejected.
+    // Never echo the URL: it may hold the very password being rejected. The password check
+    // comes first and does not need a parsable URL.
+    if has_password(s) {
+        cx.error(key, format!("the URL contains a password; remove it and {password_hint} (secrets never go into the catalogue)"));
+        return None;
+    }
     let url = match url::Url::parse(s) {
         Ok(u) => u,
         Err(e) => {
@@ -366,11 +371,31 @@ fn check_postgres_url(cx: &mut Ctx, key: &str, s: &str, password_hint: &str) -> 
         );
         return None;
     }
-    if url.password().is_some() || url.query_pairs().any(|(k, _)| k == "password") {
-        cx.error(key, format!("the URL contains a password; remove it and {password_hint} (secrets never go into the catalogue)"));
-        return None;
-    }
     Some(s.to_string())
+}
+
+/// Whether URL text carries a password: `user:password@` in its authority or a `password=`
+/// query parameter. Works on text that `url` cannot parse (e.g. libpq's `user:pw@/db`).
+fn has_password(s: &str) -> bool {
+    let Some((_, rest)) = s.split_once("://") else {
+        return false;
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = rest.get(..authority_end).unwrap_or_default();
+    if let Some(at) = authority.rfind('@')
+        && authority
+            .get(..at)
+            .is_some_and(|userinfo| userinfo.contains(':'))
+    {
+        return true;
+    }
+    let query = rest.split_once('?').map_or("", |(_, q)| q);
+    let query = query.split('#').next().unwrap_or_default();
+    query.split('&').any(|pair| {
+        pair.split('=')
+            .next()
+            .is_some_and(|k| k.eq_ignore_ascii_case("password"))
+    })
 }
 
 fn encryption(cx: &mut Ctx, t: &Table) -> (EncryptionSettings, bool) {
@@ -517,6 +542,10 @@ fn repository(cx: &mut Ctx, t: &Table, name: &str) -> RepositoryEntry {
 }
 
 fn repository_url(cx: &mut Ctx, key: &str, s: &str) -> Option<RepositoryLocation> {
+    if has_password(s) {
+        cx.error(key, "the URL contains a password; remove it and put the store's credentials in `credentials-file` (secrets never go into the catalogue)");
+        return None;
+    }
     let url = match url::Url::parse(s) {
         Ok(u) => u,
         Err(e) => {
@@ -524,10 +553,6 @@ fn repository_url(cx: &mut Ctx, key: &str, s: &str) -> Option<RepositoryLocation
             return None;
         }
     };
-    if url.password().is_some() {
-        cx.error(key, "the URL contains a password; remove it and put the store's credentials in `credentials-file` (secrets never go into the catalogue)");
-        return None;
-    }
     if !url.username().is_empty() {
         cx.error(key, "the URL contains a user name; remove it and put the store's credentials in `credentials-file`");
         return None;
@@ -602,6 +627,10 @@ fn repository_url(cx: &mut Ctx, key: &str, s: &str) -> Option<RepositoryLocation
 }
 
 fn endpoint_url(cx: &mut Ctx, key: &str, s: &str) -> Option<String> {
+    if has_password(s) {
+        cx.error(key, "the endpoint URL contains credentials; remove them and put them in `credentials-file` (secrets never go into the catalogue)");
+        return None;
+    }
     let url = match url::Url::parse(s) {
         Ok(u) => u,
         Err(e) => {
@@ -735,10 +764,13 @@ fn jobs(
     }
 
     // Cross-references between jobs.
-    let kinds: BTreeMap<String, Option<JobKindName>> = out
-        .iter()
-        .filter_map(|j| Some((j.name.clone()?, j.kind)))
-        .collect();
+    // The first job of a name is the one references mean (a duplicate is reported above).
+    let mut kinds: BTreeMap<String, Option<JobKindName>> = BTreeMap::new();
+    for j in &out {
+        if let Some(name) = &j.name {
+            kinds.entry(name.clone()).or_insert(j.kind);
+        }
+    }
     let wal_jobs: Vec<&JobEntry> = out
         .iter()
         .filter(|j| j.kind == Some(JobKindName::PostgresWal))
