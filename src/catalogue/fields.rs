@@ -35,7 +35,7 @@ impl Ctx<'_> {
         });
     }
 
-    pub fn from_env(&self, key: &str) -> Option<&'static str> {
+    pub fn env_var(&self, key: &str) -> Option<&'static str> {
         self.env_keys.get(key).copied()
     }
 
@@ -287,7 +287,7 @@ impl<'v> Table<'v> {
     pub fn path(&self, cx: &mut Ctx, k: &str) -> Option<PathBuf> {
         let s = self.text(cx, k)?;
         let key = self.key(k);
-        if cx.from_env(&key).is_some() && !Path::new(s).is_absolute() {
+        if cx.env_var(&key).is_some() && !Path::new(s).is_absolute() {
             cx.error(&key, format!("\"{s}\" must be an absolute path"));
             return None;
         }

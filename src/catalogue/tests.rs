@@ -859,3 +859,46 @@ fn example_catalogue_loads() {
     );
     assert!(!c.objectives.is_empty());
 }
+
+#[test]
+fn example_later_release_jobs_validate_when_uncommented() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/bdc-backup/catalogue.toml");
+    let text = std::fs::read_to_string(&path).expect("read the example");
+    let mut later = false;
+    let mut out = String::new();
+    for line in text.lines() {
+        later |= line.contains("arrive in later releases");
+        let rest = line.strip_prefix("# ").unwrap_or_default();
+        let uncomment = (later
+            && (rest.starts_with("[[job]]")
+                || rest.contains(" = ")
+                || rest.trim_start().starts_with('"')))
+            || rest.starts_with("data-directory");
+        out.push_str(if uncomment { rest } else { line });
+        out.push('\n');
+    }
+    let c = match parse_str(&out, &path, &[]) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    let names: Vec<&str> = c.jobs.iter().map(|j| j.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["db-dump", "db", "wal", "uploads", "config", "verify"]
+    );
+}
+
+#[test]
+fn dates_and_floats_are_named_as_such() {
+    let text = small("[daemon]\ntimezone = 1979-05-27\nmax-concurrent-runs = 2.5\n");
+    assert_eq!(
+        errors(&text),
+        pairs(&[
+            ("daemon.timezone", "expected a string, found a date-time"),
+            (
+                "daemon.max-concurrent-runs",
+                "expected an integer, found a float"
+            ),
+        ])
+    );
+}

@@ -109,14 +109,10 @@ pub fn parse_str(
         errors: Vec::new(),
     };
     let catalogue = build(&mut cx, &raw);
-    match catalogue {
-        Some(c) if cx.errors.is_empty() => Ok(c),
-        _ if !cx.errors.is_empty() => Err(CatalogueErrors(cx.errors)),
-        _ => Err(CatalogueErrors::single(
-            file,
-            "",
-            "internal error: the catalogue was not built",
-        )),
+    if cx.errors.is_empty() {
+        Ok(catalogue)
+    } else {
+        Err(CatalogueErrors(cx.errors))
     }
 }
 
@@ -175,7 +171,7 @@ const JOB_COMMON_KEYS: &[&str] = &[
     "compression-workers",
 ];
 
-/// The keys a job of `kind` takes besides [`JOB_COMMON_KEYS`].
+/// The keys a job of `kind` takes besides those every job takes (`name`, `kind`, …).
 pub fn job_kind_keys(kind: JobKindName) -> &'static [&'static str] {
     match kind {
         JobKindName::PostgresDump => &["schedule", "databases", "tables", "globals"],
@@ -195,7 +191,9 @@ pub fn job_kind_keys(kind: JobKindName) -> &'static [&'static str] {
     }
 }
 
-fn build(cx: &mut Ctx, raw: &RawCatalogue) -> Option<Catalogue> {
+/// Walks the whole tree. The result is meaningful only when no error was recorded (invalid
+/// values are replaced by defaults so the walk can go on).
+fn build(cx: &mut Ctx, raw: &RawCatalogue) -> Catalogue {
     let root = Table::new("", &raw.root);
     root.check_keys(cx, TOP_KEYS, &|_| None);
     let empty = Dict::new();
@@ -229,7 +227,7 @@ fn build(cx: &mut Ctx, raw: &RawCatalogue) -> Option<Catalogue> {
     }
 
     let jobs: Vec<Job> = jobs.iter_mut().filter_map(|j| j.job.take()).collect();
-    Some(Catalogue {
+    Catalogue {
         source: cx.file.to_path_buf(),
         daemon,
         postgres,
@@ -241,7 +239,7 @@ fn build(cx: &mut Ctx, raw: &RawCatalogue) -> Option<Catalogue> {
         retention,
         objectives,
         jobs,
-    })
+    }
 }
 
 /// A top-level section as a table (an empty one when absent or of the wrong type).
