@@ -902,3 +902,15 @@ fn dates_and_floats_are_named_as_such() {
         ])
     );
 }
+
+#[test]
+fn a_mistyped_section_is_one_error() {
+    let text = small("").replace(
+        "[postgres]\nurl = \"postgresql://bdc_backup@localhost/bdc_db\"",
+        "postgres = \"postgresql://bdc_backup@localhost/bdc_db\"",
+    );
+    assert_eq!(
+        errors(&text),
+        pairs(&[("postgres", "expected a table ([postgres]), found a string")])
+    );
+}

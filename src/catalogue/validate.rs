@@ -200,22 +200,23 @@ fn build(cx: &mut Ctx, raw: &RawCatalogue) -> Catalogue {
 
     let daemon_table = section(cx, &root, "daemon", &empty);
     let daemon = daemon(cx, &daemon_table);
+    // `[postgres]` of the wrong type is reported once, here; jobs then treat it as present.
     let postgres_table = root
-        .get("postgres")
-        .is_some()
-        .then(|| section(cx, &root, "postgres", &empty));
+        .table(cx, "postgres", "a table ([postgres])")
+        .map(|d| Table::new("postgres", d));
     let postgres = postgres_table.as_ref().and_then(|t| postgres(cx, t));
+    let postgres_info = PostgresInfo {
+        present: root.get("postgres").is_some(),
+        data_directory: match &postgres_table {
+            Some(t) => t.get("data-directory").is_some(),
+            None => root.get("postgres").is_some(),
+        },
+    };
     let encryption_table = section(cx, &root, "encryption", &empty);
     let (encryption, recipients_reported) = encryption(cx, &encryption_table);
     let repositories = repositories(cx, &root, &raw.repository_order);
     let retention = retention(cx, &root);
-    let mut jobs = jobs(
-        cx,
-        &root,
-        &repositories,
-        &retention,
-        postgres_table.as_ref(),
-    );
+    let mut jobs = jobs(cx, &root, &repositories, &retention, postgres_info);
     let objectives = objectives(cx, &root, &jobs);
 
     if !jobs.is_empty() && encryption.recipients.is_empty() && !recipients_reported {
@@ -240,6 +241,14 @@ fn build(cx: &mut Ctx, raw: &RawCatalogue) -> Catalogue {
         objectives,
         jobs,
     }
+}
+
+/// What jobs need to know of `[postgres]`: whether it is there and whether it names the data
+/// directory (true also when present but mistyped, which is reported once where it is).
+#[derive(Clone, Copy)]
+struct PostgresInfo {
+    present: bool,
+    data_directory: bool,
 }
 
 /// A top-level section as a table (an empty one when absent or of the wrong type).
@@ -703,7 +712,7 @@ fn jobs(
     root: &Table,
     repositories: &[RepositoryEntry],
     retention: &BTreeMap<String, RetentionPolicy>,
-    postgres: Option<&Table>,
+    postgres: PostgresInfo,
 ) -> Vec<JobEntry> {
     let items = match root.get("job") {
         None => return Vec::new(),
@@ -828,7 +837,7 @@ fn job(
     t: &Table,
     repositories: &[RepositoryEntry],
     retention: &BTreeMap<String, RetentionPolicy>,
-    postgres: Option<&Table>,
+    postgres: PostgresInfo,
 ) -> JobEntry {
     let kinds_list = || {
         JobKindName::ALL
@@ -961,7 +970,7 @@ fn job(
     let mut wal_job = None;
     let mut verify_jobs = Vec::new();
     let needs_connection = |cx: &mut Ctx, what: &str| {
-        if postgres.is_none() && t.get("connection").is_none() {
+        if !postgres.present && t.get("connection").is_none() {
             cx.error(
                 &t.key("connection"),
                 format!("missing: a {what} job needs a [postgres] section or its own `connection`"),
@@ -1018,8 +1027,7 @@ fn job(
             wal_job = t.text(cx, "wal-job").map(str::to_string);
             let pitr_window = t.duration(cx, "pitr-window", false);
             needs_connection(cx, "postgres-base");
-            let has_data_dir = postgres.is_some_and(|p| p.get("data-directory").is_some());
-            if !has_data_dir {
+            if !postgres.data_directory {
                 let who = name
                     .as_deref()
                     .map_or_else(|| t.path.clone(), |n| format!("job \"{n}\""));
