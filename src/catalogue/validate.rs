@@ -846,20 +846,23 @@ fn job(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let name = match t.text(cx, "name") {
-        Some(n) if valid_name(n) => Some(n.to_string()),
+    // `name` is the name as written (also when invalid, so references to it do not cascade
+    // into more errors); the job itself is built only from a valid one.
+    let name = t.text(cx, "name").map(str::to_string);
+    let name_valid = match &name {
+        Some(n) if valid_name(n) => true,
         Some(n) => {
             cx.error(
                 &t.key("name"),
                 format!("job name \"{n}\" may only contain letters, digits, '.', '_' and '-'"),
             );
-            None
+            false
         }
         None => {
             if t.get("name").is_none() {
                 t.missing(cx, "name", "every job needs a `name`");
             }
-            None
+            false
         }
     };
     let kind = match t.get("kind") {
@@ -1137,7 +1140,7 @@ fn job(
     };
 
     let job = match (&name, spec) {
-        (Some(name), Some(spec)) => Some(Job {
+        (Some(name), Some(spec)) if name_valid => Some(Job {
             name: name.clone(),
             repositories: repo_names.clone(),
             retention: retention_name,
