@@ -388,15 +388,22 @@ kind = "files"
 path = "uploads"
 full = "0 4 * * 0"
 databases = ["bdc_db"]
+schedule = "0 3 * * *"
 repositories = ["local"]
 "#,
     );
     assert_eq!(
         errors(&text),
-        pairs(&[(
-            "job[1].databases",
-            "`databases` is not a key of files jobs (it belongs to postgres-dump jobs)"
-        )])
+        pairs(&[
+            (
+                "job[1].databases",
+                "`databases` is not a key of files jobs (it belongs to postgres-dump jobs)"
+            ),
+            (
+                "job[1].schedule",
+                "`schedule` is not a key of files jobs (it belongs to postgres-dump, config and verify jobs); this kind is scheduled with `full` and `incremental`"
+            ),
+        ])
     );
 }
 

@@ -896,12 +896,23 @@ fn job(
             .filter(|k| job_kind_keys(**k).contains(&key))
             .map(|k| k.as_str())
             .collect();
-        (!owners.is_empty()).then(|| {
-            format!(
-                "`{key}` is not a key of {kind} jobs (it belongs to {} jobs)",
-                owners.join(" and ")
-            )
-        })
+        let owners = match owners.split_last() {
+            None => return None,
+            Some((last, [])) => (*last).to_string(),
+            Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        };
+        let hint = match (kind, key) {
+            (JobKindName::PostgresBase | JobKindName::Files, "schedule") => {
+                "; this kind is scheduled with `full` and `incremental`"
+            }
+            (JobKindName::PostgresDump | JobKindName::Config | JobKindName::Verify, "full") => {
+                "; this kind is scheduled with `schedule`"
+            }
+            _ => "",
+        };
+        Some(format!(
+            "`{key}` is not a key of {kind} jobs (it belongs to {owners} jobs){hint}"
+        ))
     };
     t.check_keys(cx, &allowed, &elsewhere);
 
