@@ -732,6 +732,8 @@ wal-ack = "maybe"
 url = "file:///srv/backups"
 region = "eu-central-1"
 [retention.empty]
+[retention.zero]
+daily = 0
 [retention.big]
 daily = -1
 keep-within = "forever"
@@ -775,7 +777,11 @@ keep-within = "forever"
             ),
             (
                 "retention.empty",
-                "keeps nothing: set at least one of last, hourly, daily, weekly, monthly, yearly or keep-within"
+                "keeps nothing: set at least one of last, hourly, daily, weekly, monthly, yearly (above 0) or keep-within"
+            ),
+            (
+                "retention.zero",
+                "keeps nothing: set at least one of last, hourly, daily, weekly, monthly, yearly (above 0) or keep-within"
             ),
         ])
     );

@@ -399,9 +399,9 @@ fn has_password(s: &str) -> bool {
     let query = rest.split_once('?').map_or("", |(_, q)| q);
     let query = query.split('#').next().unwrap_or_default();
     query.split('&').any(|pair| {
-        pair.split('=')
-            .next()
-            .is_some_and(|k| k.eq_ignore_ascii_case("password"))
+        pair.split('=').next().is_some_and(|k| {
+            k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword")
+        })
     })
 }
 
@@ -675,6 +675,7 @@ fn retention(cx: &mut Ctx, root: &Table) -> BTreeMap<String, RetentionPolicy> {
         }
         let t = Table::new(key.clone(), dict);
         t.check_keys(cx, RETENTION_KEYS, &|_| None);
+        let errors_before = cx.errors.len();
         let count = |cx: &mut Ctx, k: &str| {
             t.integer(cx, k, 0, i64::from(u32::MAX))
                 .and_then(|n| u32::try_from(n).ok())
@@ -688,8 +689,19 @@ fn retention(cx: &mut Ctx, root: &Table) -> BTreeMap<String, RetentionPolicy> {
             yearly: count(cx, "yearly"),
             keep_within: t.duration(cx, "keep-within", false),
         };
-        if RETENTION_KEYS.iter().all(|k| t.get(k).is_none()) {
-            cx.error(&key, "keeps nothing: set at least one of last, hourly, daily, weekly, monthly, yearly or keep-within");
+        let counts = [
+            policy.last,
+            policy.hourly,
+            policy.daily,
+            policy.weekly,
+            policy.monthly,
+            policy.yearly,
+        ];
+        let keeps_something =
+            counts.iter().flatten().any(|n| *n > 0) || policy.keep_within.is_some();
+        // Pruning with a policy that keeps nothing would delete every backup.
+        if !keeps_something && cx.errors.len() == errors_before {
+            cx.error(&key, "keeps nothing: set at least one of last, hourly, daily, weekly, monthly, yearly (above 0) or keep-within");
         }
         out.insert(name.clone(), policy);
     }
