@@ -9,8 +9,7 @@ pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> DateTime<Utc>;
     /// Resolves at or after `deadline` (wall clock). A manual clock resolves when it is advanced
     /// past the deadline.
-    fn sleep_until(&self, deadline: DateTime<Utc>)
-    -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    fn sleep_until(&self, deadline: DateTime<Utc>) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 }
 
 /// The real clock.
@@ -21,10 +20,7 @@ impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
         Utc::now()
     }
-    fn sleep_until(
-        &self,
-        deadline: DateTime<Utc>,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+    fn sleep_until(&self, deadline: DateTime<Utc>) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
             // Sleep in slices of at most a minute so a wall-clock jump (suspend, NTP) is noticed.
             loop {

@@ -30,15 +30,9 @@ pub enum Request {
     /// `{"type":"status"}`
     Status,
     /// `{"type":"runs","job":null,"limit":20}`
-    Runs {
-        job: Option<String>,
-        limit: Option<u32>,
-    },
+    Runs { job: Option<String>, limit: Option<u32> },
     /// `{"type":"backups","job":"db-dump","repository":null}`
-    Backups {
-        job: Option<String>,
-        repository: Option<String>,
-    },
+    Backups { job: Option<String>, repository: Option<String> },
     /// `{"type":"run","job":"db-dump","backup-type":null,"wait":true}`
     Run {
         job: String,
@@ -73,10 +67,7 @@ impl Request {
 
     /// Whether the request changes anything (needs root, the daemon's user or the admin group).
     pub fn is_mutation(&self) -> bool {
-        matches!(
-            self,
-            Request::Run { .. } | Request::Cancel { .. } | Request::Reload
-        )
+        matches!(self, Request::Run { .. } | Request::Cancel { .. } | Request::Reload)
     }
 }
 
@@ -86,22 +77,12 @@ impl Request {
 #[non_exhaustive]
 pub enum Response {
     Status(StatusReport),
-    Runs {
-        runs: Vec<RunRecord>,
-    },
-    Backups {
-        backups: Vec<BackupRow>,
-    },
+    Runs { runs: Vec<RunRecord> },
+    Backups { backups: Vec<BackupRow> },
     /// The run was started (or queued behind the concurrency cap).
-    RunStarted {
-        run: RunRecord,
-    },
-    Cancelled {
-        run_id: i64,
-    },
-    Reloaded {
-        jobs: usize,
-    },
+    RunStarted { run: RunRecord },
+    Cancelled { run_id: i64 },
+    Reloaded { jobs: usize },
     /// Follow mode acknowledged; events follow.
     Following,
     Event(Event),
@@ -112,28 +93,12 @@ pub enum Response {
 #[serde(tag = "event", rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum Event {
-    RunStarted {
-        run: RunRecord,
-    },
-    Progress {
-        run_id: i64,
-        job: String,
-        progress: Progress,
-    },
-    RunFinished {
-        run: RunRecord,
-    },
-    Skipped {
-        job: String,
-        reason: String,
-    },
-    Reloaded {
-        jobs: usize,
-    },
-    Log {
-        level: String,
-        message: String,
-    },
+    RunStarted { run: RunRecord },
+    Progress { run_id: i64, job: String, progress: Progress },
+    RunFinished { run: RunRecord },
+    Skipped { job: String, reason: String },
+    Reloaded { jobs: usize },
+    Log { level: String, message: String },
 }
 
 impl Event {

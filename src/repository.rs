@@ -36,11 +36,7 @@ pub enum RepositoryError {
         source: serde_json::Error,
     },
     #[error("repository `{repository}`: backup {job}/{id} is already committed")]
-    AlreadyCommitted {
-        repository: String,
-        job: String,
-        id: String,
-    },
+    AlreadyCommitted { repository: String, job: String, id: String },
 }
 
 impl Repository {
@@ -55,11 +51,7 @@ impl Repository {
     }
 
     /// The commit record of one backup, if committed.
-    pub async fn commit_record(
-        &self,
-        _job: &str,
-        _id: &str,
-    ) -> Result<Option<CommitRecord>, RepositoryError> {
+    pub async fn commit_record(&self, _job: &str, _id: &str) -> Result<Option<CommitRecord>, RepositoryError> {
         todo!("repository helper")
     }
 

@@ -81,12 +81,7 @@ impl StateDb {
     pub async fn start_run(&self, _run: &NewRun) -> Result<i64, StateError> {
         todo!()
     }
-    pub async fn update_progress(
-        &self,
-        _run_id: i64,
-        _bytes_read: u64,
-        _bytes_stored: u64,
-    ) -> Result<(), StateError> {
+    pub async fn update_progress(&self, _run_id: i64, _bytes_read: u64, _bytes_stored: u64) -> Result<(), StateError> {
         todo!()
     }
     pub async fn finish_run(&self, _run_id: i64, _outcome: &RunOutcome) -> Result<(), StateError> {
@@ -100,63 +95,34 @@ impl StateDb {
         todo!()
     }
     /// Newest first.
-    pub async fn runs(
-        &self,
-        _job: Option<&str>,
-        _limit: u32,
-    ) -> Result<Vec<RunRecord>, StateError> {
+    pub async fn runs(&self, _job: Option<&str>, _limit: u32) -> Result<Vec<RunRecord>, StateError> {
         todo!()
     }
     pub async fn runs_with_status(&self, _status: RunStatus) -> Result<Vec<RunRecord>, StateError> {
         todo!()
     }
     /// The newest run of a job, and its newest successful one (for `status`); fast with 100k runs.
-    pub async fn last_runs(
-        &self,
-        _job: &str,
-    ) -> Result<(Option<RunRecord>, Option<RunRecord>), StateError> {
+    pub async fn last_runs(&self, _job: &str) -> Result<(Option<RunRecord>, Option<RunRecord>), StateError> {
         todo!()
     }
     pub async fn upsert_backup(&self, _row: &BackupRow) -> Result<(), StateError> {
         todo!()
     }
-    pub async fn remove_backup(
-        &self,
-        _job: &str,
-        _backup_id: &str,
-        _repository: &str,
-    ) -> Result<(), StateError> {
+    pub async fn remove_backup(&self, _job: &str, _backup_id: &str, _repository: &str) -> Result<(), StateError> {
         todo!()
     }
     /// Oldest first by start time.
-    pub async fn backups(
-        &self,
-        _job: Option<&str>,
-        _repository: Option<&str>,
-    ) -> Result<Vec<BackupRow>, StateError> {
+    pub async fn backups(&self, _job: Option<&str>, _repository: Option<&str>) -> Result<Vec<BackupRow>, StateError> {
         todo!()
     }
-    pub async fn last_fire(
-        &self,
-        _job: &str,
-        _ty: BackupType,
-    ) -> Result<Option<DateTime<Utc>>, StateError> {
+    pub async fn last_fire(&self, _job: &str, _ty: BackupType) -> Result<Option<DateTime<Utc>>, StateError> {
         todo!()
     }
-    pub async fn set_last_fire(
-        &self,
-        _job: &str,
-        _ty: BackupType,
-        _at: DateTime<Utc>,
-    ) -> Result<(), StateError> {
+    pub async fn set_last_fire(&self, _job: &str, _ty: BackupType, _at: DateTime<Utc>) -> Result<(), StateError> {
         todo!()
     }
     /// When the job was first seen by the daemon (set on first call).
-    pub async fn job_known_since(
-        &self,
-        _job: &str,
-        _now: DateTime<Utc>,
-    ) -> Result<DateTime<Utc>, StateError> {
+    pub async fn job_known_since(&self, _job: &str, _now: DateTime<Utc>) -> Result<DateTime<Utc>, StateError> {
         todo!()
     }
     pub async fn audit(&self, _event: &AuditEvent) -> Result<(), StateError> {

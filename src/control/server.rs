@@ -12,11 +12,5 @@ pub trait Handler: Send + Sync + 'static {
     /// Events for `follow` and `run --wait`.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event>;
     /// Records a request (allowed or denied) in the audit trail.
-    fn audit(
-        &self,
-        peer: &Peer,
-        request: &Request,
-        allowed: bool,
-        detail: &str,
-    ) -> impl Future<Output = ()> + Send;
+    fn audit(&self, peer: &Peer, request: &Request, allowed: bool, detail: &str) -> impl Future<Output = ()> + Send;
 }

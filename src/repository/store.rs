@@ -77,10 +77,7 @@ impl Store {
     pub async fn get_range(&self, _key: &str, _range: Range<u64>) -> Result<Bytes, StoreError> {
         todo!()
     }
-    pub async fn get_stream(
-        &self,
-        _key: &str,
-    ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
+    pub async fn get_stream(&self, _key: &str) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
         todo!()
     }
     pub async fn head(&self, _key: &str) -> Result<Option<ObjectMeta>, StoreError> {

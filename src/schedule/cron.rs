@@ -18,9 +18,7 @@ pub struct CronError {
 
 impl CronSchedule {
     pub fn parse(expression: &str) -> Result<CronSchedule, CronError> {
-        Ok(CronSchedule {
-            source: expression.to_string(),
-        })
+        Ok(CronSchedule { source: expression.to_string() })
     }
 
     pub fn as_str(&self) -> &str {

@@ -31,20 +31,11 @@ pub struct Due {
 }
 
 /// The decision for `now`: None when nothing is due.
-pub fn due_now(
-    _job: &JobSchedule<'_>,
-    _now: DateTime<Utc>,
-    _tz: Tz,
-    _catch_up: CatchUp,
-) -> Option<Due> {
+pub fn due_now(_job: &JobSchedule<'_>, _now: DateTime<Utc>, _tz: Tz, _catch_up: CatchUp) -> Option<Due> {
     todo!("schedule helper")
 }
 
 /// The next fire of the job after `now` (any type), with its type (full wins a tie).
-pub fn next_fire(
-    _job: &JobSchedule<'_>,
-    _now: DateTime<Utc>,
-    _tz: Tz,
-) -> Option<(DateTime<Utc>, BackupType)> {
+pub fn next_fire(_job: &JobSchedule<'_>, _now: DateTime<Utc>, _tz: Tz) -> Option<(DateTime<Utc>, BackupType)> {
     todo!("schedule helper")
 }
