@@ -3,9 +3,19 @@
 //! Loading has two phases: [`raw`] reads the TOML through figment into a permissive layer
 //! (options and loose values, so no single bad value aborts parsing); [`validate`] builds the
 //! rich types below and collects **every** error with its key path and file.
+//!
+//! [`Catalogue::load`] reads a file and the three documented environment overrides
+//! ([`ENV_STATE_DB`], [`ENV_SOCKET`], [`ENV_LOG`]; no other variable); [`parse_str`] does the same
+//! from a string with an explicit environment (for tests and `--check` of piped text). Relative
+//! paths in a catalogue resolve against the folder of the catalogue file. The key reference is
+//! `docs/catalogue.md`.
 
+mod fields;
 pub mod raw;
 pub mod validate;
+
+#[cfg(test)]
+mod tests;
 
 use crate::model::{BackupType, JobKindName};
 use crate::schedule::CronSchedule;
@@ -13,7 +23,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use validate::{CatalogueError, CatalogueErrors};
+pub use validate::{CatalogueError, CatalogueErrors, DEFAULT_SOCKET, DEFAULT_STATE_DB, parse_str};
 
 /// Environment variables that override daemon scalars (the only ones).
 pub const ENV_STATE_DB: &str = "BDC_BACKUP_STATE_DB";

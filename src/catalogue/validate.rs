@@ -1,7 +1,21 @@
 //! Validation of the raw catalogue into [`super::Catalogue`], collecting every error.
+//!
+//! The walk visits every table of the raw tree, reports each problem with its key path
+//! (`job[2].schedule`, `repository.offsite.url`) and carries on, so one pass shows them all. The
+//! typed catalogue is returned only when no error was found.
 
+use super::fields::{Ctx, Table, join, suggest, type_name, valid_name};
+use super::raw::{self, Dict, ENV_OVERRIDES, RawCatalogue, Value};
+use super::{
+    Catalogue, CatchUp, Compression, CompressionSettings, ConfigJob, DaemonSettings, DumpJob,
+    EncryptionSettings, FilesJob, Job, JobSpec, LogTarget, Objective, PostgresSettings,
+    RepositoryLocation, RepositorySettings, RetentionPolicy, VerifyJob, WalAck, WalJob,
+};
+use crate::model::JobKindName;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// One problem in the catalogue, with its key path (`job[2].schedule`) and file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +53,1232 @@ impl fmt::Display for CatalogueErrors {
 
 impl std::error::Error for CatalogueErrors {}
 
-pub fn load(_path: &Path) -> Result<super::Catalogue, CatalogueErrors> {
-    todo!("catalogue helper")
+impl CatalogueErrors {
+    fn single(file: &Path, key: &str, message: impl Into<String>) -> CatalogueErrors {
+        CatalogueErrors(vec![CatalogueError {
+            file: file.to_path_buf(),
+            key: key.to_string(),
+            message: message.into(),
+        }])
+    }
+}
+
+/// Default `[daemon]` values (see the field docs of [`DaemonSettings`]).
+pub const DEFAULT_STATE_DB: &str = "/var/lib/bdc-backup/state.db";
+pub const DEFAULT_SOCKET: &str = "/run/bdc-backup/control.sock";
+
+/// Reads `path`, takes the documented environment overrides from the process environment (and
+/// no other variable), and validates. A relative `path` is made absolute first, so relative paths
+/// inside the catalogue resolve against its folder.
+pub fn load(path: &Path) -> Result<Catalogue, CatalogueErrors> {
+    let file = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let text = std::fs::read_to_string(&file).map_err(|e| {
+        CatalogueErrors::single(&file, "", format!("cannot read the catalogue: {e}"))
+    })?;
+    let mut env = Vec::new();
+    for (var, _) in ENV_OVERRIDES {
+        match std::env::var(var) {
+            Ok(value) => env.push((var.to_string(), value)),
+            Err(std::env::VarError::NotPresent) => {}
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(CatalogueErrors::single(
+                    &file,
+                    "",
+                    format!("the environment variable {var} is not valid UTF-8"),
+                ));
+            }
+        }
+    }
+    parse_str(&text, &file, &env)
+}
+
+/// Parses and validates catalogue `text` as if read from `file` (relative paths resolve against
+/// `file`'s folder), with `env` as the environment: only `BDC_BACKUP_STATE_DB`,
+/// `BDC_BACKUP_SOCKET` and `BDC_BACKUP_LOG` are looked at. Pure except for the existence checks of
+/// `identity-file`, `password-file` and `credentials-file`.
+pub fn parse_str(
+    text: &str,
+    file: &Path,
+    env: &[(String, String)],
+) -> Result<Catalogue, CatalogueErrors> {
+    let raw = raw::read(text, env).map_err(|e| CatalogueErrors::single(file, "", e.to_string()))?;
+    let mut cx = Ctx {
+        file,
+        base: file.parent().map(Path::to_path_buf).unwrap_or_default(),
+        env_keys: raw.env_overrides.iter().cloned().collect(),
+        errors: Vec::new(),
+    };
+    let catalogue = build(&mut cx, &raw);
+    if cx.errors.is_empty() {
+        Ok(catalogue)
+    } else {
+        Err(CatalogueErrors(cx.errors))
+    }
+}
+
+const TOP_KEYS: &[&str] = &[
+    "daemon",
+    "postgres",
+    "encryption",
+    "repository",
+    "retention",
+    "objectives",
+    "job",
+];
+const DAEMON_KEYS: &[&str] = &[
+    "state-db",
+    "state-directory",
+    "socket",
+    "timezone",
+    "max-concurrent-runs",
+    "catch-up",
+    "postgres-os-user",
+    "read-group",
+    "admin-group",
+    "log",
+    "log-level",
+    "shutdown-timeout",
+];
+const POSTGRES_KEYS: &[&str] = &["url", "password-file", "data-directory", "bin-dir"];
+const ENCRYPTION_KEYS: &[&str] = &["recipients", "identity-file"];
+const REPOSITORY_KEYS: &[&str] = &[
+    "url",
+    "wal-ack",
+    "region",
+    "endpoint",
+    "credentials-file",
+    "bandwidth-limit",
+];
+const RETENTION_KEYS: &[&str] = &[
+    "last",
+    "hourly",
+    "daily",
+    "weekly",
+    "monthly",
+    "yearly",
+    "keep-within",
+];
+const OBJECTIVE_KEYS: &[&str] = &["jobs", "rpo", "rto"];
+const JOB_COMMON_KEYS: &[&str] = &[
+    "name",
+    "kind",
+    "repositories",
+    "retention",
+    "max-age",
+    "connection",
+    "compression",
+    "compression-level",
+    "compression-workers",
+];
+
+/// The keys a job of `kind` takes besides those every job takes (`name`, `kind`, …).
+pub fn job_kind_keys(kind: JobKindName) -> &'static [&'static str] {
+    match kind {
+        JobKindName::PostgresDump => &["schedule", "databases", "tables", "globals"],
+        JobKindName::PostgresBase => &["full", "incremental", "wal-job", "pitr-window"],
+        JobKindName::PostgresWal => &[],
+        JobKindName::Files => &[
+            "path",
+            "include",
+            "exclude",
+            "full",
+            "incremental",
+            "max-chain",
+            "one-file-system",
+        ],
+        JobKindName::Config => &["paths", "schedule", "watch"],
+        JobKindName::Verify => &["schedule", "jobs"],
+    }
+}
+
+/// Walks the whole tree. The result is meaningful only when no error was recorded (invalid
+/// values are replaced by defaults so the walk can go on).
+fn build(cx: &mut Ctx, raw: &RawCatalogue) -> Catalogue {
+    let root = Table::new("", &raw.root);
+    root.check_keys(cx, TOP_KEYS, &|_| None);
+    let empty = Dict::new();
+
+    let daemon_table = section(cx, &root, "daemon", &empty);
+    let daemon = daemon(cx, &daemon_table);
+    // `[postgres]` of the wrong type is reported once, here; jobs then treat it as present.
+    let postgres_table = root
+        .table(cx, "postgres", "a table ([postgres])")
+        .map(|d| Table::new("postgres", d));
+    let postgres = postgres_table.as_ref().and_then(|t| postgres(cx, t));
+    let postgres_info = PostgresInfo {
+        present: root.get("postgres").is_some(),
+        data_directory: match &postgres_table {
+            Some(t) => t.get("data-directory").is_some(),
+            None => root.get("postgres").is_some(),
+        },
+    };
+    let encryption_table = section(cx, &root, "encryption", &empty);
+    let (encryption, recipients_reported) = encryption(cx, &encryption_table);
+    let repositories = repositories(cx, &root, &raw.repository_order);
+    let retention = retention(cx, &root);
+    let mut jobs = jobs(cx, &root, &repositories, &retention, postgres_info);
+    let objectives = objectives(cx, &root, &jobs);
+
+    if !jobs.is_empty() && encryption.recipients.is_empty() && !recipients_reported {
+        cx.error(
+            "encryption.recipients",
+            "missing: at least one age recipient is required because every backup is encrypted \
+             (make a key pair with `bdc-backupctl keygen`)",
+        );
+    }
+
+    let jobs: Vec<Job> = jobs.iter_mut().filter_map(|j| j.job.take()).collect();
+    Catalogue {
+        source: cx.file.to_path_buf(),
+        daemon,
+        postgres,
+        encryption,
+        repositories: repositories
+            .into_iter()
+            .filter_map(|r| r.settings)
+            .collect(),
+        retention,
+        objectives,
+        jobs,
+    }
+}
+
+/// What jobs need to know of `[postgres]`: whether it is there and whether it names the data
+/// directory (true also when present but mistyped, which is reported once where it is).
+#[derive(Clone, Copy)]
+struct PostgresInfo {
+    present: bool,
+    data_directory: bool,
+}
+
+/// A top-level section as a table (an empty one when absent or of the wrong type).
+fn section<'v>(cx: &mut Ctx, root: &Table<'v>, key: &str, empty: &'v Dict) -> Table<'v> {
+    let dict = root
+        .table(cx, key, &format!("a table ([{key}])"))
+        .unwrap_or(empty);
+    Table::new(key, dict)
+}
+
+fn daemon(cx: &mut Ctx, t: &Table) -> DaemonSettings {
+    t.check_keys(cx, DAEMON_KEYS, &|_| None);
+    let state_db = t
+        .path(cx, "state-db")
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DB));
+    let state_directory = t.path(cx, "state-directory").unwrap_or_else(|| {
+        state_db
+            .parent()
+            .map_or_else(|| PathBuf::from("/var/lib/bdc-backup"), Path::to_path_buf)
+    });
+    let socket = t
+        .path(cx, "socket")
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+    let timezone = t
+        .text(cx, "timezone")
+        .and_then(|s| timezone(cx, &t.key("timezone"), s));
+    let max_concurrent_runs = t.integer(cx, "max-concurrent-runs", 1, 64).unwrap_or(2);
+    let catch_up = match t.choice(cx, "catch-up", &["once", "skip"]) {
+        Some("skip") => CatchUp::Skip,
+        _ => CatchUp::Once,
+    };
+    let log = match t.choice(cx, "log", &["auto", "journal", "stderr"]) {
+        Some("journal") => LogTarget::Journal,
+        Some("stderr") => LogTarget::Stderr,
+        _ => LogTarget::Auto,
+    };
+    let log_level = t.text(cx, "log-level").and_then(|s| {
+        match tracing_subscriber::EnvFilter::builder().parse(s) {
+            Ok(_) => Some(s.to_string()),
+            Err(e) => {
+                cx.error(&t.key("log-level"), format!("\"{s}\" is not a log filter ({e}); write e.g. \"info\" or \"info,bdc_backup=debug\""));
+                None
+            }
+        }
+    });
+    DaemonSettings {
+        state_db,
+        state_directory,
+        socket,
+        timezone: timezone.unwrap_or(chrono_tz::UTC),
+        max_concurrent_runs: usize::try_from(max_concurrent_runs).unwrap_or(2),
+        catch_up,
+        postgres_os_user: t
+            .text(cx, "postgres-os-user")
+            .unwrap_or("postgres")
+            .to_string(),
+        read_group: t.text(cx, "read-group").unwrap_or("bdc-backup").to_string(),
+        admin_group: t
+            .text(cx, "admin-group")
+            .unwrap_or("bdc-backup-admin")
+            .to_string(),
+        log,
+        log_level: log_level.unwrap_or_else(|| "info".to_string()),
+        shutdown_timeout: t
+            .duration(cx, "shutdown-timeout", true)
+            .unwrap_or(Duration::from_secs(30)),
+    }
+}
+
+fn timezone(cx: &mut Ctx, key: &str, s: &str) -> Option<chrono_tz::Tz> {
+    match s.parse::<chrono_tz::Tz>() {
+        Ok(tz) => Some(tz),
+        Err(_) => {
+            let hint = suggest(s, chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name()))
+                .map(|n| format!("; did you mean \"{n}\"?"))
+                .unwrap_or_default();
+            cx.error(key, format!("\"{s}\" is not a known IANA timezone (such as \"Europe/Istanbul\" or \"UTC\"){hint}"));
+            None
+        }
+    }
+}
+
+fn postgres(cx: &mut Ctx, t: &Table) -> Option<PostgresSettings> {
+    t.check_keys(cx, POSTGRES_KEYS, &|_| None);
+    let url = match t.text(cx, "url") {
+        Some(u) => check_postgres_url(cx, &t.key("url"), u, "put the password in `password-file`"),
+        None => {
+            if t.get("url").is_none() {
+                t.missing(cx, "url", "the PostgreSQL connection, e.g. \"postgresql://bdc_backup@localhost:5432/bdc_db\"");
+            }
+            None
+        }
+    };
+    let password_file = t.existing_file(cx, "password-file", "password file");
+    let data_directory = t.path(cx, "data-directory");
+    let bin_dir = t.path(cx, "bin-dir");
+    Some(PostgresSettings {
+        url: url?,
+        password_file,
+        data_directory,
+        bin_dir,
+    })
+}
+
+/// A `postgresql://` URL without a password. `password_hint` says where the password goes instead.
+fn check_postgres_url(cx: &mut Ctx, key: &str, s: &str, password_hint: &str) -> Option<String> {
+    // Never echo the URL: it may hold the very password being rejected. The password check
+    // comes first and does not need a parsable URL.
+    if has_password(s) {
+        cx.error(key, format!("the URL contains a password; remove it and {password_hint} (secrets never go into the catalogue)"));
+        return None;
+    }
+    let url = match url::Url::parse(s) {
+        Ok(u) => u,
+        Err(e) => {
+            cx.error(
+                key,
+                format!("not a valid URL ({e}); expected postgresql://USER@HOST:PORT/DATABASE"),
+            );
+            return None;
+        }
+    };
+    if !matches!(url.scheme(), "postgresql" | "postgres") {
+        cx.error(
+            key,
+            format!("the scheme must be postgresql://, not {}://", url.scheme()),
+        );
+        return None;
+    }
+    Some(s.to_string())
+}
+
+/// Whether URL text carries a password: `user:password@` in its authority or a `password=`
+/// query parameter. Works on text that `url` cannot parse (e.g. libpq's `user:pw@/db`).
+fn has_password(s: &str) -> bool {
+    let Some((_, rest)) = s.split_once("://") else {
+        return false;
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = rest.get(..authority_end).unwrap_or_default();
+    if let Some(at) = authority.rfind('@')
+        && authority
+            .get(..at)
+            .is_some_and(|userinfo| userinfo.contains(':'))
+    {
+        return true;
+    }
+    let query = rest.split_once('?').map_or("", |(_, q)| q);
+    let query = query.split('#').next().unwrap_or_default();
+    query.split('&').any(|pair| {
+        pair.split('=').next().is_some_and(|k| {
+            k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword")
+        })
+    })
+}
+
+fn encryption(cx: &mut Ctx, t: &Table) -> (EncryptionSettings, bool) {
+    t.check_keys(cx, ENCRYPTION_KEYS, &|_| None);
+    let errors_before = cx.errors.len();
+    let mut recipients = Vec::new();
+    if let Some(list) = t.strings(cx, "recipients") {
+        if list.is_empty() && cx.errors.len() == errors_before {
+            cx.error(
+                &t.key("recipients"),
+                "must list at least one age recipient (age1…)",
+            );
+        }
+        for (key, s) in list {
+            let s = s.trim();
+            if s.to_ascii_uppercase().starts_with("AGE-SECRET-KEY-") {
+                cx.error(&key, "this is an age SECRET key: put only its public key (age1…) here, keep the secret in identity-file, and treat this one as leaked");
+            } else if let Err(e) = s.parse::<age::x25519::Recipient>() {
+                cx.error(&key, format!("\"{s}\" is not an age X25519 recipient ({e}); expected a public key starting with age1"));
+            } else {
+                recipients.push(s.to_string());
+            }
+        }
+    }
+    let reported = cx.errors.len() > errors_before;
+    let identity_file = t.existing_file(cx, "identity-file", "identity file");
+    (
+        EncryptionSettings {
+            recipients,
+            identity_file,
+        },
+        reported,
+    )
+}
+
+/// A repository as far as it could be read: name and wal-ack are known even when its URL is bad.
+struct RepositoryEntry {
+    name: String,
+    wal_ack: WalAck,
+    settings: Option<RepositorySettings>,
+}
+
+fn repositories(cx: &mut Ctx, root: &Table, order: &[String]) -> Vec<RepositoryEntry> {
+    let Some(all) = root.table(
+        cx,
+        "repository",
+        "a table of repositories ([repository.NAME])",
+    ) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let names = order
+        .iter()
+        .filter(|n| all.contains_key(n.as_str()))
+        .chain(all.keys().filter(|k| !order.contains(k)));
+    for name in names {
+        let key = join("repository", name);
+        let Some(value) = all.get(name) else { continue };
+        let Value::Dict(_, dict) = value else {
+            cx.error(
+                &key,
+                format!("expected a table, found {}: each repository is its own table, e.g. [repository.local]", type_name(value)),
+            );
+            continue;
+        };
+        if !valid_name(name) {
+            cx.error(
+                &key,
+                format!(
+                    "repository name \"{name}\" may only contain letters, digits, '.', '_' and '-'"
+                ),
+            );
+        }
+        let t = Table::new(key, dict);
+        out.push(repository(cx, &t, name));
+    }
+    out
+}
+
+fn repository(cx: &mut Ctx, t: &Table, name: &str) -> RepositoryEntry {
+    t.check_keys(cx, REPOSITORY_KEYS, &|_| None);
+    let wal_ack = match t.choice(cx, "wal-ack", &["sync", "async"]) {
+        Some("async") => WalAck::Async,
+        _ => WalAck::Sync,
+    };
+    let location = match t.text(cx, "url") {
+        Some(u) => repository_url(cx, &t.key("url"), u),
+        None => {
+            if t.get("url").is_none() {
+                t.missing(cx, "url", "where the repository lives: file:///PATH, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX or az://CONTAINER/PREFIX");
+            }
+            None
+        }
+    };
+    let region = t.text(cx, "region").map(str::to_string);
+    let endpoint = t
+        .text(cx, "endpoint")
+        .and_then(|e| endpoint_url(cx, &t.key("endpoint"), e));
+    let credentials_file = t.existing_file(cx, "credentials-file", "credentials file");
+    let bandwidth_limit = match t.get("bandwidth-limit") {
+        None => None,
+        Some(Value::String(_, s)) => {
+            match super::fields::parse_size(s) {
+                Ok(n) => Some(n),
+                Err(reason) => {
+                    cx.error(&t.key("bandwidth-limit"), format!("\"{s}\" is not a size: {reason}; write e.g. \"20MiB\" (bytes per second)"));
+                    None
+                }
+            }
+        }
+        Some(_) => t
+            .integer(cx, "bandwidth-limit", 1, i64::MAX)
+            .and_then(|n| u64::try_from(n).ok()),
+    };
+    if let Some(RepositoryLocation::File { .. }) = location {
+        for k in ["region", "endpoint", "credentials-file"] {
+            if t.get(k).is_some() {
+                cx.error(
+                    &t.key(k),
+                    "has no meaning for a file:// repository; remove it",
+                );
+            }
+        }
+    }
+    let settings = location.map(|location| RepositorySettings {
+        name: name.to_string(),
+        url: t
+            .get("url")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        location,
+        wal_ack,
+        region,
+        endpoint,
+        credentials_file,
+        bandwidth_limit,
+    });
+    RepositoryEntry {
+        name: name.to_string(),
+        wal_ack,
+        settings,
+    }
+}
+
+fn repository_url(cx: &mut Ctx, key: &str, s: &str) -> Option<RepositoryLocation> {
+    if has_password(s) {
+        cx.error(key, "the URL contains a password; remove it and put the store's credentials in `credentials-file` (secrets never go into the catalogue)");
+        return None;
+    }
+    let url = match url::Url::parse(s) {
+        Ok(u) => u,
+        Err(e) => {
+            cx.error(key, format!("not a valid URL ({e}); expected file:///PATH, s3://BUCKET/PREFIX, gs://… or az://…"));
+            return None;
+        }
+    };
+    if !url.username().is_empty() {
+        cx.error(key, "the URL contains a user name; remove it and put the store's credentials in `credentials-file`");
+        return None;
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        cx.error(key, "a repository URL takes no ?query or #fragment; use the repository's own keys (region, endpoint, …)");
+        return None;
+    }
+    let prefix = url.path().trim_matches('/').to_string();
+    let bucket = url.host_str().unwrap_or_default().to_string();
+    let need_bucket = |cx: &mut Ctx, what: &str| {
+        if bucket.is_empty() {
+            cx.error(
+                key,
+                format!(
+                    "the {what} name is missing: write {}://{}/PREFIX",
+                    url.scheme(),
+                    what.to_ascii_uppercase()
+                ),
+            );
+            false
+        } else {
+            true
+        }
+    };
+    match url.scheme() {
+        "file" => {
+            let rest = s.get("file://".len()..).unwrap_or_default();
+            let rest = rest.strip_prefix("localhost").unwrap_or(rest);
+            if !rest.starts_with('/') {
+                cx.error(
+                    key,
+                    "a file URL needs an absolute path: write file:///PATH (three slashes)",
+                );
+                return None;
+            }
+            match url.to_file_path() {
+                Ok(path) if path != Path::new("/") => Some(RepositoryLocation::File { path }),
+                Ok(_) => {
+                    cx.error(key, "the repository cannot be the root folder /");
+                    None
+                }
+                Err(()) => {
+                    cx.error(
+                        key,
+                        "a file URL needs an absolute path: write file:///PATH (three slashes)",
+                    );
+                    None
+                }
+            }
+        }
+        "s3" => need_bucket(cx, "bucket").then(|| RepositoryLocation::S3 {
+            bucket: bucket.clone(),
+            prefix: prefix.clone(),
+        }),
+        "gs" => need_bucket(cx, "bucket").then(|| RepositoryLocation::Gcs {
+            bucket: bucket.clone(),
+            prefix: prefix.clone(),
+        }),
+        "az" => need_bucket(cx, "container").then(|| RepositoryLocation::Azure {
+            container: bucket.clone(),
+            prefix: prefix.clone(),
+        }),
+        other => {
+            cx.error(
+                key,
+                format!("unsupported scheme {other}://; use file://, s3://, gs:// or az://"),
+            );
+            None
+        }
+    }
+}
+
+fn endpoint_url(cx: &mut Ctx, key: &str, s: &str) -> Option<String> {
+    if has_password(s) {
+        cx.error(key, "the endpoint URL contains credentials; remove them and put them in `credentials-file` (secrets never go into the catalogue)");
+        return None;
+    }
+    let url = match url::Url::parse(s) {
+        Ok(u) => u,
+        Err(e) => {
+            cx.error(
+                key,
+                format!("not a valid URL ({e}); expected e.g. https://s3.example.net"),
+            );
+            return None;
+        }
+    };
+    if url.password().is_some() || !url.username().is_empty() {
+        cx.error(key, "the endpoint URL contains credentials; remove them and put them in `credentials-file` (secrets never go into the catalogue)");
+        return None;
+    }
+    if !matches!(url.scheme(), "https" | "http") {
+        cx.error(key, format!("the endpoint must be an https:// (or, for local test servers, http://) URL, not {}://", url.scheme()));
+        return None;
+    }
+    Some(s.to_string())
+}
+
+fn retention(cx: &mut Ctx, root: &Table) -> BTreeMap<String, RetentionPolicy> {
+    let mut out = BTreeMap::new();
+    let Some(all) = root.table(cx, "retention", "a table of policies ([retention.NAME])") else {
+        return out;
+    };
+    for (name, value) in all {
+        let key = join("retention", name);
+        let Value::Dict(_, dict) = value else {
+            cx.error(&key, format!("expected a table, found {}: each policy is its own table, e.g. [retention.standard]", type_name(value)));
+            continue;
+        };
+        if !valid_name(name) {
+            cx.error(&key, format!("retention policy name \"{name}\" may only contain letters, digits, '.', '_' and '-'"));
+        }
+        let t = Table::new(key.clone(), dict);
+        t.check_keys(cx, RETENTION_KEYS, &|_| None);
+        let errors_before = cx.errors.len();
+        let count = |cx: &mut Ctx, k: &str| {
+            t.integer(cx, k, 0, i64::from(u32::MAX))
+                .and_then(|n| u32::try_from(n).ok())
+        };
+        let policy = RetentionPolicy {
+            last: count(cx, "last"),
+            hourly: count(cx, "hourly"),
+            daily: count(cx, "daily"),
+            weekly: count(cx, "weekly"),
+            monthly: count(cx, "monthly"),
+            yearly: count(cx, "yearly"),
+            keep_within: t.duration(cx, "keep-within", false),
+        };
+        let counts = [
+            policy.last,
+            policy.hourly,
+            policy.daily,
+            policy.weekly,
+            policy.monthly,
+            policy.yearly,
+        ];
+        let keeps_something =
+            counts.iter().flatten().any(|n| *n > 0) || policy.keep_within.is_some();
+        // Pruning with a policy that keeps nothing would delete every backup.
+        if !keeps_something && cx.errors.len() == errors_before {
+            cx.error(&key, "keeps nothing: set at least one of last, hourly, daily, weekly, monthly, yearly (above 0) or keep-within");
+        }
+        out.insert(name.clone(), policy);
+    }
+    out
+}
+
+/// A job as far as it could be read, for the cross-checks.
+struct JobEntry {
+    key: String,
+    name: Option<String>,
+    kind: Option<JobKindName>,
+    repositories: Vec<String>,
+    wal_job: Option<String>,
+    verify_jobs: Vec<(String, String)>,
+    job: Option<Job>,
+}
+
+fn jobs(
+    cx: &mut Ctx,
+    root: &Table,
+    repositories: &[RepositoryEntry],
+    retention: &BTreeMap<String, RetentionPolicy>,
+    postgres: PostgresInfo,
+) -> Vec<JobEntry> {
+    let items = match root.get("job") {
+        None => return Vec::new(),
+        Some(Value::Array(_, items)) => items,
+        Some(Value::Dict(..)) => {
+            cx.error("job", "expected an array of tables, found a table: write [[job]] (double brackets) before each job");
+            return Vec::new();
+        }
+        Some(other) => {
+            cx.error(
+                "job",
+                format!(
+                    "expected an array of tables ([[job]]), found {}",
+                    type_name(other)
+                ),
+            );
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let key = format!("job[{i}]");
+        let Value::Dict(_, dict) = item else {
+            cx.error(
+                &key,
+                format!("expected a table ([[job]]), found {}", type_name(item)),
+            );
+            continue;
+        };
+        out.push(job(
+            cx,
+            &Table::new(key, dict),
+            repositories,
+            retention,
+            postgres,
+        ));
+    }
+
+    // Names are unique.
+    let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut duplicates = Vec::new();
+    for j in &out {
+        if let Some(name) = &j.name {
+            if let Some(first) = seen.get(name.as_str()) {
+                duplicates.push((
+                    join(&j.key, "name"),
+                    format!("duplicate job name \"{name}\" (already used by {first})"),
+                ));
+            } else {
+                seen.insert(name, &j.key);
+            }
+        }
+    }
+    for (key, message) in duplicates {
+        cx.error(&key, message);
+    }
+
+    // Cross-references between jobs.
+    // The first job of a name is the one references mean (a duplicate is reported above).
+    let mut kinds: BTreeMap<String, Option<JobKindName>> = BTreeMap::new();
+    for j in &out {
+        if let Some(name) = &j.name {
+            kinds.entry(name.clone()).or_insert(j.kind);
+        }
+    }
+    let wal_jobs: Vec<&JobEntry> = out
+        .iter()
+        .filter(|j| j.kind == Some(JobKindName::PostgresWal))
+        .collect();
+    if let [first, rest @ ..] = wal_jobs.as_slice() {
+        for extra in rest {
+            cx.error(
+                &join(&extra.key, "kind"),
+                format!("only one postgres-wal job may exist (PostgreSQL has one archive_command); {} is one already", first.key),
+            );
+        }
+    }
+    for j in &out {
+        if let Some(target) = &j.wal_job {
+            let key = join(&j.key, "wal-job");
+            match kinds.get(target) {
+                None => cx.error(&key, unknown_job(target, &kinds)),
+                Some(Some(JobKindName::PostgresWal)) | Some(None) => {}
+                Some(Some(other)) => cx.error(
+                    &key,
+                    format!("job \"{target}\" is a {other} job, not a postgres-wal job"),
+                ),
+            }
+        }
+        for (key, target) in &j.verify_jobs {
+            if !kinds.contains_key(target) {
+                cx.error(key, unknown_job(target, &kinds));
+            }
+        }
+        if j.kind == Some(JobKindName::PostgresWal) {
+            let known: Vec<&RepositoryEntry> = j
+                .repositories
+                .iter()
+                .filter_map(|r| repositories.iter().find(|e| &e.name == r))
+                .collect();
+            if !known.is_empty() && !known.iter().any(|r| r.wal_ack == WalAck::Sync) {
+                cx.error(
+                    &join(&j.key, "repositories"),
+                    "a postgres-wal job needs at least one repository with wal-ack = \"sync\" \
+                     (a WAL segment is acknowledged to PostgreSQL only once it is durable there)",
+                );
+            }
+        }
+    }
+    out
+}
+
+fn unknown_job(target: &str, kinds: &BTreeMap<String, Option<JobKindName>>) -> String {
+    let hint = suggest(target, kinds.keys().map(String::as_str))
+        .map(|s| format!("; did you mean \"{s}\"?"))
+        .unwrap_or_default();
+    format!("no job is named \"{target}\"{hint}")
+}
+
+fn job(
+    cx: &mut Ctx,
+    t: &Table,
+    repositories: &[RepositoryEntry],
+    retention: &BTreeMap<String, RetentionPolicy>,
+    postgres: PostgresInfo,
+) -> JobEntry {
+    let kinds_list = || {
+        JobKindName::ALL
+            .iter()
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    // `name` is the name as written (also when invalid, so references to it do not cascade
+    // into more errors); the job itself is built only from a valid one.
+    let name = t.text(cx, "name").map(str::to_string);
+    let name_valid = match &name {
+        Some(n) if valid_name(n) => true,
+        Some(n) => {
+            cx.error(
+                &t.key("name"),
+                format!("job name \"{n}\" may only contain letters, digits, '.', '_' and '-'"),
+            );
+            false
+        }
+        None => {
+            if t.get("name").is_none() {
+                t.missing(cx, "name", "every job needs a `name`");
+            }
+            false
+        }
+    };
+    let kind = match t.get("kind") {
+        None => {
+            t.missing(
+                cx,
+                "kind",
+                &format!("every job needs a `kind`: one of {}", kinds_list()),
+            );
+            None
+        }
+        Some(_) => {
+            let all: Vec<&str> = JobKindName::ALL.iter().map(|k| k.as_str()).collect();
+            t.choice(cx, "kind", &all)
+                .and_then(|k| k.parse::<JobKindName>().ok())
+        }
+    };
+
+    // Allowed keys: the common ones plus the kind's (all kinds' when the kind is unknown).
+    let mut allowed: Vec<&str> = JOB_COMMON_KEYS.to_vec();
+    match kind {
+        Some(k) => allowed.extend(job_kind_keys(k)),
+        None => JobKindName::ALL
+            .iter()
+            .for_each(|k| allowed.extend(job_kind_keys(*k))),
+    }
+    let elsewhere = |key: &str| -> Option<String> {
+        let kind = kind?;
+        let owners: Vec<&str> = JobKindName::ALL
+            .iter()
+            .filter(|k| job_kind_keys(**k).contains(&key))
+            .map(|k| k.as_str())
+            .collect();
+        let owners = match owners.split_last() {
+            None => return None,
+            Some((last, [])) => (*last).to_string(),
+            Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        };
+        let hint = match (kind, key) {
+            (JobKindName::PostgresBase | JobKindName::Files, "schedule") => {
+                "; this kind is scheduled with `full` and `incremental`"
+            }
+            (JobKindName::PostgresDump | JobKindName::Config | JobKindName::Verify, "full") => {
+                "; this kind is scheduled with `schedule`"
+            }
+            _ => "",
+        };
+        Some(format!(
+            "`{key}` is not a key of {kind} jobs (it belongs to {owners} jobs){hint}"
+        ))
+    };
+    t.check_keys(cx, &allowed, &elsewhere);
+
+    // Repositories: at least one, each defined, no repeats.
+    let mut repo_names = Vec::new();
+    match t.strings(cx, "repositories") {
+        None if t.get("repositories").is_none() => t.missing(
+            cx,
+            "repositories",
+            "every job needs `repositories`: at least one [repository.NAME]",
+        ),
+        None => {}
+        Some(list) if list.is_empty() => {
+            cx.error(&t.key("repositories"), "must name at least one repository")
+        }
+        Some(list) => {
+            for (key, r) in list {
+                if repo_names.iter().any(|n| n == r) {
+                    cx.error(&key, format!("repository \"{r}\" is listed twice"));
+                } else if !repositories.iter().any(|e| e.name == r) {
+                    let defined: Vec<&str> = repositories.iter().map(|e| e.name.as_str()).collect();
+                    let hint = match suggest(r, defined.iter().copied()) {
+                        Some(s) => format!("; did you mean \"{s}\"?"),
+                        None if defined.is_empty() => {
+                            "; the catalogue defines no repository".to_string()
+                        }
+                        None => format!("; defined: {}", defined.join(", ")),
+                    };
+                    cx.error(&key, format!("no [repository.{r}] is defined{hint}"));
+                    repo_names.push(r.to_string());
+                } else {
+                    repo_names.push(r.to_string());
+                }
+            }
+        }
+    }
+
+    let retention_name = t.text(cx, "retention").and_then(|r| {
+        if retention.contains_key(r) {
+            return Some(r.to_string());
+        }
+        let hint = match suggest(r, retention.keys().map(String::as_str)) {
+            Some(s) => format!("; did you mean \"{s}\"?"),
+            None if retention.is_empty() => {
+                "; the catalogue defines no retention policy".to_string()
+            }
+            None => format!(
+                "; defined: {}",
+                retention.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        };
+        cx.error(
+            &t.key("retention"),
+            format!("no [retention.{r}] is defined{hint}"),
+        );
+        None
+    });
+    let max_age = t.duration(cx, "max-age", false);
+    let connection = t.text(cx, "connection").and_then(|c| {
+        check_postgres_url(
+            cx,
+            &t.key("connection"),
+            c,
+            "use a ~/.pgpass entry (PGPASSFILE) or peer authentication for this role",
+        )
+    });
+    let compression = compression(cx, t);
+
+    let mut wal_job = None;
+    let mut verify_jobs = Vec::new();
+    let needs_connection = |cx: &mut Ctx, what: &str| {
+        if !postgres.present && t.get("connection").is_none() {
+            cx.error(
+                &t.key("connection"),
+                format!("missing: a {what} job needs a [postgres] section or its own `connection`"),
+            );
+        }
+    };
+    let cron = |cx: &mut Ctx, k: &str, example: &str| {
+        if t.get(k).is_none() {
+            let kind = kind.map_or("", JobKindName::as_str);
+            t.missing(
+                cx,
+                k,
+                &format!("a {kind} job needs `{k}`, a cron expression such as \"{example}\""),
+            );
+        }
+        t.cron(cx, k)
+    };
+
+    let spec = match kind {
+        None => None,
+        Some(JobKindName::PostgresDump) => {
+            let schedule = cron(cx, "schedule", "0 2 * * *");
+            let databases = match t.strings(cx, "databases") {
+                None if t.get("databases").is_none() => {
+                    t.missing(
+                        cx,
+                        "databases",
+                        "a postgres-dump job needs `databases`, e.g. [\"bdc_db\"]",
+                    );
+                    None
+                }
+                Some(list) if list.is_empty() => {
+                    cx.error(&t.key("databases"), "must name at least one database");
+                    None
+                }
+                list => list,
+            };
+            let tables = t.strings(cx, "tables").unwrap_or_default();
+            let globals = t.bool(cx, "globals").unwrap_or(true);
+            needs_connection(cx, "postgres-dump");
+            match (schedule, databases) {
+                (Some(schedule), Some(databases)) => Some(JobSpec::PostgresDump(DumpJob {
+                    schedule,
+                    databases: databases.into_iter().map(|(_, d)| d.to_string()).collect(),
+                    tables: tables.into_iter().map(|(_, d)| d.to_string()).collect(),
+                    globals,
+                })),
+                _ => None,
+            }
+        }
+        Some(JobKindName::PostgresBase) => {
+            let full = cron(cx, "full", "0 4 * * 0");
+            let incremental = t.cron(cx, "incremental");
+            wal_job = t.text(cx, "wal-job").map(str::to_string);
+            let pitr_window = t.duration(cx, "pitr-window", false);
+            needs_connection(cx, "postgres-base");
+            if !postgres.data_directory {
+                let who = name
+                    .as_deref()
+                    .map_or_else(|| t.path.clone(), |n| format!("job \"{n}\""));
+                cx.error(
+                    "postgres.data-directory",
+                    format!(
+                        "missing: the postgres-base {who} needs the cluster's data directory here"
+                    ),
+                );
+            }
+            full.map(|full| {
+                JobSpec::PostgresBase(super::BaseJob {
+                    full,
+                    incremental,
+                    wal_job: wal_job.clone(),
+                    pitr_window,
+                })
+            })
+        }
+        Some(JobKindName::PostgresWal) => Some(JobSpec::PostgresWal(WalJob {})),
+        Some(JobKindName::Files) => {
+            let path = t.path(cx, "path");
+            if t.get("path").is_none() {
+                t.missing(
+                    cx,
+                    "path",
+                    "a files job needs `path`, the folder to back up",
+                );
+            }
+            let include = globs(cx, t, "include");
+            let exclude = globs(cx, t, "exclude");
+            let full = cron(cx, "full", "0 4 * * 0");
+            let incremental = t.cron(cx, "incremental");
+            let max_chain = t
+                .integer(cx, "max-chain", 1, 10_000)
+                .and_then(|n| u32::try_from(n).ok());
+            let one_file_system = t.bool(cx, "one-file-system").unwrap_or(false);
+            match (path, full) {
+                (Some(path), Some(full)) => Some(JobSpec::Files(FilesJob {
+                    path,
+                    include,
+                    exclude,
+                    full,
+                    incremental,
+                    max_chain,
+                    one_file_system,
+                })),
+                _ => None,
+            }
+        }
+        Some(JobKindName::Config) => {
+            let paths = match t.strings(cx, "paths") {
+                None if t.get("paths").is_none() => {
+                    t.missing(
+                        cx,
+                        "paths",
+                        "a config job needs `paths`, the files (or globs) to keep",
+                    );
+                    None
+                }
+                Some(list) if list.is_empty() => {
+                    cx.error(&t.key("paths"), "must name at least one file");
+                    None
+                }
+                Some(list) => {
+                    let mut out = Vec::new();
+                    for (key, p) in list {
+                        let resolved = cx.resolve(p);
+                        match resolved.to_str() {
+                            Some(r) if glob::Pattern::new(r).is_ok() => out.push(r.to_string()),
+                            Some(_) => {
+                                cx.error(&key, format!("\"{p}\" is not a valid glob pattern"))
+                            }
+                            None => cx.error(&key, "the resolved path is not valid UTF-8"),
+                        }
+                    }
+                    Some(out)
+                }
+                None => None,
+            };
+            let schedule = cron(cx, "schedule", "*/30 * * * *");
+            let watch = t.bool(cx, "watch").unwrap_or(false);
+            match (paths, schedule) {
+                (Some(paths), Some(schedule)) => Some(JobSpec::Config(ConfigJob {
+                    paths,
+                    schedule,
+                    watch,
+                })),
+                _ => None,
+            }
+        }
+        Some(JobKindName::Verify) => {
+            let schedule = cron(cx, "schedule", "0 6 * * *");
+            verify_jobs = t
+                .strings(cx, "jobs")
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, j)| (k, j.to_string()))
+                .collect();
+            schedule.map(|schedule| {
+                JobSpec::Verify(VerifyJob {
+                    schedule,
+                    jobs: verify_jobs.iter().map(|(_, j)| j.clone()).collect(),
+                })
+            })
+        }
+    };
+
+    let job = match (&name, spec) {
+        (Some(name), Some(spec)) if name_valid => Some(Job {
+            name: name.clone(),
+            repositories: repo_names.clone(),
+            retention: retention_name,
+            max_age,
+            connection,
+            compression,
+            spec,
+        }),
+        _ => None,
+    };
+    JobEntry {
+        key: t.path.clone(),
+        name,
+        kind,
+        repositories: repo_names,
+        wal_job,
+        verify_jobs,
+        job,
+    }
+}
+
+fn globs(cx: &mut Ctx, t: &Table, k: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (key, g) in t.strings(cx, k).unwrap_or_default() {
+        match glob::Pattern::new(g) {
+            Ok(_) => out.push(g.to_string()),
+            Err(e) => cx.error(&key, format!("\"{g}\" is not a valid glob pattern ({e})")),
+        }
+    }
+    out
+}
+
+fn compression(cx: &mut Ctx, t: &Table) -> CompressionSettings {
+    let algorithm = match t.choice(cx, "compression", &["zstd", "gzip"]) {
+        Some("gzip") => Compression::Gzip,
+        _ => Compression::Zstd,
+    };
+    let (max, default) = match algorithm {
+        Compression::Zstd => (19, 3),
+        Compression::Gzip => (9, 6),
+    };
+    let level = t
+        .integer(cx, "compression-level", 1, max)
+        .and_then(|n| i32::try_from(n).ok())
+        .unwrap_or(default);
+    let cpus = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    let workers = t
+        .integer(cx, "compression-workers", 1, 64)
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(cpus);
+    CompressionSettings {
+        algorithm,
+        level,
+        workers,
+    }
+}
+
+fn objectives(cx: &mut Ctx, root: &Table, jobs: &[JobEntry]) -> BTreeMap<String, Objective> {
+    let mut out = BTreeMap::new();
+    let Some(all) = root.table(
+        cx,
+        "objectives",
+        "a table of objectives ([objectives.NAME])",
+    ) else {
+        return out;
+    };
+    let names: BTreeSet<&str> = jobs.iter().filter_map(|j| j.name.as_deref()).collect();
+    for (name, value) in all {
+        let key = join("objectives", name);
+        let Value::Dict(_, dict) = value else {
+            cx.error(&key, format!("expected a table, found {}: each objective is its own table, e.g. [objectives.database]", type_name(value)));
+            continue;
+        };
+        let t = Table::new(key.clone(), dict);
+        t.check_keys(cx, OBJECTIVE_KEYS, &|_| None);
+        let mut job_names = Vec::new();
+        match t.strings(cx, "jobs") {
+            None if t.get("jobs").is_none() => t.missing(
+                cx,
+                "jobs",
+                "the jobs this objective measures, e.g. [\"db-dump\"]",
+            ),
+            None => {}
+            Some(list) if list.is_empty() => cx.error(&t.key("jobs"), "must name at least one job"),
+            Some(list) => {
+                for (k, j) in list {
+                    if !names.contains(j) {
+                        let hint = suggest(j, names.iter().copied())
+                            .map(|s| format!("; did you mean \"{s}\"?"))
+                            .unwrap_or_default();
+                        cx.error(&k, format!("no job is named \"{j}\"{hint}"));
+                    }
+                    job_names.push(j.to_string());
+                }
+            }
+        }
+        let rpo = t.duration(cx, "rpo", false);
+        let rto = t.duration(cx, "rto", false);
+        if t.get("rpo").is_none() && t.get("rto").is_none() {
+            cx.error(
+                &key,
+                "measures nothing: set `rpo`, `rto` or both (e.g. rpo = \"5m\")",
+            );
+        }
+        out.insert(
+            name.clone(),
+            Objective {
+                name: name.clone(),
+                jobs: job_names,
+                rpo,
+                rto,
+            },
+        );
+    }
+    out
 }
