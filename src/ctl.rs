@@ -86,8 +86,15 @@ impl Ctx {
         if let Some(socket) = &self.args.socket {
             return Ok(socket.clone());
         }
-        if self.catalogue_path().is_some() {
-            return Ok(self.load_catalogue()?.daemon.socket);
+        if let Some(path) = self.catalogue_path() {
+            match Catalogue::load(&path) {
+                Ok(catalogue) => return Ok(catalogue.daemon.socket),
+                // An invalid catalogue still names the socket (e.g. to `reload` and see the errors).
+                Err(errors) => match socket_from_raw(&path) {
+                    Some(socket) => return Ok(socket),
+                    None => return Err(CtlError::usage(format!("the catalogue is invalid:\n{errors}"))),
+                },
+            }
         }
         if let Some(socket) = std::env::var_os(ENV_SOCKET) {
             return Ok(PathBuf::from(socket));
@@ -103,6 +110,22 @@ impl Ctx {
     async fn request(&self, request: Request) -> Result<Response, CtlError> {
         let mut client = self.client().await?;
         Ok(client.request(&request).await?)
+    }
+}
+
+/// `[daemon] socket` read from a catalogue that does not validate (the default if unset).
+fn socket_from_raw(path: &std::path::Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let table: toml::Table = text.parse().ok()?;
+    if let Ok(socket) = std::env::var(ENV_SOCKET) {
+        return Some(PathBuf::from(socket));
+    }
+    match table.get("daemon").and_then(|d| d.get("socket")).and_then(|s| s.as_str()) {
+        Some(socket) => {
+            let socket = PathBuf::from(socket);
+            Some(if socket.is_absolute() { socket } else { path.parent()?.join(socket) })
+        }
+        None => Some(PathBuf::from(crate::catalogue::DEFAULT_SOCKET)),
     }
 }
 
