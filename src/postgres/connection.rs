@@ -282,6 +282,25 @@ impl PgControl {
             .collect())
     }
 
+    /// Functions of `db` as `schema.name`, sorted, system schemas excluded.
+    pub async fn list_functions(&self, db: &str) -> Result<Vec<String>, PgError> {
+        let mut other = self.connect_database(db).await?;
+        let target = other.target.clone();
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT n.nspname || '.' || p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+             WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
+        )
+        .fetch_all(&mut other.conn)
+        .await
+        .map_err(|source| PgError::Query {
+            target,
+            what: "listing functions".into(),
+            source,
+        })?;
+        other.close().await;
+        Ok(names)
+    }
+
     /// Closes the session politely.
     pub async fn close(self) {
         let _ = self.conn.close().await;

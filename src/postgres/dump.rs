@@ -10,7 +10,7 @@ use crate::catalogue::{Catalogue, DumpJob, Job};
 use crate::error::{Classify, Retry, io_retry};
 use crate::model::{BackupType, JobKindName};
 use crate::pipeline::{self, PipelineError, PipelineSettings, ProgressCounter};
-use crate::repository::{CommitRecord, FORMAT_VERSION, ObjectRecord, Repository, RepositoryError, StoreError};
+use crate::repository::{CommitRecord, FORMAT_VERSION, ObjectRecord, Repository, RepositoryError, StoreError, format, local_copy};
 use chrono::{DateTime, Utc};
 use std::path::Path;
 use std::process::Stdio;
@@ -107,12 +107,7 @@ fn stderr_suffix(stderr: &str) -> String {
 
 /// The retry class of a pipeline error.
 pub fn pipeline_retry(err: &PipelineError) -> Retry {
-    match err {
-        PipelineError::Source(e) => io_retry(e),
-        PipelineError::Store(e) => e.retry(),
-        PipelineError::Encrypt(_) => Retry::Permanent,
-        PipelineError::Cancelled => Retry::Transient,
-    }
+    err.retry()
 }
 
 impl Classify for DumpError {
@@ -133,13 +128,6 @@ impl Classify for DumpError {
             DumpError::NoUrl { .. } | DumpError::Url { .. } | DumpError::Manifest { .. } => Retry::Permanent,
         }
     }
-}
-
-/// The key prefix of one backup's objects. Names never appear in keys (they are encrypted in the
-/// manifest); objects are numbered.
-// TODO(repo): use the repository's key helper once `repository::format` provides one.
-pub fn backup_prefix(job: &str, backup_id: &str) -> String {
-    format!("backups/{job}/{backup_id}/")
 }
 
 /// Runs one dump: every database, the globals, the manifest, then the commit record.
@@ -190,7 +178,6 @@ pub async fn run_dump(ctx: DumpContext<'_>) -> Result<CommitRecord, DumpError> {
         None => None,
     };
 
-    let prefix = backup_prefix(&job, ctx.backup_id);
     let store = &ctx.repository.store;
     let mut databases = Vec::new();
     for (index, db) in ctx.spec.databases.iter().enumerate() {
@@ -205,7 +192,7 @@ pub async fn run_dump(ctx: DumpContext<'_>) -> Result<CommitRecord, DumpError> {
             cmd.arg("-t").arg(t);
         }
         cmd.arg("-d").arg(&db_url);
-        let key = format!("{prefix}db-{index:03}.dump");
+        let key = format::data_key(&job, ctx.backup_id, index as u64);
         let what = format!("database `{db}` (pg_dump)");
         let object = dump_to_object(&ctx, cmd, passfile.as_ref(), &key, &what).await?;
         tracing::info!(job = %job, database = %db, bytes = object.content_size, "dumped database");
@@ -226,7 +213,7 @@ pub async fn run_dump(ctx: DumpContext<'_>) -> Result<CommitRecord, DumpError> {
             cmd.arg("--no-role-passwords");
         }
         cmd.arg("-d").arg(&url);
-        let key = format!("{prefix}globals.sql");
+        let key = format::data_key(&job, ctx.backup_id, ctx.spec.databases.len() as u64);
         let object = dump_to_object(&ctx, cmd, passfile.as_ref(), &key, "globals (pg_dumpall --globals-only)").await?;
         Some(DumpedGlobals {
             object,
@@ -259,8 +246,8 @@ pub async fn run_dump(ctx: DumpContext<'_>) -> Result<CommitRecord, DumpError> {
     })?;
     let manifest_record = pipeline::store_bytes(
         store,
-        &format!("{prefix}manifest.json"),
-        manifest_bytes.into(),
+        &format::manifest_key(&job, ctx.backup_id),
+        manifest_bytes.clone().into(),
         ctx.pipeline,
     )
     .await
@@ -270,8 +257,11 @@ pub async fn run_dump(ctx: DumpContext<'_>) -> Result<CommitRecord, DumpError> {
         stderr: String::new(),
         source,
     })?;
-    // TODO(repo): save the plaintext local copy of the manifest (`local_copy::save`) once the
-    // repository branch provides it; dumps are always full, so nothing depends on it yet.
+    // The plaintext local copy (dumps are always full, so nothing depends on it yet; a failure
+    // to save it is a warning, not a failed backup).
+    if let Err(e) = local_copy::save(ctx.state_dir, &job, ctx.backup_id, &manifest_record.sha256, manifest_bytes.into()).await {
+        tracing::warn!(job = %job, error = %e, "could not save the manifest's local copy");
+    }
 
     let mut objects: Vec<ObjectRecord> = manifest.databases.iter().map(|d| d.object.clone()).collect();
     if let Some(g) = &manifest.globals {

@@ -385,11 +385,11 @@ pub async fn restore_database(catalogue: &Catalogue, opts: RestoreDatabaseOption
             let schema_sql = ctx
                 .capture(&bins.pg_restore, &["-s".as_ref(), "-f".as_ref(), "-".as_ref(), archive.as_os_str()], "pg_restore -s")
                 .await?;
-            let existing: BTreeSet<String> = control.list_tables(&opts.into).await.map_err(connect_err)?.into_iter().collect();
-            let selection = toc::select_tables(&toc_text, &schema_sql, &opts.tables, &|s, t| {
-                existing.contains(&format!("{s}.{t}"))
-            })
-            .map_err(backup_err)?;
+            let existing = Existing {
+                tables: control.list_tables(&opts.into).await.map_err(connect_err)?.into_iter().collect(),
+                functions: control.list_functions(&opts.into).await.map_err(connect_err)?.into_iter().collect(),
+            };
+            let selection = toc::select_tables(&toc_text, &schema_sql, &opts.tables, &existing).map_err(backup_err)?;
             for fk in &selection.skipped_foreign_keys {
                 warnings.push(format!("foreign key {fk} left out: the referenced table is not restored and not in `{}`", opts.into));
             }
@@ -422,6 +422,21 @@ pub async fn restore_database(catalogue: &Catalogue, opts: RestoreDatabaseOption
         warnings,
         elapsed: began.elapsed(),
     })
+}
+
+/// Tables and functions (`schema.name`) already in the target database.
+struct Existing {
+    tables: BTreeSet<String>,
+    functions: BTreeSet<String>,
+}
+
+impl toc::TargetObjects for Existing {
+    fn has_table(&self, schema: &str, table: &str) -> bool {
+        self.tables.contains(&format!("{schema}.{table}"))
+    }
+    fn has_function(&self, schema: &str, function: &str) -> bool {
+        self.functions.contains(&format!("{schema}.{function}"))
+    }
 }
 
 /// The named backup, or the newest committed one of the job.

@@ -24,6 +24,7 @@ const KNOWN_DESCS: &[&str] = &[
     "CONSTRAINT",
     "SEQUENCE",
     "COMMENT",
+    "FUNCTION",
     "DEFAULT",
     "TRIGGER",
     "POLICY",
@@ -126,6 +127,8 @@ pub struct SchemaFacts {
     pub sequence_table: BTreeMap<QName, QName>,
     /// (schema, table, constraint) → referenced table
     pub foreign_keys: BTreeMap<(String, String, String), QName>,
+    /// (schema, table, trigger) → the trigger's function
+    pub trigger_functions: BTreeMap<(String, String, String), QName>,
 }
 
 /// Reads a `pg_restore -s -f -` script.
@@ -145,6 +148,21 @@ pub fn parse_schema_facts(sql: &str) -> SchemaFacts {
                 let rest = rest.strip_prefix("ONLY ").unwrap_or(rest);
                 if let Some((table, _)) = qualified(rest) {
                     facts.index_table.insert((table.0.clone(), index), table);
+                }
+            }
+        } else if let Some(rest) = line
+            .strip_prefix("CREATE TRIGGER ")
+            .or_else(|| line.strip_prefix("CREATE CONSTRAINT TRIGGER "))
+        {
+            if let Some((trigger, rest)) = ident(rest)
+                && let Some(on) = rest.find(" ON ")
+                && let Some((table, rest)) = qualified(&rest[on + 4..])
+                && let Some(f) = rest.find(" EXECUTE FUNCTION ").or_else(|| rest.find(" EXECUTE PROCEDURE "))
+            {
+                let after = &rest[f..];
+                let after = after.trim_start_matches(" EXECUTE FUNCTION ").trim_start_matches(" EXECUTE PROCEDURE ");
+                if let Some((function, _)) = qualified(after) {
+                    facts.trigger_functions.insert((table.0, table.1, trigger), function);
                 }
             }
         } else if let Some(rest) = line.strip_prefix("ALTER SEQUENCE ") {
@@ -215,13 +233,34 @@ fn requested_name(s: &str) -> (Option<String>, String) {
     (None, s.trim().to_string())
 }
 
-/// Selects the entries of `requested` tables. `target_has(schema, table)` says whether a table
-/// already exists in the target database (a foreign key to it can be restored).
+/// What already exists in the target database.
+pub trait TargetObjects {
+    /// A table (a foreign key to it can be restored).
+    fn has_table(&self, schema: &str, table: &str) -> bool;
+    /// A function (a selected table's trigger function is then not recreated).
+    fn has_function(&self, schema: &str, function: &str) -> bool;
+}
+
+/// An empty target.
+pub struct EmptyTarget;
+
+impl TargetObjects for EmptyTarget {
+    fn has_table(&self, _: &str, _: &str) -> bool {
+        false
+    }
+    fn has_function(&self, _: &str, _: &str) -> bool {
+        false
+    }
+}
+
+/// Selects the entries of `requested` tables, plus the functions their triggers call when the
+/// target lacks them. Foreign keys are kept when the referenced table is selected too or exists
+/// in the target.
 pub fn select_tables(
     toc: &str,
     schema_sql: &str,
     requested: &[String],
-    target_has: &dyn Fn(&str, &str) -> bool,
+    target: &dyn TargetObjects,
 ) -> Result<TocSelection, String> {
     let entries: Vec<TocEntry> = toc.lines().filter_map(parse_toc_line).collect();
     let facts = parse_schema_facts(schema_sql);
@@ -275,6 +314,19 @@ pub fn select_tables(
             .is_some_and(in_sel)
     };
 
+    // Trigger functions of the selected tables that the target lacks.
+    let functions: BTreeSet<QName> = facts
+        .trigger_functions
+        .iter()
+        .filter(|((s, t, _), f)| in_sel(&(s.clone(), t.clone())) && !target.has_function(&f.0, &f.1))
+        .map(|(_, f)| f.clone())
+        .collect();
+    // A FUNCTION tag is `name(args)`; trigger functions take none.
+    let function_in = |schema: &str, tag: &str| {
+        tag.strip_suffix("()")
+            .is_some_and(|name| functions.contains(&(schema.to_string(), name.to_string())))
+    };
+
     let mut list = String::new();
     let mut kept = 0;
     let mut skipped_foreign_keys = Vec::new();
@@ -284,13 +336,14 @@ pub fn select_tables(
             "TABLE" | "TABLE DATA" | "ROW SECURITY" => in_sel(&(e.schema.clone(), e.tag.clone())),
             "SEQUENCE" | "SEQUENCE SET" | "SEQUENCE OWNED BY" => seq_in(s, &e.tag),
             "INDEX" => index_in(s, &e.tag),
+            "FUNCTION" => function_in(s, &e.tag),
             "DEFAULT" | "CONSTRAINT" | "CHECK CONSTRAINT" | "TRIGGER" | "POLICY" | "RULE" => {
                 table_prefix(s, &e.tag).is_some_and(|(t, _)| in_sel(&t))
             }
             "FK CONSTRAINT" => match table_prefix(s, &e.tag) {
                 Some((t, name)) if in_sel(&t) => {
                     match facts.foreign_keys.get(&(t.0.clone(), t.1.clone(), name.clone())) {
-                        Some(r) if in_sel(r) || target_has(&r.0, &r.1) => true,
+                        Some(r) if in_sel(r) || target.has_table(&r.0, &r.1) => true,
                         Some(r) => {
                             skipped_foreign_keys.push(format!("{}.{}.{} → {}.{}", t.0, t.1, name, r.0, r.1));
                             false
@@ -307,6 +360,7 @@ pub fn select_tables(
                     "TABLE" => in_sel(&(e.schema.clone(), object.to_string())),
                     "SEQUENCE" => seq_in(s, object),
                     "INDEX" => index_in(s, object),
+                    "FUNCTION" => function_in(s, object),
                     "COLUMN" => all_tables
                         .iter()
                         .filter(|(ts, t)| ts == s && object.starts_with(&format!("{t}.")))
@@ -385,6 +439,7 @@ ALTER SEQUENCE public.beneficiaries_id_seq OWNED BY public.beneficiaries.id;
 ALTER SEQUENCE public.users_id_seq OWNED BY public.users.id;
 CREATE INDEX beneficiaries_program ON public.beneficiaries USING btree (program_id);
 CREATE UNIQUE INDEX users_role_idx ON ONLY public.users USING btree (role);
+CREATE TRIGGER users_touch BEFORE UPDATE ON public.users FOR EACH ROW EXECUTE FUNCTION public.touch();
 ALTER TABLE ONLY public.beneficiaries
     ADD CONSTRAINT beneficiaries_case_worker_fkey FOREIGN KEY (case_worker) REFERENCES public.users(id);
 ALTER TABLE ONLY public.beneficiaries
@@ -420,31 +475,40 @@ ALTER TABLE ONLY public.beneficiaries
 
     #[test]
     fn selects_a_table_with_everything_it_owns() {
-        let sel = select_tables(TOC, SCHEMA, &["users".into()], &|_, _| false).unwrap();
+        let sel = select_tables(TOC, SCHEMA, &["users".into()], &EmptyTarget).unwrap();
         assert_eq!(
             ids(&sel),
-            vec!["217", "3408", "3409", "216", "3413", "3414", "3223", "3395", "3419", "3232", "3234", "3235", "3246", "3390", "3391"]
+            vec!["225", "217", "3408", "3409", "216", "3413", "3414", "3223", "3395", "3419", "3232", "3234", "3235", "3246", "3390", "3391"]
         );
         assert!(sel.skipped_foreign_keys.is_empty());
     }
 
     #[test]
     fn foreign_keys_need_their_referenced_table() {
-        let sel = select_tables(TOC, SCHEMA, &["public.beneficiaries".into(), "users".into()], &|_, _| false).unwrap();
+        let sel = select_tables(TOC, SCHEMA, &["public.beneficiaries".into(), "users".into()], &EmptyTarget).unwrap();
         let kept = ids(&sel);
         assert!(kept.contains(&"3243"), "FK to users kept");
         assert!(!kept.contains(&"3244"), "FK to programs skipped");
         assert_eq!(sel.skipped_foreign_keys.len(), 1);
-        let sel = select_tables(TOC, SCHEMA, &["beneficiaries".into()], &|_, t| t == "programs").unwrap();
+        struct HasPrograms;
+        impl TargetObjects for HasPrograms {
+            fn has_table(&self, _: &str, t: &str) -> bool {
+                t == "programs"
+            }
+            fn has_function(&self, _: &str, _: &str) -> bool {
+                true
+            }
+        }
+        let sel = select_tables(TOC, SCHEMA, &["beneficiaries".into()], &HasPrograms).unwrap();
         assert!(ids(&sel).contains(&"3244"));
         assert!(!ids(&sel).contains(&"3243"));
     }
 
     #[test]
     fn names_with_spaces_and_unknown_tables() {
-        let sel = select_tables(TOC, SCHEMA, &["\"Odd Name\"".into()], &|_, _| false).unwrap();
+        let sel = select_tables(TOC, SCHEMA, &["\"Odd Name\"".into()], &EmptyTarget).unwrap();
         assert_eq!(ids(&sel), vec!["224", "223", "3401", "3415", "3242"]);
-        let err = select_tables(TOC, SCHEMA, &["nope".into()], &|_, _| false).unwrap_err();
+        let err = select_tables(TOC, SCHEMA, &["nope".into()], &EmptyTarget).unwrap_err();
         assert!(err.contains("`nope` is not in this backup"), "{err}");
     }
 }

@@ -1,0 +1,4 @@
+//! Shared harness of the integration tests.
+#![allow(dead_code)]
+
+pub mod pg;
