@@ -6,8 +6,9 @@
 mod common;
 
 use bdc_backup::catalogue::{
-    CatchUp, Catalogue, Compression, CompressionSettings, DaemonSettings, DumpJob, EncryptionSettings, Job, JobSpec,
-    LogTarget, PostgresSettings, RepositoryLocation, RepositorySettings, WalAck,
+    Catalogue, CatchUp, Compression, CompressionSettings, DaemonSettings, DumpJob,
+    EncryptionSettings, Job, JobSpec, LogTarget, PostgresSettings, RepositoryLocation,
+    RepositorySettings, WalAck,
 };
 use bdc_backup::error::{Classify, Retry};
 use bdc_backup::model::BackupType;
@@ -44,7 +45,12 @@ struct Setup {
 }
 
 impl Setup {
-    fn new(url: &str, password_file: Option<PathBuf>, databases: &[&str], tables: &[&str]) -> Setup {
+    fn new(
+        url: &str,
+        password_file: Option<PathBuf>,
+        databases: &[&str],
+        tables: &[&str],
+    ) -> Setup {
         let work = tempfile::tempdir().unwrap();
         let (identity, recipient) = new_identity(work.path(), "restore.key");
         let repo_path = work.path().join("repo");
@@ -120,7 +126,9 @@ impl Setup {
 
     async fn dump(&self, cancel: &CancellationToken) -> Result<CommitRecord, DumpError> {
         let job = &self.catalogue.jobs[0];
-        let JobSpec::PostgresDump(spec) = &job.spec else { unreachable!() };
+        let JobSpec::PostgresDump(spec) = &job.spec else {
+            unreachable!()
+        };
         let repository = self.repository();
         let recipients = self
             .catalogue
@@ -222,17 +230,24 @@ async fn dump_then_restore_every_way() {
     assert_eq!(record.details["no-role-passwords"], false);
     assert_eq!(setup.commits().await.len(), 1);
     let json = serde_json::to_string(&record).unwrap();
-    assert!(!json.contains("\"app\"") && !json.contains("users"), "the commit record names nothing: {json}");
+    assert!(
+        !json.contains("\"app\"") && !json.contains("users"),
+        "the commit record names nothing: {json}"
+    );
 
     // Whole database into a new one.
-    let report = restore_database(&setup.catalogue, setup.restore_opts("restored")).await.expect("restore");
+    let report = restore_database(&setup.catalogue, setup.restore_opts("restored"))
+        .await
+        .expect("restore");
     assert_eq!(report.source_database, "app");
     assert_eq!(report.backup_id, record.id);
     assert_eq!(pg.table_fingerprints("restored"), source_tables);
     assert_eq!(pg.schema_fingerprint("restored"), source_schema);
 
     // --create refuses an existing database; without it a missing one is an error.
-    let err = restore_database(&setup.catalogue, setup.restore_opts("restored")).await.unwrap_err();
+    let err = restore_database(&setup.catalogue, setup.restore_opts("restored"))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("already exists"), "{err}");
     let err = restore_database(
         &setup.catalogue,
@@ -243,7 +258,10 @@ async fn dump_then_restore_every_way() {
     )
     .await
     .unwrap_err();
-    assert!(err.to_string().contains("`missing` does not exist"), "{err}");
+    assert!(
+        err.to_string().contains("`missing` does not exist"),
+        "{err}"
+    );
 
     // Selected tables: users with everything it owns, and nothing else.
     let report = restore_database(
@@ -256,21 +274,32 @@ async fn dump_then_restore_every_way() {
     .await
     .expect("table restore");
     assert_eq!(report.tables, vec!["public.audit_log", "public.users"]);
-    assert_eq!(pg.tables("only_users"), vec!["public.audit_log", "public.users"]);
+    assert_eq!(
+        pg.tables("only_users"),
+        vec!["public.audit_log", "public.users"]
+    );
     let restored = pg.table_fingerprints("only_users");
     assert_eq!(restored["public.users"], source_tables["public.users"]);
-    assert_eq!(restored["public.audit_log"], source_tables["public.audit_log"]);
+    assert_eq!(
+        restored["public.audit_log"],
+        source_tables["public.audit_log"]
+    );
     let restored_schema = pg.schema_fingerprint("only_users");
     let users_lines = lines_about(&source_schema, "users");
     assert!(users_lines.len() >= 8, "{users_lines:?}");
     assert_eq!(lines_about(&restored_schema, "users"), users_lines);
-    assert_eq!(lines_about(&restored_schema, "audit_log"), lines_about(&source_schema, "audit_log"));
+    assert_eq!(
+        lines_about(&restored_schema, "audit_log"),
+        lines_about(&source_schema, "audit_log")
+    );
     assert!(
         users_lines.iter().any(|l| l.contains("app_reader=")),
         "grants are part of the comparison: {users_lines:?}"
     );
     assert!(
-        !restored_schema.iter().any(|l| l.contains("beneficiaries") || l.contains("active_users")),
+        !restored_schema
+            .iter()
+            .any(|l| l.contains("beneficiaries") || l.contains("active_users")),
         "{restored_schema:?}"
     );
 
@@ -295,7 +324,11 @@ async fn dump_then_restore_every_way() {
     )
     .await
     .unwrap_err();
-    assert!(err.to_string().contains("table `nope` is not in this backup"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("table `nope` is not in this backup"),
+        "{err}"
+    );
 
     // Parallel restore from a spooled, checked archive.
     let report = restore_database(
@@ -359,13 +392,20 @@ async fn dump_then_restore_every_way() {
     let (wrong, _) = new_identity(setup.work.path(), "wrong.key");
     let mut cat = setup.catalogue.clone();
     cat.encryption.identity_file = Some(wrong.clone());
-    let err = restore_database(&cat, setup.restore_opts("never")).await.unwrap_err();
+    let err = restore_database(&cat, setup.restore_opts("never"))
+        .await
+        .unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("identity") && msg.contains(&record.id), "{msg}");
+    assert!(
+        msg.contains("identity") && msg.contains(&record.id),
+        "{msg}"
+    );
     assert!(!pg.database_exists("never"));
     // And none at all.
     cat.encryption.identity_file = None;
-    let err = restore_database(&cat, setup.restore_opts("never")).await.unwrap_err();
+    let err = restore_database(&cat, setup.restore_opts("never"))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("identity-file"), "{err}");
 }
 
@@ -374,16 +414,27 @@ async fn passwords_come_from_the_password_file() {
     let pg = PgCluster::start();
     pg.create_database("app");
     pg.load_sample("app", 1);
-    pg.psql("postgres", &format!("GRANT pg_read_all_data TO {PASSWORD_ROLE};"));
+    pg.psql(
+        "postgres",
+        &format!("GRANT pg_read_all_data TO {PASSWORD_ROLE};"),
+    );
     let dir = tempfile::tempdir().unwrap();
 
     // Wrong password: a clear, permanent error; nothing committed or left behind.
     let bad = dir.path().join("bad.pass");
     std::fs::write(&bad, "wrong-password\n").unwrap();
-    let setup = Setup::new(&pg.url_as(PASSWORD_ROLE, "postgres"), Some(bad), &["app"], &[]);
+    let setup = Setup::new(
+        &pg.url_as(PASSWORD_ROLE, "postgres"),
+        Some(bad),
+        &["app"],
+        &[],
+    );
     let err = setup.dump(&CancellationToken::new()).await.unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains(&format!("authentication failed for user {PASSWORD_ROLE}")), "{msg}");
+    assert!(
+        msg.contains(&format!("authentication failed for user {PASSWORD_ROLE}")),
+        "{msg}"
+    );
     assert!(msg.contains(&format!("127.0.0.1:{}", pg.port)), "{msg}");
     assert_eq!(err.retry(), Retry::Permanent);
     assert!(setup.commits().await.is_empty());
@@ -393,8 +444,16 @@ async fn passwords_come_from_the_password_file() {
     // and a non-superuser's globals come without role passwords.
     let good = dir.path().join("good.pass");
     std::fs::write(&good, format!("{PASSWORD}\n")).unwrap();
-    let setup = Setup::new(&pg.url_as(PASSWORD_ROLE, "postgres"), Some(good), &["app"], &[]);
-    let record = setup.dump(&CancellationToken::new()).await.expect("dump with a password");
+    let setup = Setup::new(
+        &pg.url_as(PASSWORD_ROLE, "postgres"),
+        Some(good),
+        &["app"],
+        &[],
+    );
+    let record = setup
+        .dump(&CancellationToken::new())
+        .await
+        .expect("dump with a password");
     assert_eq!(record.details["no-role-passwords"], true);
     let leftovers: Vec<_> = std::fs::read_dir(&setup.catalogue.daemon.state_directory)
         .unwrap()
@@ -405,7 +464,9 @@ async fn passwords_come_from_the_password_file() {
     let mut cat = setup.catalogue.clone();
     cat.postgres.as_mut().unwrap().url = pg.url("postgres");
     cat.postgres.as_mut().unwrap().password_file = None;
-    restore_database(&cat, setup.restore_opts("copy")).await.expect("restore");
+    restore_database(&cat, setup.restore_opts("copy"))
+        .await
+        .expect("restore");
     assert_eq!(pg.table_fingerprints("copy"), pg.table_fingerprints("app"));
 }
 
@@ -422,7 +483,11 @@ async fn failed_or_cancelled_dumps_commit_nothing() {
     assert!(msg.contains("no matching tables were found"), "{msg}");
     assert!(msg.contains("`app`") && msg.contains(JOB), "{msg}");
     assert!(setup.commits().await.is_empty());
-    assert!(setup.stored_keys().await.is_empty(), "{:?}", setup.stored_keys().await);
+    assert!(
+        setup.stored_keys().await.is_empty(),
+        "{:?}",
+        setup.stored_keys().await
+    );
 
     // A database that does not exist: same.
     let setup = Setup::new(&pg.url("postgres"), None, &["app", "ghost"], &[]);
@@ -442,10 +507,17 @@ async fn failed_or_cancelled_dumps_commit_nothing() {
     let err = setup.dump(&cancel).await.unwrap_err();
     assert!(matches!(err, DumpError::Cancelled { .. }), "{err}");
     assert!(setup.commits().await.is_empty());
-    assert!(setup.stored_keys().await.is_empty(), "{:?}", setup.stored_keys().await);
+    assert!(
+        setup.stored_keys().await.is_empty(),
+        "{:?}",
+        setup.stored_keys().await
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        pg.psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump';"),
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump';"
+        ),
         "0",
         "no pg_dump left running"
     );

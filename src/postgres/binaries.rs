@@ -97,7 +97,10 @@ async fn check_dir(dir: &Path, wanted: u32) -> Option<PgBinaries> {
 impl PgBinaries {
     /// Finds the tools for a server of `server_version_num`. An explicit `bin_dir` is the only
     /// place looked at when given.
-    pub async fn find(bin_dir: Option<&Path>, server_version_num: u32) -> Result<PgBinaries, BinariesError> {
+    pub async fn find(
+        bin_dir: Option<&Path>,
+        server_version_num: u32,
+    ) -> Result<PgBinaries, BinariesError> {
         let wanted = major_of(server_version_num);
         let mut looked = Vec::new();
         let mut candidates: Vec<PathBuf> = Vec::new();
@@ -129,9 +132,15 @@ mod tests {
 
     #[test]
     fn parses_versions() {
-        assert_eq!(parse_version_major("pg_dump (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)"), Some(15));
+        assert_eq!(
+            parse_version_major("pg_dump (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)"),
+            Some(15)
+        );
         assert_eq!(parse_version_major("pg_dump (PostgreSQL) 9.6.24"), Some(9));
-        assert_eq!(parse_version_major("pg_dump (PostgreSQL) 17beta1"), Some(17));
+        assert_eq!(
+            parse_version_major("pg_dump (PostgreSQL) 17beta1"),
+            Some(17)
+        );
         assert_eq!(parse_version_major("garbage"), None);
         assert_eq!(major_of(150014), 15);
         assert_eq!(major_of(90624), 9);
@@ -140,7 +149,10 @@ mod tests {
     #[tokio::test]
     async fn explicit_dir_without_tools_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
-        let err = PgBinaries::find(Some(dir.path()), 150000).await.unwrap_err().to_string();
+        let err = PgBinaries::find(Some(dir.path()), 150000)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("major version 15"), "{err}");
         assert!(err.contains(&dir.path().display().to_string()), "{err}");
     }

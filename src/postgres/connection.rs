@@ -101,11 +101,19 @@ pub fn read_password_file(path: &Path) -> Result<String, PgError> {
         path: path.to_path_buf(),
         source,
     })?;
-    Ok(text.lines().next().unwrap_or("").trim_end_matches('\r').to_string())
+    Ok(text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim_end_matches('\r')
+        .to_string())
 }
 
 /// Parses a URL into sqlx options; with a password file, its password is used.
-pub fn connect_options(url: &str, password_file: Option<&Path>) -> Result<PgConnectOptions, PgError> {
+pub fn connect_options(
+    url: &str,
+    password_file: Option<&Path>,
+) -> Result<PgConnectOptions, PgError> {
     let mut options = PgConnectOptions::from_str(url).map_err(|source| PgError::InvalidUrl {
         url: url.to_string(),
         source,
@@ -134,7 +142,9 @@ pub struct PgControl {
 
 impl std::fmt::Debug for PgControl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgControl").field("target", &self.target).finish()
+        f.debug_struct("PgControl")
+            .field("target", &self.target)
+            .finish()
     }
 }
 
@@ -153,12 +163,26 @@ impl PgControl {
         let conn = match tokio::time::timeout(CONNECT_TIMEOUT, options.connect()).await {
             Err(_) => return Err(PgError::Timeout { target }),
             Ok(Err(source)) if is_auth_failure(&source) => {
-                return Err(PgError::AuthFailed { target, user, source });
+                return Err(PgError::AuthFailed {
+                    target,
+                    user,
+                    source,
+                });
             }
-            Ok(Err(source)) => return Err(PgError::Connect { target, user, source }),
+            Ok(Err(source)) => {
+                return Err(PgError::Connect {
+                    target,
+                    user,
+                    source,
+                });
+            }
             Ok(Ok(conn)) => conn,
         };
-        Ok(PgControl { options, target, conn })
+        Ok(PgControl {
+            options,
+            target,
+            conn,
+        })
     }
 
     /// A new session on another database of the same server, with the same credentials.

@@ -10,7 +10,10 @@ use crate::catalogue::{Catalogue, DumpJob, Job};
 use crate::error::{Classify, Retry, io_retry};
 use crate::model::{BackupType, JobKindName};
 use crate::pipeline::{self, PipelineError, PipelineSettings, ProgressCounter};
-use crate::repository::{CommitRecord, FORMAT_VERSION, ObjectRecord, Repository, RepositoryError, StoreError, format, local_copy};
+use crate::repository::{
+    CommitRecord, FORMAT_VERSION, ObjectRecord, Repository, RepositoryError, StoreError, format,
+    local_copy,
+};
 use chrono::{DateTime, Utc};
 use std::path::Path;
 use std::process::Stdio;
@@ -102,7 +105,11 @@ pub enum DumpError {
 }
 
 fn stderr_suffix(stderr: &str) -> String {
-    if stderr.is_empty() { String::new() } else { format!("; stderr: {stderr}") }
+    if stderr.is_empty() {
+        String::new()
+    } else {
+        format!("; stderr: {stderr}")
+    }
 }
 
 /// The retry class of a pipeline error.
@@ -115,7 +122,9 @@ impl Classify for DumpError {
         match self {
             DumpError::Connect { source, .. } => source.retry(),
             DumpError::Binaries { source, .. } => source.retry(),
-            DumpError::PassFile { source, .. } | DumpError::Spawn { source, .. } => io_retry(source),
+            DumpError::PassFile { source, .. } | DumpError::Spawn { source, .. } => {
+                io_retry(source)
+            }
             DumpError::Pipeline { source, .. } => pipeline_retry(source),
             DumpError::Commit { source, .. } => match source {
                 RepositoryError::Store { source, .. } => source.retry(),
@@ -125,7 +134,9 @@ impl Classify for DumpError {
             // as permanent: the next scheduled run tries again anyway.
             DumpError::Tool { .. } => Retry::Permanent,
             DumpError::Cancelled { .. } => Retry::Transient,
-            DumpError::NoUrl { .. } | DumpError::Url { .. } | DumpError::Manifest { .. } => Retry::Permanent,
+            DumpError::NoUrl { .. } | DumpError::Url { .. } | DumpError::Manifest { .. } => {
+                Retry::Permanent
+            }
         }
     }
 }
@@ -147,7 +158,9 @@ pub async fn run_dump(ctx: DumpContext<'_>) -> Result<CommitRecord, DumpError> {
         source,
     };
 
-    let mut control = PgControl::connect(&url, password_file).await.map_err(connect_err)?;
+    let mut control = PgControl::connect(&url, password_file)
+        .await
+        .map_err(connect_err)?;
     let server_version_num = control.server_version_num().await.map_err(connect_err)?;
     let server_version = control.server_version().await.map_err(connect_err)?;
     let superuser = control.is_superuser().await.map_err(connect_err)?;
@@ -168,10 +181,12 @@ pub async fn run_dump(ctx: DumpContext<'_>) -> Result<CommitRecord, DumpError> {
         Some(path) => {
             let password = read_password_file(path).map_err(connect_err)?;
             Some(
-                PassFile::create(ctx.state_dir, &password).map_err(|source| DumpError::PassFile {
-                    job: job.clone(),
-                    dir: ctx.state_dir.display().to_string(),
-                    source,
+                PassFile::create(ctx.state_dir, &password).map_err(|source| {
+                    DumpError::PassFile {
+                        job: job.clone(),
+                        dir: ctx.state_dir.display().to_string(),
+                        source,
+                    }
                 })?,
             )
         }
@@ -214,7 +229,14 @@ pub async fn run_dump(ctx: DumpContext<'_>) -> Result<CommitRecord, DumpError> {
         }
         cmd.arg("-d").arg(&url);
         let key = format::data_key(&job, ctx.backup_id, ctx.spec.databases.len() as u64);
-        let object = dump_to_object(&ctx, cmd, passfile.as_ref(), &key, "globals (pg_dumpall --globals-only)").await?;
+        let object = dump_to_object(
+            &ctx,
+            cmd,
+            passfile.as_ref(),
+            &key,
+            "globals (pg_dumpall --globals-only)",
+        )
+        .await?;
         Some(DumpedGlobals {
             object,
             no_role_passwords: !superuser,
@@ -240,10 +262,11 @@ pub async fn run_dump(ctx: DumpContext<'_>) -> Result<CommitRecord, DumpError> {
         databases,
         globals,
     };
-    let manifest_bytes = serde_json::to_vec_pretty(&manifest).map_err(|source| DumpError::Manifest {
-        job: job.clone(),
-        source,
-    })?;
+    let manifest_bytes =
+        serde_json::to_vec_pretty(&manifest).map_err(|source| DumpError::Manifest {
+            job: job.clone(),
+            source,
+        })?;
     let manifest_record = pipeline::store_bytes(
         store,
         &format::manifest_key(&job, ctx.backup_id),
@@ -259,11 +282,23 @@ pub async fn run_dump(ctx: DumpContext<'_>) -> Result<CommitRecord, DumpError> {
     })?;
     // The plaintext local copy (dumps are always full, so nothing depends on it yet; a failure
     // to save it is a warning, not a failed backup).
-    if let Err(e) = local_copy::save(ctx.state_dir, &job, ctx.backup_id, &manifest_record.sha256, manifest_bytes.into()).await {
+    if let Err(e) = local_copy::save(
+        ctx.state_dir,
+        &job,
+        ctx.backup_id,
+        &manifest_record.sha256,
+        manifest_bytes.into(),
+    )
+    .await
+    {
         tracing::warn!(job = %job, error = %e, "could not save the manifest's local copy");
     }
 
-    let mut objects: Vec<ObjectRecord> = manifest.databases.iter().map(|d| d.object.clone()).collect();
+    let mut objects: Vec<ObjectRecord> = manifest
+        .databases
+        .iter()
+        .map(|d| d.object.clone())
+        .collect();
     if let Some(g) = &manifest.globals {
         objects.push(g.object.clone());
     }
@@ -274,7 +309,12 @@ pub async fn run_dump(ctx: DumpContext<'_>) -> Result<CommitRecord, DumpError> {
     details.insert("globals".into(), manifest.globals.is_some().into());
     details.insert(
         "no-role-passwords".into(),
-        manifest.globals.as_ref().map(|g| g.no_role_passwords).unwrap_or(false).into(),
+        manifest
+            .globals
+            .as_ref()
+            .map(|g| g.no_role_passwords)
+            .unwrap_or(false)
+            .into(),
     );
     let record = CommitRecord {
         format_version: FORMAT_VERSION,
@@ -324,11 +364,12 @@ async fn dump_to_object(
     }
     cmd.stdin(Stdio::null()).stdout(Stdio::piped());
     let tool = cmd.as_std().get_program().to_string_lossy().into_owned();
-    let (mut child, stdout, _) = process::spawn(&mut cmd, &tool).map_err(|source| DumpError::Spawn {
-        job: job.clone(),
-        tool: tool.clone(),
-        source,
-    })?;
+    let (mut child, stdout, _) =
+        process::spawn(&mut cmd, &tool).map_err(|source| DumpError::Spawn {
+            job: job.clone(),
+            tool: tool.clone(),
+            source,
+        })?;
     let Some(stdout) = stdout else {
         child.kill().await;
         return Err(DumpError::Spawn {
@@ -390,6 +431,8 @@ async fn dump_to_object(
 async fn discard(store: &crate::repository::Store, key: &str) {
     match store.delete(key).await {
         Ok(()) | Err(StoreError::NotFound { .. }) => {}
-        Err(e) => tracing::warn!(key, error = %e, "could not delete an uncommitted object; cleanup will"),
+        Err(e) => {
+            tracing::warn!(key, error = %e, "could not delete an uncommitted object; cleanup will")
+        }
     }
 }

@@ -57,12 +57,16 @@ impl DumpManifest {
     /// The entry of `database`, or the only one when `database` is None.
     pub fn database(&self, database: Option<&str>) -> Result<&DumpedDatabase, String> {
         match database {
-            Some(name) => self.databases.iter().find(|d| d.name == name).ok_or_else(|| {
-                format!(
-                    "database `{name}` is not in this backup (it has: {})",
-                    self.database_names().join(", ")
-                )
-            }),
+            Some(name) => self
+                .databases
+                .iter()
+                .find(|d| d.name == name)
+                .ok_or_else(|| {
+                    format!(
+                        "database `{name}` is not in this backup (it has: {})",
+                        self.database_names().join(", ")
+                    )
+                }),
             None if self.databases.len() == 1 => Ok(&self.databases[0]),
             None => Err(format!(
                 "this backup holds several databases ({}); name one with --database",

@@ -113,7 +113,9 @@ pub fn spawn(
 
 async fn wait_outcome(mut rx: watch::Receiver<Option<ExitOutcome>>) -> ExitOutcome {
     match rx.wait_for(|s| s.is_some()).await {
-        Ok(s) => s.clone().unwrap_or(ExitOutcome::WaitFailed("no status".into())),
+        Ok(s) => s
+            .clone()
+            .unwrap_or(ExitOutcome::WaitFailed("no status".into())),
         Err(_) => ExitOutcome::WaitFailed("the supervisor task ended".into()),
     }
 }
@@ -174,7 +176,11 @@ pub struct ExitGated<R> {
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for ExitGated<R> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
         if let Some(outcome) = &this.done {
             return Poll::Ready(gate_result(&this.name, outcome));
@@ -182,14 +188,16 @@ impl<R: AsyncRead + Unpin> AsyncRead for ExitGated<R> {
         let before = buf.filled().len();
         let asked = buf.remaining() > 0;
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) if asked && buf.filled().len() == before => match this.gate.as_mut().poll(cx) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(outcome) => {
-                    let r = gate_result(&this.name, &outcome);
-                    this.done = Some(outcome);
-                    Poll::Ready(r)
+            Poll::Ready(Ok(())) if asked && buf.filled().len() == before => {
+                match this.gate.as_mut().poll(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(outcome) => {
+                        let r = gate_result(&this.name, &outcome);
+                        this.done = Some(outcome);
+                        Poll::Ready(r)
+                    }
                 }
-            },
+            }
             other => other,
         }
     }
@@ -199,7 +207,9 @@ fn gate_result(name: &str, outcome: &ExitOutcome) -> std::io::Result<()> {
     if outcome.success() {
         Ok(())
     } else {
-        Err(std::io::Error::other(format!("{name} ended unsuccessfully ({outcome})")))
+        Err(std::io::Error::other(format!(
+            "{name} ended unsuccessfully ({outcome})"
+        )))
     }
 }
 
@@ -212,7 +222,9 @@ pub struct PassFile {
 impl PassFile {
     /// Writes `password` into a new 0600 file in `dir`.
     pub fn create(dir: &Path, password: &str) -> std::io::Result<PassFile> {
-        let mut file = tempfile::Builder::new().prefix(".pgpass-").tempfile_in(dir)?;
+        let mut file = tempfile::Builder::new()
+            .prefix(".pgpass-")
+            .tempfile_in(dir)?;
         let escaped = password.replace('\\', "\\\\").replace(':', "\\:");
         writeln!(file, "*:*:*:*:{escaped}")?;
         file.flush()?;
@@ -269,7 +281,10 @@ mod tests {
         let pf = PassFile::create(dir.path(), "p:a\\ss").unwrap();
         let mode = std::fs::metadata(pf.path()).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0);
-        assert_eq!(std::fs::read_to_string(pf.path()).unwrap(), "*:*:*:*:p\\:a\\\\ss\n");
+        assert_eq!(
+            std::fs::read_to_string(pf.path()).unwrap(),
+            "*:*:*:*:p\\:a\\\\ss\n"
+        );
     }
 
     #[tokio::test]

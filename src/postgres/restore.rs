@@ -6,14 +6,14 @@
 //! name). Owners are kept: the roles must exist (`--roles` restores them from the globals).
 
 use super::binaries::{BinariesError, PgBinaries, parse_version_major};
-use super::connection::{PgControl, PgError, describe, connect_options, read_password_file};
+use super::connection::{PgControl, PgError, connect_options, describe, read_password_file};
 use super::dump::pipeline_retry;
 use super::manifest::{DumpManifest, DumpedDatabase};
 use super::process::{self, PassFile, url_with_database};
 use super::toc;
 use crate::catalogue::{Catalogue, JobSpec};
 use crate::error::{Classify, Retry, io_retry};
-use crate::pipeline::{self, IdentityError, Identities, PipelineError};
+use crate::pipeline::{self, Identities, IdentityError, PipelineError};
 use crate::repository::{CommitRecord, Repository, RepositoryError, StoreError};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
@@ -82,7 +82,9 @@ pub enum RestoreError {
         #[source]
         source: RepositoryError,
     },
-    #[error("job `{job}`: the catalogue has no [encryption] identity-file; restores need the age identity")]
+    #[error(
+        "job `{job}`: the catalogue has no [encryption] identity-file; restores need the age identity"
+    )]
     NoIdentity { job: String },
     #[error("job `{job}`: {source}")]
     Identity {
@@ -93,8 +95,14 @@ pub enum RestoreError {
     #[error("job `{job}`: no committed backup in repository `{repository}`")]
     NoBackups { job: String, repository: String },
     #[error("job `{job}`: backup {backup} is not committed in repository `{repository}`")]
-    BackupNotFound { job: String, backup: String, repository: String },
-    #[error("job `{job}`, backup {backup}: cannot read the manifest (wrong identity file {identity}?): {source}")]
+    BackupNotFound {
+        job: String,
+        backup: String,
+        repository: String,
+    },
+    #[error(
+        "job `{job}`, backup {backup}: cannot read the manifest (wrong identity file {identity}?): {source}"
+    )]
     Manifest {
         job: String,
         backup: String,
@@ -110,7 +118,11 @@ pub enum RestoreError {
         source: serde_json::Error,
     },
     #[error("job `{job}`, backup {backup}: {reason}")]
-    Backup { job: String, backup: String, reason: String },
+    Backup {
+        job: String,
+        backup: String,
+        reason: String,
+    },
     #[error("job `{job}`: no target server: pass --url or set [postgres] url")]
     NoUrl { job: String },
     #[error("job `{job}`: bad target URL: {source}")]
@@ -131,7 +143,9 @@ pub enum RestoreError {
         #[source]
         source: BinariesError,
     },
-    #[error("job `{job}`, backup {backup}: the archive was made by {made_by}; {pg_restore} is major {major}, too old")]
+    #[error(
+        "job `{job}`, backup {backup}: the archive was made by {made_by}; {pg_restore} is major {major}, too old"
+    )]
     ToolsTooOld {
         job: String,
         backup: String,
@@ -172,7 +186,9 @@ pub enum RestoreError {
         expected_size: u64,
         actual_size: u64,
     },
-    #[error("job `{job}`, backup {backup}: restoring `{database}` into `{into}`: {what} failed ({outcome}): {stderr}")]
+    #[error(
+        "job `{job}`, backup {backup}: restoring `{database}` into `{into}`: {what} failed ({outcome}): {stderr}"
+    )]
     Tool {
         job: String,
         backup: String,
@@ -187,10 +203,10 @@ pub enum RestoreError {
 impl Classify for RestoreError {
     fn retry(&self) -> Retry {
         match self {
-            RestoreError::Repository { source, .. } => match source {
-                RepositoryError::Store { source, .. } => source.retry(),
-                _ => Retry::Permanent,
-            },
+            RestoreError::Repository {
+                source: RepositoryError::Store { source, .. },
+                ..
+            } => source.retry(),
             RestoreError::Manifest { source, .. } => pipeline_retry(source),
             RestoreError::Connect { source, .. } => source.retry(),
             RestoreError::Io { source, .. } => io_retry(source),
@@ -201,10 +217,17 @@ impl Classify for RestoreError {
 }
 
 /// Restores one database of a `postgres-dump` backup (see the module docs).
-pub async fn restore_database(catalogue: &Catalogue, opts: RestoreDatabaseOptions) -> Result<RestoreReport, RestoreError> {
+pub async fn restore_database(
+    catalogue: &Catalogue,
+    opts: RestoreDatabaseOptions,
+) -> Result<RestoreReport, RestoreError> {
     let began = Instant::now();
     let job_name = opts.job.clone();
-    let job = catalogue.job(&job_name).ok_or_else(|| RestoreError::UnknownJob { job: job_name.clone() })?;
+    let job = catalogue
+        .job(&job_name)
+        .ok_or_else(|| RestoreError::UnknownJob {
+            job: job_name.clone(),
+        })?;
     if !matches!(job.spec, JobSpec::PostgresDump(_)) {
         return Err(RestoreError::NotADumpJob {
             job: job_name,
@@ -216,22 +239,26 @@ pub async fn restore_database(catalogue: &Catalogue, opts: RestoreDatabaseOption
         .clone()
         .or_else(|| job.repositories.first().cloned())
         .unwrap_or_default();
-    let settings = catalogue
-        .repository(&repo_name)
-        .ok_or_else(|| RestoreError::UnknownRepository {
-            job: job_name.clone(),
-            repository: repo_name.clone(),
-        })?;
+    let settings =
+        catalogue
+            .repository(&repo_name)
+            .ok_or_else(|| RestoreError::UnknownRepository {
+                job: job_name.clone(),
+                repository: repo_name.clone(),
+            })?;
     let repo_err = |source| RestoreError::Repository {
         job: job_name.clone(),
         source,
     };
     let repository = Repository::open(settings).map_err(repo_err)?;
-    let identity_file = catalogue
-        .encryption
-        .identity_file
-        .clone()
-        .ok_or_else(|| RestoreError::NoIdentity { job: job_name.clone() })?;
+    let identity_file =
+        catalogue
+            .encryption
+            .identity_file
+            .clone()
+            .ok_or_else(|| RestoreError::NoIdentity {
+                job: job_name.clone(),
+            })?;
     let identities = Identities::load(&identity_file).map_err(|source| RestoreError::Identity {
         job: job_name.clone(),
         source,
@@ -247,17 +274,21 @@ pub async fn restore_database(catalogue: &Catalogue, opts: RestoreDatabaseOption
             identity: identity_file.display().to_string(),
             source,
         })?;
-    let manifest: DumpManifest = serde_json::from_slice(&manifest_bytes).map_err(|source| RestoreError::ManifestFormat {
-        job: job_name.clone(),
-        backup: backup.clone(),
-        source,
-    })?;
+    let manifest: DumpManifest =
+        serde_json::from_slice(&manifest_bytes).map_err(|source| RestoreError::ManifestFormat {
+            job: job_name.clone(),
+            backup: backup.clone(),
+            source,
+        })?;
     let backup_err = |reason: String| RestoreError::Backup {
         job: job_name.clone(),
         backup: backup.clone(),
         reason,
     };
-    let source_db = manifest.database(opts.database.as_deref()).map_err(backup_err)?.clone();
+    let source_db = manifest
+        .database(opts.database.as_deref())
+        .map_err(backup_err)?
+        .clone();
 
     // The target server.
     let pg = catalogue.postgres.as_ref();
@@ -265,7 +296,9 @@ pub async fn restore_database(catalogue: &Catalogue, opts: RestoreDatabaseOption
         .url
         .clone()
         .or_else(|| pg.map(|p| p.url.clone()))
-        .ok_or_else(|| RestoreError::NoUrl { job: job_name.clone() })?;
+        .ok_or_else(|| RestoreError::NoUrl {
+            job: job_name.clone(),
+        })?;
     let password_file = pg.and_then(|p| p.password_file.clone());
     let connect_err = |source| RestoreError::Connect {
         job: job_name.clone(),
@@ -275,7 +308,9 @@ pub async fn restore_database(catalogue: &Catalogue, opts: RestoreDatabaseOption
         let d = describe(&connect_options(&url, None).map_err(connect_err)?);
         d.rsplit_once('/').map(|(s, _)| s.to_string()).unwrap_or(d)
     };
-    let mut control = PgControl::connect(&url, password_file.as_deref()).await.map_err(connect_err)?;
+    let mut control = PgControl::connect(&url, password_file.as_deref())
+        .await
+        .map_err(connect_err)?;
     let server_version_num = control.server_version_num().await.map_err(connect_err)?;
     let bins = PgBinaries::find(pg.and_then(|p| p.bin_dir.as_deref()), server_version_num)
         .await
@@ -298,7 +333,12 @@ pub async fn restore_database(catalogue: &Catalogue, opts: RestoreDatabaseOption
     // A private work folder: password file, globals SQL, spooled archive, TOC list.
     let io_err = |what: &str| {
         let (job, backup, what) = (job_name.clone(), backup.clone(), what.to_string());
-        move |source| RestoreError::Io { job, backup, what, source }
+        move |source| RestoreError::Io {
+            job,
+            backup,
+            what,
+            source,
+        }
     };
     let work = tempfile::Builder::new()
         .prefix("bdc-restore-")
@@ -321,10 +361,9 @@ pub async fn restore_database(catalogue: &Catalogue, opts: RestoreDatabaseOption
 
     let mut warnings = Vec::new();
     if opts.roles {
-        let globals = manifest
-            .globals
-            .as_ref()
-            .ok_or_else(|| backup_err("this backup has no globals (the job has globals = false)".into()))?;
+        let globals = manifest.globals.as_ref().ok_or_else(|| {
+            backup_err("this backup has no globals (the job has globals = false)".into())
+        })?;
         let sql = pipeline::load_bytes(&repository.store, &globals.object, &identities)
             .await
             .map_err(|source| RestoreError::Manifest {
@@ -344,15 +383,29 @@ pub async fn restore_database(catalogue: &Catalogue, opts: RestoreDatabaseOption
         if !outcome.success() {
             return Err(ctx.tool_error("psql (roles)", &outcome, stderr));
         }
-        warnings.extend(stderr.lines().filter(|l| l.contains("ERROR:")).map(|l| format!("roles: {l}")));
+        warnings.extend(
+            stderr
+                .lines()
+                .filter(|l| l.contains("ERROR:"))
+                .map(|l| format!("roles: {l}")),
+        );
         if globals.no_role_passwords {
-            warnings.push("roles were dumped without passwords (the backup role was not a superuser)".into());
+            warnings.push(
+                "roles were dumped without passwords (the backup role was not a superuser)".into(),
+            );
         }
     }
 
     if opts.create {
-        control.create_database(&opts.into).await.map_err(connect_err)?;
-    } else if !control.database_exists(&opts.into).await.map_err(connect_err)? {
+        control
+            .create_database(&opts.into)
+            .await
+            .map_err(connect_err)?;
+    } else if !control
+        .database_exists(&opts.into)
+        .await
+        .map_err(connect_err)?
+    {
         return Err(RestoreError::TargetMissing {
             database: opts.into.clone(),
             server,
@@ -366,10 +419,26 @@ pub async fn restore_database(catalogue: &Catalogue, opts: RestoreDatabaseOption
     let mut restored_tables = Vec::new();
     let bytes = source_db.object.content_size;
     if opts.tables.is_empty() && opts.jobs.is_none() {
-        stream_restore(&ctx, &bins, &repository, &identities, &source_db, &target_url).await?;
+        stream_restore(
+            &ctx,
+            &bins,
+            &repository,
+            &identities,
+            &source_db,
+            &target_url,
+        )
+        .await?;
     } else {
         let archive = work.path().join("archive.dump");
-        spool(&ctx, &repository, &identities, &source_db, &archive, work.path()).await?;
+        spool(
+            &ctx,
+            &repository,
+            &identities,
+            &source_db,
+            &archive,
+            work.path(),
+        )
+        .await?;
         let mut cmd = Command::new(&bins.pg_restore);
         cmd.args(["--no-password", "--exit-on-error"]);
         match opts.jobs {
@@ -381,21 +450,52 @@ pub async fn restore_database(catalogue: &Catalogue, opts: RestoreDatabaseOption
             }
         }
         if !opts.tables.is_empty() {
-            let toc_text = ctx.capture(&bins.pg_restore, &["-l".as_ref(), archive.as_os_str()], "pg_restore -l").await?;
+            let toc_text = ctx
+                .capture(
+                    &bins.pg_restore,
+                    &["-l".as_ref(), archive.as_os_str()],
+                    "pg_restore -l",
+                )
+                .await?;
             let schema_sql = ctx
-                .capture(&bins.pg_restore, &["-s".as_ref(), "-f".as_ref(), "-".as_ref(), archive.as_os_str()], "pg_restore -s")
+                .capture(
+                    &bins.pg_restore,
+                    &[
+                        "-s".as_ref(),
+                        "-f".as_ref(),
+                        "-".as_ref(),
+                        archive.as_os_str(),
+                    ],
+                    "pg_restore -s",
+                )
                 .await?;
             let existing = Existing {
-                tables: control.list_tables(&opts.into).await.map_err(connect_err)?.into_iter().collect(),
-                functions: control.list_functions(&opts.into).await.map_err(connect_err)?.into_iter().collect(),
+                tables: control
+                    .list_tables(&opts.into)
+                    .await
+                    .map_err(connect_err)?
+                    .into_iter()
+                    .collect(),
+                functions: control
+                    .list_functions(&opts.into)
+                    .await
+                    .map_err(connect_err)?
+                    .into_iter()
+                    .collect(),
             };
-            let selection = toc::select_tables(&toc_text, &schema_sql, &opts.tables, &existing).map_err(backup_err)?;
+            let selection = toc::select_tables(&toc_text, &schema_sql, &opts.tables, &existing)
+                .map_err(backup_err)?;
             for fk in &selection.skipped_foreign_keys {
                 warnings.push(format!("foreign key {fk} left out: the referenced table is not restored and not in `{}`", opts.into));
             }
-            restored_tables = selection.tables.iter().map(|(s, t)| format!("{s}.{t}")).collect();
+            restored_tables = selection
+                .tables
+                .iter()
+                .map(|(s, t)| format!("{s}.{t}"))
+                .collect();
             let list = work.path().join("restore.list");
-            write_private(&list, selection.list.as_bytes()).map_err(io_err("writing the restore list"))?;
+            write_private(&list, selection.list.as_bytes())
+                .map_err(io_err("writing the restore list"))?;
             cmd.arg("-L").arg(&list);
         }
         cmd.arg("-d").arg(&target_url).arg(&archive);
@@ -406,7 +506,8 @@ pub async fn restore_database(catalogue: &Catalogue, opts: RestoreDatabaseOption
     }
     control.close().await;
     drop(passfile);
-    work.close().map_err(io_err("removing the private temp folder"))?;
+    work.close()
+        .map_err(io_err("removing the private temp folder"))?;
 
     Ok(RestoreReport {
         job: job_name,
@@ -440,7 +541,11 @@ impl toc::TargetObjects for Existing {
 }
 
 /// The named backup, or the newest committed one of the job.
-async fn find_backup(repository: &Repository, job: &str, backup: Option<&str>) -> Result<CommitRecord, RestoreError> {
+async fn find_backup(
+    repository: &Repository,
+    job: &str,
+    backup: Option<&str>,
+) -> Result<CommitRecord, RestoreError> {
     let repo_err = |source| RestoreError::Repository {
         job: job.to_string(),
         source,
@@ -456,7 +561,8 @@ async fn find_backup(repository: &Repository, job: &str, backup: Option<&str>) -
                 repository: repository.name.clone(),
             }),
         None => {
-            let (records, malformed) = repository.list_commits(Some(job)).await.map_err(repo_err)?;
+            let (records, malformed) =
+                repository.list_commits(Some(job)).await.map_err(repo_err)?;
             for e in malformed {
                 tracing::warn!(error = %e, "skipping a malformed commit record");
             }
@@ -482,7 +588,12 @@ struct ToolCtx<'a> {
 }
 
 impl ToolCtx<'_> {
-    fn tool_error(&self, what: &str, outcome: &process::ExitOutcome, stderr: String) -> RestoreError {
+    fn tool_error(
+        &self,
+        what: &str,
+        outcome: &process::ExitOutcome,
+        stderr: String,
+    ) -> RestoreError {
         RestoreError::Tool {
             job: self.job.clone(),
             backup: self.backup.clone(),
@@ -504,24 +615,37 @@ impl ToolCtx<'_> {
     }
 
     /// Runs a command to its end (stdin closed, stdout discarded); returns its outcome and stderr.
-    async fn run(&self, mut cmd: Command, what: &str) -> Result<(process::ExitOutcome, String), RestoreError> {
+    async fn run(
+        &self,
+        mut cmd: Command,
+        what: &str,
+    ) -> Result<(process::ExitOutcome, String), RestoreError> {
         if let Some(pf) = self.passfile {
             pf.apply(&mut cmd);
         }
         cmd.stdin(Stdio::null()).stdout(Stdio::null());
-        let (mut child, _, _) = process::spawn(&mut cmd, what).map_err(self.io(format!("starting {what}")))?;
+        let (mut child, _, _) =
+            process::spawn(&mut cmd, what).map_err(self.io(format!("starting {what}")))?;
         let outcome = child.wait().await;
         Ok((outcome, child.stderr().await))
     }
 
     /// Runs a command and returns its stdout; a non-zero exit is an error with its stderr.
-    async fn capture(&self, program: &Path, args: &[&std::ffi::OsStr], what: &str) -> Result<String, RestoreError> {
+    async fn capture(
+        &self,
+        program: &Path,
+        args: &[&std::ffi::OsStr],
+        what: &str,
+    ) -> Result<String, RestoreError> {
         let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
-        let (mut child, stdout, _) = process::spawn(&mut cmd, what).map_err(self.io(format!("starting {what}")))?;
+        let (mut child, stdout, _) =
+            process::spawn(&mut cmd, what).map_err(self.io(format!("starting {what}")))?;
         let mut out = Vec::new();
         if let Some(mut s) = stdout {
-            s.read_to_end(&mut out).await.map_err(self.io(format!("reading {what}'s output")))?;
+            s.read_to_end(&mut out)
+                .await
+                .map_err(self.io(format!("reading {what}'s output")))?;
         }
         let outcome = child.wait().await;
         if !outcome.success() {
@@ -551,17 +675,25 @@ async fn stream_restore(
             source,
         })?;
     let mut cmd = Command::new(&bins.pg_restore);
-    cmd.args(["--no-password", "--exit-on-error", "--single-transaction", "-d"])
-        .arg(target_url)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null());
+    cmd.args([
+        "--no-password",
+        "--exit-on-error",
+        "--single-transaction",
+        "-d",
+    ])
+    .arg(target_url)
+    .stdin(Stdio::piped())
+    .stdout(Stdio::null());
     if let Some(pf) = ctx.passfile {
         pf.apply(&mut cmd);
     }
-    let (mut child, _, stdin) = process::spawn(&mut cmd, "pg_restore").map_err(ctx.io("starting pg_restore".into()))?;
+    let (mut child, _, stdin) =
+        process::spawn(&mut cmd, "pg_restore").map_err(ctx.io("starting pg_restore".into()))?;
     let Some(mut stdin) = stdin else {
         child.kill().await;
-        return Err(ctx.io("pg_restore's stdin".into())(std::io::Error::other("no stdin pipe")));
+        return Err(ctx.io("pg_restore's stdin".into())(std::io::Error::other(
+            "no stdin pipe",
+        )));
     };
     // Copy by hand to tell a failing source (the stream's checks) from a failing pg_restore.
     let mut buf = vec![0u8; 256 * 1024];
@@ -591,7 +723,10 @@ async fn stream_restore(
             // its single transaction never commits.
             child.kill().await;
             drop(stdin);
-            Err(ctx.io(format!("reading database `{}`'s archive", ctx.database))(e))
+            Err(ctx.io(format!(
+                "reading database `{}`'s archive",
+                ctx.database
+            ))(e))
         }
         Some((false, e)) => {
             // pg_restore stopped reading: it failed, and its stderr tells why.
@@ -620,7 +755,8 @@ async fn spool(
     dir: &Path,
 ) -> Result<(), RestoreError> {
     let need = db.object.content_size;
-    let stat = nix::sys::statvfs::statvfs(dir).map_err(|e| ctx.io(format!("checking free space in {}", dir.display()))(e.into()))?;
+    let stat = nix::sys::statvfs::statvfs(dir)
+        .map_err(|e| ctx.io(format!("checking free space in {}", dir.display()))(e.into()))?;
     let have = stat.blocks_available() as u64 * stat.fragment_size() as u64;
     if have < need {
         return Err(RestoreError::NoSpace {
@@ -661,7 +797,9 @@ async fn spool(
             .await
             .map_err(ctx.io(format!("writing {}", path.display())))?;
     }
-    file.flush().await.map_err(ctx.io(format!("writing {}", path.display())))?;
+    file.flush()
+        .await
+        .map_err(ctx.io(format!("writing {}", path.display())))?;
     drop(file);
     let actual = hex::encode(hasher.finalize());
     if actual != db.object.content_sha256 || size != need {

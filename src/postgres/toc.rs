@@ -55,7 +55,9 @@ pub fn parse_toc_line(line: &str) -> Option<TocEntry> {
     let _catalog = parts.next()?;
     let _oid = parts.next()?;
     let rest = parts.next()?;
-    let desc = KNOWN_DESCS.iter().find(|d| rest.starts_with(&format!("{d} ")))?;
+    let desc = KNOWN_DESCS
+        .iter()
+        .find(|d| rest.starts_with(&format!("{d} ")))?;
     let rest = &rest[desc.len() + 1..];
     let (schema, rest) = rest.split_once(' ')?;
     // The owner is the last word; it may be empty ("… TAG ").
@@ -94,7 +96,11 @@ fn ident(s: &str) -> Option<(String, &str)> {
         let end = s
             .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
             .unwrap_or(s.len());
-        if end == 0 { None } else { Some((s[..end].to_string(), &s[end..])) }
+        if end == 0 {
+            None
+        } else {
+            Some((s[..end].to_string(), &s[end..]))
+        }
     }
 }
 
@@ -157,12 +163,18 @@ pub fn parse_schema_facts(sql: &str) -> SchemaFacts {
             if let Some((trigger, rest)) = ident(rest)
                 && let Some(on) = rest.find(" ON ")
                 && let Some((table, rest)) = qualified(&rest[on + 4..])
-                && let Some(f) = rest.find(" EXECUTE FUNCTION ").or_else(|| rest.find(" EXECUTE PROCEDURE "))
+                && let Some(f) = rest
+                    .find(" EXECUTE FUNCTION ")
+                    .or_else(|| rest.find(" EXECUTE PROCEDURE "))
             {
                 let after = &rest[f..];
-                let after = after.trim_start_matches(" EXECUTE FUNCTION ").trim_start_matches(" EXECUTE PROCEDURE ");
+                let after = after
+                    .trim_start_matches(" EXECUTE FUNCTION ")
+                    .trim_start_matches(" EXECUTE PROCEDURE ");
                 if let Some((function, _)) = qualified(after) {
-                    facts.trigger_functions.insert((table.0, table.1, trigger), function);
+                    facts
+                        .trigger_functions
+                        .insert((table.0, table.1, trigger), function);
                 }
             }
         } else if let Some(rest) = line.strip_prefix("ALTER SEQUENCE ") {
@@ -171,7 +183,9 @@ pub fn parse_schema_facts(sql: &str) -> SchemaFacts {
                 && let Some((parts, _)) = dotted(rest)
                 && parts.len() == 3
             {
-                facts.sequence_table.insert(seq, (parts[0].clone(), parts[1].clone()));
+                facts
+                    .sequence_table
+                    .insert(seq, (parts[0].clone(), parts[1].clone()));
             }
         } else if let Some(rest) = line.strip_prefix("ALTER TABLE ") {
             let rest = rest.strip_prefix("ONLY ").unwrap_or(rest);
@@ -318,7 +332,9 @@ pub fn select_tables(
     let functions: BTreeSet<QName> = facts
         .trigger_functions
         .iter()
-        .filter(|((s, t, _), f)| in_sel(&(s.clone(), t.clone())) && !target.has_function(&f.0, &f.1))
+        .filter(|((s, t, _), f)| {
+            in_sel(&(s.clone(), t.clone())) && !target.has_function(&f.0, &f.1)
+        })
         .map(|(_, f)| f.clone())
         .collect();
     // A FUNCTION tag is `name(args)`; trigger functions take none.
@@ -342,10 +358,14 @@ pub fn select_tables(
             }
             "FK CONSTRAINT" => match table_prefix(s, &e.tag) {
                 Some((t, name)) if in_sel(&t) => {
-                    match facts.foreign_keys.get(&(t.0.clone(), t.1.clone(), name.clone())) {
+                    match facts
+                        .foreign_keys
+                        .get(&(t.0.clone(), t.1.clone(), name.clone()))
+                    {
                         Some(r) if in_sel(r) || target.has_table(&r.0, &r.1) => true,
                         Some(r) => {
-                            skipped_foreign_keys.push(format!("{}.{}.{} → {}.{}", t.0, t.1, name, r.0, r.1));
+                            skipped_foreign_keys
+                                .push(format!("{}.{}.{} → {}.{}", t.0, t.1, name, r.0, r.1));
                             false
                         }
                         // Unknown reference: let pg_restore judge.
@@ -447,13 +467,20 @@ ALTER TABLE ONLY public.beneficiaries
 ";
 
     fn ids(sel: &TocSelection) -> Vec<&str> {
-        sel.list.lines().map(|l| l.split(';').next().unwrap()).collect()
+        sel.list
+            .lines()
+            .map(|l| l.split(';').next().unwrap())
+            .collect()
     }
 
     #[test]
     fn parses_lines() {
-        let e = parse_toc_line("3410; 0 0 SEQUENCE OWNED BY public beneficiaries_id_seq postgres").unwrap();
-        assert_eq!((e.desc.as_str(), e.schema.as_str(), e.tag.as_str()), ("SEQUENCE OWNED BY", "public", "beneficiaries_id_seq"));
+        let e = parse_toc_line("3410; 0 0 SEQUENCE OWNED BY public beneficiaries_id_seq postgres")
+            .unwrap();
+        assert_eq!(
+            (e.desc.as_str(), e.schema.as_str(), e.tag.as_str()),
+            ("SEQUENCE OWNED BY", "public", "beneficiaries_id_seq")
+        );
         let e = parse_toc_line("224; 1259 16451 TABLE public Odd Name postgres").unwrap();
         assert_eq!(e.tag, "Odd Name");
         assert!(parse_toc_line("222; 1259 16443 VIEW public active_users postgres").is_none());
@@ -464,11 +491,24 @@ ALTER TABLE ONLY public.beneficiaries
     fn facts_from_schema_script() {
         let f = parse_schema_facts(SCHEMA);
         let q = |a: &str, b: &str| (a.to_string(), b.to_string());
-        assert_eq!(f.index_table[&q("public", "users_role_idx")], q("public", "users"));
-        assert_eq!(f.sequence_table[&q("public", "Odd Name_id_seq")], q("public", "Odd Name"));
-        assert_eq!(f.sequence_table[&q("public", "users_id_seq")], q("public", "users"));
         assert_eq!(
-            f.foreign_keys[&("public".into(), "beneficiaries".into(), "beneficiaries_program_id_fkey".into())],
+            f.index_table[&q("public", "users_role_idx")],
+            q("public", "users")
+        );
+        assert_eq!(
+            f.sequence_table[&q("public", "Odd Name_id_seq")],
+            q("public", "Odd Name")
+        );
+        assert_eq!(
+            f.sequence_table[&q("public", "users_id_seq")],
+            q("public", "users")
+        );
+        assert_eq!(
+            f.foreign_keys[&(
+                "public".into(),
+                "beneficiaries".into(),
+                "beneficiaries_program_id_fkey".into()
+            )],
             q("public", "programs")
         );
     }
@@ -478,14 +518,23 @@ ALTER TABLE ONLY public.beneficiaries
         let sel = select_tables(TOC, SCHEMA, &["users".into()], &EmptyTarget).unwrap();
         assert_eq!(
             ids(&sel),
-            vec!["225", "217", "3408", "3409", "216", "3413", "3414", "3223", "3395", "3419", "3232", "3234", "3235", "3246", "3390", "3391"]
+            vec![
+                "225", "217", "3408", "3409", "216", "3413", "3414", "3223", "3395", "3419",
+                "3232", "3234", "3235", "3246", "3390", "3391"
+            ]
         );
         assert!(sel.skipped_foreign_keys.is_empty());
     }
 
     #[test]
     fn foreign_keys_need_their_referenced_table() {
-        let sel = select_tables(TOC, SCHEMA, &["public.beneficiaries".into(), "users".into()], &EmptyTarget).unwrap();
+        let sel = select_tables(
+            TOC,
+            SCHEMA,
+            &["public.beneficiaries".into(), "users".into()],
+            &EmptyTarget,
+        )
+        .unwrap();
         let kept = ids(&sel);
         assert!(kept.contains(&"3243"), "FK to users kept");
         assert!(!kept.contains(&"3244"), "FK to programs skipped");

@@ -31,7 +31,8 @@ pub fn pg_bin() -> PathBuf {
             .and_then(|v| v.parse::<u32>().ok())
             .unwrap_or(0)
     });
-    dirs.pop().expect("an initdb under /usr/lib/postgresql/*/bin")
+    dirs.pop()
+        .expect("an initdb under /usr/lib/postgresql/*/bin")
 }
 
 fn is_root() -> bool {
@@ -89,14 +90,24 @@ impl PgCluster {
                 .ok()
                 .flatten()
                 .expect("a postgres OS user (run tests/setup)");
-            nix::unistd::chown(dir.path(), Some(pg.uid), Some(pg.gid)).expect("chown the cluster folder");
+            nix::unistd::chown(dir.path(), Some(pg.uid), Some(pg.gid))
+                .expect("chown the cluster folder");
         }
         let data = dir.path().join("data");
         run_ok(
             as_postgres(&bin.join("initdb"))
                 .arg("-D")
                 .arg(&data)
-                .args(["-A", "trust", "-U", "postgres", "--data-checksums", "-E", "UTF8", "--locale=C"])
+                .args([
+                    "-A",
+                    "trust",
+                    "-U",
+                    "postgres",
+                    "--data-checksums",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                ])
                 .stdout(Stdio::null()),
             "initdb",
         );
@@ -161,13 +172,22 @@ impl PgCluster {
 
     fn psql_cmd(&self, db: &str) -> Command {
         let mut c = Command::new(self.bin.join("psql"));
-        c.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
-            .arg("-p")
-            .arg(self.port.to_string())
-            .args(["-U", "postgres", "-d", db, "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        c.args([
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+        ])
+        .arg("-p")
+        .arg(self.port.to_string())
+        .args(["-U", "postgres", "-d", db, "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         c
     }
 
@@ -303,8 +323,8 @@ SELECT setval('users_id_seq', (SELECT max(id) FROM users) + 100);
                FROM pg_sequences WHERE schemaname NOT IN {SYS}\n\
              UNION ALL SELECT 'view ' || schemaname || '.' || viewname || ': ' || definition FROM pg_views WHERE schemaname NOT IN {SYS}\n\
              UNION ALL SELECT 'policy ' || schemaname || '.' || tablename || ': ' || policyname || ' ' || coalesce(qual, '') FROM pg_policies\n\
-             UNION ALL SELECT 'relation ' || n.nspname || '.' || c.relname || ': kind=' || c.relkind || ' owner=' || pg_get_userbyid(c.relowner)\n\
-               || ' rls=' || c.relrowsecurity || ' acl=' || coalesce(c.relacl::text, '-') || ' comment=' || coalesce(obj_description(c.oid, 'pg_class'), '-')\n\
+             UNION ALL SELECT 'relation ' || n.nspname || '.' || c.relname || ': kind=' || c.relkind::text || ' owner=' || pg_get_userbyid(c.relowner)\n\
+               || ' rls=' || c.relrowsecurity::text || ' acl=' || coalesce(c.relacl::text, '-') || ' comment=' || coalesce(obj_description(c.oid, 'pg_class'), '-')\n\
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace\n\
                WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S') AND n.nspname NOT IN {SYS} AND n.nspname NOT LIKE 'pg_toast%'\n\
              ) s ORDER BY line;"
@@ -314,7 +334,10 @@ SELECT setval('users_id_seq', (SELECT max(id) FROM users) + 100);
 
     /// Whether a role exists.
     pub fn role_exists(&self, role: &str) -> bool {
-        self.psql("postgres", &format!("SELECT count(*) FROM pg_roles WHERE rolname = '{role}';")) == "1"
+        self.psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_roles WHERE rolname = '{role}';"),
+        ) == "1"
     }
 
     /// Stops the cluster now (also done on drop).
@@ -361,7 +384,9 @@ pub fn scale_sample(sql: &str, percent: u32) -> String {
             .rfind(|c: char| !c.is_ascii_digit())
             .map(|i| i + 1)
             .unwrap_or(0);
-        let n: u64 = head[digits_start..].parse().expect("a number before `* :scale`");
+        let n: u64 = head[digits_start..]
+            .parse()
+            .expect("a number before `* :scale`");
         out.push_str(&head[..digits_start]);
         out.push_str(&(n * u64::from(percent) / 100).max(1).to_string());
         rest = &rest[pos + PAT.len()..];
