@@ -125,6 +125,14 @@ impl Setup {
     }
 
     async fn dump(&self, cancel: &CancellationToken) -> Result<CommitRecord, DumpError> {
+        self.dump_with(cancel, &ProgressCounter::default()).await
+    }
+
+    async fn dump_with(
+        &self,
+        cancel: &CancellationToken,
+        progress: &ProgressCounter,
+    ) -> Result<CommitRecord, DumpError> {
         let job = &self.catalogue.jobs[0];
         let JobSpec::PostgresDump(spec) = &job.spec else {
             unreachable!()
@@ -140,7 +148,6 @@ impl Setup {
         let pipeline = PipelineSettings::new(job.compression.clone(), recipients);
         let started_at = Utc::now();
         let id = BackupId::new(started_at, BackupType::Full).to_string();
-        let progress = ProgressCounter::default();
         run_dump(DumpContext {
             catalogue: &self.catalogue,
             job,
@@ -149,7 +156,7 @@ impl Setup {
             pipeline: &pipeline,
             backup_id: &id,
             started_at,
-            progress: &progress,
+            progress,
             cancel,
             state_dir: &self.catalogue.daemon.state_directory,
         })
@@ -366,6 +373,21 @@ async fn dump_then_restore_every_way() {
     assert_eq!(pg.table_fingerprints("stock"), source_tables);
     assert_eq!(pg.schema_fingerprint("stock"), source_schema);
 
+    // The daemon keeps a plaintext copy of the manifest.
+    let copy = bdc_backup::repository::local_copy::load(
+        &setup.catalogue.daemon.state_directory,
+        JOB,
+        &record.id,
+        &record.manifest.sha256,
+    )
+    .await
+    .unwrap()
+    .expect("the manifest's local copy");
+    assert_eq!(
+        serde_json::from_slice::<DumpManifest>(&copy).unwrap(),
+        manifest
+    );
+
     // Roles into a second cluster (which lacks app_reader), then the database with its grants.
     let other = PgCluster::start();
     assert!(!other.role_exists("app_reader"));
@@ -499,12 +521,19 @@ async fn failed_or_cancelled_dumps_commit_nothing() {
     pg.load_pgbench("app", 2);
     let setup = Setup::new(&pg.url("postgres"), None, &["app"], &[]);
     let cancel = CancellationToken::new();
-    let c = cancel.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+    let progress = ProgressCounter::default();
+    let (c, p) = (cancel.clone(), progress.clone());
+    let watcher = tokio::spawn(async move {
+        // Cancel once pg_dump's output is flowing into the pipeline.
+        while p.read() < 1 << 20 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         c.cancel();
+        p.read()
     });
-    let err = setup.dump(&cancel).await.unwrap_err();
+    let err = setup.dump_with(&cancel, &progress).await.unwrap_err();
+    let read_at_cancel = watcher.await.unwrap();
+    assert!(read_at_cancel >= 1 << 20, "cancelled mid-stream");
     assert!(matches!(err, DumpError::Cancelled { .. }), "{err}");
     assert!(setup.commits().await.is_empty());
     assert!(
@@ -520,5 +549,131 @@ async fn failed_or_cancelled_dumps_commit_nothing() {
         ),
         "0",
         "no pg_dump left running"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_archives_restore_nothing() {
+    let pg = PgCluster::start();
+    pg.create_database("app");
+    pg.load_sample("app", 1);
+    pg.load_pgbench("app", 1);
+    let setup = Setup::new(&pg.url("postgres"), None, &["app"], &[]);
+    let record = setup.dump(&CancellationToken::new()).await.expect("dump");
+    let object = setup.work.path().join("repo").join(&record.objects[0].key);
+    let mut bytes = std::fs::read(&object).unwrap();
+    let at = bytes.len() * 3 / 4;
+    bytes[at] ^= 0x55;
+    std::fs::write(&object, &bytes).unwrap();
+
+    // Streamed: pg_restore is killed before its single transaction can commit.
+    let err = restore_database(&setup.catalogue, setup.restore_opts("streamed"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains(&record.id), "{err}");
+    assert!(pg.tables("streamed").is_empty(), "nothing restored");
+
+    // Spooled (--jobs): the archive is rejected before pg_restore runs.
+    let err = restore_database(
+        &setup.catalogue,
+        RestoreDatabaseOptions {
+            jobs: Some(2),
+            ..setup.restore_opts("spooled")
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains(&record.id), "{err}");
+    assert!(pg.tables("spooled").is_empty(), "nothing restored");
+}
+
+#[tokio::test]
+async fn unreachable_server_is_transient_and_named() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgresql://postgres@127.0.0.1:{port}/postgres");
+    let err = bdc_backup::postgres::connection::PgControl::connect(&url, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.retry(), Retry::Transient, "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("127.0.0.1:{port}/postgres")),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_databases_need_a_name() {
+    let pg = PgCluster::start();
+    for db in ["app", "crm"] {
+        pg.create_database(db);
+    }
+    pg.load_sample("app", 1);
+    pg.psql(
+        "crm",
+        "CREATE TABLE contacts (id serial PRIMARY KEY, name text); INSERT INTO contacts (name) VALUES ('a'), ('b');",
+    );
+    let setup = Setup::new(&pg.url("postgres"), None, &["app", "crm"], &[]);
+    let record = setup.dump(&CancellationToken::new()).await.expect("dump");
+    assert_eq!(record.details["database-count"], 2);
+    assert_eq!(record.objects.len(), 3);
+
+    let err = restore_database(&setup.catalogue, setup.restore_opts("x"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("several databases (app, crm)"),
+        "{err}"
+    );
+    let err = restore_database(
+        &setup.catalogue,
+        RestoreDatabaseOptions {
+            database: Some("hr".into()),
+            ..setup.restore_opts("x")
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("`hr` is not in this backup"),
+        "{err}"
+    );
+
+    // Into an existing, empty database (no --create), by backup id.
+    pg.create_database("crm_copy");
+    let report = restore_database(
+        &setup.catalogue,
+        RestoreDatabaseOptions {
+            database: Some("crm".into()),
+            backup: Some(record.id.clone()),
+            create: false,
+            ..setup.restore_opts("crm_copy")
+        },
+    )
+    .await
+    .expect("restore crm");
+    assert!(!report.created);
+    assert_eq!(
+        pg.table_fingerprints("crm_copy"),
+        pg.table_fingerprints("crm")
+    );
+    let err = restore_database(
+        &setup.catalogue,
+        RestoreDatabaseOptions {
+            backup: Some("20000101T000000Z-F".into()),
+            database: Some("crm".into()),
+            ..setup.restore_opts("y")
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("20000101T000000Z-F is not committed"),
+        "{err}"
     );
 }

@@ -48,8 +48,9 @@ pub struct RestoreDatabaseOptions {
     pub repository: Option<String>,
 }
 
-/// What a restore did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a restore did (`--json` prints it as is).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct RestoreReport {
     pub job: String,
     pub repository: String,
@@ -65,7 +66,44 @@ pub struct RestoreReport {
     /// Archive bytes fed to pg_restore.
     pub bytes: u64,
     pub warnings: Vec<String>,
+    #[serde(rename = "elapsed-seconds", serialize_with = "as_seconds")]
     pub elapsed: Duration,
+}
+
+fn as_seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+impl std::fmt::Display for RestoreReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "restored database `{}` of backup {} (job `{}`, repository `{}`) into `{}` on {}{}",
+            self.source_database,
+            self.backup_id,
+            self.job,
+            self.repository,
+            self.target_database,
+            self.target_server,
+            if self.created { " (created)" } else { "" }
+        )?;
+        if !self.tables.is_empty() {
+            write!(f, "\n  tables: {}", self.tables.join(", "))?;
+        }
+        if self.roles_restored {
+            write!(f, "\n  roles restored from the globals")?;
+        }
+        write!(
+            f,
+            "\n  {} archive bytes in {:.1}s",
+            self.bytes,
+            self.elapsed.as_secs_f64()
+        )?;
+        for w in &self.warnings {
+            write!(f, "\n  warning: {w}")?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,12 +138,11 @@ pub enum RestoreError {
         backup: String,
         repository: String,
     },
-    #[error(
-        "job `{job}`, backup {backup}: cannot read the manifest (wrong identity file {identity}?): {source}"
-    )]
+    #[error("job `{job}`, backup {backup}: reading {what} with identity file {identity}: {source}")]
     Manifest {
         job: String,
         backup: String,
+        what: &'static str,
         identity: String,
         #[source]
         source: PipelineError,
@@ -271,6 +308,7 @@ pub async fn restore_database(
         .map_err(|source| RestoreError::Manifest {
             job: job_name.clone(),
             backup: backup.clone(),
+            what: "the manifest",
             identity: identity_file.display().to_string(),
             source,
         })?;
@@ -369,6 +407,7 @@ pub async fn restore_database(
             .map_err(|source| RestoreError::Manifest {
                 job: job_name.clone(),
                 backup: backup.clone(),
+                what: "the globals",
                 identity: identity_file.display().to_string(),
                 source,
             })?;
