@@ -360,7 +360,18 @@ async fn dump_then_restore_every_way() {
         record.manifest.key
     ));
     let manifest: DumpManifest = serde_json::from_str(&manifest_json).unwrap();
-    let key = &manifest.database(Some("app")).unwrap().object.key;
+    let object = &manifest.database(Some("app")).unwrap().object;
+    let key = &object.key;
+    let sum = sh(&format!(
+        "age -d -i {} {}/{} | zstd -d | sha256sum",
+        setup.identity.display(),
+        root.display(),
+        key
+    ));
+    assert_eq!(
+        sum.split_whitespace().next(),
+        Some(object.content_sha256.as_str())
+    );
     pg.create_database("stock");
     sh(&format!(
         "age -d -i {} {}/{} | zstd -d | {}/pg_restore --exit-on-error -d {}",

@@ -390,7 +390,12 @@ async fn dump_to_object(
     };
     let stderr = child.stderr().await;
     match stored {
-        Ok(object) if outcome.success() => Ok(object),
+        Ok(object) if outcome.success() => {
+            if !stderr.is_empty() {
+                tracing::warn!(job = %job, what, stderr = %stderr, "the dump tool succeeded with messages");
+            }
+            Ok(object)
+        }
         Ok(_) => {
             discard(store, key).await;
             Err(DumpError::Tool {
