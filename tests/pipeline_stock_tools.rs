@@ -191,3 +191,62 @@ async fn stock_age_and_zstd_or_gzip_restore_our_objects() {
     .unwrap();
     assert!(stock_restore(&key_file, &root.join(&key), "zstd").is_empty());
 }
+
+/// Throughput of `store_stream` (zstd level 3, 2 MiB frames, workers = 2) on 512 MiB of
+/// pgbench-like data: `cargo test --test pipeline_stock_tools -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement, not a check"]
+async fn throughput_store_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = bdc_backup::repository::Store::local(dir.path().join("repo")).unwrap();
+    let identity = age::x25519::Identity::generate();
+    let block = bytes::Bytes::from(pgbench_like(8 * MIB));
+    let total = 64;
+    let source = tokio_util::io::StreamReader::new(futures::stream::iter(
+        std::iter::repeat_n(block, total).map(Ok::<_, std::io::Error>),
+    ));
+    let settings = PipelineSettings {
+        compression: CompressionSettings {
+            algorithm: Compression::Zstd,
+            level: 3,
+            workers: 2,
+        },
+        recipients: vec![identity.to_public()],
+        frame_size: bdc_backup::pipeline::DEFAULT_FRAME_SIZE,
+    };
+    let hwm_before = peak_rss_kib();
+    let start = std::time::Instant::now();
+    let rec = store_stream(
+        &store,
+        "bench/obj.age",
+        source,
+        &settings,
+        &ProgressCounter::default(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    let mib = (total * 8) as f64;
+    println!(
+        "store_stream: {mib} MiB in {secs:.2} s = {:.0} MiB/s (stored {:.1} MiB, ratio {:.2})",
+        mib / secs,
+        rec.size as f64 / MIB as f64,
+        rec.content_size as f64 / rec.size as f64
+    );
+    let grown = peak_rss_kib().saturating_sub(hwm_before) / 1024;
+    println!("peak RSS grew by {grown} MiB while streaming {mib} MiB");
+    assert!(
+        grown < 64,
+        "memory is not bounded: peak RSS grew by {grown} MiB"
+    );
+}
+
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
