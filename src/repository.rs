@@ -282,3 +282,6 @@ impl Repository {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests;

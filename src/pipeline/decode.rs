@@ -51,13 +51,16 @@ enum DecodeFail {
 }
 
 fn no_identity_message(identities: &Identities) -> String {
+    // age cannot tell a wrong identity from a damaged recipient stanza; checking the stored hash
+    // would mean reading the whole object first, so the hint covers the rare second case.
+    let hint = "(if it is the right identity, the object's header is damaged; `verify` checks stored hashes)";
     match &identities.file {
         Some(p) => format!(
-            "no identity in {} matches this object's recipients",
+            "no identity in {} matches this object's recipients {hint}",
             p.display()
         ),
         None => format!(
-            "none of the {} given identities matches this object's recipients",
+            "none of the {} given identities matches this object's recipients {hint}",
             identities.keys.len()
         ),
     }
