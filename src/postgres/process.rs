@@ -52,12 +52,19 @@ pub struct Supervised {
     stderr: Option<JoinHandle<Vec<u8>>>,
 }
 
+/// libpq's connect timeout for the client tools (seconds), unless the environment sets one: a
+/// server that does not answer fails the tool instead of hanging it.
+pub const TOOL_CONNECT_TIMEOUT: &str = "10";
+
 /// Spawns `cmd` with stderr captured and stdin/stdout as the caller configured them.
 /// Returns the supervisor and the taken stdout/stdin handles (if piped).
 pub fn spawn(
     cmd: &mut Command,
     name: &str,
 ) -> std::io::Result<(Supervised, Option<ChildStdout>, Option<ChildStdin>)> {
+    if std::env::var_os("PGCONNECT_TIMEOUT").is_none() {
+        cmd.env("PGCONNECT_TIMEOUT", TOOL_CONNECT_TIMEOUT);
+    }
     cmd.stderr(std::process::Stdio::piped()).kill_on_drop(true);
     let mut child = cmd.spawn()?;
     let stdout = child.stdout.take();
