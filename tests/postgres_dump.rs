@@ -628,7 +628,8 @@ async fn several_databases_need_a_name() {
         "crm",
         "CREATE TABLE contacts (id serial PRIMARY KEY, name text); INSERT INTO contacts (name) VALUES ('a'), ('b');",
     );
-    let setup = Setup::new(&pg.url("postgres"), None, &["app", "crm"], &[]);
+    // Over the unix socket this time.
+    let setup = Setup::new(&pg.socket_url("postgres"), None, &["app", "crm"], &[]);
     let record = setup.dump(&CancellationToken::new()).await.expect("dump");
     assert_eq!(record.details["database-count"], 2);
     assert_eq!(record.objects.len(), 3);

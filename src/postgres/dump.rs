@@ -56,7 +56,7 @@ pub enum DumpError {
     Url {
         job: String,
         #[source]
-        source: url::ParseError,
+        source: process::UrlError,
     },
     #[error("job `{job}`: writing the temporary password file in {dir}: {source}")]
     PassFile {

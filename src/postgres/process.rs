@@ -248,9 +248,28 @@ impl PassFile {
     }
 }
 
-/// `url` with its database replaced by `database` (percent-encoded).
-pub fn url_with_database(url: &str, database: &str) -> Result<String, url::ParseError> {
-    let mut u = url::Url::parse(url)?;
+/// A connection URL we cannot rewrite.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("`{url}` is not a postgresql:// URL")]
+pub struct UrlError {
+    pub url: String,
+}
+
+/// `url` with its database replaced by `database` (percent-encoded). Works on the text (libpq's
+/// URI grammar), so socket URLs such as `postgresql://postgres@/db?host=/run/postgresql`, which
+/// generic URL parsers reject for their empty host, keep working.
+pub fn url_with_database(url: &str, database: &str) -> Result<String, UrlError> {
+    let err = || UrlError {
+        url: url.to_string(),
+    };
+    let (scheme, rest) = url.split_once("://").ok_or_else(err)?;
+    if scheme != "postgresql" && scheme != "postgres" {
+        return Err(err());
+    }
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let after = &rest[authority_end..];
+    let query = after.find('?').map(|i| &after[i..]).unwrap_or("");
     let encoded: String = database
         .bytes()
         .map(|b| {
@@ -261,8 +280,7 @@ pub fn url_with_database(url: &str, database: &str) -> Result<String, url::Parse
             }
         })
         .collect();
-    u.set_path(&format!("/{encoded}"));
-    Ok(u.to_string())
+    Ok(format!("{scheme}://{authority}/{encoded}{query}"))
 }
 
 #[cfg(test)]
@@ -280,6 +298,35 @@ mod tests {
             url_with_database("postgresql://u@h/x?host=/run/pg", "a").unwrap(),
             "postgresql://u@h/a?host=/run/pg"
         );
+    }
+
+    #[test]
+    fn socket_urls_keep_their_host() {
+        assert_eq!(
+            url_with_database(
+                "postgresql://postgres@/postgres?host=/run/postgresql",
+                "bdc_db"
+            )
+            .unwrap(),
+            "postgresql://postgres@/bdc_db?host=/run/postgresql"
+        );
+        assert_eq!(
+            url_with_database("postgresql:///postgres?host=/run/postgresql", "bdc_db").unwrap(),
+            "postgresql:///bdc_db?host=/run/postgresql"
+        );
+        let o = super::super::connection::connect_options(
+            "postgresql://postgres@/postgres?host=/run/postgresql",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            super::super::connection::describe(&o),
+            "/run/postgresql:5432/postgres"
+        );
+        assert_eq!(o.get_username(), "postgres");
+        let o = super::super::connection::connect_options("postgresql:///bdc?host=/run/pg", None)
+            .unwrap();
+        assert_eq!(super::super::connection::describe(&o), "/run/pg:5432/bdc");
     }
 
     #[test]

@@ -166,7 +166,7 @@ pub enum RestoreError {
     Url {
         job: String,
         #[source]
-        source: url::ParseError,
+        source: process::UrlError,
     },
     #[error("job `{job}`: target: {source}")]
     Connect {

@@ -166,6 +166,15 @@ impl PgCluster {
         self.url_as("postgres", db)
     }
 
+    /// The same over the unix socket in the cluster's folder (libpq's empty-host form).
+    pub fn socket_url(&self, db: &str) -> String {
+        format!(
+            "postgresql://postgres@/{db}?host={}&port={}",
+            self.dir.path().display(),
+            self.port
+        )
+    }
+
     pub fn url_as(&self, user: &str, db: &str) -> String {
         format!("postgresql://{user}@127.0.0.1:{}/{db}", self.port)
     }
