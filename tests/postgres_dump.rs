@@ -689,3 +689,33 @@ async fn several_databases_need_a_name() {
         "{err}"
     );
 }
+
+/// The comparisons above mean something: the fingerprints notice a changed value, a dropped
+/// index, a revoked grant and a moved sequence.
+#[test]
+fn harness_fingerprints_notice_changes() {
+    let pg = PgCluster::start_with("log_min_messages = warning");
+    pg.create_database("a");
+    pg.load_sample("a", 1);
+    pg.load_extras("a");
+    let tables = pg.table_fingerprints("a");
+    assert_eq!(tables["public.users"].0, 20);
+    let mut schema = pg.schema_fingerprint("a");
+    pg.psql("a", "UPDATE programs SET budget = budget + 1 WHERE id = 1;");
+    let changed = pg.table_fingerprints("a");
+    assert_eq!(changed["public.programs"].0, tables["public.programs"].0);
+    assert_ne!(changed["public.programs"].1, tables["public.programs"].1);
+    for change in [
+        "DROP INDEX users_role_idx;",
+        "REVOKE SELECT ON users FROM app_reader;",
+        "SELECT setval('users_id_seq', 1000);",
+        "DROP TRIGGER users_touch ON users;",
+    ] {
+        pg.psql("a", change);
+        let now = pg.schema_fingerprint("a");
+        assert_ne!(now, schema, "{change}");
+        schema = now;
+    }
+    pg.restart();
+    assert_eq!(pg.schema_fingerprint("a"), schema);
+}

@@ -80,6 +80,12 @@ pub struct PgCluster {
 impl PgCluster {
     /// initdb + start. Panics with the server log if the cluster does not come up.
     pub fn start() -> PgCluster {
+        Self::start_with("")
+    }
+
+    /// Like [`PgCluster::start`], with extra `postgresql.conf` lines (e.g. `wal_level = replica`,
+    /// `archive_mode = on`, `archive_command = '…'`).
+    pub fn start_with(extra_conf: &str) -> PgCluster {
         let bin = pg_bin();
         let dir = tempfile::Builder::new()
             .prefix("bdc-pg-")
@@ -130,7 +136,7 @@ impl PgCluster {
             writeln!(
                 conf,
                 "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
-                 fsync = off\nfull_page_writes = off\nshared_buffers = 32MB\nmax_connections = 40\n",
+                 fsync = off\nfull_page_writes = off\nshared_buffers = 32MB\nmax_connections = 40\n{extra_conf}\n",
                 dir.path().display()
             )
             .expect("write postgresql.conf");
@@ -157,8 +163,33 @@ impl PgCluster {
         panic!("the PostgreSQL test cluster did not start:\n{last_log}");
     }
 
+    /// The cluster's folder (owned by postgres): `data/`, `server.log`, the unix socket.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The server log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Restarts the server (fast shutdown), e.g. after changing its configuration.
+    pub fn restart(&self) {
+        run_ok(
+            as_postgres(&self.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.data_dir())
+                .arg("-l")
+                .arg(self.dir.path().join("server.log"))
+                .args(["-w", "-t", "60", "-m", "fast", "restart"])
+                .stdout(Stdio::null()),
+            "pg_ctl restart",
+        );
     }
 
     /// `postgresql://postgres@127.0.0.1:PORT/db` (trusted superuser).
