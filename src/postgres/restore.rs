@@ -397,6 +397,27 @@ pub async fn restore_database(
         passfile: passfile.as_ref(),
     };
 
+    // Check the target before changing anything on the server.
+    let exists = control
+        .database_exists(&opts.into)
+        .await
+        .map_err(connect_err)?;
+    if opts.create && exists {
+        return Err(RestoreError::Connect {
+            job: job_name.clone(),
+            source: PgError::DatabaseExists {
+                target: control.target().to_string(),
+                database: opts.into.clone(),
+            },
+        });
+    }
+    if !opts.create && !exists {
+        return Err(RestoreError::TargetMissing {
+            database: opts.into.clone(),
+            server,
+        });
+    }
+
     let mut warnings = Vec::new();
     if opts.roles {
         let globals = manifest.globals.as_ref().ok_or_else(|| {
@@ -440,15 +461,6 @@ pub async fn restore_database(
             .create_database(&opts.into)
             .await
             .map_err(connect_err)?;
-    } else if !control
-        .database_exists(&opts.into)
-        .await
-        .map_err(connect_err)?
-    {
-        return Err(RestoreError::TargetMissing {
-            database: opts.into.clone(),
-            server,
-        });
     }
     let target_url = url_with_database(&url, &opts.into).map_err(|source| RestoreError::Url {
         job: job_name.clone(),
