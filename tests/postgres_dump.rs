@@ -527,6 +527,11 @@ async fn failed_or_cancelled_dumps_commit_nothing() {
     let err = setup.dump(&CancellationToken::new()).await.unwrap_err();
     assert!(err.to_string().contains("ghost"), "{err}");
     assert!(setup.commits().await.is_empty());
+    assert!(
+        setup.stored_keys().await.is_empty(),
+        "the first database's object is removed too: {:?}",
+        setup.stored_keys().await
+    );
 
     // Cancelled while pg_dump streams: the child is killed, nothing committed.
     pg.load_pgbench("app", 2);

@@ -142,7 +142,27 @@ impl Classify for DumpError {
 }
 
 /// Runs one dump: every database, the globals, the manifest, then the commit record.
+///
+/// On failure before the commit, the objects this run stored are deleted (best effort; the
+/// repository's cleanup of uncommitted objects catches the rest). A failed commit deletes
+/// nothing: the record may have landed.
 pub async fn run_dump(ctx: DumpContext<'_>) -> Result<CommitRecord, DumpError> {
+    let mut stored = Vec::new();
+    let result = dump_and_commit(&ctx, &mut stored).await;
+    if let Err(e) = &result
+        && !matches!(e, DumpError::Commit { .. })
+    {
+        for key in &stored {
+            discard(&ctx.repository.store, key).await;
+        }
+    }
+    result
+}
+
+async fn dump_and_commit(
+    ctx: &DumpContext<'_>,
+    stored: &mut Vec<String>,
+) -> Result<CommitRecord, DumpError> {
     let job = ctx.job.name.clone();
     let pg = ctx.catalogue.postgres.as_ref();
     let url = ctx
@@ -209,7 +229,8 @@ pub async fn run_dump(ctx: DumpContext<'_>) -> Result<CommitRecord, DumpError> {
         cmd.arg("-d").arg(&db_url);
         let key = format::data_key(&job, ctx.backup_id, index as u64);
         let what = format!("database `{db}` (pg_dump)");
-        let object = dump_to_object(&ctx, cmd, passfile.as_ref(), &key, &what).await?;
+        let object = dump_to_object(ctx, cmd, passfile.as_ref(), &key, &what).await?;
+        stored.push(key);
         tracing::info!(job = %job, database = %db, bytes = object.content_size, "dumped database");
         databases.push(DumpedDatabase {
             name: db.clone(),
@@ -230,13 +251,14 @@ pub async fn run_dump(ctx: DumpContext<'_>) -> Result<CommitRecord, DumpError> {
         cmd.arg("-d").arg(&url);
         let key = format::data_key(&job, ctx.backup_id, ctx.spec.databases.len() as u64);
         let object = dump_to_object(
-            &ctx,
+            ctx,
             cmd,
             passfile.as_ref(),
             &key,
             "globals (pg_dumpall --globals-only)",
         )
         .await?;
+        stored.push(key);
         Some(DumpedGlobals {
             object,
             no_role_passwords: !superuser,
@@ -267,9 +289,10 @@ pub async fn run_dump(ctx: DumpContext<'_>) -> Result<CommitRecord, DumpError> {
             job: job.clone(),
             source,
         })?;
+    let manifest_key = format::manifest_key(&job, ctx.backup_id);
     let manifest_record = pipeline::store_bytes(
         store,
-        &format::manifest_key(&job, ctx.backup_id),
+        &manifest_key,
         manifest_bytes.clone().into(),
         ctx.pipeline,
     )
@@ -280,6 +303,7 @@ pub async fn run_dump(ctx: DumpContext<'_>) -> Result<CommitRecord, DumpError> {
         stderr: String::new(),
         source,
     })?;
+    stored.push(manifest_key);
     // The plaintext local copy (dumps are always full, so nothing depends on it yet; a failure
     // to save it is a warning, not a failed backup).
     if let Err(e) = local_copy::save(
