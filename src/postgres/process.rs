@@ -146,12 +146,17 @@ impl Supervised {
     /// The child's stderr (the last [`STDERR_TAIL`] bytes), once it has closed it. Call after the
     /// child ended; a second call returns an empty string.
     pub async fn stderr(&mut self) -> String {
-        match self.stderr.take() {
-            Some(h) => match h.await {
-                Ok(bytes) => String::from_utf8_lossy(&bytes).trim_end().to_string(),
-                Err(_) => String::new(),
-            },
-            None => String::new(),
+        let Some(mut handle) = self.stderr.take() else {
+            return String::new();
+        };
+        // A grandchild holding the pipe open must not hold us up for long.
+        match tokio::time::timeout(std::time::Duration::from_secs(10), &mut handle).await {
+            Ok(Ok(bytes)) => String::from_utf8_lossy(&bytes).trim_end().to_string(),
+            Ok(Err(_)) => String::new(),
+            Err(_) => {
+                handle.abort();
+                "(stderr still open 10 s after the tool ended)".to_string()
+            }
         }
     }
 
