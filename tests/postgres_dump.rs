@@ -557,6 +557,42 @@ async fn failed_or_cancelled_dumps_commit_nothing() {
         "{:?}",
         setup.stored_keys().await
     );
+    // pg_dump loses its server connection mid-stream: its error is kept, nothing committed.
+    let progress = ProgressCounter::default();
+    let p = progress.clone();
+    let port = pg.port;
+    let bin = pg.bin.clone();
+    let killer = tokio::spawn(async move {
+        while p.read() < 256 << 10 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tokio::process::Command::new(bin.join("psql"))
+            .args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c"])
+            .arg("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pg_dump'")
+            .arg("-p")
+            .arg(port.to_string())
+            .status()
+            .await
+            .unwrap()
+    });
+    let err = setup
+        .dump_with(&CancellationToken::new(), &progress)
+        .await
+        .unwrap_err();
+    assert!(killer.await.unwrap().success());
+    let msg = err.to_string();
+    assert!(matches!(err, DumpError::Tool { .. }), "{msg}");
+    assert!(
+        msg.contains("pg_dump: error:"),
+        "pg_dump's own words: {msg}"
+    );
+    assert!(setup.commits().await.is_empty());
+    assert!(
+        setup.stored_keys().await.is_empty(),
+        "{:?}",
+        setup.stored_keys().await
+    );
+
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         pg.psql(
