@@ -2,19 +2,37 @@
 //! parallel as independent zstd frames (or one gzip stream), encrypted with age to the catalogue's
 //! recipients, hashed (SHA-256 of content and of stored bytes) and written to a store — in bounded
 //! memory. The reverse direction decrypts, checks the stored hash and decompresses.
+//!
+//! Write path, with bounded channels between the stages:
+//!
+//! ```text
+//! source ─▶ frames (frame_size) ─▶ SHA-256(content) ─▶ zstd per frame on ≤ workers blocking tasks
+//!        ─▶ ordered ─▶ age (blocking thread) ─▶ ciphertext chunks ─▶ SHA-256(stored) ─▶ ObjectWriter
+//! ```
+//!
+//! Memory ≈ (workers + 2) × frame_size plus a few 256 KiB ciphertext chunks, whatever the input.
 
 pub mod compress;
 pub mod decode;
 pub mod encrypt;
 
-use crate::catalogue::CompressionSettings;
+use crate::catalogue::{Compression, CompressionSettings};
+use crate::error::{Classify, Retry};
 use crate::repository::{ObjectRecord, Store};
 use bytes::Bytes;
-use std::path::Path;
+use futures::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// The default uncompressed bytes per zstd frame.
+pub const DEFAULT_FRAME_SIZE: usize = 2 << 20;
 
 /// Everything the pipeline needs to write.
 #[derive(Clone)]
@@ -24,6 +42,20 @@ pub struct PipelineSettings {
     pub recipients: Vec<age::x25519::Recipient>,
     /// Uncompressed bytes per zstd frame (default 2 MiB).
     pub frame_size: usize,
+}
+
+impl PipelineSettings {
+    /// Settings with the default frame size.
+    pub fn new(
+        compression: CompressionSettings,
+        recipients: Vec<age::x25519::Recipient>,
+    ) -> PipelineSettings {
+        PipelineSettings {
+            compression,
+            recipients,
+            frame_size: DEFAULT_FRAME_SIZE,
+        }
+    }
 }
 
 /// Live byte counters of a run, shared with the status report.
@@ -52,11 +84,43 @@ pub enum PipelineError {
     Encrypt(String),
     #[error("cancelled")]
     Cancelled,
+    #[error("compressing: {0}")]
+    Compress(#[source] std::io::Error),
+    /// Reading an object back failed (damaged, truncated, wrong identity, …); names the key.
+    #[error("reading object {key}: {source}")]
+    Read {
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pipeline task failed: {0}")]
+    Task(String),
+}
+
+impl Classify for PipelineError {
+    fn retry(&self) -> Retry {
+        match self {
+            PipelineError::Source(e) => crate::error::io_retry(e),
+            PipelineError::Store(e) => e.retry(),
+            PipelineError::Read { source, .. } if source.kind() == io::ErrorKind::InvalidData => {
+                Retry::Permanent
+            }
+            PipelineError::Read { source, .. } => crate::error::io_retry(source),
+            PipelineError::Task(_) => Retry::Transient,
+            PipelineError::Encrypt(_) | PipelineError::Cancelled | PipelineError::Compress(_) => {
+                Retry::Permanent
+            }
+        }
+    }
 }
 
 /// The identities that decrypt (from the catalogue's identity file).
 #[derive(Clone)]
-pub struct Identities(pub Vec<age::x25519::Identity>);
+pub struct Identities {
+    pub keys: Vec<age::x25519::Identity>,
+    /// The file they came from (named in "no identity matches" errors).
+    pub file: Option<PathBuf>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -72,52 +136,385 @@ pub enum IdentityError {
     Invalid { path: String, reason: String },
 }
 
-impl Identities {
-    /// Loads an age identity file, refusing one readable by group or others.
-    pub fn load(_path: &Path) -> Result<Identities, IdentityError> {
-        todo!("pipeline helper")
+impl Classify for IdentityError {
+    fn retry(&self) -> Retry {
+        Retry::Permanent
     }
+}
+
+impl Identities {
+    /// Identities given directly (tests, tools).
+    pub fn from_keys(keys: Vec<age::x25519::Identity>) -> Identities {
+        Identities { keys, file: None }
+    }
+
+    /// Loads an age identity file, refusing one readable by group or others.
+    pub fn load(path: &Path) -> Result<Identities, IdentityError> {
+        let shown = path.display().to_string();
+        let io_err = |source| IdentityError::Io {
+            path: shown.clone(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(io_err)?;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(IdentityError::TooOpen { path: shown, mode });
+        }
+        let text = std::fs::read_to_string(path).map_err(io_err)?;
+        Identities::parse(&text, &shown).map(|keys| Identities {
+            keys,
+            file: Some(path.to_path_buf()),
+        })
+    }
+
+    /// Parses `AGE-SECRET-KEY-1…` lines; `#` comments and blank lines are ignored.
+    pub fn parse(text: &str, shown: &str) -> Result<Vec<age::x25519::Identity>, IdentityError> {
+        let mut keys = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if !line.starts_with("AGE-SECRET-KEY-1") {
+                return Err(IdentityError::Invalid {
+                    path: shown.to_string(),
+                    reason: format!(
+                        "line {}: not an age X25519 identity (expected AGE-SECRET-KEY-1…)",
+                        n + 1
+                    ),
+                });
+            }
+            let id: age::x25519::Identity =
+                line.parse().map_err(|e: &str| IdentityError::Invalid {
+                    path: shown.to_string(),
+                    reason: format!("line {}: {e}", n + 1),
+                })?;
+            keys.push(id);
+        }
+        if keys.is_empty() {
+            return Err(IdentityError::Invalid {
+                path: shown.to_string(),
+                reason: "no identities in the file".into(),
+            });
+        }
+        Ok(keys)
+    }
+}
+
+/// Where each zstd frame of a stored object lies (gzip objects have none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameInfo {
+    /// Offset of the frame's content in the plaintext.
+    pub content_offset: u64,
+    pub content_len: u64,
+    /// Offset of the compressed frame in the decrypted (compressed) stream.
+    pub compressed_offset: u64,
+    pub compressed_len: u64,
+}
+
+/// The result of [`store_frames`]: the record plus the frame table.
+#[derive(Debug, Clone)]
+pub struct StoredObject {
+    pub record: ObjectRecord,
+    pub frames: Vec<FrameInfo>,
 }
 
 /// Streams `source` through the pipeline into a new object at `key`; the object is durable and
 /// visible only when this returns Ok. On error or cancellation the upload is aborted.
 pub async fn store_stream<R: AsyncRead + Unpin + Send>(
-    _store: &Store,
-    _key: &str,
-    _source: R,
-    _settings: &PipelineSettings,
-    _progress: &ProgressCounter,
-    _cancel: &CancellationToken,
+    store: &Store,
+    key: &str,
+    source: R,
+    settings: &PipelineSettings,
+    progress: &ProgressCounter,
+    cancel: &CancellationToken,
 ) -> Result<ObjectRecord, PipelineError> {
-    todo!("pipeline helper")
+    let frames = compress::fixed_frames(source, settings.frame_size);
+    store_frames(store, key, frames, settings, progress, cancel)
+        .await
+        .map(|s| s.record)
 }
 
 /// Stores a small in-memory object (a manifest) through the same pipeline.
 pub async fn store_bytes(
-    _store: &Store,
-    _key: &str,
-    _bytes: Bytes,
-    _settings: &PipelineSettings,
+    store: &Store,
+    key: &str,
+    bytes: Bytes,
+    settings: &PipelineSettings,
 ) -> Result<ObjectRecord, PipelineError> {
-    todo!("pipeline helper")
+    let frame_size = settings.frame_size.max(1);
+    let mut frames = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let n = frame_size.min(rest.len());
+        frames.push(Ok(rest.split_to(n)));
+    }
+    let stream = futures::stream::iter(frames);
+    store_frames(
+        store,
+        key,
+        stream,
+        settings,
+        &ProgressCounter::default(),
+        &CancellationToken::new(),
+    )
+    .await
+    .map(|s| s.record)
+}
+
+/// The frame hook: stores a stream of plaintext frames the caller has cut (e.g. at tar entry
+/// boundaries); each becomes one independent zstd frame (for gzip the frames are just chunks).
+/// Empty frames are skipped. See [`store_stream`] for the guarantees.
+pub async fn store_frames<S>(
+    store: &Store,
+    key: &str,
+    frames: S,
+    settings: &PipelineSettings,
+    progress: &ProgressCounter,
+    cancel: &CancellationToken,
+) -> Result<StoredObject, PipelineError>
+where
+    S: Stream<Item = io::Result<Bytes>> + Send + Unpin,
+{
+    if settings.recipients.is_empty() {
+        return Err(PipelineError::Encrypt(
+            "no age recipients configured".into(),
+        ));
+    }
+    if cancel.is_cancelled() {
+        return Err(PipelineError::Cancelled);
+    }
+    let mut writer = store.writer(key).await?;
+    let result = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(PipelineError::Cancelled),
+        r = run(&mut writer, frames, settings, progress) => r,
+    };
+    match result {
+        Ok(mut out) => {
+            writer.finish().await?;
+            out.record.key = key.to_string();
+            Ok(out)
+        }
+        Err(e) => {
+            if let Err(abort_err) = writer.abort().await {
+                tracing::warn!(key, error = %abort_err, "could not remove the aborted upload");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Result of the producer side.
+struct Produced {
+    content_size: u64,
+    content_sha256: String,
+    frames: Vec<FrameInfo>,
+}
+
+async fn run<S>(
+    writer: &mut crate::repository::ObjectWriter,
+    frames: S,
+    settings: &PipelineSettings,
+    progress: &ProgressCounter,
+) -> Result<StoredObject, PipelineError>
+where
+    S: Stream<Item = io::Result<Bytes>> + Send + Unpin,
+{
+    let workers = settings.compression.workers.max(1);
+    let level = settings.compression.level;
+    let algorithm = settings.compression.algorithm;
+    let (gzip_level, compression_name) = match algorithm {
+        Compression::Zstd => (None, "zstd"),
+        Compression::Gzip => (Some(u32::try_from(level.clamp(0, 9)).unwrap_or(6)), "gzip"),
+    };
+
+    let (enc_tx, enc_rx) = mpsc::channel::<encrypt::Input>(1);
+    let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(4);
+    let recipients = settings.recipients.clone();
+    let encryptor = tokio::task::spawn_blocking(move || {
+        encrypt::encrypt_blocking(recipients, gzip_level, enc_rx, out_tx)
+    });
+
+    // Producer: read frames, hash content, compress (zstd: in parallel, in order), hand on.
+    let producer = async move {
+        let mut hasher = Sha256::new();
+        let mut content_size = 0u64;
+        let mut table = Vec::new();
+        let mut compressed_offset = 0u64;
+        {
+            let hashed = frames.filter_map(|item| {
+                let item = match item {
+                    Ok(b) if b.is_empty() => None,
+                    Ok(b) => {
+                        hasher.update(&b);
+                        content_size += b.len() as u64;
+                        progress
+                            .bytes_read
+                            .fetch_add(b.len() as u64, Ordering::Relaxed);
+                        Some(Ok(b))
+                    }
+                    Err(e) => Some(Err(e)),
+                };
+                futures::future::ready(item)
+            });
+            let mut compressed = hashed
+                .map(|item| async move {
+                    let plain = item.map_err(|e| Some(PipelineError::Source(e)))?;
+                    let len = plain.len() as u64;
+                    if gzip_level.is_some() {
+                        return Ok((plain, len));
+                    }
+                    let out =
+                        tokio::task::spawn_blocking(move || compress::zstd_frame(&plain, level))
+                            .await
+                            .map_err(|e| Some(PipelineError::Task(e.to_string())))?
+                            .map_err(|e| Some(PipelineError::Compress(e)))?;
+                    Ok::<_, Option<PipelineError>>((Bytes::from(out), len))
+                })
+                .buffered(workers);
+            let mut offset = 0u64;
+            while let Some(next) = compressed.next().await {
+                let (data, len) = next?;
+                if gzip_level.is_none() {
+                    table.push(FrameInfo {
+                        content_offset: offset,
+                        content_len: len,
+                        compressed_offset,
+                        compressed_len: data.len() as u64,
+                    });
+                    compressed_offset += data.len() as u64;
+                }
+                offset += len;
+                enc_tx
+                    .send(encrypt::Input::Data(data))
+                    .await
+                    .map_err(|_| None)?;
+            }
+        }
+        if gzip_level.is_none() && table.is_empty() {
+            // An empty source still gets one (empty) zstd frame: a valid zstd stream.
+            let empty =
+                compress::zstd_frame(&[], level).map_err(|e| Some(PipelineError::Compress(e)))?;
+            table.push(FrameInfo {
+                content_offset: 0,
+                content_len: 0,
+                compressed_offset: 0,
+                compressed_len: empty.len() as u64,
+            });
+            enc_tx
+                .send(encrypt::Input::Data(Bytes::from(empty)))
+                .await
+                .map_err(|_| None)?;
+        }
+        enc_tx
+            .send(encrypt::Input::Finish)
+            .await
+            .map_err(|_| None)?;
+        Ok::<_, Option<PipelineError>>(Produced {
+            content_size,
+            content_sha256: hex::encode(hasher.finalize()),
+            frames: table,
+        })
+    };
+
+    // Consumer: hash the ciphertext and upload it.
+    let consumer = async {
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = out_rx.recv().await {
+            hasher.update(&chunk);
+            size += chunk.len() as u64;
+            let n = chunk.len() as u64;
+            writer.write(chunk).await?;
+            progress.bytes_stored.fetch_add(n, Ordering::Relaxed);
+        }
+        Ok::<_, PipelineError>((size, hex::encode(hasher.finalize())))
+    };
+
+    let (produced, consumed) = tokio::join!(producer, consumer);
+    let encrypted = encryptor
+        .await
+        .map_err(|e| PipelineError::Task(e.to_string()))?;
+
+    // Report the root cause, not the "other side went away" errors it caused.
+    let produced = match produced {
+        Err(Some(e)) => return Err(e),
+        other => other,
+    };
+    let (size, sha256) = consumed?;
+    match encrypted {
+        Err(encrypt::EncryptFail::Failed(msg)) => return Err(PipelineError::Encrypt(msg)),
+        Err(encrypt::EncryptFail::Closed) => {
+            return Err(PipelineError::Task(
+                "the encryption stage stopped early".into(),
+            ));
+        }
+        Ok(()) => {}
+    }
+    let produced =
+        produced.map_err(|_| PipelineError::Task("the encryption stage stopped early".into()))?;
+    Ok(StoredObject {
+        record: ObjectRecord {
+            key: String::new(),
+            size,
+            sha256,
+            content_size: produced.content_size,
+            content_sha256: produced.content_sha256,
+            compression: compression_name.to_string(),
+            encryption: "age".to_string(),
+        },
+        frames: produced.frames,
+    })
 }
 
 /// Opens an object for reading: fetched as a stream, decrypted, decompressed. The stored size and
 /// SHA-256 are checked as it streams; a mismatch is an `InvalidData` error at the end (before EOF
-/// is reported), naming the key.
+/// is reported), naming the key. No identity matching the object's recipients is an error here.
 pub async fn open_stream(
-    _store: &Store,
-    _record: &ObjectRecord,
-    _identities: &Identities,
+    store: &Store,
+    record: &ObjectRecord,
+    identities: &Identities,
 ) -> Result<Box<dyn AsyncRead + Send + Unpin>, crate::repository::StoreError> {
-    todo!("pipeline helper")
+    decode::open(store, record, identities).await
 }
 
-/// Reads a small object whole (manifests), checked like [`open_stream`].
+/// Reads a small object whole (manifests), checked like [`open_stream`] (and its content hash).
 pub async fn load_bytes(
-    _store: &Store,
-    _record: &ObjectRecord,
-    _identities: &Identities,
+    store: &Store,
+    record: &ObjectRecord,
+    identities: &Identities,
 ) -> Result<Bytes, PipelineError> {
-    todo!("pipeline helper")
+    let mut reader = open_stream(store, record, identities).await?;
+    let mut buf = Vec::with_capacity(
+        usize::try_from(record.content_size)
+            .unwrap_or(0)
+            .min(64 << 20),
+    );
+    reader
+        .read_to_end(&mut buf)
+        .await
+        .map_err(|source| PipelineError::Read {
+            key: record.key.clone(),
+            source,
+        })?;
+    let hash = hex::encode(Sha256::digest(&buf));
+    if buf.len() as u64 != record.content_size || hash != record.content_sha256 {
+        return Err(PipelineError::Read {
+            key: record.key.clone(),
+            source: io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "content differs from the record ({} bytes, sha256 {hash}; recorded {} bytes, {})",
+                    buf.len(),
+                    record.content_size,
+                    record.content_sha256
+                ),
+            ),
+        });
+    }
+    Ok(Bytes::from(buf))
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,7 +1,12 @@
 //! The PostgreSQL side: the control connection ([`connection`]), finding the client binaries that
 //! match the server ([`binaries`]), `postgres-dump` jobs ([`dump`]) and logical restores ([`restore`]).
+//! [`manifest`] is a dump's encrypted listing, [`toc`] the `pg_restore -l` filtering for table
+//! restores, [`process`] the supervision of the client tools.
 
 pub mod binaries;
 pub mod connection;
 pub mod dump;
+pub mod manifest;
+pub mod process;
 pub mod restore;
+pub mod toc;

@@ -1,1 +1,94 @@
 //! Frame-parallel zstd compression (ordered output, bounded workers) and gzip.
+//!
+//! The source is cut into frames ([`fixed_frames`]: fixed-size chunks today; a caller that knows
+//! better boundaries, e.g. tar entries, hands its own frame stream to
+//! [`super::store_frames`]). Each frame becomes one INDEPENDENT zstd frame, so the object is a
+//! valid zstd stream (`zstd -d` reads it) and any frame decompresses on its own. gzip is one
+//! stream over the whole content, compressed on the encryption thread.
+
+use bytes::{Bytes, BytesMut};
+use futures::Stream;
+use std::io;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Cuts `source` into chunks of exactly `frame_size` bytes (the last one shorter, never empty).
+pub fn fixed_frames<R: AsyncRead + Unpin + Send>(
+    source: R,
+    frame_size: usize,
+) -> impl Stream<Item = io::Result<Bytes>> + Send + Unpin {
+    let frame_size = frame_size.max(1);
+    Box::pin(futures::stream::try_unfold(
+        (source, false),
+        move |(mut source, eof)| async move {
+            if eof {
+                return Ok(None);
+            }
+            let mut buf = BytesMut::with_capacity(frame_size);
+            let mut at_eof = false;
+            while buf.len() < frame_size {
+                // read_buf never reads past the capacity, which is exactly frame_size.
+                let n = source.read_buf(&mut buf).await?;
+                if n == 0 {
+                    at_eof = true;
+                    break;
+                }
+            }
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some((buf.freeze(), (source, at_eof))))
+        },
+    ))
+}
+
+/// Compresses one frame as an independent zstd frame (content size recorded in the header).
+pub fn zstd_frame(plain: &[u8], level: i32) -> io::Result<Vec<u8>> {
+    zstd::bulk::compress(plain, level)
+}
+
+/// The compressed sizes of the zstd frames in `data`, in order (for tests and tools).
+pub fn zstd_frame_sizes(mut data: &[u8]) -> io::Result<Vec<usize>> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        let n = zstd::zstd_safe::find_frame_compressed_size(data).map_err(|code| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                zstd::zstd_safe::get_error_name(code),
+            )
+        })?;
+        out.push(n);
+        data = &data[n..];
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::TryStreamExt;
+
+    #[tokio::test]
+    async fn fixed_frames_cut_exactly() {
+        for (len, fs, expect) in [
+            (0usize, 4usize, vec![]),
+            (1, 4, vec![1]),
+            (4, 4, vec![4]),
+            (9, 4, vec![4, 4, 1]),
+        ] {
+            let data = vec![7u8; len];
+            let frames: Vec<Bytes> = fixed_frames(&data[..], fs).try_collect().await.unwrap();
+            assert_eq!(frames.iter().map(|f| f.len()).collect::<Vec<_>>(), expect);
+        }
+    }
+
+    #[test]
+    fn frames_are_independent() {
+        let a = zstd_frame(b"hello ", 3).unwrap();
+        let b = zstd_frame(b"world", 3).unwrap();
+        let mut both = a.clone();
+        both.extend_from_slice(&b);
+        assert_eq!(zstd_frame_sizes(&both).unwrap(), vec![a.len(), b.len()]);
+        assert_eq!(zstd::decode_all(&both[..]).unwrap(), b"hello world");
+        assert_eq!(zstd::decode_all(&both[a.len()..]).unwrap(), b"world");
+    }
+}

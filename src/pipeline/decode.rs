@@ -1,1 +1,270 @@
-//! The read direction: ranged or streamed fetch, age decryption, hash check, decompression.
+//! The read direction: streamed fetch, hash check, age decryption, decompression.
+//!
+//! A driver task pulls the object from the store, hashes the stored bytes and feeds them to a
+//! blocking thread that runs age's sync decryptor and the zstd (multi-frame) or gzip decoder;
+//! plaintext comes back through a bounded channel as an `AsyncRead`. When the stored size or
+//! SHA-256 differ from the record, the reader returns an `InvalidData` error naming the key
+//! instead of EOF. When decryption fails part-way, the driver still reads the rest of the
+//! object so it can say whether the stored bytes were damaged.
+
+use super::Identities;
+use crate::repository::{ObjectRecord, Store, StoreError};
+use bytes::Bytes;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use std::io::{self, Read};
+use tokio::io::AsyncRead;
+use tokio::sync::{mpsc, oneshot};
+
+/// Plaintext is handed to the reader in chunks of this size.
+const PLAIN_CHUNK: usize = 256 * 1024;
+
+/// A `std::io::Read` over a Tokio channel of chunks (blocking threads only).
+struct ChannelReader {
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.current = b,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}
+
+/// Why the decoding thread stopped.
+enum DecodeFail {
+    /// No identity matched (already reported through the header channel).
+    NoIdentity,
+    /// The reader went away.
+    Closed,
+    Failed(io::Error),
+}
+
+fn no_identity_message(identities: &Identities) -> String {
+    // age cannot tell a wrong identity from a damaged recipient stanza; checking the stored hash
+    // would mean reading the whole object first, so the hint covers the rare second case.
+    let hint = "(if it is the right identity, the object's header is damaged; `verify` checks stored hashes)";
+    match &identities.file {
+        Some(p) => format!(
+            "no identity in {} matches this object's recipients {hint}",
+            p.display()
+        ),
+        None => format!(
+            "none of the {} given identities matches this object's recipients {hint}",
+            identities.keys.len()
+        ),
+    }
+}
+
+fn decode_blocking(
+    cipher_rx: mpsc::Receiver<io::Result<Bytes>>,
+    plain_tx: mpsc::Sender<io::Result<Bytes>>,
+    header_tx: oneshot::Sender<Result<(), io::Error>>,
+    identities: Identities,
+    compression: String,
+) -> Result<(), DecodeFail> {
+    let reader = io::BufReader::with_capacity(
+        64 * 1024,
+        ChannelReader {
+            rx: cipher_rx,
+            current: Bytes::new(),
+        },
+    );
+    let decryptor =
+        age::Decryptor::new_buffered(reader).map_err(|e| DecodeFail::Failed(decrypt_error(e)))?;
+    let plain = match decryptor.decrypt(identities.keys.iter().map(|i| i as &dyn age::Identity)) {
+        Ok(r) => {
+            let _ = header_tx.send(Ok(()));
+            r
+        }
+        Err(age::DecryptError::NoMatchingKeys) => {
+            let _ = header_tx.send(Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                no_identity_message(&identities),
+            )));
+            return Err(DecodeFail::NoIdentity);
+        }
+        Err(e) => return Err(DecodeFail::Failed(decrypt_error(e))),
+    };
+    let mut out: Box<dyn Read> = match compression.as_str() {
+        "zstd" => Box::new(zstd::stream::read::Decoder::new(plain).map_err(DecodeFail::Failed)?),
+        "gzip" => Box::new(flate2::read::MultiGzDecoder::new(plain)),
+        other => {
+            return Err(DecodeFail::Failed(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unknown compression `{other}`"),
+            )));
+        }
+    };
+    loop {
+        let mut buf = vec![0u8; PLAIN_CHUNK];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match out.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(DecodeFail::Failed(e)),
+            }
+        }
+        if filled == 0 {
+            return Ok(());
+        }
+        buf.truncate(filled);
+        if plain_tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+            return Err(DecodeFail::Closed);
+        }
+    }
+}
+
+fn decrypt_error(e: age::DecryptError) -> io::Error {
+    match e {
+        age::DecryptError::Io(e) => e,
+        other => io::Error::new(io::ErrorKind::InvalidData, format!("age: {other}")),
+    }
+}
+
+/// Opens `record` for reading; see [`super::open_stream`].
+pub(crate) async fn open(
+    store: &Store,
+    record: &ObjectRecord,
+    identities: &Identities,
+) -> Result<Box<dyn AsyncRead + Send + Unpin>, StoreError> {
+    if record.encryption != "age" {
+        return Err(StoreError::Io {
+            action: "decrypting",
+            key: record.key.clone(),
+            source: io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unknown encryption `{}`", record.encryption),
+            ),
+        });
+    }
+    let stream = store.get_stream(&record.key).await?;
+    let (cipher_tx, cipher_rx) = mpsc::channel::<io::Result<Bytes>>(4);
+    let (plain_tx, plain_rx) = mpsc::channel::<io::Result<Bytes>>(4);
+    let (header_tx, header_rx) = oneshot::channel();
+    let ids = identities.clone();
+    let compression = record.compression.clone();
+    let thread_plain_tx = plain_tx.clone();
+    let decoder = tokio::task::spawn_blocking(move || {
+        decode_blocking(cipher_rx, thread_plain_tx, header_tx, ids, compression)
+    });
+    tokio::spawn(drive(stream, record.clone(), cipher_tx, plain_tx, decoder));
+    match header_rx.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return Err(StoreError::Io {
+                action: "decrypting",
+                key: record.key.clone(),
+                source: e,
+            });
+        }
+        // The decoder stopped before reading the header: the reader reports why.
+        Err(_) => {}
+    }
+    let chunks = futures::stream::unfold(plain_rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Ok(Box::new(tokio_util::io::StreamReader::new(Box::pin(
+        chunks,
+    ))))
+}
+
+fn with_key(key: &str, e: &io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("object {key}: {e}"))
+}
+
+/// Feeds the stored bytes to the decoder, checks size and hash, and reports the final error
+/// (if any) to the reader before it can see EOF.
+async fn drive(
+    mut stream: futures::stream::BoxStream<'static, Result<Bytes, StoreError>>,
+    record: ObjectRecord,
+    cipher_tx: mpsc::Sender<io::Result<Bytes>>,
+    plain_tx: mpsc::Sender<io::Result<Bytes>>,
+    mut decoder: tokio::task::JoinHandle<Result<(), DecodeFail>>,
+) {
+    let key = record.key.as_str();
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut decoder_gone = false;
+    let mut fetch_error: Option<StoreError> = None;
+    while let Some(item) = stream.next().await {
+        if plain_tx.is_closed() {
+            return; // the reader was dropped
+        }
+        match item {
+            Ok(chunk) => {
+                hasher.update(&chunk);
+                size += chunk.len() as u64;
+                if size > record.size {
+                    // Longer than recorded: no need to read further to know it is wrong.
+                    break;
+                }
+                if !decoder_gone && cipher_tx.send(Ok(chunk)).await.is_err() {
+                    // The decoder stopped (error, or done without reading to EOF). Keep hashing:
+                    // the verdict on the stored bytes decides which error to report.
+                    decoder_gone = true;
+                }
+            }
+            Err(e) => {
+                fetch_error = Some(e);
+                break;
+            }
+        }
+    }
+    let actual = hex::encode(hasher.finalize());
+    let verdict: Option<io::Error> = if let Some(e) = fetch_error {
+        Some(e.into_io())
+    } else if size != record.size {
+        Some(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "object {key}: stored size differs from the commit record ({}{size} bytes, recorded {}): truncated or damaged",
+                if size > record.size { "more than " } else { "" },
+                record.size
+            ),
+        ))
+    } else if actual != record.sha256 {
+        Some(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "object {key}: SHA-256 of the stored bytes is {actual}, the commit record says {}: damaged",
+                record.sha256
+            ),
+        ))
+    } else {
+        None
+    };
+    if let Some(v) = &verdict
+        && !decoder_gone
+    {
+        let _ = cipher_tx
+            .send(Err(io::Error::new(v.kind(), v.to_string())))
+            .await;
+    }
+    drop(cipher_tx);
+    let decoded = (&mut decoder).await;
+    let final_error = match (decoded, verdict) {
+        (Ok(Err(DecodeFail::NoIdentity)), _) | (Ok(Err(DecodeFail::Closed)), _) => None,
+        (_, Some(v)) => Some(v),
+        (Ok(Ok(())), None) => None,
+        (Ok(Err(DecodeFail::Failed(e))), None) => Some(with_key(key, &e)),
+        (Err(join), None) => Some(io::Error::other(format!(
+            "object {key}: decoder failed: {join}"
+        ))),
+    };
+    if let Some(e) = final_error {
+        let _ = plain_tx.send(Err(e)).await;
+    }
+}

@@ -1,35 +1,880 @@
-//! postgres: restore
+//! `restore database`: a logical restore from a `postgres-dump` backup, without the daemon.
+//! Whole databases stream from the repository into `pg_restore` in one transaction; selected
+//! tables (`--tables`) and parallel restores (`--jobs`) spool the archive to a checked private
+//! temp file first (pg_restore needs a seekable archive for `-L` reordering and `-j`). The target
+//! database is created by us (`--create`), never by `pg_restore -C` (which would use the original
+//! name). Owners are kept: the roles must exist (`--roles` restores them from the globals).
 
-#[derive(Debug, Clone)]
+use super::binaries::{BinariesError, PgBinaries, parse_version_major};
+use super::connection::{PgControl, PgError, connect_options, describe, read_password_file};
+use super::dump::pipeline_retry;
+use super::manifest::{DumpManifest, DumpedDatabase};
+use super::process::{self, PassFile, url_with_database};
+use super::toc;
+use crate::catalogue::{Catalogue, JobSpec};
+use crate::error::{Classify, Retry, io_retry};
+use crate::pipeline::{self, Identities, IdentityError, PipelineError};
+use crate::repository::{CommitRecord, Repository, RepositoryError, StoreError};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+/// `bdc-backupctl restore database` (DESIGN §13).
+#[derive(Debug, Clone, Default)]
 pub struct RestoreDatabaseOptions {
     pub job: String,
+    /// The source database in the backup; required when the backup holds several.
     pub database: Option<String>,
+    /// A backup id; default: the newest committed backup of the job.
     pub backup: Option<String>,
+    /// The target database.
     pub into: String,
+    /// The target server; default: the catalogue's `[postgres] url`.
     pub url: Option<String>,
+    /// Restore only these tables (`t`, `schema.t`), with their indexes, constraints, triggers,
+    /// sequences and grants.
     pub tables: Vec<String>,
+    /// Create the target database (it must not exist); otherwise it must exist.
     pub create: bool,
+    /// `pg_restore -j N`.
     pub jobs: Option<u32>,
+    /// Also restore roles and tablespaces from the globals SQL (errors become warnings).
     pub roles: bool,
+    /// The repository to read; default: the job's first.
     pub repository: Option<String>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RestoreReport {}
+/// What a restore did (`--json` prints it as is).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RestoreReport {
+    pub job: String,
+    pub repository: String,
+    pub backup_id: String,
+    pub source_database: String,
+    pub target_database: String,
+    /// `host:port` of the target server.
+    pub target_server: String,
+    pub created: bool,
+    /// The tables restored when `--tables` was given (`schema.table`).
+    pub tables: Vec<String>,
+    pub roles_restored: bool,
+    /// Archive bytes fed to pg_restore.
+    pub bytes: u64,
+    pub warnings: Vec<String>,
+    #[serde(rename = "elapsed-seconds", serialize_with = "as_seconds")]
+    pub elapsed: Duration,
+}
+
+fn as_seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
 
 impl std::fmt::Display for RestoreReport {
-    fn fmt(&self, _f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "restored database `{}` of backup {} (job `{}`, repository `{}`) into `{}` on {}{}",
+            self.source_database,
+            self.backup_id,
+            self.job,
+            self.repository,
+            self.target_database,
+            self.target_server,
+            if self.created { " (created)" } else { "" }
+        )?;
+        if !self.tables.is_empty() {
+            write!(f, "\n  tables: {}", self.tables.join(", "))?;
+        }
+        if self.roles_restored {
+            write!(f, "\n  roles restored from the globals")?;
+        }
+        write!(
+            f,
+            "\n  {} archive bytes in {:.1}s",
+            self.bytes,
+            self.elapsed.as_secs_f64()
+        )?;
+        for w in &self.warnings {
+            write!(f, "\n  warning: {w}")?;
+        }
         Ok(())
     }
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("restore failed")]
-pub struct RestoreError;
+pub enum RestoreError {
+    #[error("no job `{job}` in the catalogue")]
+    UnknownJob { job: String },
+    #[error("job `{job}` is a {kind} job, not postgres-dump")]
+    NotADumpJob { job: String, kind: String },
+    #[error("job `{job}`: no repository `{repository}` in the catalogue")]
+    UnknownRepository { job: String, repository: String },
+    #[error("job `{job}`: {source}")]
+    Repository {
+        job: String,
+        #[source]
+        source: RepositoryError,
+    },
+    #[error(
+        "job `{job}`: the catalogue has no [encryption] identity-file; restores need the age identity"
+    )]
+    NoIdentity { job: String },
+    #[error("job `{job}`: {source}")]
+    Identity {
+        job: String,
+        #[source]
+        source: IdentityError,
+    },
+    #[error("job `{job}`: no committed backup in repository `{repository}`")]
+    NoBackups { job: String, repository: String },
+    #[error("job `{job}`: backup {backup} is not committed in repository `{repository}`")]
+    BackupNotFound {
+        job: String,
+        backup: String,
+        repository: String,
+    },
+    #[error("job `{job}`, backup {backup}: reading {what} with identity file {identity}: {source}")]
+    Manifest {
+        job: String,
+        backup: String,
+        what: &'static str,
+        identity: String,
+        #[source]
+        source: PipelineError,
+    },
+    #[error("job `{job}`, backup {backup}: the manifest is malformed: {source}")]
+    ManifestFormat {
+        job: String,
+        backup: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("job `{job}`, backup {backup}: {reason}")]
+    Backup {
+        job: String,
+        backup: String,
+        reason: String,
+    },
+    #[error("job `{job}`: no target server: pass --url or set [postgres] url")]
+    NoUrl { job: String },
+    #[error("job `{job}`: bad target URL: {source}")]
+    Url {
+        job: String,
+        #[source]
+        source: process::UrlError,
+    },
+    #[error("job `{job}`: target: {source}")]
+    Connect {
+        job: String,
+        #[source]
+        source: PgError,
+    },
+    #[error("job `{job}`: {source}")]
+    Binaries {
+        job: String,
+        #[source]
+        source: BinariesError,
+    },
+    #[error(
+        "job `{job}`, backup {backup}: the archive was made by {made_by}; {pg_restore} is major {major}, too old"
+    )]
+    ToolsTooOld {
+        job: String,
+        backup: String,
+        made_by: String,
+        pg_restore: String,
+        major: u32,
+    },
+    #[error("database `{database}` does not exist on {server}; create it or pass --create")]
+    TargetMissing { database: String, server: String },
+    #[error("job `{job}`, backup {backup}: {what}: {source}")]
+    Io {
+        job: String,
+        backup: String,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("job `{job}`, backup {backup}: reading database `{database}`'s archive: {source}")]
+    Read {
+        job: String,
+        backup: String,
+        database: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("not enough space in {} to spool the archive: {need} bytes needed, {have} available", dir.display())]
+    NoSpace { dir: PathBuf, need: u64, have: u64 },
+    #[error(
+        "job `{job}`, backup {backup}: database `{database}`'s archive does not match the manifest \
+         (expected {expected_size} bytes, sha256 {expected}; got {actual_size} bytes, sha256 {actual})"
+    )]
+    Checksum {
+        job: String,
+        backup: String,
+        database: String,
+        expected: String,
+        actual: String,
+        expected_size: u64,
+        actual_size: u64,
+    },
+    #[error(
+        "job `{job}`, backup {backup}: restoring `{database}` into `{into}`: {what} failed ({outcome}): {stderr}"
+    )]
+    Tool {
+        job: String,
+        backup: String,
+        database: String,
+        into: String,
+        what: String,
+        outcome: String,
+        stderr: String,
+    },
+}
 
+impl Classify for RestoreError {
+    fn retry(&self) -> Retry {
+        match self {
+            RestoreError::Repository {
+                source: RepositoryError::Store { source, .. },
+                ..
+            } => source.retry(),
+            RestoreError::Manifest { source, .. } => pipeline_retry(source),
+            RestoreError::Connect { source, .. } => source.retry(),
+            RestoreError::Io { source, .. } => io_retry(source),
+            RestoreError::Read { source, .. } => source.retry(),
+            _ => Retry::Permanent,
+        }
+    }
+}
+
+/// Restores one database of a `postgres-dump` backup (see the module docs).
 pub async fn restore_database(
-    _catalogue: &crate::catalogue::Catalogue,
-    _options: RestoreDatabaseOptions,
+    catalogue: &Catalogue,
+    opts: RestoreDatabaseOptions,
 ) -> Result<RestoreReport, RestoreError> {
-    todo!("pg helper")
+    let began = Instant::now();
+    let job_name = opts.job.clone();
+    let job = catalogue
+        .job(&job_name)
+        .ok_or_else(|| RestoreError::UnknownJob {
+            job: job_name.clone(),
+        })?;
+    if !matches!(job.spec, JobSpec::PostgresDump(_)) {
+        return Err(RestoreError::NotADumpJob {
+            job: job_name,
+            kind: job.kind().to_string(),
+        });
+    }
+    let repo_name = opts
+        .repository
+        .clone()
+        .or_else(|| job.repositories.first().cloned())
+        .unwrap_or_default();
+    let settings =
+        catalogue
+            .repository(&repo_name)
+            .ok_or_else(|| RestoreError::UnknownRepository {
+                job: job_name.clone(),
+                repository: repo_name.clone(),
+            })?;
+    let repo_err = |source| RestoreError::Repository {
+        job: job_name.clone(),
+        source,
+    };
+    let repository = Repository::open(settings).map_err(repo_err)?;
+    let identity_file =
+        catalogue
+            .encryption
+            .identity_file
+            .clone()
+            .ok_or_else(|| RestoreError::NoIdentity {
+                job: job_name.clone(),
+            })?;
+    let identities = Identities::load(&identity_file).map_err(|source| RestoreError::Identity {
+        job: job_name.clone(),
+        source,
+    })?;
+
+    let record = find_backup(&repository, &job_name, opts.backup.as_deref()).await?;
+    let backup = record.id.clone();
+    let manifest_bytes = pipeline::load_bytes(&repository.store, &record.manifest, &identities)
+        .await
+        .map_err(|source| RestoreError::Manifest {
+            job: job_name.clone(),
+            backup: backup.clone(),
+            what: "the manifest",
+            identity: identity_file.display().to_string(),
+            source,
+        })?;
+    let manifest: DumpManifest =
+        serde_json::from_slice(&manifest_bytes).map_err(|source| RestoreError::ManifestFormat {
+            job: job_name.clone(),
+            backup: backup.clone(),
+            source,
+        })?;
+    let backup_err = |reason: String| RestoreError::Backup {
+        job: job_name.clone(),
+        backup: backup.clone(),
+        reason,
+    };
+    let source_db = manifest
+        .database(opts.database.as_deref())
+        .map_err(backup_err)?
+        .clone();
+
+    // The target server.
+    let pg = catalogue.postgres.as_ref();
+    let url = opts
+        .url
+        .clone()
+        .or_else(|| pg.map(|p| p.url.clone()))
+        .ok_or_else(|| RestoreError::NoUrl {
+            job: job_name.clone(),
+        })?;
+    let password_file = pg.and_then(|p| p.password_file.clone());
+    let connect_err = |source| RestoreError::Connect {
+        job: job_name.clone(),
+        source,
+    };
+    let server = {
+        let d = describe(&connect_options(&url, None).map_err(connect_err)?);
+        d.rsplit_once('/').map(|(s, _)| s.to_string()).unwrap_or(d)
+    };
+    let mut control = PgControl::connect(&url, password_file.as_deref())
+        .await
+        .map_err(connect_err)?;
+    let server_version_num = control.server_version_num().await.map_err(connect_err)?;
+    let bins = PgBinaries::find(pg.and_then(|p| p.bin_dir.as_deref()), server_version_num)
+        .await
+        .map_err(|source| RestoreError::Binaries {
+            job: job_name.clone(),
+            source,
+        })?;
+    if let Some(made) = parse_version_major(&manifest.pg_dump_version)
+        && made > bins.major
+    {
+        return Err(RestoreError::ToolsTooOld {
+            job: job_name,
+            backup,
+            made_by: manifest.pg_dump_version.clone(),
+            pg_restore: bins.pg_restore.display().to_string(),
+            major: bins.major,
+        });
+    }
+
+    // A private work folder: password file, globals SQL, spooled archive, TOC list.
+    let io_err = |what: &str| {
+        let (job, backup, what) = (job_name.clone(), backup.clone(), what.to_string());
+        move |source| RestoreError::Io {
+            job,
+            backup,
+            what,
+            source,
+        }
+    };
+    let work = tempfile::Builder::new()
+        .prefix("bdc-restore-")
+        .tempdir()
+        .map_err(io_err("creating a private temp folder"))?;
+    let passfile = match &password_file {
+        Some(p) => Some(
+            PassFile::create(work.path(), &read_password_file(p).map_err(connect_err)?)
+                .map_err(io_err("writing the temporary password file"))?,
+        ),
+        None => None,
+    };
+    let ctx = ToolCtx {
+        job: job_name.clone(),
+        backup: backup.clone(),
+        database: source_db.name.clone(),
+        into: opts.into.clone(),
+        passfile: passfile.as_ref(),
+    };
+
+    // Check the target before changing anything on the server.
+    let exists = control
+        .database_exists(&opts.into)
+        .await
+        .map_err(connect_err)?;
+    if opts.create && exists {
+        return Err(RestoreError::Connect {
+            job: job_name.clone(),
+            source: PgError::DatabaseExists {
+                target: control.target().to_string(),
+                database: opts.into.clone(),
+            },
+        });
+    }
+    if !opts.create && !exists {
+        return Err(RestoreError::TargetMissing {
+            database: opts.into.clone(),
+            server,
+        });
+    }
+
+    let mut warnings = Vec::new();
+    if opts.roles {
+        let globals = manifest.globals.as_ref().ok_or_else(|| {
+            backup_err("this backup has no globals (the job has globals = false)".into())
+        })?;
+        let sql = pipeline::load_bytes(&repository.store, &globals.object, &identities)
+            .await
+            .map_err(|source| RestoreError::Manifest {
+                job: job_name.clone(),
+                backup: backup.clone(),
+                what: "the globals",
+                identity: identity_file.display().to_string(),
+                source,
+            })?;
+        let path = work.path().join("globals.sql");
+        write_private(&path, &sql).map_err(io_err("writing the globals SQL"))?;
+        let mut cmd = Command::new(&bins.psql);
+        cmd.args(["-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=0", "-f"])
+            .arg(&path)
+            .arg("-d")
+            .arg(&url);
+        let (outcome, stderr) = ctx.run(cmd, "psql (roles)").await?;
+        if !outcome.success() {
+            return Err(ctx.tool_error("psql (roles)", &outcome, stderr));
+        }
+        warnings.extend(
+            stderr
+                .lines()
+                .filter(|l| l.contains("ERROR:"))
+                .map(|l| format!("roles: {l}")),
+        );
+        if globals.no_role_passwords {
+            warnings.push(
+                "roles were dumped without passwords (the backup role was not a superuser)".into(),
+            );
+        }
+    }
+
+    if opts.create {
+        control
+            .create_database(&opts.into)
+            .await
+            .map_err(connect_err)?;
+    }
+    let target_url = url_with_database(&url, &opts.into).map_err(|source| RestoreError::Url {
+        job: job_name.clone(),
+        source,
+    })?;
+
+    let mut restored_tables = Vec::new();
+    let bytes = source_db.object.content_size;
+    if opts.tables.is_empty() && opts.jobs.is_none() {
+        stream_restore(
+            &ctx,
+            &bins,
+            &repository,
+            &identities,
+            &source_db,
+            &target_url,
+        )
+        .await?;
+    } else {
+        let archive = work.path().join("archive.dump");
+        spool(
+            &ctx,
+            &repository,
+            &identities,
+            &source_db,
+            &archive,
+            work.path(),
+        )
+        .await?;
+        let mut cmd = Command::new(&bins.pg_restore);
+        cmd.args(["--no-password", "--exit-on-error"]);
+        match opts.jobs {
+            Some(n) if n > 1 => {
+                cmd.arg("-j").arg(n.to_string());
+            }
+            _ => {
+                cmd.arg("--single-transaction");
+            }
+        }
+        if !opts.tables.is_empty() {
+            let toc_text = ctx
+                .capture(
+                    &bins.pg_restore,
+                    &["-l".as_ref(), archive.as_os_str()],
+                    "pg_restore -l",
+                )
+                .await?;
+            let schema_sql = ctx
+                .capture(
+                    &bins.pg_restore,
+                    &[
+                        "-s".as_ref(),
+                        "-f".as_ref(),
+                        "-".as_ref(),
+                        archive.as_os_str(),
+                    ],
+                    "pg_restore -s",
+                )
+                .await?;
+            let existing = Existing {
+                tables: control
+                    .list_tables(&opts.into)
+                    .await
+                    .map_err(connect_err)?
+                    .into_iter()
+                    .collect(),
+                functions: control
+                    .list_functions(&opts.into)
+                    .await
+                    .map_err(connect_err)?
+                    .into_iter()
+                    .collect(),
+            };
+            let selection = toc::select_tables(&toc_text, &schema_sql, &opts.tables, &existing)
+                .map_err(backup_err)?;
+            for fk in &selection.skipped_foreign_keys {
+                warnings.push(format!("foreign key {fk} left out: the referenced table is not restored and not in `{}`", opts.into));
+            }
+            restored_tables = selection
+                .tables
+                .iter()
+                .map(|(s, t)| format!("{s}.{t}"))
+                .collect();
+            let list = work.path().join("restore.list");
+            write_private(&list, selection.list.as_bytes())
+                .map_err(io_err("writing the restore list"))?;
+            cmd.arg("-L").arg(&list);
+        }
+        cmd.arg("-d").arg(&target_url).arg(&archive);
+        let (outcome, stderr) = ctx.run(cmd, "pg_restore").await?;
+        if !outcome.success() {
+            return Err(ctx.tool_error("pg_restore", &outcome, stderr));
+        }
+    }
+    control.close().await;
+    drop(passfile);
+    work.close()
+        .map_err(io_err("removing the private temp folder"))?;
+
+    Ok(RestoreReport {
+        job: job_name,
+        repository: repo_name,
+        backup_id: backup,
+        source_database: source_db.name.clone(),
+        target_database: opts.into,
+        target_server: server,
+        created: opts.create,
+        tables: restored_tables,
+        roles_restored: opts.roles,
+        bytes,
+        warnings,
+        elapsed: began.elapsed(),
+    })
+}
+
+/// Tables and functions (`schema.name`) already in the target database.
+struct Existing {
+    tables: BTreeSet<String>,
+    functions: BTreeSet<String>,
+}
+
+impl toc::TargetObjects for Existing {
+    fn has_table(&self, schema: &str, table: &str) -> bool {
+        self.tables.contains(&format!("{schema}.{table}"))
+    }
+    fn has_function(&self, schema: &str, function: &str) -> bool {
+        self.functions.contains(&format!("{schema}.{function}"))
+    }
+}
+
+/// The named backup, or the newest committed one of the job.
+async fn find_backup(
+    repository: &Repository,
+    job: &str,
+    backup: Option<&str>,
+) -> Result<CommitRecord, RestoreError> {
+    let repo_err = |source| RestoreError::Repository {
+        job: job.to_string(),
+        source,
+    };
+    match backup {
+        Some(id) => repository
+            .commit_record(job, id)
+            .await
+            .map_err(repo_err)?
+            .ok_or_else(|| RestoreError::BackupNotFound {
+                job: job.to_string(),
+                backup: id.to_string(),
+                repository: repository.name.clone(),
+            }),
+        None => {
+            let (records, malformed) =
+                repository.list_commits(Some(job)).await.map_err(repo_err)?;
+            for e in malformed {
+                tracing::warn!(error = %e, "skipping a malformed commit record");
+            }
+            records
+                .into_iter()
+                .filter(|r| r.kind == crate::model::JobKindName::PostgresDump)
+                .max_by_key(|r| r.started_at)
+                .ok_or_else(|| RestoreError::NoBackups {
+                    job: job.to_string(),
+                    repository: repository.name.clone(),
+                })
+        }
+    }
+}
+
+/// Shared facts for running the client tools.
+struct ToolCtx<'a> {
+    job: String,
+    backup: String,
+    database: String,
+    into: String,
+    passfile: Option<&'a PassFile>,
+}
+
+impl ToolCtx<'_> {
+    fn tool_error(
+        &self,
+        what: &str,
+        outcome: &process::ExitOutcome,
+        stderr: String,
+    ) -> RestoreError {
+        RestoreError::Tool {
+            job: self.job.clone(),
+            backup: self.backup.clone(),
+            database: self.database.clone(),
+            into: self.into.clone(),
+            what: what.to_string(),
+            outcome: outcome.to_string(),
+            stderr,
+        }
+    }
+
+    fn io(&self, what: String) -> impl FnOnce(std::io::Error) -> RestoreError + '_ {
+        move |source| RestoreError::Io {
+            job: self.job.clone(),
+            backup: self.backup.clone(),
+            what,
+            source,
+        }
+    }
+
+    /// Runs a command to its end (stdin closed, stdout discarded); returns its outcome and stderr.
+    async fn run(
+        &self,
+        mut cmd: Command,
+        what: &str,
+    ) -> Result<(process::ExitOutcome, String), RestoreError> {
+        if let Some(pf) = self.passfile {
+            pf.apply(&mut cmd);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null());
+        let (mut child, _, _) =
+            process::spawn(&mut cmd, what).map_err(self.io(format!("starting {what}")))?;
+        let outcome = child.wait().await;
+        Ok((outcome, child.stderr().await))
+    }
+
+    /// Runs a command and returns its stdout; a non-zero exit is an error with its stderr.
+    async fn capture(
+        &self,
+        program: &Path,
+        args: &[&std::ffi::OsStr],
+        what: &str,
+    ) -> Result<String, RestoreError> {
+        let mut cmd = Command::new(program);
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
+        let (mut child, stdout, _) =
+            process::spawn(&mut cmd, what).map_err(self.io(format!("starting {what}")))?;
+        let mut out = Vec::new();
+        if let Some(mut s) = stdout {
+            s.read_to_end(&mut out)
+                .await
+                .map_err(self.io(format!("reading {what}'s output")))?;
+        }
+        let outcome = child.wait().await;
+        if !outcome.success() {
+            let stderr = child.stderr().await;
+            return Err(self.tool_error(what, &outcome, stderr));
+        }
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+}
+
+/// Streams the archive from the repository into `pg_restore` (one transaction: a stream that
+/// fails its checks part-way leaves nothing behind, as pg_restore never sees the end).
+async fn stream_restore(
+    ctx: &ToolCtx<'_>,
+    bins: &PgBinaries,
+    repository: &Repository,
+    identities: &Identities,
+    db: &DumpedDatabase,
+    target_url: &str,
+) -> Result<(), RestoreError> {
+    let mut source = pipeline::open_stream(&repository.store, &db.object, identities)
+        .await
+        .map_err(|source| RestoreError::Read {
+            job: ctx.job.clone(),
+            backup: ctx.backup.clone(),
+            database: ctx.database.clone(),
+            source,
+        })?;
+    let mut cmd = Command::new(&bins.pg_restore);
+    cmd.args([
+        "--no-password",
+        "--exit-on-error",
+        "--single-transaction",
+        "-d",
+    ])
+    .arg(target_url)
+    .stdin(Stdio::piped())
+    .stdout(Stdio::null());
+    if let Some(pf) = ctx.passfile {
+        pf.apply(&mut cmd);
+    }
+    let (mut child, _, stdin) =
+        process::spawn(&mut cmd, "pg_restore").map_err(ctx.io("starting pg_restore".into()))?;
+    let Some(mut stdin) = stdin else {
+        child.kill().await;
+        return Err(ctx.io("pg_restore's stdin".into())(std::io::Error::other(
+            "no stdin pipe",
+        )));
+    };
+    // Copy by hand to tell a failing source (the stream's checks) from a failing pg_restore.
+    let mut buf = vec![0u8; 256 * 1024];
+    let failure: Option<(bool, std::io::Error)> = loop {
+        let n = match source.read(&mut buf).await {
+            Ok(0) => break None,
+            Ok(n) => n,
+            Err(e) => break Some((true, e)),
+        };
+        if let Err(e) = stdin.write_all(&buf[..n]).await {
+            break Some((false, e));
+        }
+    };
+    match failure {
+        None => {
+            let closed = stdin.shutdown().await;
+            drop(stdin);
+            let outcome = child.wait().await;
+            if !outcome.success() {
+                let stderr = child.stderr().await;
+                return Err(ctx.tool_error("pg_restore", &outcome, stderr));
+            }
+            closed.map_err(ctx.io("closing pg_restore's stdin".into()))
+        }
+        Some((true, e)) => {
+            // The archive failed its checks: kill pg_restore before it sees an end of file, so
+            // its single transaction never commits.
+            child.kill().await;
+            drop(stdin);
+            Err(ctx.io(format!(
+                "reading database `{}`'s archive",
+                ctx.database
+            ))(e))
+        }
+        Some((false, e)) => {
+            // pg_restore stopped reading: it failed, and its stderr tells why.
+            drop(stdin);
+            let outcome = match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
+                Ok(o) => o,
+                Err(_) => child.kill().await,
+            };
+            let stderr = child.stderr().await;
+            if outcome.success() {
+                return Err(ctx.io("writing to pg_restore".into())(e));
+            }
+            Err(ctx.tool_error("pg_restore", &outcome, stderr))
+        }
+    }
+}
+
+/// Writes the archive to `path` (0600), checking free space first and its size and SHA-256
+/// against the manifest after.
+async fn spool(
+    ctx: &ToolCtx<'_>,
+    repository: &Repository,
+    identities: &Identities,
+    db: &DumpedDatabase,
+    path: &Path,
+    dir: &Path,
+) -> Result<(), RestoreError> {
+    let need = db.object.content_size;
+    let stat = nix::sys::statvfs::statvfs(dir)
+        .map_err(|e| ctx.io(format!("checking free space in {}", dir.display()))(e.into()))?;
+    let have = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+    if have < need {
+        return Err(RestoreError::NoSpace {
+            dir: dir.to_path_buf(),
+            need,
+            have,
+        });
+    }
+    let mut source = pipeline::open_stream(&repository.store, &db.object, identities)
+        .await
+        .map_err(|source| RestoreError::Read {
+            job: ctx.job.clone(),
+            backup: ctx.backup.clone(),
+            database: ctx.database.clone(),
+            source,
+        })?;
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .await
+        .map_err(ctx.io(format!("creating {}", path.display())))?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = source
+            .read(&mut buf)
+            .await
+            .map_err(ctx.io(format!("reading database `{}`'s archive", ctx.database)))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+        file.write_all(&buf[..n])
+            .await
+            .map_err(ctx.io(format!("writing {}", path.display())))?;
+    }
+    file.flush()
+        .await
+        .map_err(ctx.io(format!("writing {}", path.display())))?;
+    drop(file);
+    let actual = hex::encode(hasher.finalize());
+    if actual != db.object.content_sha256 || size != need {
+        return Err(RestoreError::Checksum {
+            job: ctx.job.clone(),
+            backup: ctx.backup.clone(),
+            database: ctx.database.clone(),
+            expected: db.object.content_sha256.clone(),
+            actual,
+            expected_size: need,
+            actual_size: size,
+        });
+    }
+    Ok(())
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.flush()
 }

@@ -1,11 +1,18 @@
 //! The stores a repository can live in, behind one enum.
+//!
+//! Callers use [`Store`] and [`ObjectWriter`] only; each variant maps the operations onto its
+//! backend. Today there is [`Store::Local`]; an object_store-backed variant (S3, GCS, Azure) is
+//! added beside it later without changing callers. Blocking local I/O runs on Tokio's blocking
+//! threads.
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
 
-use super::local::LocalStore;
+use super::local::{LocalStore, LocalWriter};
 use crate::error::{Classify, Retry};
 
 #[derive(Debug, Clone)]
@@ -33,61 +40,249 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// A local file-system error, naming the path and the action.
+    #[error("{action} {}: {}", .path.display(), describe_io(.source))]
+    Local {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid object key `{key}`: {reason}")]
+    InvalidKey { key: String, reason: String },
+    /// A blocking task died (panicked or was cancelled at shutdown).
+    #[error("{action} {key}: background task failed: {reason}")]
+    Task {
+        action: &'static str,
+        key: String,
+        reason: String,
+    },
+}
+
+/// A plain-words description of an I/O error for the operator: ENOSPC, EACCES, EROFS and EDQUOT
+/// get fixed wording; anything else is the OS message.
+pub fn describe_io(err: &std::io::Error) -> String {
+    match err.raw_os_error() {
+        Some(libc::ENOSPC) => "no space left on device".to_string(),
+        Some(libc::EDQUOT) => "disk quota exceeded".to_string(),
+        Some(libc::EACCES) | Some(libc::EPERM) => "permission denied".to_string(),
+        Some(libc::EROFS) => "read-only file system".to_string(),
+        _ => err.to_string(),
+    }
 }
 
 impl Classify for StoreError {
     fn retry(&self) -> Retry {
         match self {
-            StoreError::NotFound { .. } | StoreError::AlreadyExists { .. } => Retry::Permanent,
+            StoreError::NotFound { .. }
+            | StoreError::AlreadyExists { .. }
+            | StoreError::InvalidKey { .. } => Retry::Permanent,
             StoreError::Io { source, .. } => crate::error::io_retry(source),
+            StoreError::Local { source, .. } => match source.raw_os_error() {
+                // Space can be freed (retention, an operator): worth retrying with backoff.
+                Some(libc::ENOSPC) | Some(libc::EDQUOT) => Retry::Transient,
+                Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => Retry::Permanent,
+                _ => crate::error::io_retry(source),
+            },
+            StoreError::Task { .. } => Retry::Transient,
         }
     }
 }
 
+impl StoreError {
+    /// The error as an `io::Error` (kind kept where it has one), for `AsyncRead` streams.
+    pub fn into_io(self) -> std::io::Error {
+        let kind = match &self {
+            StoreError::NotFound { .. } => std::io::ErrorKind::NotFound,
+            StoreError::AlreadyExists { .. } => std::io::ErrorKind::AlreadyExists,
+            StoreError::Io { source, .. } | StoreError::Local { source, .. } => source.kind(),
+            StoreError::InvalidKey { .. } => std::io::ErrorKind::InvalidInput,
+            StoreError::Task { .. } => std::io::ErrorKind::Other,
+        };
+        std::io::Error::new(kind, self)
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    action: &'static str,
+    key: &str,
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Task {
+            action,
+            key: key.to_string(),
+            reason: e.to_string(),
+        })?
+}
+
 /// A streaming upload. Dropped without `finish` = aborted (nothing visible under the key).
 pub struct ObjectWriter {
-    pub(crate) inner: super::local::LocalWriter,
+    pub(crate) inner: LocalWriter,
 }
 
 impl ObjectWriter {
-    pub async fn write(&mut self, _chunk: Bytes) -> Result<(), StoreError> {
-        todo!("repository helper")
+    /// The key this writer publishes to.
+    pub fn key(&self) -> &str {
+        self.inner.key()
     }
-    /// Makes the object durable and visible under its key.
+
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let Some(file) = self.inner.file() else {
+            return Err(StoreError::Task {
+                action: "writing",
+                key: self.key().to_string(),
+                reason: "writer already closed".into(),
+            });
+        };
+        let n = chunk.len() as u64;
+        let path = self.inner.staging_path().to_path_buf();
+        blocking("writing", self.key(), move || {
+            use std::io::Write;
+            let mut f: &std::fs::File = &file;
+            f.write_all(&chunk).map_err(|e| StoreError::Local {
+                action: "writing staging file",
+                path,
+                source: e,
+            })
+        })
+        .await?;
+        self.inner.add_written(n);
+        Ok(())
+    }
+
+    /// Makes the object durable and visible under its key. Returns its size.
     pub async fn finish(self) -> Result<u64, StoreError> {
-        todo!("repository helper")
+        let key = self.key().to_string();
+        let inner = self.inner;
+        blocking("finishing", &key, move || inner.finish()).await
     }
+
     /// Removes everything written so far.
     pub async fn abort(self) -> Result<(), StoreError> {
-        todo!("repository helper")
+        let key = self.key().to_string();
+        let inner = self.inner;
+        blocking("aborting", &key, move || inner.abort()).await
     }
 }
 
 impl Store {
-    pub async fn writer(&self, _key: &str) -> Result<ObjectWriter, StoreError> {
-        todo!()
+    /// A local store at `root`, created if missing.
+    pub fn local(root: impl Into<PathBuf>) -> Result<Store, StoreError> {
+        Ok(Store::Local(LocalStore::open(root)?))
     }
+
+    pub async fn writer(&self, key: &str) -> Result<ObjectWriter, StoreError> {
+        match self {
+            Store::Local(s) => {
+                let s = s.clone();
+                let k = key.to_string();
+                let inner = blocking("starting upload of", key, move || s.writer(&k)).await?;
+                Ok(ObjectWriter { inner })
+            }
+        }
+    }
+
     /// Create-only put of a small object (`AlreadyExists` if present), durable on return.
-    pub async fn put_create(&self, _key: &str, _bytes: Bytes) -> Result<(), StoreError> {
-        todo!()
+    pub async fn put_create(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+        match self {
+            Store::Local(s) => {
+                let s = s.clone();
+                let k = key.to_string();
+                blocking("creating", key, move || s.put_create(&k, &bytes)).await
+            }
+        }
     }
-    pub async fn get(&self, _key: &str) -> Result<Bytes, StoreError> {
-        todo!()
+
+    pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        match self {
+            Store::Local(s) => {
+                let s = s.clone();
+                let k = key.to_string();
+                blocking("reading", key, move || s.get(&k)).await
+            }
+        }
     }
-    pub async fn get_range(&self, _key: &str, _range: Range<u64>) -> Result<Bytes, StoreError> {
-        todo!()
+
+    pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
+        match self {
+            Store::Local(s) => {
+                let s = s.clone();
+                let k = key.to_string();
+                blocking("reading range of", key, move || s.get_range(&k, range)).await
+            }
+        }
     }
-    pub async fn get_stream(&self, _key: &str) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
-        todo!()
+
+    /// The object as a stream of chunks (1 MiB for local stores); `NotFound` before streaming.
+    pub async fn get_stream(
+        &self,
+        key: &str,
+    ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
+        match self {
+            Store::Local(s) => {
+                let s = s.clone();
+                let k = key.to_string();
+                let (file, path) = blocking("opening", key, move || s.open_file(&k)).await?;
+                let file = Arc::new(file);
+                let key = key.to_string();
+                let stream = futures::stream::try_unfold(
+                    (file, path, key, 0u64, false),
+                    |(file, path, key, off, done)| async move {
+                        if done {
+                            return Ok(None);
+                        }
+                        let (f2, p2) = (file.clone(), path.clone());
+                        let chunk = blocking("reading", &key, move || {
+                            LocalStore::read_chunk(&f2, &p2, off)
+                        })
+                        .await?;
+                        if chunk.is_empty() {
+                            return Ok(None);
+                        }
+                        let n = chunk.len() as u64;
+                        let last = chunk.len() < super::local::READ_CHUNK;
+                        Ok(Some((chunk, (file, path, key, off + n, last))))
+                    },
+                );
+                Ok(Box::pin(stream))
+            }
+        }
     }
-    pub async fn head(&self, _key: &str) -> Result<Option<ObjectMeta>, StoreError> {
-        todo!()
+
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        match self {
+            Store::Local(s) => {
+                let s = s.clone();
+                let k = key.to_string();
+                blocking("reading metadata of", key, move || s.head(&k)).await
+            }
+        }
     }
-    /// Every object under `prefix`, recursively.
-    pub async fn list(&self, _prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
-        todo!()
+
+    /// Every object under `prefix`, recursively, sorted by key.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        match self {
+            Store::Local(s) => {
+                let s = s.clone();
+                let p = prefix.to_string();
+                blocking("listing", prefix, move || s.list(&p)).await
+            }
+        }
     }
-    pub async fn delete(&self, _key: &str) -> Result<(), StoreError> {
-        todo!()
+
+    /// Removes an object; no error if it is already gone.
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Local(s) => {
+                let s = s.clone();
+                let k = key.to_string();
+                blocking("deleting", key, move || s.delete(&k)).await
+            }
+        }
     }
 }
