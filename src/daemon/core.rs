@@ -612,14 +612,14 @@ pub fn backup_row(repository: &str, record: &CommitRecord) -> BackupRow {
 /// One line about what a backup holds, from the commit record's plaintext details.
 pub fn summary_of(record: &CommitRecord) -> String {
     let mut parts = Vec::new();
-    if let Some(n) = record.details.get("databases").and_then(|v| v.as_u64()) {
+    if let Some(n) = record.details.get("database-count").and_then(|v| v.as_u64()) {
         parts.push(format!("{n} database{}", if n == 1 { "" } else { "s" }));
     }
     if record.details.get("globals").and_then(|v| v.as_bool()) == Some(true) {
         parts.push("globals".to_string());
     }
-    if let Some(v) = record.details.get("server-version").and_then(|v| v.as_str()) {
-        parts.push(format!("PostgreSQL {v}"));
+    if let Some(major) = record.details.get("pg-major").and_then(|v| v.as_u64()) {
+        parts.push(format!("PostgreSQL {major}"));
     }
     if parts.is_empty() {
         format!("{} objects", record.objects.len())
