@@ -15,6 +15,9 @@
 pub mod compress;
 pub mod decode;
 pub mod encrypt;
+pub mod ranged;
+
+pub use ranged::read_frame;
 
 use crate::catalogue::{Compression, CompressionSettings};
 use crate::error::{Classify, Retry};

@@ -510,3 +510,45 @@ async fn store_error_at_publish_leaves_nothing() {
     assert!(err.to_string().contains("creating folder"), "{err}");
     assert_eq!(staging_entries(&f), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_frame_by_ranged_reads() {
+    let f = fixture();
+    let fs = 200_000;
+    let input = data(fs * 5 + 123);
+    let stored = store_frames(
+        &f.store,
+        "t/ranged.age",
+        compress::fixed_frames(&input[..], fs),
+        &settings(&f, Compression::Zstd, fs, 2),
+        &ProgressCounter::default(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    for fr in stored.frames.iter().rev() {
+        let got = read_frame(&f.store, &stored.record, *fr, &ids(&f))
+            .await
+            .unwrap();
+        let start = fr.content_offset as usize;
+        assert_eq!(got, &input[start..start + fr.content_len as usize]);
+    }
+    // Damage inside the last frame's chunks is detected by age's chunk tags.
+    let path = f.dir.path().join("repo/t/ranged.age");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n - 100] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let last = *stored.frames.last().unwrap();
+    let err = read_frame(&f.store, &stored.record, last, &ids(&f))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("t/ranged.age"), "{err}");
+    // The first frame lies in undamaged chunks and still reads.
+    assert!(
+        read_frame(&f.store, &stored.record, stored.frames[0], &ids(&f))
+            .await
+            .is_ok()
+    );
+}
