@@ -511,7 +511,7 @@ async fn store_error_at_publish_leaves_nothing() {
     assert_eq!(staging_entries(&f), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn one_frame_by_ranged_reads() {
     let f = fixture();
     let fs = 200_000;
