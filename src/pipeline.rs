@@ -15,6 +15,9 @@
 pub mod compress;
 pub mod decode;
 pub mod encrypt;
+pub mod ranged;
+
+pub use ranged::read_frame;
 
 use crate::catalogue::{Compression, CompressionSettings};
 use crate::error::{Classify, Retry};
@@ -54,6 +57,17 @@ impl PipelineSettings {
             compression,
             recipients,
             frame_size: DEFAULT_FRAME_SIZE,
+        }
+    }
+}
+
+impl PipelineSettings {
+    /// `frame_size`, or the default when it is 0.
+    pub fn effective_frame_size(&self) -> usize {
+        if self.frame_size == 0 {
+            DEFAULT_FRAME_SIZE
+        } else {
+            self.frame_size
         }
     }
 }
@@ -120,6 +134,16 @@ pub struct Identities {
     pub keys: Vec<age::x25519::Identity>,
     /// The file they came from (named in "no identity matches" errors).
     pub file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Identities {
+    /// Never prints secret keys.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identities")
+            .field("keys", &self.keys.len())
+            .field("file", &self.file)
+            .finish()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -229,7 +253,7 @@ pub async fn store_stream<R: AsyncRead + Unpin + Send>(
     progress: &ProgressCounter,
     cancel: &CancellationToken,
 ) -> Result<ObjectRecord, PipelineError> {
-    let frames = compress::fixed_frames(source, settings.frame_size);
+    let frames = compress::fixed_frames(source, settings.effective_frame_size());
     store_frames(store, key, frames, settings, progress, cancel)
         .await
         .map(|s| s.record)
@@ -242,7 +266,7 @@ pub async fn store_bytes(
     bytes: Bytes,
     settings: &PipelineSettings,
 ) -> Result<ObjectRecord, PipelineError> {
-    let frame_size = settings.frame_size.max(1);
+    let frame_size = settings.effective_frame_size();
     let mut frames = Vec::new();
     let mut rest = bytes;
     while !rest.is_empty() {
@@ -330,7 +354,7 @@ where
     };
 
     let (enc_tx, enc_rx) = mpsc::channel::<encrypt::Input>(1);
-    let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(4);
+    let (out_tx, out_rx) = mpsc::channel::<Bytes>(4);
     let recipients = settings.recipients.clone();
     let encryptor = tokio::task::spawn_blocking(move || {
         encrypt::encrypt_blocking(recipients, gzip_level, enc_rx, out_tx)
@@ -419,7 +443,9 @@ where
     };
 
     // Consumer: hash the ciphertext and upload it.
-    let consumer = async {
+    let consumer = async move {
+        // Owns `out_rx`: when the upload fails, dropping it stops the encryption thread.
+        let mut out_rx = out_rx;
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         while let Some(chunk) = out_rx.recv().await {

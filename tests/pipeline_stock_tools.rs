@@ -209,7 +209,10 @@ async fn throughput_store_stream() {
         compression: CompressionSettings {
             algorithm: Compression::Zstd,
             level: 3,
-            workers: 2,
+            workers: std::env::var("BENCH_WORKERS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2),
         },
         recipients: vec![identity.to_public()],
         frame_size: bdc_backup::pipeline::DEFAULT_FRAME_SIZE,
@@ -233,6 +236,29 @@ async fn throughput_store_stream() {
         mib / secs,
         rec.size as f64 / MIB as f64,
         rec.content_size as f64 / rec.size as f64
+    );
+    // Read it back through open_stream (hash check, age, zstd) and time that too.
+    let ids = Identities::from_keys(vec![identity]);
+    let start = std::time::Instant::now();
+    let mut reader = bdc_backup::pipeline::open_stream(&store, &rec, &ids)
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; MIB];
+    let mut total_read = 0u64;
+    loop {
+        let n = tokio::io::AsyncReadExt::read(&mut reader, &mut buf)
+            .await
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        total_read += n as u64;
+    }
+    assert_eq!(total_read, rec.content_size);
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "open_stream: {mib} MiB in {secs:.2} s = {:.0} MiB/s",
+        mib / secs
     );
     let grown = peak_rss_kib().saturating_sub(hwm_before) / 1024;
     println!("peak RSS grew by {grown} MiB while streaming {mib} MiB");

@@ -1,6 +1,7 @@
 //! Unit tests of the pipeline: round trips, framing, damage, identities, cancellation.
 
 use super::*;
+use crate::error::Retry;
 use crate::repository::local::LocalStore;
 
 pub(crate) struct Fixture {
@@ -52,6 +53,13 @@ pub(crate) fn data(len: usize) -> Vec<u8> {
             }
         })
         .collect()
+}
+
+/// Error paths must end, not hang: a regression fails the test after a minute.
+async fn within<T>(fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(60), fut)
+        .await
+        .expect("the pipeline hung")
 }
 
 fn ids(f: &Fixture) -> Identities {
@@ -293,7 +301,7 @@ async fn identity_file_rules() {
     let path = dir.path().join("restore.key");
     std::fs::write(&path, format!("{secret}\n")).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let err = Identities::load(&path).err().expect("0644 must be refused");
+    let err = Identities::load(&path).expect_err("0644 must be refused");
     assert!(
         matches!(err, IdentityError::TooOpen { mode: 0o644, .. }),
         "{err}"
@@ -350,14 +358,14 @@ async fn cancellation_mid_stream_leaves_nothing() {
         }
         c2.cancel();
     });
-    let res = store_stream(
+    let res = within(store_stream(
         &f.store,
         "t/cancelled.age",
         rx,
         &settings(&f, Compression::Zstd, 32 * 1024, 2),
         &progress,
         &cancel,
-    )
+    ))
     .await;
     assert!(
         matches!(res, Err(PipelineError::Cancelled)),
@@ -381,14 +389,14 @@ async fn source_error_mid_stream_leaves_nothing() {
             Err(io::Error::new(io::ErrorKind::BrokenPipe, "pg_dump died")),
         ];
         let source = tokio_util::io::StreamReader::new(futures::stream::iter(chunks));
-        let res = store_stream(
+        let res = within(store_stream(
             &f.store,
             "t/failed.age",
             source,
             &settings(&f, algorithm, 64 * 1024, 2),
             &ProgressCounter::default(),
             &CancellationToken::new(),
-        )
+        ))
         .await;
         match res {
             Err(PipelineError::Source(e)) => assert!(e.to_string().contains("pg_dump died")),
@@ -446,4 +454,101 @@ async fn several_recipients_each_decrypt() {
         store_bytes(&f.store, "t/none.age", Bytes::new(), &s).await,
         Err(PipelineError::Encrypt(_))
     ));
+}
+
+#[tokio::test]
+async fn full_disk_mid_stream_aborts_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = LocalStore::open(dir.path().join("repo"))
+        .unwrap()
+        .with_enospc_after(300_000);
+    let f = Fixture {
+        store: Store::Local(local),
+        identity: age::x25519::Identity::generate(),
+        dir,
+    };
+    let input = data(3_000_000);
+    for algorithm in [Compression::Zstd, Compression::Gzip] {
+        let err = within(store_stream(
+            &f.store,
+            "t/full.age",
+            &input[..],
+            &settings(&f, algorithm, 64 * 1024, 2),
+            &ProgressCounter::default(),
+            &CancellationToken::new(),
+        ))
+        .await
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("no space left on device") && msg.contains("t/full.age"),
+            "{msg}"
+        );
+        assert!(matches!(err, PipelineError::Store(_)), "{err:?}");
+        assert_eq!(err.retry(), Retry::Transient);
+        assert_eq!(f.store.head("t/full.age").await.unwrap(), None);
+        assert_eq!(staging_entries(&f), 0);
+    }
+}
+
+#[tokio::test]
+async fn store_error_at_publish_leaves_nothing() {
+    let f = fixture();
+    // A file where the object's folder should be: the publish step fails.
+    f.store
+        .put_create("t", Bytes::from_static(b"in the way"))
+        .await
+        .unwrap();
+    let err = store_bytes(
+        &f.store,
+        "t/x.age",
+        Bytes::from(data(1000)),
+        &settings(&f, Compression::Zstd, 4096, 1),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("creating folder"), "{err}");
+    assert_eq!(staging_entries(&f), 0);
+}
+
+#[tokio::test]
+async fn one_frame_by_ranged_reads() {
+    let f = fixture();
+    let fs = 200_000;
+    let input = data(fs * 5 + 123);
+    let stored = store_frames(
+        &f.store,
+        "t/ranged.age",
+        compress::fixed_frames(&input[..], fs),
+        &settings(&f, Compression::Zstd, fs, 2),
+        &ProgressCounter::default(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    for fr in stored.frames.iter().rev() {
+        let got = read_frame(&f.store, &stored.record, *fr, &ids(&f))
+            .await
+            .unwrap();
+        let start = fr.content_offset as usize;
+        assert_eq!(got, &input[start..start + fr.content_len as usize]);
+    }
+    // Damage inside the last frame's chunks is detected by age's chunk tags.
+    let path = f.dir.path().join("repo/t/ranged.age");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n - 100] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let last = *stored.frames.last().unwrap();
+    let err = read_frame(&f.store, &stored.record, last, &ids(&f))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("t/ranged.age"), "{err}");
+    // The first frame lies in undamaged chunks and still reads.
+    assert!(
+        read_frame(&f.store, &stored.record, stored.frames[0], &ids(&f))
+            .await
+            .is_ok()
+    );
 }

@@ -44,6 +44,8 @@ pub type SyncObserver = Arc<dyn Fn(SyncEvent) + Send + Sync>;
 pub struct LocalStore {
     pub root: PathBuf,
     observer: Option<SyncObserver>,
+    /// Test hook: writes past this many bytes of one object fail with ENOSPC.
+    enospc_after: Option<u64>,
 }
 
 impl std::fmt::Debug for LocalStore {
@@ -112,6 +114,7 @@ impl LocalStore {
         LocalStore {
             root: root.into(),
             observer: None,
+            enospc_after: None,
         }
     }
 
@@ -135,6 +138,14 @@ impl LocalStore {
     /// Reports every fsync and rename to `observer` (tests prove durability order with it).
     pub fn with_sync_observer(mut self, observer: SyncObserver) -> LocalStore {
         self.observer = Some(observer);
+        self
+    }
+
+    /// Fault injection for tests: any object growing past `bytes` fails with ENOSPC ("no space
+    /// left on device"), as a full disk would.
+    #[doc(hidden)]
+    pub fn with_enospc_after(mut self, bytes: u64) -> LocalStore {
+        self.enospc_after = Some(bytes);
         self
     }
 
@@ -469,8 +480,22 @@ impl LocalWriter {
         self.file.clone()
     }
 
+    /// Fails like a full disk if the injected limit ([`LocalStore::with_enospc_after`]) would be
+    /// passed by writing `n` more bytes.
+    pub fn check_space(&self, n: u64) -> Result<(), StoreError> {
+        match self.store.enospc_after {
+            Some(limit) if self.written + n > limit => Err(local_err(
+                "writing staging file for",
+                &self.target,
+                io::Error::from_raw_os_error(libc::ENOSPC),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Appends bytes (blocking).
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.check_space(bytes.len() as u64)?;
         let file = self.file.as_ref().ok_or_else(|| {
             local_err(
                 "writing",

@@ -140,6 +140,7 @@ impl ObjectWriter {
             });
         };
         let n = chunk.len() as u64;
+        self.inner.check_space(n)?;
         let path = self.inner.staging_path().to_path_buf();
         blocking("writing", self.key(), move || {
             use std::io::Write;

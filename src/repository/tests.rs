@@ -202,7 +202,7 @@ fn keys_are_validated() {
 async fn list_get_range_stream_head_delete() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = recorded_store(dir.path());
-    let big: Vec<u8> = (0..(2_500_000u32)).map(|i| (i % 251) as u8).collect();
+    let big: Vec<u8> = (0..2_500_000u32).map(|i| (i % 251) as u8).collect();
     for (k, v) in [
         ("backups/a/1/x", &b"1"[..]),
         ("backups/a/2/y", &b"22"[..]),
