@@ -26,10 +26,16 @@ pub struct CtlError {
 
 impl CtlError {
     pub fn failed(message: impl Into<String>) -> Self {
-        CtlError { code: 1, message: message.into() }
+        CtlError {
+            code: 1,
+            message: message.into(),
+        }
     }
     pub fn usage(message: impl Into<String>) -> Self {
-        CtlError { code: 2, message: message.into() }
+        CtlError {
+            code: 2,
+            message: message.into(),
+        }
     }
 }
 
@@ -48,7 +54,11 @@ type CtlResult = Result<(), CtlError>;
 pub fn main() -> ExitCode {
     use clap::Parser;
     let args = CtlArgs::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("bdc-backupctl: cannot start the async runtime: {err}");
@@ -72,14 +82,20 @@ struct Ctx {
 
 impl Ctx {
     fn catalogue_path(&self) -> Option<PathBuf> {
-        self.args.catalogue.clone().or_else(|| std::env::var_os(ENV_CATALOGUE).map(PathBuf::from))
+        self.args
+            .catalogue
+            .clone()
+            .or_else(|| std::env::var_os(ENV_CATALOGUE).map(PathBuf::from))
     }
 
     fn load_catalogue(&self) -> Result<Catalogue, CtlError> {
         let path = self.catalogue_path().ok_or_else(|| {
-            CtlError::usage(format!("this command needs the catalogue: give --catalogue FILE or set {ENV_CATALOGUE}"))
+            CtlError::usage(format!(
+                "this command needs the catalogue: give --catalogue FILE or set {ENV_CATALOGUE}"
+            ))
         })?;
-        Catalogue::load(&path).map_err(|errors| CtlError::usage(format!("the catalogue is invalid:\n{errors}")))
+        Catalogue::load(&path)
+            .map_err(|errors| CtlError::usage(format!("the catalogue is invalid:\n{errors}")))
     }
 
     fn socket_path(&self) -> Result<PathBuf, CtlError> {
@@ -92,7 +108,11 @@ impl Ctx {
                 // An invalid catalogue still names the socket (e.g. to `reload` and see the errors).
                 Err(errors) => match socket_from_raw(&path) {
                     Some(socket) => return Ok(socket),
-                    None => return Err(CtlError::usage(format!("the catalogue is invalid:\n{errors}"))),
+                    None => {
+                        return Err(CtlError::usage(format!(
+                            "the catalogue is invalid:\n{errors}"
+                        )));
+                    }
                 },
             }
         }
@@ -120,10 +140,18 @@ fn socket_from_raw(path: &std::path::Path) -> Option<PathBuf> {
     if let Ok(socket) = std::env::var(ENV_SOCKET) {
         return Some(PathBuf::from(socket));
     }
-    match table.get("daemon").and_then(|d| d.get("socket")).and_then(|s| s.as_str()) {
+    match table
+        .get("daemon")
+        .and_then(|d| d.get("socket"))
+        .and_then(|s| s.as_str())
+    {
         Some(socket) => {
             let socket = PathBuf::from(socket);
-            Some(if socket.is_absolute() { socket } else { path.parent()?.join(socket) })
+            Some(if socket.is_absolute() {
+                socket
+            } else {
+                path.parent()?.join(socket)
+            })
         }
         None => Some(PathBuf::from(crate::catalogue::DEFAULT_SOCKET)),
     }
@@ -152,7 +180,13 @@ async fn run(args: CtlArgs) -> CtlResult {
             }
             other => Err(unexpected(other)),
         },
-        Command::Runs { job, limit } => match ctx.request(Request::Runs { job, limit: Some(limit) }).await? {
+        Command::Runs { job, limit } => match ctx
+            .request(Request::Runs {
+                job,
+                limit: Some(limit),
+            })
+            .await?
+        {
             Response::Runs { runs } if json => print_json(&runs),
             Response::Runs { runs } => {
                 print!("{}", output::runs(&runs));
@@ -161,7 +195,12 @@ async fn run(args: CtlArgs) -> CtlResult {
             other => Err(unexpected(other)),
         },
         Command::Backups { job, repository } => backups(&ctx, job, repository).await,
-        Command::Run { job, full, incremental, wait } => {
+        Command::Run {
+            job,
+            full,
+            incremental,
+            wait,
+        } => {
             let backup_type = match (full, incremental) {
                 (true, _) => Some(BackupType::Full),
                 (_, true) => Some(BackupType::Incremental),
@@ -170,7 +209,9 @@ async fn run(args: CtlArgs) -> CtlResult {
             run_job(&ctx, job, backup_type, wait).await
         }
         Command::Cancel { run_id } => match ctx.request(Request::Cancel { run_id }).await? {
-            Response::Cancelled { run_id } if json => print_json(&serde_json::json!({"cancelled": run_id})),
+            Response::Cancelled { run_id } if json => {
+                print_json(&serde_json::json!({"cancelled": run_id}))
+            }
             Response::Cancelled { run_id } => {
                 println!("run {run_id}: cancellation requested");
                 Ok(())
@@ -178,7 +219,9 @@ async fn run(args: CtlArgs) -> CtlResult {
             other => Err(unexpected(other)),
         },
         Command::Reload => match ctx.request(Request::Reload).await? {
-            Response::Reloaded { jobs } if json => print_json(&serde_json::json!({"reloaded": true, "jobs": jobs})),
+            Response::Reloaded { jobs } if json => {
+                print_json(&serde_json::json!({"reloaded": true, "jobs": jobs}))
+            }
             Response::Reloaded { jobs } => {
                 println!("catalogue reloaded: {jobs} jobs");
                 Ok(())
@@ -191,18 +234,29 @@ async fn run(args: CtlArgs) -> CtlResult {
         Command::WalPush { .. } | Command::WalFetch { .. } => Err(CtlError::failed(
             "WAL archiving (postgres-wal jobs) is not available in this version of bdc-backup",
         )),
-        Command::Verify { .. } => Err(CtlError::failed("verify is not available in this version of bdc-backup")),
+        Command::Verify { .. } => Err(CtlError::failed(
+            "verify is not available in this version of bdc-backup",
+        )),
     }
 }
 
 async fn backups(ctx: &Ctx, job: Option<String>, repository: Option<String>) -> CtlResult {
     let json = ctx.args.json;
-    let rows = match ctx.request(Request::Backups { job: job.clone(), repository: repository.clone() }).await {
+    let rows = match ctx
+        .request(Request::Backups {
+            job: job.clone(),
+            repository: repository.clone(),
+        })
+        .await
+    {
         Ok(Response::Backups { backups }) => backups,
         Ok(other) => return Err(unexpected(other)),
         // No daemon (a fresh host after a disaster): read the repositories directly.
         Err(err) if err.code == 2 && ctx.catalogue_path().is_some() => {
-            eprintln!("bdc-backupctl: {}; listing the repositories directly", err.message);
+            eprintln!(
+                "bdc-backupctl: {}; listing the repositories directly",
+                err.message
+            );
             let catalogue = ctx.load_catalogue()?;
             crate::daemon::list_backups_offline(&catalogue, job.as_deref(), repository.as_deref())
                 .await
@@ -210,7 +264,9 @@ async fn backups(ctx: &Ctx, job: Option<String>, repository: Option<String>) -> 
         }
         Err(err) => return Err(err),
     };
-    if json { print_json(&rows) } else {
+    if json {
+        print_json(&rows)
+    } else {
         print!("{}", output::backups(&rows));
         Ok(())
     }
@@ -219,7 +275,14 @@ async fn backups(ctx: &Ctx, job: Option<String>, repository: Option<String>) -> 
 async fn run_job(ctx: &Ctx, job: String, backup_type: Option<BackupType>, wait: bool) -> CtlResult {
     let json = ctx.args.json;
     let mut client = ctx.client().await?;
-    let run = match client.request(&Request::Run { job, backup_type, wait }).await? {
+    let run = match client
+        .request(&Request::Run {
+            job,
+            backup_type,
+            wait,
+        })
+        .await?
+    {
         Response::RunStarted { run } => run,
         other => return Err(unexpected(other)),
     };
@@ -238,10 +301,14 @@ async fn run_job(ctx: &Ctx, job: String, backup_type: Option<BackupType>, wait: 
     loop {
         let event = client.next_event().await?;
         let Some(event) = event else {
-            return Err(CtlError::usage("the daemon closed the connection before the run ended"));
+            return Err(CtlError::usage(
+                "the daemon closed the connection before the run ended",
+            ));
         };
         match &event {
-            Event::Progress { run_id, progress, .. } if *run_id == run.id => {
+            Event::Progress {
+                run_id, progress, ..
+            } if *run_id == run.id => {
                 if json {
                     println!("{}", serde_json::to_string(&event).unwrap_or_default());
                 } else {
@@ -265,7 +332,10 @@ async fn run_job(ctx: &Ctx, job: String, backup_type: Option<BackupType>, wait: 
                 return if done.status.is_success() {
                     Ok(())
                 } else {
-                    Err(CtlError { code: 1, message: String::new() })
+                    Err(CtlError {
+                        code: 1,
+                        message: String::new(),
+                    })
                 };
             }
             _ => {}
@@ -281,8 +351,15 @@ async fn follow(ctx: &Ctx) -> CtlResult {
     }
     let mut stdout = std::io::stdout();
     while let Some(event) = client.next_event().await? {
-        let line = if ctx.args.json { serde_json::to_string(&event).unwrap_or_default() } else { output::event(&event) };
-        if writeln!(stdout, "{line}").and_then(|_| stdout.flush()).is_err() {
+        let line = if ctx.args.json {
+            serde_json::to_string(&event).unwrap_or_default()
+        } else {
+            output::event(&event)
+        };
+        if writeln!(stdout, "{line}")
+            .and_then(|_| stdout.flush())
+            .is_err()
+        {
             return Ok(()); // the reader went away (e.g. `| head`)
         }
     }
@@ -308,7 +385,10 @@ fn keygen(output: Option<PathBuf>, json: bool) -> CtlResult {
                 .open(path)
                 .map_err(|e| {
                     if e.kind() == std::io::ErrorKind::AlreadyExists {
-                        CtlError::failed(format!("{} already exists; keygen never overwrites an identity", path.display()))
+                        CtlError::failed(format!(
+                            "{} already exists; keygen never overwrites an identity",
+                            path.display()
+                        ))
                     } else {
                         CtlError::failed(format!("cannot create {}: {e}", path.display()))
                     }
@@ -341,7 +421,14 @@ async fn restore(ctx: &Ctx, what: RestoreCommand) -> CtlResult {
                 backup: a.backup,
                 into: a.into,
                 url: a.url,
-                tables: a.tables.iter().flat_map(|t| t.split(',')).map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect(),
+                tables: a
+                    .tables
+                    .iter()
+                    .flat_map(|t| t.split(','))
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(String::from)
+                    .collect(),
                 create: a.create,
                 jobs: a.jobs,
                 roles: a.roles,
@@ -350,12 +437,16 @@ async fn restore(ctx: &Ctx, what: RestoreCommand) -> CtlResult {
             let report = crate::postgres::restore::restore_database(&catalogue, options)
                 .await
                 .map_err(|e| CtlError::failed(crate::daemon::error_chain_of(&e)))?;
-            if ctx.args.json { print_json(&report) } else {
+            if ctx.args.json {
+                print_json(&report)
+            } else {
                 println!("{report}");
                 Ok(())
             }
         }
-        _ => Err(CtlError::failed("this restore is not available in this version of bdc-backup")),
+        _ => Err(CtlError::failed(
+            "this restore is not available in this version of bdc-backup",
+        )),
     }
 }
 

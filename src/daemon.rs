@@ -27,7 +27,10 @@ pub struct DaemonOptions {
 
 impl DaemonOptions {
     pub fn new(catalogue: PathBuf) -> Self {
-        DaemonOptions { catalogue, clock: Arc::new(SystemClock) }
+        DaemonOptions {
+            catalogue,
+            clock: Arc::new(SystemClock),
+        }
     }
 }
 
@@ -82,22 +85,33 @@ pub struct RunningDaemon {
 }
 
 /// Opens the state DB, reconciles, binds the socket, notifies READY and starts the scheduler.
-pub async fn start(options: DaemonOptions, catalogue: Catalogue) -> Result<RunningDaemon, DaemonError> {
-    let state = StateDb::open(&catalogue.daemon.state_db).await.map_err(DaemonError::State)?;
+pub async fn start(
+    options: DaemonOptions,
+    catalogue: Catalogue,
+) -> Result<RunningDaemon, DaemonError> {
+    let state = StateDb::open(&catalogue.daemon.state_db)
+        .await
+        .map_err(DaemonError::State)?;
     let socket = catalogue.daemon.socket.clone();
     let shared = core::Shared::new(options.catalogue.clone(), catalogue, state, options.clock);
 
     reconcile::interrupted_runs(&shared).await;
 
     let policy = shared.access_policy();
-    let listener = crate::control::server::bind(&socket, policy.read_gid)
-        .map_err(|source| DaemonError::Socket { path: socket.display().to_string(), source })?;
+    let listener = crate::control::server::bind(&socket, policy.read_gid).map_err(|source| {
+        DaemonError::Socket {
+            path: socket.display().to_string(),
+            source,
+        }
+    })?;
     let server = {
         let handler = Arc::new(handler::DaemonHandler::new(shared.clone()));
         let policy_rx = shared.policy_receiver();
         let shutdown = shared.shutdown.clone();
         tokio::spawn(async move {
-            if let Err(err) = crate::control::server::serve(listener, handler, policy_rx, shutdown).await {
+            if let Err(err) =
+                crate::control::server::serve(listener, handler, policy_rx, shutdown).await
+            {
                 tracing::error!(error = %err, "control socket server stopped");
             }
         })
@@ -109,10 +123,18 @@ pub async fn start(options: DaemonOptions, catalogue: Catalogue) -> Result<Runni
     // Bring the backups table in line with the repositories, after READY (remote listings may be slow).
     {
         let shared = shared.clone();
-        shared.tasks.clone().spawn(async move { reconcile::backups(&shared).await });
+        shared
+            .tasks
+            .clone()
+            .spawn(async move { reconcile::backups(&shared).await });
     }
     let scheduler = tokio::spawn(scheduler::run_loop(shared.clone()));
-    Ok(RunningDaemon { shared, socket, scheduler, server })
+    Ok(RunningDaemon {
+        shared,
+        socket,
+        scheduler,
+        server,
+    })
 }
 
 impl RunningDaemon {
@@ -158,11 +180,18 @@ pub async fn list_backups_offline(
             continue;
         }
         let repo = crate::repository::Repository::open(settings).map_err(|e| error_chain_of(&e))?;
-        let (records, bad) = repo.list_commits(job).await.map_err(|e| error_chain_of(&e))?;
+        let (records, bad) = repo
+            .list_commits(job)
+            .await
+            .map_err(|e| error_chain_of(&e))?;
         for err in bad {
             eprintln!("warning: {}", error_chain_of(&err));
         }
-        rows.extend(records.iter().map(|r| self::core::backup_row(&repo.name, r)));
+        rows.extend(
+            records
+                .iter()
+                .map(|r| self::core::backup_row(&repo.name, r)),
+        );
     }
     rows.sort_by_key(|r| r.started_at);
     Ok(rows)

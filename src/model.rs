@@ -47,7 +47,10 @@ string_enum!(
 impl RunStatus {
     /// A finished run whose backup is usable.
     pub fn is_success(self) -> bool {
-        matches!(self, RunStatus::Succeeded | RunStatus::Partial | RunStatus::Unchanged)
+        matches!(
+            self,
+            RunStatus::Succeeded | RunStatus::Partial | RunStatus::Unchanged
+        )
     }
 }
 

@@ -30,9 +30,15 @@ pub enum Request {
     /// `{"type":"status"}`
     Status,
     /// `{"type":"runs","job":null,"limit":20}`
-    Runs { job: Option<String>, limit: Option<u32> },
+    Runs {
+        job: Option<String>,
+        limit: Option<u32>,
+    },
     /// `{"type":"backups","job":"db-dump","repository":null}`
-    Backups { job: Option<String>, repository: Option<String> },
+    Backups {
+        job: Option<String>,
+        repository: Option<String>,
+    },
     /// `{"type":"run","job":"db-dump","backup-type":null,"wait":true}`
     Run {
         job: String,
@@ -67,7 +73,10 @@ impl Request {
 
     /// Whether the request changes anything (needs root, the daemon's user or the admin group).
     pub fn is_mutation(&self) -> bool {
-        matches!(self, Request::Run { .. } | Request::Cancel { .. } | Request::Reload)
+        matches!(
+            self,
+            Request::Run { .. } | Request::Cancel { .. } | Request::Reload
+        )
     }
 }
 
@@ -77,12 +86,22 @@ impl Request {
 #[non_exhaustive]
 pub enum Response {
     Status(StatusReport),
-    Runs { runs: Vec<RunRecord> },
-    Backups { backups: Vec<BackupRow> },
+    Runs {
+        runs: Vec<RunRecord>,
+    },
+    Backups {
+        backups: Vec<BackupRow>,
+    },
     /// The run was started (or queued behind the concurrency cap).
-    RunStarted { run: RunRecord },
-    Cancelled { run_id: i64 },
-    Reloaded { jobs: usize },
+    RunStarted {
+        run: RunRecord,
+    },
+    Cancelled {
+        run_id: i64,
+    },
+    Reloaded {
+        jobs: usize,
+    },
     /// Follow mode acknowledged; events follow.
     Following,
     Event(Event),
@@ -93,19 +112,41 @@ pub enum Response {
 #[serde(tag = "event", rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum Event {
-    RunStarted { run: RunRecord },
-    Progress { run_id: i64, job: String, progress: Progress },
-    RunFinished { run: RunRecord },
-    Skipped { job: String, reason: String },
-    Reloaded { jobs: usize },
-    Log { level: String, message: String },
+    RunStarted {
+        run: RunRecord,
+    },
+    Progress {
+        run_id: i64,
+        job: String,
+        progress: Progress,
+    },
+    RunFinished {
+        run: RunRecord,
+    },
+    Skipped {
+        job: String,
+        reason: String,
+    },
+    Reloaded {
+        jobs: usize,
+    },
+    Log {
+        level: String,
+        message: String,
+    },
 }
 
 impl Event {
     /// The `event` tags this version knows; a client skips events with other tags (a newer
     /// daemon's additions).
-    pub const KNOWN: &'static [&'static str] =
-        &["run-started", "progress", "run-finished", "skipped", "reloaded", "log"];
+    pub const KNOWN: &'static [&'static str] = &[
+        "run-started",
+        "progress",
+        "run-finished",
+        "skipped",
+        "reloaded",
+        "log",
+    ];
 
     pub fn finished_status(&self) -> Option<RunStatus> {
         match self {

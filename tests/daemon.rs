@@ -25,7 +25,8 @@ repositories = ["local"]
 fn notify_messages(sock: &UnixDatagram, until: Instant) -> Vec<String> {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
-    sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     while Instant::now() < until {
         if let Ok(n) = sock.recv(&mut buf) {
             out.push(String::from_utf8_lossy(&buf[..n]).to_string());
@@ -37,7 +38,8 @@ fn notify_messages(sock: &UnixDatagram, until: Instant) -> Vec<String> {
 fn wait_message(sock: &UnixDatagram, needle: &str, limit: Duration) -> (String, Duration) {
     let start = Instant::now();
     let mut buf = [0u8; 4096];
-    sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     while start.elapsed() < limit {
         if let Ok(n) = sock.recv(&mut buf) {
             let msg = String::from_utf8_lossy(&buf[..n]).to_string();
@@ -60,9 +62,18 @@ fn systemd_notify_ready_status_watchdog_reload_and_stop() {
         ("WATCHDOG_USEC", "1000000"),
     ]);
     let (ready, after) = wait_message(&notify, "READY=1", Duration::from_secs(10));
-    eprintln!("READY=1 {after:?} after the socket check began; {:?} after spawn", daemon.started.elapsed());
-    assert!(ready.contains("STATUS="), "READY carries a status line: {ready:?}");
-    assert!(ready.contains("next: db-dump"), "status names the next run: {ready:?}");
+    eprintln!(
+        "READY=1 {after:?} after the socket check began; {:?} after spawn",
+        daemon.started.elapsed()
+    );
+    assert!(
+        ready.contains("STATUS="),
+        "READY carries a status line: {ready:?}"
+    );
+    assert!(
+        ready.contains("next: db-dump"),
+        "status names the next run: {ready:?}"
+    );
     wait_message(&notify, "WATCHDOG=1", Duration::from_secs(5));
 
     // A valid reload: RELOADING=1 then READY=1.
@@ -72,18 +83,38 @@ fn systemd_notify_ready_status_watchdog_reload_and_stop() {
 
     // An invalid catalogue is rejected, the old one kept.
     let good = std::fs::read_to_string(setup.catalogue_path()).unwrap();
-    std::fs::write(setup.catalogue_path(), good.replace("schedule = \"0 2 * * *\"", "schedule = \"not cron\"\nbogus = 1")).unwrap();
+    std::fs::write(
+        setup.catalogue_path(),
+        good.replace(
+            "schedule = \"0 2 * * *\"",
+            "schedule = \"not cron\"\nbogus = 1",
+        ),
+    )
+    .unwrap();
     daemon.signal(Signal::SIGHUP);
     wait_message(&notify, "RELOADING=1", Duration::from_secs(5));
     wait_message(&notify, "READY=1", Duration::from_secs(5));
     std::fs::write(setup.catalogue_path(), &good).unwrap();
     let status = setup.ctl_json(&["status"]);
-    assert_eq!(status["jobs"][0]["name"], "db-dump", "old catalogue still in force: {status}");
+    assert_eq!(
+        status["jobs"][0]["name"], "db-dump",
+        "old catalogue still in force: {status}"
+    );
     let log = daemon.log_text();
-    assert!(log.contains("reload rejected"), "the rejection is logged:\n{log}");
+    assert!(
+        log.contains("reload rejected"),
+        "the rejection is logged:\n{log}"
+    );
 
     // The reload over the socket reports the errors.
-    std::fs::write(setup.catalogue_path(), good.replace("databases = [\"app\"]", "databases = [\"app\"]\nunknown-key = true")).unwrap();
+    std::fs::write(
+        setup.catalogue_path(),
+        good.replace(
+            "databases = [\"app\"]",
+            "databases = [\"app\"]\nunknown-key = true",
+        ),
+    )
+    .unwrap();
     let out = setup.ctl(&["reload"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown-key"));
@@ -125,7 +156,12 @@ repositories = ["nowhere"]
 colour = "blue"
 "#,
     );
-    let out = Command::new(common::daemon::DAEMON).arg("--catalogue").arg(&path).arg("--check").output().unwrap();
+    let out = Command::new(common::daemon::DAEMON)
+        .arg("--catalogue")
+        .arg(&path)
+        .arg("--check")
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stderr}");
     assert_eq!(out.status.code(), Some(1));
@@ -133,8 +169,17 @@ colour = "blue"
         assert!(stderr.contains(needle), "--check names {needle}:\n{stderr}");
     }
     let good = setup.write_catalogue(IDLE_JOB);
-    let out = Command::new(common::daemon::DAEMON).arg("--catalogue").arg(&good).arg("--check").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(common::daemon::DAEMON)
+        .arg("--catalogue")
+        .arg(&good)
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -150,7 +195,10 @@ fn a_state_db_that_cannot_be_opened_stops_the_daemon() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("state.db"), "the error names the state DB:\n{stderr}");
+    assert!(
+        stderr.contains("state.db"),
+        "the error names the state DB:\n{stderr}"
+    );
     assert!(!setup.socket().exists());
 }
 
@@ -172,7 +220,11 @@ fn keygen_writes_0600_and_never_overwrites() {
     let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let before = std::fs::read(&key).unwrap();
-    let out = Command::new(common::daemon::CTL).args(["keygen", "--output"]).arg(&key).output().unwrap();
+    let out = Command::new(common::daemon::CTL)
+        .args(["keygen", "--output"])
+        .arg(&key)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("never overwrites"));
     assert_eq!(std::fs::read(&key).unwrap(), before);
@@ -194,7 +246,13 @@ fn manual_runs_of_unknown_or_wal_jobs_are_refused() {
     assert_eq!(out.status.code(), Some(1));
     let runs = setup.ctl_json(&["runs"]);
     assert_eq!(runs[0]["status"], "failed", "{runs}");
-    assert!(runs[0]["error"].as_str().unwrap_or("").contains("127.0.0.1"), "{runs}");
+    assert!(
+        runs[0]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("127.0.0.1"),
+        "{runs}"
+    );
     let backups = setup.ctl_json(&["backups"]);
     assert_eq!(backups.as_array().map(|a| a.len()), Some(0));
     assert!(daemon.stop().success());

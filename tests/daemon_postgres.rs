@@ -69,15 +69,22 @@ fn release(cluster: &PgCluster, lock: &mut Child) {
 }
 
 fn wait_for_blocked_pg_dump(cluster: &PgCluster) {
-    wait_for(Duration::from_secs(30), "pg_dump waiting on the lock", || {
-        let n = cluster.psql("app", "select count(*) from pg_stat_activity where application_name = 'pg_dump' and wait_event_type = 'Lock'");
-        (n.trim() == "1").then_some(())
-    });
+    wait_for(
+        Duration::from_secs(30),
+        "pg_dump waiting on the lock",
+        || {
+            let n = cluster.psql("app", "select count(*) from pg_stat_activity where application_name = 'pg_dump' and wait_event_type = 'Lock'");
+            (n.trim() == "1").then_some(())
+        },
+    );
 }
 
 fn no_pg_dump_left(cluster: &PgCluster) {
     wait_for(Duration::from_secs(20), "pg_dump gone", || {
-        let n = cluster.psql("app", "select count(*) from pg_stat_activity where application_name = 'pg_dump'");
+        let n = cluster.psql(
+            "app",
+            "select count(*) from pg_stat_activity where application_name = 'pg_dump'",
+        );
         (n.trim() == "0").then_some(())
     });
 }
@@ -108,7 +115,11 @@ fn a_dump_through_the_daemon_restores_to_the_same_data() {
     let daemon = setup.start_daemon();
 
     let out = setup.ctl(&["run", "db-dump", "--wait"]);
-    assert!(out.status.success(), "run --wait exits 0; log:\n{}", daemon.log_text());
+    assert!(
+        out.status.success(),
+        "run --wait exits 0; log:\n{}",
+        daemon.log_text()
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("succeeded"));
 
     let runs = setup.ctl_json(&["runs", "--job", "db-dump"]);
@@ -120,7 +131,13 @@ fn a_dump_through_the_daemon_restores_to_the_same_data() {
     let backups = setup.ctl_json(&["backups"]);
     assert_eq!(backups.as_array().unwrap().len(), 1, "{backups}");
     assert_eq!(backups[0]["backup_id"], run["backup_id"]);
-    assert!(backups[0]["summary"].as_str().unwrap().contains("1 database"), "{backups}");
+    assert!(
+        backups[0]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("1 database"),
+        "{backups}"
+    );
     assert_eq!(commit_records(&setup), 1);
 
     let status = setup.ctl_json(&["status"]);
@@ -132,10 +149,18 @@ fn a_dump_through_the_daemon_restores_to_the_same_data() {
     assert!(String::from_utf8_lossy(&human.stdout).contains("db-dump"));
 
     // Restore into a new database, without the daemon's help, and compare the data.
-    let out = setup.ctl(&["restore", "database", "--job", "db-dump", "--into", "restored", "--create"]);
+    let out = setup.ctl(&[
+        "restore", "database", "--job", "db-dump", "--into", "restored", "--create",
+    ]);
     assert!(out.status.success());
-    assert_eq!(cluster.table_fingerprints("app"), cluster.table_fingerprints("restored"));
-    assert_eq!(cluster.schema_fingerprint("app"), cluster.schema_fingerprint("restored"));
+    assert_eq!(
+        cluster.table_fingerprints("app"),
+        cluster.table_fingerprints("restored")
+    );
+    assert_eq!(
+        cluster.schema_fingerprint("app"),
+        cluster.schema_fingerprint("restored")
+    );
 
     // The audit trail has the manual run, by root.
     assert!(daemon.stop().success());
@@ -178,7 +203,10 @@ fn sigterm_during_a_dump_records_interrupted_and_commits_nothing() {
     let daemon = setup.start_daemon();
     let runs = setup.ctl_json(&["runs"]);
     assert_eq!(runs[0]["status"], "interrupted", "{runs}");
-    assert!(runs[0]["error"].as_str().unwrap().contains("stopping"), "{runs}");
+    assert!(
+        runs[0]["error"].as_str().unwrap().contains("stopping"),
+        "{runs}"
+    );
     assert_eq!(setup.ctl_json(&["backups"]).as_array().unwrap().len(), 0);
     // The next run is a normal, complete backup.
     assert!(setup.ctl(&["run", "db-dump", "--wait"]).status.success());
@@ -202,12 +230,22 @@ fn kill_9_during_a_dump_is_reconciled_as_interrupted() {
 
     // With the daemon down, `backups` reads the repository directly: nothing restorable.
     let offline = setup.ctl_json(&["backups"]);
-    assert_eq!(offline.as_array().unwrap().len(), 0, "orphan objects are not backups: {offline}");
+    assert_eq!(
+        offline.as_array().unwrap().len(),
+        0,
+        "orphan objects are not backups: {offline}"
+    );
 
     let daemon = setup.start_daemon();
     let runs = setup.ctl_json(&["runs"]);
     assert_eq!(runs[0]["status"], "interrupted", "{runs}");
-    assert!(runs[0]["error"].as_str().unwrap().contains("no commit record"), "{runs}");
+    assert!(
+        runs[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no commit record"),
+        "{runs}"
+    );
     assert!(setup.ctl(&["run", "db-dump", "--wait"]).status.success());
     assert_eq!(setup.ctl_json(&["backups"]).as_array().unwrap().len(), 1);
     assert!(daemon.stop().success());
@@ -230,7 +268,10 @@ fn cancel_stops_a_running_dump() {
         (runs[0]["status"] != "running").then_some(runs)
     });
     assert_eq!(runs[0]["status"], "interrupted", "{runs}");
-    assert!(runs[0]["error"].as_str().unwrap().contains("cancelled by"), "{runs}");
+    assert!(
+        runs[0]["error"].as_str().unwrap().contains("cancelled by"),
+        "{runs}"
+    );
     release(&cluster, &mut lock);
     no_pg_dump_left(&cluster);
     assert_eq!(commit_records(&setup), 0);

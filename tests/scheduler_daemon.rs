@@ -32,7 +32,10 @@ fn utc(y: i32, m: u32, d: u32, h: u32, min: u32, s: u32) -> DateTime<Utc> {
 
 async fn boot(setup: &Setup, clock: Arc<ManualClock>) -> RunningDaemon {
     let catalogue = Catalogue::load(&setup.catalogue_path()).expect("valid catalogue");
-    let options = DaemonOptions { catalogue: setup.catalogue_path(), clock: clock as Arc<dyn Clock> };
+    let options = DaemonOptions {
+        catalogue: setup.catalogue_path(),
+        clock: clock as Arc<dyn Clock>,
+    };
     start(options, catalogue).await.expect("daemon starts")
 }
 
@@ -79,7 +82,11 @@ async fn a_daily_job_fires_once_across_the_autumn_dst_change_and_catches_up_once
     assert_eq!(r.len(), 1);
     assert_eq!(r[0].trigger, Trigger::Scheduled);
     assert_eq!(r[0].status, RunStatus::Failed, "the server is down");
-    assert!(r[0].error.as_deref().unwrap_or("").contains("127.0.0.1"), "{:?}", r[0].error);
+    assert!(
+        r[0].error.as_deref().unwrap_or("").contains("127.0.0.1"),
+        "{:?}",
+        r[0].error
+    );
 
     // The second 02:30 (CET) does not fire again.
     clock.set(utc(2026, 10, 25, 1, 45, 0));
@@ -111,7 +118,11 @@ async fn catch_up_skip_records_a_skipped_run() {
     let r = settle(&setup, &daemon, 1).await;
     assert_eq!(r.len(), 1, "{r:?}");
     assert_eq!(r[0].status, RunStatus::Skipped);
-    assert!(r[0].error.as_deref().unwrap_or("").contains("skip"), "{:?}", r[0].error);
+    assert!(
+        r[0].error.as_deref().unwrap_or("").contains("skip"),
+        "{:?}",
+        r[0].error
+    );
     daemon.stop().await;
 }
 
@@ -119,7 +130,10 @@ fn setup_catalogue(setup: &Setup, catch_up: &str) -> String {
     setup.write_catalogue(JOB);
     let text = std::fs::read_to_string(setup.catalogue_path())
         .unwrap()
-        .replace("max-concurrent-runs = 2", &format!("max-concurrent-runs = 2\ncatch-up = \"{catch_up}\""));
+        .replace(
+            "max-concurrent-runs = 2",
+            &format!("max-concurrent-runs = 2\ncatch-up = \"{catch_up}\""),
+        );
     std::fs::write(setup.catalogue_path(), &text).unwrap();
     text
 }

@@ -7,10 +7,19 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(name = "bdc-backupd", version, about = "The bdc-backup daemon: schedules, runs and records backups")]
+#[command(
+    name = "bdc-backupd",
+    version,
+    about = "The bdc-backup daemon: schedules, runs and records backups"
+)]
 struct Args {
     /// The job catalogue.
-    #[arg(long, short = 'c', value_name = "FILE", default_value = "/etc/bdc-backup/catalogue.toml")]
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "FILE",
+        default_value = "/etc/bdc-backup/catalogue.toml"
+    )]
     catalogue: PathBuf,
     /// Validate the catalogue, print every error, exit non-zero if any.
     #[arg(long)]
@@ -26,7 +35,11 @@ fn main() -> ExitCode {
                 eprintln!("{error}");
             }
             let n = errors.0.len();
-            eprintln!("{}: {n} error{}", args.catalogue.display(), if n == 1 { "" } else { "s" });
+            eprintln!(
+                "{}: {n} error{}",
+                args.catalogue.display(),
+                if n == 1 { "" } else { "s" }
+            );
             return ExitCode::from(1);
         }
     };
@@ -40,7 +53,11 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     daemon::logging::init(catalogue.daemon.log, &catalogue.daemon.log_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("bdc-backupd: cannot start the async runtime: {err}");

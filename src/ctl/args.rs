@@ -4,7 +4,11 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "bdc-backupctl", version, about = "Control and restore side of bdc-backup")]
+#[command(
+    name = "bdc-backupctl",
+    version,
+    about = "Control and restore side of bdc-backup"
+)]
 pub struct CtlArgs {
     /// The job catalogue (also BDC_BACKUP_CATALOGUE); its socket is used unless --socket is given.
     #[arg(long, global = true, value_name = "FILE")]

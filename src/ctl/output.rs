@@ -14,7 +14,11 @@ fn duration(run: &RunRecord) -> String {
     match run.finished_at {
         Some(end) => {
             let secs = (end - run.started_at).num_milliseconds().max(0) as f64 / 1000.0;
-            if secs < 120.0 { format!("{secs:.1}s") } else { format!("{:.1}m", secs / 60.0) }
+            if secs < 120.0 {
+                format!("{secs:.1}s")
+            } else {
+                format!("{:.1}m", secs / 60.0)
+            }
         }
         None => "-".into(),
     }
@@ -63,7 +67,11 @@ pub fn status(report: &StatusReport) -> String {
         .iter()
         .map(|j| {
             let last = match &j.last_run {
-                Some(r) => format!("{} {}", r.status, local(r.finished_at.unwrap_or(r.started_at))),
+                Some(r) => format!(
+                    "{} {}",
+                    r.status,
+                    local(r.finished_at.unwrap_or(r.started_at))
+                ),
                 None => "never".into(),
             };
             let next = match (j.next_run, j.next_type) {
@@ -74,7 +82,13 @@ pub fn status(report: &StatusReport) -> String {
             let repos = j
                 .repositories
                 .iter()
-                .map(|r| format!("{}: {}", r.repository, r.last_backup_id.as_deref().unwrap_or("none")))
+                .map(|r| {
+                    format!(
+                        "{}: {}",
+                        r.repository,
+                        r.last_backup_id.as_deref().unwrap_or("none")
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", ");
             let state = if j.running.is_some() {
@@ -84,19 +98,46 @@ pub fn status(report: &StatusReport) -> String {
             } else {
                 "ok"
             };
-            vec![j.name.clone(), j.kind.to_string(), state.into(), last, next, repos]
+            vec![
+                j.name.clone(),
+                j.kind.to_string(),
+                state.into(),
+                last,
+                next,
+                repos,
+            ]
         })
         .collect();
-    out.push_str(&table(&["JOB", "KIND", "STATE", "LAST RUN", "NEXT RUN", "LAST BACKUP"], &rows));
+    out.push_str(&table(
+        &[
+            "JOB",
+            "KIND",
+            "STATE",
+            "LAST RUN",
+            "NEXT RUN",
+            "LAST BACKUP",
+        ],
+        &rows,
+    ));
     for j in &report.jobs {
         if let Some((run, progress)) = &j.running {
-            let _ = writeln!(out, "\n{}: run {} {}", j.name, run.id, progress_line(progress));
+            let _ = writeln!(
+                out,
+                "\n{}: run {} {}",
+                j.name,
+                run.id,
+                progress_line(progress)
+            );
         }
         if let Some(run) = &j.last_run
             && let Some(err) = &run.error
             && !run.status.is_success()
         {
-            let _ = writeln!(out, "\n{}: last run {} {}: {}", j.name, run.id, run.status, err);
+            let _ = writeln!(
+                out,
+                "\n{}: last run {} {}: {}",
+                j.name, run.id, run.status, err
+            );
         }
     }
     out
@@ -117,11 +158,23 @@ pub fn runs(runs: &[RunRecord]) -> String {
                 human_bytes(r.bytes_read),
                 human_bytes(r.bytes_stored),
                 r.backup_id.clone().unwrap_or_default(),
-                r.error.clone().unwrap_or_default().lines().next().unwrap_or("").to_string(),
+                r.error
+                    .clone()
+                    .unwrap_or_default()
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string(),
             ]
         })
         .collect();
-    table(&["ID", "JOB", "TRIGGER", "TYPE", "STATUS", "STARTED", "TOOK", "READ", "STORED", "BACKUP", "ERROR"], &rows)
+    table(
+        &[
+            "ID", "JOB", "TRIGGER", "TYPE", "STATUS", "STARTED", "TOOK", "READ", "STORED",
+            "BACKUP", "ERROR",
+        ],
+        &rows,
+    )
 }
 
 pub fn backups(rows: &[BackupRow]) -> String {
@@ -139,12 +192,35 @@ pub fn backups(rows: &[BackupRow]) -> String {
             ]
         })
         .collect();
-    table(&["JOB", "BACKUP", "REPOSITORY", "TYPE", "FINISHED", "STORED", "CONTENTS"], &rows)
+    table(
+        &[
+            "JOB",
+            "BACKUP",
+            "REPOSITORY",
+            "TYPE",
+            "FINISHED",
+            "STORED",
+            "CONTENTS",
+        ],
+        &rows,
+    )
 }
 
 pub fn progress_line(p: &Progress) -> String {
-    let ratio = if p.bytes_read > 0 { format!(" ({:.0}%)", 100.0 * p.bytes_stored as f64 / p.bytes_read as f64) } else { String::new() };
-    format!("{}: {} read, {} stored{ratio}", p.phase, human_bytes(p.bytes_read), human_bytes(p.bytes_stored))
+    let ratio = if p.bytes_read > 0 {
+        format!(
+            " ({:.0}%)",
+            100.0 * p.bytes_stored as f64 / p.bytes_read as f64
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "{}: {} read, {} stored{ratio}",
+        p.phase,
+        human_bytes(p.bytes_read),
+        human_bytes(p.bytes_stored)
+    )
 }
 
 pub fn finished(run: &RunRecord) -> String {
@@ -172,8 +248,15 @@ pub fn finished(run: &RunRecord) -> String {
 pub fn event(e: &Event) -> String {
     let now = time(Utc::now());
     match e {
-        Event::RunStarted { run } => format!("{now} run {} of {} started ({})", run.id, run.job, run.trigger),
-        Event::Progress { run_id, job, progress } => format!("{now} run {run_id} of {job}: {}", progress_line(progress)),
+        Event::RunStarted { run } => format!(
+            "{now} run {} of {} started ({})",
+            run.id, run.job, run.trigger
+        ),
+        Event::Progress {
+            run_id,
+            job,
+            progress,
+        } => format!("{now} run {run_id} of {job}: {}", progress_line(progress)),
         Event::RunFinished { run } => format!("{now} {}", finished(run).trim_end()),
         Event::Skipped { job, reason } => format!("{now} {job}: skipped: {reason}"),
         Event::Reloaded { jobs } => format!("{now} catalogue reloaded ({jobs} jobs)"),

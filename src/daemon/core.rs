@@ -5,8 +5,8 @@ use crate::catalogue::{Catalogue, CatalogueErrors, Job, JobSpec};
 use crate::clock::Clock;
 use crate::control::auth::AccessPolicy;
 use crate::model::{
-    BackupRow, BackupType, JobKindName, JobStatus, Progress, RepositoryStatus, RunRecord, RunStatus,
-    StatusReport, Trigger,
+    BackupRow, BackupType, JobKindName, JobStatus, Progress, RepositoryStatus, RunRecord,
+    RunStatus, StatusReport, Trigger,
 };
 use crate::pipeline::{PipelineSettings, ProgressCounter};
 use crate::protocol::Event;
@@ -80,7 +80,12 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(path: PathBuf, catalogue: Catalogue, state: StateDb, clock: Arc<dyn Clock>) -> Arc<Shared> {
+    pub fn new(
+        path: PathBuf,
+        catalogue: Catalogue,
+        state: StateDb,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<Shared> {
         let max = catalogue.daemon.max_concurrent_runs.max(1);
         let policy = resolve_policy(&catalogue);
         let (events, _) = broadcast::channel(1024);
@@ -105,7 +110,10 @@ impl Shared {
     }
 
     pub fn catalogue(&self) -> Arc<Catalogue> {
-        self.catalogue.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.catalogue
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn access_policy(&self) -> AccessPolicy {
@@ -127,7 +135,9 @@ impl Shared {
         let outcome = match result {
             Ok(new) => {
                 let old = self.catalogue();
-                if new.daemon.state_db != old.daemon.state_db || new.daemon.socket != old.daemon.socket {
+                if new.daemon.state_db != old.daemon.state_db
+                    || new.daemon.socket != old.daemon.socket
+                {
                     tracing::warn!("state-db and socket changes take effect only after a restart");
                 }
                 let new_max = new.daemon.max_concurrent_runs.max(1);
@@ -168,11 +178,17 @@ impl Shared {
             return Err(StartError::Stopping);
         }
         let catalogue = self.catalogue();
-        let job = catalogue.job(job_name).ok_or_else(|| StartError::UnknownJob(job_name.to_string()))?.clone();
+        let job = catalogue
+            .job(job_name)
+            .ok_or_else(|| StartError::UnknownJob(job_name.to_string()))?
+            .clone();
         let backup_type = runnable_type(&job, requested)?;
         let mut runs = self.runs.lock().await;
         if let Some(active) = runs.get(job_name) {
-            return Err(StartError::AlreadyRunning { job: job_name.to_string(), run_id: active.record.id });
+            return Err(StartError::AlreadyRunning {
+                job: job_name.to_string(),
+                run_id: active.record.id,
+            });
         }
         let now = self.clock.now();
         let backup_id = self.unique_backup_id(job_name, now, backup_type);
@@ -188,7 +204,10 @@ impl Shared {
             .state
             .start_run(&new)
             .await
-            .map_err(|source| StartError::State { job: job.name.clone(), source })?;
+            .map_err(|source| StartError::State {
+                job: job.name.clone(),
+                source,
+            })?;
         let record = RunRecord {
             id,
             job: job.name.clone(),
@@ -223,7 +242,9 @@ impl Shared {
         runs.insert(job_name.to_string(), active);
         drop(runs);
         tracing::info!(job = %record.job, run_id = record.id, backup_id = %backup_id, trigger = %trigger, "run started");
-        self.emit(Event::RunStarted { run: record.clone() });
+        self.emit(Event::RunStarted {
+            run: record.clone(),
+        });
         self.tasks.spawn(ctx.execute());
         Ok(record)
     }
@@ -245,7 +266,8 @@ impl Shared {
         let runs = self.runs.lock().await;
         for active in runs.values() {
             if active.record.id == run_id {
-                *active.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(CancelReason::Operator(by.to_string()));
+                *active.reason.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(CancelReason::Operator(by.to_string()));
                 active.cancel.cancel();
                 return true;
             }
@@ -259,13 +281,17 @@ impl Shared {
         {
             let runs = self.runs.lock().await;
             for active in runs.values() {
-                *active.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(CancelReason::Shutdown);
+                *active.reason.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(CancelReason::Shutdown);
                 active.cancel.cancel();
             }
         }
         self.tasks.close();
         let timeout = self.catalogue().daemon.shutdown_timeout;
-        if tokio::time::timeout(timeout, self.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(timeout, self.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("running jobs did not stop within {}s", timeout.as_secs());
         }
     }
@@ -278,7 +304,12 @@ impl Shared {
                 .values()
                 .map(|a| {
                     let phase = a.phase.lock().map(|p| p.clone()).unwrap_or_default();
-                    format!("{} {} ({} read)", a.record.job, phase, human_bytes(a.progress.read()))
+                    format!(
+                        "{} {} ({} read)",
+                        a.record.job,
+                        phase,
+                        human_bytes(a.progress.read())
+                    )
                 })
                 .collect();
             return format!("running: {}", parts.join(", "));
@@ -288,7 +319,10 @@ impl Shared {
         let now = self.clock.now();
         let mut next: Option<(DateTime<Utc>, String)> = None;
         for job in &catalogue.jobs {
-            if let Some(t) = self.next_fire_of(&catalogue, job, now).await.map(|(t, _)| t)
+            if let Some(t) = self
+                .next_fire_of(&catalogue, job, now)
+                .await
+                .map(|(t, _)| t)
                 && next.as_ref().is_none_or(|(n, _)| t < *n)
             {
                 next = Some((t, job.name.clone()));
@@ -315,10 +349,22 @@ impl Shared {
         }
         let mut last_fire = Vec::new();
         for (ty, _) in &entries {
-            last_fire.push((*ty, self.state.last_fire(&job.name, *ty).await.ok().flatten()));
+            last_fire.push((
+                *ty,
+                self.state.last_fire(&job.name, *ty).await.ok().flatten(),
+            ));
         }
-        let known_since = self.state.job_known_since(&job.name, now).await.unwrap_or(now);
-        let js = JobSchedule { job: &job.name, entries, last_fire, known_since };
+        let known_since = self
+            .state
+            .job_known_since(&job.name, now)
+            .await
+            .unwrap_or(now);
+        let js = JobSchedule {
+            job: &job.name,
+            entries,
+            last_fire,
+            known_since,
+        };
         next_fire(&js, now, catalogue.daemon.timezone)
     }
 
@@ -351,7 +397,10 @@ impl Shared {
                 .repositories
                 .iter()
                 .map(|repo| {
-                    let last = backups.iter().filter(|b| b.job == job.name && &b.repository == repo).max_by_key(|b| b.stopped_at);
+                    let last = backups
+                        .iter()
+                        .filter(|b| b.job == job.name && &b.repository == repo)
+                        .max_by_key(|b| b.stopped_at);
                     RepositoryStatus {
                         repository: repo.clone(),
                         last_backup_id: last.map(|b| b.backup_id.clone()),
@@ -364,9 +413,14 @@ impl Shared {
                 Some(max_age) => {
                     let reference = match &last_success {
                         Some(run) => run.finished_at.unwrap_or(run.started_at),
-                        None => self.state.job_known_since(&job.name, now).await.unwrap_or(self.started_at),
+                        None => self
+                            .state
+                            .job_known_since(&job.name, now)
+                            .await
+                            .unwrap_or(self.started_at),
                     };
-                    now - reference > chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX)
+                    now - reference
+                        > chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX)
                 }
             };
             jobs.push(JobStatus {
@@ -395,9 +449,14 @@ impl Shared {
 
 /// The backup type a run of `job` takes, or why it cannot run.
 fn runnable_type(job: &Job, requested: Option<BackupType>) -> Result<BackupType, StartError> {
-    let not = |message: &str| StartError::NotRunnable { job: job.name.clone(), message: message.to_string() };
+    let not = |message: &str| StartError::NotRunnable {
+        job: job.name.clone(),
+        message: message.to_string(),
+    };
     match &job.spec {
-        JobSpec::PostgresWal(_) => Err(not("postgres-wal jobs are not run: PostgreSQL pushes WAL with `bdc-backupctl wal-push`")),
+        JobSpec::PostgresWal(_) => Err(not(
+            "postgres-wal jobs are not run: PostgreSQL pushes WAL with `bdc-backupctl wal-push`",
+        )),
         JobSpec::PostgresDump(_) => match requested {
             Some(BackupType::Incremental) => Err(not("postgres-dump backups are always full")),
             _ => Ok(BackupType::Full),
@@ -408,7 +467,12 @@ fn runnable_type(job: &Job, requested: Option<BackupType>) -> Result<BackupType,
 
 fn resolve_policy(catalogue: &Catalogue) -> AccessPolicy {
     let d = &catalogue.daemon;
-    AccessPolicy::resolve(nix::unistd::geteuid().as_raw(), &d.read_group, &d.admin_group, &d.postgres_os_user)
+    AccessPolicy::resolve(
+        nix::unistd::geteuid().as_raw(),
+        &d.read_group,
+        &d.admin_group,
+        &d.postgres_os_user,
+    )
 }
 
 pub fn human_bytes(n: u64) -> String {
@@ -419,7 +483,11 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }
 
 /// Everything one run needs, moved into its task.
@@ -476,14 +544,25 @@ impl RunContext {
                     bytes_read: progress.read(),
                     bytes_stored: progress.stored(),
                 };
-                let _ = shared.state.update_progress(run_id, p.bytes_read, p.bytes_stored).await;
-                shared.emit(Event::Progress { run_id, job: job.clone(), progress: p });
+                let _ = shared
+                    .state
+                    .update_progress(run_id, p.bytes_read, p.bytes_stored)
+                    .await;
+                shared.emit(Event::Progress {
+                    run_id,
+                    job: job.clone(),
+                    progress: p,
+                });
             }
         })
     }
 
     async fn run_kind(&self) -> Result<Vec<(String, CommitRecord)>, String> {
-        let primary_name = self.job.repositories.first().ok_or("the job lists no repository")?;
+        let primary_name = self
+            .job
+            .repositories
+            .first()
+            .ok_or("the job lists no repository")?;
         let settings = self
             .catalogue
             .repository(primary_name)
@@ -494,9 +573,16 @@ impl RunContext {
             .encryption
             .recipients
             .iter()
-            .map(|r| r.parse::<age::x25519::Recipient>().map_err(|e| format!("recipient {r}: {e}")))
+            .map(|r| {
+                r.parse::<age::x25519::Recipient>()
+                    .map_err(|e| format!("recipient {r}: {e}"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let pipeline = PipelineSettings { compression: self.job.compression.clone(), recipients, frame_size: FRAME_SIZE };
+        let pipeline = PipelineSettings {
+            compression: self.job.compression.clone(),
+            recipients,
+            frame_size: FRAME_SIZE,
+        };
         let backup_id = self.record.backup_id.clone().unwrap_or_default();
         match &self.job.spec {
             JobSpec::PostgresDump(spec) => {
@@ -513,7 +599,9 @@ impl RunContext {
                     cancel: &self.cancel,
                     state_dir: &self.catalogue.daemon.state_directory,
                 };
-                let record = crate::postgres::dump::run_dump(ctx).await.map_err(|e| error_chain(&e))?;
+                let record = crate::postgres::dump::run_dump(ctx)
+                    .await
+                    .map_err(|e| error_chain(&e))?;
                 Ok(vec![(repository.name.clone(), record)])
             }
             other => Err(format!(
@@ -540,12 +628,16 @@ impl RunContext {
                 (RunStatus::Succeeded, None, backup_id)
             }
             Err(message) => match reason {
-                Some(CancelReason::Shutdown) => {
-                    (RunStatus::Interrupted, Some(format!("interrupted: the daemon was stopping ({message})")), None)
-                }
-                Some(CancelReason::Operator(by)) => {
-                    (RunStatus::Interrupted, Some(format!("cancelled by {by} ({message})")), None)
-                }
+                Some(CancelReason::Shutdown) => (
+                    RunStatus::Interrupted,
+                    Some(format!("interrupted: the daemon was stopping ({message})")),
+                    None,
+                ),
+                Some(CancelReason::Operator(by)) => (
+                    RunStatus::Interrupted,
+                    Some(format!("cancelled by {by} ({message})")),
+                    None,
+                ),
                 None => (RunStatus::Failed, Some(message), None),
             },
         };
@@ -565,7 +657,9 @@ impl RunContext {
                 job = %self.record.job, run_id = self.record.id, backup_id = %backup_id.clone().unwrap_or_default(),
                 bytes_read = outcome.bytes_read, bytes_stored = outcome.bytes_stored, "run succeeded"
             ),
-            (_, Some(e)) => tracing::error!(job = %self.record.job, run_id = self.record.id, status = %status, "run ended: {e}"),
+            (_, Some(e)) => {
+                tracing::error!(job = %self.record.job, run_id = self.record.id, status = %status, "run ended: {e}")
+            }
             _ => {}
         }
         let mut record = self.record.clone();
@@ -612,7 +706,11 @@ pub fn backup_row(repository: &str, record: &CommitRecord) -> BackupRow {
 /// One line about what a backup holds, from the commit record's plaintext details.
 pub fn summary_of(record: &CommitRecord) -> String {
     let mut parts = Vec::new();
-    if let Some(n) = record.details.get("database-count").and_then(|v| v.as_u64()) {
+    if let Some(n) = record
+        .details
+        .get("database-count")
+        .and_then(|v| v.as_u64())
+    {
         parts.push(format!("{n} database{}", if n == 1 { "" } else { "s" }));
     }
     if record.details.get("globals").and_then(|v| v.as_bool()) == Some(true) {

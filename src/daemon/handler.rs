@@ -18,7 +18,10 @@ impl DaemonHandler {
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> Reply {
-    Reply::Error(ErrorBody { code, message: message.into() })
+    Reply::Error(ErrorBody {
+        code,
+        message: message.into(),
+    })
 }
 
 fn who(peer: &Peer) -> String {
@@ -44,17 +47,32 @@ impl Handler for DaemonHandler {
                 }
             }
             Request::Backups { job, repository } => {
-                match shared.state.backups(job.as_deref(), repository.as_deref()).await {
+                match shared
+                    .state
+                    .backups(job.as_deref(), repository.as_deref())
+                    .await
+                {
                     Ok(backups) => Reply::Ok(Response::Backups { backups }),
                     Err(err) => error(ErrorCode::Internal, err.to_string()),
                 }
             }
-            Request::Run { job, backup_type, .. } => {
-                match shared.start_run(&job, backup_type, crate::model::Trigger::Manual).await {
+            Request::Run {
+                job, backup_type, ..
+            } => {
+                match shared
+                    .start_run(&job, backup_type, crate::model::Trigger::Manual)
+                    .await
+                {
                     Ok(run) => Reply::Ok(Response::RunStarted { run }),
-                    Err(err @ StartError::UnknownJob(_)) => error(ErrorCode::NotFound, err.to_string()),
-                    Err(err @ StartError::AlreadyRunning { .. }) => error(ErrorCode::Conflict, err.to_string()),
-                    Err(err @ StartError::NotRunnable { .. }) => error(ErrorCode::Conflict, err.to_string()),
+                    Err(err @ StartError::UnknownJob(_)) => {
+                        error(ErrorCode::NotFound, err.to_string())
+                    }
+                    Err(err @ StartError::AlreadyRunning { .. }) => {
+                        error(ErrorCode::Conflict, err.to_string())
+                    }
+                    Err(err @ StartError::NotRunnable { .. }) => {
+                        error(ErrorCode::Conflict, err.to_string())
+                    }
                     Err(err @ StartError::Stopping) => error(ErrorCode::Conflict, err.to_string()),
                     Err(err) => error(ErrorCode::Internal, err.to_string()),
                 }
@@ -75,7 +93,10 @@ impl Handler for DaemonHandler {
             },
             Request::Follow => Reply::Ok(Response::Following),
             #[allow(unreachable_patterns)]
-            other => error(ErrorCode::BadRequest, format!("request `{}` is not supported", other.verb())),
+            other => error(
+                ErrorCode::BadRequest,
+                format!("request `{}` is not supported", other.verb()),
+            ),
         }
     }
 

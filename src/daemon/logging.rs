@@ -22,10 +22,16 @@ pub fn init(target: LogTarget, level: &str) -> LogSink {
     let journal = match target {
         LogTarget::Stderr => None,
         LogTarget::Journal | LogTarget::Auto => match tracing_journald::layer() {
-            Ok(layer) => Some(layer.with_field_prefix(None).with_syslog_identifier("bdc-backupd".into())),
+            Ok(layer) => Some(
+                layer
+                    .with_field_prefix(None)
+                    .with_syslog_identifier("bdc-backupd".into()),
+            ),
             Err(err) => {
                 if target == LogTarget::Journal {
-                    eprintln!("bdc-backupd: journald requested but not reachable ({err}); logging to stderr");
+                    eprintln!(
+                        "bdc-backupd: journald requested but not reachable ({err}); logging to stderr"
+                    );
                 }
                 None
             }
@@ -37,7 +43,9 @@ pub fn init(target: LogTarget, level: &str) -> LogSink {
             LogSink::Journal
         }
         None => {
-            let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
+            let fmt = tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false);
             let _ = Registry::default().with(filter).with(fmt).try_init();
             LogSink::Stderr
         }

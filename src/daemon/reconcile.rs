@@ -22,7 +22,10 @@ pub async fn interrupted_runs(shared: &Arc<Shared>) {
     for run in runs {
         let committed = match (&run.backup_id, catalogue.job(&run.job)) {
             (Some(id), Some(job)) => {
-                let repo = job.repositories.first().and_then(|r| catalogue.repository(r));
+                let repo = job
+                    .repositories
+                    .first()
+                    .and_then(|r| catalogue.repository(r));
                 match repo.map(Repository::open) {
                     Some(Ok(repo)) => match repo.commit_record(&run.job, id).await {
                         Ok(Some(record)) => Some((repo.name.clone(), record)),
@@ -40,7 +43,11 @@ pub async fn interrupted_runs(shared: &Arc<Shared>) {
         let now = shared.clock.now();
         let outcome = match &committed {
             Some((repository, record)) => {
-                if let Err(err) = shared.state.upsert_backup(&backup_row(repository, record)).await {
+                if let Err(err) = shared
+                    .state
+                    .upsert_backup(&backup_row(repository, record))
+                    .await
+                {
                     tracing::error!(error = %err, "state DB: cannot record a backup");
                 }
                 RunOutcome {
@@ -57,7 +64,9 @@ pub async fn interrupted_runs(shared: &Arc<Shared>) {
                 finished_at: now,
                 bytes_read: run.bytes_read,
                 bytes_stored: run.bytes_stored,
-                error: Some("the daemon stopped during this run; no commit record was written".to_string()),
+                error: Some(
+                    "the daemon stopped during this run; no commit record was written".to_string(),
+                ),
                 backup_id: None,
             },
         };
@@ -92,7 +101,11 @@ pub async fn backups(shared: &Arc<Shared>) {
         let mut present = HashSet::new();
         for record in &records {
             present.insert((record.job.clone(), record.id.clone()));
-            if let Err(err) = shared.state.upsert_backup(&backup_row(&repo.name, record)).await {
+            if let Err(err) = shared
+                .state
+                .upsert_backup(&backup_row(&repo.name, record))
+                .await
+            {
                 tracing::error!(error = %err, "state DB: cannot record a backup");
             }
         }
@@ -101,7 +114,10 @@ pub async fn backups(shared: &Arc<Shared>) {
                 if !present.contains(&(row.job.clone(), row.backup_id.clone())) {
                     tracing::warn!(job = %row.job, backup_id = %row.backup_id, repository = %repo.name,
                         "backup recorded in the state DB has no commit record in the repository any more; forgetting it");
-                    let _ = shared.state.remove_backup(&row.job, &row.backup_id, &repo.name).await;
+                    let _ = shared
+                        .state
+                        .remove_backup(&row.job, &row.backup_id, &repo.name)
+                        .await;
                 }
             }
         }

@@ -42,9 +42,17 @@ pub async fn run_loop(shared: Arc<Shared>) {
             for _ in 0..8 {
                 let mut last_fire = Vec::new();
                 for (ty, _) in &entries {
-                    last_fire.push((*ty, shared.state.last_fire(&job.name, *ty).await.ok().flatten()));
+                    last_fire.push((
+                        *ty,
+                        shared.state.last_fire(&job.name, *ty).await.ok().flatten(),
+                    ));
                 }
-                let js = JobSchedule { job: &job.name, entries: entries.clone(), last_fire, known_since };
+                let js = JobSchedule {
+                    job: &job.name,
+                    entries: entries.clone(),
+                    last_fire,
+                    known_since,
+                };
                 match due_now(&js, now, tz, catalogue.daemon.catch_up) {
                     Some(due) => {
                         if !handle_due(&shared, &job.name, job.kind(), due, now).await {
@@ -58,7 +66,8 @@ pub async fn run_loop(shared: Arc<Shared>) {
         super::systemd::status(&shared.status_line().await);
 
         let now = shared.clock.now();
-        let mut wake_at = now + chrono::Duration::from_std(heartbeat).unwrap_or(chrono::Duration::seconds(30));
+        let mut wake_at =
+            now + chrono::Duration::from_std(heartbeat).unwrap_or(chrono::Duration::seconds(30));
         for job in &catalogue.jobs {
             if let Some((t, _)) = shared.next_fire_of(&catalogue, job, now).await
                 && t < wake_at
@@ -104,8 +113,12 @@ async fn handle_due(
     };
 
     if !due.run {
-        let local = due.fire_time.with_timezone(&shared.catalogue().daemon.timezone);
-        let (run, reason) = skipped(format!("missed fire at {local} not caught up (catch-up = \"skip\")"));
+        let local = due
+            .fire_time
+            .with_timezone(&shared.catalogue().daemon.timezone);
+        let (run, reason) = skipped(format!(
+            "missed fire at {local} not caught up (catch-up = \"skip\")"
+        ));
         record_skip(shared, run, reason).await;
         return true;
     }
@@ -130,5 +143,8 @@ async fn record_skip(shared: &Arc<Shared>, run: NewRun, reason: String) {
     if let Err(err) = shared.state.record_skipped(&run, &reason).await {
         tracing::error!(job = %run.job, error = %err, "state DB: cannot record the skipped run");
     }
-    shared.emit(Event::Skipped { job: run.job.clone(), reason });
+    shared.emit(Event::Skipped {
+        job: run.job.clone(),
+        reason,
+    });
 }

@@ -38,7 +38,10 @@ pub fn reloaded(status: &str) {
 }
 
 pub fn stopping() {
-    send(&[NotifyState::Stopping, NotifyState::Status("stopping: draining running jobs")]);
+    send(&[
+        NotifyState::Stopping,
+        NotifyState::Status("stopping: draining running jobs"),
+    ]);
 }
 
 /// How often the scheduler loop must ping the watchdog, if systemd asked for it.

@@ -19,14 +19,29 @@ pub struct Setup {
 
 impl Setup {
     pub fn new() -> Setup {
-        let dir = tempfile::Builder::new().prefix("bdc-test-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("bdc-test-")
+            .tempdir()
+            .expect("tempdir");
         // Readable by the postgres user (clusters and pg_dump run as it in some tests).
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
         let key = dir.path().join("restore.key");
-        let out = Command::new(CTL).args(["keygen", "--output"]).arg(&key).output().expect("run keygen");
-        assert!(out.status.success(), "keygen failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(CTL)
+            .args(["keygen", "--output"])
+            .arg(&key)
+            .output()
+            .expect("run keygen");
+        assert!(
+            out.status.success(),
+            "keygen failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let recipient = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        assert!(recipient.starts_with("age1"), "keygen printed {recipient:?}");
+        assert!(
+            recipient.starts_with("age1"),
+            "keygen printed {recipient:?}"
+        );
         Setup { dir, recipient }
     }
 
@@ -78,14 +93,24 @@ url = "file://{dir}/repo"
     pub fn start_daemon_with(&self, env: &[(&str, &str)]) -> TestDaemon {
         let log = std::fs::File::create(self.path("daemon.log")).expect("log file");
         let mut cmd = Command::new(DAEMON);
-        cmd.arg("--catalogue").arg(self.catalogue_path()).stdout(Stdio::null()).stderr(log);
-        cmd.env_remove("NOTIFY_SOCKET").env_remove("WATCHDOG_USEC").env_remove("JOURNAL_STREAM");
+        cmd.arg("--catalogue")
+            .arg(self.catalogue_path())
+            .stdout(Stdio::null())
+            .stderr(log);
+        cmd.env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("JOURNAL_STREAM");
         for (k, v) in env {
             cmd.env(k, v);
         }
         let started = Instant::now();
         let child = cmd.spawn().expect("spawn bdc-backupd");
-        let daemon = TestDaemon { child: Some(child), socket: self.socket(), log: self.path("daemon.log"), started };
+        let daemon = TestDaemon {
+            child: Some(child),
+            socket: self.socket(),
+            log: self.path("daemon.log"),
+            started,
+        };
         daemon.wait_for_socket();
         daemon
     }
@@ -134,7 +159,10 @@ impl TestDaemon {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("bdc-backupd did not open its socket; log:\n{}", self.log_text());
+        panic!(
+            "bdc-backupd did not open its socket; log:\n{}",
+            self.log_text()
+        );
     }
 
     pub fn pid(&self) -> i32 {
@@ -146,7 +174,8 @@ impl TestDaemon {
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal the daemon");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig)
+            .expect("signal the daemon");
     }
 
     /// SIGTERM and wait; returns the exit status.
@@ -164,7 +193,10 @@ impl TestDaemon {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("bdc-backupd did not exit in {limit:?}; log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+                panic!(
+                    "bdc-backupd did not exit in {limit:?}; log:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
