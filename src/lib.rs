@@ -12,6 +12,8 @@
 //! - [`postgres`]: the PostgreSQL side: control connection, pg_dump jobs, logical restore.
 //! - [`daemon`]: wires it all together: scheduler loop, run executor, reload, systemd, logs.
 //! - [`ctl`]: the `bdc-backupctl` commands.
+//! - [`retention`]: GFS retention per job and repository, cleanup of uncommitted backups.
+//! - [`usage`]: bytes stored per job and repository, weekly growth, projections.
 //! - [`model`]: plain data types shared by state, protocol and daemon.
 //! - [`error`]: the retry classification every error answers.
 
@@ -26,5 +28,7 @@ pub mod pipeline;
 pub mod postgres;
 pub mod protocol;
 pub mod repository;
+pub mod retention;
 pub mod schedule;
 pub mod state;
+pub mod usage;

@@ -1,0 +1,1 @@
+//! Usage: bytes stored per job and repository, weekly growth and projections.
