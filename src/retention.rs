@@ -24,18 +24,20 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RetentionError {
-    #[error("retention of job `{job}` in repository `{repository}`: cannot list the backups: {source}")]
+    #[error(
+        "retention of job `{job}` in repository `{repository}`: cannot list the backups: {source}"
+    )]
     List {
         job: String,
         repository: String,
         #[source]
-        source: RepositoryError,
+        source: Box<RepositoryError>,
     },
     #[error("cleanup of repository `{repository}`: {source}")]
     Cleanup {
         repository: String,
         #[source]
-        source: RepositoryError,
+        source: Box<RepositoryError>,
     },
     #[error("cleanup of repository `{repository}`: staging folder {path}: {source}")]
     Staging {
@@ -52,7 +54,7 @@ pub enum RetentionError {
     Open {
         repository: String,
         #[source]
-        source: RepositoryError,
+        source: Box<RepositoryError>,
     },
 }
 
@@ -383,7 +385,7 @@ fn prune_empty_folders(repository: &Repository, job: &str, id: &str) {
 }
 
 /// The policy a job uses: its name and the policy (the default, empty policy keeps everything).
-pub fn policy_of<'a>(catalogue: &'a Catalogue, job: &Job) -> (Option<String>, RetentionPolicy) {
+pub fn policy_of(catalogue: &Catalogue, job: &Job) -> (Option<String>, RetentionPolicy) {
     match job
         .retention
         .as_ref()
@@ -411,7 +413,7 @@ pub async fn run_for_job(
         .map_err(|source| RetentionError::List {
             job: job.name.clone(),
             repository: repository.name.clone(),
-            source,
+            source: Box::new(source),
         })?;
     let infos: Vec<BackupInfo> = records
         .iter()
@@ -490,7 +492,7 @@ pub async fn run_matching(
             Ok(repo) => run_for_job(catalogue, j, &repo, now, dry_run).await,
             Err(source) => Err(RetentionError::Open {
                 repository: settings.name.clone(),
-                source,
+                source: Box::new(source),
             }),
         };
         reports.push(result.unwrap_or_else(|e| {
@@ -532,10 +534,12 @@ pub async fn cleanup_uncommitted(
 ) -> Result<CleanupReport, RetentionError> {
     let now = Utc::now();
     let grace_c = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
-    let cutoff = now.checked_sub_signed(grace_c).unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let cutoff = now
+        .checked_sub_signed(grace_c)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
     let err = |source| RetentionError::Cleanup {
         repository: repository.name.clone(),
-        source,
+        source: Box::new(source),
     };
     let mut report = CleanupReport {
         repository: repository.name.clone(),
@@ -562,14 +566,12 @@ pub async fn cleanup_uncommitted(
         }
         let mut n = 0;
         for o in &objects {
-            repository
-                .store
-                .delete(&o.key)
-                .await
-                .map_err(|source| err(RepositoryError::Store {
+            repository.store.delete(&o.key).await.map_err(|source| {
+                err(RepositoryError::Store {
                     repository: repository.name.clone(),
                     source,
-                }))?;
+                })
+            })?;
             report.bytes_freed += o.size;
             n += 1;
         }

@@ -239,13 +239,13 @@ pub fn policy_is_empty(p: &RetentionPolicy) -> bool {
 pub fn format_within(d: Duration) -> String {
     let s = d.as_secs();
     if s > 0 && d.subsec_nanos() == 0 {
-        if s % 86_400 == 0 {
+        if s.is_multiple_of(86_400) {
             return format!("{}d", s / 86_400);
         }
-        if s % 3_600 == 0 {
+        if s.is_multiple_of(3_600) {
             return format!("{}h", s / 3_600);
         }
-        if s % 60 == 0 {
+        if s.is_multiple_of(60) {
             return format!("{}m", s / 60);
         }
     }
@@ -268,16 +268,13 @@ pub fn within_threshold(latest: DateTime<Utc>, within: Duration, tz: Tz) -> Date
                 - chrono::Duration::from_std(Duration::from_secs(days * 86_400))
                     .unwrap_or(chrono::Duration::MAX)
         });
-    day_back.checked_sub_signed(rest).unwrap_or(DateTime::<Utc>::MIN_UTC)
+    day_back
+        .checked_sub_signed(rest)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
 /// Plans retention for the backups of ONE job in ONE repository.
-pub fn plan(
-    backups: &[BackupInfo],
-    policy: &RetentionPolicy,
-    tz: Tz,
-    now: DateTime<Utc>,
-) -> Plan {
+pub fn plan(backups: &[BackupInfo], policy: &RetentionPolicy, tz: Tz, now: DateTime<Utc>) -> Plan {
     // Newest first by stop time; ties by start time, then id (deterministic).
     let mut order: Vec<usize> = (0..backups.len()).collect();
     order.sort_by(|&a, &b| {
@@ -389,16 +386,14 @@ pub fn plan(
     }
 
     // Future-dated backups are kept and reported; they took no slot above.
-    for i in 0..decisions.len() {
-        if decisions[i].stopped_at > now {
-            keep(&mut decisions[i], Reason::Future);
-            warnings.push(format!(
-                "backup {} stopped at {}, after now ({}): kept; check the clocks",
-                decisions[i].id,
-                decisions[i].stopped_at.to_rfc3339(),
-                now.to_rfc3339()
-            ));
-        }
+    for d in decisions.iter_mut().filter(|d| d.stopped_at > now) {
+        keep(d, Reason::Future);
+        warnings.push(format!(
+            "backup {} stopped at {}, after now ({}): kept; check the clocks",
+            d.id,
+            d.stopped_at.to_rfc3339(),
+            now.to_rfc3339()
+        ));
     }
 
     // Every ancestor of a kept incremental is kept (newest kept child named).
