@@ -155,6 +155,9 @@ pub struct JobStatus {
     pub repositories: Vec<RepositoryStatus>,
     /// `max-age` exceeded (or never succeeded and older than max-age since the daemon started).
     pub stale: bool,
+    /// The last retention pass per repository (`StateDb::last_retention_pass`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retention: Vec<RetentionPass>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -162,6 +165,18 @@ pub struct RepositoryStatus {
     pub repository: String,
     pub last_backup_id: Option<String>,
     pub last_backup_at: Option<DateTime<Utc>>,
+}
+
+/// One retention pass over one job in one repository, as recorded in the state DB.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionPass {
+    pub job: String,
+    pub repository: String,
+    pub at: DateTime<Utc>,
+    pub kept: u64,
+    pub deleted: u64,
+    /// Why the pass failed or was incomplete; None when it went through.
+    pub error: Option<String>,
 }
 
 /// The daemon's answer to `status`.

@@ -509,6 +509,32 @@ pub async fn run_matching(
     Ok(reports)
 }
 
+/// Brings the state DB in line with a report: the rows of deleted backups go, and a real
+/// (not dry-run) pass is recorded for `status`.
+pub async fn record_in_state(
+    state: &crate::state::StateDb,
+    report: &RetentionReport,
+) -> Result<(), crate::state::StateError> {
+    for b in report.backups.iter().filter(|b| b.action == Action::Delete) {
+        state
+            .remove_backup(&report.job, &b.id, &report.repository)
+            .await?;
+    }
+    if !report.dry_run {
+        state
+            .record_retention_pass(&crate::model::RetentionPass {
+                job: report.job.clone(),
+                repository: report.repository.clone(),
+                at: report.at,
+                kept: report.kept as u64,
+                deleted: report.deleted as u64,
+                error: report.error_text(),
+            })
+            .await?;
+    }
+    Ok(())
+}
+
 /// What [`cleanup_uncommitted`] removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

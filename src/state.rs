@@ -7,7 +7,9 @@
 //! precision is dropped. Byte counts are stored as SQLite integers (saturating at `i64::MAX`).
 
 use crate::error::{Classify, Retry};
-use crate::model::{BackupRow, BackupType, JobKindName, RunRecord, RunStatus, Trigger};
+use crate::model::{
+    BackupRow, BackupType, JobKindName, RetentionPass, RunRecord, RunStatus, Trigger,
+};
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::Row;
 use sqlx::sqlite::{
@@ -684,5 +686,50 @@ impl StateDb {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// Records a retention pass (the daemon records real passes, not dry runs).
+    pub async fn record_retention_pass(&self, pass: &RetentionPass) -> Result<i64, StateError> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO retention_passes (job, repository, at, kept, deleted, error)
+             VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(&pass.job)
+        .bind(&pass.repository)
+        .bind(ts(pass.at))
+        .bind(to_i64(pass.kept))
+        .bind(to_i64(pass.deleted))
+        .bind(pass.error.as_deref())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    /// The last retention pass of a job in each repository, by repository name.
+    pub async fn last_retention_pass(&self, job: &str) -> Result<Vec<RetentionPass>, StateError> {
+        const T: &str = "retention_passes";
+        let rows = sqlx::query(
+            "SELECT job, repository, at, kept, deleted, error FROM retention_passes p
+             WHERE job = ?1 AND id = (
+                 SELECT id FROM retention_passes q
+                 WHERE q.job = p.job AND q.repository = p.repository
+                 ORDER BY at DESC, id DESC LIMIT 1)
+             ORDER BY repository",
+        )
+        .bind(job)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(RetentionPass {
+                    job: row.try_get("job")?,
+                    repository: row.try_get("repository")?,
+                    at: parse_ts(T, "at", row.try_get::<&str, _>("at")?)?,
+                    kept: to_u64(T, "kept", row.try_get("kept")?)?,
+                    deleted: to_u64(T, "deleted", row.try_get("deleted")?)?,
+                    error: row.try_get("error")?,
+                })
+            })
+            .collect()
     }
 }

@@ -1,1 +1,446 @@
-//! Usage: bytes stored per job and repository, weekly growth and projections.
+//! Usage: bytes stored per job and repository (from the commit records, or the state DB's
+//! copy of them), what each of the last N weeks added, and projections: linear at the recent
+//! weekly rate, and the steady state the job's retention policy converges to.
+//!
+//! The steady state is estimated by simulation: a synthetic history at the job's recent cadence
+//! (mean interval between backups over the window, the same share of fulls, each incremental
+//! chained to the one before), long enough to fill the policy's longest rule, is run through the
+//! retention planner; the kept fulls and incrementals are priced at the recent mean sizes of each
+//! type. It assumes the recent cadence and sizes hold; it is an estimate, not a promise.
+
+use crate::catalogue::Catalogue;
+use crate::model::{BackupRow, BackupType};
+use crate::retention::{self, BackupInfo};
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// The default number of weeks of growth shown.
+pub const DEFAULT_WEEKS: u32 = 8;
+/// The largest synthetic history simulated for the steady state.
+const MAX_SYNTHETIC: usize = 20_000;
+
+/// What one 7-day window added.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct WeekGrowth {
+    /// The window is (`from`, `to`].
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub backups: usize,
+    pub bytes: u64,
+}
+
+/// Stored bytes in so many days at the recent weekly rate, before retention deletes anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Projection {
+    pub days: u32,
+    pub bytes: u64,
+}
+
+/// One job in one repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct UsageRow {
+    pub job: String,
+    pub repository: String,
+    pub backups: usize,
+    pub fulls: usize,
+    pub bytes_stored: u64,
+    pub oldest: Option<DateTime<Utc>>,
+    pub newest: Option<DateTime<Utc>>,
+    /// Oldest window first.
+    pub weekly: Vec<WeekGrowth>,
+    /// Mean bytes added per week over the windows the history covers.
+    pub weekly_rate: u64,
+    /// Linear: stored + rate × days / 7, no deletions.
+    pub projections: Vec<Projection>,
+    /// The job's `[retention.NAME]`, if any.
+    pub policy: Option<String>,
+    /// Estimated bytes once retention has reached its steady state (see the module docs).
+    pub steady_state_bytes: Option<u64>,
+    pub steady_state_backups: Option<usize>,
+    /// Why there is no steady-state estimate, when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct UsageReport {
+    pub at: DateTime<Utc>,
+    pub weeks: u32,
+    pub rows: Vec<UsageRow>,
+    pub total_bytes: u64,
+}
+
+/// Builds the report from backup rows (any job / repository mix). Jobs not in the catalogue
+/// are reported without policy.
+pub fn compute(
+    catalogue: &Catalogue,
+    rows: &[BackupRow],
+    now: DateTime<Utc>,
+    weeks: u32,
+) -> UsageReport {
+    let weeks = weeks.clamp(1, 520);
+    let mut groups: BTreeMap<(&str, &str), Vec<&BackupRow>> = BTreeMap::new();
+    for r in rows {
+        groups
+            .entry((r.job.as_str(), r.repository.as_str()))
+            .or_default()
+            .push(r);
+    }
+    let window_start = now - Duration::days(7 * i64::from(weeks));
+    let mut out = Vec::new();
+    for ((job, repository), backups) in groups {
+        let bytes_stored: u64 = backups.iter().map(|b| b.bytes_stored).sum();
+        let oldest = backups.iter().map(|b| b.stopped_at).min();
+        let newest = backups.iter().map(|b| b.stopped_at).max();
+        let weekly: Vec<WeekGrowth> = (0..weeks)
+            .rev()
+            .map(|k| {
+                let to = now - Duration::days(7 * i64::from(k));
+                let from = to - Duration::days(7);
+                let inside: Vec<&&BackupRow> = backups
+                    .iter()
+                    .filter(|b| b.stopped_at > from && b.stopped_at <= to)
+                    .collect();
+                WeekGrowth {
+                    from,
+                    to,
+                    backups: inside.len(),
+                    bytes: inside.iter().map(|b| b.bytes_stored).sum(),
+                }
+            })
+            .collect();
+        // Average over the windows the history covers (a job two weeks old: two weeks).
+        let covered = oldest
+            .map(|o| ((now - o).num_seconds().max(1) as f64 / (7.0 * 86_400.0)).ceil() as u32)
+            .unwrap_or(1)
+            .clamp(1, weeks);
+        let added: u64 = weekly.iter().map(|w| w.bytes).sum();
+        let weekly_rate = added / u64::from(covered);
+        let projections = [30u32, 90, 365]
+            .into_iter()
+            .map(|days| Projection {
+                days,
+                bytes: bytes_stored
+                    .saturating_add((weekly_rate as f64 * f64::from(days) / 7.0) as u64),
+            })
+            .collect();
+        let job_def = catalogue.job(job);
+        let (policy_name, policy) = match job_def {
+            Some(j) => retention::policy_of(catalogue, j),
+            None => (None, Default::default()),
+        };
+        let recent: Vec<&BackupRow> = backups
+            .iter()
+            .copied()
+            .filter(|b| b.stopped_at > window_start && b.stopped_at <= now)
+            .collect();
+        let (steady_state_bytes, steady_state_backups, note) = if policy_name.is_none() {
+            (
+                None,
+                None,
+                Some("no retention policy: grows without bound".to_string()),
+            )
+        } else if recent.len() < 2 {
+            (
+                None,
+                None,
+                Some("fewer than 2 backups in the window: no cadence to project".to_string()),
+            )
+        } else {
+            let (bytes, count) = steady_state(&recent, &policy, catalogue.daemon.timezone, now);
+            (Some(bytes), Some(count), None)
+        };
+        out.push(UsageRow {
+            job: job.to_string(),
+            repository: repository.to_string(),
+            backups: backups.len(),
+            fulls: backups
+                .iter()
+                .filter(|b| b.backup_type == BackupType::Full)
+                .count(),
+            bytes_stored,
+            oldest,
+            newest,
+            weekly,
+            weekly_rate,
+            projections,
+            policy: policy_name,
+            steady_state_bytes,
+            steady_state_backups,
+            note,
+        });
+    }
+    UsageReport {
+        at: now,
+        weeks,
+        total_bytes: out.iter().map(|r| r.bytes_stored).sum(),
+        rows: out,
+    }
+}
+
+/// The horizon a policy needs to be full: its longest rule, plus one period.
+fn horizon(policy: &crate::catalogue::RetentionPolicy, interval: Duration) -> Duration {
+    let n = |v: Option<u32>| i64::from(v.unwrap_or(0));
+    let mut h = Duration::zero();
+    h = h.max(interval * (n(policy.last) as i32 + 1));
+    h = h.max(Duration::hours(n(policy.hourly) + 1));
+    h = h.max(Duration::days(n(policy.daily) + 1));
+    h = h.max(Duration::weeks(n(policy.weekly) + 1));
+    h = h.max(Duration::days(31 * (n(policy.monthly) + 1)));
+    h = h.max(Duration::days(366 * (n(policy.yearly) + 1)));
+    if let Some(w) = policy.keep_within {
+        h = h.max(Duration::from_std(w).unwrap_or(Duration::MAX) + Duration::days(1));
+    }
+    h
+}
+
+/// (bytes, backups) kept at steady state, by simulating the recent cadence (module docs).
+fn steady_state(
+    recent: &[&BackupRow],
+    policy: &crate::catalogue::RetentionPolicy,
+    tz: chrono_tz::Tz,
+    now: DateTime<Utc>,
+) -> (u64, usize) {
+    let first = recent.iter().map(|b| b.stopped_at).min().unwrap_or(now);
+    let last = recent.iter().map(|b| b.stopped_at).max().unwrap_or(now);
+    let n = recent.len();
+    let interval = ((last - first) / (n as i32 - 1).max(1)).max(Duration::minutes(1));
+    let fulls: Vec<u64> = recent
+        .iter()
+        .filter(|b| b.backup_type == BackupType::Full)
+        .map(|b| b.bytes_stored)
+        .collect();
+    let incs: Vec<u64> = recent
+        .iter()
+        .filter(|b| b.backup_type == BackupType::Incremental)
+        .map(|b| b.bytes_stored)
+        .collect();
+    let mean = |v: &[u64]| {
+        if v.is_empty() {
+            0
+        } else {
+            v.iter().sum::<u64>() / v.len() as u64
+        }
+    };
+    let (full_size, inc_size) = (mean(&fulls), mean(&incs));
+    // Every k-th synthetic backup is a full (k = 1 when all are fulls).
+    let k = if fulls.is_empty() {
+        n
+    } else {
+        (n as f64 / fulls.len() as f64).round().max(1.0) as usize
+    };
+    let span = horizon(policy, interval);
+    let count =
+        ((span.num_seconds() / interval.num_seconds().max(1)) as usize + 1).clamp(2, MAX_SYNTHETIC);
+    let mut synthetic: Vec<BackupInfo> = Vec::with_capacity(count);
+    let mut parent: Option<String> = None;
+    for i in 0..count {
+        let stop = now - interval * (count - 1 - i) as i32;
+        let ty = if i % k == 0 {
+            BackupType::Full
+        } else {
+            BackupType::Incremental
+        };
+        let id = format!("s{i}");
+        synthetic.push(BackupInfo {
+            id: id.clone(),
+            backup_type: ty,
+            ancestors: match ty {
+                BackupType::Full => vec![],
+                BackupType::Incremental => parent.clone().into_iter().collect(),
+            },
+            started_at: stop,
+            stopped_at: stop,
+            bytes_stored: match ty {
+                BackupType::Full => full_size,
+                BackupType::Incremental => inc_size,
+            },
+        });
+        parent = Some(id);
+    }
+    let plan = retention::plan(&synthetic, policy, tz, now);
+    let bytes = plan.kept().map(|d| d.bytes_stored).sum();
+    (bytes, plan.kept().count())
+}
+
+impl fmt::Display for UsageReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use crate::daemon::human_bytes as hb;
+        let header = [
+            "JOB",
+            "REPOSITORY",
+            "BACKUPS",
+            "STORED",
+            "PER WEEK",
+            "IN 30D",
+            "IN 90D",
+            "IN 365D",
+            "STEADY (RETENTION)",
+        ];
+        let rows: Vec<Vec<String>> = self
+            .rows
+            .iter()
+            .map(|r| {
+                let p = |d: u32| {
+                    r.projections
+                        .iter()
+                        .find(|p| p.days == d)
+                        .map(|p| hb(p.bytes))
+                        .unwrap_or_default()
+                };
+                vec![
+                    r.job.clone(),
+                    r.repository.clone(),
+                    r.backups.to_string(),
+                    hb(r.bytes_stored),
+                    hb(r.weekly_rate),
+                    p(30),
+                    p(90),
+                    p(365),
+                    match (r.steady_state_bytes, r.steady_state_backups, &r.policy) {
+                        (Some(b), Some(n), Some(pol)) => format!("{} ({n} backups, {pol})", hb(b)),
+                        _ => r.note.clone().unwrap_or_else(|| "-".into()),
+                    },
+                ]
+            })
+            .collect();
+        let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+        for r in &rows {
+            for (i, c) in r.iter().enumerate() {
+                w[i] = w[i].max(c.chars().count());
+            }
+        }
+        let line = |f: &mut fmt::Formatter<'_>, cells: &[String]| {
+            let last = cells.len() - 1;
+            for (i, c) in cells.iter().enumerate() {
+                if i == last {
+                    write!(f, "{c}")?;
+                } else {
+                    write!(f, "{c:<w$}  ", w = w[i])?;
+                }
+            }
+            writeln!(f)
+        };
+        line(f, &header.map(String::from))?;
+        for r in &rows {
+            line(f, r)?;
+        }
+        writeln!(f, "total stored: {}", hb(self.total_bytes))?;
+        writeln!(
+            f,
+            "\nadded per week (last {} weeks, oldest first):",
+            self.weeks
+        )?;
+        for r in &self.rows {
+            let series: Vec<String> = r.weekly.iter().map(|g| hb(g.bytes)).collect();
+            writeln!(f, "  {}/{}: {}", r.job, r.repository, series.join(" "))?;
+        }
+        writeln!(
+            f,
+            "\nIN 30D/90D/365D: stored now + the weekly rate, before retention deletes anything;\nSTEADY: what the retention policy keeps at the recent cadence and sizes (an estimate)."
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::JobKindName;
+    use chrono::TimeZone;
+
+    fn catalogue() -> Catalogue {
+        let recipient = age::x25519::Identity::generate().to_public().to_string();
+        let text = format!(
+            r#"
+[daemon]
+timezone = "Europe/Berlin"
+[postgres]
+url = "postgresql://bdc_backup@localhost:5432/bdc_db"
+[encryption]
+recipients = ["{recipient}"]
+[repository.local]
+url = "file:///tmp/bdc-usage-test-repo"
+[retention.standard]
+daily = 7
+weekly = 4
+monthly = 12
+yearly = 5
+[[job]]
+name = "db-dump"
+kind = "postgres-dump"
+schedule = "0 2 * * *"
+databases = ["bdc_db"]
+repositories = ["local"]
+retention = "standard"
+[[job]]
+name = "config"
+kind = "config"
+paths = ["/etc/hostname"]
+schedule = "*/30 * * * *"
+repositories = ["local"]
+"#
+        );
+        crate::catalogue::parse_str(&text, std::path::Path::new("/tmp/c.toml"), &[])
+            .expect("catalogue")
+    }
+
+    fn row(job: &str, stop: DateTime<Utc>, bytes: u64) -> BackupRow {
+        BackupRow {
+            job: job.into(),
+            backup_id: format!("{}", stop.timestamp()),
+            repository: "local".into(),
+            kind: JobKindName::PostgresDump,
+            backup_type: BackupType::Full,
+            started_at: stop,
+            stopped_at: stop,
+            bytes_read: bytes,
+            bytes_stored: bytes,
+            ancestors: vec![],
+            summary: String::new(),
+        }
+    }
+
+    #[test]
+    fn totals_weekly_growth_projection_and_steady_state() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 26, 12, 0, 0).unwrap();
+        // 28 daily dumps of 1 MB, the newest this morning; 1 config backup.
+        let mut rows: Vec<BackupRow> = (0..28)
+            .map(|d| row("db-dump", now - Duration::hours(10 + 24 * d), 1_000_000))
+            .collect();
+        rows.push(row("config", now - Duration::days(3), 500));
+        let report = compute(&catalogue(), &rows, now, 4);
+        assert_eq!(report.rows.len(), 2);
+        assert_eq!(report.total_bytes, 28_000_500);
+        let db = report.rows.iter().find(|r| r.job == "db-dump").unwrap();
+        assert_eq!(db.backups, 28);
+        assert_eq!(db.bytes_stored, 28_000_000);
+        assert_eq!(db.weekly.len(), 4);
+        assert!(
+            db.weekly
+                .iter()
+                .all(|w| w.backups == 7 && w.bytes == 7_000_000)
+        );
+        assert_eq!(db.weekly_rate, 7_000_000);
+        assert_eq!(db.projections[0].bytes, 28_000_000 + 30_000_000);
+        // Daily fulls with 7/4/12/5 settle at about 24–28 backups (docs/retention.md).
+        let n = db.steady_state_backups.unwrap();
+        assert!((22..=28).contains(&n), "{n}");
+        assert_eq!(db.steady_state_bytes, Some(n as u64 * 1_000_000));
+        let cfg = report.rows.iter().find(|r| r.job == "config").unwrap();
+        assert_eq!(cfg.steady_state_bytes, None);
+        assert!(cfg.note.as_deref().unwrap().contains("no retention policy"));
+        let text = report.to_string();
+        assert!(
+            text.contains("db-dump") && text.contains("STEADY"),
+            "{text}"
+        );
+        let json = serde_json::to_string(&report).unwrap();
+        assert_eq!(serde_json::from_str::<UsageReport>(&json).unwrap(), report);
+    }
+}

@@ -433,6 +433,7 @@ impl Shared {
                 running: running.get(&job.name).cloned(),
                 repositories,
                 stale,
+                retention: self.state.last_retention_pass(&job.name).await?,
             });
         }
         Ok(StatusReport {

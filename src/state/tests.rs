@@ -484,3 +484,38 @@ async fn newer_schema_and_uncreatable_folder_fail_clearly() {
     assert!(matches!(err, StateError::CreateDir { .. }), "{err:?}");
     assert!(err.to_string().contains("plain-file/sub"), "{err}");
 }
+
+#[tokio::test]
+async fn retention_passes_last_per_repository() {
+    use crate::model::RetentionPass;
+    let (_dir, db) = db().await;
+    assert!(db.last_retention_pass("db").await.unwrap().is_empty());
+    let pass = |repo: &str, at, deleted, error: Option<&str>| RetentionPass {
+        job: "db".into(),
+        repository: repo.into(),
+        at,
+        kept: 7,
+        deleted,
+        error: error.map(String::from),
+    };
+    db.record_retention_pass(&pass("local", t(1, 0), 3, None))
+        .await
+        .unwrap();
+    db.record_retention_pass(&pass("local", t(2, 0), 1, Some("boom")))
+        .await
+        .unwrap();
+    db.record_retention_pass(&pass("offsite", t(1, 30), 2, None))
+        .await
+        .unwrap();
+    let mut other = pass("local", t(3, 0), 9, None);
+    other.job = "files".into();
+    db.record_retention_pass(&other).await.unwrap();
+    let last = db.last_retention_pass("db").await.unwrap();
+    assert_eq!(
+        last,
+        vec![
+            pass("local", t(2, 0), 1, Some("boom")),
+            pass("offsite", t(1, 30), 2, None)
+        ]
+    );
+}
