@@ -234,6 +234,12 @@ async fn run(args: CtlArgs) -> CtlResult {
         Command::WalPush { .. } | Command::WalFetch { .. } => Err(CtlError::failed(
             "WAL archiving (postgres-wal jobs) is not available in this version of bdc-backup",
         )),
+        Command::Retention {
+            job,
+            repository,
+            dry_run,
+        } => retention(&ctx, job, repository, dry_run).await,
+        Command::Usage { job, weeks } => usage(&ctx, job, weeks).await,
         Command::Verify { .. } => Err(CtlError::failed(
             "verify is not available in this version of bdc-backup",
         )),
@@ -268,6 +274,84 @@ async fn backups(ctx: &Ctx, job: Option<String>, repository: Option<String>) -> 
         print_json(&rows)
     } else {
         print!("{}", output::backups(&rows));
+        Ok(())
+    }
+}
+
+async fn retention(
+    ctx: &Ctx,
+    job: Option<String>,
+    repository: Option<String>,
+    dry_run: bool,
+) -> CtlResult {
+    let reports = match ctx
+        .request(Request::Retention {
+            job: job.clone(),
+            repository: repository.clone(),
+            dry_run,
+        })
+        .await
+    {
+        Ok(Response::Retention { reports }) => reports,
+        Ok(other) => return Err(unexpected(other)),
+        // No daemon: work on the repositories directly (nothing else can be running then).
+        Err(err) if err.code == 2 && ctx.catalogue_path().is_some() => {
+            eprintln!(
+                "bdc-backupctl: {}; applying retention to the repositories directly",
+                err.message
+            );
+            let catalogue = ctx.load_catalogue()?;
+            crate::retention::run_matching(
+                &catalogue,
+                job.as_deref(),
+                repository.as_deref(),
+                chrono::Utc::now(),
+                dry_run,
+            )
+            .await
+            .map_err(|e| CtlError::failed(crate::daemon::error_chain_of(&e)))?
+        }
+        Err(err) => return Err(err),
+    };
+    if ctx.args.json {
+        print_json(&reports)?;
+    } else {
+        print!("{}", output::retention(&reports));
+    }
+    if reports.iter().all(|r| r.is_success()) {
+        Ok(())
+    } else {
+        Err(CtlError::failed("retention did not complete; see above"))
+    }
+}
+
+async fn usage(ctx: &Ctx, job: Option<String>, weeks: u32) -> CtlResult {
+    let report = match ctx
+        .request(Request::Usage {
+            job: job.clone(),
+            weeks: Some(weeks),
+        })
+        .await
+    {
+        Ok(Response::Usage(report)) => report,
+        Ok(other) => return Err(unexpected(other)),
+        Err(err) if err.code == 2 && ctx.catalogue_path().is_some() => {
+            eprintln!(
+                "bdc-backupctl: {}; reading the repositories directly",
+                err.message
+            );
+            let catalogue = ctx.load_catalogue()?;
+            let rows = crate::daemon::list_backups_offline(&catalogue, job.as_deref(), None)
+                .await
+                .map_err(CtlError::failed)?;
+            crate::usage::compute(&catalogue, &rows, chrono::Utc::now(), weeks)
+        }
+        Err(err) => return Err(err),
+    };
+    if ctx.args.json {
+        print_json(&report)
+    } else {
+        print!("{report}");
         Ok(())
     }
 }

@@ -55,6 +55,20 @@ pub enum Request {
     Reload,
     /// `{"type":"follow"}`: every event until the client closes.
     Follow,
+    /// `{"type":"retention","job":null,"repository":null,"dry-run":true}`: GFS retention now
+    /// (every job with a policy when `job` is null); a mutation unless `dry-run`.
+    Retention {
+        job: Option<String>,
+        repository: Option<String>,
+        #[serde(rename = "dry-run", default)]
+        dry_run: bool,
+    },
+    /// `{"type":"usage","job":null,"weeks":8}`: bytes stored, weekly growth, projections.
+    Usage {
+        job: Option<String>,
+        #[serde(default)]
+        weeks: Option<u32>,
+    },
 }
 
 impl Request {
@@ -68,6 +82,8 @@ impl Request {
             Request::Cancel { .. } => "cancel",
             Request::Reload => "reload",
             Request::Follow => "follow",
+            Request::Retention { .. } => "retention",
+            Request::Usage { .. } => "usage",
         }
     }
 
@@ -75,7 +91,10 @@ impl Request {
     pub fn is_mutation(&self) -> bool {
         matches!(
             self,
-            Request::Run { .. } | Request::Cancel { .. } | Request::Reload
+            Request::Run { .. }
+                | Request::Cancel { .. }
+                | Request::Reload
+                | Request::Retention { dry_run: false, .. }
         )
     }
 }
@@ -104,6 +123,11 @@ pub enum Response {
     },
     /// Follow mode acknowledged; events follow.
     Following,
+    /// One report per job and repository covered.
+    Retention {
+        reports: Vec<crate::retention::RetentionReport>,
+    },
+    Usage(crate::usage::UsageReport),
     Event(Event),
 }
 

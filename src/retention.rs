@@ -90,7 +90,7 @@ impl fmt::Display for Action {
         f.write_str(match self {
             Action::Keep => "KEEP",
             Action::Delete => "DELETE",
-            Action::WouldDelete => "DELETE (not done)",
+            Action::WouldDelete => "WOULD DELETE",
             Action::DeleteFailed => "DELETE FAILED",
         })
     }
@@ -119,6 +119,9 @@ pub struct RetentionReport {
     /// The `[retention.NAME]` applied, if any.
     pub policy: Option<String>,
     pub at: DateTime<Utc>,
+    /// The catalogue's timezone, in which the periods were computed (times are shown in it).
+    #[serde(default)]
+    pub timezone: String,
     pub dry_run: bool,
     /// Newest first.
     pub backups: Vec<BackupOutcome>,
@@ -156,6 +159,7 @@ impl RetentionReport {
             repository: repository.to_string(),
             policy,
             at,
+            timezone: String::new(),
             dry_run,
             backups: Vec::new(),
             kept: 0,
@@ -227,7 +231,14 @@ impl fmt::Display for RetentionReport {
                     b.action.to_string(),
                     b.id.clone(),
                     b.backup_type.to_string(),
-                    b.stopped_at.format("%Y-%m-%d %H:%M:%SZ").to_string(),
+                    match self.timezone.parse::<chrono_tz::Tz>() {
+                        Ok(tz) => b
+                            .stopped_at
+                            .with_timezone(&tz)
+                            .format("%Y-%m-%d %H:%M %Z")
+                            .to_string(),
+                        Err(_) => b.stopped_at.format("%Y-%m-%d %H:%M:%SZ").to_string(),
+                    },
                     why,
                 ]
             })
@@ -241,8 +252,7 @@ impl fmt::Display for RetentionReport {
                 }
             }
             let line = |f: &mut fmt::Formatter<'_>, c: [&str; 5]| {
-                writeln!(
-                    f,
+                let text = format!(
                     "  {:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {}",
                     c[0],
                     c[1],
@@ -253,7 +263,8 @@ impl fmt::Display for RetentionReport {
                     w1 = w[1],
                     w2 = w[2],
                     w3 = w[3]
-                )
+                );
+                writeln!(f, "{}", text.trim_end())
             };
             line(f, header)?;
             for r in &rows {
@@ -298,6 +309,7 @@ pub async fn apply(
         repository: repository.name.clone(),
         policy: None,
         at,
+        timezone: String::new(),
         dry_run,
         backups: Vec::with_capacity(plan.decisions.len()),
         kept: 0,
@@ -425,6 +437,7 @@ pub async fn run_for_job(
     let mut report = apply(repository, &job.name, &plan, dry_run || withhold).await;
     report.policy = policy_name;
     report.at = now;
+    report.timezone = catalogue.daemon.timezone.to_string();
     if withhold {
         report.dry_run = dry_run;
         for e in &bad {
@@ -507,6 +520,37 @@ pub async fn run_matching(
         }));
     }
     Ok(reports)
+}
+
+/// Shrinks reports to fit one protocol line of `limit` bytes: first the kept backups' rows go
+/// (counts stay), then deleted rows beyond what fits; a warning says so.
+pub fn fit_reply(reports: &mut [RetentionReport], limit: usize) {
+    let size = |r: &[RetentionReport]| serde_json::to_vec(r).map(|v| v.len()).unwrap_or(0);
+    if size(reports) <= limit {
+        return;
+    }
+    for r in reports.iter_mut() {
+        let before = r.backups.len();
+        r.backups.retain(|b| b.action != Action::Keep);
+        if r.backups.len() < before {
+            r.warnings.push(format!(
+                "{} kept backups not listed (reply size limit); narrow with --job/--repository, or run offline",
+                before - r.backups.len()
+            ));
+        }
+    }
+    while size(reports) > limit {
+        let Some(r) = reports.iter_mut().max_by_key(|r| r.backups.len()) else {
+            return;
+        };
+        if r.backups.is_empty() {
+            return;
+        }
+        let n = r.backups.len().div_ceil(2);
+        r.backups.truncate(r.backups.len() - n);
+        r.warnings
+            .push(format!("{n} more backups not listed (reply size limit)"));
+    }
 }
 
 /// Brings the state DB in line with a report: the rows of deleted backups go, and a real

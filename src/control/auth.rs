@@ -46,7 +46,11 @@ impl Access {
             Request::Status | Request::Runs { .. } | Request::Backups { .. } | Request::Follow => {
                 Access::Read
             }
-            Request::Run { .. } | Request::Cancel { .. } | Request::Reload => Access::Mutate,
+            Request::Retention { dry_run: true, .. } | Request::Usage { .. } => Access::Read,
+            Request::Run { .. }
+            | Request::Cancel { .. }
+            | Request::Reload
+            | Request::Retention { dry_run: false, .. } => Access::Mutate,
         }
     }
 }

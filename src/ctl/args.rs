@@ -72,6 +72,25 @@ pub enum Command {
         #[command(subcommand)]
         what: RestoreCommand,
     },
+    /// Apply the GFS retention policies now: each backup listed as kept (with the rules that keep
+    /// it) or deleted (falls back to the repositories when the daemon is down).
+    Retention {
+        #[arg(long)]
+        job: Option<String>,
+        #[arg(long)]
+        repository: Option<String>,
+        /// Show what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Bytes stored per job and repository, growth per week, projections.
+    Usage {
+        #[arg(long)]
+        job: Option<String>,
+        /// Weeks of growth to show and average over.
+        #[arg(long, default_value_t = crate::usage::DEFAULT_WEEKS)]
+        weeks: u32,
+    },
     /// Integrity check and restore drill now.
     Verify {
         #[arg(long)]

@@ -129,6 +129,26 @@ pub fn status(report: &StatusReport) -> String {
                 progress_line(progress)
             );
         }
+        if !j.retention.is_empty() {
+            let passes: Vec<String> = j
+                .retention
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{} {} ({} kept, {} deleted{})",
+                        p.repository,
+                        local(p.at),
+                        p.kept,
+                        p.deleted,
+                        p.error
+                            .as_deref()
+                            .map(|e| format!(", error: {e}"))
+                            .unwrap_or_default()
+                    )
+                })
+                .collect();
+            let _ = writeln!(out, "\n{}: last retention: {}", j.name, passes.join("; "));
+        }
         if let Some(run) = &j.last_run
             && let Some(err) = &run.error
             && !run.status.is_success()
@@ -204,6 +224,18 @@ pub fn backups(rows: &[BackupRow]) -> String {
         ],
         &rows,
     )
+}
+
+/// `retention`: one table per job and repository (KEEP/DELETE with the rules).
+pub fn retention(reports: &[crate::retention::RetentionReport]) -> String {
+    if reports.is_empty() {
+        return "no job with a retention policy matches\n".to_string();
+    }
+    reports
+        .iter()
+        .map(|r| r.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 pub fn progress_line(p: &Progress) -> String {

@@ -31,6 +31,71 @@ fn who(peer: &Peer) -> String {
     }
 }
 
+/// `retention`: each matching job and repository, skipping a job that is running (retention
+/// and backups of one job never overlap); the state DB follows the deletions.
+async fn retention(
+    shared: &Arc<Shared>,
+    job: Option<String>,
+    repository: Option<String>,
+    dry_run: bool,
+) -> Reply {
+    use crate::retention::{self, RetentionError, RetentionReport};
+    let catalogue = shared.catalogue();
+    let now = shared.clock.now();
+    let targets = match retention::targets(&catalogue, job.as_deref(), repository.as_deref()) {
+        Ok(t) => t,
+        Err(err @ (RetentionError::UnknownJob(_) | RetentionError::UnknownRepository(_))) => {
+            return error(ErrorCode::NotFound, err.to_string());
+        }
+        Err(err) => return error(ErrorCode::Internal, err.to_string()),
+    };
+    let mut reports = Vec::new();
+    for (j, settings) in targets {
+        let (policy, _) = retention::policy_of(&catalogue, j);
+        if let Some(active) = shared.runs.lock().await.get(&j.name) {
+            let message = format!(
+                "job `{}` is running (run {}); retention waits for it to finish",
+                j.name, active.record.id
+            );
+            if job.is_some() {
+                return error(ErrorCode::Conflict, message);
+            }
+            reports.push(RetentionReport::failed_pass(
+                &j.name,
+                &settings.name,
+                policy,
+                now,
+                dry_run,
+                message,
+            ));
+            continue;
+        }
+        let result = match crate::repository::Repository::open(settings) {
+            Ok(repo) => retention::run_for_job(&catalogue, j, &repo, now, dry_run).await,
+            Err(source) => Err(RetentionError::Open {
+                repository: settings.name.clone(),
+                source: Box::new(source),
+            }),
+        };
+        let report = result.unwrap_or_else(|e| {
+            RetentionReport::failed_pass(
+                &j.name,
+                &settings.name,
+                policy,
+                now,
+                dry_run,
+                super::error_chain_of(&e),
+            )
+        });
+        if let Err(err) = retention::record_in_state(&shared.state, &report).await {
+            tracing::error!(job = %j.name, repository = %settings.name, error = %err, "state DB: cannot record the retention pass");
+        }
+        reports.push(report);
+    }
+    retention::fit_reply(&mut reports, crate::protocol::MAX_LINE - 4096);
+    Reply::Ok(Response::Retention { reports })
+}
+
 impl Handler for DaemonHandler {
     async fn handle(&self, peer: &Peer, request: Request) -> Reply {
         let shared = &self.shared;
@@ -92,6 +157,22 @@ impl Handler for DaemonHandler {
                 ),
             },
             Request::Follow => Reply::Ok(Response::Following),
+            Request::Retention {
+                job,
+                repository,
+                dry_run,
+            } => retention(shared, job, repository, dry_run).await,
+            Request::Usage { job, weeks } => {
+                match shared.state.backups(job.as_deref(), None).await {
+                    Ok(rows) => Reply::Ok(Response::Usage(crate::usage::compute(
+                        &shared.catalogue(),
+                        &rows,
+                        shared.clock.now(),
+                        weeks.unwrap_or(crate::usage::DEFAULT_WEEKS),
+                    ))),
+                    Err(err) => error(ErrorCode::Internal, err.to_string()),
+                }
+            }
             #[allow(unreachable_patterns)]
             other => error(
                 ErrorCode::BadRequest,

@@ -951,3 +951,59 @@ fn within_threshold_and_format() {
     assert_eq!(latest - t, chrono::Duration::hours(49));
     let _ = Days::new(1);
 }
+
+#[test]
+fn protocol_requests_and_access() {
+    use crate::control::auth::Access;
+    use crate::protocol::Request;
+    let dry: Request =
+        serde_json::from_str(r#"{"type":"retention","job":null,"repository":null,"dry-run":true}"#)
+            .unwrap();
+    assert_eq!(
+        dry,
+        Request::Retention {
+            job: None,
+            repository: None,
+            dry_run: true
+        }
+    );
+    let real: Request = serde_json::from_str(r#"{"type":"retention","job":"db"}"#).unwrap();
+    assert!(real.is_mutation());
+    assert!(!dry.is_mutation());
+    let usage: Request = serde_json::from_str(r#"{"type":"usage","job":null}"#).unwrap();
+    for r in [&dry, &real, &usage] {
+        assert_eq!(Access::of(r) == Access::Mutate, r.is_mutation(), "{r:?}");
+    }
+    assert_eq!(real.verb(), "retention");
+    assert_eq!(usage.verb(), "usage");
+}
+
+#[test]
+fn fit_reply_drops_kept_rows_first() {
+    let backups = daily_fulls(date(2020, 1, 1), date(2026, 12, 31), 2);
+    let p = plan(&backups, &standard(), Berlin, berlin(2027, 1, 1, 0, 0));
+    let report = apply_dry(&p);
+    let mut reports = vec![report.clone()];
+    fit_reply(&mut reports, usize::MAX);
+    assert_eq!(reports[0], report);
+    let full_size = serde_json::to_vec(&reports).unwrap().len();
+    let mut reports = vec![report.clone()];
+    fit_reply(&mut reports, full_size - 1);
+    assert!(reports[0].backups.iter().all(|b| b.action != Action::Keep));
+    assert_eq!(reports[0].kept, report.kept, "counts stay");
+    let mut reports = vec![report.clone()];
+    fit_reply(&mut reports, 20_000);
+    assert!(serde_json::to_vec(&reports).unwrap().len() <= 20_000);
+    assert!(!reports[0].warnings.is_empty());
+}
+
+/// The dry-run report of a plan without a repository (apply's bookkeeping only).
+fn apply_dry(p: &Plan) -> RetentionReport {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::with_store("local", Store::local(dir.path()).unwrap());
+    rt.block_on(apply(&repo, "db", p, true))
+}
