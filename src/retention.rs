@@ -126,7 +126,9 @@ pub struct RetentionReport {
     /// Newest first.
     pub backups: Vec<BackupOutcome>,
     pub kept: usize,
-    /// Deleted (or, in a dry run / withheld, to be deleted).
+    /// Marked for deletion by the plan.
+    pub to_delete: usize,
+    /// Actually deleted (0 in a dry run, or when deletion was withheld).
     pub deleted: usize,
     pub failed: usize,
     pub bytes_freed: u64,
@@ -163,6 +165,7 @@ impl RetentionReport {
             dry_run,
             backups: Vec::new(),
             kept: 0,
+            to_delete: 0,
             deleted: 0,
             failed: 0,
             bytes_freed: 0,
@@ -193,18 +196,23 @@ impl fmt::Display for RetentionReport {
         let policy = self.policy.as_deref().unwrap_or("(none: everything kept)");
         write!(
             f,
-            "job {} in repository {} (policy {policy}){}: {} kept, {} {}",
-            self.job,
-            self.repository,
-            if self.dry_run { ", DRY RUN" } else { "" },
-            self.kept,
-            self.deleted,
-            if self.dry_run {
-                "would be deleted"
-            } else {
-                "deleted"
-            },
+            "job {} in repository {} (policy {policy})",
+            self.job, self.repository
         )?;
+        if self.dry_run {
+            write!(
+                f,
+                ", DRY RUN: {} kept, {} would be deleted",
+                self.kept, self.to_delete
+            )?;
+        } else {
+            write!(f, ": {} kept, {} deleted", self.kept, self.deleted)?;
+            let withheld = self.to_delete - self.deleted.min(self.to_delete);
+            let withheld = withheld.saturating_sub(self.failed);
+            if withheld > 0 {
+                write!(f, ", {withheld} not deleted (withheld)")?;
+            }
+        }
         if self.failed > 0 {
             write!(f, ", {} failed", self.failed)?;
         }
@@ -313,6 +321,7 @@ pub async fn apply(
         dry_run,
         backups: Vec::with_capacity(plan.decisions.len()),
         kept: 0,
+        to_delete: 0,
         deleted: 0,
         failed: 0,
         bytes_freed: 0,
@@ -327,8 +336,8 @@ pub async fn apply(
             report.backups.push(outcome(d, Action::Keep));
             continue;
         }
+        report.to_delete += 1;
         if dry_run {
-            report.deleted += 1;
             report.backups.push(outcome(d, Action::WouldDelete));
             continue;
         }

@@ -104,7 +104,8 @@ fn retention_and_usage_through_the_daemon() {
     assert_eq!(r["job"], "db-dump");
     assert_eq!(r["dry-run"], true);
     let kept = r["kept"].as_u64().unwrap();
-    let deleted = r["deleted"].as_u64().unwrap();
+    let deleted = r["to-delete"].as_u64().unwrap();
+    assert_eq!(r["deleted"], 0);
     assert_eq!(kept + deleted, 40);
     assert!(
         (3..=5).contains(&kept),

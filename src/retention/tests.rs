@@ -755,7 +755,7 @@ async fn run_for_job_deletes_confirms_and_keeps_chains_intact() {
     let dry = run_for_job(&catalogue, job, &repo, now, true)
         .await
         .unwrap();
-    assert!(dry.dry_run && dry.deleted > 0 && dry.confirmed.is_none());
+    assert!(dry.dry_run && dry.to_delete > 0 && dry.deleted == 0 && dry.confirmed.is_none());
     assert_eq!(
         repo.list_commits(Some("uploads")).await.unwrap().0.len(),
         backups.len()
@@ -771,7 +771,8 @@ async fn run_for_job_deletes_confirms_and_keeps_chains_intact() {
         .unwrap();
     assert!(report.is_success(), "{report}");
     assert_eq!(report.confirmed, Some(true));
-    assert_eq!(report.deleted, dry.deleted);
+    assert_eq!(report.deleted, dry.to_delete);
+    assert_eq!(report.to_delete, dry.to_delete);
     assert_eq!(report.kept + report.deleted, backups.len());
     assert_eq!(report.policy.as_deref(), Some("short"));
     let left = repo.list_commits(Some("uploads")).await.unwrap().0;
@@ -832,7 +833,12 @@ async fn unreadable_commit_record_withholds_deletion() {
         .await
         .unwrap();
     assert!(!report.dry_run);
-    assert!(report.deleted > 0, "the plan still shows what would go");
+    assert!(report.to_delete > 0, "the plan still shows what would go");
+    assert_eq!(report.deleted, 0);
+    assert!(
+        report.to_string().contains("not deleted (withheld)"),
+        "{report}"
+    );
     assert!(report.backups.iter().all(|b| b.action != Action::Delete));
     assert!(!report.is_success());
     assert_eq!(
