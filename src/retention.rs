@@ -394,14 +394,24 @@ async fn confirm_gone(repository: &Repository, job: &str, report: &mut Retention
     ok
 }
 
-/// Removes the empty folders a local store leaves behind a deleted backup (best effort).
+/// Removes the empty folders a local store leaves behind a deleted backup (best effort; a
+/// folder that still holds anything stays).
 fn prune_empty_folders(repository: &Repository, job: &str, id: &str) {
+    fn prune(dir: &std::path::Path) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    prune(&entry.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
     #[allow(irrefutable_let_patterns)]
     if let Store::Local(local) = &repository.store
         && let Ok(dir) = local.path_of(format::backup_prefix(job, id).trim_end_matches('/'))
     {
-        let _ = std::fs::remove_dir(dir.join("data"));
-        let _ = std::fs::remove_dir(&dir);
+        prune(&dir);
     }
 }
 

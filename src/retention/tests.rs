@@ -1013,3 +1013,61 @@ fn apply_dry(p: &Plan) -> RetentionReport {
     let repo = Repository::with_store("local", Store::local(dir.path()).unwrap());
     rt.block_on(apply(&repo, "db", p, true))
 }
+
+#[tokio::test]
+async fn record_in_state_removes_rows_and_records_real_passes_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = crate::state::StateDb::open(&dir.path().join("state.db"))
+        .await
+        .unwrap();
+    let catalogue = catalogue_for(dir.path());
+    let repo = Repository::open(catalogue.repository("local").unwrap()).unwrap();
+    let job = catalogue.job("uploads").unwrap();
+    let backups = daily_fulls(date(2026, 11, 1), date(2026, 11, 10), 2);
+    for b in &backups {
+        commit(&repo, "uploads", b).await;
+        state
+            .upsert_backup(&crate::model::BackupRow {
+                job: "uploads".into(),
+                backup_id: b.id.clone(),
+                repository: "local".into(),
+                kind: JobKindName::Files,
+                backup_type: b.backup_type,
+                started_at: b.started_at,
+                stopped_at: b.stopped_at,
+                bytes_read: 10,
+                bytes_stored: b.bytes_stored,
+                ancestors: vec![],
+                summary: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+    let now = berlin(2026, 11, 10, 12, 0);
+    let dry = run_for_job(&catalogue, job, &repo, now, true)
+        .await
+        .unwrap();
+    record_in_state(&state, &dry).await.unwrap();
+    assert!(
+        state
+            .last_retention_pass("uploads")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        state.backups(Some("uploads"), None).await.unwrap().len(),
+        10
+    );
+    let real = run_for_job(&catalogue, job, &repo, now, false)
+        .await
+        .unwrap();
+    record_in_state(&state, &real).await.unwrap();
+    let rows = state.backups(Some("uploads"), None).await.unwrap();
+    assert_eq!(rows.len(), real.kept);
+    let passes = state.last_retention_pass("uploads").await.unwrap();
+    assert_eq!(passes.len(), 1);
+    assert_eq!(passes[0].deleted as usize, real.deleted);
+    assert_eq!(passes[0].kept as usize, real.kept);
+    assert_eq!(passes[0].error, None);
+}
