@@ -344,7 +344,7 @@ async fn usage(ctx: &Ctx, job: Option<String>, weeks: u32) -> CtlResult {
             let rows = crate::daemon::list_backups_offline(&catalogue, job.as_deref(), None)
                 .await
                 .map_err(CtlError::failed)?;
-            crate::usage::compute(&catalogue, &rows, chrono::Utc::now(), weeks)
+            crate::usage::compute(&catalogue, &rows, None, chrono::Utc::now(), weeks)
         }
         Err(err) => return Err(err),
     };

@@ -9,7 +9,7 @@
 //! type. It assumes the recent cadence and sizes hold; it is an estimate, not a promise.
 
 use crate::catalogue::Catalogue;
-use crate::model::{BackupRow, BackupType};
+use crate::model::{BackupRow, BackupType, RunRecord};
 use crate::retention::{self, BackupInfo};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
@@ -51,6 +51,8 @@ pub struct UsageRow {
     pub bytes_stored: u64,
     pub oldest: Option<DateTime<Utc>>,
     pub newest: Option<DateTime<Utc>>,
+    /// Where `weekly` comes from.
+    pub growth_source: GrowthSource,
     /// Oldest window first.
     pub weekly: Vec<WeekGrowth>,
     /// Mean bytes added per week over the windows the history covers.
@@ -76,11 +78,31 @@ pub struct UsageReport {
     pub total_bytes: u64,
 }
 
-/// Builds the report from backup rows (any job / repository mix). Jobs not in the catalogue
-/// are reported without policy.
+/// One backup written: when it stopped, its type and stored bytes.
+#[derive(Debug, Clone, Copy)]
+struct Written {
+    at: DateTime<Utc>,
+    ty: BackupType,
+    bytes: u64,
+}
+
+/// Where the weekly growth and the cadence came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GrowthSource {
+    /// The daemon's run history: every backup written, including those retention deleted since.
+    Runs,
+    /// The commit records still stored (offline): weeks past the daily rules show less.
+    CommitRecords,
+}
+
+/// Builds the report from backup rows (any job / repository mix) and, when the daemon has it,
+/// the run history (`runs`: for growth and cadence, as it still counts backups that retention
+/// deleted since). Jobs not in the catalogue are reported without policy.
 pub fn compute(
     catalogue: &Catalogue,
     rows: &[BackupRow],
+    runs: Option<&[RunRecord]>,
     now: DateTime<Utc>,
     weeks: u32,
 ) -> UsageReport {
@@ -98,25 +120,52 @@ pub fn compute(
         let bytes_stored: u64 = backups.iter().map(|b| b.bytes_stored).sum();
         let oldest = backups.iter().map(|b| b.stopped_at).min();
         let newest = backups.iter().map(|b| b.stopped_at).max();
+        let (source, written): (GrowthSource, Vec<Written>) = match runs {
+            Some(runs) => (
+                GrowthSource::Runs,
+                runs.iter()
+                    .filter(|r| r.job == job && r.status.is_success() && r.bytes_stored > 0)
+                    .filter_map(|r| {
+                        Some(Written {
+                            at: r.finished_at?,
+                            ty: r.backup_type.unwrap_or(BackupType::Full),
+                            bytes: r.bytes_stored,
+                        })
+                    })
+                    .collect(),
+            ),
+            None => (
+                GrowthSource::CommitRecords,
+                backups
+                    .iter()
+                    .map(|b| Written {
+                        at: b.stopped_at,
+                        ty: b.backup_type,
+                        bytes: b.bytes_stored,
+                    })
+                    .collect(),
+            ),
+        };
         let weekly: Vec<WeekGrowth> = (0..weeks)
             .rev()
             .map(|k| {
                 let to = now - Duration::days(7 * i64::from(k));
                 let from = to - Duration::days(7);
-                let inside: Vec<&&BackupRow> = backups
+                let inside: Vec<&Written> = written
                     .iter()
-                    .filter(|b| b.stopped_at > from && b.stopped_at <= to)
+                    .filter(|w| w.at > from && w.at <= to)
                     .collect();
                 WeekGrowth {
                     from,
                     to,
                     backups: inside.len(),
-                    bytes: inside.iter().map(|b| b.bytes_stored).sum(),
+                    bytes: inside.iter().map(|w| w.bytes).sum(),
                 }
             })
             .collect();
         // Average over the windows the history covers (a job two weeks old: two weeks).
-        let covered = oldest
+        let first = written.iter().map(|w| w.at).min().or(oldest);
+        let covered = first
             .map(|o| ((now - o).num_seconds().max(1) as f64 / (7.0 * 86_400.0)).ceil() as u32)
             .unwrap_or(1)
             .clamp(1, weeks);
@@ -130,16 +179,16 @@ pub fn compute(
                     .saturating_add((weekly_rate as f64 * f64::from(days) / 7.0) as u64),
             })
             .collect();
-        let job_def = catalogue.job(job);
-        let (policy_name, policy) = match job_def {
+        let (policy_name, policy) = match catalogue.job(job) {
             Some(j) => retention::policy_of(catalogue, j),
             None => (None, Default::default()),
         };
-        let recent: Vec<&BackupRow> = backups
+        let mut recent: Vec<Written> = written
             .iter()
             .copied()
-            .filter(|b| b.stopped_at > window_start && b.stopped_at <= now)
+            .filter(|w| w.at > window_start && w.at <= now)
             .collect();
+        recent.sort_by_key(|w| std::cmp::Reverse(w.at));
         let (steady_state_bytes, steady_state_backups, note) = if policy_name.is_none() {
             (
                 None,
@@ -153,7 +202,9 @@ pub fn compute(
                 Some("fewer than 2 backups in the window: no cadence to project".to_string()),
             )
         } else {
-            let (bytes, count) = steady_state(&recent, &policy, catalogue.daemon.timezone, now);
+            let cadence = cadence_of(&recent, source);
+            let (bytes, count) =
+                steady_state(&recent, cadence, &policy, catalogue.daemon.timezone, now);
             (Some(bytes), Some(count), None)
         };
         out.push(UsageRow {
@@ -167,6 +218,7 @@ pub fn compute(
             bytes_stored,
             oldest,
             newest,
+            growth_source: source,
             weekly,
             weekly_rate,
             projections,
@@ -182,6 +234,50 @@ pub fn compute(
         total_bytes: out.iter().map(|r| r.bytes_stored).sum(),
         rows: out,
     }
+}
+
+/// The recent cadence: (interval between backups, every k-th backup a full).
+///
+/// From the run history: the mean interval and the share of fulls in the window. From commit
+/// records (retention has thinned older weeks): the median interval among the newest eight
+/// backups, and the spacing of the two newest fulls in those intervals.
+fn cadence_of(recent_newest_first: &[Written], source: GrowthSource) -> (Duration, usize) {
+    let r = recent_newest_first;
+    let n = r.len();
+    let fulls = r.iter().filter(|w| w.ty == BackupType::Full).count();
+    let (interval, k) = match source {
+        GrowthSource::Runs => {
+            let span = r[0].at - r[n - 1].at;
+            let interval = span / (n as i32 - 1).max(1);
+            let k = if fulls == 0 {
+                n
+            } else {
+                (n as f64 / fulls as f64).round().max(1.0) as usize
+            };
+            (interval, k)
+        }
+        GrowthSource::CommitRecords => {
+            let mut gaps: Vec<Duration> = r.windows(2).take(8).map(|p| p[0].at - p[1].at).collect();
+            gaps.sort();
+            let interval = gaps[gaps.len() / 2];
+            let full_times: Vec<DateTime<Utc>> = r
+                .iter()
+                .filter(|w| w.ty == BackupType::Full)
+                .map(|w| w.at)
+                .take(2)
+                .collect();
+            let k = match full_times.as_slice() {
+                _ if fulls == n => 1,
+                [a, b] => {
+                    let secs = interval.num_seconds().max(1) as f64;
+                    ((*a - *b).num_seconds() as f64 / secs).round().max(1.0) as usize
+                }
+                _ => n,
+            };
+            (interval, k)
+        }
+    };
+    (interval.max(Duration::minutes(1)), k.max(1))
 }
 
 /// The horizon a policy needs to be full: its longest rule, plus one period.
@@ -200,41 +296,27 @@ fn horizon(policy: &crate::catalogue::RetentionPolicy, interval: Duration) -> Du
     h
 }
 
-/// (bytes, backups) kept at steady state, by simulating the recent cadence (module docs).
+/// (bytes, backups) kept at steady state, by simulating the cadence (module docs).
 fn steady_state(
-    recent: &[&BackupRow],
+    recent: &[Written],
+    (interval, k): (Duration, usize),
     policy: &crate::catalogue::RetentionPolicy,
     tz: chrono_tz::Tz,
     now: DateTime<Utc>,
 ) -> (u64, usize) {
-    let first = recent.iter().map(|b| b.stopped_at).min().unwrap_or(now);
-    let last = recent.iter().map(|b| b.stopped_at).max().unwrap_or(now);
-    let n = recent.len();
-    let interval = ((last - first) / (n as i32 - 1).max(1)).max(Duration::minutes(1));
-    let fulls: Vec<u64> = recent
-        .iter()
-        .filter(|b| b.backup_type == BackupType::Full)
-        .map(|b| b.bytes_stored)
-        .collect();
-    let incs: Vec<u64> = recent
-        .iter()
-        .filter(|b| b.backup_type == BackupType::Incremental)
-        .map(|b| b.bytes_stored)
-        .collect();
-    let mean = |v: &[u64]| {
+    let mean = |ty: BackupType| {
+        let v: Vec<u64> = recent
+            .iter()
+            .filter(|w| w.ty == ty)
+            .map(|w| w.bytes)
+            .collect();
         if v.is_empty() {
             0
         } else {
             v.iter().sum::<u64>() / v.len() as u64
         }
     };
-    let (full_size, inc_size) = (mean(&fulls), mean(&incs));
-    // Every k-th synthetic backup is a full (k = 1 when all are fulls).
-    let k = if fulls.is_empty() {
-        n
-    } else {
-        (n as f64 / fulls.len() as f64).round().max(1.0) as usize
-    };
+    let (full_size, inc_size) = (mean(BackupType::Full), mean(BackupType::Incremental));
     let span = horizon(policy, interval);
     let count =
         ((span.num_seconds() / interval.num_seconds().max(1)) as usize + 1).clamp(2, MAX_SYNTHETIC);
@@ -414,7 +496,7 @@ repositories = ["local"]
             .map(|d| row("db-dump", now - Duration::hours(10 + 24 * d), 1_000_000))
             .collect();
         rows.push(row("config", now - Duration::days(3), 500));
-        let report = compute(&catalogue(), &rows, now, 4);
+        let report = compute(&catalogue(), &rows, None, now, 4);
         assert_eq!(report.rows.len(), 2);
         assert_eq!(report.total_bytes, 28_000_500);
         let db = report.rows.iter().find(|r| r.job == "db-dump").unwrap();
@@ -442,5 +524,96 @@ repositories = ["local"]
         );
         let json = serde_json::to_string(&report).unwrap();
         assert_eq!(serde_json::from_str::<UsageReport>(&json).unwrap(), report);
+    }
+
+    fn run(job: &str, at: DateTime<Utc>, ty: BackupType, bytes: u64) -> RunRecord {
+        RunRecord {
+            id: at.timestamp(),
+            job: job.into(),
+            kind: JobKindName::PostgresBase,
+            trigger: crate::model::Trigger::Scheduled,
+            backup_type: Some(ty),
+            status: crate::model::RunStatus::Succeeded,
+            started_at: at - Duration::minutes(5),
+            finished_at: Some(at),
+            bytes_read: bytes,
+            bytes_stored: bytes,
+            error: None,
+            backup_id: Some(format!("{}", at.timestamp())),
+        }
+    }
+
+    #[test]
+    fn commit_records_thinned_by_retention_still_give_the_daily_cadence() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 26, 12, 0, 0).unwrap();
+        // What 7/4/12/5 leaves of a year of daily dumps.
+        let all: Vec<BackupInfo> = (0..365)
+            .map(|d| {
+                let t = now - Duration::hours(10 + 24 * d);
+                BackupInfo {
+                    id: format!("b{d}"),
+                    backup_type: BackupType::Full,
+                    ancestors: vec![],
+                    started_at: t,
+                    stopped_at: t,
+                    bytes_stored: 1_000_000,
+                }
+            })
+            .collect();
+        let c = catalogue();
+        let (_, policy) = retention::policy_of(&c, c.job("db-dump").unwrap());
+        let plan = retention::plan(&all, &policy, c.daemon.timezone, now);
+        let rows: Vec<BackupRow> = plan
+            .kept()
+            .map(|d| row("db-dump", d.stopped_at, d.bytes_stored))
+            .collect();
+        let report = compute(&c, &rows, None, now, 8);
+        let r = &report.rows[0];
+        assert_eq!(r.growth_source, GrowthSource::CommitRecords);
+        assert_eq!(r.backups, rows.len());
+        let n = r.steady_state_backups.unwrap();
+        assert!(
+            n.abs_diff(rows.len()) <= 2,
+            "steady {n} vs kept now {}",
+            rows.len()
+        );
+    }
+
+    #[test]
+    fn run_history_gives_growth_including_deleted_backups() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 26, 12, 0, 0).unwrap();
+        // 8 weeks: a 10 MB full every 7th day, 1 MB incrementals in between.
+        let runs: Vec<RunRecord> = (0..56)
+            .map(|d| {
+                let at = now - Duration::hours(8 + 24 * d);
+                if d % 7 == 0 {
+                    run("db-dump", at, BackupType::Full, 10_000_000)
+                } else {
+                    run("db-dump", at, BackupType::Incremental, 1_000_000)
+                }
+            })
+            .collect();
+        // Only the last 10 days are still stored.
+        let rows: Vec<BackupRow> = runs[..10]
+            .iter()
+            .map(|r| {
+                let mut b = row("db-dump", r.finished_at.unwrap(), r.bytes_stored);
+                b.backup_type = r.backup_type.unwrap();
+                b
+            })
+            .collect();
+        let report = compute(&catalogue(), &rows, Some(&runs), now, 8);
+        let r = &report.rows[0];
+        assert_eq!(r.growth_source, GrowthSource::Runs);
+        assert!(
+            r.weekly
+                .iter()
+                .all(|w| w.backups == 7 && w.bytes == 16_000_000)
+        );
+        assert_eq!(r.weekly_rate, 16_000_000);
+        let n = r.steady_state_backups.unwrap();
+        let bytes = r.steady_state_bytes.unwrap();
+        println!("chain steady state: {n} backups, {bytes} bytes");
+        assert!((20..=60).contains(&n), "{n}");
     }
 }

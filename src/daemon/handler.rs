@@ -163,14 +163,17 @@ impl Handler for DaemonHandler {
                 dry_run,
             } => retention(shared, job, repository, dry_run).await,
             Request::Usage { job, weeks } => {
-                match shared.state.backups(job.as_deref(), None).await {
-                    Ok(rows) => Reply::Ok(Response::Usage(crate::usage::compute(
+                let rows = shared.state.backups(job.as_deref(), None).await;
+                let runs = shared.state.runs(job.as_deref(), 100_000).await;
+                match (rows, runs) {
+                    (Ok(rows), Ok(runs)) => Reply::Ok(Response::Usage(crate::usage::compute(
                         &shared.catalogue(),
                         &rows,
+                        Some(&runs),
                         shared.clock.now(),
                         weeks.unwrap_or(crate::usage::DEFAULT_WEEKS),
                     ))),
-                    Err(err) => error(ErrorCode::Internal, err.to_string()),
+                    (Err(err), _) | (_, Err(err)) => error(ErrorCode::Internal, err.to_string()),
                 }
             }
             #[allow(unreachable_patterns)]
