@@ -120,31 +120,39 @@ pub fn compute(
         let bytes_stored: u64 = backups.iter().map(|b| b.bytes_stored).sum();
         let oldest = backups.iter().map(|b| b.stopped_at).min();
         let newest = backups.iter().map(|b| b.stopped_at).max();
-        let (source, written): (GrowthSource, Vec<Written>) = match runs {
-            Some(runs) => (
-                GrowthSource::Runs,
-                runs.iter()
-                    .filter(|r| r.job == job && r.status.is_success() && r.bytes_stored > 0)
-                    .filter_map(|r| {
-                        Some(Written {
-                            at: r.finished_at?,
-                            ty: r.backup_type.unwrap_or(BackupType::Full),
-                            bytes: r.bytes_stored,
-                        })
-                    })
-                    .collect(),
-            ),
-            None => (
-                GrowthSource::CommitRecords,
-                backups
-                    .iter()
-                    .map(|b| Written {
-                        at: b.stopped_at,
-                        ty: b.backup_type,
-                        bytes: b.bytes_stored,
-                    })
-                    .collect(),
-            ),
+        let from_records: Vec<Written> = backups
+            .iter()
+            .map(|b| Written {
+                at: b.stopped_at,
+                ty: b.backup_type,
+                bytes: b.bytes_stored,
+            })
+            .collect();
+        let from_runs: Vec<Written> = runs
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| r.job == job && r.status.is_success() && r.bytes_stored > 0)
+            .filter_map(|r| {
+                Some(Written {
+                    at: r.finished_at?,
+                    ty: r.backup_type.unwrap_or(BackupType::Full),
+                    bytes: r.bytes_stored,
+                })
+            })
+            .collect();
+        // The run history is preferred, unless it knows fewer backups in the window than the
+        // repository holds (a daemon newer than the repository, e.g. after a host rebuild).
+        let in_window = |w: &[Written]| {
+            w.iter()
+                .filter(|w| w.at > window_start && w.at <= now)
+                .count()
+        };
+        let use_runs =
+            in_window(&from_runs) > 0 && in_window(&from_runs) >= in_window(&from_records);
+        let (source, written) = if use_runs {
+            (GrowthSource::Runs, from_runs)
+        } else {
+            (GrowthSource::CommitRecords, from_records)
         };
         let weekly: Vec<WeekGrowth> = (0..weeks)
             .rev()
