@@ -79,6 +79,8 @@ pub struct Shared {
     policy: watch::Sender<AccessPolicy>,
     last_ids: std::sync::Mutex<HashMap<String, String>>,
     stopping: std::sync::atomic::AtomicBool,
+    /// One lock per job: a run, its replication and retention passes of the job never overlap.
+    job_locks: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 impl Shared {
@@ -109,7 +111,14 @@ impl Shared {
             policy: watch::channel(policy).0,
             last_ids: std::sync::Mutex::new(HashMap::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            job_locks: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The lock that serializes a job's runs, replica copies and retention passes.
+    pub fn job_lock(&self, job: &str) -> Arc<Mutex<()>> {
+        let mut locks = self.job_locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(job.to_string()).or_default().clone()
     }
 
     pub fn catalogue(&self) -> Arc<Catalogue> {
@@ -532,18 +541,27 @@ impl RunContext {
         let result = match permit {
             None => Err("cancelled before it started".to_string()),
             Some(_permit) => {
-                self.set_phase("running");
-                let reporter = self.spawn_progress_reporter();
-                let result = self.run_kind().await;
-                let result = match result {
-                    Ok(committed) => {
-                        let replica_errors = self.replicate(&committed).await;
-                        Ok((committed, replica_errors))
-                    }
-                    Err(e) => Err(e),
+                let lock = shared.job_lock(&self.record.job);
+                let guard = tokio::select! {
+                    g = lock.lock() => Some(g),
+                    _ = self.cancel.cancelled() => None,
                 };
-                reporter.abort();
-                result
+                match guard {
+                    None => Err("cancelled before it started".to_string()),
+                    Some(_guard) => {
+                        self.set_phase("running");
+                        let reporter = self.spawn_progress_reporter();
+                        let result = match self.run_kind().await {
+                            Ok(committed) => {
+                                let replica_errors = self.replicate(&committed).await;
+                                Ok((committed, replica_errors))
+                            }
+                            Err(e) => Err(e),
+                        };
+                        reporter.abort();
+                        result
+                    }
+                }
             }
         };
         self.finish(result).await;
@@ -578,7 +596,7 @@ impl RunContext {
                 last_error: None,
                 next_attempt_at: now,
             };
-            if let Err(message) = super::replicate::attempt(&self.shared, &task).await {
+            if let Err(message) = super::replicate::attempt_locked(&self.shared, &task).await {
                 errors.push(format!(
                     "replica `{repository}`: {message} (retried in the background)"
                 ));

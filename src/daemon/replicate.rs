@@ -197,8 +197,16 @@ fn open(catalogue: &Catalogue, name: &str) -> Result<Repository, String> {
     Repository::open(settings).map_err(|e| error_chain(&e))
 }
 
-/// One attempt at a queued copy; records the outcome. Returns the error text on failure.
+/// One attempt at a queued copy under the job's lock; records the outcome.
 pub async fn attempt(shared: &Arc<Shared>, task: &ReplicaTask) -> Result<(), String> {
+    let lock = shared.job_lock(&task.job);
+    let _guard = lock.lock().await;
+    attempt_locked(shared, task).await
+}
+
+/// One attempt at a queued copy, the caller holding the job's lock (the run that made the
+/// backup). Records the outcome; returns the error text on failure.
+pub async fn attempt_locked(shared: &Arc<Shared>, task: &ReplicaTask) -> Result<(), String> {
     let catalogue = shared.catalogue();
     let now = shared.clock.now();
     let still_wanted = catalogue.job(&task.job).is_some_and(|j| {
