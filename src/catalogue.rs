@@ -105,6 +105,9 @@ pub struct DaemonSettings {
     pub log_level: String,
     /// `shutdown-timeout`: how long SIGTERM waits for running jobs to drain. Default 30s.
     pub shutdown_timeout: Duration,
+    /// `replica-retry`: the first wait before a failed replica copy is retried (doubling, at most
+    /// 1 h). Default 30s.
+    pub replica_retry: Duration,
 }
 
 #[derive(Debug, Clone)]

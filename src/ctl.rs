@@ -413,7 +413,8 @@ async fn run_job(ctx: &Ctx, job: String, backup_type: Option<BackupType>, wait: 
                 } else {
                     print!("{}", output::finished(done));
                 }
-                return if done.status.is_success() {
+                // `partial`: the backup is committed but a replica failed — worth a non-zero exit.
+                return if is_success(done.status) {
                     Ok(())
                 } else {
                     Err(CtlError {
@@ -534,7 +535,7 @@ async fn restore(ctx: &Ctx, what: RestoreCommand) -> CtlResult {
     }
 }
 
-/// Statuses that make `run --wait` exit 0.
+/// Statuses that make `run --wait` exit 0 (`partial` does not: a replica failed).
 pub fn is_success(status: RunStatus) -> bool {
-    status.is_success()
+    matches!(status, RunStatus::Succeeded | RunStatus::Unchanged)
 }

@@ -6,6 +6,7 @@ mod core;
 mod handler;
 pub mod logging;
 mod reconcile;
+mod replicate;
 mod scheduler;
 pub mod systemd;
 
@@ -128,6 +129,7 @@ pub async fn start(
             .clone()
             .spawn(async move { reconcile::backups(&shared).await });
     }
+    tokio::spawn(replicate::run_loop(shared.clone()));
     let scheduler = tokio::spawn(scheduler::run_loop(shared.clone()));
     Ok(RunningDaemon {
         shared,

@@ -165,6 +165,21 @@ pub struct RepositoryStatus {
     pub repository: String,
     pub last_backup_id: Option<String>,
     pub last_backup_at: Option<DateTime<Utc>>,
+    /// For the job's other repositories (not the first): how replication is doing.
+    #[serde(default)]
+    pub replica: Option<ReplicaReport>,
+}
+
+/// Replication of one job into one of its other repositories.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaReport {
+    /// Committed backups not yet copied there.
+    pub pending: u32,
+    /// Seconds since the oldest of those was queued (None when nothing is pending).
+    pub lag_seconds: Option<i64>,
+    pub last_success_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<DateTime<Utc>>,
 }
 
 /// One retention pass over one job in one repository, as recorded in the state DB.

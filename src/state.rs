@@ -20,8 +20,11 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+mod replication;
 #[cfg(test)]
 mod tests;
+
+pub use replication::{ReplicaStatus, ReplicaTask};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {

@@ -257,3 +257,22 @@ fn manual_runs_of_unknown_or_wal_jobs_are_refused() {
     assert_eq!(backups.as_array().map(|a| a.len()), Some(0));
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn a_repository_that_cannot_be_written_fails_the_run_and_names_it() {
+    let setup = Setup::new();
+    setup.write_catalogue(IDLE_JOB);
+    // The repository's root is a plain file: nothing can be written below it (even as root).
+    std::fs::write(setup.path("repo"), b"in the way").unwrap();
+    let daemon = setup.start_daemon();
+    let out = setup.ctl(&["run", "db-dump", "--wait"]);
+    assert_eq!(out.status.code(), Some(1));
+    let runs = setup.ctl_json(&["runs"]);
+    assert_eq!(runs[0]["status"], "failed", "{runs}");
+    let error = runs[0]["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("local") && error.contains("repo"),
+        "the error names the repository: {error}"
+    );
+    assert!(daemon.stop().success());
+}

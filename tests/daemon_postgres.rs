@@ -277,3 +277,120 @@ fn cancel_stops_a_running_dump() {
     assert_eq!(commit_records(&setup), 0);
     daemon.signal(Signal::SIGTERM);
 }
+
+#[test]
+fn a_second_repository_gets_a_byte_identical_replica_even_after_failing() {
+    let cluster = cluster_with_data();
+    let setup = Setup::new();
+    let second = setup.path("second");
+    // The second repository cannot be opened at first: its root is a plain file.
+    std::fs::write(&second, b"not a folder").unwrap();
+    setup.write_catalogue(&format!(
+        r#"
+[postgres]
+url = "{url}"
+
+[repository.second]
+url = "file://{second}"
+
+[[job]]
+name = "db-dump"
+kind = "postgres-dump"
+schedule = "0 2 * * *"
+databases = ["app"]
+repositories = ["local", "second"]
+"#,
+        url = cluster.url("app"),
+        second = second.display()
+    ));
+    let text = std::fs::read_to_string(setup.catalogue_path())
+        .unwrap()
+        .replace("[encryption]", "[encryption]");
+    let text = text.replace(
+        "shutdown-timeout = \"20s\"",
+        "shutdown-timeout = \"20s\"\nreplica-retry = \"1s\"",
+    );
+    std::fs::write(setup.catalogue_path(), text).unwrap();
+    let daemon = setup.start_daemon();
+
+    let out = setup.ctl(&["run", "db-dump", "--wait"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a run whose replica failed is not a success"
+    );
+    let runs = setup.ctl_json(&["runs"]);
+    assert_eq!(runs[0]["status"], "partial", "{runs}");
+    assert!(
+        runs[0]["error"].as_str().unwrap().contains("second"),
+        "{runs}"
+    );
+    let status = setup.ctl_json(&["status"]);
+    let replica = &status["jobs"][0]["repositories"][1]["replica"];
+    assert_eq!(replica["pending"], 1, "{status}");
+    assert!(replica["last_error"].as_str().is_some(), "{status}");
+    // The primary has it: restorable already.
+    assert_eq!(
+        setup
+            .ctl_json(&["backups", "--repository", "local"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // The store comes back: the replicator retries until the copy lands.
+    std::fs::remove_file(&second).unwrap();
+    wait_for(Duration::from_secs(60), "the replica to land", || {
+        let b = setup.ctl_json(&["backups", "--repository", "second"]);
+        (b.as_array().unwrap().len() == 1).then_some(())
+    });
+    let status = setup.ctl_json(&["status"]);
+    assert_eq!(
+        status["jobs"][0]["repositories"][1]["replica"]["pending"], 0,
+        "{status}"
+    );
+    assert!(status["jobs"][0]["repositories"][1]["replica"]["last_success_at"].is_string());
+
+    // Byte for byte: same keys, same ciphertext.
+    let files = |root: &std::path::Path| {
+        let mut out = std::collections::BTreeMap::new();
+        let mut stack = vec![root.join("backups")];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    out.insert(
+                        p.strip_prefix(root).unwrap().to_path_buf(),
+                        std::fs::read(&p).unwrap(),
+                    );
+                }
+            }
+        }
+        out
+    };
+    let primary = files(&setup.path("repo"));
+    assert!(primary.len() >= 3, "{:?}", primary.keys());
+    assert_eq!(primary, files(&second));
+
+    // A restore from the replica gives the same data.
+    let out = setup.ctl(&[
+        "restore",
+        "database",
+        "--job",
+        "db-dump",
+        "--repository",
+        "second",
+        "--into",
+        "from_replica",
+        "--create",
+    ]);
+    assert!(out.status.success());
+    assert_eq!(
+        cluster.table_fingerprints("app"),
+        cluster.table_fingerprints("from_replica")
+    );
+    assert!(daemon.stop().success());
+}

@@ -71,6 +71,7 @@ impl Setup {
                 log: LogTarget::Stderr,
                 log_level: "info".into(),
                 shutdown_timeout: Duration::from_secs(5),
+                replica_retry: Duration::from_secs(30),
             },
             postgres: Some(PostgresSettings {
                 url: url.to_string(),

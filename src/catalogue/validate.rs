@@ -138,6 +138,7 @@ const DAEMON_KEYS: &[&str] = &[
     "log",
     "log-level",
     "shutdown-timeout",
+    "replica-retry",
 ];
 const POSTGRES_KEYS: &[&str] = &["url", "password-file", "data-directory", "bin-dir"];
 const ENCRYPTION_KEYS: &[&str] = &["recipients", "identity-file"];
@@ -314,6 +315,9 @@ fn daemon(cx: &mut Ctx, t: &Table) -> DaemonSettings {
         log_level: log_level.unwrap_or_else(|| "info".to_string()),
         shutdown_timeout: t
             .duration(cx, "shutdown-timeout", true)
+            .unwrap_or(Duration::from_secs(30)),
+        replica_retry: t
+            .duration(cx, "replica-retry", true)
             .unwrap_or(Duration::from_secs(30)),
     }
 }

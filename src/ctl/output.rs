@@ -83,8 +83,12 @@ pub fn status(report: &StatusReport) -> String {
                 .repositories
                 .iter()
                 .map(|r| {
+                    let pending = match &r.replica {
+                        Some(rep) if rep.pending > 0 => format!(" ({} pending)", rep.pending),
+                        _ => String::new(),
+                    };
                     format!(
-                        "{}: {}",
+                        "{}: {}{pending}",
                         r.repository,
                         r.last_backup_id.as_deref().unwrap_or("none")
                     )
@@ -128,6 +132,18 @@ pub fn status(report: &StatusReport) -> String {
                 run.id,
                 progress_line(progress)
             );
+        }
+        for r in &j.repositories {
+            if let Some(rep) = &r.replica
+                && rep.pending > 0
+                && let Some(err) = &rep.last_error
+            {
+                let _ = writeln!(
+                    out,
+                    "\n{}: replica `{}`: {} pending, last error: {err}",
+                    j.name, r.repository, rep.pending
+                );
+            }
         }
         if !j.retention.is_empty() {
             let passes: Vec<String> = j

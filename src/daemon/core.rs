@@ -5,8 +5,8 @@ use crate::catalogue::{Catalogue, CatalogueErrors, Job, JobSpec};
 use crate::clock::Clock;
 use crate::control::auth::AccessPolicy;
 use crate::model::{
-    BackupRow, BackupType, JobKindName, JobStatus, Progress, RepositoryStatus, RunRecord,
-    RunStatus, StatusReport, Trigger,
+    BackupRow, BackupType, JobKindName, JobStatus, Progress, ReplicaReport, RepositoryStatus,
+    RunRecord, RunStatus, StatusReport, Trigger,
 };
 use crate::pipeline::{PipelineSettings, ProgressCounter};
 use crate::protocol::Event;
@@ -71,12 +71,16 @@ pub struct Shared {
     slots: Arc<Semaphore>,
     slot_total: AtomicUsize,
     pub wake: Notify,
+    /// Wakes the replicator (a copy was queued).
+    pub replicator_wake: Notify,
     pub started_at: DateTime<Utc>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
     policy: watch::Sender<AccessPolicy>,
     last_ids: std::sync::Mutex<HashMap<String, String>>,
     stopping: std::sync::atomic::AtomicBool,
+    /// One lock per job: a run, its replication and retention passes of the job never overlap.
+    job_locks: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 impl Shared {
@@ -100,13 +104,21 @@ impl Shared {
             slots: Arc::new(Semaphore::new(max)),
             slot_total: AtomicUsize::new(max),
             wake: Notify::new(),
+            replicator_wake: Notify::new(),
             started_at,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             policy: watch::channel(policy).0,
             last_ids: std::sync::Mutex::new(HashMap::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            job_locks: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The lock that serializes a job's runs, replica copies and retention passes.
+    pub fn job_lock(&self, job: &str) -> Arc<Mutex<()>> {
+        let mut locks = self.job_locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(job.to_string()).or_default().clone()
     }
 
     pub fn catalogue(&self) -> Arc<Catalogue> {
@@ -393,21 +405,32 @@ impl Shared {
         for job in &catalogue.jobs {
             let (last_run, last_success) = self.state.last_runs(&job.name).await?;
             let next = self.next_fire_of(&catalogue, job, now).await;
-            let repositories = job
-                .repositories
-                .iter()
-                .map(|repo| {
-                    let last = backups
-                        .iter()
-                        .filter(|b| b.job == job.name && &b.repository == repo)
-                        .max_by_key(|b| b.stopped_at);
-                    RepositoryStatus {
-                        repository: repo.clone(),
-                        last_backup_id: last.map(|b| b.backup_id.clone()),
-                        last_backup_at: last.map(|b| b.stopped_at),
-                    }
-                })
-                .collect();
+            let mut repositories = Vec::new();
+            for (i, repo) in job.repositories.iter().enumerate() {
+                let last = backups
+                    .iter()
+                    .filter(|b| b.job == job.name && &b.repository == repo)
+                    .max_by_key(|b| b.stopped_at);
+                let mut status = RepositoryStatus {
+                    repository: repo.clone(),
+                    last_backup_id: last.map(|b| b.backup_id.clone()),
+                    last_backup_at: last.map(|b| b.stopped_at),
+                    replica: None,
+                };
+                if i > 0 {
+                    let r = self.state.replica_status(&job.name, repo).await?;
+                    status.replica = Some(ReplicaReport {
+                        pending: r.pending,
+                        lag_seconds: r
+                            .oldest_pending_since
+                            .map(|t| (now - t).num_seconds().max(0)),
+                        last_success_at: r.last_success_at,
+                        last_error: r.last_error,
+                        last_error_at: r.last_error_at,
+                    });
+                }
+                repositories.push(status);
+            }
             let stale = match job.max_age {
                 None => false,
                 Some(max_age) => {
@@ -519,14 +542,68 @@ impl RunContext {
         let result = match permit {
             None => Err("cancelled before it started".to_string()),
             Some(_permit) => {
-                self.set_phase("running");
-                let reporter = self.spawn_progress_reporter();
-                let result = self.run_kind().await;
-                reporter.abort();
-                result
+                let lock = shared.job_lock(&self.record.job);
+                let guard = tokio::select! {
+                    g = lock.lock() => Some(g),
+                    _ = self.cancel.cancelled() => None,
+                };
+                match guard {
+                    None => Err("cancelled before it started".to_string()),
+                    Some(_guard) => {
+                        self.set_phase("running");
+                        let reporter = self.spawn_progress_reporter();
+                        let result = match self.run_kind().await {
+                            Ok(committed) => {
+                                let replica_errors = self.replicate(&committed).await;
+                                Ok((committed, replica_errors))
+                            }
+                            Err(e) => Err(e),
+                        };
+                        reporter.abort();
+                        result
+                    }
+                }
             }
         };
         self.finish(result).await;
+    }
+
+    /// Queues the committed backup for the job's other repositories and tries each copy once now;
+    /// failures stay queued for the background replicator. Returns the failures.
+    async fn replicate(&self, committed: &[(String, CommitRecord)]) -> Vec<String> {
+        let Some((primary, record)) = committed.first() else {
+            return Vec::new();
+        };
+        let mut errors = Vec::new();
+        for repository in self.job.repositories.iter().skip(1) {
+            let now = self.shared.clock.now();
+            if let Err(e) = self
+                .shared
+                .state
+                .enqueue_replica(&record.job, &record.id, repository, primary, now)
+                .await
+            {
+                errors.push(format!("replica `{repository}`: cannot queue it: {e}"));
+                continue;
+            }
+            self.set_phase(&format!("replicating to {repository}"));
+            let task = crate::state::ReplicaTask {
+                job: record.job.clone(),
+                backup_id: record.id.clone(),
+                repository: repository.clone(),
+                source: primary.clone(),
+                enqueued_at: now,
+                attempts: 0,
+                last_error: None,
+                next_attempt_at: now,
+            };
+            if let Err(message) = super::replicate::attempt_locked(&self.shared, &task).await {
+                errors.push(format!(
+                    "replica `{repository}`: {message} (retried in the background)"
+                ));
+            }
+        }
+        errors
     }
 
     fn spawn_progress_reporter(&self) -> tokio::task::JoinHandle<()> {
@@ -612,12 +689,12 @@ impl RunContext {
         }
     }
 
-    async fn finish(self, result: Result<Vec<(String, CommitRecord)>, String>) {
+    async fn finish(self, result: Result<(Vec<(String, CommitRecord)>, Vec<String>), String>) {
         let shared = &self.shared;
         let now = shared.clock.now();
         let reason = self.reason.lock().map(|r| r.clone()).unwrap_or(None);
         let (status, error, backup_id) = match result {
-            Ok(committed) => {
+            Ok((committed, replica_errors)) => {
                 let mut backup_id = None;
                 for (repository, record) in &committed {
                     backup_id = Some(record.id.clone());
@@ -626,7 +703,16 @@ impl RunContext {
                         tracing::error!(job = %self.record.job, error = %err, "cannot record the backup in the state DB");
                     }
                 }
-                (RunStatus::Succeeded, None, backup_id)
+                if replica_errors.is_empty() {
+                    (RunStatus::Succeeded, None, backup_id)
+                } else {
+                    shared.replicator_wake.notify_one();
+                    (
+                        RunStatus::Partial,
+                        Some(replica_errors.join("; ")),
+                        backup_id,
+                    )
+                }
             }
             Err(message) => match reason {
                 Some(CancelReason::Shutdown) => (

@@ -31,8 +31,8 @@ fn who(peer: &Peer) -> String {
     }
 }
 
-/// `retention`: each matching job and repository, skipping a job that is running (retention
-/// and backups of one job never overlap); the state DB follows the deletions.
+/// `retention`: each matching job and repository under the job's lock, skipping a job that is
+/// busy (retention never overlaps its runs or replica copies); the state DB follows the deletions.
 async fn retention(
     shared: &Arc<Shared>,
     job: Option<String>,
@@ -52,10 +52,12 @@ async fn retention(
     let mut reports = Vec::new();
     for (j, settings) in targets {
         let (policy, _) = retention::policy_of(&catalogue, j);
-        if let Some(active) = shared.runs.lock().await.get(&j.name) {
+        // The job's lock: no run, replica copy or other retention pass of the job meanwhile.
+        let lock = shared.job_lock(&j.name);
+        let Ok(_guard) = lock.try_lock() else {
             let message = format!(
-                "job `{}` is running (run {}); retention waits for it to finish",
-                j.name, active.record.id
+                "job `{}` is busy (a run or a replica copy); retention waits for it to finish",
+                j.name
             );
             if job.is_some() {
                 return error(ErrorCode::Conflict, message);
@@ -69,7 +71,7 @@ async fn retention(
                 message,
             ));
             continue;
-        }
+        };
         let result = match crate::repository::Repository::open(settings) {
             Ok(repo) => retention::run_for_job(&catalogue, j, &repo, now, dry_run).await,
             Err(source) => Err(RetentionError::Open {
