@@ -303,9 +303,7 @@ repositories = ["local", "second"]
         url = cluster.url("app"),
         second = second.display()
     ));
-    let text = std::fs::read_to_string(setup.catalogue_path())
-        .unwrap()
-        .replace("[encryption]", "[encryption]");
+    let text = std::fs::read_to_string(setup.catalogue_path()).unwrap();
     let text = text.replace(
         "shutdown-timeout = \"20s\"",
         "shutdown-timeout = \"20s\"\nreplica-retry = \"1s\"",

@@ -514,6 +514,9 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// What a run produced: the committed backup per repository and the replica failures, or the error.
+type RunResult = Result<(Vec<(String, CommitRecord)>, Vec<String>), String>;
+
 /// Everything one run needs, moved into its task.
 struct RunContext {
     shared: Arc<Shared>,
@@ -689,7 +692,7 @@ impl RunContext {
         }
     }
 
-    async fn finish(self, result: Result<(Vec<(String, CommitRecord)>, Vec<String>), String>) {
+    async fn finish(self, result: RunResult) {
         let shared = &self.shared;
         let now = shared.clock.now();
         let reason = self.reason.lock().map(|r| r.clone()).unwrap_or(None);
