@@ -108,6 +108,9 @@ pub struct DaemonSettings {
     /// `replica-retry`: the first wait before a failed replica copy is retried (doubling, at most
     /// 1 h). Default 30s.
     pub replica_retry: Duration,
+    /// `retention-schedule`: when every job's retention and the cleanup of uncommitted objects run
+    /// on their own, besides after each backup. Default "30 5 * * *".
+    pub retention_schedule: CronSchedule,
 }
 
 #[derive(Debug, Clone)]

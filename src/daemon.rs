@@ -7,6 +7,7 @@ mod handler;
 pub mod logging;
 mod reconcile;
 mod replicate;
+mod retention;
 mod scheduler;
 pub mod systemd;
 
@@ -130,6 +131,7 @@ pub async fn start(
             .spawn(async move { reconcile::backups(&shared).await });
     }
     tokio::spawn(replicate::run_loop(shared.clone()));
+    tokio::spawn(retention::run_loop(shared.clone()));
     let scheduler = tokio::spawn(scheduler::run_loop(shared.clone()));
     Ok(RunningDaemon {
         shared,

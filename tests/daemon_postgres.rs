@@ -392,3 +392,56 @@ repositories = ["local", "second"]
     );
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn retention_runs_after_each_backup() {
+    let cluster = cluster_with_data();
+    let setup = Setup::new();
+    setup.write_catalogue(&format!(
+        r#"
+[postgres]
+url = "{url}"
+
+[retention.short]
+last = 2
+
+[[job]]
+name = "db-dump"
+kind = "postgres-dump"
+schedule = "0 2 * * *"
+databases = ["app"]
+repositories = ["local"]
+retention = "short"
+"#,
+        url = cluster.url("app")
+    ));
+    let daemon = setup.start_daemon();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        assert!(setup.ctl(&["run", "db-dump", "--wait"]).status.success());
+        let runs = setup.ctl_json(&["runs", "--limit", "1"]);
+        ids.push(runs[0]["backup_id"].as_str().unwrap().to_string());
+    }
+    let backups = setup.ctl_json(&["backups"]);
+    let kept: Vec<&str> = backups
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["backup_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kept,
+        vec![ids[1].as_str(), ids[2].as_str()],
+        "the oldest went: {backups}"
+    );
+    assert_eq!(commit_records(&setup), 2);
+    let status = setup.ctl_json(&["status"]);
+    assert!(
+        !status["jobs"][0]["retention"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "status shows the last pass: {status}"
+    );
+    assert!(daemon.stop().success());
+}

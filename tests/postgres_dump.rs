@@ -72,6 +72,8 @@ impl Setup {
                 log_level: "info".into(),
                 shutdown_timeout: Duration::from_secs(5),
                 replica_retry: Duration::from_secs(30),
+                retention_schedule: bdc_backup::schedule::CronSchedule::parse("30 5 * * *")
+                    .unwrap(),
             },
             postgres: Some(PostgresSettings {
                 url: url.to_string(),

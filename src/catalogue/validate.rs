@@ -17,6 +17,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// When retention and the cleanup of uncommitted objects run on their own (besides after each backup).
+pub const DEFAULT_RETENTION_SCHEDULE: &str = "30 5 * * *";
+
 /// One problem in the catalogue, with its key path (`job[2].schedule`) and file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CatalogueError {
@@ -139,6 +142,7 @@ const DAEMON_KEYS: &[&str] = &[
     "log-level",
     "shutdown-timeout",
     "replica-retry",
+    "retention-schedule",
 ];
 const POSTGRES_KEYS: &[&str] = &["url", "password-file", "data-directory", "bin-dir"];
 const ENCRYPTION_KEYS: &[&str] = &["recipients", "identity-file"];
@@ -319,6 +323,10 @@ fn daemon(cx: &mut Ctx, t: &Table) -> DaemonSettings {
         replica_retry: t
             .duration(cx, "replica-retry", true)
             .unwrap_or(Duration::from_secs(30)),
+        retention_schedule: t.cron(cx, "retention-schedule").unwrap_or_else(|| {
+            crate::schedule::CronSchedule::parse(DEFAULT_RETENTION_SCHEDULE)
+                .expect("the default retention schedule parses")
+        }),
     }
 }
 

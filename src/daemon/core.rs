@@ -558,6 +558,17 @@ impl RunContext {
                         let result = match self.run_kind().await {
                             Ok(committed) => {
                                 let replica_errors = self.replicate(&committed).await;
+                                if self.job.retention.is_some() {
+                                    self.set_phase("retention");
+                                    let now = shared.clock.now();
+                                    super::retention::pass_for_job(
+                                        &shared,
+                                        &self.catalogue,
+                                        &self.job,
+                                        now,
+                                    )
+                                    .await;
+                                }
                                 Ok((committed, replica_errors))
                             }
                             Err(e) => Err(e),
