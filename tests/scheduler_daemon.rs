@@ -137,3 +137,109 @@ fn setup_catalogue(setup: &Setup, catch_up: &str) -> String {
     std::fs::write(setup.catalogue_path(), &text).unwrap();
     text
 }
+
+/// Issue "cloud stores": one of two repositories down for a day of scheduled runs. Every hourly
+/// run commits to the first repository and is `partial`; once the second is back, every queued
+/// copy lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_repository_down_for_a_day_catches_up_when_back() {
+    let cluster = common::pg::PgCluster::start();
+    cluster.create_database("app");
+    cluster.load_sample("app", 1);
+    let setup = Setup::new();
+    let second = setup.path("second");
+    std::fs::write(&second, b"down").unwrap();
+    setup.write_catalogue(&format!(
+        r#"
+[postgres]
+url = "{url}"
+
+[repository.second]
+url = "file://{second}"
+
+[[job]]
+name = "db-dump"
+kind = "postgres-dump"
+schedule = "0 * * * *"
+databases = ["app"]
+repositories = ["local", "second"]
+"#,
+        url = cluster.url("app"),
+        second = second.display()
+    ));
+    let text = std::fs::read_to_string(setup.catalogue_path())
+        .unwrap()
+        .replace(
+            "shutdown-timeout = \"20s\"",
+            "shutdown-timeout = \"20s\"\nreplica-retry = \"1m\"",
+        );
+    std::fs::write(setup.catalogue_path(), text).unwrap();
+
+    let start = utc(2026, 11, 26, 0, 30, 0);
+    let clock = Arc::new(ManualClock::new(start));
+    let daemon = boot(&setup, clock.clone()).await;
+    for hour in 1..=24 {
+        clock.set(
+            start + chrono::Duration::minutes(30 + 60 * (hour - 1)) + chrono::Duration::seconds(1),
+        );
+        let r = settle(&setup, &daemon, hour as usize).await;
+        assert_eq!(r.len(), hour as usize, "one run per hour: {r:?}");
+    }
+    let r = runs(&setup).await;
+    assert!(
+        r.iter()
+            .all(|r| r.status == RunStatus::Partial && r.trigger == Trigger::Scheduled),
+        "{r:?}"
+    );
+    let state = StateDb::open(&setup.path("state/state.db")).await.unwrap();
+    assert_eq!(state.backups(None, Some("local")).await.unwrap().len(), 24);
+    assert_eq!(state.backups(None, Some("second")).await.unwrap().len(), 0);
+    assert_eq!(
+        state
+            .replica_status("db-dump", "second")
+            .await
+            .unwrap()
+            .pending,
+        24
+    );
+
+    // The second repository is back; the replicator's next attempts land every copy.
+    std::fs::remove_file(&second).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut t = clock.now();
+    loop {
+        // Half-hour steps: the replicator's backoff (at most 1 h) runs out; new hourly runs go
+        // on too and land directly.
+        t += chrono::Duration::minutes(30);
+        clock.set(t);
+        daemon.wake();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let pending = state
+            .replica_status("db-dump", "second")
+            .await
+            .unwrap()
+            .pending;
+        if pending == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{pending} replicas still pending"
+        );
+    }
+    let landed = state.backups(None, Some("second")).await.unwrap().len();
+    assert!(landed >= 24, "every backup of the outage landed: {landed}");
+    assert_eq!(
+        landed,
+        state.backups(None, Some("local")).await.unwrap().len()
+    );
+    assert_eq!(
+        state
+            .replica_status("db-dump", "second")
+            .await
+            .unwrap()
+            .pending,
+        0
+    );
+    daemon.stop().await;
+}
