@@ -109,6 +109,8 @@ pub enum RemoteKind {
     Server,
     /// The server refused the request as malformed (4xx other than the above).
     Rejected,
+    /// HTTP 404 where an object was not asked for (a missing bucket or container).
+    Missing,
     /// Anything else object_store reports.
     Other,
 }
@@ -124,7 +126,8 @@ impl RemoteKind {
             | RemoteKind::PermissionDenied
             | RemoteKind::Precondition
             | RemoteKind::Unsupported
-            | RemoteKind::Rejected => Retry::Permanent,
+            | RemoteKind::Rejected
+            | RemoteKind::Missing => Retry::Permanent,
         }
     }
 
@@ -138,6 +141,7 @@ impl RemoteKind {
             RemoteKind::Connection => "connection failed",
             RemoteKind::Server => "server error",
             RemoteKind::Rejected => "request rejected",
+            RemoteKind::Missing => "not found",
             RemoteKind::Other => "store error",
         }
     }
@@ -145,17 +149,30 @@ impl RemoteKind {
 
 /// Classifies an object_store error: the variant first, then the HTTP failure in its source chain.
 pub fn classify(err: &object_store::Error) -> RemoteKind {
+    match classify_inner(err) {
+        // S3 answers an unknown access key or a bad signature with 403, Azure a bad key too.
+        RemoteKind::PermissionDenied
+            if chain_mentions(
+                err,
+                &[
+                    "InvalidAccessKeyId",
+                    "SignatureDoesNotMatch",
+                    "AuthenticationFailed",
+                ],
+            ) =>
+        {
+            RemoteKind::Unauthenticated
+        }
+        k => k,
+    }
+}
+
+fn classify_inner(err: &object_store::Error) -> RemoteKind {
     use object_store::Error as E;
     match err {
+        E::NotFound { .. } => return RemoteKind::Missing,
         E::Unauthenticated { .. } => return RemoteKind::Unauthenticated,
-        E::PermissionDenied { .. } => {
-            // S3 answers an unknown access key or a bad signature with 403.
-            return if chain_mentions(err, &["InvalidAccessKeyId", "SignatureDoesNotMatch"]) {
-                RemoteKind::Unauthenticated
-            } else {
-                RemoteKind::PermissionDenied
-            };
-        }
+        E::PermissionDenied { .. } => return RemoteKind::PermissionDenied,
         E::Precondition { .. } | E::NotModified { .. } => return RemoteKind::Precondition,
         E::NotSupported { .. }
         | E::NotImplemented { .. }
@@ -181,6 +198,7 @@ pub fn classify(err: &object_store::Error) -> RemoteKind {
             return match code {
                 401 => RemoteKind::Unauthenticated,
                 403 => RemoteKind::PermissionDenied,
+                404 => RemoteKind::Missing,
                 408 | 429 | 500..=599 => RemoteKind::Server,
                 400..=499 => RemoteKind::Rejected,
                 _ => RemoteKind::Other,
@@ -612,6 +630,21 @@ impl CloudStore {
         }
     }
 
+    /// Like `call`, for writes: a 404 can only mean a missing bucket or container.
+    async fn write_call<T>(
+        &self,
+        action: &'static str,
+        key: &str,
+        fut: impl Future<Output = object_store::Result<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.options.call_timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if classify(&e) == RemoteKind::Missing => Err(self.missing_bucket(e)),
+            Ok(Err(e)) => Err(self.err(action, key, e)),
+            Err(_) => Err(self.timed_out(action, key, self.options.call_timeout)),
+        }
+    }
+
     /// Starts a streaming upload; `limited` = subject to the repository's bandwidth limit.
     pub fn writer(&self, key: &str, limited: bool) -> Result<CloudWriter, StoreError> {
         let path = self.path(key)?;
@@ -646,7 +679,7 @@ impl CloudStore {
             )) => Err(StoreError::AlreadyExists {
                 key: key.to_string(),
             }),
-            Ok(Err(e @ object_store::Error::NotFound { .. })) => Err(self.missing_bucket(e)),
+            Ok(Err(e)) if classify(&e) == RemoteKind::Missing => Err(self.missing_bucket(e)),
             Ok(Err(e)) => Err(self.err("creating", key, e)),
         }
     }
@@ -758,7 +791,7 @@ impl CloudStore {
         let mut out = match tokio::time::timeout(self.options.call_timeout, collect).await {
             Err(_) => return Err(self.timed_out("listing", prefix, self.options.call_timeout)),
             Ok(Ok(v)) => v,
-            Ok(Err(e @ object_store::Error::NotFound { .. })) => {
+            Ok(Err(e)) if classify(&e) == RemoteKind::Missing => {
                 return Err(self.missing_bucket(e));
             }
             Ok(Err(e)) => return Err(self.err("listing", prefix, e)),
@@ -828,24 +861,12 @@ impl CloudWriter {
         if self.upload.is_none() {
             let up = self
                 .store
-                .call(
+                .write_call(
                     "starting upload of",
                     &self.key,
                     self.store.store.put_multipart(&self.path),
                 )
-                .await
-                .map_err(|e| match e {
-                    StoreError::NotFound { .. } => StoreError::BucketNotFound {
-                        store: self.store.location.clone(),
-                        what: self.store.container_word,
-                        bucket: self.store.bucket.clone(),
-                        source: object_store::Error::NotFound {
-                            path: self.key.clone(),
-                            source: "the bucket or container does not exist".into(),
-                        },
-                    },
-                    e => e,
-                })?;
+                .await?;
             self.upload = Some(up);
         }
         // Bounded concurrency: wait until fewer than max_concurrency parts are in flight.
@@ -909,24 +930,14 @@ impl CloudWriter {
         if self.upload.is_none() {
             let payload: PutPayload = std::mem::take(&mut self.pending).into_iter().collect();
             self.pending_len = 0;
-            let r = self
-                .store
-                .call(
+            self.store
+                .write_call(
                     "uploading",
                     &self.key,
                     self.store.store.put(&self.path, payload),
                 )
-                .await;
-            return match r {
-                Ok(_) => Ok(self.written),
-                Err(StoreError::NotFound { .. }) => {
-                    Err(self.store.missing_bucket(object_store::Error::NotFound {
-                        path: self.key.clone(),
-                        source: "the bucket or container does not exist".into(),
-                    }))
-                }
-                Err(e) => Err(e),
-            };
+                .await?;
+            return Ok(self.written);
         }
         if self.pending_len > 0 {
             let n = self.pending_len;
