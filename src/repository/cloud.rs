@@ -594,7 +594,7 @@ impl CloudStore {
                 key: key.to_string(),
                 store: self.location.clone(),
                 kind: classify(&source),
-                source,
+                source: Box::new(source),
             },
         }
     }
@@ -605,7 +605,7 @@ impl CloudStore {
             store: self.location.clone(),
             what: self.container_word,
             bucket: self.bucket.clone(),
-            source,
+            source: Box::new(source),
         }
     }
 

@@ -70,7 +70,7 @@ pub enum StoreError {
         store: String,
         kind: RemoteKind,
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     /// A cloud call did not finish within its bound.
     #[error("{action} {key} in {store}: no answer within {} s (transient)", .after.as_secs_f64())]
@@ -89,7 +89,7 @@ pub enum StoreError {
         what: &'static str,
         bucket: String,
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
 }
 
@@ -179,7 +179,7 @@ pub struct ObjectWriter {
 
 pub(crate) enum WriterInner {
     Local(LocalWriter),
-    Object(CloudWriter),
+    Object(Box<CloudWriter>),
 }
 
 impl ObjectWriter {
@@ -276,7 +276,7 @@ impl Store {
                 })
             }
             Store::Object(s) => Ok(ObjectWriter {
-                inner: WriterInner::Object(s.writer(key, limited)?),
+                inner: WriterInner::Object(Box::new(s.writer(key, limited)?)),
             }),
         }
     }
