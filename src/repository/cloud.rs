@@ -265,6 +265,27 @@ impl TokenBucket {
     }
 }
 
+/// The token bucket of a repository URL and rate, shared by every `open` of it in this process
+/// (a daemon that opens a repository per run still gets one limit for all of them).
+fn shared_limiter(url: &str, rate: u64) -> Arc<TokenBucket> {
+    use std::collections::HashMap;
+    use std::sync::{OnceLock, Weak};
+    static LIMITERS: OnceLock<Mutex<HashMap<(String, u64), Weak<TokenBucket>>>> = OnceLock::new();
+    let map = LIMITERS.get_or_init(Default::default);
+    let mut map = match map.lock() {
+        Ok(m) => m,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    map.retain(|_, w| w.strong_count() > 0);
+    let key = (url.to_string(), rate);
+    if let Some(b) = map.get(&key).and_then(Weak::upgrade) {
+        return b;
+    }
+    let b = Arc::new(TokenBucket::new(rate));
+    map.insert(key, Arc::downgrade(&b));
+    b
+}
+
 /// A repository in a bucket (or container) under a key prefix.
 #[derive(Clone)]
 pub struct CloudStore {
@@ -520,7 +541,7 @@ impl CloudStore {
             options,
             limiter: settings
                 .bandwidth_limit
-                .map(|r| Arc::new(TokenBucket::new(r))),
+                .map(|r| shared_limiter(&settings.url, r)),
         })
     }
 
