@@ -270,7 +270,8 @@ impl TokenBucket {
 fn shared_limiter(url: &str, rate: u64) -> Arc<TokenBucket> {
     use std::collections::HashMap;
     use std::sync::{OnceLock, Weak};
-    static LIMITERS: OnceLock<Mutex<HashMap<(String, u64), Weak<TokenBucket>>>> = OnceLock::new();
+    type Limiters = Mutex<HashMap<(String, u64), Weak<TokenBucket>>>;
+    static LIMITERS: OnceLock<Limiters> = OnceLock::new();
     let map = LIMITERS.get_or_init(Default::default);
     let mut map = match map.lock() {
         Ok(m) => m,
