@@ -693,3 +693,85 @@ async fn bench_upload() {
     );
     repo.store.delete("bench/object").await.unwrap();
 }
+
+/// A server that answers every request with `status` and counts the requests.
+fn canned_server(status: &'static str) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let c = c.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut seen = Vec::new();
+                // Read the request head (no bodies in these tests), answer, close.
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = "<Error><Code>Test</Code></Error>";
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    (endpoint, count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_are_retried_then_transient_client_errors_are_permanent() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = CloudOptions {
+        max_retries: 3,
+        retry_timeout: Duration::from_secs(10),
+        init_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(100),
+        ..test_options()
+    };
+
+    let (endpoint, count) = canned_server("503 Service Unavailable");
+    let repo = Repository::open_cloud(
+        &s3_settings("offsite", "bdc-test", &endpoint, &s3_creds(dir.path())),
+        options.clone(),
+    )
+    .unwrap();
+    let err = repo.store.get("backups/x").await.unwrap_err();
+    assert_eq!(err.retry(), Retry::Transient, "{err}");
+    assert!(
+        err.to_string().contains("server error (transient)"),
+        "{err}"
+    );
+    assert_eq!(
+        count.load(std::sync::atomic::Ordering::SeqCst),
+        4,
+        "1 try + 3 retries"
+    );
+
+    let (endpoint, count) = canned_server("400 Bad Request");
+    let repo = Repository::open_cloud(
+        &s3_settings("offsite", "bdc-test", &endpoint, &s3_creds(dir.path())),
+        options,
+    )
+    .unwrap();
+    let err = repo.store.get("backups/x").await.unwrap_err();
+    assert_eq!(err.retry(), Retry::Permanent, "{err}");
+    assert!(
+        err.to_string().contains("request rejected (permanent)"),
+        "{err}"
+    );
+    assert_eq!(
+        count.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "no retry"
+    );
+}
