@@ -3,8 +3,10 @@
 //! [`format`]: backup ids, object keys, the commit record (`backup.json`, written last, create-only).
 //! [`store`]: the stores a repository lives in, behind one enum ([`Store`]); [`local`] is our own
 //! durable local store (temp file + fsync + no-replace rename + directory fsync, mode 0600).
+//! [`cloud`]: S3, GCS and Azure repositories through object_store (docs/repositories.md).
 //! [`local_copy`]: the daemon's plaintext copies of committed manifests (for incrementals).
 
+pub mod cloud;
 pub mod format;
 pub mod local;
 pub mod local_copy;
@@ -45,10 +47,12 @@ pub enum RepositoryError {
         job: String,
         id: String,
     },
-    #[error(
-        "repository `{repository}`: {url}: this kind of repository is not supported yet (only file:// for now)"
-    )]
-    Unsupported { repository: String, url: String },
+    #[error("repository `{repository}`: {source}")]
+    Config {
+        repository: String,
+        #[source]
+        source: cloud::CloudConfigError,
+    },
     #[error(
         "repository `{repository}`: commit record {key} has format version {version}, newer than this software understands ({FORMAT_VERSION})"
     )]
@@ -90,11 +94,30 @@ impl Repository {
                     store,
                 })
             }
-            _ => Err(RepositoryError::Unsupported {
-                repository: settings.name.clone(),
-                url: settings.url.clone(),
-            }),
+            RepositoryLocation::S3 { .. }
+            | RepositoryLocation::Gcs { .. }
+            | RepositoryLocation::Azure { .. } => {
+                Repository::open_cloud(settings, cloud::CloudOptions::default())
+            }
         }
+    }
+
+    /// Opens a cloud repository (s3://, gs://, az://) with explicit timeouts and upload shape
+    /// (tests and tools; [`Repository::open`] uses the defaults). No network call is made here.
+    pub fn open_cloud(
+        settings: &RepositorySettings,
+        options: cloud::CloudOptions,
+    ) -> Result<Repository, RepositoryError> {
+        let store = cloud::CloudStore::open(settings, options).map_err(|source| {
+            RepositoryError::Config {
+                repository: settings.name.clone(),
+                source,
+            }
+        })?;
+        Ok(Repository {
+            name: settings.name.clone(),
+            store: Store::Object(store),
+        })
     }
 
     /// A repository over an already opened store (tests, tools).

@@ -1,9 +1,8 @@
 //! The stores a repository can live in, behind one enum.
 //!
 //! Callers use [`Store`] and [`ObjectWriter`] only; each variant maps the operations onto its
-//! backend. Today there is [`Store::Local`]; an object_store-backed variant (S3, GCS, Azure) is
-//! added beside it later without changing callers. Blocking local I/O runs on Tokio's blocking
-//! threads.
+//! backend: [`Store::Local`] (our durable local store) and [`Store::Object`] (S3, GCS, Azure through
+//! object_store, see [`super::cloud`]). Blocking local I/O runs on Tokio's blocking threads.
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -12,12 +11,16 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::cloud::{CloudStore, CloudWriter, RemoteKind};
 use super::local::{LocalStore, LocalWriter};
 use crate::error::{Classify, Retry};
+use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub enum Store {
     Local(LocalStore),
+    /// A bucket or container (with a key prefix) on a cloud object store.
+    Object(CloudStore),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +60,44 @@ pub enum StoreError {
         key: String,
         reason: String,
     },
+    /// A cloud store refused or failed a call (after object_store's retries); `kind` says why and
+    /// whether trying later may help.
+    #[error("{action} {key} in {store}: {} ({}): {source}", .kind.describe(), retry_word(.kind.retry()))]
+    Remote {
+        action: &'static str,
+        key: String,
+        /// The repository URL (`s3://bucket/prefix`).
+        store: String,
+        kind: RemoteKind,
+        #[source]
+        source: Box<object_store::Error>,
+    },
+    /// A cloud call did not finish within its bound.
+    #[error("{action} {key} in {store}: no answer within {} s (transient)", .after.as_secs_f64())]
+    TimedOut {
+        action: &'static str,
+        key: String,
+        store: String,
+        after: Duration,
+    },
+    /// The repository's bucket (or container) does not exist.
+    #[error(
+        "{store}: the {what} `{bucket}` does not exist (create it first; bdc-backup never creates {what}s)"
+    )]
+    BucketNotFound {
+        store: String,
+        what: &'static str,
+        bucket: String,
+        #[source]
+        source: Box<object_store::Error>,
+    },
+}
+
+fn retry_word(r: Retry) -> &'static str {
+    match r {
+        Retry::Transient => "transient",
+        Retry::Permanent => "permanent",
+    }
 }
 
 /// A plain-words description of an I/O error for the operator: ENOSPC, EACCES, EROFS and EDQUOT
@@ -85,6 +126,9 @@ impl Classify for StoreError {
                 _ => crate::error::io_retry(source),
             },
             StoreError::Task { .. } => Retry::Transient,
+            StoreError::Remote { kind, .. } => kind.retry(),
+            StoreError::TimedOut { .. } => Retry::Transient,
+            StoreError::BucketNotFound { .. } => Retry::Permanent,
         }
     }
 }
@@ -98,6 +142,16 @@ impl StoreError {
             StoreError::Io { source, .. } | StoreError::Local { source, .. } => source.kind(),
             StoreError::InvalidKey { .. } => std::io::ErrorKind::InvalidInput,
             StoreError::Task { .. } => std::io::ErrorKind::Other,
+            StoreError::TimedOut { .. } => std::io::ErrorKind::TimedOut,
+            StoreError::BucketNotFound { .. } => std::io::ErrorKind::NotFound,
+            StoreError::Remote { kind, .. } => match kind {
+                RemoteKind::Timeout => std::io::ErrorKind::TimedOut,
+                RemoteKind::Connection => std::io::ErrorKind::ConnectionReset,
+                RemoteKind::Unauthenticated | RemoteKind::PermissionDenied => {
+                    std::io::ErrorKind::PermissionDenied
+                }
+                _ => std::io::ErrorKind::Other,
+            },
         };
         std::io::Error::new(kind, self)
     }
@@ -117,32 +171,45 @@ async fn blocking<T: Send + 'static>(
         })?
 }
 
-/// A streaming upload. Dropped without `finish` = aborted (nothing visible under the key).
+/// A streaming upload. Dropped without `finish` = aborted (nothing visible under the key; a
+/// cloud multipart upload is aborted at the store in the background).
 pub struct ObjectWriter {
-    pub(crate) inner: LocalWriter,
+    pub(crate) inner: WriterInner,
+}
+
+pub(crate) enum WriterInner {
+    Local(LocalWriter),
+    Object(Box<CloudWriter>),
 }
 
 impl ObjectWriter {
     /// The key this writer publishes to.
     pub fn key(&self) -> &str {
-        self.inner.key()
+        match &self.inner {
+            WriterInner::Local(w) => w.key(),
+            WriterInner::Object(w) => w.key(),
+        }
     }
 
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
         if chunk.is_empty() {
             return Ok(());
         }
-        let Some(file) = self.inner.file() else {
+        let w = match &mut self.inner {
+            WriterInner::Object(w) => return w.write(chunk).await,
+            WriterInner::Local(w) => w,
+        };
+        let Some(file) = w.file() else {
             return Err(StoreError::Task {
                 action: "writing",
-                key: self.key().to_string(),
+                key: w.key().to_string(),
                 reason: "writer already closed".into(),
             });
         };
         let n = chunk.len() as u64;
-        self.inner.check_space(n)?;
-        let path = self.inner.staging_path().to_path_buf();
-        blocking("writing", self.key(), move || {
+        w.check_space(n)?;
+        let path = w.staging_path().to_path_buf();
+        blocking("writing", w.key(), move || {
             use std::io::Write;
             let mut f: &std::fs::File = &file;
             f.write_all(&chunk).map_err(|e| StoreError::Local {
@@ -152,22 +219,30 @@ impl ObjectWriter {
             })
         })
         .await?;
-        self.inner.add_written(n);
+        w.add_written(n);
         Ok(())
     }
 
     /// Makes the object durable and visible under its key. Returns its size.
     pub async fn finish(self) -> Result<u64, StoreError> {
-        let key = self.key().to_string();
-        let inner = self.inner;
-        blocking("finishing", &key, move || inner.finish()).await
+        match self.inner {
+            WriterInner::Local(inner) => {
+                let key = inner.key().to_string();
+                blocking("finishing", &key, move || inner.finish()).await
+            }
+            WriterInner::Object(w) => w.finish().await,
+        }
     }
 
     /// Removes everything written so far.
     pub async fn abort(self) -> Result<(), StoreError> {
-        let key = self.key().to_string();
-        let inner = self.inner;
-        blocking("aborting", &key, move || inner.abort()).await
+        match self.inner {
+            WriterInner::Local(inner) => {
+                let key = inner.key().to_string();
+                blocking("aborting", &key, move || inner.abort()).await
+            }
+            WriterInner::Object(w) => w.abort().await,
+        }
     }
 }
 
@@ -178,19 +253,38 @@ impl Store {
     }
 
     pub async fn writer(&self, key: &str) -> Result<ObjectWriter, StoreError> {
+        self.writer_with_limit(key, true).await
+    }
+
+    /// A writer that ignores the repository's bandwidth limit (WAL pushes, DESIGN §5).
+    pub async fn writer_unlimited(&self, key: &str) -> Result<ObjectWriter, StoreError> {
+        self.writer_with_limit(key, false).await
+    }
+
+    async fn writer_with_limit(
+        &self,
+        key: &str,
+        limited: bool,
+    ) -> Result<ObjectWriter, StoreError> {
         match self {
             Store::Local(s) => {
                 let s = s.clone();
                 let k = key.to_string();
                 let inner = blocking("starting upload of", key, move || s.writer(&k)).await?;
-                Ok(ObjectWriter { inner })
+                Ok(ObjectWriter {
+                    inner: WriterInner::Local(inner),
+                })
             }
+            Store::Object(s) => Ok(ObjectWriter {
+                inner: WriterInner::Object(Box::new(s.writer(key, limited)?)),
+            }),
         }
     }
 
     /// Create-only put of a small object (`AlreadyExists` if present), durable on return.
     pub async fn put_create(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
         match self {
+            Store::Object(s) => s.put_create(key, bytes).await,
             Store::Local(s) => {
                 let s = s.clone();
                 let k = key.to_string();
@@ -201,6 +295,7 @@ impl Store {
 
     pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         match self {
+            Store::Object(s) => s.get(key).await,
             Store::Local(s) => {
                 let s = s.clone();
                 let k = key.to_string();
@@ -211,6 +306,7 @@ impl Store {
 
     pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
         match self {
+            Store::Object(s) => s.get_range(key, range).await,
             Store::Local(s) => {
                 let s = s.clone();
                 let k = key.to_string();
@@ -225,6 +321,7 @@ impl Store {
         key: &str,
     ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
         match self {
+            Store::Object(s) => s.get_stream(key).await,
             Store::Local(s) => {
                 let s = s.clone();
                 let k = key.to_string();
@@ -257,6 +354,7 @@ impl Store {
 
     pub async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
         match self {
+            Store::Object(s) => s.head(key).await,
             Store::Local(s) => {
                 let s = s.clone();
                 let k = key.to_string();
@@ -268,6 +366,7 @@ impl Store {
     /// Every object under `prefix`, recursively, sorted by key.
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         match self {
+            Store::Object(s) => s.list(prefix).await,
             Store::Local(s) => {
                 let s = s.clone();
                 let p = prefix.to_string();
@@ -279,6 +378,7 @@ impl Store {
     /// Removes an object; no error if it is already gone.
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         match self {
+            Store::Object(s) => s.delete(key).await,
             Store::Local(s) => {
                 let s = s.clone();
                 let k = key.to_string();

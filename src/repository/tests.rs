@@ -325,22 +325,246 @@ fn settings_for(path: PathBuf) -> RepositorySettings {
     }
 }
 
-#[test]
-fn cloud_repositories_are_not_supported_yet() {
+fn cloud_settings(name: &str, url: &str, location: RepositoryLocation) -> RepositorySettings {
     let mut s = settings_for(PathBuf::from("/x"));
-    s.name = "offsite".into();
-    s.url = "s3://bucket/prefix".into();
-    s.location = RepositoryLocation::S3 {
-        bucket: "bucket".into(),
-        prefix: "prefix".into(),
-    };
-    let err = Repository::open(&s).unwrap_err().to_string();
-    assert!(
-        err.contains("offsite")
-            && err.contains("s3://bucket/prefix")
-            && err.contains("not supported yet"),
-        "{err}"
+    s.name = name.into();
+    s.url = url.into();
+    s.location = location;
+    s
+}
+
+#[test]
+fn cloud_repositories_open_without_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("s3.env");
+    std::fs::write(
+        &creds,
+        "# test\nexport AWS_ACCESS_KEY_ID=AKIA\nAWS_SECRET_ACCESS_KEY=\"s3cr3t-value\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut s = cloud_settings(
+        "offsite",
+        "s3://bucket/prefix",
+        RepositoryLocation::S3 {
+            bucket: "bucket".into(),
+            prefix: "prefix".into(),
+        },
     );
+    s.region = Some("eu-central-1".into());
+    s.endpoint = Some("http://127.0.0.1:9".into());
+    s.credentials_file = Some(creds.clone());
+    let repo = Repository::open(&s).unwrap();
+    assert!(matches!(repo.store, Store::Object(_)));
+
+    // GCS: no emulator here; the gs:// entry is validated and its client constructed.
+    let g = cloud_settings(
+        "gcs",
+        "gs://bucket/p",
+        RepositoryLocation::Gcs {
+            bucket: "bucket".into(),
+            prefix: "p".into(),
+        },
+    );
+    let repo = Repository::open(&g).unwrap();
+    assert!(matches!(repo.store, Store::Object(_)));
+
+    // Azure with an explicit account (Azurite-style endpoint).
+    let az_creds = dir.path().join("az.env");
+    std::fs::write(
+        &az_creds,
+        "AZURE_STORAGE_ACCOUNT_NAME=devstoreaccount1\nAZURE_STORAGE_ACCOUNT_KEY=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&az_creds, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let mut a = cloud_settings(
+        "azure",
+        "az://container/p",
+        RepositoryLocation::Azure {
+            container: "container".into(),
+            prefix: "p".into(),
+        },
+    );
+    a.endpoint = Some("http://127.0.0.1:10000/devstoreaccount1".into());
+    a.credentials_file = Some(az_creds);
+    assert!(matches!(
+        Repository::open(&a).unwrap().store,
+        Store::Object(_)
+    ));
+}
+
+#[test]
+fn credentials_files_are_checked_and_never_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("s3.env");
+    std::fs::write(&creds, "AWS_SECRET_ACCESS_KEY=topsecret\n").unwrap();
+    let mut s = cloud_settings(
+        "offsite",
+        "s3://bucket/prefix",
+        RepositoryLocation::S3 {
+            bucket: "bucket".into(),
+            prefix: "prefix".into(),
+        },
+    );
+    s.credentials_file = Some(creds.clone());
+
+    // Readable by others: refused.
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = Repository::open(&s).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("offsite") && text.contains("s3.env") && text.contains("0644"),
+        "{text}"
+    );
+    assert!(!text.contains("topsecret"));
+    assert_eq!(err.retry(), Retry::Permanent);
+
+    // A key of another provider, or a malformed line: named, value not shown.
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(&creds, "AZURE_STORAGE_ACCOUNT_KEY=topsecret\n").unwrap();
+    let text = Repository::open(&s).unwrap_err().to_string();
+    assert!(
+        text.contains("AZURE_STORAGE_ACCOUNT_KEY") && !text.contains("topsecret"),
+        "{text}"
+    );
+    std::fs::write(&creds, "topsecret\n").unwrap();
+    let text = Repository::open(&s).unwrap_err().to_string();
+    assert!(
+        text.contains("line 1") && !text.contains("topsecret"),
+        "{text}"
+    );
+
+    // Missing file: named.
+    s.credentials_file = Some(dir.path().join("missing.env"));
+    let text = Repository::open(&s).unwrap_err().to_string();
+    assert!(text.contains("missing.env"), "{text}");
+}
+
+#[tokio::test]
+async fn token_bucket_limits_the_rate() {
+    let bucket = super::cloud::TokenBucket::new(1 << 20);
+    let start = std::time::Instant::now();
+    // One second of burst, then 1 MiB more must take about a second.
+    bucket.acquire(1 << 20).await;
+    bucket.acquire(1 << 20).await;
+    let took = start.elapsed();
+    assert!(took >= std::time::Duration::from_millis(900), "{took:?}");
+    assert!(took < std::time::Duration::from_secs(3), "{took:?}");
+}
+
+#[tokio::test]
+async fn object_store_variant_round_trips_in_memory() {
+    use super::cloud::{CloudOptions, CloudStore};
+    let mem = Arc::new(object_store::memory::InMemory::new());
+    let opts = CloudOptions {
+        part_size: 1 << 20,
+        max_concurrency: 2,
+        ..CloudOptions::default()
+    };
+    let store = Store::Object(CloudStore::from_object_store(
+        mem.clone(),
+        "pre/fix",
+        "memory://test/pre/fix",
+        opts,
+    ));
+    // Multipart (5 parts) and a small single PUT.
+    let data: Vec<u8> = (0..(5 << 20) + 123).map(|i| (i % 251) as u8).collect();
+    let mut w = store.writer("backups/j/X-F/data/000000.age").await.unwrap();
+    for c in data.chunks(300_000) {
+        w.write(Bytes::copy_from_slice(c)).await.unwrap();
+    }
+    assert_eq!(w.finish().await.unwrap(), data.len() as u64);
+    let mut w = store.writer("backups/j/X-F/manifest.age").await.unwrap();
+    w.write(Bytes::from_static(b"small")).await.unwrap();
+    w.finish().await.unwrap();
+    assert_eq!(
+        store.get("backups/j/X-F/data/000000.age").await.unwrap(),
+        Bytes::from(data.clone())
+    );
+    let streamed: Vec<Bytes> = store
+        .get_stream("backups/j/X-F/data/000000.age")
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(streamed.concat(), data);
+    assert_eq!(
+        store
+            .get_range("backups/j/X-F/manifest.age", 1..4)
+            .await
+            .unwrap(),
+        Bytes::from_static(b"mal")
+    );
+    // Keys live under the prefix in the bucket.
+    use object_store::ObjectStoreExt;
+    let raw = object_store::path::Path::parse("pre/fix/backups/j/X-F/manifest.age").unwrap();
+    assert!(mem.head(&raw).await.is_ok());
+    // Create-only.
+    store
+        .put_create("backups/j/X-F/backup.json", Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .put_create("backups/j/X-F/backup.json", Bytes::from_static(b"{}"))
+            .await,
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    let keys: Vec<String> = store
+        .list("backups/j/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "backups/j/X-F/backup.json",
+            "backups/j/X-F/data/000000.age",
+            "backups/j/X-F/manifest.age"
+        ]
+    );
+    assert_eq!(store.list("backups/j/X-F/m").await.unwrap().len(), 1);
+    let head = store
+        .head("backups/j/X-F/manifest.age")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(head.size, 5);
+    assert!(store.head("backups/j/none").await.unwrap().is_none());
+    assert!(matches!(
+        store.get("backups/j/none").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    store.delete("backups/j/X-F/manifest.age").await.unwrap();
+    store.delete("backups/j/X-F/manifest.age").await.unwrap();
+    assert!(
+        store
+            .head("backups/j/X-F/manifest.age")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // An aborted multipart upload leaves nothing under the key.
+    let mut w = store.writer("backups/j/X-F/data/000001.age").await.unwrap();
+    for c in data.chunks(300_000) {
+        w.write(Bytes::copy_from_slice(c)).await.unwrap();
+    }
+    w.abort().await.unwrap();
+    assert!(
+        store
+            .head("backups/j/X-F/data/000001.age")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(matches!(
+        store.writer("../escape").await,
+        Err(StoreError::InvalidKey { .. })
+    ));
 }
 
 fn object(key: &str) -> ObjectRecord {
