@@ -97,7 +97,15 @@ pub async fn start(
     let socket = catalogue.daemon.socket.clone();
     let shared = core::Shared::new(options.catalogue.clone(), catalogue, state, options.clock);
 
-    reconcile::interrupted_runs(&shared).await;
+    // Runs left `running` are reconciled before READY when the repositories answer quickly (local
+    // ones always do); a slow or unreachable cloud store must not hold the start past systemd's
+    // timeout, so whatever is left is finished after READY.
+    let reconciled = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        reconcile::interrupted_runs(&shared),
+    )
+    .await
+    .is_ok();
 
     let policy = shared.access_policy();
     let listener = crate::control::server::bind(&socket, policy.read_gid).map_err(|source| {
@@ -122,13 +130,16 @@ pub async fn start(
     systemd::ready(&shared.status_line().await);
     tracing::info!(catalogue = %options.catalogue.display(), socket = %socket.display(), "bdc-backupd ready");
 
-    // Bring the backups table in line with the repositories, after READY (remote listings may be slow).
+    // Reconcile with the repositories after READY: a cloud store that is slow or unreachable must
+    // not hold the start past systemd's timeout. Runs left `running` first, then the backups table.
     {
         let shared = shared.clone();
-        shared
-            .tasks
-            .clone()
-            .spawn(async move { reconcile::backups(&shared).await });
+        shared.tasks.clone().spawn(async move {
+            if !reconciled {
+                reconcile::interrupted_runs(&shared).await;
+            }
+            reconcile::backups(&shared).await;
+        });
     }
     tokio::spawn(replicate::run_loop(shared.clone()));
     tokio::spawn(retention::run_loop(shared.clone()));
