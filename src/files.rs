@@ -12,7 +12,9 @@
 use crate::catalogue::{Catalogue, ConfigJob, FilesJob, Job, JobSpec};
 use crate::error::{Classify, Retry, io_retry};
 use crate::model::{BackupType, JobKindName};
-use crate::pipeline::{self, Identities, IdentityError, PipelineError, PipelineSettings, ProgressCounter};
+use crate::pipeline::{
+    self, Identities, IdentityError, PipelineError, PipelineSettings, ProgressCounter,
+};
 use crate::repository::local_copy::LocalCopyError;
 use crate::repository::{
     BackupId, CommitRecord, FORMAT_VERSION, ObjectRecord, Repository, RepositoryError, StoreError,
@@ -223,7 +225,10 @@ async fn id_for(
     started_at: DateTime<Utc>,
     ty: BackupType,
 ) -> Result<String, FilesError> {
-    if BackupId(given.to_string()).parse().is_some_and(|(_, t)| t == ty) {
+    if BackupId(given.to_string())
+        .parse()
+        .is_some_and(|(_, t)| t == ty)
+    {
         return Ok(given.to_string());
     }
     let mut n = 1;
@@ -281,21 +286,21 @@ pub async fn run_files(ctx: FilesContext<'_>) -> Result<JobOutcome, FilesError> 
     if let Some(why) = &full_because {
         tracing::info!(job = %job, backup_id = %backup_id, "full instead of incremental: {why}");
     }
-    let filter = Filter::new(&ctx.spec.include, &ctx.spec.exclude).map_err(|e| {
-        FilesError::Snapshot {
+    let filter =
+        Filter::new(&ctx.spec.include, &ctx.spec.exclude).map_err(|e| FilesError::Snapshot {
             job: job.clone(),
             source: SnapshotError::Glob(e),
-        }
-    })?;
-    let walk = TreeWalk::new(&ctx.spec.path, filter, ctx.spec.one_file_system).map_err(|source| {
-        FilesError::Snapshot {
-            job: job.clone(),
-            source: SnapshotError::Source {
-                path: ctx.spec.path.clone(),
-                source,
-            },
-        }
-    })?;
+        })?;
+    let walk =
+        TreeWalk::new(&ctx.spec.path, filter, ctx.spec.one_file_system).map_err(|source| {
+            FilesError::Snapshot {
+                job: job.clone(),
+                source: SnapshotError::Source {
+                    path: ctx.spec.path.clone(),
+                    source,
+                },
+            }
+        })?;
     let ancestors = parent
         .as_ref()
         .map(|p| {
@@ -319,6 +324,7 @@ pub async fn run_files(ctx: FilesContext<'_>) -> Result<JobOutcome, FilesError> 
         }),
         spool_dir: ctx.state_dir.to_path_buf(),
         fault_unreadable: None,
+        before_read: None,
     };
     let record = store_snapshot(
         Common {
@@ -372,7 +378,9 @@ async fn store_snapshot(
             for o in objects {
                 match store.delete(&o.key).await {
                     Ok(()) | Err(StoreError::NotFound { .. }) => {}
-                    Err(err) => tracing::warn!(key = %o.key, error = %err, "could not delete an uncommitted object; cleanup will"),
+                    Err(err) => {
+                        tracing::warn!(key = %o.key, error = %err, "could not delete an uncommitted object; cleanup will")
+                    }
                 }
             }
         }
@@ -434,15 +442,14 @@ async fn store_and_commit(
         ..
     } = out;
     let manifest_key = format::manifest_key(&job, &backup_id);
-    let reader = tokio::fs::File::from_std(manifest.reopen().map_err(|source| {
-        FilesError::Snapshot {
+    let reader =
+        tokio::fs::File::from_std(manifest.reopen().map_err(|source| FilesError::Snapshot {
             job: job.clone(),
             source: SnapshotError::Spool {
                 path: manifest.path().to_path_buf(),
                 source,
             },
-        }
-    })?);
+        })?);
     let manifest_record = pipeline::store_stream(
         &c.repository.store,
         &manifest_key,
@@ -459,7 +466,10 @@ async fn store_and_commit(
     let stopped_at = Utc::now();
     let objects: Vec<ObjectRecord> = objects.into_iter().map(|o| o.record).collect();
     let mut details = serde_json::Map::new();
-    details.insert("snapshot-mode".into(), serde_json::to_value(mode).unwrap_or_default());
+    details.insert(
+        "snapshot-mode".into(),
+        serde_json::to_value(mode).unwrap_or_default(),
+    );
     details.insert("files-stored".into(), trailer.files_stored.into());
     details.insert("warnings".into(), (warnings.len() as u64).into());
     let record = CommitRecord {
@@ -511,7 +521,9 @@ async fn store_and_commit(
         Ok(Err(e)) => {
             tracing::warn!(job = %job, error = %e, "could not save the manifest's local copy; the next backup will be a full")
         }
-        Err(e) => tracing::warn!(job = %job, error = %e, "could not save the manifest's local copy"),
+        Err(e) => {
+            tracing::warn!(job = %job, error = %e, "could not save the manifest's local copy")
+        }
     }
     Ok((record, warnings))
 }
@@ -519,9 +531,16 @@ async fn store_and_commit(
 /// Runs one `config` check: stores a new version only when something changed.
 pub async fn run_config(ctx: ConfigContext<'_>) -> Result<JobOutcome, FilesError> {
     let job = ctx.job.name.clone();
-    let parent = choose_parent(&job, JobKindName::Config, ctx.repository, &[], None, ctx.state_dir)
-        .await?
-        .ok();
+    let parent = choose_parent(
+        &job,
+        JobKindName::Config,
+        ctx.repository,
+        &[],
+        None,
+        ctx.state_dir,
+    )
+    .await?
+    .ok();
     if let Some(p) = parent {
         let paths = ctx.spec.paths.clone();
         let since = p.record.id.clone();
@@ -555,6 +574,7 @@ pub async fn run_config(ctx: ConfigContext<'_>) -> Result<JobOutcome, FilesError
         parent: None,
         spool_dir: ctx.state_dir.to_path_buf(),
         fault_unreadable: None,
+        before_read: None,
     };
     let (record, warnings) = store_snapshot(
         Common {
@@ -580,7 +600,10 @@ pub async fn run_config(ctx: ConfigContext<'_>) -> Result<JobOutcome, FilesError
 
 /// Some(warnings) when the config files equal the parent's (same set of files, kinds,
 /// contents, modes and owners); None when a new version is needed (or it cannot tell).
-fn config_unchanged(paths: &[String], copy: std::io::BufReader<std::fs::File>) -> Option<Vec<String>> {
+fn config_unchanged(
+    paths: &[String],
+    copy: std::io::BufReader<std::fs::File>,
+) -> Option<Vec<String>> {
     let mut reader = ManifestReader::new(copy).ok()?;
     let mut warnings = Vec::new();
     for event in ListWalk::new(paths) {
@@ -594,7 +617,11 @@ fn config_unchanged(paths: &[String], copy: std::io::BufReader<std::fs::File>) -
         };
         let old = reader.next_entry().ok()??;
         let m = &item.meta;
-        if old.path != item.path || old.mode != m.mode() & 0o7777 || old.uid != m.uid() || old.gid != m.gid() {
+        if old.path != item.path
+            || old.mode != m.mode() & 0o7777
+            || old.uid != m.uid()
+            || old.gid != m.gid()
+        {
             return None;
         }
         if m.file_type().is_symlink() {
@@ -674,7 +701,11 @@ impl std::fmt::Display for SnapshotRestoreReport {
         write!(
             f,
             "{} backup {} of job `{}` (repository `{}`) into {}: {} files ({} bytes), {} folders, {} symlinks, {} hard links; {} frames fetched (~{} stored bytes)",
-            if self.dry_run { "would restore" } else { "restored" },
+            if self.dry_run {
+                "would restore"
+            } else {
+                "restored"
+            },
             self.backup_id,
             self.job,
             self.repository,
@@ -716,7 +747,9 @@ pub enum SnapshotRestoreError {
         #[source]
         source: RepositoryError,
     },
-    #[error("job `{job}`: the catalogue has no [encryption] identity-file; restores need the age identity")]
+    #[error(
+        "job `{job}`: the catalogue has no [encryption] identity-file; restores need the age identity"
+    )]
     NoIdentity { job: String },
     #[error("job `{job}`: {source}")]
     Identity {
@@ -769,14 +802,19 @@ pub fn parse_at(text: &str, tz: chrono_tz::Tz) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Some(t.with_timezone(&Utc));
     }
-    let naive = ["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M"]
-        .iter()
-        .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
-        .or_else(|| {
-            NaiveDate::parse_from_str(text, "%Y-%m-%d")
-                .ok()
-                .and_then(|d| d.and_hms_opt(23, 59, 59))
-        })?;
+    let naive = [
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M",
+    ]
+    .iter()
+    .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
+    .or_else(|| {
+        NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            .ok()
+            .and_then(|d| d.and_hms_opt(23, 59, 59))
+    })?;
     // An ambiguous local time (DST fall-back) takes the later instant; a gap, the instant after.
     match tz.from_local_datetime(&naive) {
         chrono::LocalResult::Single(t) => Some(t.with_timezone(&Utc)),
@@ -796,7 +834,9 @@ pub async fn restore_snapshot(
     let job_name = o.job.clone();
     let job = catalogue
         .job(&job_name)
-        .ok_or_else(|| SnapshotRestoreError::UnknownJob { job: job_name.clone() })?;
+        .ok_or_else(|| SnapshotRestoreError::UnknownJob {
+            job: job_name.clone(),
+        })?;
     let usage = |reason: &str| SnapshotRestoreError::Usage {
         job: job_name.clone(),
         reason: reason.to_string(),
@@ -831,27 +871,36 @@ pub async fn restore_snapshot(
         source,
     };
     let repository = Repository::open(settings).map_err(repo_err)?;
-    let identity_file = catalogue
-        .encryption
-        .identity_file
-        .as_ref()
-        .ok_or_else(|| SnapshotRestoreError::NoIdentity { job: job_name.clone() })?;
-    let identities = Identities::load(identity_file).map_err(|source| SnapshotRestoreError::Identity {
-        job: job_name.clone(),
-        source,
+    let identity_file = catalogue.encryption.identity_file.as_ref().ok_or_else(|| {
+        SnapshotRestoreError::NoIdentity {
+            job: job_name.clone(),
+        }
     })?;
-    let (records, _bad) = repository.list_commits(Some(&job_name)).await.map_err(repo_err)?;
+    let identities =
+        Identities::load(identity_file).map_err(|source| SnapshotRestoreError::Identity {
+            job: job_name.clone(),
+            source,
+        })?;
+    let (records, _bad) = repository
+        .list_commits(Some(&job_name))
+        .await
+        .map_err(repo_err)?;
     let records: Vec<CommitRecord> = records.into_iter().filter(|r| r.kind == kind).collect();
     let chosen = if let Some(id) = &o.backup {
-        records.iter().find(|r| &r.id == id).cloned().ok_or_else(|| {
-            SnapshotRestoreError::NoBackup {
+        records
+            .iter()
+            .find(|r| &r.id == id)
+            .cloned()
+            .ok_or_else(|| SnapshotRestoreError::NoBackup {
                 job: job_name.clone(),
                 reason: format!("backup {id} is not committed in repository `{repo_name}`"),
-            }
-        })?
+            })?
     } else if let Some(at) = &o.at {
-        let t = parse_at(at, catalogue.daemon.timezone)
-            .ok_or_else(|| usage(&format!("--at {at}: not a time (RFC 3339 or YYYY-MM-DD HH:MM[:SS])")))?;
+        let t = parse_at(at, catalogue.daemon.timezone).ok_or_else(|| {
+            usage(&format!(
+                "--at {at}: not a time (RFC 3339 or YYYY-MM-DD HH:MM[:SS])"
+            ))
+        })?;
         records
             .iter()
             .filter(|r| r.stopped_at <= t)
@@ -862,10 +911,13 @@ pub async fn restore_snapshot(
                 reason: format!("no backup stopped at or before {t}"),
             })?
     } else {
-        records.last().cloned().ok_or_else(|| SnapshotRestoreError::NoBackup {
-            job: job_name.clone(),
-            reason: format!("no committed backup in repository `{repo_name}`"),
-        })?
+        records
+            .last()
+            .cloned()
+            .ok_or_else(|| SnapshotRestoreError::NoBackup {
+                job: job_name.clone(),
+                reason: format!("no committed backup in repository `{repo_name}`"),
+            })?
     };
     let backup = chosen.id.clone();
     // Every object of the chain, by key.
@@ -923,7 +975,14 @@ pub async fn restore_snapshot(
     let handle = tokio::runtime::Handle::current();
     let stats = tokio::task::spawn_blocking(move || {
         let mut spool = spool;
-        crate::snapshot::restore::restore(&mut spool, &store, &objects, &identities, &options, handle)
+        crate::snapshot::restore::restore(
+            &mut spool,
+            &store,
+            &objects,
+            &identities,
+            &options,
+            handle,
+        )
     })
     .await
     .map_err(|e| SnapshotRestoreError::Task(e.to_string()))?

@@ -8,14 +8,16 @@
 //! in-order queue until their part is stored; a part is closed early when the queue grows, so
 //! memory stays bounded (≈ frame buffers + ≤ `MAX_QUEUE` entries + one folder listing per depth).
 
+use super::SnapshotError;
 use super::manifest::{
     Entry, EntryKind, Header, Location, ManifestWriter, Mode, ParentCursor, Trailer,
 };
 use super::path::ByteName;
 use super::tar::{self, HeaderInfo, TarKind};
 use super::walk::{Event, Item};
-use super::SnapshotError;
-use crate::pipeline::{self, FrameInfo, PipelineError, PipelineSettings, ProgressCounter, StoredObject};
+use crate::pipeline::{
+    self, FrameInfo, PipelineError, PipelineSettings, ProgressCounter, StoredObject,
+};
 use crate::repository::{Store, format};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -62,7 +64,14 @@ pub struct EngineConfig {
     /// file, so tests cannot make one unreadable honestly otherwise).
     #[doc(hidden)]
     pub fault_unreadable: Option<ByteName>,
+    /// Test hook: called after a file is opened and examined, before its content is read
+    /// (with the attempt number), so tests can make it grow or shrink "while being read".
+    #[doc(hidden)]
+    pub before_read: Option<ReadHook>,
 }
+
+/// See [`EngineConfig::before_read`].
+pub type ReadHook = std::sync::Arc<dyn Fn(&ByteName, &std::path::Path, u32) + Send + Sync>;
 
 /// What the engine produced.
 pub struct EngineOutput {
@@ -481,8 +490,8 @@ impl Engine {
         let Some((_, cutoff)) = &self.parent else {
             return false;
         };
-        let old_enough = (new.mtime, new.mtime_nsec)
-            < (cutoff.timestamp(), cutoff.timestamp_subsec_nanos());
+        let old_enough =
+            (new.mtime, new.mtime_nsec) < (cutoff.timestamp(), cutoff.timestamp_subsec_nanos());
         new.kind == old.kind
             && new.size == old.size
             && new.mtime == old.mtime
@@ -517,7 +526,13 @@ impl Engine {
         }
     }
 
-    fn header(&mut self, e: &Entry, kind: TarKind, size: u64, link: &[u8]) -> Result<(), SnapshotError> {
+    fn header(
+        &mut self,
+        e: &Entry,
+        kind: TarKind,
+        size: u64,
+        link: &[u8],
+    ) -> Result<(), SnapshotError> {
         let name = tar_name(&e.path, kind == TarKind::Dir);
         let mut h = Vec::with_capacity(tar::BLOCK * 2);
         tar::write_header(
@@ -535,7 +550,12 @@ impl Engine {
                 link,
             },
         );
-        let total = h.len() as u64 + if kind == TarKind::File { tar::padded(size) } else { 0 };
+        let total = h.len() as u64
+            + if kind == TarKind::File {
+                tar::padded(size)
+            } else {
+                0
+            };
         self.parts.room_for(total)?;
         self.parts.write(&h);
         Ok(())
@@ -604,9 +624,7 @@ impl Engine {
             e.link_group = Some(id);
         }
         let reuse = old.filter(|o| {
-            self.unchanged(&e, o)
-                && o.sha256.is_some()
-                && (o.size == 0 || o.data.is_some())
+            self.unchanged(&e, o) && o.sha256.is_some() && (o.size == 0 || o.data.is_some())
         });
         let mut in_tar = false;
         if let Some(o) = reuse {
@@ -641,7 +659,11 @@ impl Engine {
 
     /// Stores a file's content; None when it could not be read (lenient: reported).
     #[allow(clippy::type_complexity)]
-    fn read_file(&mut self, item: &Item, e: &mut Entry) -> Result<Option<Option<Pending>>, SnapshotError> {
+    fn read_file(
+        &mut self,
+        item: &Item,
+        e: &mut Entry,
+    ) -> Result<Option<Option<Pending>>, SnapshotError> {
         let opened = if self.cfg.fault_unreadable.as_ref() == Some(&item.path) {
             Err(io::Error::from_raw_os_error(libc::EACCES))
         } else {
@@ -689,9 +711,14 @@ impl Engine {
             *e = fresh;
             let size = before.len();
             e.size = size;
-            if attempt > 0 && let Err(err) = file.rewind() {
+            if attempt > 0
+                && let Err(err) = file.rewind()
+            {
                 self.warn_or_fail(&item.path, format!("cannot be re-read: {err}"))?;
                 return Ok(None);
+            }
+            if let Some(hook) = &self.cfg.before_read {
+                hook(&item.path, &item.abs, attempt);
             }
             self.header(e, TarKind::File, size, b"")?;
             let start = self.parts.part().offset();

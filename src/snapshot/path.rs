@@ -176,7 +176,12 @@ mod tests {
 
     #[test]
     fn json_keeps_bytes() {
-        for raw in [&b"plain/name"[..], b"caf\xc3\xa9", b"bad\xff\xfename", b"new\nline"] {
+        for raw in [
+            &b"plain/name"[..],
+            b"caf\xc3\xa9",
+            b"bad\xff\xfename",
+            b"new\nline",
+        ] {
             let n = ByteName(raw.to_vec());
             let json = serde_json::to_string(&n).unwrap();
             let back: ByteName = serde_json::from_str(&json).unwrap();

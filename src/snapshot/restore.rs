@@ -20,7 +20,9 @@ use crate::repository::{ObjectRecord, Store};
 use bytes::Bytes;
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
-use nix::sys::stat::{Mode as NixMode, UtimensatFlags, fchmod, fstatat, futimens, mkdirat, utimensat};
+use nix::sys::stat::{
+    Mode as NixMode, UtimensatFlags, fchmod, fstatat, futimens, mkdirat, utimensat,
+};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, linkat, symlinkat, unlinkat};
 use sha2::{Digest, Sha256};
@@ -129,10 +131,9 @@ impl Frames<'_> {
         {
             return Ok(data.clone());
         }
-        let record = self
-            .objects
-            .get(key)
-            .ok_or_else(|| format!("object {key} is not listed by any commit record of the chain"))?;
+        let record = self.objects.get(key).ok_or_else(|| {
+            format!("object {key} is not listed by any commit record of the chain")
+        })?;
         let info = FrameInfo {
             compressed_offset: f[0],
             compressed_len: f[1],
@@ -145,7 +146,12 @@ impl Frames<'_> {
         self.bytes += AGE_CHUNK * (last - first + 2);
         let data = self
             .handle
-            .block_on(pipeline::read_frame(self.store, record, info, self.identities))
+            .block_on(pipeline::read_frame(
+                self.store,
+                record,
+                info,
+                self.identities,
+            ))
             .map_err(|e| crate::daemon::error_chain_of(&e))?;
         self.cached = Some((key.to_string(), f[0], data.clone()));
         Ok(data)
@@ -532,8 +538,11 @@ impl Restorer<'_> {
             if let Some(d) = &e.data
                 && self.failed_keys.contains(&d.key)
             {
-                self.failed
-                    .push(format!("{}: its data is in damaged object {}", e.path.display(), d.key));
+                self.failed.push(format!(
+                    "{}: its data is in damaged object {}",
+                    e.path.display(),
+                    d.key
+                ));
             }
             return Ok(());
         }
@@ -575,6 +584,15 @@ impl Restorer<'_> {
         )
         .map_err(|err| self.entry_err(e, "creating the file", err))?;
         let file = File::from(fd);
+        let result = self.fill_file(e, data_entry, &file);
+        if result.is_err() {
+            // No partial file is left behind under the restored name.
+            let _ = unlinkat(&parent, name.as_slice(), UnlinkatFlags::NoRemoveDir);
+        }
+        result
+    }
+
+    fn fill_file(&mut self, e: &Entry, data_entry: &Entry, file: &File) -> Result<(), FileFail> {
         let mut hasher = Sha256::new();
         let mut written = 0u64;
         if let Some(loc) = &data_entry.data {
@@ -584,23 +602,30 @@ impl Restorer<'_> {
                 if written >= data_entry.size {
                     break;
                 }
-                let frame = self.frames.frame(&loc.key, *f).map_err(|reason| FileFail::Data {
-                    key: loc.key.clone(),
-                    reason: format!("reading {}: {reason}", loc.key),
-                })?;
+                let frame = self
+                    .frames
+                    .frame(&loc.key, *f)
+                    .map_err(|reason| FileFail::Data {
+                        key: loc.key.clone(),
+                        reason: format!("reading {}: {reason}", loc.key),
+                    })?;
                 let from = usize::try_from(skip).unwrap_or(usize::MAX).min(frame.len());
                 skip = 0;
                 let take = ((data_entry.size - written) as usize).min(frame.len() - from);
                 let chunk = &frame[from..from + take];
                 hasher.update(chunk);
-                write_extents(&file, written, chunk, extents)
+                write_extents(file, written, chunk, extents)
                     .map_err(|err| self.entry_err(e, "writing", err))?;
                 written += take as u64;
             }
         }
         if written != data_entry.size {
             return Err(FileFail::Data {
-                key: data_entry.data.as_ref().map(|d| d.key.clone()).unwrap_or_default(),
+                key: data_entry
+                    .data
+                    .as_ref()
+                    .map(|d| d.key.clone())
+                    .unwrap_or_default(),
                 reason: format!(
                     "the stored data holds {written} of {} bytes",
                     data_entry.size
@@ -612,7 +637,11 @@ impl Restorer<'_> {
         let sha = hex::encode(hasher.finalize());
         if Some(&sha) != data_entry.sha256.as_ref() {
             return Err(FileFail::Data {
-                key: data_entry.data.as_ref().map(|d| d.key.clone()).unwrap_or_default(),
+                key: data_entry
+                    .data
+                    .as_ref()
+                    .map(|d| d.key.clone())
+                    .unwrap_or_default(),
                 reason: format!(
                     "SHA-256 mismatch (restored {sha}, manifest {})",
                     data_entry.sha256.as_deref().unwrap_or("none")
@@ -623,7 +652,11 @@ impl Restorer<'_> {
     }
 
     /// chown, then chmod (chown clears setuid/setgid), then times.
-    fn apply_meta(&mut self, fd: std::os::fd::BorrowedFd<'_>, e: &Entry) -> Result<(), RestoreError> {
+    fn apply_meta(
+        &mut self,
+        fd: std::os::fd::BorrowedFd<'_>,
+        e: &Entry,
+    ) -> Result<(), RestoreError> {
         if let Some((uid, gid)) = self.owners.ids(e) {
             fchown(fd, Some(uid), Some(gid)).map_err(|err| self.entry_err(e, "chown", err))?;
         }
@@ -644,12 +677,24 @@ impl Restorer<'_> {
             symlinkat(target.as_bytes(), &parent, name.as_slice())
                 .map_err(|err| self.entry_err(e, "creating the symlink", err))?;
             if let Some((uid, gid)) = self.owners.ids(e) {
-                fchownat(&parent, name.as_slice(), Some(uid), Some(gid), AtFlags::AT_SYMLINK_NOFOLLOW)
-                    .map_err(|err| self.entry_err(e, "chown", err))?;
+                fchownat(
+                    &parent,
+                    name.as_slice(),
+                    Some(uid),
+                    Some(gid),
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .map_err(|err| self.entry_err(e, "chown", err))?;
             }
             let t = ts(e.mtime, e.mtime_nsec);
-            utimensat(&parent, name.as_slice(), &t, &t, UtimensatFlags::NoFollowSymlink)
-                .map_err(|err| self.entry_err(e, "setting times", err))
+            utimensat(
+                &parent,
+                name.as_slice(),
+                &t,
+                &t,
+                UtimensatFlags::NoFollowSymlink,
+            )
+            .map_err(|err| self.entry_err(e, "setting times", err))
         })();
         self.soft(result)
     }
@@ -682,21 +727,28 @@ impl Restorer<'_> {
                 };
                 let (parent, name) = self.parent_of(e)?;
                 self.clear(&parent, &name, e)?;
-                linkat(&old_parent, old_name.as_slice(), &parent, name.as_slice(), AtFlags::empty())
-                    .map_err(|err| self.entry_err(e, "creating the hard link", err))
+                linkat(
+                    &old_parent,
+                    old_name.as_slice(),
+                    &parent,
+                    name.as_slice(),
+                    AtFlags::empty(),
+                )
+                .map_err(|err| self.entry_err(e, "creating the hard link", err))
             } else {
                 // The group's first member is not being restored: this one carries the data.
-                let first = self
-                    .groups
-                    .get(&g)
-                    .cloned()
-                    .ok_or_else(|| self.entry_err(e, "linking", "its link group has no data"))?;
+                let first =
+                    self.groups.get(&g).cloned().ok_or_else(|| {
+                        self.entry_err(e, "linking", "its link group has no data")
+                    })?;
                 match self.write_file(e, &first) {
                     Ok(()) => {
                         self.restored_groups.insert(g, e.path.clone());
                         Ok(())
                     }
-                    Err(FileFail::Data { reason, .. }) => Err(self.entry_err(e, "restoring", reason)),
+                    Err(FileFail::Data { reason, .. }) => {
+                        Err(self.entry_err(e, "restoring", reason))
+                    }
                     Err(FileFail::Other(err)) => Err(err),
                 }
             }
@@ -717,7 +769,10 @@ impl Restorer<'_> {
 
 enum FileFail {
     /// The stored data is damaged, missing or does not match.
-    Data { key: String, reason: String },
+    Data {
+        key: String,
+        reason: String,
+    },
     Other(RestoreError),
 }
 
@@ -728,7 +783,12 @@ impl From<RestoreError> for FileFail {
 }
 
 /// Writes `chunk` (at file offset `at`) but only where the sparse map has data.
-fn write_extents(file: &File, at: u64, chunk: &[u8], extents: Option<&[[u64; 2]]>) -> io::Result<()> {
+fn write_extents(
+    file: &File,
+    at: u64,
+    chunk: &[u8],
+    extents: Option<&[[u64; 2]]>,
+) -> io::Result<()> {
     let Some(extents) = extents else {
         return file.write_all_at(chunk, at);
     };

@@ -29,9 +29,14 @@ pub struct Item {
 pub enum Event {
     Item(Item),
     /// A folder that could not be listed or an entry that could not be examined.
-    Error { path: ByteName, error: io::Error },
+    Error {
+        path: ByteName,
+        error: io::Error,
+    },
     /// A configured path that does not exist (config jobs).
-    Missing { path: ByteName },
+    Missing {
+        path: ByteName,
+    },
 }
 
 /// Include/exclude globs (`*` crosses `/`, so `*.tmp` matches at any depth).
