@@ -8,12 +8,12 @@ use bdc_backup::catalogue::{Compression, CompressionSettings};
 use bdc_backup::model::BackupType;
 use bdc_backup::pipeline::{Identities, PipelineSettings, ProgressCounter};
 use bdc_backup::repository::Store;
+use bdc_backup::snapshot::SnapshotError;
 use bdc_backup::snapshot::backup::{self, EngineConfig, EngineOutput, ReadHook};
 use bdc_backup::snapshot::manifest::{ManifestReader, Mode};
 use bdc_backup::snapshot::path::ByteName;
 use bdc_backup::snapshot::restore::{RestoreOptions, restore};
 use bdc_backup::snapshot::walk::{Filter, TreeWalk};
-use bdc_backup::snapshot::SnapshotError;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
@@ -127,18 +127,20 @@ fn size_in_manifest(out: &EngineOutput, name: &str) -> Option<u64> {
 }
 
 fn grow_and_shrink_hook() -> ReadHook {
-    Arc::new(|rel: &ByteName, abs: &Path, _attempt: u32| match rel.as_bytes() {
-        b"grow" => {
-            let mut f = std::fs::OpenOptions::new().append(true).open(abs).unwrap();
-            f.write_all(&[b'+'; 70_000]).unwrap();
-        }
-        b"shrink" => {
-            let f = std::fs::OpenOptions::new().write(true).open(abs).unwrap();
-            let len = f.metadata().unwrap().len();
-            f.set_len(len / 2).unwrap();
-        }
-        _ => {}
-    })
+    Arc::new(
+        |rel: &ByteName, abs: &Path, _attempt: u32| match rel.as_bytes() {
+            b"grow" => {
+                let mut f = std::fs::OpenOptions::new().append(true).open(abs).unwrap();
+                f.write_all(&[b'+'; 70_000]).unwrap();
+            }
+            b"shrink" => {
+                let f = std::fs::OpenOptions::new().write(true).open(abs).unwrap();
+                let len = f.metadata().unwrap().len();
+                f.set_len(len / 2).unwrap();
+            }
+            _ => {}
+        },
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,7 +161,10 @@ async fn strict_pins_sizes() {
     let target = env.dir.path().join("restored");
     env.restore(&out, &target).await;
     // Grown: cut at the pinned size. Shrunk: the lost half zero-padded.
-    assert_eq!(std::fs::read(target.join("grow")).unwrap(), vec![b'g'; 100_000]);
+    assert_eq!(
+        std::fs::read(target.join("grow")).unwrap(),
+        vec![b'g'; 100_000]
+    );
     let mut want = vec![b's'; 50_000];
     want.extend(vec![0u8; 50_000]);
     assert_eq!(std::fs::read(target.join("shrink")).unwrap(), want);
@@ -179,7 +184,10 @@ async fn lenient_rereads_then_reports() {
             }
         })
     };
-    let out = env.run("L-F", Mode::Lenient, Some(once), None).await.unwrap();
+    let out = env
+        .run("L-F", Mode::Lenient, Some(once), None)
+        .await
+        .unwrap();
     assert!(out.warnings.is_empty(), "{:?}", out.warnings);
     assert_eq!(size_in_manifest(&out, "grow"), Some(170_000));
     let target = env.dir.path().join("r1");
@@ -192,7 +200,9 @@ async fn lenient_rereads_then_reports() {
         .await
         .unwrap();
     assert!(
-        out.warnings.iter().any(|w| w.contains("changed while being read")),
+        out.warnings
+            .iter()
+            .any(|w| w.contains("changed while being read")),
         "{:?}",
         out.warnings
     );
