@@ -388,3 +388,153 @@ async fn bad_input_is_refused() {
         assert!(!s.work.path().join("escape").exists());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_restore_files_from_a_catalogue_file() {
+    let s = Setup::new(None, vec![]);
+    std::fs::write(s.src.join("hello.txt"), b"hello").unwrap();
+    std::fs::create_dir_all(s.src.join("sub")).unwrap();
+    std::fs::write(s.src.join("sub/x"), b"x").unwrap();
+    let (full, _, _) = s.backup(BackupType::Full).await;
+    let w = s.work.path();
+    let toml = format!(
+        r#"
+[daemon]
+state-db = "{state}/state.db"
+socket = "{work}/control.sock"
+timezone = "Europe/Berlin"
+
+[encryption]
+recipients = ["{recipient}"]
+identity-file = "{identity}"
+
+[repository.local]
+url = "file://{work}/repo"
+
+[[job]]
+name = "uploads"
+kind = "files"
+path = "{src}"
+full = "0 4 * * 0"
+incremental = "0 3 * * *"
+repositories = ["local"]
+"#,
+        state = s.catalogue.daemon.state_directory.display(),
+        work = w.display(),
+        recipient = s.recipient,
+        identity = s
+            .catalogue
+            .encryption
+            .identity_file
+            .as_ref()
+            .unwrap()
+            .display(),
+        src = s.src.display(),
+    );
+    let cat = w.join("catalogue.toml");
+    std::fs::write(&cat, toml).unwrap();
+    let ctl = env!("CARGO_BIN_EXE_bdc-backupctl");
+    let target = w.join("ctl-target");
+    let out = std::process::Command::new(ctl)
+        .args([
+            "--catalogue",
+            cat.to_str().unwrap(),
+            "--json",
+            "restore",
+            "files",
+        ])
+        .args(["--job", "uploads", "--target", target.to_str().unwrap()])
+        .args(["--path", "sub", "--dry-run"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["backup-id"], full.id.as_str());
+    assert_eq!(report["files"], 1);
+    assert!(!target.exists(), "dry run creates nothing");
+    let out = std::process::Command::new(ctl)
+        .args(["--catalogue", cat.to_str().unwrap(), "restore", "files"])
+        .args(["--job", "uploads", "--target", target.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(target.join("hello.txt")).unwrap(), b"hello");
+    // Again into the now non-empty target: refused, exit 1.
+    let out = std::process::Command::new(ctl)
+        .args(["--catalogue", cat.to_str().unwrap(), "restore", "files"])
+        .args(["--job", "uploads", "--target", target.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_backup_leaves_no_commit_and_the_next_incremental_is_right() {
+    let s = Setup::new(None, vec![]);
+    for i in 0..30u64 {
+        std::fs::write(s.src.join(format!("f{i:02}")), random_bytes(200_000, i)).unwrap();
+    }
+    age_tree(&s.src, 3600);
+    let (full, _, _) = s.backup(BackupType::Full).await;
+    std::fs::write(s.src.join("f05"), random_bytes(200_000, 555)).unwrap();
+
+    // A run killed mid-way: cancelled while it stores.
+    let job = &s.catalogue.jobs[0];
+    let JobSpec::Files(spec) = &job.spec else {
+        unreachable!()
+    };
+    let repository = s.repository();
+    let pipeline = s.pipeline();
+    let cancel = CancellationToken::new();
+    let progress = ProgressCounter::default();
+    let started = Utc::now() + chrono::Duration::seconds(5);
+    let id = bdc_backup::repository::BackupId::new(started, BackupType::Full).0;
+    let run = run_files(FilesContext {
+        catalogue: &s.catalogue,
+        job,
+        spec,
+        repository: &repository,
+        replicas: &[],
+        pipeline: &pipeline,
+        backup_id: &id,
+        started_at: started,
+        requested: BackupType::Full,
+        progress: &progress,
+        cancel: &cancel,
+        state_dir: &s.catalogue.daemon.state_directory,
+    });
+    let canceller = async {
+        while progress.read() < 1 << 20 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        cancel.cancel();
+    };
+    let (result, ()) = tokio::join!(run, canceller);
+    assert!(result.is_err());
+    assert!(
+        !s.repo_path()
+            .join(format!("backups/uploads/{id}/backup.json"))
+            .exists()
+    );
+    let (records, _) = repository.list_commits(Some("uploads")).await.unwrap();
+    assert_eq!(records.len(), 1);
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (inc, _, why) = s.backup(BackupType::Incremental).await;
+    assert_eq!(why, None);
+    assert_eq!(inc.ancestors, vec![full.id.clone()]);
+    let target = s.work.path().join("after-kill");
+    restore_snapshot(&s.catalogue, s.restore_options(&inc.id, &target))
+        .await
+        .unwrap();
+    assert_same_tree(&no_root(describe(&s.src)), &no_root(describe(&target)));
+}
