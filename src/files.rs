@@ -80,7 +80,7 @@ pub enum JobOutcome {
     /// A backup was committed. `record.id` may differ from the context's `backup_id` when the
     /// type changed (incremental requested, full made): record that id.
     Committed {
-        record: CommitRecord,
+        record: Box<CommitRecord>,
         /// Unreadable files, files changed while read, missing config files, …
         warnings: Vec<String>,
         /// Why an incremental request became a full (None otherwise).
@@ -343,7 +343,7 @@ pub async fn run_files(ctx: FilesContext<'_>) -> Result<JobOutcome, FilesError> 
     .await?;
     Ok(JobOutcome::Committed {
         warnings: record.1,
-        record: record.0,
+        record: Box::new(record.0),
         full_because,
     })
 }
@@ -592,7 +592,7 @@ pub async fn run_config(ctx: ConfigContext<'_>) -> Result<JobOutcome, FilesError
     )
     .await?;
     Ok(JobOutcome::Committed {
-        record,
+        record: Box::new(record),
         warnings,
         full_because: None,
     })

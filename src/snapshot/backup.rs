@@ -403,10 +403,13 @@ struct GroupInfo {
     sha256: Option<String>,
 }
 
+/// The parent manifest's cursor and the racy-clean cut-off.
+type ParentState = (ParentCursor<Box<dyn BufRead + Send>>, DateTime<Utc>);
+
 struct Engine {
     cfg: EngineConfig,
     parts: Parts,
-    parent: Option<(ParentCursor<Box<dyn BufRead + Send>>, DateTime<Utc>)>,
+    parent: Option<ParentState>,
     writer: Option<ManifestWriter<HashWriter<io::BufWriter<File>>>>,
     queue: VecDeque<(Entry, Option<Pending>)>,
     groups: HashMap<(u64, u64), GroupInfo>,

@@ -73,54 +73,44 @@ fn text(field: &mut [u8], value: &[u8]) {
     field[..n].copy_from_slice(&value[..n]);
 }
 
-fn block(
-    name: &[u8],
-    flag: u8,
-    mode: u32,
-    uid: u64,
-    gid: u64,
-    size: u64,
-    mtime: i64,
-    user: &[u8],
-    group: &[u8],
-    link: &[u8],
-) -> [u8; BLOCK] {
-    let mut h = [0u8; BLOCK];
-    text(&mut h[0..100], name);
-    numeric(&mut h[100..108], u64::from(mode & 0o7777));
-    numeric(&mut h[108..116], uid);
-    numeric(&mut h[116..124], gid);
-    numeric(&mut h[124..136], size);
-    numeric(&mut h[136..148], mtime.max(0) as u64);
-    h[156] = flag;
-    text(&mut h[157..257], link);
-    h[257..263].copy_from_slice(b"ustar ");
-    h[263..265].copy_from_slice(b" \0");
-    text(&mut h[265..297], user);
-    text(&mut h[297..329], group);
-    h[148..156].fill(b' ');
-    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+fn block(h: &HeaderInfo<'_>, flag: u8, size: u64) -> [u8; BLOCK] {
+    let mut b = [0u8; BLOCK];
+    text(&mut b[0..100], h.name);
+    numeric(&mut b[100..108], u64::from(h.mode & 0o7777));
+    numeric(&mut b[108..116], h.uid);
+    numeric(&mut b[116..124], h.gid);
+    numeric(&mut b[124..136], size);
+    numeric(&mut b[136..148], h.mtime.max(0) as u64);
+    b[156] = flag;
+    text(&mut b[157..257], h.link);
+    b[257..263].copy_from_slice(b"ustar ");
+    b[263..265].copy_from_slice(b" \0");
+    text(&mut b[265..297], h.user.unwrap_or("").as_bytes());
+    text(&mut b[297..329], h.group.unwrap_or("").as_bytes());
+    b[148..156].fill(b' ');
+    let sum: u32 = b.iter().map(|&x| u32::from(x)).sum();
     let s = format!("{sum:06o}");
-    h[148..154].copy_from_slice(s.as_bytes());
-    h[154] = 0;
-    h[155] = b' ';
-    h
+    b[148..154].copy_from_slice(s.as_bytes());
+    b[154] = 0;
+    b[155] = b' ';
+    b
 }
 
 fn long_link(out: &mut Vec<u8>, flag: u8, value: &[u8]) {
     let size = value.len() as u64 + 1;
-    out.extend_from_slice(&block(
-        b"././@LongLink",
-        flag,
-        0o644,
-        0,
-        0,
+    let h = HeaderInfo {
+        name: b"././@LongLink",
+        kind: TarKind::File,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
         size,
-        0,
-        b"root",
-        b"root",
-        b"",
-    ));
+        mtime: 0,
+        user: Some("root"),
+        group: Some("root"),
+        link: b"",
+    };
+    out.extend_from_slice(&block(&h, flag, size));
     out.extend_from_slice(value);
     out.push(0);
     out.resize(out.len() + padding(size), 0);
@@ -135,18 +125,7 @@ pub fn write_header(out: &mut Vec<u8>, h: &HeaderInfo<'_>) {
         long_link(out, b'K', h.link);
     }
     let size = if h.kind == TarKind::File { h.size } else { 0 };
-    out.extend_from_slice(&block(
-        h.name,
-        h.kind.flag(),
-        h.mode,
-        h.uid,
-        h.gid,
-        size,
-        h.mtime,
-        h.user.unwrap_or("").as_bytes(),
-        h.group.unwrap_or("").as_bytes(),
-        h.link,
-    ));
+    out.extend_from_slice(&block(h, h.kind.flag(), size));
 }
 
 /// The end-of-archive marker (two zero blocks).

@@ -182,7 +182,7 @@ impl Setup {
                 record,
                 warnings,
                 full_because,
-            } => (record, warnings, full_because),
+            } => (*record, warnings, full_because),
             other => panic!("unexpected {other:?}"),
         }
     }
