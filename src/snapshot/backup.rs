@@ -170,8 +170,12 @@ impl Parts {
         let data = std::mem::replace(&mut p.buf, Vec::with_capacity(frame_size + 64 * 1024));
         p.sent += data.len() as u64;
         if p.tx.blocking_send(Ok(Bytes::from(data))).is_err() {
-            // The store task ended early: its error says why.
-            return self.close_and_wait_all().and(Err(SnapshotError::Cancelled));
+            // The store task ended early (failed or cancelled): its error says why.
+            self.current = None;
+            while !self.outstanding.is_empty() {
+                self.wait_oldest()?;
+            }
+            return Err(SnapshotError::Cancelled);
         }
         Ok(())
     }
@@ -229,7 +233,10 @@ impl Parts {
             .handle
             .block_on(task)
             .map_err(|e| SnapshotError::Store(PipelineError::Task(e.to_string())))?
-            .map_err(SnapshotError::Store)?;
+            .map_err(|e| match e {
+                PipelineError::Cancelled => SnapshotError::Cancelled,
+                e => SnapshotError::Store(e),
+            })?;
         self.finished.insert(seq, stored);
         Ok(())
     }
