@@ -8,6 +8,9 @@
 //!   the set of files, a content, a mode or an owner changed since the newest config backup;
 //!   otherwise [`JobOutcome::Unchanged`] and nothing is uploaded.
 //! - [`restore_snapshot`]: `restore files` / `restore config` without the daemon.
+//! - [`watch`]: optional inotify watch of config files (parent folders, debounced).
+
+pub mod watch;
 
 use crate::catalogue::{Catalogue, ConfigJob, FilesJob, Job, JobSpec};
 use crate::error::{Classify, Retry, io_retry};
