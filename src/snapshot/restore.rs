@@ -112,13 +112,29 @@ impl Classify for RestoreError {
 
 const AGE_CHUNK: u64 = 64 * 1024 + 16;
 
-/// Reads frames through the pipeline's ranged reader, caching the last one.
+/// At most this many objects are streamed at once (a chain restore reads several).
+const MAX_STREAMS: usize = 64;
+
+/// One object read front to back (whole restores): decryption and decompression run on the
+/// pipeline's own threads, overlapping with our writing. Frames of one object are requested in
+/// increasing order (manifests and parts are both in walk order), so the stream only skips ahead.
+struct ObjectStream {
+    reader: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    /// Content offset of the next byte.
+    pos: u64,
+}
+
+/// Gets frames: by streaming whole objects (whole restores) or by ranged reads (`--path`, and
+/// any object whose stream failed, so a damaged chunk costs only the frames it covers).
 struct Frames<'a> {
     store: &'a Store,
     objects: &'a HashMap<String, ObjectRecord>,
     identities: &'a Identities,
     handle: tokio::runtime::Handle,
     cached: Option<(String, u64, Bytes)>,
+    streaming: bool,
+    streams: HashMap<String, ObjectStream>,
+    ranged_only: std::collections::HashSet<String>,
     frames: u64,
     bytes: u64,
 }
@@ -134,28 +150,97 @@ impl Frames<'_> {
         let record = self.objects.get(key).ok_or_else(|| {
             format!("object {key} is not listed by any commit record of the chain")
         })?;
+        self.frames += 1;
+        let data = match self.streamed(key, record, f) {
+            Some(data) => data,
+            None => self.ranged(record, f)?,
+        };
+        self.cached = Some((key.to_string(), f[0], data.clone()));
+        Ok(data)
+    }
+
+    fn ranged(&mut self, record: &ObjectRecord, f: [u64; 4]) -> Result<Bytes, String> {
         let info = FrameInfo {
             compressed_offset: f[0],
             compressed_len: f[1],
             content_offset: f[2],
             content_len: f[3],
         };
-        self.frames += 1;
         let first = f[0] / (64 * 1024);
         let last = (f[0] + f[1].max(1) - 1) / (64 * 1024);
         self.bytes += AGE_CHUNK * (last - first + 2);
-        let data = self
-            .handle
+        self.handle
             .block_on(pipeline::read_frame(
                 self.store,
                 record,
                 info,
                 self.identities,
             ))
-            .map_err(|e| crate::daemon::error_chain_of(&e))?;
-        self.cached = Some((key.to_string(), f[0], data.clone()));
-        Ok(data)
+            .map_err(|e| crate::daemon::error_chain_of(&e))
     }
+
+    /// The frame from the object's stream; None when streaming is off or failed (then the
+    /// object is read by ranges from now on).
+    fn streamed(&mut self, key: &str, record: &ObjectRecord, f: [u64; 4]) -> Option<Bytes> {
+        if !self.streaming || self.ranged_only.contains(key) || record.compression != "zstd" {
+            return None;
+        }
+        if !self.streams.contains_key(key) {
+            if self.streams.len() >= MAX_STREAMS {
+                return None;
+            }
+            let opened =
+                self.handle
+                    .block_on(pipeline::open_stream(self.store, record, self.identities));
+            match opened {
+                Ok(reader) => {
+                    self.bytes += record.size;
+                    self.streams
+                        .insert(key.to_string(), ObjectStream { reader, pos: 0 });
+                }
+                Err(_) => {
+                    self.ranged_only.insert(key.to_string());
+                    return None;
+                }
+            }
+        }
+        let result = {
+            let stream = self.streams.get_mut(key)?;
+            if stream.pos > f[2] {
+                Err(())
+            } else {
+                self.handle
+                    .block_on(read_at(stream, f[2], f[3]))
+                    .map_err(|_| ())
+            }
+        };
+        match result {
+            Ok(data) => Some(data),
+            Err(()) => {
+                self.streams.remove(key);
+                self.ranged_only.insert(key.to_string());
+                None
+            }
+        }
+    }
+}
+
+/// Skips to `offset` and reads `len` bytes from a stream.
+async fn read_at(stream: &mut ObjectStream, offset: u64, len: u64) -> io::Result<Bytes> {
+    use tokio::io::AsyncReadExt;
+    let mut skip = offset - stream.pos;
+    let mut scratch = vec![0u8; 256 * 1024];
+    while skip > 0 {
+        let n = usize::try_from(skip.min(scratch.len() as u64)).unwrap_or(scratch.len());
+        stream.reader.read_exact(&mut scratch[..n]).await?;
+        skip -= n as u64;
+        stream.pos += n as u64;
+    }
+    let len = usize::try_from(len).map_err(|_| io::Error::other("frame too large"))?;
+    let mut buf = vec![0u8; len];
+    stream.reader.read_exact(&mut buf).await?;
+    stream.pos += len as u64;
+    Ok(Bytes::from(buf))
 }
 
 /// Restores from a plaintext manifest file (blocking; call from `spawn_blocking`).
@@ -234,6 +319,9 @@ pub fn restore(
             identities,
             handle,
             cached: None,
+            streaming: options.paths.is_empty(),
+            streams: HashMap::new(),
+            ranged_only: Default::default(),
             frames: 0,
             bytes: 0,
         },
