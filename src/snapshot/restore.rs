@@ -2,7 +2,8 @@
 //!
 //! 0. check every path (relative, no `.`/`..`, no NUL) before writing anything; plan;
 //! 1. folders (created 0700) and regular files, in manifest order: each file's bytes come from
-//!    the frames its entry names (ranged reads, one decoded frame cached), are written with holes
+//!    the frames its entry names (whole restores stream each object front to back, `--path`
+//!    restores fetch just those frames by ranged reads), are written with holes
 //!    where the sparse map says so, and are checked against the entry's SHA-256; then
 //!    chown (by name, numeric fallback) **before** chmod (keeps setgid), then times;
 //! 2. symlinks and hard links (after every regular file);
@@ -113,7 +114,7 @@ impl Classify for RestoreError {
 const AGE_CHUNK: u64 = 64 * 1024 + 16;
 
 /// At most this many objects are streamed at once (a chain restore reads several).
-const MAX_STREAMS: usize = 64;
+const MAX_STREAMS: usize = 16;
 
 /// One object read front to back (whole restores): decryption and decompression run on the
 /// pipeline's own threads, overlapping with our writing. Frames of one object are requested in
@@ -122,6 +123,9 @@ struct ObjectStream {
     reader: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
     /// Content offset of the next byte.
     pos: u64,
+    /// The last frame read (content offset, bytes): files of other objects may come between two
+    /// files of one frame.
+    last: Option<(u64, Bytes)>,
 }
 
 /// Gets frames: by streaming whole objects (whole restores) or by ranged reads (`--path`, and
@@ -195,8 +199,14 @@ impl Frames<'_> {
             match opened {
                 Ok(reader) => {
                     self.bytes += record.size;
-                    self.streams
-                        .insert(key.to_string(), ObjectStream { reader, pos: 0 });
+                    self.streams.insert(
+                        key.to_string(),
+                        ObjectStream {
+                            reader,
+                            pos: 0,
+                            last: None,
+                        },
+                    );
                 }
                 Err(_) => {
                     self.ranged_only.insert(key.to_string());
@@ -206,12 +216,16 @@ impl Frames<'_> {
         }
         let result = {
             let stream = self.streams.get_mut(key)?;
-            if stream.pos > f[2] {
-                Err(())
-            } else {
-                self.handle
-                    .block_on(read_at(stream, f[2], f[3]))
-                    .map_err(|_| ())
+            match &stream.last {
+                Some((off, data)) if *off == f[2] => Ok(data.clone()),
+                _ if stream.pos > f[2] => Err(()),
+                _ => match self.handle.block_on(read_at(stream, f[2], f[3])) {
+                    Ok(data) => {
+                        stream.last = Some((f[2], data.clone()));
+                        Ok(data)
+                    }
+                    Err(_) => Err(()),
+                },
             }
         };
         match result {
