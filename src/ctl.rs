@@ -529,9 +529,63 @@ async fn restore(ctx: &Ctx, what: RestoreCommand) -> CtlResult {
                 Ok(())
             }
         }
+        RestoreCommand::Files(a) => {
+            let options = crate::files::SnapshotRestoreOptions {
+                job: a.job,
+                backup: a.backup,
+                at: a.at,
+                target: Some(a.target),
+                in_place: false,
+                paths: a.paths,
+                dry_run: a.dry_run,
+                overwrite: a.overwrite,
+                ignore_errors: a.ignore_errors,
+                numeric_owner: a.numeric_owner,
+                repository: a.repository,
+            };
+            snapshot_restore(ctx, options).await
+        }
+        RestoreCommand::Config(a) => {
+            let options = crate::files::SnapshotRestoreOptions {
+                job: a.job,
+                backup: a.backup,
+                at: a.at,
+                target: a.target,
+                in_place: a.in_place,
+                paths: a.paths,
+                dry_run: a.dry_run,
+                overwrite: a.overwrite,
+                ignore_errors: a.ignore_errors,
+                numeric_owner: a.numeric_owner,
+                repository: a.repository,
+            };
+            snapshot_restore(ctx, options).await
+        }
         _ => Err(CtlError::failed(
             "this restore is not available in this version of bdc-backup",
         )),
+    }
+}
+
+/// `restore files` / `restore config`: exit 1 when files could not be restored (also with
+/// --ignore-errors, after restoring the rest).
+async fn snapshot_restore(ctx: &Ctx, options: crate::files::SnapshotRestoreOptions) -> CtlResult {
+    let catalogue = ctx.load_catalogue()?;
+    let report = crate::files::restore_snapshot(&catalogue, options)
+        .await
+        .map_err(|e| CtlError::failed(crate::daemon::error_chain_of(&e)))?;
+    if ctx.args.json {
+        print_json(&report)?;
+    } else {
+        println!("{report}");
+    }
+    if report.stats.failed.is_empty() {
+        Ok(())
+    } else {
+        Err(CtlError::failed(format!(
+            "{} file(s) could not be restored",
+            report.stats.failed.len()
+        )))
     }
 }
 

@@ -9,6 +9,8 @@
 //! - [`state`]: the SQLite state DB (runs, backups, schedule state, audit). All SQL lives here.
 //! - [`protocol`]: the control-socket wire types shared by both binaries.
 //! - [`control`]: the socket server (peer credentials, authorization) and the client.
+//! - [`snapshot`]: the tree-snapshot engine (walk, tar parts in zstd frames, manifests, restore).
+//! - [`files`]: `files` and `config` jobs and their restores.
 //! - [`postgres`]: the PostgreSQL side: control connection, pg_dump jobs, logical restore.
 //! - [`daemon`]: wires it all together: scheduler loop, run executor, reload, systemd, logs.
 //! - [`ctl`]: the `bdc-backupctl` commands.
@@ -23,6 +25,7 @@ pub mod control;
 pub mod ctl;
 pub mod daemon;
 pub mod error;
+pub mod files;
 pub mod model;
 pub mod pipeline;
 pub mod postgres;
@@ -30,5 +33,6 @@ pub mod protocol;
 pub mod repository;
 pub mod retention;
 pub mod schedule;
+pub mod snapshot;
 pub mod state;
 pub mod usage;

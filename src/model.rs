@@ -62,6 +62,8 @@ string_enum!(
         CatchUp => "catch-up",
         /// `bdc-backupctl run`.
         Manual => "manual",
+        /// A watched config file changed.
+        Change => "change",
     }
 );
 

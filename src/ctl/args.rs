@@ -104,10 +104,10 @@ pub enum RestoreCommand {
     Database(RestoreDatabaseArgs),
     /// Point-in-time recovery of the cluster.
     Cluster(PassThrough),
-    /// Restore a files job's snapshot.
-    Files(PassThrough),
-    /// Restore a config job's snapshot.
-    Config(PassThrough),
+    /// Restore a files job's snapshot (to a folder; any backup of a chain).
+    Files(RestoreFilesArgs),
+    /// Restore a config job's snapshot (to a folder, or --in-place to the original paths).
+    Config(RestoreConfigArgs),
     /// Disaster recovery in the seed's order.
     All(PassThrough),
 }
@@ -142,6 +142,80 @@ pub struct RestoreDatabaseArgs {
     #[arg(long)]
     pub roles: bool,
     /// Read from this repository (default: the job's first).
+    #[arg(long)]
+    pub repository: Option<String>,
+}
+
+/// `restore files --job J [--backup ID|--at T] --target DIR [--path P…] [--dry-run] [--overwrite]`
+#[derive(Debug, Clone, Args)]
+pub struct RestoreFilesArgs {
+    #[arg(long)]
+    pub job: String,
+    /// The backup id (default: the newest).
+    #[arg(long, conflicts_with = "at")]
+    pub backup: Option<String>,
+    /// The newest backup stopped at or before this time (RFC 3339, or `YYYY-MM-DD HH:MM[:SS]`
+    /// in the catalogue's time zone).
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+    /// Restore beneath this folder (created if missing; must be empty unless --overwrite).
+    #[arg(long, value_name = "DIR")]
+    pub target: PathBuf,
+    /// Only this file or folder (relative to the job's folder, or absolute beneath it);
+    /// repeatable. Only the frames it needs are fetched.
+    #[arg(long = "path", value_name = "P")]
+    pub paths: Vec<PathBuf>,
+    /// Show what would be restored; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Restore into a non-empty target, replacing entries of the same name.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Restore what can be restored when data is damaged or missing (the failures are listed).
+    #[arg(long)]
+    pub ignore_errors: bool,
+    /// Owners by number, not by name.
+    #[arg(long)]
+    pub numeric_owner: bool,
+    /// Read from this repository (default: the job's first).
+    #[arg(long)]
+    pub repository: Option<String>,
+}
+
+/// `restore config --job J [--backup ID|--at T] (--target DIR | --in-place) [--dry-run]`
+#[derive(Debug, Clone, Args)]
+pub struct RestoreConfigArgs {
+    #[arg(long)]
+    pub job: String,
+    /// The backup id (default: the newest).
+    #[arg(long, conflicts_with = "at")]
+    pub backup: Option<String>,
+    /// The newest backup stopped at or before this time.
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+    /// Restore beneath this folder (the original absolute paths are recreated inside it).
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "in_place",
+        conflicts_with = "in_place"
+    )]
+    pub target: Option<PathBuf>,
+    /// Back to the original absolute paths (existing files replaced; nothing else touched).
+    #[arg(long)]
+    pub in_place: bool,
+    /// Only this file (absolute path); repeatable.
+    #[arg(long = "path", value_name = "P")]
+    pub paths: Vec<PathBuf>,
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Restore into a non-empty --target folder.
+    #[arg(long)]
+    pub overwrite: bool,
+    #[arg(long)]
+    pub ignore_errors: bool,
+    #[arg(long)]
+    pub numeric_owner: bool,
     #[arg(long)]
     pub repository: Option<String>,
 }

@@ -514,8 +514,52 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-/// What a run produced: the committed backup per repository and the replica failures, or the error.
-type RunResult = Result<(Vec<(String, CommitRecord)>, Vec<String>), String>;
+/// What a job kind produced.
+struct KindOutcome {
+    /// The committed backup, per repository (the first is the primary); empty when unchanged.
+    committed: Vec<(String, CommitRecord)>,
+    /// Nothing changed, nothing stored (config jobs).
+    unchanged: bool,
+    /// Warnings listed on the run (unreadable files, files changed while read, …).
+    warnings: Vec<String>,
+}
+
+impl KindOutcome {
+    fn committed(repository: String, record: CommitRecord, warnings: Vec<String>) -> KindOutcome {
+        KindOutcome {
+            committed: vec![(repository, record)],
+            unchanged: false,
+            warnings,
+        }
+    }
+
+    fn from_files(repository: String, outcome: crate::files::JobOutcome) -> KindOutcome {
+        match outcome {
+            crate::files::JobOutcome::Committed {
+                record,
+                mut warnings,
+                full_because,
+            } => {
+                if let Some(why) = full_because {
+                    warnings.insert(0, format!("made a full backup: {why}"));
+                }
+                KindOutcome::committed(repository, *record, warnings)
+            }
+            crate::files::JobOutcome::Unchanged { since, warnings } => {
+                let mut warnings = warnings;
+                warnings.insert(0, format!("unchanged since backup {since}"));
+                KindOutcome {
+                    committed: Vec::new(),
+                    unchanged: true,
+                    warnings,
+                }
+            }
+        }
+    }
+}
+
+/// What a run produced (and the replica failures), or the error.
+type RunResult = Result<(KindOutcome, Vec<String>), String>;
 
 /// Everything one run needs, moved into its task.
 struct RunContext {
@@ -556,8 +600,8 @@ impl RunContext {
                         self.set_phase("running");
                         let reporter = self.spawn_progress_reporter();
                         let result = match self.run_kind().await {
-                            Ok(committed) => {
-                                let replica_errors = self.replicate(&committed).await;
+                            Ok(outcome) => {
+                                let replica_errors = self.replicate(&outcome.committed).await;
                                 if self.job.retention.is_some() {
                                     self.set_phase("retention");
                                     let now = shared.clock.now();
@@ -569,7 +613,7 @@ impl RunContext {
                                     )
                                     .await;
                                 }
-                                Ok((committed, replica_errors))
+                                Ok((outcome, replica_errors))
                             }
                             Err(e) => Err(e),
                         };
@@ -649,7 +693,7 @@ impl RunContext {
         })
     }
 
-    async fn run_kind(&self) -> Result<Vec<(String, CommitRecord)>, String> {
+    async fn run_kind(&self) -> Result<KindOutcome, String> {
         let primary_name = self
             .job
             .repositories
@@ -694,7 +738,68 @@ impl RunContext {
                 let record = crate::postgres::dump::run_dump(ctx)
                     .await
                     .map_err(|e| error_chain(&e))?;
-                Ok(vec![(repository.name.clone(), record)])
+                Ok(KindOutcome::committed(
+                    repository.name.clone(),
+                    record,
+                    Vec::new(),
+                ))
+            }
+            JobSpec::Files(spec) => {
+                self.set_phase("reading files");
+                let mut replicas = Vec::new();
+                for name in self.job.repositories.iter().skip(1) {
+                    // An incremental's parent must be committed in every repository (DESIGN §4):
+                    // a replica that cannot be opened makes the run a full.
+                    match self.catalogue.repository(name).map(Repository::open) {
+                        Some(Ok(r)) => replicas.push(r),
+                        _ => {
+                            tracing::warn!(job = %self.job.name, repository = %name, "replica cannot be opened")
+                        }
+                    }
+                }
+                let replicas_all_open = replicas.len() + 1 == self.job.repositories.len();
+                let requested = match self.record.backup_type {
+                    Some(BackupType::Incremental) if !replicas_all_open => BackupType::Full,
+                    Some(t) => t,
+                    None => BackupType::Full,
+                };
+                let ctx = crate::files::FilesContext {
+                    catalogue: &self.catalogue,
+                    job: &self.job,
+                    spec,
+                    repository: &repository,
+                    replicas: &replicas,
+                    pipeline: &pipeline,
+                    backup_id: &backup_id,
+                    started_at: self.record.started_at,
+                    requested,
+                    progress: &self.progress,
+                    cancel: &self.cancel,
+                    state_dir: &self.catalogue.daemon.state_directory,
+                };
+                let outcome = crate::files::run_files(ctx)
+                    .await
+                    .map_err(|e| error_chain(&e))?;
+                Ok(KindOutcome::from_files(repository.name.clone(), outcome))
+            }
+            JobSpec::Config(spec) => {
+                self.set_phase("checking config files");
+                let ctx = crate::files::ConfigContext {
+                    catalogue: &self.catalogue,
+                    job: &self.job,
+                    spec,
+                    repository: &repository,
+                    pipeline: &pipeline,
+                    backup_id: &backup_id,
+                    started_at: self.record.started_at,
+                    progress: &self.progress,
+                    cancel: &self.cancel,
+                    state_dir: &self.catalogue.daemon.state_directory,
+                };
+                let outcome = crate::files::run_config(ctx)
+                    .await
+                    .map_err(|e| error_chain(&e))?;
+                Ok(KindOutcome::from_files(repository.name.clone(), outcome))
             }
             other => Err(format!(
                 "job kind `{}` is not supported by this version of bdc-backupd",
@@ -708,24 +813,29 @@ impl RunContext {
         let now = shared.clock.now();
         let reason = self.reason.lock().map(|r| r.clone()).unwrap_or(None);
         let (status, error, backup_id) = match result {
-            Ok((committed, replica_errors)) => {
+            Ok((outcome, replica_errors)) => {
                 let mut backup_id = None;
-                for (repository, record) in &committed {
+                for (repository, record) in &outcome.committed {
                     backup_id = Some(record.id.clone());
                     let row = backup_row(repository, record);
                     if let Err(err) = shared.state.upsert_backup(&row).await {
                         tracing::error!(job = %self.record.job, error = %err, "cannot record the backup in the state DB");
                     }
                 }
-                if replica_errors.is_empty() {
-                    (RunStatus::Succeeded, None, backup_id)
-                } else {
+                // For a successful run `error` carries its warnings, if any.
+                let warnings = (!outcome.warnings.is_empty())
+                    .then(|| format!("warnings: {}", outcome.warnings.join("; ")));
+                if !replica_errors.is_empty() {
                     shared.replicator_wake.notify_one();
-                    (
-                        RunStatus::Partial,
-                        Some(replica_errors.join("; ")),
-                        backup_id,
-                    )
+                    let mut text = replica_errors.join("; ");
+                    if let Some(w) = warnings {
+                        text = format!("{text}; {w}");
+                    }
+                    (RunStatus::Partial, Some(text), backup_id)
+                } else if outcome.unchanged {
+                    (RunStatus::Unchanged, warnings, None)
+                } else {
+                    (RunStatus::Succeeded, warnings, backup_id)
                 }
             }
             Err(message) => match reason {
@@ -748,7 +858,7 @@ impl RunContext {
             bytes_read: self.progress.read(),
             bytes_stored: self.progress.stored(),
             error: error.clone(),
-            backup_id: backup_id.clone().or(self.record.backup_id.clone()),
+            backup_id: backup_id.clone(),
         };
         if let Err(err) = shared.state.finish_run(self.record.id, &outcome).await {
             tracing::error!(job = %self.record.job, run_id = self.record.id, error = %err, "cannot record the run's end in the state DB");

@@ -1,0 +1,934 @@
+//! The backup side of the engine (DESIGN §3, §4). On a blocking thread: walk the source in
+//! manifest order, merge with the parent manifest (unchanged rule + racy-clean), write the tar
+//! stream of what is new or changed into parts (objects) cut into frames at entry boundaries,
+//! and write the complete manifest to a spool file as entries resolve.
+//!
+//! Parts are stored by [`crate::pipeline::store_frames`] tasks on the runtime; the frame table a
+//! part returns turns its entries' plaintext offsets into frame locations. Entries wait in an
+//! in-order queue until their part is stored; a part is closed early when the queue grows, so
+//! memory stays bounded (≈ frame buffers + ≤ `MAX_QUEUE` entries + one folder listing per depth).
+
+use super::SnapshotError;
+use super::manifest::{
+    Entry, EntryKind, Header, Location, ManifestWriter, Mode, ParentCursor, Trailer,
+};
+use super::path::ByteName;
+use super::tar::{self, HeaderInfo, TarKind};
+use super::walk::{Event, Item};
+use crate::pipeline::{
+    self, FrameInfo, PipelineError, PipelineSettings, ProgressCounter, StoredObject,
+};
+use crate::repository::{Store, format};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::File;
+use std::io::{self, BufRead, Read, Seek, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::PathBuf;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Entries waiting for their part before the part is closed early.
+const MAX_QUEUE: usize = 50_000;
+/// Parts being stored at once (each has its own compression pipeline).
+const MAX_OUTSTANDING: usize = 2;
+/// Read size for file content.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// The parent snapshot an incremental compares with.
+pub struct Parent {
+    /// The plaintext manifest (local copy), positioned at the manifest's first line.
+    pub manifest: Box<dyn BufRead + Send>,
+    /// When the parent backup started (the racy-clean cut-off is this minus one second).
+    pub started_at: DateTime<Utc>,
+}
+
+/// One engine run.
+pub struct EngineConfig {
+    pub job: String,
+    pub backup_id: String,
+    pub backup_type: crate::model::BackupType,
+    pub mode: Mode,
+    pub started_at: DateTime<Utc>,
+    pub ancestors: Vec<String>,
+    /// The header's `source` (the folder, or `/` for config jobs).
+    pub source: ByteName,
+    /// Plaintext bytes per part (object); a larger file gets a part of its own.
+    pub part_size: u64,
+    pub parent: Option<Parent>,
+    /// Where the manifest is spooled (a private folder: it holds names).
+    pub spool_dir: PathBuf,
+    /// Test hook: opening this relative path fails with "permission denied" (root reads any
+    /// file, so tests cannot make one unreadable honestly otherwise).
+    #[doc(hidden)]
+    pub fault_unreadable: Option<ByteName>,
+    /// Test hook: called after a file is opened and examined, before its content is read
+    /// (with the attempt number), so tests can make it grow or shrink "while being read".
+    #[doc(hidden)]
+    pub before_read: Option<ReadHook>,
+}
+
+/// See [`EngineConfig::before_read`].
+pub type ReadHook = std::sync::Arc<dyn Fn(&ByteName, &std::path::Path, u32) + Send + Sync>;
+
+/// What the engine produced.
+pub struct EngineOutput {
+    /// Data objects in order.
+    pub objects: Vec<StoredObject>,
+    /// The plaintext manifest (a deleted-on-drop temp file), rewound.
+    pub manifest: tempfile::NamedTempFile,
+    pub manifest_size: u64,
+    pub manifest_sha256: String,
+    pub trailer: Trailer,
+    /// Content bytes read from the source.
+    pub bytes_read: u64,
+    pub warnings: Vec<String>,
+}
+
+struct Pending {
+    seq: u64,
+    start: u64,
+    len: u64,
+}
+
+struct OpenPart {
+    seq: u64,
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    buf: Vec<u8>,
+    /// Plaintext offset of `buf[0]`.
+    sent: u64,
+    entries: usize,
+}
+
+impl OpenPart {
+    fn offset(&self) -> u64 {
+        self.sent + self.buf.len() as u64
+    }
+}
+
+type PartTask = tokio::task::JoinHandle<Result<StoredObject, PipelineError>>;
+
+/// The tar stream split into parts and frames.
+struct Parts {
+    store: Store,
+    settings: PipelineSettings,
+    progress: ProgressCounter,
+    cancel: CancellationToken,
+    handle: tokio::runtime::Handle,
+    job: String,
+    backup_id: String,
+    frame_size: usize,
+    part_size: u64,
+    next_seq: u64,
+    current: Option<OpenPart>,
+    outstanding: VecDeque<(u64, PartTask)>,
+    finished: BTreeMap<u64, StoredObject>,
+}
+
+impl Parts {
+    fn part(&mut self) -> &mut OpenPart {
+        if self.current.is_none() {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let key = format::data_key(&self.job, &self.backup_id, seq);
+            let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(2);
+            let stream = Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|item| (item, rx))
+            }));
+            let (store, settings, progress, cancel, k) = (
+                self.store.clone(),
+                self.settings.clone(),
+                self.progress.clone(),
+                self.cancel.clone(),
+                key.clone(),
+            );
+            let task = self.handle.spawn(async move {
+                pipeline::store_frames(&store, &k, stream, &settings, &progress, &cancel).await
+            });
+            self.outstanding.push_back((seq, task));
+            self.current = Some(OpenPart {
+                seq,
+                tx,
+                buf: Vec::with_capacity(self.frame_size + 64 * 1024),
+                sent: 0,
+                entries: 0,
+            });
+        }
+        self.current.as_mut().expect("just opened")
+    }
+
+    fn send_frame(&mut self) -> Result<(), SnapshotError> {
+        let frame_size = self.frame_size;
+        let Some(p) = self.current.as_mut() else {
+            return Ok(());
+        };
+        if p.buf.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::replace(&mut p.buf, Vec::with_capacity(frame_size + 64 * 1024));
+        p.sent += data.len() as u64;
+        if p.tx.blocking_send(Ok(Bytes::from(data))).is_err() {
+            // The store task ended early (failed or cancelled): its error says why.
+            self.current = None;
+            while !self.outstanding.is_empty() {
+                self.wait_oldest()?;
+            }
+            return Err(SnapshotError::Cancelled);
+        }
+        Ok(())
+    }
+
+    /// Called before an entry of `total` tar bytes: a new part if it would not fit.
+    fn room_for(&mut self, total: u64) -> Result<(), SnapshotError> {
+        if let Some(p) = &self.current
+            && p.offset() > 0
+            && p.offset() + total > self.part_size
+        {
+            self.close()?;
+        }
+        // A new entry starts a new frame once the current one is big enough, or when the entry
+        // would make the frame much larger than the target.
+        let frame_size = self.frame_size as u64;
+        if let Some(p) = &self.current {
+            let b = p.buf.len() as u64;
+            if b >= frame_size || (b > 0 && b + total > 2 * frame_size) {
+                self.send_frame()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After an entry: close the part when full.
+    fn entry_done(&mut self) -> Result<(), SnapshotError> {
+        let part_size = self.part_size;
+        if let Some(p) = self.current.as_mut() {
+            p.entries += 1;
+            if p.offset() >= part_size {
+                self.close()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<(), SnapshotError> {
+        if let Some(p) = self.current.as_mut() {
+            tar::end_of_archive(&mut p.buf);
+        }
+        self.send_frame()?;
+        // Dropping the sender ends the part's frame stream.
+        self.current = None;
+        while self.outstanding.len() > MAX_OUTSTANDING {
+            self.wait_oldest()?;
+        }
+        Ok(())
+    }
+
+    fn wait_oldest(&mut self) -> Result<(), SnapshotError> {
+        let Some((seq, task)) = self.outstanding.pop_front() else {
+            return Ok(());
+        };
+        let stored = self
+            .handle
+            .block_on(task)
+            .map_err(|e| SnapshotError::Store(PipelineError::Task(e.to_string())))?
+            .map_err(|e| match e {
+                PipelineError::Cancelled => SnapshotError::Cancelled,
+                e => SnapshotError::Store(e),
+            })?;
+        self.finished.insert(seq, stored);
+        Ok(())
+    }
+
+    fn close_and_wait_all(&mut self) -> Result<(), SnapshotError> {
+        if self.current.is_some() {
+            self.close()?;
+        }
+        while !self.outstanding.is_empty() {
+            self.wait_oldest()?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.part().buf.extend_from_slice(bytes);
+    }
+}
+
+/// Runs the engine (blocking; call from `spawn_blocking`).
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    mut cfg: EngineConfig,
+    walk: Box<dyn Iterator<Item = Event> + Send>,
+    store: Store,
+    settings: PipelineSettings,
+    progress: ProgressCounter,
+    cancel: CancellationToken,
+    handle: tokio::runtime::Handle,
+) -> Result<EngineOutput, SnapshotError> {
+    let spool = tempfile::Builder::new()
+        .prefix(".manifest-")
+        .tempfile_in(&cfg.spool_dir)
+        .map_err(|source| SnapshotError::Spool {
+            path: cfg.spool_dir.clone(),
+            source,
+        })?;
+    let spool_path = spool.path().to_path_buf();
+    let spool_err = |source| SnapshotError::Spool {
+        path: spool_path.clone(),
+        source,
+    };
+    let out = HashWriter::new(io::BufWriter::new(spool.reopen().map_err(spool_err)?));
+    let header = Header {
+        format_version: crate::repository::FORMAT_VERSION,
+        kind: super::manifest::SNAPSHOT_KIND.into(),
+        job: cfg.job.clone(),
+        backup_id: cfg.backup_id.clone(),
+        backup_type: cfg.backup_type,
+        mode: cfg.mode,
+        source: cfg.source.clone(),
+        started_at: cfg.started_at,
+        ancestors: cfg.ancestors.clone(),
+    };
+    let writer = ManifestWriter::new(out, &header).map_err(spool_err)?;
+    let parent = match cfg.parent.take() {
+        Some(p) => {
+            let reader = super::manifest::ManifestReader::new(p.manifest)
+                .map_err(SnapshotError::ParentManifest)?;
+            let cutoff = p.started_at - chrono::Duration::seconds(1);
+            Some((
+                ParentCursor::new(reader).map_err(SnapshotError::ParentManifest)?,
+                cutoff,
+            ))
+        }
+        None => None,
+    };
+    let frame_size = settings.effective_frame_size();
+    let mut engine = Engine {
+        parts: Parts {
+            store,
+            settings,
+            progress,
+            cancel: cancel.clone(),
+            handle,
+            job: cfg.job.clone(),
+            backup_id: cfg.backup_id.clone(),
+            frame_size,
+            part_size: cfg.part_size.max(1),
+            next_seq: 0,
+            current: None,
+            outstanding: VecDeque::new(),
+            finished: BTreeMap::new(),
+        },
+        cfg,
+        parent,
+        writer: Some(writer),
+        queue: VecDeque::new(),
+        groups: HashMap::new(),
+        names: Names::default(),
+        warnings: Vec::new(),
+        bytes_read: 0,
+        files_stored: 0,
+        buf: vec![0u8; READ_CHUNK],
+    };
+    let result = engine.walk(walk, &cancel);
+    if let Err(e) = result {
+        // Let running uploads end (they abort on the closed stream or on cancellation).
+        engine.parts.current = None;
+        for (_, task) in engine.parts.outstanding.drain(..) {
+            task.abort();
+        }
+        return Err(e);
+    }
+    engine.parts.close_and_wait_all()?;
+    engine.flush(true)?;
+    let objects: Vec<StoredObject> = std::mem::take(&mut engine.parts.finished)
+        .into_values()
+        .collect();
+    let trailer = Trailer {
+        entries: 0,
+        objects: objects.iter().map(|o| o.record.key.clone()).collect(),
+        files_stored: engine.files_stored,
+        warnings: engine.warnings.len() as u64,
+    };
+    let writer = engine.writer.take().expect("writer present until the end");
+    let entries = writer.entries();
+    let hashed = writer.finish(trailer.clone()).map_err(spool_err)?;
+    let (size, sha256) = hashed.finish().map_err(spool_err)?;
+    let mut manifest = spool;
+    manifest.rewind().map_err(spool_err)?;
+    Ok(EngineOutput {
+        objects,
+        manifest,
+        manifest_size: size,
+        manifest_sha256: sha256,
+        trailer: Trailer { entries, ..trailer },
+        bytes_read: engine.bytes_read,
+        warnings: engine.warnings,
+    })
+}
+
+/// Owner names by id (cached).
+#[derive(Default)]
+struct Names {
+    users: HashMap<u32, Option<String>>,
+    groups: HashMap<u32, Option<String>>,
+}
+
+impl Names {
+    fn user(&mut self, uid: u32) -> Option<String> {
+        self.users
+            .entry(uid)
+            .or_insert_with(|| {
+                nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+            })
+            .clone()
+    }
+    fn group(&mut self, gid: u32) -> Option<String> {
+        self.groups
+            .entry(gid)
+            .or_insert_with(|| {
+                nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+                    .ok()
+                    .flatten()
+                    .map(|g| g.name)
+            })
+            .clone()
+    }
+}
+
+struct GroupInfo {
+    id: u64,
+    tar_name: Vec<u8>,
+    /// The first member's content went into this backup's tar stream.
+    in_tar: bool,
+    size: u64,
+    sha256: Option<String>,
+}
+
+/// The parent manifest's cursor and the racy-clean cut-off.
+type ParentState = (ParentCursor<Box<dyn BufRead + Send>>, DateTime<Utc>);
+
+struct Engine {
+    cfg: EngineConfig,
+    parts: Parts,
+    parent: Option<ParentState>,
+    writer: Option<ManifestWriter<HashWriter<io::BufWriter<File>>>>,
+    queue: VecDeque<(Entry, Option<Pending>)>,
+    groups: HashMap<(u64, u64), GroupInfo>,
+    names: Names,
+    warnings: Vec<String>,
+    bytes_read: u64,
+    files_stored: u64,
+    buf: Vec<u8>,
+}
+
+fn tar_name(path: &ByteName, dir: bool) -> Vec<u8> {
+    if path.as_bytes().is_empty() {
+        return b"./".to_vec();
+    }
+    let mut v = path.0.clone();
+    if dir {
+        v.push(b'/');
+    }
+    v
+}
+
+impl Engine {
+    fn lenient(&self) -> bool {
+        self.cfg.mode == Mode::Lenient
+    }
+
+    fn warn_or_fail(&mut self, path: &ByteName, what: String) -> Result<(), SnapshotError> {
+        if self.lenient() {
+            tracing::warn!(path = %path.display(), "{what}");
+            self.warnings.push(format!("{}: {what}", path.display()));
+            Ok(())
+        } else {
+            Err(SnapshotError::Strict {
+                path: path.display(),
+                reason: what,
+            })
+        }
+    }
+
+    fn walk(
+        &mut self,
+        walk: Box<dyn Iterator<Item = Event> + Send>,
+        cancel: &CancellationToken,
+    ) -> Result<(), SnapshotError> {
+        for event in walk {
+            if cancel.is_cancelled() {
+                return Err(SnapshotError::Cancelled);
+            }
+            match event {
+                Event::Item(item) => self.item(item)?,
+                Event::Error { path, error } => {
+                    self.warn_or_fail(&path, format!("cannot be read: {error}"))?
+                }
+                Event::Missing { path } => {
+                    self.warnings
+                        .push(format!("/{}: does not exist", path.display()));
+                }
+            }
+            if self.queue.len() > MAX_QUEUE && self.parts.current.is_some() {
+                self.parts.close()?;
+                while !self.parts.outstanding.is_empty() {
+                    self.parts.wait_oldest()?;
+                }
+            }
+            self.flush(false)?;
+        }
+        Ok(())
+    }
+
+    fn parent_entry(&mut self, path: &ByteName) -> Result<Option<Entry>, SnapshotError> {
+        match &mut self.parent {
+            Some((cursor, _)) => cursor
+                .find(path.as_bytes())
+                .map_err(SnapshotError::ParentManifest),
+            None => Ok(None),
+        }
+    }
+
+    /// The unchanged rule (DESIGN §3).
+    fn unchanged(&self, new: &Entry, old: &Entry) -> bool {
+        let Some((_, cutoff)) = &self.parent else {
+            return false;
+        };
+        let old_enough =
+            (new.mtime, new.mtime_nsec) < (cutoff.timestamp(), cutoff.timestamp_subsec_nanos());
+        new.kind == old.kind
+            && new.size == old.size
+            && new.mtime == old.mtime
+            && new.mtime_nsec == old.mtime_nsec
+            && new.ctime == old.ctime
+            && new.ctime_nsec == old.ctime_nsec
+            && new.ino == old.ino
+            && old_enough
+    }
+
+    fn base_entry(&mut self, item: &Item, kind: EntryKind) -> Entry {
+        let m = &item.meta;
+        Entry {
+            path: item.path.clone(),
+            kind,
+            mode: m.mode() & 0o7777,
+            uid: m.uid(),
+            gid: m.gid(),
+            user: self.names.user(m.uid()),
+            group: self.names.group(m.gid()),
+            mtime: m.mtime(),
+            mtime_nsec: m.mtime_nsec() as u32,
+            ctime: m.ctime(),
+            ctime_nsec: m.ctime_nsec() as u32,
+            ino: m.ino(),
+            size: 0,
+            sha256: None,
+            target: None,
+            link_group: None,
+            sparse: None,
+            data: None,
+        }
+    }
+
+    fn header(
+        &mut self,
+        e: &Entry,
+        kind: TarKind,
+        size: u64,
+        link: &[u8],
+    ) -> Result<(), SnapshotError> {
+        let name = tar_name(&e.path, kind == TarKind::Dir);
+        let mut h = Vec::with_capacity(tar::BLOCK * 2);
+        tar::write_header(
+            &mut h,
+            &HeaderInfo {
+                name: &name,
+                kind,
+                mode: e.mode,
+                uid: u64::from(e.uid),
+                gid: u64::from(e.gid),
+                size,
+                mtime: e.mtime,
+                user: e.user.as_deref(),
+                group: e.group.as_deref(),
+                link,
+            },
+        );
+        let total = h.len() as u64
+            + if kind == TarKind::File {
+                tar::padded(size)
+            } else {
+                0
+            };
+        self.parts.room_for(total)?;
+        self.parts.write(&h);
+        Ok(())
+    }
+
+    fn item(&mut self, item: Item) -> Result<(), SnapshotError> {
+        let ft = item.meta.file_type();
+        let old = self.parent_entry(&item.path)?;
+        if ft.is_dir() {
+            let e = self.base_entry(&item, EntryKind::Dir);
+            let same = old.as_ref().is_some_and(|o| self.unchanged(&e, o));
+            if !same {
+                self.header(&e, TarKind::Dir, 0, b"")?;
+                self.parts.entry_done()?;
+            }
+            self.queue.push_back((e, None));
+        } else if ft.is_symlink() {
+            let mut e = self.base_entry(&item, EntryKind::Symlink);
+            let target = match std::fs::read_link(&item.abs) {
+                Ok(t) => t,
+                Err(err) => {
+                    return self.warn_or_fail(&item.path, format!("cannot read the link: {err}"));
+                }
+            };
+            use std::os::unix::ffi::OsStrExt;
+            let target = ByteName(target.as_os_str().as_bytes().to_vec());
+            let same = old
+                .as_ref()
+                .is_some_and(|o| self.unchanged(&e, o) && o.target.as_ref() == Some(&target));
+            if !same {
+                self.header(&e, TarKind::Symlink, 0, target.as_bytes())?;
+                self.parts.entry_done()?;
+            }
+            e.target = Some(target);
+            self.queue.push_back((e, None));
+        } else if ft.is_file() {
+            self.file(item, old)?;
+        } else {
+            self.warnings.push(format!(
+                "{}: special file (fifo, socket or device) not backed up",
+                item.path.display()
+            ));
+        }
+        Ok(())
+    }
+
+    fn file(&mut self, item: Item, old: Option<Entry>) -> Result<(), SnapshotError> {
+        let mut e = self.base_entry(&item, EntryKind::File);
+        e.size = item.meta.size();
+        let key = (item.meta.dev(), item.meta.ino());
+        if item.meta.nlink() > 1 {
+            if let Some(g) = self.groups.get(&key) {
+                // A further member of a hard-link group: no data of its own.
+                e.link_group = Some(g.id);
+                e.size = g.size;
+                e.sha256 = g.sha256.clone();
+                if g.in_tar {
+                    let link = g.tar_name.clone();
+                    self.header(&e, TarKind::HardLink, 0, &link)?;
+                    self.parts.entry_done()?;
+                }
+                self.queue.push_back((e, None));
+                return Ok(());
+            }
+            let id = self.groups.len() as u64;
+            e.link_group = Some(id);
+        }
+        let reuse = old.filter(|o| {
+            self.unchanged(&e, o) && o.sha256.is_some() && (o.size == 0 || o.data.is_some())
+        });
+        let mut in_tar = false;
+        if let Some(o) = reuse {
+            e.sha256 = o.sha256;
+            e.sparse = o.sparse;
+            e.data = o.data;
+            self.queue.push_back((e.clone(), None));
+        } else {
+            match self.read_file(&item, &mut e)? {
+                Some(pending) => {
+                    in_tar = true;
+                    self.files_stored += 1;
+                    self.queue.push_back((e.clone(), pending));
+                }
+                None => return Ok(()), // unreadable, reported
+            }
+        }
+        if let Some(id) = e.link_group {
+            self.groups.insert(
+                key,
+                GroupInfo {
+                    id,
+                    tar_name: tar_name(&e.path, false),
+                    in_tar,
+                    size: e.size,
+                    sha256: e.sha256.clone(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Stores a file's content; None when it could not be read (lenient: reported).
+    #[allow(clippy::type_complexity)]
+    fn read_file(
+        &mut self,
+        item: &Item,
+        e: &mut Entry,
+    ) -> Result<Option<Option<Pending>>, SnapshotError> {
+        let opened = if self.cfg.fault_unreadable.as_ref() == Some(&item.path) {
+            Err(io::Error::from_raw_os_error(libc::EACCES))
+        } else {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+                .open(&item.abs)
+        };
+        let mut file = match opened {
+            Ok(f) => f,
+            Err(err) if err.kind() == io::ErrorKind::NotFound && self.lenient() => {
+                return Ok(None); // deleted since listed: not in this snapshot
+            }
+            Err(err) => {
+                self.warn_or_fail(&item.path, format!("cannot be opened: {err}"))?;
+                return Ok(None);
+            }
+        };
+        let attempts = if self.lenient() { 2 } else { 1 };
+        for attempt in 0..attempts {
+            let before = match file.metadata() {
+                Ok(m) => m,
+                Err(err) => {
+                    self.warn_or_fail(&item.path, format!("cannot be examined: {err}"))?;
+                    return Ok(None);
+                }
+            };
+            if !before.is_file() {
+                self.warnings.push(format!(
+                    "{}: no longer a regular file; skipped",
+                    item.path.display()
+                ));
+                return Ok(None);
+            }
+            // The entry describes the file as opened.
+            let mut fresh = self.base_entry(
+                &Item {
+                    path: item.path.clone(),
+                    abs: item.abs.clone(),
+                    meta: before.clone(),
+                },
+                EntryKind::File,
+            );
+            fresh.link_group = e.link_group;
+            *e = fresh;
+            let size = before.len();
+            e.size = size;
+            if attempt > 0
+                && let Err(err) = file.rewind()
+            {
+                self.warn_or_fail(&item.path, format!("cannot be re-read: {err}"))?;
+                return Ok(None);
+            }
+            if let Some(hook) = &self.cfg.before_read {
+                hook(&item.path, &item.abs, attempt);
+            }
+            self.header(e, TarKind::File, size, b"")?;
+            let start = self.parts.part().offset();
+            let (sha, short, error) = self.copy_content(&mut file, size)?;
+            let seq = self.parts.part().seq;
+            let pad = tar::padding(size);
+            self.parts.write(&vec![0u8; pad]);
+            self.parts.entry_done()?;
+            if let Some(err) = error {
+                self.warn_or_fail(&item.path, format!("read failed: {err}"))?;
+                return Ok(None);
+            }
+            if before.blocks() * 512 < size {
+                e.sparse = sparse_map(&file, size);
+            }
+            e.sha256 = Some(sha);
+            let pending = (size > 0).then_some(Pending {
+                seq,
+                start,
+                len: size,
+            });
+            if !self.lenient() {
+                return Ok(Some(pending));
+            }
+            let after = file.metadata().ok();
+            let changed = short
+                || after.is_none_or(|a| {
+                    a.len() != size
+                        || a.mtime() != before.mtime()
+                        || a.mtime_nsec() != before.mtime_nsec()
+                        || a.ctime() != before.ctime()
+                        || a.ctime_nsec() != before.ctime_nsec()
+                });
+            if !changed {
+                return Ok(Some(pending));
+            }
+            if attempt + 1 == attempts {
+                self.warnings.push(format!(
+                    "{}: changed while being read; stored as read (the next backup reads it again)",
+                    item.path.display()
+                ));
+                return Ok(Some(pending));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Copies exactly `size` bytes into the tar stream (pinned size: a file that grew is cut,
+    /// one that shrank is zero-padded). Returns the SHA-256 of what was stored, whether the file
+    /// was shorter than `size`, and a read error (the rest then zero-filled).
+    fn copy_content(
+        &mut self,
+        file: &mut File,
+        size: u64,
+    ) -> Result<(String, bool, Option<io::Error>), SnapshotError> {
+        let mut hasher = Sha256::new();
+        let mut left = size;
+        let mut short = false;
+        let mut error = None;
+        while left > 0 {
+            let want = (left.min(READ_CHUNK as u64)) as usize;
+            let n = if short || error.is_some() {
+                self.buf[..want].fill(0);
+                want
+            } else {
+                match file.read(&mut self.buf[..want]) {
+                    Ok(0) => {
+                        short = true;
+                        self.buf[..want].fill(0);
+                        want
+                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        error = Some(e);
+                        self.buf[..want].fill(0);
+                        want
+                    }
+                }
+            };
+            hasher.update(&self.buf[..n]);
+            let chunk = std::mem::take(&mut self.buf);
+            self.parts.write(&chunk[..n]);
+            self.buf = chunk;
+            left -= n as u64;
+            self.bytes_read += n as u64;
+            if self.parts.part().buf.len() >= self.parts.frame_size {
+                self.parts.send_frame()?;
+            }
+        }
+        Ok((hex::encode(hasher.finalize()), short, error))
+    }
+
+    /// Writes resolved entries from the queue's front (all of them at the end).
+    fn flush(&mut self, end: bool) -> Result<(), SnapshotError> {
+        while let Some((_, pending)) = self.queue.front() {
+            if let Some(p) = pending
+                && !self.parts.finished.contains_key(&p.seq)
+            {
+                if end {
+                    return Err(SnapshotError::Store(PipelineError::Task(
+                        "a part was never stored".into(),
+                    )));
+                }
+                return Ok(());
+            }
+            let (mut e, pending) = self.queue.pop_front().expect("front exists");
+            if let Some(p) = pending {
+                let stored = &self.parts.finished[&p.seq];
+                e.data = Some(locate(&self.cfg.backup_id, stored, p.start, p.len));
+            }
+            let w = self.writer.as_mut().expect("writer present");
+            w.entry(&e).map_err(|source| SnapshotError::Spool {
+                path: self.cfg.spool_dir.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// The frames of `stored` covering `[start, start + len)`.
+fn locate(backup: &str, stored: &StoredObject, start: u64, len: u64) -> Location {
+    let frames: &[FrameInfo] = &stored.frames;
+    let first = frames.partition_point(|f| f.content_offset + f.content_len <= start);
+    let end = start + len;
+    let covering: Vec<[u64; 4]> = frames[first..]
+        .iter()
+        .take_while(|f| f.content_offset < end)
+        .map(|f| {
+            [
+                f.compressed_offset,
+                f.compressed_len,
+                f.content_offset,
+                f.content_len,
+            ]
+        })
+        .collect();
+    let offset = covering.first().map(|f| start - f[2]).unwrap_or(0);
+    Location {
+        backup: backup.to_string(),
+        key: stored.record.key.clone(),
+        offset,
+        frames: covering,
+    }
+}
+
+/// Data extents of a sparse file (SEEK_DATA / SEEK_HOLE); None if the file system cannot say.
+fn sparse_map(file: &File, size: u64) -> Option<Vec<[u64; 2]>> {
+    use nix::unistd::{Whence, lseek};
+    let mut extents = Vec::new();
+    let mut pos: i64 = 0;
+    let end = i64::try_from(size).ok()?;
+    while pos < end {
+        let data = match lseek(file, pos, Whence::SeekData) {
+            Ok(d) => d,
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(_) => return None,
+        };
+        if data >= end {
+            break;
+        }
+        let hole = lseek(file, data, Whence::SeekHole).ok()?.min(end);
+        extents.push([data as u64, (hole - data) as u64]);
+        pos = hole;
+    }
+    Some(extents)
+}
+
+/// A writer that hashes and counts what passes.
+pub struct HashWriter<W: Write> {
+    inner: W,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl<W: Write> HashWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashWriter {
+            inner,
+            hasher: Sha256::new(),
+            size: 0,
+        }
+    }
+
+    /// Flushes; the size and SHA-256 of everything written.
+    pub fn finish(mut self) -> io::Result<(u64, String)> {
+        self.inner.flush()?;
+        Ok((self.size, hex::encode(self.hasher.finalize())))
+    }
+}
+
+impl<W: Write> Write for HashWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}

@@ -1,0 +1,286 @@
+//! The tree-snapshot manifest: a **complete** listing (never a delta), as JSON lines in walk
+//! order — one header line, one line per entry, one `{"end": …}` trailer line (a manifest
+//! without it is truncated). Each file entry says where its bytes live (backup id, object key,
+//! the zstd frames covering it, the offset in the first frame), wherever in the ancestor chain
+//! that is. Written and read as a stream: entries never all sit in memory.
+
+use super::path::ByteName;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::io::{self, BufRead, Write};
+
+/// The header's `kind`.
+pub const SNAPSHOT_KIND: &str = "tree-snapshot";
+
+/// Lenient (files, config) or strict (PGDATA) reading (DESIGN §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// A file changing while read is re-read once, then reported; unreadable = warning.
+    Lenient,
+    /// Sizes pinned at stat time (grown → cut, shrunk → zero-padded); unreadable = failure.
+    Strict,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Header {
+    pub format_version: u32,
+    /// Always [`SNAPSHOT_KIND`].
+    pub kind: String,
+    pub job: String,
+    pub backup_id: String,
+    pub backup_type: crate::model::BackupType,
+    pub mode: Mode,
+    /// The folder the paths are relative to (`/` for config jobs).
+    pub source: ByteName,
+    pub started_at: DateTime<Utc>,
+    /// Ancestor ids, nearest first (empty for a full).
+    #[serde(default)]
+    pub ancestors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// Where a file's bytes live: `frames` are `[compressed offset, compressed length, content
+/// offset, content length]` of consecutive zstd frames of `key` (offsets in the decrypted
+/// stream and in the object's plaintext); the file's content starts `offset` bytes into the
+/// first frame's content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Location {
+    pub backup: String,
+    pub key: String,
+    pub offset: u64,
+    pub frames: Vec<[u64; 4]>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Entry {
+    pub path: ByteName,
+    #[serde(rename = "type")]
+    pub kind: EntryKind,
+    /// Permission bits including setuid/setgid/sticky (`st_mode & 0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub ctime: i64,
+    pub ctime_nsec: u32,
+    pub ino: u64,
+    /// Regular files: bytes stored (the size at stat time in strict mode); others 0.
+    pub size: u64,
+    /// Regular files: SHA-256 of the content as stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Symlinks: the target, as bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<ByteName>,
+    /// Hard-linked files share a group number; only the first member (in walk order) has data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_group: Option<u64>,
+    /// Sparse files: the data extents `[offset, length]`; the rest are holes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparse: Option<Vec<[u64; 2]>>,
+    /// Files with content (size > 0, first member of a link group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Location>,
+}
+
+/// The last line.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Trailer {
+    pub entries: u64,
+    /// Data objects written by this backup, in order.
+    pub objects: Vec<String>,
+    /// Files whose content this backup stored (new or changed).
+    pub files_stored: u64,
+    pub warnings: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct EndLine {
+    end: Trailer,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("reading the manifest: {0}")]
+    Io(#[from] io::Error),
+    #[error("manifest line {line}: {source}")]
+    Json {
+        line: u64,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the manifest is truncated (no end line after {entries} entries)")]
+    Truncated { entries: u64 },
+    #[error("the manifest says {expected} entries, it holds {found}")]
+    Count { expected: u64, found: u64 },
+    #[error("manifest line {line}: entries out of order")]
+    Order { line: u64 },
+    #[error("not a tree-snapshot manifest (kind `{0}`)")]
+    Kind(String),
+}
+
+/// Writes a manifest line by line.
+pub struct ManifestWriter<W: Write> {
+    out: W,
+    entries: u64,
+}
+
+impl<W: Write> ManifestWriter<W> {
+    pub fn new(mut out: W, header: &Header) -> io::Result<Self> {
+        serde_json::to_writer(&mut out, header)?;
+        out.write_all(b"\n")?;
+        Ok(ManifestWriter { out, entries: 0 })
+    }
+
+    pub fn entry(&mut self, e: &Entry) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, e)?;
+        self.out.write_all(b"\n")?;
+        self.entries += 1;
+        Ok(())
+    }
+
+    /// Entries written so far.
+    pub fn entries(&self) -> u64 {
+        self.entries
+    }
+
+    pub fn finish(mut self, mut trailer: Trailer) -> io::Result<W> {
+        trailer.entries = self.entries;
+        serde_json::to_writer(&mut self.out, &EndLine { end: trailer })?;
+        self.out.write_all(b"\n")?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+/// Reads a manifest as a stream of entries; checks order, the trailer and the entry count.
+pub struct ManifestReader<R: BufRead> {
+    input: R,
+    pub header: Header,
+    line: u64,
+    entries: u64,
+    last: Option<Vec<u8>>,
+    trailer: Option<Trailer>,
+    buf: Vec<u8>,
+}
+
+impl<R: BufRead> ManifestReader<R> {
+    pub fn new(mut input: R) -> Result<Self, ManifestError> {
+        let mut buf = Vec::new();
+        input.read_until(b'\n', &mut buf)?;
+        let header: Header = serde_json::from_slice(&buf)
+            .map_err(|source| ManifestError::Json { line: 1, source })?;
+        if header.kind != SNAPSHOT_KIND {
+            return Err(ManifestError::Kind(header.kind));
+        }
+        Ok(ManifestReader {
+            input,
+            header,
+            line: 1,
+            entries: 0,
+            last: None,
+            trailer: None,
+            buf,
+        })
+    }
+
+    /// The next entry, or None at the (checked) end.
+    pub fn next_entry(&mut self) -> Result<Option<Entry>, ManifestError> {
+        if self.trailer.is_some() {
+            return Ok(None);
+        }
+        self.buf.clear();
+        let n = self.input.read_until(b'\n', &mut self.buf)?;
+        self.line += 1;
+        if n == 0 {
+            return Err(ManifestError::Truncated {
+                entries: self.entries,
+            });
+        }
+        if self.buf.starts_with(b"{\"end\":") {
+            let end: EndLine =
+                serde_json::from_slice(&self.buf).map_err(|source| ManifestError::Json {
+                    line: self.line,
+                    source,
+                })?;
+            if end.end.entries != self.entries {
+                return Err(ManifestError::Count {
+                    expected: end.end.entries,
+                    found: self.entries,
+                });
+            }
+            self.trailer = Some(end.end);
+            return Ok(None);
+        }
+        let e: Entry = serde_json::from_slice(&self.buf).map_err(|source| ManifestError::Json {
+            line: self.line,
+            source,
+        })?;
+        if let Some(last) = &self.last
+            && super::path::compare(last, e.path.as_bytes()) != std::cmp::Ordering::Less
+        {
+            return Err(ManifestError::Order { line: self.line });
+        }
+        self.last = Some(e.path.0.clone());
+        self.entries += 1;
+        Ok(Some(e))
+    }
+
+    /// The trailer, once every entry was read.
+    pub fn trailer(&self) -> Option<&Trailer> {
+        self.trailer.as_ref()
+    }
+}
+
+/// A cursor over the parent manifest for the merge with a new walk (both in walk order).
+pub struct ParentCursor<R: BufRead> {
+    reader: ManifestReader<R>,
+    next: Option<Entry>,
+}
+
+impl<R: BufRead> ParentCursor<R> {
+    pub fn new(mut reader: ManifestReader<R>) -> Result<Self, ManifestError> {
+        let next = reader.next_entry()?;
+        Ok(ParentCursor { reader, next })
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.reader.header
+    }
+
+    /// The parent's entry for `path`, skipping entries before it.
+    pub fn find(&mut self, path: &[u8]) -> Result<Option<Entry>, ManifestError> {
+        loop {
+            let Some(e) = &self.next else {
+                return Ok(None);
+            };
+            match super::path::compare(e.path.as_bytes(), path) {
+                std::cmp::Ordering::Less => self.next = self.reader.next_entry()?,
+                std::cmp::Ordering::Equal => {
+                    let found = self.next.take();
+                    self.next = self.reader.next_entry()?;
+                    return Ok(found);
+                }
+                std::cmp::Ordering::Greater => return Ok(None),
+            }
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Walking a source in manifest order: a depth-first walk with each folder's names sorted by
+//! bytes (so the walk and the parent manifest merge in one pass), never following symlinks,
+//! optionally staying on one file system, with include/exclude globs matched on the relative
+//! path's bytes. Memory: one folder's names per level of depth.
+//!
+//! Config jobs walk a list instead ([`ListWalk`]): absolute files given by the catalogue, kept
+//! relative to `/`.
+
+use super::path::{ByteName, compare};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use std::fs::Metadata;
+use std::io;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// One thing found.
+#[derive(Debug)]
+pub struct Item {
+    /// Relative to the source (empty for its root).
+    pub path: ByteName,
+    pub abs: PathBuf,
+    /// `lstat`.
+    pub meta: Metadata,
+}
+
+/// What the walk yields.
+#[derive(Debug)]
+pub enum Event {
+    Item(Item),
+    /// A folder that could not be listed or an entry that could not be examined.
+    Error {
+        path: ByteName,
+        error: io::Error,
+    },
+    /// A configured path that does not exist (config jobs).
+    Missing {
+        path: ByteName,
+    },
+}
+
+/// Include/exclude globs (`*` crosses `/`, so `*.tmp` matches at any depth).
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    include: Option<GlobSet>,
+    exclude: Option<GlobSet>,
+}
+
+impl Filter {
+    pub fn new(include: &[String], exclude: &[String]) -> Result<Filter, globset::Error> {
+        let build = |pats: &[String]| -> Result<Option<GlobSet>, globset::Error> {
+            if pats.is_empty() {
+                return Ok(None);
+            }
+            let mut b = GlobSetBuilder::new();
+            for p in pats {
+                b.add(Glob::new(p.trim_start_matches('/'))?);
+            }
+            Ok(Some(b.build()?))
+        };
+        Ok(Filter {
+            include: build(include)?,
+            exclude: build(exclude)?,
+        })
+    }
+
+    fn excluded(&self, rel: &ByteName) -> bool {
+        self.exclude
+            .as_ref()
+            .is_some_and(|g| g.is_match(rel.as_path()))
+    }
+
+    fn included(&self, rel: &ByteName) -> bool {
+        self.include
+            .as_ref()
+            .is_none_or(|g| g.is_match(rel.as_path()))
+    }
+}
+
+struct Frame {
+    rel: ByteName,
+    abs: PathBuf,
+    names: std::vec::IntoIter<Vec<u8>>,
+}
+
+/// A sorted depth-first walk of a folder.
+pub struct TreeWalk {
+    root: PathBuf,
+    root_pending: bool,
+    root_dev: u64,
+    one_file_system: bool,
+    filter: Filter,
+    stack: Vec<Frame>,
+    deferred: Option<Event>,
+}
+
+impl TreeWalk {
+    /// Fails when the root cannot be examined or is not a folder.
+    pub fn new(root: &Path, filter: Filter, one_file_system: bool) -> io::Result<TreeWalk> {
+        let meta = std::fs::symlink_metadata(root)?;
+        if !meta.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!("{} is not a folder", root.display()),
+            ));
+        }
+        Ok(TreeWalk {
+            root: root.to_path_buf(),
+            root_pending: true,
+            root_dev: meta.dev(),
+            one_file_system,
+            filter,
+            stack: Vec::new(),
+            deferred: None,
+        })
+    }
+
+    fn push_dir(&mut self, rel: ByteName, abs: PathBuf) -> Option<Event> {
+        match list(&abs) {
+            Ok(names) => {
+                self.stack.push(Frame {
+                    rel,
+                    abs,
+                    names: names.into_iter(),
+                });
+                None
+            }
+            Err(error) => Some(Event::Error { path: rel, error }),
+        }
+    }
+}
+
+fn list(dir: &Path) -> io::Result<Vec<Vec<u8>>> {
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        names.push(e?.file_name().into_vec());
+    }
+    names.sort_unstable();
+    Ok(names)
+}
+
+impl Iterator for TreeWalk {
+    type Item = Event;
+
+    fn next(&mut self) -> Option<Event> {
+        if let Some(e) = self.deferred.take() {
+            return Some(e);
+        }
+        if self.root_pending {
+            self.root_pending = false;
+            let meta = match std::fs::symlink_metadata(&self.root) {
+                Ok(m) => m,
+                Err(error) => {
+                    return Some(Event::Error {
+                        path: ByteName::default(),
+                        error,
+                    });
+                }
+            };
+            self.deferred = self.push_dir(ByteName::default(), self.root.clone());
+            return Some(Event::Item(Item {
+                path: ByteName::default(),
+                abs: self.root.clone(),
+                meta,
+            }));
+        }
+        loop {
+            let frame = self.stack.last_mut()?;
+            let Some(name) = frame.names.next() else {
+                self.stack.pop();
+                continue;
+            };
+            let rel = frame.rel.join(&name);
+            let abs = frame.abs.join(std::ffi::OsStr::from_bytes(&name));
+            if self.filter.excluded(&rel) {
+                continue;
+            }
+            let meta = match std::fs::symlink_metadata(&abs) {
+                Ok(m) => m,
+                // Deleted since the folder was listed: it is simply not in this snapshot.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(error) => return Some(Event::Error { path: rel, error }),
+            };
+            if meta.is_dir() {
+                if !self.one_file_system || meta.dev() == self.root_dev {
+                    self.deferred = self.push_dir(rel.clone(), abs.clone());
+                }
+            } else if !self.filter.included(&rel) {
+                continue;
+            }
+            return Some(Event::Item(Item {
+                path: rel,
+                abs,
+                meta,
+            }));
+        }
+    }
+}
+
+/// The files of a config job: absolute paths and globs, expanded, sorted in manifest order;
+/// paths are stored relative to `/`.
+pub struct ListWalk {
+    items: std::vec::IntoIter<(ByteName, PathBuf, bool)>,
+}
+
+impl ListWalk {
+    /// Expands globs (a glob matching nothing and a missing plain path are both `Missing`).
+    pub fn new(paths: &[String]) -> ListWalk {
+        let mut found: Vec<(ByteName, PathBuf, bool)> = Vec::new();
+        for p in paths {
+            let is_glob = p.contains(['*', '?', '[']);
+            if is_glob {
+                let mut any = false;
+                if let Ok(matches) = glob::glob(p) {
+                    for m in matches.flatten() {
+                        any = true;
+                        found.push((rel_of(&m), m, true));
+                    }
+                }
+                if !any {
+                    found.push((ByteName(p.trim_start_matches('/').into()), p.into(), false));
+                }
+            } else {
+                let path = PathBuf::from(p);
+                found.push((rel_of(&path), path, true));
+            }
+        }
+        found.sort_by(|a, b| compare(a.0.as_bytes(), b.0.as_bytes()));
+        found.dedup_by(|a, b| a.0 == b.0);
+        ListWalk {
+            items: found.into_iter(),
+        }
+    }
+}
+
+fn rel_of(p: &Path) -> ByteName {
+    let bytes = p.as_os_str().as_bytes();
+    let trimmed: Vec<u8> = bytes
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+        .collect::<Vec<_>>()
+        .join(&b'/');
+    ByteName(trimmed)
+}
+
+impl Iterator for ListWalk {
+    type Item = Event;
+
+    fn next(&mut self) -> Option<Event> {
+        let (rel, abs, exists) = self.items.next()?;
+        if !exists {
+            return Some(Event::Missing { path: rel });
+        }
+        Some(match std::fs::symlink_metadata(&abs) {
+            Ok(meta) if meta.is_dir() => Event::Error {
+                path: rel,
+                error: io::Error::new(
+                    io::ErrorKind::IsADirectory,
+                    "a folder in a config job's paths (list files or globs)",
+                ),
+            },
+            Ok(meta) => Event::Item(Item {
+                path: rel,
+                abs,
+                meta,
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Event::Missing { path: rel },
+            Err(error) => Event::Error { path: rel, error },
+        })
+    }
+}
