@@ -897,7 +897,7 @@ fn example_later_release_jobs_validate_when_uncommented() {
     let names: Vec<&str> = c.jobs.iter().map(|j| j.name.as_str()).collect();
     assert_eq!(
         names,
-        ["db-dump", "db", "wal", "uploads", "config", "verify"]
+        ["db-dump", "uploads", "config", "db", "wal", "verify"]
     );
 }
 
