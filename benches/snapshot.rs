@@ -34,6 +34,13 @@ fn main() {
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
+    if args.len() < 3 {
+        // `cargo test --all-targets` runs benches once without arguments: nothing to measure.
+        println!(
+            "usage: snapshot backup|restore CATALOGUE JOB [full|incremental|TARGET] (driven by tests/bench-files)"
+        );
+        return;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
