@@ -14,9 +14,6 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// The default socket when neither `--socket`, a catalogue nor `BDC_BACKUP_SOCKET` says otherwise.
-pub const DEFAULT_SOCKET: &str = "/run/bdc-backup/control.sock";
-
 /// A failed command: the message and the exit code.
 #[derive(Debug)]
 pub struct CtlError {
@@ -119,7 +116,7 @@ impl Ctx {
         if let Some(socket) = std::env::var_os(ENV_SOCKET) {
             return Ok(PathBuf::from(socket));
         }
-        Ok(PathBuf::from(DEFAULT_SOCKET))
+        Ok(crate::control::client::default_socket_path())
     }
 
     async fn client(&self) -> Result<Client, CtlError> {
@@ -153,7 +150,7 @@ fn socket_from_raw(path: &std::path::Path) -> Option<PathBuf> {
                 path.parent()?.join(socket)
             })
         }
-        None => Some(PathBuf::from(crate::catalogue::DEFAULT_SOCKET)),
+        None => Some(crate::control::client::default_socket_path()),
     }
 }
 

@@ -178,7 +178,7 @@ impl RunningDaemon {
     }
 }
 
-pub use self::core::{error_chain as error_chain_of_dyn, human_bytes};
+pub use self::core::human_bytes;
 
 /// An error and all its sources on one line.
 pub fn error_chain_of<E: std::error::Error>(err: &E) -> String {

@@ -24,7 +24,7 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where the daemon listens unless the catalogue or `--socket` says otherwise.
 pub fn default_socket_path() -> PathBuf {
-    PathBuf::from("/run/bdc-backup/control.sock")
+    PathBuf::from(crate::catalogue::DEFAULT_SOCKET)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -231,8 +231,4 @@ pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-pub fn exists(p: &Path) -> bool {
-    p.exists()
 }
