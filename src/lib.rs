@@ -16,6 +16,7 @@
 //! - [`ctl`]: the `bdc-backupctl` commands.
 //! - [`retention`]: GFS retention per job and repository, cleanup of uncommitted backups.
 //! - [`usage`]: bytes stored per job and repository, weekly growth, projections.
+//! - [`wal`]: continuous WAL archiving: names, headers, archive keys, push and fetch.
 //! - [`model`]: plain data types shared by state, protocol and daemon.
 //! - [`error`]: the retry classification every error answers.
 
@@ -36,3 +37,4 @@ pub mod schedule;
 pub mod snapshot;
 pub mod state;
 pub mod usage;
+pub mod wal;

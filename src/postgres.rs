@@ -3,6 +3,7 @@
 //! [`manifest`] is a dump's encrypted listing, [`toc`] the `pg_restore -l` filtering for table
 //! restores, [`process`] the supervision of the client tools.
 
+pub mod base_record;
 pub mod binaries;
 pub mod connection;
 pub mod dump;
