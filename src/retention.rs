@@ -7,6 +7,7 @@
 //! The daemon runs retention after each backup of a job, never concurrently with its runs.
 
 pub mod plan;
+pub mod wal;
 
 #[cfg(test)]
 mod tests;
@@ -139,12 +140,21 @@ pub struct RetentionReport {
     pub warnings: Vec<String>,
     #[serde(default)]
     pub errors: Vec<String>,
+    /// postgres-base jobs with a `wal-job`: the WAL thinned in this repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal: Option<wal::WalRetentionReport>,
 }
 
 impl RetentionReport {
     /// No deletion failed, nothing was left behind, no error.
     pub fn is_success(&self) -> bool {
-        self.failed == 0 && self.errors.is_empty() && self.confirmed != Some(false)
+        self.failed == 0
+            && self.errors.is_empty()
+            && self.confirmed != Some(false)
+            && self
+                .wal
+                .as_ref()
+                .is_none_or(|w| w.failed == 0 && w.errors.is_empty() && w.confirmed != Some(false))
     }
 
     /// A report for a pass that could not run (the error says why).
@@ -172,6 +182,7 @@ impl RetentionReport {
             confirmed: None,
             warnings: Vec::new(),
             errors: vec![error],
+            wal: None,
         }
     }
 
@@ -279,6 +290,38 @@ impl fmt::Display for RetentionReport {
                 line(f, [&r[0], &r[1], &r[2], &r[3], &r[4]])?;
             }
         }
+        if let Some(w) = &self.wal {
+            let from = w
+                .plan
+                .continuous_from
+                .as_deref()
+                .unwrap_or("(no base backup: all kept)");
+            let verb = if self.dry_run {
+                "would delete"
+            } else {
+                "deleted"
+            };
+            let n = if self.dry_run {
+                w.plan.delete.len() as u64
+            } else {
+                w.deleted
+            };
+            writeln!(
+                f,
+                "  WAL of job {}: continuous from {from}, {} older backups pinned, {} files kept, {verb} {n}{}",
+                w.wal_job,
+                w.plan.pins.len(),
+                w.plan.kept_files + w.plan.history_files,
+                if w.failed > 0 {
+                    format!(", {} failed", w.failed)
+                } else {
+                    String::new()
+                }
+            )?;
+            for e in &w.errors {
+                writeln!(f, "  WAL error: {e}")?;
+            }
+        }
         for w in &self.warnings {
             writeln!(f, "  warning: {w}")?;
         }
@@ -328,6 +371,7 @@ pub async fn apply(
         confirmed: None,
         warnings: plan.warnings.clone(),
         errors: Vec::new(),
+        wal: None,
     };
     // Decisions are newest first: deleting in that order removes children before parents.
     for d in &plan.decisions {
@@ -457,6 +501,30 @@ pub async fn run_for_job(
     report.policy = policy_name;
     report.at = now;
     report.timezone = catalogue.daemon.timezone.to_string();
+    if let crate::catalogue::JobSpec::PostgresBase(base) = &job.spec
+        && let Some(wal_job) = &base.wal_job
+        && catalogue
+            .job(wal_job)
+            .is_some_and(|w| w.repositories.contains(&repository.name))
+        && !withhold
+    {
+        // Kept = not deleted (a failed deletion is still there; in a dry run, what would go
+        // is treated as gone).
+        let gone: std::collections::BTreeSet<&str> = report
+            .backups
+            .iter()
+            .filter(|b| matches!(b.action, Action::Delete | Action::WouldDelete))
+            .map(|b| b.id.as_str())
+            .collect();
+        let kept_records: Vec<crate::repository::CommitRecord> = records
+            .iter()
+            .filter(|r| r.job == job.name && !gone.contains(r.id.as_str()))
+            .cloned()
+            .collect();
+        let kept = wal::kept_from_records(&kept_records);
+        report.wal =
+            Some(wal::run(repository, wal_job, &kept, base.pitr_window, now, dry_run).await);
+    }
     if withhold {
         report.dry_run = dry_run;
         for e in &bad {

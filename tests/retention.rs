@@ -167,3 +167,164 @@ fn retention_offline_deletes_and_confirms() {
     assert!(text.contains("confirmed by listing"), "{text}");
     assert!(committed(&setup) <= 5);
 }
+
+/// A base job with a WAL job and a 2-day PITR window (schedules never fire during the test).
+const BASE_JOBS: &str = r#"
+[postgres]
+url = "postgresql://postgres@127.0.0.1:1/postgres"
+data-directory = "/nonexistent/data"
+
+[retention.four]
+daily = 4
+
+[[job]]
+name = "db"
+kind = "postgres-base"
+full = "0 2 29 2 *"
+wal-job = "wal"
+pitr-window = "2d"
+repositories = ["local"]
+retention = "four"
+
+[[job]]
+name = "wal"
+kind = "postgres-wal"
+repositories = ["local"]
+"#;
+
+fn wal_segment(n: u32) -> String {
+    format!("00000001{:08X}{:08X}", 0, n)
+}
+
+/// WAL retention through the ctl without a daemon: 6 daily base backups (backup i needs
+/// segments 10i+1..10i+2), 60 archived segments and a history file; `daily = 4` keeps backups
+/// 2..5; the 2-day window anchors continuous WAL at backup 3; backup 2's own WAL stays pinned.
+#[test]
+fn wal_retention_keeps_what_kept_backups_and_the_window_need() {
+    use bdc_backup::postgres::base_record::BaseBackupInfo;
+    use bdc_backup::wal::{ClusterIdentity, WalName, format as walfmt};
+    let setup = Setup::new();
+    setup.write_catalogue(BASE_JOBS);
+    let cluster = ClusterIdentity {
+        system_identifier: 7_100_000_000_000_000_123,
+        pg_major: 15,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let key_of =
+        |name: &str| walfmt::object_key(&cluster, &WalName::parse(name).unwrap(), &"ab".repeat(32));
+    rt.block_on(async {
+        let repo = Repository::with_store("local", Store::local(setup.path("repo")).unwrap());
+        for n in 1..=60 {
+            repo.store
+                .put_create(&key_of(&wal_segment(n)), Bytes::from_static(b"wal"))
+                .await
+                .unwrap();
+        }
+        repo.store
+            .put_create(&key_of("00000001.history"), Bytes::from_static(b"h"))
+            .await
+            .unwrap();
+        // Another cluster's WAL in the same repository is never touched.
+        let other = ClusterIdentity {
+            system_identifier: 99,
+            pg_major: 15,
+        };
+        repo.store
+            .put_create(
+                &walfmt::object_key(
+                    &other,
+                    &WalName::parse(&wal_segment(1)).unwrap(),
+                    &"cd".repeat(32),
+                ),
+                Bytes::from_static(b"x"),
+            )
+            .await
+            .unwrap();
+        for i in 0..6u32 {
+            let stop = Utc::now() - Duration::hours(1) - Duration::days(i64::from(5 - i));
+            let start = stop - Duration::minutes(5);
+            let id = BackupId::new(start, BackupType::Full).0;
+            let manifest = format::manifest_key("db", &id);
+            repo.store
+                .put_create(&manifest, Bytes::from_static(b"bytes"))
+                .await
+                .unwrap();
+            let mut details = serde_json::Map::new();
+            BaseBackupInfo {
+                cluster,
+                server_version: 150_004,
+                timeline: 1,
+                start_lsn: format!("0/{:X}", (10 * i + 1) << 24),
+                stop_lsn: format!("0/{:X}", ((10 * i + 2) << 24) + 0x100),
+                start_wal: wal_segment(10 * i + 1),
+                stop_wal: wal_segment(10 * i + 2),
+                wal_segment_size: 16 << 20,
+                wal_job: Some("wal".into()),
+                data_checksums: true,
+                checksum_failures: 0,
+                backup_label_key: format!("backups/db/{id}/backup_label.age"),
+                tablespace_map_key: None,
+                tablespaces: vec![],
+            }
+            .into_details(&mut details);
+            repo.commit(&CommitRecord {
+                format_version: FORMAT_VERSION,
+                id: id.clone(),
+                job: "db".into(),
+                kind: JobKindName::PostgresBase,
+                backup_type: BackupType::Full,
+                ancestors: vec![],
+                started_at: start,
+                stopped_at: stop,
+                bytes_read: 2000,
+                bytes_stored: 1000,
+                objects: vec![],
+                manifest: object(&manifest),
+                details,
+                software: "test".into(),
+            })
+            .await
+            .unwrap();
+        }
+    });
+    let listed = |setup: &Setup| -> std::collections::BTreeSet<String> {
+        rt.block_on(async {
+            let repo = Repository::with_store("local", Store::local(setup.path("repo")).unwrap());
+            repo.store
+                .list("wal/")
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|o| o.key)
+                .collect()
+        })
+    };
+    // Dry run: nothing deleted, the plan says what would go.
+    let out = setup.ctl(&["retention", "--job", "db", "--dry-run"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("would delete 28"), "{text}");
+    assert_eq!(listed(&setup).len(), 62);
+
+    let out = setup.ctl(&["--json", "retention", "--job", "db"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left = listed(&setup);
+    for n in 1..=60u32 {
+        let expected = (21..=22).contains(&n) || n >= 31;
+        assert_eq!(
+            left.contains(&key_of(&wal_segment(n))),
+            expected,
+            "segment {n}"
+        );
+    }
+    assert!(left.contains(&key_of("00000001.history")));
+    assert!(left.iter().any(|k| k.starts_with("wal/99-15/")));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = json.to_string();
+    assert!(text.contains("\"deleted\":28"), "{text}");
+    assert!(text.contains("\"confirmed\":true"), "{text}");
+}
