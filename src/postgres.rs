@@ -8,6 +8,7 @@ pub mod binaries;
 pub mod connection;
 pub mod dump;
 pub mod manifest;
+pub mod page_checksum;
 pub mod process;
 pub mod restore;
 pub mod toc;
