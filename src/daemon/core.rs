@@ -782,6 +782,42 @@ impl RunContext {
                     .map_err(|e| error_chain(&e))?;
                 Ok(KindOutcome::from_files(repository.name.clone(), outcome))
             }
+            JobSpec::PostgresBase(spec) => {
+                self.set_phase("base backup");
+                let mut replicas = Vec::new();
+                for name in self.job.repositories.iter().skip(1) {
+                    if let Some(Ok(r)) = self.catalogue.repository(name).map(Repository::open) {
+                        replicas.push(r);
+                    }
+                }
+                let requested = match self.record.backup_type {
+                    Some(BackupType::Incremental)
+                        if replicas.len() + 1 != self.job.repositories.len() =>
+                    {
+                        BackupType::Full
+                    }
+                    Some(t) => t,
+                    None => BackupType::Full,
+                };
+                let ctx = crate::postgres::base::BaseContext {
+                    catalogue: &self.catalogue,
+                    job: &self.job,
+                    spec,
+                    repository: &repository,
+                    replicas: &replicas,
+                    pipeline: &pipeline,
+                    backup_id: &backup_id,
+                    started_at: self.record.started_at,
+                    requested,
+                    progress: &self.progress,
+                    cancel: &self.cancel,
+                    state_dir: &self.catalogue.daemon.state_directory,
+                };
+                let outcome = crate::postgres::base::run_base(ctx)
+                    .await
+                    .map_err(|e| error_chain(&e))?;
+                Ok(KindOutcome::from_files(repository.name.clone(), outcome))
+            }
             JobSpec::Config(spec) => {
                 self.set_phase("checking config files");
                 let ctx = crate::files::ConfigContext {

@@ -216,6 +216,11 @@ impl PgControl {
         &self.target
     }
 
+    /// The session itself, for queries of other modules (the base backup holds it open).
+    pub fn conn(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+
     /// The role this session runs as.
     pub fn user(&self) -> &str {
         self.options.get_username()

@@ -684,8 +684,10 @@ impl Engine {
         };
         let mut file = match opened {
             Ok(f) => f,
-            Err(err) if err.kind() == io::ErrorKind::NotFound && self.lenient() => {
-                return Ok(None); // deleted since listed: not in this snapshot
+            // Deleted since listed: not in this snapshot (strict mode too: PostgreSQL drops
+            // relation files during a base backup and WAL replay accounts for it).
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                return Ok(None);
             }
             Err(err) => {
                 self.warn_or_fail(&item.path, format!("cannot be opened: {err}"))?;
