@@ -558,9 +558,63 @@ async fn restore(ctx: &Ctx, what: RestoreCommand) -> CtlResult {
             };
             snapshot_restore(ctx, options).await
         }
+        RestoreCommand::Cluster(a) => restore_cluster(ctx, a).await,
         _ => Err(CtlError::failed(
             "this restore is not available in this version of bdc-backup",
         )),
+    }
+}
+
+/// `restore cluster`: offline point-in-time recovery.
+async fn restore_cluster(ctx: &Ctx, a: args::RestoreClusterArgs) -> CtlResult {
+    use crate::postgres::cluster_restore::{self as cr, RecoveryTarget};
+    let catalogue = ctx.load_catalogue()?;
+    let catalogue_path = ctx.catalogue_path().ok_or_else(|| {
+        CtlError::usage("restore cluster needs the catalogue (--catalogue or BDC_BACKUP_CATALOGUE)")
+    })?;
+    let catalogue_path = std::fs::canonicalize(&catalogue_path)
+        .map_err(|e| CtlError::usage(format!("catalogue {}: {e}", catalogue_path.display())))?;
+    let ctl_binary = std::env::current_exe()
+        .map_err(|e| CtlError::failed(format!("cannot find this program's path: {e}")))?;
+    let target = if let Some(t) = a.time {
+        RecoveryTarget::Time(t)
+    } else if let Some(l) = a.lsn {
+        RecoveryTarget::Lsn(l)
+    } else if let Some(x) = a.xid {
+        RecoveryTarget::Xid(x)
+    } else if let Some(n) = a.name {
+        RecoveryTarget::Name(n)
+    } else if a.immediate {
+        RecoveryTarget::Immediate
+    } else {
+        RecoveryTarget::EndOfArchive
+    };
+    let options = cr::ClusterRestoreOptions {
+        job: a.job,
+        target_dir: a.target_dir,
+        backup: a.backup,
+        target,
+        exclusive: a.exclusive,
+        target_timeline: a.target_timeline,
+        target_action: a.target_action,
+        start: a.start,
+        port: a.port,
+        repository: a.repository,
+        dry_run: a.dry_run,
+        catalogue_path,
+        ctl_binary,
+    };
+    let report = cr::restore_cluster(&catalogue, options)
+        .await
+        .map_err(|e| match e {
+            cr::ClusterRestoreError::Usage { reason } => CtlError::usage(reason),
+            e => CtlError::failed(crate::daemon::error_chain_of(&e)),
+        })?;
+    if ctx.args.json {
+        print_json(&report)
+    } else {
+        println!("{report}");
+        Ok(())
     }
 }
 

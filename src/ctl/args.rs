@@ -102,8 +102,8 @@ pub enum Command {
 pub enum RestoreCommand {
     /// Restore a logical dump into a database.
     Database(RestoreDatabaseArgs),
-    /// Point-in-time recovery of the cluster.
-    Cluster(PassThrough),
+    /// Point-in-time recovery of the cluster (offline; no daemon needed).
+    Cluster(RestoreClusterArgs),
     /// Restore a files job's snapshot (to a folder; any backup of a chain).
     Files(RestoreFilesArgs),
     /// Restore a config job's snapshot (to a folder, or --in-place to the original paths).
@@ -141,6 +141,58 @@ pub struct RestoreDatabaseArgs {
     /// Also restore roles and tablespaces (the globals).
     #[arg(long)]
     pub roles: bool,
+    /// Read from this repository (default: the job's first).
+    #[arg(long)]
+    pub repository: Option<String>,
+}
+
+/// `restore cluster --job J --target-dir DIR [--backup ID] [--time T|--lsn L|--xid X|--name N|--immediate] …`
+#[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("recovery_target").args(["time", "lsn", "xid", "name", "immediate"])))]
+pub struct RestoreClusterArgs {
+    /// The postgres-base job.
+    #[arg(long)]
+    pub job: String,
+    /// The new data directory (must not exist or be empty).
+    #[arg(long, value_name = "DIR")]
+    pub target_dir: PathBuf,
+    /// The base backup (default: the newest that fits the target: for --time the newest
+    /// stopped before T, for --lsn the newest stopped at or before L, otherwise the newest).
+    #[arg(long)]
+    pub backup: Option<String>,
+    /// Recover to this time (RFC 3339, or `YYYY-MM-DD HH:MM[:SS]` in the catalogue's time zone).
+    #[arg(long, value_name = "T")]
+    pub time: Option<String>,
+    /// Recover to this WAL position (e.g. 0/3000060).
+    #[arg(long, value_name = "L")]
+    pub lsn: Option<String>,
+    /// Recover to this transaction id.
+    #[arg(long, value_name = "X")]
+    pub xid: Option<String>,
+    /// Recover to this restore point (pg_create_restore_point).
+    #[arg(long, value_name = "N")]
+    pub name: Option<String>,
+    /// Stop as soon as the backup is consistent.
+    #[arg(long)]
+    pub immediate: bool,
+    /// Stop just before the target (recovery_target_inclusive = off).
+    #[arg(long)]
+    pub exclusive: bool,
+    /// latest (default), current or a timeline number.
+    #[arg(long, value_name = "TL")]
+    pub target_timeline: Option<String>,
+    /// promote (default), pause or shutdown.
+    #[arg(long, value_name = "A")]
+    pub target_action: Option<String>,
+    /// Start the server and wait until recovery ends.
+    #[arg(long)]
+    pub start: bool,
+    /// The restored server's port (written to postgresql.auto.conf).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Show the plan; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Read from this repository (default: the job's first).
     #[arg(long)]
     pub repository: Option<String>,

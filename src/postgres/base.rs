@@ -469,6 +469,8 @@ async fn backup_started(
             .await
             .map_err(query_err(&job, "stopping the backup"))?;
     *stopped = true;
+    // The record's stop time is the stop call's: recovery to a time after it can use this backup.
+    let stop_time = Utc::now();
     tracing::info!(job = %job, backup_id = %backup_id, stop_lsn = %stop_lsn, "base backup stopped; waiting for its WAL");
     let prefix = format::backup_prefix(&job, backup_id);
     let label_key = format!("{prefix}{BACKUP_LABEL_OBJECT}");
@@ -542,7 +544,7 @@ async fn backup_started(
     info.into_details(&mut prepared.record.details);
     prepared.record.bytes_stored += extra.iter().map(|o| o.size).sum::<u64>();
     prepared.record.objects.extend(extra);
-    prepared.record.stopped_at = Utc::now();
+    prepared.record.stopped_at = stop_time;
     Ok(files::commit_prepared(common, prepared).await?)
 }
 

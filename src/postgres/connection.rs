@@ -178,6 +178,16 @@ impl PgControl {
         Self::connect_with(options).await
     }
 
+    /// Like [`PgControl::connect`], on another port of the same host (a restored cluster).
+    pub async fn connect_port(
+        url: &str,
+        password_file: Option<&Path>,
+        port: u16,
+    ) -> Result<PgControl, PgError> {
+        let options = connect_options(url, password_file)?.port(port);
+        Self::connect_with(options).await
+    }
+
     async fn connect_with(options: PgConnectOptions) -> Result<PgControl, PgError> {
         let target = describe(&options);
         let user = options.get_username().to_string();
