@@ -61,7 +61,11 @@ pub fn parse_object_key(key: &str) -> Option<ArchivedKey> {
         pg_major: major.parse().ok()?,
     };
     let (name, sha256) = file.rsplit_once('-')?;
-    if sha256.len() != 64 || !sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    if sha256.len() != 64
+        || !sha256
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
         return None;
     }
     let name = WalName::parse(name)?;
@@ -119,7 +123,10 @@ mod tests {
             let key = object_key(&id, &name, &sha);
             assert!(key.starts_with(&file_prefix(&id, &name)));
             let back = parse_object_key(&key).unwrap();
-            assert_eq!((back.identity, back.name, back.sha256.as_str()), (id, name, sha.as_str()));
+            assert_eq!(
+                (back.identity, back.name, back.sha256.as_str()),
+                (id, name, sha.as_str())
+            );
         }
         assert_eq!(
             object_key(&id, &WalName::parse("00000002.history").unwrap(), &sha),
@@ -127,6 +134,9 @@ mod tests {
         );
         assert!(parse_object_key(ARCHIVE_INFO_KEY).is_none());
         assert!(parse_object_key("wal/1-15/00000001/000000010000000A000000FF-xyz").is_none());
-        assert!(parse_object_key(&format!("wal/1-15/00000002/000000010000000A000000FF-{sha}")).is_none());
+        assert!(
+            parse_object_key(&format!("wal/1-15/00000002/000000010000000A000000FF-{sha}"))
+                .is_none()
+        );
     }
 }

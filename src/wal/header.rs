@@ -25,7 +25,9 @@ pub struct WalHeader {
 pub enum HeaderError {
     #[error("shorter than a WAL page header ({0} bytes)")]
     Short(usize),
-    #[error("the first page has no long header (xlp_info {0:#06x}): not the start of a WAL segment")]
+    #[error(
+        "the first page has no long header (xlp_info {0:#06x}): not the start of a WAL segment"
+    )]
     NotLong(u16),
     #[error("implausible WAL header (segment size {segment_size}, block size {block_size})")]
     Implausible { segment_size: u32, block_size: u32 },
@@ -96,10 +98,11 @@ impl ClusterIdentity {
     /// `restore_command` in its data directory, so `Path::new(".")` works there.
     pub fn read(dir: &Path) -> Result<ClusterIdentity, IdentityError> {
         let version_path = dir.join("PG_VERSION");
-        let text = std::fs::read_to_string(&version_path).map_err(|source| IdentityError::Read {
-            path: version_path.clone(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(&version_path).map_err(|source| IdentityError::Read {
+                path: version_path.clone(),
+                source,
+            })?;
         let pg_major = parse_pg_version(&text).ok_or_else(|| IdentityError::Invalid {
             path: version_path.clone(),
             reason: format!("unexpected content {:?}", text.trim()),
@@ -186,7 +189,10 @@ mod tests {
         assert_eq!(WalHeader::parse(&[0; 10]), Err(HeaderError::Short(10)));
         let mut short = header(1, 16 << 20);
         short[2] = 0;
-        assert!(matches!(WalHeader::parse(&short), Err(HeaderError::NotLong(_))));
+        assert!(matches!(
+            WalHeader::parse(&short),
+            Err(HeaderError::NotLong(_))
+        ));
         assert!(matches!(
             WalHeader::parse(&header(1, 12345)),
             Err(HeaderError::Implausible { .. })

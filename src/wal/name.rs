@@ -34,9 +34,11 @@ impl WalName {
     /// Parses a bare file name; None when it is not a WAL file name PostgreSQL archives.
     pub fn parse(name: &str) -> Option<WalName> {
         let hex8 = |s: &str| -> Option<u32> {
-            (s.len() == 8 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_lowercase()))
-                .then(|| u32::from_str_radix(s, 16).ok())
-                .flatten()
+            (s.len() == 8
+                && s.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_lowercase()))
+            .then(|| u32::from_str_radix(s, 16).ok())
+            .flatten()
         };
         if let Some(tl) = name.strip_suffix(".history") {
             let timeline = hex8(tl)?;
@@ -136,7 +138,10 @@ mod tests {
     #[test]
     fn names() {
         let s = WalName::parse("000000010000000A000000FF").unwrap();
-        assert_eq!((s.kind, s.timeline, s.log, s.seg), (WalKind::Segment, 1, 10, 255));
+        assert_eq!(
+            (s.kind, s.timeline, s.log, s.seg),
+            (WalKind::Segment, 1, 10, 255)
+        );
         assert_eq!(s.position(), (10 << 32) | 255);
         let p = WalName::parse("000000020000000A000000FF.partial").unwrap();
         assert_eq!((p.kind, p.timeline), (WalKind::Partial, 2));
@@ -144,7 +149,10 @@ mod tests {
         let b = WalName::parse("000000010000000000000002.00000028.backup").unwrap();
         assert_eq!(b.kind, WalKind::Backup);
         let h = WalName::parse("0000000A.history").unwrap();
-        assert_eq!((h.kind, h.timeline, h.segment()), (WalKind::History, 10, None));
+        assert_eq!(
+            (h.kind, h.timeline, h.segment()),
+            (WalKind::History, 10, None)
+        );
         for bad in [
             "",
             "00000001",
@@ -184,6 +192,9 @@ mod tests {
             ]
         );
         // 1 GiB segments: 4 per log file.
-        assert_eq!(segment_name(1, 0x1_C000_0000, 1 << 30), "000000010000000100000003");
+        assert_eq!(
+            segment_name(1, 0x1_C000_0000, 1 << 30),
+            "000000010000000100000003"
+        );
     }
 }
