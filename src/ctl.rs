@@ -3,8 +3,9 @@
 
 mod args;
 mod output;
+mod wal;
 
-pub use args::{Command, CtlArgs, RestoreCommand};
+pub use args::{Command, CtlArgs, RestoreCommand, WalFetchArgs, WalPushArgs};
 
 use crate::catalogue::{Catalogue, ENV_CATALOGUE, ENV_SOCKET};
 use crate::control::client::{Client, ClientError};
@@ -50,7 +51,11 @@ type CtlResult = Result<(), CtlError>;
 /// Runs the ctl; the binary only calls this.
 pub fn main() -> ExitCode {
     use clap::Parser;
-    let args = CtlArgs::parse();
+    let args = match CtlArgs::try_parse() {
+        Ok(args) => args,
+        // archive_command and restore_command: exit codes PostgreSQL understands (DESIGN §5).
+        Err(err) => return wal::usage_error(err),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -228,9 +233,8 @@ async fn run(args: CtlArgs) -> CtlResult {
         Command::Follow => follow(&ctx).await,
         Command::Keygen { output } => keygen(output, json),
         Command::Restore { what } => restore(&ctx, what).await,
-        Command::WalPush { .. } | Command::WalFetch { .. } => Err(CtlError::failed(
-            "WAL archiving (postgres-wal jobs) is not available in this version of bdc-backup",
-        )),
+        Command::WalPush(a) => wal::push(&ctx, a).await,
+        Command::WalFetch(a) => wal::fetch(&ctx, a).await,
         Command::Retention {
             job,
             repository,

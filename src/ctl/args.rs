@@ -63,10 +63,12 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
-    /// PostgreSQL's archive_command.
-    WalPush { path: PathBuf },
-    /// PostgreSQL's restore_command.
-    WalFetch { name: String, dest: PathBuf },
+    /// PostgreSQL's archive_command (`bdc-backupctl wal-push %p`): exit 0 only when the file is
+    /// durable in every sync repository; any failure exits 1 (PostgreSQL retries).
+    WalPush(WalPushArgs),
+    /// PostgreSQL's restore_command (`bdc-backupctl wal-fetch %f %p`), without the daemon: exit 0
+    /// fetched, 1 not found in any repository, 255 on any other error (recovery stops).
+    WalFetch(WalFetchArgs),
     /// Restore from a backup (works without the daemon).
     Restore {
         #[command(subcommand)]
@@ -96,6 +98,51 @@ pub enum Command {
         #[arg(long)]
         job: Option<String>,
     },
+}
+
+/// `wal-push PATH [--data-directory DIR] [--timeout T]`
+#[derive(Debug, Clone, Args)]
+pub struct WalPushArgs {
+    /// The WAL file, relative to the current folder (PostgreSQL's `%p`, run in the data directory).
+    pub path: PathBuf,
+    /// The cluster's data directory (default: the current folder).
+    #[arg(long, value_name = "DIR")]
+    pub data_directory: Option<PathBuf>,
+    /// Give up (exit 1, PostgreSQL retries) after this long: seconds or e.g. "5m".
+    #[arg(long, value_name = "T", default_value = "300", value_parser = parse_timeout)]
+    pub timeout: std::time::Duration,
+}
+
+/// `wal-fetch NAME DEST [--repository R] [--data-directory DIR] [--timeout T] [--spool DIR --prefetch N]`
+#[derive(Debug, Clone, Args)]
+pub struct WalFetchArgs {
+    /// The WAL file name PostgreSQL asks for (`%f`).
+    pub name: String,
+    /// Where to write it (`%p`, relative to the current folder).
+    pub dest: PathBuf,
+    /// Only this repository (default: the postgres-wal job's, sync ones first).
+    #[arg(long)]
+    pub repository: Option<String>,
+    /// The cluster's data directory (default: the current folder).
+    #[arg(long, value_name = "DIR")]
+    pub data_directory: Option<PathBuf>,
+    /// Retry transient errors for at most this long, then exit 255: seconds or e.g. "1m".
+    #[arg(long, value_name = "T", default_value = "60", value_parser = parse_timeout)]
+    pub timeout: std::time::Duration,
+    /// A folder for prefetched segments (with --prefetch).
+    #[arg(long, value_name = "DIR")]
+    pub spool: Option<PathBuf>,
+    /// Also fetch this many following segments of the timeline into --spool.
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "spool")]
+    pub prefetch: u32,
+}
+
+/// `300` (seconds) or a humantime duration (`5m`, `90s`).
+pub fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
+    if let Ok(secs) = text.trim().parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text.trim()).map_err(|e| format!("not a duration: {e}"))
 }
 
 #[derive(Debug, Clone, Subcommand)]
