@@ -603,6 +603,7 @@ async fn restore_cluster(ctx: &Ctx, a: args::RestoreClusterArgs) -> CtlResult {
         target_action: a.target_action,
         start: a.start,
         port: a.port,
+        no_archive: a.no_archive,
         repository: a.repository,
         dry_run: a.dry_run,
         catalogue_path,

@@ -29,7 +29,17 @@ fn base_backup_under_load_restores_to_the_end_of_the_archive() {
         "CREATE UNLOGGED TABLE scratch AS SELECT g FROM generate_series(1, 1000) g;",
     );
     let mut load = Command::new(pg_bin().join("pgbench"))
-        .args(["-n", "-c", "2", "-T", "600", "-h", "127.0.0.1", "-U", "postgres"])
+        .args([
+            "-n",
+            "-c",
+            "2",
+            "-T",
+            "600",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+        ])
         .arg("-p")
         .arg(p.cluster.port.to_string())
         .arg("app")
@@ -44,8 +54,10 @@ fn base_backup_under_load_restores_to_the_end_of_the_archive() {
     // Stop the load, write after the backup (only WAL replay brings it), switch, compare.
     let _ = load.kill();
     let _ = load.wait();
-    p.cluster
-        .psql("app", "CREATE TABLE after_backup AS SELECT g FROM generate_series(1, 500) g;");
+    p.cluster.psql(
+        "app",
+        "CREATE TABLE after_backup AS SELECT g FROM generate_series(1, 500) g;",
+    );
     p.switch_wal();
     let want = fingerprints(p.cluster.port, "app");
     assert!(want.contains_key("public.after_backup"));
@@ -63,4 +75,322 @@ fn base_backup_under_load_restores_to_the_end_of_the_archive() {
     assert_eq!(restored.psql("app", "SELECT pg_is_in_recovery();"), "f");
     // Nothing from the source's PGDATA that must not be there.
     assert!(!restored.dir.join("pg_wal/.bdc-prefetch").exists());
+}
+
+/// Rows of `t` per tag on a server: "base=100 a=50 b=0".
+fn tags(port: u16) -> String {
+    let q = "SELECT string_agg(tag || '=' || n, ' ' ORDER BY tag) FROM \
+             (SELECT tag, count(*) AS n FROM t GROUP BY tag) s;";
+    psql_port(port, "app", q).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn point_in_time_by_time_lsn_xid_name_and_immediate() {
+    let p = Physical::start("60s");
+    let c = &p.cluster;
+    c.create_database("app");
+    c.psql(
+        "app",
+        "CREATE TABLE t (id serial PRIMARY KEY, tag text); \
+         INSERT INTO t (tag) SELECT 'base' FROM generate_series(1, 100);",
+    );
+    p.backup("--full");
+    let xid = c.psql(
+        "app",
+        "BEGIN; INSERT INTO t (tag) SELECT 'a' FROM generate_series(1, 50); SELECT txid_current(); COMMIT;",
+    );
+    let lsn = c.psql("app", "SELECT pg_current_wal_lsn();");
+    c.psql("app", "SELECT pg_create_restore_point('p');");
+    std::thread::sleep(Duration::from_millis(1100));
+    // Without an offset: the catalogue's time zone (Europe/Berlin).
+    let time = c.psql(
+        "app",
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'Europe/Berlin', 'YYYY-MM-DD HH24:MI:SS');",
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    c.psql(
+        "app",
+        "INSERT INTO t (tag) SELECT 'b' FROM generate_series(1, 30);",
+    );
+    p.switch_wal();
+    assert_eq!(tags(c.port), "a=50 b=30 base=100");
+
+    let cases: Vec<(&str, Vec<&str>, &str)> = vec![
+        ("by-time", vec!["--time", &time], "a=50 base=100"),
+        ("by-lsn", vec!["--lsn", &lsn], "a=50 base=100"),
+        ("by-xid", vec!["--xid", &xid], "a=50 base=100"),
+        (
+            "by-xid-excl",
+            vec!["--xid", &xid, "--exclusive"],
+            "base=100",
+        ),
+        ("by-name", vec!["--name", "p"], "a=50 base=100"),
+        ("immediate", vec!["--immediate"], "base=100"),
+    ];
+    for (name, flags, want) in cases {
+        let mut flags = flags;
+        flags.push("--no-archive");
+        let (out, restored) = p.restore(name, &flags);
+        ok(&out, &format!("restore {name}\n{}", restored.log()));
+        assert_eq!(tags(restored.port), want, "{name}");
+        assert_eq!(
+            restored.psql("app", "SELECT pg_is_in_recovery();"),
+            "f",
+            "{name}: promoted"
+        );
+        let conf = std::fs::read_to_string(restored.dir.join("postgresql.auto.conf")).unwrap();
+        let targets = conf
+            .lines()
+            .filter(|l| {
+                l.starts_with("recovery_target")
+                    && !l.starts_with("recovery_target_timeline")
+                    && !l.starts_with("recovery_target_action")
+                    && !l.starts_with("recovery_target_inclusive")
+            })
+            .count();
+        assert_eq!(targets, 1, "{name}: exactly one recovery target\n{conf}");
+        restored.stop();
+    }
+}
+
+#[test]
+fn incrementals_each_restore_their_own_state() {
+    let p = Physical::start("60s");
+    let c = &p.cluster;
+    c.create_database("app");
+    c.load_pgbench("app", 1);
+    c.psql(
+        "app",
+        "CREATE TABLE t (id serial PRIMARY KEY, tag text); INSERT INTO t (tag) VALUES ('base');",
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let full = p.backup("--full");
+    let s0 = fingerprints(c.port, "app");
+    std::thread::sleep(Duration::from_millis(1100));
+    c.psql(
+        "app",
+        "INSERT INTO t (tag) SELECT 'one' FROM generate_series(1, 20); \
+         UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= 1000; \
+         CREATE TABLE extra AS SELECT g FROM generate_series(1, 100) g;",
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let i1 = p.backup("--incremental");
+    let s1 = fingerprints(c.port, "app");
+    std::thread::sleep(Duration::from_millis(1100));
+    c.psql(
+        "app",
+        "DELETE FROM t WHERE tag = 'base'; DROP TABLE extra; \
+         INSERT INTO t (tag) SELECT 'two' FROM generate_series(1, 5);",
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let i2 = p.backup("--incremental");
+    let s2 = fingerprints(c.port, "app");
+    p.switch_wal();
+    for run in [&i1, &i2] {
+        assert_eq!(run["backup_type"], "incremental", "{run}");
+        assert!(
+            run["bytes_stored"].as_u64().unwrap() < full["bytes_stored"].as_u64().unwrap() / 2,
+            "an incremental stores only changed files: {run} vs {full}"
+        );
+    }
+    assert_ne!(s0, s1);
+    assert_ne!(s1, s2);
+    for (run, want) in [(&full, &s0), (&i1, &s1), (&i2, &s2)] {
+        let id = run["backup_id"].as_str().unwrap();
+        let (out, restored) = p.restore(
+            &format!("r-{id}"),
+            &["--backup", id, "--immediate", "--no-archive"],
+        );
+        ok(&out, &format!("restore {id}\n{}", restored.log()));
+        assert_eq!(&fingerprints(restored.port, "app"), want, "backup {id}");
+        restored.stop();
+    }
+}
+
+#[test]
+fn pitr_then_promote_then_pitr_onto_the_new_timeline() {
+    let p = Physical::start("60s");
+    let c = &p.cluster;
+    c.create_database("app");
+    c.psql(
+        "app",
+        "CREATE TABLE t (id serial PRIMARY KEY, tag text); INSERT INTO t (tag) VALUES ('base');",
+    );
+    p.backup("--full");
+    c.psql(
+        "app",
+        "INSERT INTO t (tag) SELECT 'a' FROM generate_series(1, 10);",
+    );
+    let lsn = c.psql("app", "SELECT pg_current_wal_lsn();");
+    c.psql(
+        "app",
+        "INSERT INTO t (tag) SELECT 'b' FROM generate_series(1, 10);",
+    );
+    p.switch_wal();
+
+    // First PITR: promoted onto timeline 2; it writes and archives too (same system id).
+    let (out, first) = p.restore("first", &["--lsn", &lsn]);
+    ok(&out, &format!("first restore\n{}", first.log()));
+    assert_eq!(tags(first.port), "a=10 base=1");
+    let tl = psql_port(
+        first.port,
+        "app",
+        "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8);",
+    )
+    .unwrap();
+    assert_eq!(tl, "00000002");
+    psql_port(
+        first.port,
+        "app",
+        "INSERT INTO t (tag) SELECT 'c' FROM generate_series(1, 7);",
+    )
+    .unwrap();
+    let lsn2 = psql_port(first.port, "app", "SELECT pg_current_wal_lsn();").unwrap();
+    psql_port(
+        first.port,
+        "app",
+        "INSERT INTO t (tag) SELECT 'd' FROM generate_series(1, 3);",
+    )
+    .unwrap();
+    let seg = psql_port(
+        first.port,
+        "app",
+        "SELECT pg_walfile_name(pg_switch_wal());",
+    )
+    .unwrap();
+    p.wait_archived("00000002.history");
+    p.wait_archived(&seg);
+    first.stop();
+
+    // Second PITR from the same base backup, across the switch onto timeline 2 (latest).
+    let (out, second) = p.restore("second", &["--lsn", &lsn2]);
+    ok(&out, &format!("second restore\n{}", second.log()));
+    assert_eq!(tags(second.port), "a=10 base=1 c=7");
+    let tl = psql_port(
+        second.port,
+        "app",
+        "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8);",
+    )
+    .unwrap();
+    assert_eq!(tl, "00000003", "a new timeline after the second promotion");
+    second.stop();
+
+    // Asking for timeline 1 explicitly stays on the original history.
+    let (out, third) = p.restore("third", &["--target-timeline", "1", "--immediate"]);
+    ok(&out, &format!("third restore\n{}", third.log()));
+    assert_eq!(tags(third.port), "base=1");
+}
+
+#[test]
+fn wal_never_archived_fails_the_backup_after_wal_timeout() {
+    let p = Physical::start("4s");
+    let c = &p.cluster;
+    c.psql(
+        "postgres",
+        "ALTER SYSTEM SET archive_command = 'false'; SELECT pg_reload_conf();",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let out = p.setup.ctl(&["run", "base", "--full", "--wait"]);
+    assert!(!out.status.success());
+    let run = p.setup.ctl_json(&["runs", "--job", "base", "--limit", "1"])[0].clone();
+    assert_eq!(run["status"], "failed", "{run}");
+    let error = run["error"].as_str().unwrap();
+    assert!(error.contains("was not archived"), "{error}");
+    let start_wal = error
+        .split_whitespace()
+        .find(|w| w.len() == 24 && w.chars().all(|c| c.is_ascii_hexdigit()));
+    assert!(start_wal.is_some(), "the missing segment is named: {error}");
+    let backups = p.setup.ctl_json(&["backups", "--job", "base"]);
+    assert_eq!(backups.as_array().unwrap().len(), 0, "{backups}");
+    let leftovers = walkdir(&p.setup.path("repo/backups/base"));
+    assert_eq!(leftovers, 0, "the failed backup's objects are deleted");
+    // The backup was stopped: with archiving repaired, the next one succeeds.
+    c.psql(
+        "postgres",
+        "ALTER SYSTEM RESET archive_command; SELECT pg_reload_conf();",
+    );
+    let run = p.backup("--full");
+    assert_eq!(run["status"], "succeeded");
+}
+
+#[test]
+fn a_corrupted_wal_object_stops_recovery_without_promoting() {
+    let p = Physical::start("60s");
+    let c = &p.cluster;
+    c.create_database("app");
+    c.psql(
+        "app",
+        "CREATE TABLE t (id serial PRIMARY KEY, tag text); INSERT INTO t (tag) VALUES ('base');",
+    );
+    p.backup("--full");
+    c.psql(
+        "app",
+        "INSERT INTO t (tag) SELECT 'a' FROM generate_series(1, 10);",
+    );
+    let seg = c.psql("app", "SELECT pg_walfile_name(pg_switch_wal());");
+    p.wait_archived(&seg);
+    c.psql(
+        "app",
+        "INSERT INTO t (tag) SELECT 'b' FROM generate_series(1, 10);",
+    );
+    p.switch_wal();
+    // Damage the stored object of the segment holding the 'a' rows.
+    let object = find_object(&p.setup.path("repo/wal"), &seg).expect("the archived object");
+    let mut bytes = std::fs::read(&object).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 64] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&object, bytes).unwrap();
+
+    let (out, restored) = p.restore("damaged", &[]);
+    assert!(
+        !out.status.success(),
+        "the restore must report the failed recovery"
+    );
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("recovery"), "{text}");
+    wait_for(Duration::from_secs(30), "the server to stop", || {
+        (!restored.running()).then_some(())
+    });
+    let log = restored.log();
+    assert!(
+        !log.contains("selected new timeline ID"),
+        "it must not promote:\n{log}"
+    );
+    assert!(
+        log.contains(&seg) || log.contains("restore_command"),
+        "{log}"
+    );
+}
+
+fn find_object(dir: &std::path::Path, prefix: &str) -> Option<std::path::PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if let Some(f) = find_object(&p, prefix) {
+                return Some(f);
+            }
+        } else if e.file_name().to_string_lossy().starts_with(prefix) {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// Files (not folders) beneath `dir`.
+fn walkdir(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            if e.path().is_dir() {
+                walkdir(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
 }

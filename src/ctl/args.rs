@@ -237,6 +237,10 @@ pub struct RestoreClusterArgs {
     /// The restored server's port (written to postgresql.auto.conf).
     #[arg(long)]
     pub port: Option<u16>,
+    /// Write `archive_mode = off`: the restored cluster does not archive into this archive
+    /// (drills and copies beside the running primary).
+    #[arg(long)]
+    pub no_archive: bool,
     /// Show the plan; write nothing.
     #[arg(long)]
     pub dry_run: bool,

@@ -66,6 +66,9 @@ pub struct ClusterRestoreOptions {
     pub start: bool,
     /// The restored server's port (written to postgresql.auto.conf); default: its configuration's.
     pub port: Option<u16>,
+    /// `archive_mode = off` in postgresql.auto.conf: the restored cluster does not archive into
+    /// the archive it came from (drills, test restores, a copy beside the running primary).
+    pub no_archive: bool,
     pub repository: Option<String>,
     pub dry_run: bool,
     /// The catalogue (absolute) and this ctl binary, for `restore_command`.
@@ -343,6 +346,9 @@ pub fn recovery_settings(
     }
     if let Some(p) = o.port {
         lines.push(format!("port = {p}"));
+    }
+    if o.no_archive {
+        lines.push("archive_mode = 'off'".into());
     }
     Ok(lines)
 }
@@ -807,7 +813,7 @@ async fn start_and_wait(
     if !out.status.success() {
         return Err(ClusterRestoreError::Start {
             reason: format!(
-                "pg_ctl failed ({}): {}; server log {}:\n    {}",
+                "the server stopped during startup or recovery; recovery did not finish and the cluster was not promoted (pg_ctl {}: {}); server log {}:\n    {}",
                 out.status,
                 String::from_utf8_lossy(&out.stderr).trim(),
                 log.display(),

@@ -47,7 +47,10 @@ impl Drop for Bridge {
 /// Makes a path readable (and folders listable) by everyone: restore_command runs as the
 /// postgres OS user and reads the catalogue, the identity and the repository.
 pub fn open_up(path: &Path) {
-    let _ = Command::new("chmod").args(["-R", "a+rX"]).arg(path).status();
+    let _ = Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(path)
+        .status();
     // The identity must stay private (0600): it belongs to postgres then (root reads it anyway).
     let key = path.join("restore.key");
     let _ = Command::new("chown").arg("postgres").arg(&key).status();
@@ -126,7 +129,10 @@ repositories = ["local"]
     /// `run base --full|--incremental --wait`; the run's JSON row.
     pub fn backup(&self, kind: &str) -> serde_json::Value {
         let out = self.setup.ctl(&["run", "base", kind, "--wait"]);
-        let run = self.setup.ctl_json(&["runs", "--job", "base", "--limit", "1"])[0].clone();
+        let run = self
+            .setup
+            .ctl_json(&["runs", "--job", "base", "--limit", "1"])[0]
+            .clone();
         assert!(
             out.status.success(),
             "base backup failed: {run}\n{}\n{}",
@@ -205,9 +211,8 @@ fn start_bridge(setup: &Setup, cluster: &PgCluster, spool: PathBuf) -> Bridge {
             .enable_all()
             .build()
             .unwrap();
-        let repo =
-            bdc_backup::repository::Repository::open(catalogue.repository("local").unwrap())
-                .unwrap();
+        let repo = bdc_backup::repository::Repository::open(catalogue.repository("local").unwrap())
+            .unwrap();
         let job = catalogue.job("wal").unwrap();
         let settings = bdc_backup::pipeline::PipelineSettings::new(
             job.compression.clone(),
@@ -320,7 +325,16 @@ fn as_postgres(tool: &str) -> Command {
 /// psql against 127.0.0.1:port as postgres.
 pub fn psql_port(port: u16, db: &str, sql: &str) -> Result<String, String> {
     let mut child = Command::new(pg_bin().join("psql"))
-        .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+        ])
         .arg("-p")
         .arg(port.to_string())
         .args(["-U", "postgres", "-d", db, "-f", "-"])
