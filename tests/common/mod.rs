@@ -4,3 +4,4 @@
 pub mod daemon;
 pub mod objstores;
 pub mod pg;
+pub mod wal;
