@@ -4,10 +4,9 @@
 //! (PostgreSQL stops recovery instead of ending it early).
 
 use super::{CtlError, CtlResult, Ctx, WalFetchArgs, WalPushArgs};
-use crate::catalogue::{Catalogue, JobSpec, WalAck};
 use crate::protocol::Response;
 use crate::repository::Repository;
-use crate::wal::fetch::{Spool, next_segments, segment_size_of, write_atomic};
+use crate::wal::fetch::{Spool, next_segments, segment_size_of, wal_repositories, write_atomic};
 use crate::wal::{ClusterIdentity, WalName};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -82,36 +81,6 @@ pub async fn push(ctx: &Ctx, args: WalPushArgs) -> CtlResult {
             "unexpected answer from the daemon: {other:?}"
         ))),
     }
-}
-
-/// The postgres-wal job's repositories, sync first (or only `only`).
-pub fn wal_repositories(
-    catalogue: &Catalogue,
-    only: Option<&str>,
-) -> Result<Vec<Repository>, String> {
-    let job = catalogue
-        .jobs
-        .iter()
-        .find(|j| matches!(j.spec, JobSpec::PostgresWal(_)))
-        .ok_or("the catalogue has no postgres-wal job")?;
-    let mut settings = Vec::new();
-    for name in &job.repositories {
-        let s = catalogue
-            .repository(name)
-            .ok_or_else(|| format!("repository `{name}` is not in the catalogue"))?;
-        settings.push(s);
-    }
-    if let Some(only) = only {
-        let s = catalogue
-            .repository(only)
-            .ok_or_else(|| format!("repository `{only}` is not in the catalogue"))?;
-        settings = vec![s];
-    }
-    settings.sort_by_key(|s| s.wal_ack != WalAck::Sync);
-    settings
-        .into_iter()
-        .map(|s| Repository::open(s).map_err(|e| crate::daemon::error_chain_of(&e)))
-        .collect()
 }
 
 /// `wal-fetch NAME DEST`.

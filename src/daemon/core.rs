@@ -81,6 +81,8 @@ pub struct Shared {
     stopping: std::sync::atomic::AtomicBool,
     /// One lock per job: a run, its replication and retention passes of the job never overlap.
     job_locks: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// WAL pushes: their own upload slots, the async backlog's wake-up (DESIGN §5).
+    pub wal: super::wal::WalArchiver,
 }
 
 impl Shared {
@@ -112,6 +114,7 @@ impl Shared {
             last_ids: std::sync::Mutex::new(HashMap::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
             job_locks: std::sync::Mutex::new(HashMap::new()),
+            wal: super::wal::WalArchiver::new(),
         })
     }
 
@@ -457,8 +460,10 @@ impl Shared {
                 repositories,
                 stale,
                 retention: self.state.last_retention_pass(&job.name).await?,
+                wal: None,
             });
         }
+        super::wal::fill_status(self, &catalogue, &mut jobs).await;
         Ok(StatusReport {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),

@@ -275,6 +275,33 @@ impl PgControl {
             })
     }
 
+    /// The WAL file being written now and `pg_stat_archiver`'s failure figures (WAL status):
+    /// `(current segment, failed_count, last_failed_wal, last_failed_time)`.
+    pub async fn wal_archiver_status(
+        &mut self,
+    ) -> Result<
+        (
+            String,
+            i64,
+            Option<String>,
+            Option<chrono::DateTime<chrono::Utc>>,
+        ),
+        PgError,
+    > {
+        let target = self.target.clone();
+        sqlx::query_as(
+            "SELECT pg_walfile_name(pg_current_wal_lsn()), failed_count, last_failed_wal, last_failed_time \
+             FROM pg_stat_archiver",
+        )
+        .fetch_one(&mut self.conn)
+        .await
+        .map_err(|source| PgError::Query {
+            target,
+            what: "reading pg_stat_archiver".into(),
+            source,
+        })
+    }
+
     /// Whether the session's role is a superuser.
     pub async fn is_superuser(&mut self) -> Result<bool, PgError> {
         let target = self.target.clone();

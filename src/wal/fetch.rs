@@ -7,6 +7,7 @@ use super::format::{ARCHIVE_INFO_KEY, object_key};
 use super::header::{ClusterIdentity, WalHeader};
 use super::name::{WalKind, WalName};
 use super::push::{PushError, check_archive_info, read_archive_info, stored_hashes};
+use crate::catalogue::{Catalogue, JobSpec, WalAck};
 use crate::error::{Classify, Retry};
 use crate::pipeline::Identities;
 use crate::repository::{Repository, StoreError};
@@ -50,6 +51,13 @@ pub enum FetchError {
         #[source]
         source: io::Error,
     },
+    /// Transient faults went on for the whole retry window.
+    #[error("gave up after {} s of transient errors: {last}", .after.as_secs())]
+    GaveUp {
+        after: Duration,
+        #[source]
+        last: Box<FetchError>,
+    },
     /// Every repository failed; the errors, one per repository.
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     All(Vec<FetchError>),
@@ -59,6 +67,7 @@ impl Classify for FetchError {
     fn retry(&self) -> Retry {
         match self {
             FetchError::Repository(e) => e.retry(),
+            FetchError::GaveUp { .. } => Retry::Permanent,
             FetchError::All(errors) => {
                 if errors.iter().any(|e| e.retry() == Retry::Transient) {
                     Retry::Transient
@@ -219,15 +228,54 @@ pub async fn fetch(
         let transient = errors.iter().any(|e| e.retry() == Retry::Transient);
         let left = deadline.saturating_duration_since(Instant::now());
         if !transient || left.is_zero() {
-            return Err(if errors.len() == 1 {
+            let err = if errors.len() == 1 {
                 errors.remove(0)
             } else {
                 FetchError::All(errors)
+            };
+            return Err(if transient {
+                FetchError::GaveUp {
+                    after: window,
+                    last: Box::new(err),
+                }
+            } else {
+                err
             });
         }
         tokio::time::sleep(backoff.min(left)).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// The postgres-wal job's repositories, sync first (or only `only`).
+/// (`restore cluster` uses this with [`fetch`] and [`write_atomic`].)
+pub fn wal_repositories(
+    catalogue: &Catalogue,
+    only: Option<&str>,
+) -> Result<Vec<Repository>, String> {
+    let job = catalogue
+        .jobs
+        .iter()
+        .find(|j| matches!(j.spec, JobSpec::PostgresWal(_)))
+        .ok_or("the catalogue has no postgres-wal job")?;
+    let mut settings = Vec::new();
+    for name in &job.repositories {
+        let s = catalogue
+            .repository(name)
+            .ok_or_else(|| format!("repository `{name}` is not in the catalogue"))?;
+        settings.push(s);
+    }
+    if let Some(only) = only {
+        let s = catalogue
+            .repository(only)
+            .ok_or_else(|| format!("repository `{only}` is not in the catalogue"))?;
+        settings = vec![s];
+    }
+    settings.sort_by_key(|s| s.wal_ack != WalAck::Sync);
+    settings
+        .into_iter()
+        .map(|s| Repository::open(s).map_err(|e| crate::daemon::error_chain_of(&e)))
+        .collect()
 }
 
 /// Writes `bytes` to `dest` atomically: a temp file in its folder, fsync, rename, folder fsync.

@@ -86,7 +86,7 @@ pub enum PushError {
         #[source]
         source: PipelineError,
     },
-    #[error("repository `{repository}`: {action} took longer than {} s", .after.as_secs())]
+    #[error("repository `{repository}`: {action}: no answer within {:.1} s", .after.as_secs_f64())]
     TimedOut {
         repository: String,
         action: String,

@@ -5,3 +5,4 @@ pub mod daemon;
 pub mod objstores;
 pub mod pg;
 pub mod physical;
+pub mod wal;
