@@ -3,8 +3,8 @@
 //! (`wal`), restores with `bdc-backupctl restore cluster --start`, and data fingerprints of any
 //! server by port.
 //!
-//! WAL archiving: `archive_command` is our `bdc-backupctl wal-push` when the daemon implements
-//! it ([`REAL_WAL_PUSH`]); otherwise a bridge: `archive_command` copies the segment into a spool
+//! WAL archiving: `archive_command` is our `bdc-backupctl --socket S wal-push %p` through the
+//! daemon ([`REAL_WAL_PUSH`]); the alternative, kept for isolating faults, is a bridge: `archive_command` copies the segment into a spool
 //! folder and a thread of the test stores it with the library's push functions
 //! (`bdc_backup::wal::push`), which write exactly what the daemon writes.
 
@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Whether the cluster archives with `bdc-backupctl wal-push` through the daemon.
-pub const REAL_WAL_PUSH: bool = false;
+pub const REAL_WAL_PUSH: bool = true;
 
 /// A cluster archiving into the setup's repository, and the daemon.
 pub struct Physical {
@@ -72,10 +72,7 @@ impl Physical {
         std::fs::create_dir_all(&spool).unwrap();
         std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o777)).unwrap();
         let archive_command = if REAL_WAL_PUSH {
-            format!(
-                "{CTL} --catalogue {} wal-push %p",
-                setup.catalogue_path().display()
-            )
+            format!("{CTL} --socket {} wal-push %p", setup.socket().display())
         } else {
             format!(
                 "cp %p {s}/%f.tmp && mv {s}/%f.tmp {s}/%f",
@@ -110,6 +107,9 @@ repositories = ["local"]
             data = cluster.data_dir().display(),
         ));
         let daemon = setup.start_daemon();
+        if REAL_WAL_PUSH {
+            super::wal::open_socket(&setup.socket());
+        }
         let bridge = (!REAL_WAL_PUSH).then(|| start_bridge(&setup, &cluster, spool));
         Physical {
             setup,
