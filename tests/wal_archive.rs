@@ -155,9 +155,26 @@ fn archives_fetches_and_survives_daemon_downtime() {
     );
     assert!(stderr(&out).contains(first.as_str()), "{}", stderr(&out));
 
-    // wal-push never exits above 125: bad name, missing file, usage error.
+    // Only the PostgreSQL OS user may push (root is refused, and that is audited).
     let sock = setup.socket();
     let sock = sock.to_str().unwrap();
+    let abs = pg_wal.join(first);
+    let out = setup.ctl(&[
+        "--socket",
+        sock,
+        "wal-push",
+        abs.to_str().unwrap(),
+        "--data-directory",
+        data.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("may not `wal-push`"),
+        "{}",
+        stderr(&out)
+    );
+
+    // wal-push never exits above 125: bad name, missing file, usage error.
     for args in [
         vec!["--socket", sock, "wal-push", "pg_wal/not-a-segment"],
         vec![

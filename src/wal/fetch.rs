@@ -44,7 +44,7 @@ pub enum FetchError {
         reason: String,
     },
     #[error(transparent)]
-    Repository(#[from] PushError),
+    Repository(Box<PushError>),
     #[error("writing {}: {source}", .path.display())]
     Write {
         path: PathBuf,
@@ -61,6 +61,12 @@ pub enum FetchError {
     /// Every repository failed; the errors, one per repository.
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     All(Vec<FetchError>),
+}
+
+impl From<PushError> for FetchError {
+    fn from(e: PushError) -> Self {
+        FetchError::Repository(Box::new(e))
+    }
 }
 
 impl Classify for FetchError {
@@ -149,7 +155,7 @@ pub async fn fetch_from(
         Ok(Err(source)) => {
             return Err(PushError::Store {
                 repository: repo.name.clone(),
-                source,
+                source: Box::new(source),
             }
             .into());
         }

@@ -120,7 +120,7 @@ pub fn segment_name(timeline: u32, lsn: u64, segment_size: u64) -> String {
 /// included (PostgreSQL's `XLByteToPrevSeg`, as `pg_backup_stop` switches there).
 pub fn segments_between(timeline: u32, start: u64, stop: u64, segment_size: u64) -> Vec<String> {
     let first = start / segment_size;
-    let last = if stop > start && stop % segment_size == 0 {
+    let last = if stop > start && stop.is_multiple_of(segment_size) {
         stop / segment_size - 1
     } else {
         stop / segment_size

@@ -77,14 +77,14 @@ pub enum PushError {
     Store {
         repository: String,
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
     #[error("repository `{repository}`: storing {name}: {source}")]
     Pipeline {
         repository: String,
         name: String,
         #[source]
-        source: PipelineError,
+        source: Box<PipelineError>,
     },
     #[error("repository `{repository}`: {action}: no answer within {:.1} s", .after.as_secs_f64())]
     TimedOut {
@@ -219,7 +219,7 @@ pub async fn bounded<T, E>(
 fn store_err(repo: &Repository) -> impl FnOnce(StoreError) -> PushError + '_ {
     move |source| PushError::Store {
         repository: repo.name.clone(),
-        source,
+        source: Box::new(source),
     }
 }
 
@@ -294,9 +294,9 @@ pub async fn ensure_archive_info(
             Some(info) => check_archive_info(&repo.name, &info, cluster),
             None => Err(PushError::Store {
                 repository: repo.name.clone(),
-                source: StoreError::NotFound {
+                source: Box::new(StoreError::NotFound {
                     key: ARCHIVE_INFO_KEY.into(),
-                },
+                }),
             }),
         },
         Ok(Err(e)) => Err(store_err(repo)(e)),
@@ -380,7 +380,7 @@ pub async fn store_wal(
         Ok(Err(source)) => Err(PushError::Pipeline {
             repository: repo.name.clone(),
             name: wal.name.name.clone(),
-            source,
+            source: Box::new(source),
         }),
     }
 }
