@@ -69,7 +69,7 @@ pub enum BaseError {
     Pg {
         job: String,
         #[source]
-        source: PgError,
+        source: Box<PgError>,
     },
     #[error("job `{job}`: {what}: {source}")]
     Query {
@@ -105,7 +105,7 @@ pub enum BaseError {
     Repository {
         job: String,
         #[source]
-        source: RepositoryError,
+        source: Box<RepositoryError>,
     },
     #[error(
         "job `{job}`: WAL segment {segment} was not archived in repository `{repository}` within {}s (is archive_command working? see the server log and `wal-timeout`)",
@@ -122,12 +122,18 @@ pub enum BaseError {
         job: String,
         what: &'static str,
         #[source]
-        source: PipelineError,
+        source: Box<PipelineError>,
     },
     #[error(transparent)]
-    Files(#[from] FilesError),
+    Files(Box<FilesError>),
     #[error("job `{job}`: cancelled")]
     Cancelled { job: String },
+}
+
+impl From<FilesError> for BaseError {
+    fn from(e: FilesError) -> Self {
+        BaseError::Files(Box::new(e))
+    }
 }
 
 impl Classify for BaseError {
@@ -169,7 +175,7 @@ async fn server_facts(
         .await
         .map_err(|source| BaseError::Pg {
             job: job.into(),
-            source,
+            source: Box::new(source),
         })?;
     if version < 120000 {
         return Err(BaseError::Version {
@@ -283,7 +289,7 @@ fn wal_repository(
         .ok_or_else(|| err(format!("repository `{repo_name}` is not in the catalogue")))?;
     let repo = Repository::open(settings).map_err(|source| BaseError::Repository {
         job: job.into(),
-        source,
+        source: Box::new(source),
     })?;
     Ok((name.to_string(), repo))
 }
@@ -307,7 +313,7 @@ pub async fn run_base(ctx: BaseContext<'_>) -> Result<JobOutcome, BaseError> {
         .await
         .map_err(|source| BaseError::Pg {
             job: job.clone(),
-            source,
+            source: Box::new(source),
         })?;
     let facts = server_facts(&job, &mut pg, &data_dir).await?;
 
@@ -389,7 +395,9 @@ pub async fn run_base(ctx: BaseContext<'_>) -> Result<JobOutcome, BaseError> {
                 tracing::warn!(job = %job, error = %e, "could not stop the failed backup; closing the session aborts it");
             }
         }
-        if !matches!(result, Err(BaseError::Files(FilesError::Commit { .. }))) {
+        let commit_failed =
+            matches!(&result, Err(BaseError::Files(e)) if matches!(**e, FilesError::Commit { .. }));
+        if !commit_failed {
             files::delete_uncommitted(ctx.repository, &job, &backup_id).await;
         }
     }
@@ -430,7 +438,7 @@ async fn backup_started(
         })
         .unwrap_or_default();
     let walk = PgDataWalk::new(&facts.data_directory).map_err(|source| {
-        BaseError::Files(FilesError::Snapshot {
+        BaseError::from(FilesError::Snapshot {
             job: job.clone(),
             source: SnapshotError::Source {
                 path: facts.data_directory.clone(),
@@ -484,7 +492,7 @@ async fn backup_started(
     .map_err(|source| BaseError::Store {
         job: job.clone(),
         what: "backup_label",
-        source,
+        source: Box::new(source),
     })?;
     let mut extra: Vec<ObjectRecord> = vec![label_record];
     let mut map_key = None;
@@ -501,7 +509,7 @@ async fn backup_started(
             .map_err(|source| BaseError::Store {
                 job: job.clone(),
                 what: "tablespace_map",
-                source,
+                source: Box::new(source),
             })?,
         );
         map_key = Some(key);
@@ -526,7 +534,7 @@ async fn backup_started(
     .await?;
 
     let info = BaseBackupInfo {
-        cluster: facts.identity.clone(),
+        cluster: facts.identity,
         server_version: facts.version,
         timeline,
         start_lsn: start_lsn.to_string(),

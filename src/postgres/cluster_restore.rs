@@ -177,7 +177,7 @@ pub enum ClusterRestoreError {
     Repository {
         job: String,
         #[source]
-        source: RepositoryError,
+        source: Box<RepositoryError>,
     },
     #[error("the catalogue has no [encryption] identity-file; restores need the age identity")]
     NoIdentity,
@@ -203,13 +203,13 @@ pub enum ClusterRestoreError {
         backup: String,
         what: String,
         #[source]
-        source: PipelineError,
+        source: Box<PipelineError>,
     },
     #[error("backup {backup}: {source}")]
     Restore {
         backup: String,
         #[source]
-        source: RestoreError,
+        source: Box<RestoreError>,
     },
     #[error("starting the restored cluster: {reason}")]
     Start { reason: String },
@@ -430,7 +430,7 @@ pub async fn restore_cluster(
             })?;
     let repo_err = |source| ClusterRestoreError::Repository {
         job: job_name.clone(),
-        source,
+        source: Box::new(source),
     };
     let repository = Repository::open(repo_settings).map_err(repo_err)?;
     let (records, _bad) = repository
@@ -533,7 +533,7 @@ pub async fn restore_cluster(
         move |source| ClusterRestoreError::Object {
             backup,
             what,
-            source,
+            source: Box::new(source),
         }
     };
     let spool_file = tempfile::tempfile().map_err(io_err(Path::new("(temp file)")))?;
@@ -687,7 +687,7 @@ async fn run_restore(
     .map_err(|e| ClusterRestoreError::Task(e.to_string()))?
     .map_err(|source| ClusterRestoreError::Restore {
         backup: backup.to_string(),
-        source,
+        source: Box::new(source),
     })
 }
 
