@@ -21,7 +21,8 @@ fn ok(out: &std::process::Output, what: &str) {
 
 #[test]
 fn base_backup_under_load_restores_to_the_end_of_the_archive() {
-    let p = Physical::start("60s");
+    // As the least-privileged backup role of the operator guide.
+    let p = Physical::start_as("60s", true);
     p.cluster.create_database("app");
     p.cluster.load_pgbench("app", 1);
     p.cluster.psql(

@@ -67,6 +67,12 @@ fn free_port() -> u16 {
 impl Physical {
     /// The cluster (wal_level replica, archiving), the catalogue and the daemon.
     pub fn start(wal_timeout: &str) -> Physical {
+        Self::start_as(wal_timeout, false)
+    }
+
+    /// With `least_privilege`, backups run as `bdc_backup`, a role with only the grants
+    /// docs/operator-guide.md lists (not a superuser).
+    pub fn start_as(wal_timeout: &str, least_privilege: bool) -> Physical {
         let setup = Setup::new();
         let spool = setup.path("wal-spool");
         std::fs::create_dir_all(&spool).unwrap();
@@ -83,6 +89,12 @@ impl Physical {
             "wal_level = replica\narchive_mode = on\narchive_command = '{archive_command}'\n\
              max_wal_size = 64MB\n"
         ));
+        let url = if least_privilege {
+            cluster.psql("postgres", BACKUP_ROLE_SQL);
+            cluster.url_as("bdc_backup", "postgres")
+        } else {
+            cluster.url("postgres")
+        };
         setup.write_catalogue(&format!(
             r#"
 [postgres]
@@ -103,7 +115,6 @@ name = "wal"
 kind = "postgres-wal"
 repositories = ["local"]
 "#,
-            url = cluster.url("postgres"),
             data = cluster.data_dir().display(),
         ));
         let daemon = setup.start_daemon();
@@ -181,6 +192,12 @@ repositories = ["local"]
         (out, Restored { dir: target, port })
     }
 }
+
+/// The backup role of docs/operator-guide.md (PostgreSQL 15).
+pub const BACKUP_ROLE_SQL: &str = "CREATE ROLE bdc_backup LOGIN; \
+     GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean) TO bdc_backup; \
+     GRANT EXECUTE ON FUNCTION pg_backup_stop(boolean) TO bdc_backup; \
+     GRANT pg_read_all_settings TO bdc_backup;";
 
 fn find_file(dir: &Path, prefix: &str) -> bool {
     let Ok(entries) = std::fs::read_dir(dir) else {
