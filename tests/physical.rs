@@ -395,3 +395,197 @@ fn walkdir(dir: &std::path::Path) -> usize {
         })
         .sum()
 }
+
+#[test]
+fn cancel_while_waiting_for_wal_stops_the_backup_and_commits_nothing() {
+    let p = Physical::start("10m");
+    let c = &p.cluster;
+    c.psql(
+        "postgres",
+        "ALTER SYSTEM SET archive_command = 'false'; SELECT pg_reload_conf();",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let started = p.setup.ctl_json(&["run", "base", "--full"]);
+    let run_id = started["id"].as_i64().unwrap().to_string();
+    // The walk is done and the backup stopped when the run waits for its WAL; cancel then.
+    wait_for(
+        Duration::from_secs(60),
+        "the backup to wait for WAL",
+        || p.daemon_log().contains("waiting for its WAL").then_some(()),
+    );
+    assert!(p.setup.ctl(&["cancel", &run_id]).status.success());
+    let run = wait_for(Duration::from_secs(20), "the cancelled run to end", || {
+        let runs = p.setup.ctl_json(&["runs", "--job", "base", "--limit", "1"]);
+        (runs[0]["status"] != "running").then(|| runs[0].clone())
+    });
+    assert_eq!(run["status"], "interrupted", "{run}");
+    assert_eq!(
+        p.setup
+            .ctl_json(&["backups", "--job", "base"])
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(walkdir(&p.setup.path("repo/backups/base")), 0);
+    // The session was closed after pg_backup_stop (no abort warning from the server).
+    let sessions = c.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE '%pg_backup%' AND pid <> pg_backend_pid();",
+    );
+    assert_eq!(sessions, "0");
+    assert!(!c.log().contains("aborting backup"), "{}", c.log());
+}
+
+#[test]
+fn cancel_during_the_walk_aborts_the_backup() {
+    let p = Physical::start("10m");
+    let c = &p.cluster;
+    c.create_database("app");
+    c.load_pgbench("app", 3);
+    let started = p.setup.ctl_json(&["run", "base", "--full"]);
+    let run_id = started["id"].as_i64().unwrap().to_string();
+    wait_for(Duration::from_secs(60), "the backup to start", || {
+        p.daemon_log().contains("base backup started").then_some(())
+    });
+    assert!(p.setup.ctl(&["cancel", &run_id]).status.success());
+    let run = wait_for(Duration::from_secs(30), "the cancelled run to end", || {
+        let runs = p.setup.ctl_json(&["runs", "--job", "base", "--limit", "1"]);
+        (runs[0]["status"] != "running").then(|| runs[0].clone())
+    });
+    // It may have finished before the cancel arrived; then it is a complete backup.
+    if run["status"] == "interrupted" {
+        assert_eq!(
+            p.setup
+                .ctl_json(&["backups", "--job", "base"])
+                .as_array()
+                .unwrap()
+                .len(),
+            0
+        );
+        assert_eq!(walkdir(&p.setup.path("repo/backups/base")), 0);
+    } else {
+        assert_eq!(run["status"], "succeeded", "{run}");
+    }
+    let sessions = c.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE '%pg_backup%' AND pid <> pg_backend_pid();",
+    );
+    assert_eq!(sessions, "0");
+}
+
+#[test]
+fn wrong_data_directory_and_outside_tablespaces_are_refused_by_name() {
+    let p = Physical::start("10s");
+    let c = &p.cluster;
+    // A tablespace outside the data directory.
+    let ts = c.dir().join("ts1");
+    std::fs::create_dir(&ts).unwrap();
+    let _ = Command::new("chown").arg("postgres").arg(&ts).status();
+    c.psql(
+        "postgres",
+        &format!("CREATE TABLESPACE far LOCATION '{}';", ts.display()),
+    );
+    let out = p.setup.ctl(&["run", "base", "--full", "--wait"]);
+    assert!(!out.status.success());
+    let run = p.setup.ctl_json(&["runs", "--job", "base", "--limit", "1"])[0].clone();
+    let error = run["error"].as_str().unwrap();
+    assert!(
+        error.contains("tablespaces outside the data directory") && error.contains("`far`"),
+        "{error}"
+    );
+    c.psql("postgres", "DROP TABLESPACE far;");
+
+    // The catalogue names another folder than the server's data_directory.
+    let text = std::fs::read_to_string(p.setup.catalogue_path()).unwrap();
+    let data = c.data_dir().display().to_string();
+    std::fs::write(
+        p.setup.catalogue_path(),
+        text.replace(&data, &c.dir().display().to_string()),
+    )
+    .unwrap();
+    assert!(p.setup.ctl(&["reload"]).status.success());
+    let out = p.setup.ctl(&["run", "base", "--full", "--wait"]);
+    assert!(!out.status.success());
+    let run = p.setup.ctl_json(&["runs", "--job", "base", "--limit", "1"])[0].clone();
+    let error = run["error"].as_str().unwrap();
+    assert!(
+        error.contains("data directory is") && error.contains(&data),
+        "{error}"
+    );
+    assert_eq!(
+        p.setup
+            .ctl_json(&["backups", "--job", "base"])
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+}
+
+#[test]
+fn an_unreadable_repository_during_recovery_stops_it_and_dry_run_writes_nothing() {
+    let p = Physical::start("60s");
+    let c = &p.cluster;
+    c.create_database("app");
+    c.psql(
+        "app",
+        "CREATE TABLE t (id serial PRIMARY KEY, tag text); INSERT INTO t (tag) VALUES ('base');",
+    );
+    p.backup("--full");
+    c.psql(
+        "app",
+        "INSERT INTO t (tag) SELECT 'a' FROM generate_series(1, 10);",
+    );
+    p.switch_wal();
+
+    // --dry-run: the plan, nothing written.
+    let target = p.setup.path("plan");
+    let out = p.setup.ctl(&[
+        "restore",
+        "cluster",
+        "--job",
+        "base",
+        "--target-dir",
+        target.to_str().unwrap(),
+        "--name",
+        "nowhere",
+        "--dry-run",
+    ]);
+    ok(&out, "dry run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("would restore") && text.contains("recovery_target_name = 'nowhere'"),
+        "{text}"
+    );
+    assert!(!target.exists());
+
+    // The archive's timeline folder becomes unreadable for the postgres user (root-owned 0700)
+    // after the restore found the base backup: wal-fetch fails, recovery stops, no promotion.
+    common::physical::open_up(p.setup.dir.path());
+    let tl = find_object(&p.setup.path("repo/wal"), "00000001").expect("timeline folder");
+    let tl_dir = tl.parent().unwrap().to_path_buf();
+    let (out, restored) = {
+        // Make it unreadable just before the server asks (the restore itself reads as root).
+        let guard = std::thread::spawn({
+            let d = tl_dir.clone();
+            move || {
+                std::thread::sleep(Duration::from_millis(300));
+                std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                    .unwrap();
+            }
+        });
+        let r = p.restore("blocked", &["--no-archive"]);
+        let _ = guard.join();
+        r
+    };
+    assert!(!out.status.success(), "recovery must not succeed");
+    wait_for(Duration::from_secs(30), "the server to stop", || {
+        (!restored.running()).then_some(())
+    });
+    let log = restored.log();
+    assert!(
+        !log.contains("selected new timeline ID"),
+        "it must not promote:\n{log}"
+    );
+}
