@@ -320,6 +320,10 @@ fn sync_and_async_repositories_and_foreign_archives() {
         (b["pending"].as_u64() >= Some(1) && b["last_error"].is_string()).then_some(b)
     });
     assert_eq!(backlog["repository"], "offsite");
+    // The backlog is persisted: it survives a daemon restart.
+    daemon.stop();
+    let daemon = setup.start_daemon();
+    open_socket(&setup.socket());
     std::fs::remove_file(&offsite).unwrap();
     std::fs::rename(&parked, &offsite).unwrap();
     wait_for(Duration::from_secs(60), "the backlog drained", || {
@@ -439,7 +443,15 @@ fn wal_fetch_gives_up_on_an_unreachable_store_with_255() {
         &["--timeout", "3"],
     );
     assert_eq!(code(&out), 255, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("gave up after 3 s"),
+        "{}",
+        stderr(&out)
+    );
     assert!(started.elapsed() < Duration::from_secs(60));
+    // A usage error of wal-fetch is fatal for recovery too (255), never "not found".
+    let out = setup.ctl(&["wal-fetch", "000000010000000000000001"]);
+    assert_eq!(code(&out), 255);
     assert!(!setup.path("x").exists());
     // Daemon down: wal-push exits 1, never above 125.
     let out = ctl_as_postgres(
