@@ -320,6 +320,10 @@ fn sync_and_async_repositories_and_foreign_archives() {
         (b["pending"].as_u64() >= Some(1) && b["last_error"].is_string()).then_some(b)
     });
     assert_eq!(backlog["repository"], "offsite");
+    // The backlog is persisted: it survives a daemon restart.
+    daemon.stop();
+    let daemon = setup.start_daemon();
+    open_socket(&setup.socket());
     std::fs::remove_file(&offsite).unwrap();
     std::fs::rename(&parked, &offsite).unwrap();
     wait_for(Duration::from_secs(60), "the backlog drained", || {
@@ -439,7 +443,15 @@ fn wal_fetch_gives_up_on_an_unreachable_store_with_255() {
         &["--timeout", "3"],
     );
     assert_eq!(code(&out), 255, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("gave up after 3 s"),
+        "{}",
+        stderr(&out)
+    );
     assert!(started.elapsed() < Duration::from_secs(60));
+    // A usage error of wal-fetch is fatal for recovery too (255), never "not found".
+    let out = setup.ctl(&["wal-fetch", "000000010000000000000001"]);
+    assert_eq!(code(&out), 255);
     assert!(!setup.path("x").exists());
     // Daemon down: wal-push exits 1, never above 125.
     let out = ctl_as_postgres(
@@ -462,4 +474,127 @@ fn wal_fetch_gives_up_on_an_unreachable_store_with_255() {
         ],
     );
     assert_eq!(code(&out), 1, "{}", stderr(&out));
+}
+
+/// The duplicate rules and fetch on an S3 store (moto): the name-prefix listing must find exactly
+/// the copies of one file among its neighbours (`.partial`, `.backup`, the next segments).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_rules_and_fetch_on_s3() {
+    use bdc_backup::catalogue::{
+        Compression, CompressionSettings, RepositoryLocation, RepositorySettings, WalAck,
+    };
+    use bdc_backup::pipeline::{Identities, PipelineSettings};
+    use bdc_backup::repository::Repository;
+    use bdc_backup::wal::push::{Stored, WalFile, ensure_archive_info, store_wal, stored_hashes};
+    use bdc_backup::wal::{ClusterIdentity, WalName};
+    use sha2::Digest;
+
+    let moto = common::objstores::Moto::start();
+    moto.create_bucket("bdc-wal");
+    let dir = tempfile::tempdir().unwrap();
+    let creds = common::objstores::credentials_file(
+        dir.path(),
+        "s3.env",
+        &[
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+        ],
+    );
+    let repo = Repository::open(&RepositorySettings {
+        name: "cloud".into(),
+        url: "s3://bdc-wal/prod".into(),
+        location: RepositoryLocation::S3 {
+            bucket: "bdc-wal".into(),
+            prefix: "prod".into(),
+        },
+        wal_ack: WalAck::Sync,
+        region: Some("us-east-1".into()),
+        endpoint: Some(moto.endpoint()),
+        credentials_file: Some(creds),
+        bandwidth_limit: None,
+    })
+    .unwrap();
+    let id = ClusterIdentity {
+        system_identifier: 7_000_000_000_000_000_001,
+        pg_major: 16,
+    };
+    let key = age::x25519::Identity::generate();
+    let settings = PipelineSettings::new(
+        CompressionSettings {
+            algorithm: Compression::Zstd,
+            level: 3,
+            workers: 1,
+        },
+        vec![key.to_public()],
+    );
+    let limit = Duration::from_secs(20);
+    ensure_archive_info(&repo, &id, chrono::Utc::now(), limit)
+        .await
+        .unwrap();
+    let file = |name: &str, content: &[u8]| WalFile {
+        name: WalName::parse(name).unwrap(),
+        bytes: bytes::Bytes::copy_from_slice(content),
+        sha256: hex::encode(sha2::Sha256::digest(content)),
+        segment_size: None,
+    };
+    let names = [
+        "000000010000000000000001",
+        "000000010000000000000001.00000028.backup",
+        "000000010000000000000001.partial",
+        "000000010000000000000002",
+        "00000001.history",
+    ];
+    for n in names {
+        let stored = store_wal(&repo, &id, &file(n, n.as_bytes()), &settings, limit)
+            .await
+            .unwrap();
+        assert!(matches!(stored, Stored::New(_)), "{n}");
+    }
+    for n in names {
+        let w = WalName::parse(n).unwrap();
+        assert_eq!(
+            stored_hashes(&repo, &id, &w, limit).await.unwrap().len(),
+            1,
+            "{n}"
+        );
+        assert!(matches!(
+            store_wal(&repo, &id, &file(n, n.as_bytes()), &settings, limit)
+                .await
+                .unwrap(),
+            Stored::AlreadyThere { .. }
+        ));
+    }
+    let err = store_wal(
+        &repo,
+        &id,
+        &file("000000010000000000000001", b"other"),
+        &settings,
+        limit,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("different content"), "{err}");
+    let ids = Identities::from_keys(vec![key]);
+    let w = WalName::parse("000000010000000000000002").unwrap();
+    let got = bdc_backup::wal::fetch(&[repo.clone()], &id, &w, &ids, limit)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.bytes, b"000000010000000000000002");
+    let missing = WalName::parse("000000010000000000000003").unwrap();
+    assert!(
+        bdc_backup::wal::fetch(&[repo.clone()], &id, &missing, &ids, limit)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Another cluster: refused, not "not found".
+    let other = ClusterIdentity {
+        system_identifier: 5,
+        pg_major: 16,
+    };
+    let err = bdc_backup::wal::fetch(&[repo], &other, &missing, &ids, limit)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("belongs to cluster"), "{err}");
 }

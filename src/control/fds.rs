@@ -13,6 +13,9 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 /// At most this many descriptors are accepted with one `recvmsg` (more are closed by the kernel
 /// and the message is flagged truncated).
 const MAX_FDS: usize = 4;
+/// At most this many received descriptors wait for their line; more are closed at once (a
+/// legitimate client sends one, with a `wal-push` line).
+const MAX_PENDING_FDS: usize = 8;
 /// Bytes read per `recvmsg`.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -86,7 +89,11 @@ impl FdLineReader {
                     }
                     let last = self.base + self.buf.len() as u64 + n as u64 - 1;
                     self.buf.extend_from_slice(&self.scratch[..n]);
-                    self.fds.extend(fds.into_iter().map(|f| (last, f)));
+                    for fd in fds {
+                        if self.fds.len() < MAX_PENDING_FDS {
+                            self.fds.push_back((last, fd));
+                        }
+                    }
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
