@@ -328,6 +328,7 @@ pub async fn run_files(ctx: FilesContext<'_>) -> Result<JobOutcome, FilesError> 
         spool_dir: ctx.state_dir.to_path_buf(),
         fault_unreadable: None,
         before_read: None,
+        inspect: None,
     };
     let record = store_snapshot(
         Common {
@@ -623,6 +624,7 @@ pub async fn run_config(ctx: ConfigContext<'_>) -> Result<JobOutcome, FilesError
         spool_dir: ctx.state_dir.to_path_buf(),
         fault_unreadable: None,
         before_read: None,
+        inspect: None,
     };
     let (record, warnings) = store_snapshot(
         Common {

@@ -6,6 +6,7 @@
 pub mod base;
 pub mod base_record;
 pub mod binaries;
+pub mod checksum;
 pub mod cluster_restore;
 pub mod connection;
 pub mod dump;

@@ -51,6 +51,10 @@ fn base_backup_under_load_restores_to_the_end_of_the_archive() {
     std::thread::sleep(Duration::from_secs(1));
     let run = p.backup("--full");
     assert_eq!(run["backup_type"], "full", "{run}");
+    // Every page was verified (the test clusters have data checksums): none failed.
+    let info = base_info(&p, run["backup_id"].as_str().unwrap());
+    assert_eq!(info["data-checksums"], true, "{info}");
+    assert_eq!(info["checksum-failures"], 0, "{info}");
     std::thread::sleep(Duration::from_secs(1));
     // Stop the load, write after the backup (only WAL replay brings it), switch, compare.
     let _ = load.kill();
@@ -588,4 +592,40 @@ fn an_unreadable_repository_during_recovery_stops_it_and_dry_run_writes_nothing(
         !log.contains("selected new timeline ID"),
         "it must not promote:\n{log}"
     );
+}
+
+/// `details.postgres` of a committed base backup, from its commit record.
+fn base_info(p: &Physical, id: &str) -> serde_json::Value {
+    let path = p.setup.path(&format!("repo/backups/base/{id}/backup.json"));
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("commit record")).unwrap();
+    record["details"]["postgres"].clone()
+}
+
+#[test]
+fn a_corrupted_page_is_reported_as_a_warning() {
+    let p = Physical::start("60s");
+    let c = &p.cluster;
+    c.create_database("app");
+    c.psql(
+        "app",
+        "CREATE TABLE c AS SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 2000) g; CHECKPOINT;",
+    );
+    let rel = c.psql("app", "SELECT pg_relation_filepath('c');");
+    let file = c.data_dir().join(rel.trim());
+    // Damage block 1 on disk (the server's buffer is clean and is not written back).
+    let mut bytes = std::fs::read(&file).unwrap();
+    for b in &mut bytes[8192 + 4000..8192 + 4016] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&file, bytes).unwrap();
+    let run = p.backup("--full");
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let warnings = run["error"].as_str().unwrap_or("");
+    assert!(
+        warnings.contains(&format!("{}: block 1: checksum", rel.trim())),
+        "{run}"
+    );
+    let info = base_info(&p, run["backup_id"].as_str().unwrap());
+    assert_eq!(info["checksum-failures"], 1, "{info}");
 }

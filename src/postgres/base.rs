@@ -10,6 +10,8 @@
 //! 4. `pg_backup_stop(false)` (12–14: `pg_stop_backup(false, false)`): the stop LSN, the
 //!    `backup_label` and `tablespace_map`, stored as encrypted objects of the backup (never read
 //!    from PGDATA).
+//!    With data checksums, pages are verified as read ([`super::checksum`]); failures are
+//!    run warnings and `checksum-failures` in the record.
 //! 5. Wait until every WAL segment from start to stop is archived in the WAL job's first sync
 //!    repository (`wal-timeout`, default 10 min), THEN commit. The record carries
 //!    [`BaseBackupInfo`] under `details.postgres`.
@@ -18,6 +20,7 @@
 //! aborts it) and deletes this backup's objects.
 
 use super::base_record::{BACKUP_LABEL_OBJECT, BaseBackupInfo, TABLESPACE_MAP_OBJECT};
+use super::checksum::Verifier;
 use super::connection::{PgControl, PgError};
 use crate::catalogue::{BaseJob, Catalogue, Job, WalAck};
 use crate::error::{Classify, Retry};
@@ -26,7 +29,7 @@ use crate::model::{BackupType, JobKindName};
 use crate::pipeline::{self, PipelineError, PipelineSettings, ProgressCounter};
 use crate::repository::{ObjectRecord, Repository, RepositoryError, format};
 use crate::snapshot::SnapshotError;
-use crate::snapshot::backup::{EngineConfig, Parent};
+use crate::snapshot::backup::{EngineConfig, InspectHook, Parent};
 use crate::snapshot::manifest::Mode;
 use crate::snapshot::path::ByteName;
 use crate::snapshot::walk::{Event, Filter, Item, TreeWalk};
@@ -35,6 +38,7 @@ use chrono::{DateTime, Utc};
 use std::collections::HashSet;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -446,6 +450,18 @@ async fn backup_started(
             },
         })
     })?;
+    let bad_lsn = |l: &str| BaseError::Query {
+        job: job.clone(),
+        what: "reading the backup's LSNs".into(),
+        source: sqlx::Error::Protocol(format!("unexpected LSN `{l}`")),
+    };
+    let start = crate::wal::name::parse_lsn(start_lsn).ok_or_else(|| bad_lsn(start_lsn))?;
+    let verifier = facts.checksums.then(|| Verifier::new(start));
+    let inspect: Option<InspectHook> = verifier.clone().map(|v| {
+        let hook: InspectHook =
+            Arc::new(move |path, file, offset, chunk| v.check(path, file, offset, chunk));
+        hook
+    });
     let cfg = EngineConfig {
         job: job.clone(),
         backup_id: backup_id.to_string(),
@@ -462,8 +478,20 @@ async fn backup_started(
         spool_dir: ctx.state_dir.to_path_buf(),
         fault_unreadable: None,
         before_read: None,
+        inspect,
     };
     let mut prepared = files::prepare_snapshot(common, cfg, Box::new(walk)).await?;
+    let checksum_failures = verifier.as_ref().map_or(0, |v| v.failures());
+    if let Some(more) = verifier.as_ref().and_then(|v| v.unlisted()) {
+        prepared.warnings.push(more);
+        prepared
+            .record
+            .details
+            .insert("warnings".into(), (prepared.warnings.len() as u64).into());
+    }
+    if checksum_failures > 0 {
+        tracing::warn!(job = %job, backup_id = %backup_id, pages = checksum_failures, "page checksum failures (listed in the run's warnings)");
+    }
 
     // Stop: the stop LSN, backup_label and tablespace_map come from the server.
     let stop_sql = if facts.version >= 150000 {
@@ -515,12 +543,6 @@ async fn backup_started(
         map_key = Some(key);
     }
 
-    let bad_lsn = |l: &str| BaseError::Query {
-        job: job.clone(),
-        what: "reading the backup's LSNs".into(),
-        source: sqlx::Error::Protocol(format!("unexpected LSN `{l}`")),
-    };
-    let start = crate::wal::name::parse_lsn(start_lsn).ok_or_else(|| bad_lsn(start_lsn))?;
     let stop = crate::wal::name::parse_lsn(&stop_lsn).ok_or_else(|| bad_lsn(&stop_lsn))?;
     let segments = crate::wal::name::segments_between(timeline, start, stop, facts.segment_size);
     wait_for_wal(
@@ -544,7 +566,7 @@ async fn backup_started(
         wal_segment_size: facts.segment_size,
         wal_job: Some(wal_job.to_string()),
         data_checksums: facts.checksums,
-        checksum_failures: 0,
+        checksum_failures,
         backup_label_key: label_key,
         tablespace_map_key: map_key,
         tablespaces: Vec::new(),
