@@ -280,6 +280,38 @@ fn pitr_then_promote_then_pitr_onto_the_new_timeline() {
     assert_eq!(tl, "00000003", "a new timeline after the second promotion");
     second.stop();
 
+    // A timeline that does not exist is refused before anything is written.
+    let out = p.setup.ctl(&[
+        "restore",
+        "cluster",
+        "--job",
+        "base",
+        "--target-dir",
+        p.setup.path("nowhere").to_str().unwrap(),
+        "--target-timeline",
+        "9",
+        "--dry-run",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("timeline 9 is not in the WAL archive"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Timeline 2 exists (its history file was archived).
+    let out = p.setup.ctl(&[
+        "restore",
+        "cluster",
+        "--job",
+        "base",
+        "--target-dir",
+        p.setup.path("tl2").to_str().unwrap(),
+        "--target-timeline",
+        "2",
+        "--dry-run",
+    ]);
+    ok(&out, "dry run onto timeline 2");
+
     // Asking for timeline 1 explicitly stays on the original history.
     let (out, third) = p.restore("third", &["--target-timeline", "1", "--immediate"]);
     ok(&out, &format!("third restore\n{}", third.log()));

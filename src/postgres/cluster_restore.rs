@@ -475,6 +475,7 @@ pub async fn restore_cluster(
             objects.insert(obj.key.clone(), obj.clone());
         }
     }
+    check_timeline(catalogue, &o, &info).await?;
     let mut report = ClusterRestoreReport {
         job: job_name.clone(),
         repository: repository.name.clone(),
@@ -646,6 +647,52 @@ pub async fn restore_cluster(
         report.reached = Some(reached?);
     }
     Ok(report)
+}
+
+/// A numeric `--target-timeline` must exist: the backup's own, or one whose history file is in
+/// the WAL archive (PostgreSQL would otherwise fail late, after the files were restored).
+async fn check_timeline(
+    catalogue: &Catalogue,
+    o: &ClusterRestoreOptions,
+    info: &BaseBackupInfo,
+) -> Result<(), ClusterRestoreError> {
+    let Some(tl) = o
+        .target_timeline
+        .as_deref()
+        .and_then(|t| t.parse::<u32>().ok())
+    else {
+        return Ok(());
+    };
+    if tl == info.timeline {
+        return Ok(());
+    }
+    let repos = crate::wal::fetch::wal_repositories(catalogue, None)
+        .map_err(|reason| usage(format!("--target-timeline {tl}: {reason}")))?;
+    let history = format!("{tl:08X}.history");
+    for repo in &repos {
+        let prefix = crate::wal::format::timeline_prefix(&info.cluster, tl);
+        let listed =
+            repo.store
+                .list(&prefix)
+                .await
+                .map_err(|source| ClusterRestoreError::Repository {
+                    job: o.job.clone(),
+                    source: Box::new(RepositoryError::Store {
+                        repository: repo.name.clone(),
+                        source,
+                    }),
+                })?;
+        if listed
+            .iter()
+            .any(|m| m.key[prefix.len()..].starts_with(&history))
+        {
+            return Ok(());
+        }
+    }
+    Err(usage(format!(
+        "--target-timeline {tl}: timeline {tl} is not in the WAL archive (no {history}; the backup is on timeline {})",
+        info.timeline
+    )))
 }
 
 trait Mode0600 {
