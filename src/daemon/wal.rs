@@ -28,19 +28,38 @@ const BACKLOG_TICK: Duration = Duration::from_secs(5);
 /// The longest wait between two attempts of a backlog copy.
 const BACKLOG_MAX_BACKOFF: Duration = Duration::from_secs(600);
 
+/// Pushes of the same file name are serialized through one of this many locks (by name hash),
+/// so two concurrent pushes cannot both find "nothing stored" and store two contents.
+const NAME_LOCKS: usize = 64;
+
 /// The archiver's shared parts.
 pub struct WalArchiver {
     slots: Arc<Semaphore>,
+    names: Vec<tokio::sync::Mutex<()>>,
     /// Wakes the backlog (a file was queued).
     pub wake: Notify,
+    /// Notified (all waiters) after every successful push: a base backup waiting for its WAL
+    /// re-checks then.
+    pub archived: Notify,
 }
 
 impl WalArchiver {
     pub fn new() -> WalArchiver {
         WalArchiver {
             slots: Arc::new(Semaphore::new(UPLOAD_SLOTS)),
+            names: (0..NAME_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             wake: Notify::new(),
+            archived: Notify::new(),
         }
+    }
+
+    fn name_lock(&self, name: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut h);
+        &self.names[(h.finish() as usize) % NAME_LOCKS]
     }
 }
 
@@ -134,6 +153,7 @@ async fn push_inner(
         .map_err(|e| format!("reading the file failed: {e}"))?
         .map_err(|e| error_chain(&e))?;
     let settings = pipeline_settings(&catalogue, job)?;
+    let _same_name = shared.wal.name_lock(name).lock().await;
     let mut sync = Vec::new();
     let mut async_names = Vec::new();
     for repo_name in &job.repositories {
@@ -204,6 +224,7 @@ async fn push_inner(
     if !async_names.is_empty() {
         shared.wal.wake.notify_one();
     }
+    shared.wal.archived.notify_waiters();
     Ok((wal.sha256, warnings))
 }
 
