@@ -576,14 +576,14 @@ async fn duplicate_rules_and_fetch_on_s3() {
     assert!(err.to_string().contains("different content"), "{err}");
     let ids = Identities::from_keys(vec![key]);
     let w = WalName::parse("000000010000000000000002").unwrap();
-    let got = bdc_backup::wal::fetch(&[repo.clone()], &id, &w, &ids, limit)
+    let got = bdc_backup::wal::fetch(std::slice::from_ref(&repo), &id, &w, &ids, limit)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(got.bytes, b"000000010000000000000002");
     let missing = WalName::parse("000000010000000000000003").unwrap();
     assert!(
-        bdc_backup::wal::fetch(&[repo.clone()], &id, &missing, &ids, limit)
+        bdc_backup::wal::fetch(std::slice::from_ref(&repo), &id, &missing, &ids, limit)
             .await
             .unwrap()
             .is_none()
