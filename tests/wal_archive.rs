@@ -576,14 +576,14 @@ async fn duplicate_rules_and_fetch_on_s3() {
     assert!(err.to_string().contains("different content"), "{err}");
     let ids = Identities::from_keys(vec![key]);
     let w = WalName::parse("000000010000000000000002").unwrap();
-    let got = bdc_backup::wal::fetch(&[repo.clone()], &id, &w, &ids, limit)
+    let got = bdc_backup::wal::fetch(std::slice::from_ref(&repo), &id, &w, &ids, limit)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(got.bytes, b"000000010000000000000002");
     let missing = WalName::parse("000000010000000000000003").unwrap();
     assert!(
-        bdc_backup::wal::fetch(&[repo.clone()], &id, &missing, &ids, limit)
+        bdc_backup::wal::fetch(std::slice::from_ref(&repo), &id, &missing, &ids, limit)
             .await
             .unwrap()
             .is_none()
@@ -597,4 +597,206 @@ async fn duplicate_rules_and_fetch_on_s3() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("belongs to cluster"), "{err}");
+}
+
+/// A server stopped (immediate) when dropped.
+struct Server {
+    bin: std::path::PathBuf,
+    data: std::path::PathBuf,
+    port: u16,
+}
+
+impl Server {
+    fn psql(&self, sql: &str) -> Result<String, String> {
+        let out = std::process::Command::new(self.bin.join("psql"))
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-c")
+            .arg(sql)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}
+
+fn run_as_postgres(program: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(program)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{} {args:?}: {}{}",
+        program.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// PostgreSQL itself recovers through `restore_command = 'bdc-backupctl wal-fetch %f %p'`
+/// (with a prefetch spool): a
+/// stock `pg_basebackup -X none` (its WAL only in our archive) replays to the end of the archive,
+/// where wal-fetch answers "not found" (exit 1), and promotes with every row.
+#[test]
+fn postgres_recovers_through_wal_fetch() {
+    let setup = Setup::new();
+    let cluster = start(&setup, &["local"], "");
+    let _daemon = setup.start_daemon();
+    open_socket(&setup.socket());
+    // Replication connections for pg_basebackup.
+    let hba = cluster.data_dir().join("pg_hba.conf");
+    let mut text = std::fs::read_to_string(&hba).unwrap();
+    text.push_str("local replication all trust\n");
+    std::fs::write(&hba, text).unwrap();
+    cluster.psql("postgres", "SELECT pg_reload_conf();");
+    cluster.psql(
+        "postgres",
+        "CREATE TABLE t (id int primary key, v text); \
+         INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g;",
+    );
+    let restored = cluster.dir().join("restored");
+    let bin = common::pg::pg_bin();
+    let socket_dir = cluster.dir().to_str().unwrap().to_string();
+    let port = cluster.port.to_string();
+    run_as_postgres(
+        &bin.join("pg_basebackup"),
+        &[
+            "-h",
+            &socket_dir,
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-D",
+            restored.to_str().unwrap(),
+            "-X",
+            "none",
+            "-c",
+            "fast",
+        ],
+    );
+    // Written after the base backup: only the archive has it.
+    cluster.psql(
+        "postgres",
+        "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1001, 1500) g;",
+    );
+    let last = switch_wal(&cluster);
+    wait_archived(&cluster, &last);
+
+    // The recovering server runs as postgres: give it a readable copy of the repository and key.
+    let copy = cluster.dir().join("repo-copy");
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(setup.path("repo"))
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::copy(setup.path("restore.key"), cluster.dir().join("restore.key")).unwrap();
+    for p in [copy.clone(), cluster.dir().join("restore.key")] {
+        let status = std::process::Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&p)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let catalogue = std::fs::read_to_string(setup.catalogue_path())
+        .unwrap()
+        .replace(
+            &format!("{}/restore.key", setup.dir.path().display()),
+            &format!("{}/restore.key", cluster.dir().display()),
+        )
+        .replace(
+            &format!("file://{}/repo", setup.dir.path().display()),
+            &format!("file://{}", copy.display()),
+        );
+    let recovery_catalogue = cluster.dir().join("recovery.toml");
+    std::fs::write(&recovery_catalogue, catalogue).unwrap();
+
+    let new_port = common::objstores::free_port();
+    let mut conf = std::fs::OpenOptions::new()
+        .append(true)
+        .open(restored.join("postgresql.conf"))
+        .unwrap();
+    use std::io::Write;
+    writeln!(
+        conf,
+        "port = {new_port}\narchive_mode = off\n\
+         restore_command = '{} --catalogue {} wal-fetch %f %p --spool {} --prefetch 3'\n\
+         recovery_target_action = 'promote'\n",
+        common::daemon::CTL,
+        recovery_catalogue.display(),
+        cluster.dir().join("spool").display()
+    )
+    .unwrap();
+    std::fs::write(restored.join("recovery.signal"), "").unwrap();
+    let chown = std::process::Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(&restored)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let log = cluster.dir().join("restored.log");
+    let server = Server {
+        bin: bin.clone(),
+        data: restored.clone(),
+        port: new_port,
+    };
+    run_as_postgres(
+        &bin.join("pg_ctl"),
+        &[
+            "-D",
+            restored.to_str().unwrap(),
+            "-l",
+            log.to_str().unwrap(),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        ],
+    );
+    wait_for(
+        Duration::from_secs(60),
+        "the restored server promoted",
+        || (server.psql("SELECT pg_is_in_recovery();").ok().as_deref() == Some("f")).then_some(()),
+    );
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        server.psql("SELECT count(*) FROM t;").unwrap(),
+        "1500",
+        "{log_text}"
+    );
+    assert!(log_text.contains("restored log file"), "{log_text}");
+    assert!(!log_text.contains("FATAL"), "{log_text}");
 }

@@ -103,10 +103,8 @@ pub async fn fetch(ctx: &Ctx, args: WalFetchArgs) -> CtlResult {
     let cluster = ClusterIdentity::read(&data_dir(&args.data_directory))
         .map_err(|e| fatal(format!("cannot identify the cluster: {e}")))?;
     let repos = wal_repositories(&catalogue, args.repository.as_deref()).map_err(fatal)?;
-    if wal.kind == crate::wal::WalKind::Partial {
-        // PostgreSQL never asks for a .partial; fetched only when named exactly (below).
-        tracing::debug!("fetching a .partial file by its exact name");
-    }
+    // A `.partial` is fetched only when asked for by its exact name (PostgreSQL never does);
+    // never in place of a missing segment (docs/decisions.md).
     let spool = args.spool.as_ref().map(|dir| Spool { dir: dir.clone() });
     if let Some(spool) = &spool {
         std::fs::create_dir_all(&spool.dir)
@@ -145,18 +143,14 @@ pub async fn fetch(ctx: &Ctx, args: WalFetchArgs) -> CtlResult {
         }
         Ok(None) => Err(CtlError {
             code: 1,
-            message: if ctx.args.json {
-                String::new()
-            } else {
-                format!(
-                    "wal-fetch {name}: not found in {}",
-                    repos
-                        .iter()
-                        .map(|r| format!("`{}`", r.name))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            },
+            message: format!(
+                "wal-fetch {name}: not found in {}",
+                repos
+                    .iter()
+                    .map(|r| format!("`{}`", r.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         }),
         Err(e) => Err(fatal(crate::daemon::error_chain_of(&e))),
     }

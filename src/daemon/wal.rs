@@ -28,19 +28,38 @@ const BACKLOG_TICK: Duration = Duration::from_secs(5);
 /// The longest wait between two attempts of a backlog copy.
 const BACKLOG_MAX_BACKOFF: Duration = Duration::from_secs(600);
 
+/// Pushes of the same file name are serialized through one of this many locks (by name hash),
+/// so two concurrent pushes cannot both find "nothing stored" and store two contents.
+const NAME_LOCKS: usize = 64;
+
 /// The archiver's shared parts.
 pub struct WalArchiver {
     slots: Arc<Semaphore>,
+    names: Vec<tokio::sync::Mutex<()>>,
     /// Wakes the backlog (a file was queued).
     pub wake: Notify,
+    /// Notified (all waiters) after every successful push: a base backup waiting for its WAL
+    /// re-checks then.
+    pub archived: Notify,
 }
 
 impl WalArchiver {
     pub fn new() -> WalArchiver {
         WalArchiver {
             slots: Arc::new(Semaphore::new(UPLOAD_SLOTS)),
+            names: (0..NAME_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             wake: Notify::new(),
+            archived: Notify::new(),
         }
+    }
+
+    fn name_lock(&self, name: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut h);
+        &self.names[(h.finish() as usize) % NAME_LOCKS]
     }
 }
 
@@ -134,6 +153,7 @@ async fn push_inner(
         .map_err(|e| format!("reading the file failed: {e}"))?
         .map_err(|e| error_chain(&e))?;
     let settings = pipeline_settings(&catalogue, job)?;
+    let _same_name = shared.wal.name_lock(name).lock().await;
     let mut sync = Vec::new();
     let mut async_names = Vec::new();
     for repo_name in &job.repositories {
@@ -204,6 +224,7 @@ async fn push_inner(
     if !async_names.is_empty() {
         shared.wal.wake.notify_one();
     }
+    shared.wal.archived.notify_waiters();
     Ok((wal.sha256, warnings))
 }
 
@@ -272,6 +293,47 @@ pub async fn backlog_loop(shared: Arc<Shared>) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Waits until every file in `names` of `cluster` is recorded as archived (state DB), at most
+/// `timeout`; Err with the names still missing. A base backup is complete only after every
+/// segment from its start to its stop LSN is archived (DESIGN §5): `postgres-base` calls this
+/// after `pg_backup_stop` with `crate::wal::name::segments_between(…)`.
+#[allow(dead_code)] // called by postgres-base
+pub async fn wait_archived(
+    shared: &Shared,
+    cluster: &ClusterIdentity,
+    names: &[String],
+    timeout: Duration,
+) -> Result<(), Vec<String>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let notified = shared.wal.archived.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let mut missing = Vec::new();
+        for n in names {
+            let done = shared
+                .state
+                .wal_is_archived(cluster.system_identifier, cluster.pg_major, n)
+                .await
+                .unwrap_or(false);
+            if !done {
+                missing.push(n.clone());
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(missing);
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep(left.min(Duration::from_secs(5))) => {}
         }
     }
 }
@@ -360,6 +422,13 @@ pub async fn fill_status(shared: &Shared, catalogue: &Catalogue, jobs: &mut [Job
                     last_error: s.last_error,
                 });
             }
+        }
+        // Freshness of a WAL job: the last archived file (it has no runs). With `max-age`, set
+        // PostgreSQL's `archive_timeout` below it so an idle cluster still switches segments.
+        if let Some(max_age) = job.max_age {
+            let reference = wal.last_archived_at.unwrap_or(shared.started_at);
+            status.stale = now - reference
+                > chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX);
         }
         status.wal = Some(wal);
     }

@@ -146,6 +146,25 @@ impl StateDb {
         }))
     }
 
+    /// Whether `name` of the cluster was archived (any content): a base backup is complete only
+    /// when every segment from its start to its stop LSN is.
+    pub async fn wal_is_archived(
+        &self,
+        system_identifier: u64,
+        pg_major: u32,
+        name: &str,
+    ) -> Result<bool, StateError> {
+        let row = sqlx::query(
+            "SELECT count(*) AS n FROM wal_archived WHERE system_identifier = ? AND pg_major = ? AND name = ?",
+        )
+        .bind(system_identifier.to_string())
+        .bind(i64::from(pg_major))
+        .bind(name)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<i64, _>("n")? > 0)
+    }
+
     /// How many files `job` has archived.
     pub async fn wal_count(&self, job: &str) -> Result<u64, StateError> {
         let row = sqlx::query("SELECT count(*) AS n FROM wal_archived WHERE job = ?")
@@ -266,6 +285,16 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(db.wal_count("wal").await.unwrap(), 1);
+        assert!(
+            db.wal_is_archived(u64::MAX - 3, 16, "000000010000000000000003")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !db.wal_is_archived(u64::MAX - 3, 15, "000000010000000000000003")
+                .await
+                .unwrap()
+        );
         assert_eq!(db.last_wal("wal").await.unwrap(), Some(file.clone()));
         let due = db.due_wal_backlog(t0, 10).await.unwrap();
         assert_eq!(due.len(), 1);

@@ -16,6 +16,9 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// At most this many prefetches run at once.
+pub const PREFETCH_CONCURRENCY: usize = 8;
+
 /// One repository call may take at most this long (and never past the caller's window).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -51,6 +54,8 @@ pub enum FetchError {
         #[source]
         source: io::Error,
     },
+    #[error("no repository to fetch from")]
+    NoRepository,
     /// Transient faults went on for the whole retry window.
     #[error("gave up after {} s of transient errors: {last}", .after.as_secs())]
     GaveUp {
@@ -212,6 +217,10 @@ pub async fn fetch(
     identities: &Identities,
     window: Duration,
 ) -> Result<Option<Fetched>, FetchError> {
+    if repos.is_empty() {
+        // "Not found" from no repository at all would end a recovery: an error instead.
+        return Err(FetchError::NoRepository);
+    }
     let deadline = Instant::now() + window;
     let mut backoff = Duration::from_millis(250);
     loop {
@@ -406,7 +415,8 @@ impl Spool {
             .into_iter()
             .filter(|n| !self.dir.join(&n.name).exists())
             .collect();
-        let results = futures::future::join_all(wanted.iter().map(|n| async move {
+        use futures::StreamExt;
+        let results: Vec<bool> = futures::stream::iter(wanted.iter().map(|n| async move {
             match fetch(repos, cluster, n, identities, window).await {
                 Ok(Some(f)) => match write_atomic(&self.dir.join(&n.name), &f.bytes) {
                     Ok(()) => true,
@@ -422,6 +432,8 @@ impl Spool {
                 }
             }
         }))
+        .buffer_unordered(PREFETCH_CONCURRENCY)
+        .collect()
         .await;
         results.into_iter().filter(|ok| *ok).count()
     }

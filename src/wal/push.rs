@@ -41,6 +41,14 @@ pub enum PushError {
         source: HeaderError,
     },
     #[error(
+        "{name}: its first page is at WAL position {found}, but the name means {expected}: the file is not the segment its name says"
+    )]
+    WrongPosition {
+        name: String,
+        found: String,
+        expected: String,
+    },
+    #[error(
         "{name}: the segment belongs to system {segment}, but the request says {request}: refusing to archive another cluster's WAL"
     )]
     WrongSegmentCluster {
@@ -178,6 +186,15 @@ pub fn read_wal_file(
                 name: name.name.clone(),
                 size,
                 expected: u64::from(header.segment_size),
+            });
+        }
+        let per_log = 0x1_0000_0000u64 / size;
+        let expected = (u64::from(name.log) * per_log + u64::from(name.seg)) * size;
+        if header.page_address != expected {
+            return Err(PushError::WrongPosition {
+                name: name.name.clone(),
+                found: super::name::format_lsn(header.page_address),
+                expected: super::name::format_lsn(expected),
             });
         }
         if header.system_identifier != cluster.system_identifier {
@@ -453,7 +470,8 @@ mod tests {
         b[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
         b[2..4].copy_from_slice(&0x0006u16.to_le_bytes());
         b[4..8].copy_from_slice(&1u32.to_le_bytes());
-        b[8..16].copy_from_slice(&0u64.to_le_bytes());
+        // segment 1 of 1 MiB segments
+        b[8..16].copy_from_slice(&(1u64 << 20).to_le_bytes());
         b[24..32].copy_from_slice(&sysid.to_le_bytes());
         b[32..36].copy_from_slice(&((1u32 << 20).to_le_bytes()));
         b[36..40].copy_from_slice(&8192u32.to_le_bytes());
@@ -485,6 +503,12 @@ mod tests {
                 Err(PushError::WrongSegmentCluster { segment: 43, .. })
             ),
             "{other:?}"
+        );
+        let misnamed = WalName::parse("000000010000000000000002").unwrap();
+        let wrong = read_wal_file(&file_with(&segment(42, 1 << 20)), &misnamed, &id);
+        assert!(
+            matches!(&wrong, Err(PushError::WrongPosition { found, expected, .. }) if found == "0/100000" && expected == "0/200000"),
+            "{wrong:?}"
         );
         let garbage = read_wal_file(&file_with(&[0u8; 1 << 20]), &name, &id);
         assert!(matches!(garbage, Err(PushError::Header { .. })));
