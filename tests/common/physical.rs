@@ -3,10 +3,8 @@
 //! (`wal`), restores with `bdc-backupctl restore cluster --start`, and data fingerprints of any
 //! server by port.
 //!
-//! WAL archiving: `archive_command` is our `bdc-backupctl --socket S wal-push %p` through the
-//! daemon ([`REAL_WAL_PUSH`]); the alternative, kept for isolating faults, is a bridge: `archive_command` copies the segment into a spool
-//! folder and a thread of the test stores it with the library's push functions
-//! (`bdc_backup::wal::push`), which write exactly what the daemon writes.
+//! WAL archiving: `archive_command` is the real `bdc-backupctl --socket S wal-push %p` through
+//! the daemon.
 
 use super::daemon::{CTL, Setup, TestDaemon, wait_for};
 use super::pg::{PgCluster, pg_bin};
@@ -15,33 +13,13 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-/// Whether the cluster archives with `bdc-backupctl wal-push` through the daemon.
-pub const REAL_WAL_PUSH: bool = true;
 
 /// A cluster archiving into the setup's repository, and the daemon.
 pub struct Physical {
     pub setup: Setup,
     pub cluster: PgCluster,
     pub daemon: Option<TestDaemon>,
-    bridge: Option<Bridge>,
-}
-
-struct Bridge {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// Makes a path readable (and folders listable) by everyone: restore_command runs as the
@@ -74,17 +52,7 @@ impl Physical {
     /// docs/operator-guide.md lists (not a superuser).
     pub fn start_as(wal_timeout: &str, least_privilege: bool) -> Physical {
         let setup = Setup::new();
-        let spool = setup.path("wal-spool");
-        std::fs::create_dir_all(&spool).unwrap();
-        std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let archive_command = if REAL_WAL_PUSH {
-            format!("{CTL} --socket {} wal-push %p", setup.socket().display())
-        } else {
-            format!(
-                "cp %p {s}/%f.tmp && mv {s}/%f.tmp {s}/%f",
-                s = spool.display()
-            )
-        };
+        let archive_command = format!("{CTL} --socket {} wal-push %p", setup.socket().display());
         let cluster = PgCluster::start_with(&format!(
             "wal_level = replica\narchive_mode = on\narchive_command = '{archive_command}'\n\
              max_wal_size = 64MB\n"
@@ -118,15 +86,11 @@ repositories = ["local"]
             data = cluster.data_dir().display(),
         ));
         let daemon = setup.start_daemon();
-        if REAL_WAL_PUSH {
-            super::wal::open_socket(&setup.socket());
-        }
-        let bridge = (!REAL_WAL_PUSH).then(|| start_bridge(&setup, &cluster, spool));
+        super::wal::open_socket(&setup.socket());
         Physical {
             setup,
             cluster,
             daemon: Some(daemon),
-            bridge,
         }
     }
 
@@ -214,81 +178,6 @@ fn find_file(dir: &Path, prefix: &str) -> bool {
         }
     }
     false
-}
-
-/// The in-test archiver: stores the spooled files in name order with the library's push.
-fn start_bridge(setup: &Setup, cluster: &PgCluster, spool: PathBuf) -> Bridge {
-    let stop = Arc::new(AtomicBool::new(false));
-    let catalogue = bdc_backup::catalogue::Catalogue::load(&setup.catalogue_path())
-        .unwrap_or_else(|e| panic!("catalogue: {e}"));
-    let identity = bdc_backup::wal::ClusterIdentity::read(&cluster.data_dir()).expect("identity");
-    let flag = stop.clone();
-    let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let repo = bdc_backup::repository::Repository::open(catalogue.repository("local").unwrap())
-            .unwrap();
-        let job = catalogue.job("wal").unwrap();
-        let settings = bdc_backup::pipeline::PipelineSettings::new(
-            job.compression.clone(),
-            catalogue
-                .encryption
-                .recipients
-                .iter()
-                .map(|r| r.parse().unwrap())
-                .collect(),
-        );
-        let limit = Duration::from_secs(30);
-        while !flag.load(Ordering::SeqCst) {
-            let mut names: Vec<String> = std::fs::read_dir(&spool)
-                .map(|d| {
-                    d.flatten()
-                        .map(|e| e.file_name().to_string_lossy().into_owned())
-                        .filter(|n| !n.ends_with(".tmp"))
-                        .collect()
-                })
-                .unwrap_or_default();
-            names.sort();
-            for n in names {
-                let path = spool.join(&n);
-                let Some(name) = bdc_backup::wal::WalName::parse(&n) else {
-                    let _ = std::fs::remove_file(&path);
-                    continue;
-                };
-                let Ok(file) = std::fs::File::open(&path) else {
-                    continue;
-                };
-                let result = rt.block_on(async {
-                    let wal = bdc_backup::wal::push::read_wal_file(&file, &name, &identity)
-                        .map_err(|e| e.to_string())?;
-                    bdc_backup::wal::push::ensure_archive_info(
-                        &repo,
-                        &identity,
-                        chrono::Utc::now(),
-                        limit,
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?;
-                    bdc_backup::wal::push::store_wal(&repo, &identity, &wal, &settings, limit)
-                        .await
-                        .map_err(|e| e.to_string())
-                });
-                match result {
-                    Ok(_) => {
-                        let _ = std::fs::remove_file(&path);
-                    }
-                    Err(e) => eprintln!("test archiver: {n}: {e}"),
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    });
-    Bridge {
-        stop,
-        thread: Some(thread),
-    }
 }
 
 /// A restored (and started) cluster; stopped on drop.
