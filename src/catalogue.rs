@@ -285,6 +285,10 @@ pub struct BaseJob {
     pub incremental: Option<CronSchedule>,
     pub wal_job: Option<String>,
     pub pitr_window: Option<Duration>,
+    /// `max-chain`: at most this many incrementals on one full (then a full).
+    pub max_chain: Option<u32>,
+    /// `wal-timeout`: how long a base backup waits for its WAL to be archived (default 10 min).
+    pub wal_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod client;
+pub(crate) mod fds;
 pub mod server;
 
 use serde::Serialize;

@@ -3,8 +3,9 @@
 
 mod args;
 mod output;
+mod wal;
 
-pub use args::{Command, CtlArgs, RestoreCommand};
+pub use args::{Command, CtlArgs, RestoreCommand, WalFetchArgs, WalPushArgs};
 
 use crate::catalogue::{Catalogue, ENV_CATALOGUE, ENV_SOCKET};
 use crate::control::client::{Client, ClientError};
@@ -50,7 +51,11 @@ type CtlResult = Result<(), CtlError>;
 /// Runs the ctl; the binary only calls this.
 pub fn main() -> ExitCode {
     use clap::Parser;
-    let args = CtlArgs::parse();
+    let args = match CtlArgs::try_parse() {
+        Ok(args) => args,
+        // archive_command and restore_command: exit codes PostgreSQL understands (DESIGN §5).
+        Err(err) => return wal::usage_error(err),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -228,9 +233,8 @@ async fn run(args: CtlArgs) -> CtlResult {
         Command::Follow => follow(&ctx).await,
         Command::Keygen { output } => keygen(output, json),
         Command::Restore { what } => restore(&ctx, what).await,
-        Command::WalPush { .. } | Command::WalFetch { .. } => Err(CtlError::failed(
-            "WAL archiving (postgres-wal jobs) is not available in this version of bdc-backup",
-        )),
+        Command::WalPush(a) => wal::push(&ctx, a).await,
+        Command::WalFetch(a) => wal::fetch(&ctx, a).await,
         Command::Retention {
             job,
             repository,
@@ -558,9 +562,64 @@ async fn restore(ctx: &Ctx, what: RestoreCommand) -> CtlResult {
             };
             snapshot_restore(ctx, options).await
         }
+        RestoreCommand::Cluster(a) => restore_cluster(ctx, a).await,
         _ => Err(CtlError::failed(
             "this restore is not available in this version of bdc-backup",
         )),
+    }
+}
+
+/// `restore cluster`: offline point-in-time recovery.
+async fn restore_cluster(ctx: &Ctx, a: args::RestoreClusterArgs) -> CtlResult {
+    use crate::postgres::cluster_restore::{self as cr, RecoveryTarget};
+    let catalogue = ctx.load_catalogue()?;
+    let catalogue_path = ctx.catalogue_path().ok_or_else(|| {
+        CtlError::usage("restore cluster needs the catalogue (--catalogue or BDC_BACKUP_CATALOGUE)")
+    })?;
+    let catalogue_path = std::fs::canonicalize(&catalogue_path)
+        .map_err(|e| CtlError::usage(format!("catalogue {}: {e}", catalogue_path.display())))?;
+    let ctl_binary = std::env::current_exe()
+        .map_err(|e| CtlError::failed(format!("cannot find this program's path: {e}")))?;
+    let target = if let Some(t) = a.time {
+        RecoveryTarget::Time(t)
+    } else if let Some(l) = a.lsn {
+        RecoveryTarget::Lsn(l)
+    } else if let Some(x) = a.xid {
+        RecoveryTarget::Xid(x)
+    } else if let Some(n) = a.name {
+        RecoveryTarget::Name(n)
+    } else if a.immediate {
+        RecoveryTarget::Immediate
+    } else {
+        RecoveryTarget::EndOfArchive
+    };
+    let options = cr::ClusterRestoreOptions {
+        job: a.job,
+        target_dir: a.target_dir,
+        backup: a.backup,
+        target,
+        exclusive: a.exclusive,
+        target_timeline: a.target_timeline,
+        target_action: a.target_action,
+        start: a.start,
+        port: a.port,
+        no_archive: a.no_archive,
+        repository: a.repository,
+        dry_run: a.dry_run,
+        catalogue_path,
+        ctl_binary,
+    };
+    let report = cr::restore_cluster(&catalogue, options)
+        .await
+        .map_err(|e| match e {
+            cr::ClusterRestoreError::Usage { reason } => CtlError::usage(reason),
+            e => CtlError::failed(crate::daemon::error_chain_of(&e)),
+        })?;
+    if ctx.args.json {
+        print_json(&report)
+    } else {
+        println!("{report}");
+        Ok(())
     }
 }
 

@@ -10,6 +10,7 @@ mod replicate;
 mod retention;
 mod scheduler;
 pub mod systemd;
+mod wal;
 mod watch;
 
 pub use self::core::StartError;
@@ -143,6 +144,7 @@ pub async fn start(
         });
     }
     tokio::spawn(replicate::run_loop(shared.clone()));
+    tokio::spawn(wal::backlog_loop(shared.clone()));
     tokio::spawn(retention::run_loop(shared.clone()));
     tokio::spawn(watch::supervise(shared.clone()));
     let scheduler = tokio::spawn(scheduler::run_loop(shared.clone()));

@@ -150,13 +150,13 @@ impl Classify for FilesError {
 }
 
 /// The chosen parent of an incremental.
-struct ChosenParent {
-    record: CommitRecord,
-    copy: std::io::BufReader<std::fs::File>,
+pub(crate) struct ChosenParent {
+    pub(crate) record: CommitRecord,
+    pub(crate) copy: std::io::BufReader<std::fs::File>,
 }
 
 /// Picks the parent, or says why the run is a full.
-async fn choose_parent(
+pub(crate) async fn choose_parent(
     job: &str,
     kind: JobKindName,
     repository: &Repository,
@@ -221,7 +221,7 @@ async fn choose_parent(
 }
 
 /// An id of type `ty`: the daemon's when its letter matches, else a fresh unused one.
-async fn id_for(
+pub(crate) async fn id_for(
     repository: &Repository,
     job: &str,
     given: &str,
@@ -328,6 +328,7 @@ pub async fn run_files(ctx: FilesContext<'_>) -> Result<JobOutcome, FilesError> 
         spool_dir: ctx.state_dir.to_path_buf(),
         fault_unreadable: None,
         before_read: None,
+        inspect: None,
     };
     let record = store_snapshot(
         Common {
@@ -351,16 +352,25 @@ pub async fn run_files(ctx: FilesContext<'_>) -> Result<JobOutcome, FilesError> 
     })
 }
 
-/// What both job kinds share for storing a snapshot.
-struct Common<'a> {
-    job: &'a str,
-    kind: JobKindName,
-    repository: &'a Repository,
-    pipeline: &'a PipelineSettings,
-    started_at: DateTime<Utc>,
-    progress: &'a ProgressCounter,
-    cancel: &'a CancellationToken,
-    state_dir: &'a Path,
+/// What both job kinds (and postgres-base) share for storing a snapshot.
+pub(crate) struct Common<'a> {
+    pub(crate) job: &'a str,
+    pub(crate) kind: JobKindName,
+    pub(crate) repository: &'a Repository,
+    pub(crate) pipeline: &'a PipelineSettings,
+    pub(crate) started_at: DateTime<Utc>,
+    pub(crate) progress: &'a ProgressCounter,
+    pub(crate) cancel: &'a CancellationToken,
+    pub(crate) state_dir: &'a Path,
+}
+
+/// A stored but not yet committed snapshot: its record (to be completed by the caller) and the
+/// plaintext manifest spool (for the local copy after the commit).
+pub(crate) struct Prepared {
+    pub(crate) record: CommitRecord,
+    pub(crate) warnings: Vec<String>,
+    manifest: tempfile::NamedTempFile,
+    manifest_sha256: String,
 }
 
 /// Runs the engine, stores the manifest, saves the local copy, commits. On failure before the
@@ -376,19 +386,24 @@ async fn store_snapshot(
     if let Err(e) = &result
         && !matches!(e, FilesError::Commit { .. })
     {
-        let store = &c.repository.store;
-        if let Ok(objects) = store.list(&format::backup_prefix(&job, &backup_id)).await {
-            for o in objects {
-                match store.delete(&o.key).await {
-                    Ok(()) | Err(StoreError::NotFound { .. }) => {}
-                    Err(err) => {
-                        tracing::warn!(key = %o.key, error = %err, "could not delete an uncommitted object; cleanup will")
-                    }
+        delete_uncommitted(c.repository, &job, &backup_id).await;
+    }
+    result
+}
+
+/// Deletes an uncommitted backup's objects (best effort; cleanup removes what is left).
+pub(crate) async fn delete_uncommitted(repository: &Repository, job: &str, backup_id: &str) {
+    let store = &repository.store;
+    if let Ok(objects) = store.list(&format::backup_prefix(job, backup_id)).await {
+        for o in objects {
+            match store.delete(&o.key).await {
+                Ok(()) | Err(StoreError::NotFound { .. }) => {}
+                Err(err) => {
+                    tracing::warn!(key = %o.key, error = %err, "could not delete an uncommitted object; cleanup will")
                 }
             }
         }
     }
-    result
 }
 
 async fn store_and_commit(
@@ -396,6 +411,16 @@ async fn store_and_commit(
     cfg: EngineConfig,
     walk: Box<dyn Iterator<Item = Event> + Send>,
 ) -> Result<(CommitRecord, Vec<String>), FilesError> {
+    let prepared = prepare_snapshot(c, cfg, walk).await?;
+    commit_prepared(c, prepared).await
+}
+
+/// Runs the engine and stores the manifest; the record is built but not committed.
+pub(crate) async fn prepare_snapshot(
+    c: &Common<'_>,
+    cfg: EngineConfig,
+    walk: Box<dyn Iterator<Item = Event> + Send>,
+) -> Result<Prepared, FilesError> {
     let job = c.job.to_string();
     let backup_id = cfg.backup_id.clone();
     let ty = cfg.backup_type;
@@ -491,6 +516,27 @@ async fn store_and_commit(
         details,
         software: concat!("bdc-backup ", env!("CARGO_PKG_VERSION")).into(),
     };
+    Ok(Prepared {
+        record,
+        warnings,
+        manifest,
+        manifest_sha256,
+    })
+}
+
+/// Commits a prepared snapshot and saves the manifest's local copy.
+pub(crate) async fn commit_prepared(
+    c: &Common<'_>,
+    prepared: Prepared,
+) -> Result<(CommitRecord, Vec<String>), FilesError> {
+    let Prepared {
+        record,
+        warnings,
+        manifest,
+        manifest_sha256,
+    } = prepared;
+    let job = c.job.to_string();
+    let backup_id = record.id.clone();
     if c.cancel.is_cancelled() {
         return Err(FilesError::Cancelled { job });
     }
@@ -578,6 +624,7 @@ pub async fn run_config(ctx: ConfigContext<'_>) -> Result<JobOutcome, FilesError
         spool_dir: ctx.state_dir.to_path_buf(),
         fault_unreadable: None,
         before_read: None,
+        inspect: None,
     };
     let (record, warnings) = store_snapshot(
         Common {
@@ -973,6 +1020,7 @@ pub async fn restore_snapshot(
         overwrite: o.overwrite || o.in_place,
         ignore_errors: o.ignore_errors,
         numeric_owner: o.numeric_owner,
+        skip: Vec::new(),
     };
     let store = repository.store.clone();
     let handle = tokio::runtime::Handle::current();

@@ -160,6 +160,45 @@ pub struct JobStatus {
     /// The last retention pass per repository (`StateDb::last_retention_pass`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retention: Vec<RetentionPass>,
+    /// For a postgres-wal job: how archiving is doing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal: Option<WalStatus>,
+}
+
+/// WAL archiving of a postgres-wal job (`status`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WalStatus {
+    /// The newest archived segment and when.
+    pub last_archived: Option<String>,
+    pub last_archived_at: Option<DateTime<Utc>>,
+    /// Files archived so far (segments, history, backup labels, partials).
+    pub archived_count: u64,
+    /// The segment PostgreSQL is writing now (None when the cluster is not reachable).
+    pub current_wal: Option<String>,
+    /// Seconds since the last archived segment when the cluster has moved on since, else 0.
+    pub lag_seconds: Option<i64>,
+    /// Completed segments not yet archived (current position − last archived − 1).
+    pub lag_segments: Option<u64>,
+    /// From `pg_stat_archiver`.
+    pub failed_count: Option<i64>,
+    pub last_failed_wal: Option<String>,
+    pub last_failed_at: Option<DateTime<Utc>>,
+    /// Why the cluster could not be asked, if it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_error: Option<String>,
+    /// Per async repository: files still to copy there.
+    #[serde(default)]
+    pub backlog: Vec<WalBacklog>,
+}
+
+/// The async copy backlog of one repository.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WalBacklog {
+    pub repository: String,
+    pub pending: u32,
+    /// Seconds since the oldest pending file was archived.
+    pub lag_seconds: Option<i64>,
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

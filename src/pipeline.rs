@@ -286,6 +286,33 @@ pub async fn store_bytes(
     .map(|s| s.record)
 }
 
+/// [`store_bytes`] past the repository's bandwidth limit (WAL pushes, DESIGN §5).
+pub async fn store_bytes_unlimited(
+    store: &Store,
+    key: &str,
+    bytes: Bytes,
+    settings: &PipelineSettings,
+) -> Result<ObjectRecord, PipelineError> {
+    let frame_size = settings.effective_frame_size();
+    let mut frames = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let n = frame_size.min(rest.len());
+        frames.push(Ok(rest.split_to(n)));
+    }
+    let writer = store.writer_unlimited(key).await?;
+    store_frames_into(
+        writer,
+        key,
+        futures::stream::iter(frames),
+        settings,
+        &ProgressCounter::default(),
+        &CancellationToken::new(),
+    )
+    .await
+    .map(|s| s.record)
+}
+
 /// The frame hook: stores a stream of plaintext frames the caller has cut (e.g. at tar entry
 /// boundaries); each becomes one independent zstd frame (for gzip the frames are just chunks).
 /// Empty frames are skipped. See [`store_stream`] for the guarantees.
@@ -308,7 +335,26 @@ where
     if cancel.is_cancelled() {
         return Err(PipelineError::Cancelled);
     }
-    let mut writer = store.writer(key).await?;
+    let writer = store.writer(key).await?;
+    store_frames_into(writer, key, frames, settings, progress, cancel).await
+}
+
+async fn store_frames_into<S>(
+    mut writer: crate::repository::ObjectWriter,
+    key: &str,
+    frames: S,
+    settings: &PipelineSettings,
+    progress: &ProgressCounter,
+    cancel: &CancellationToken,
+) -> Result<StoredObject, PipelineError>
+where
+    S: Stream<Item = io::Result<Bytes>> + Send + Unpin,
+{
+    if settings.recipients.is_empty() {
+        return Err(PipelineError::Encrypt(
+            "no age recipients configured".into(),
+        ));
+    }
     let result = tokio::select! {
         biased;
         _ = cancel.cancelled() => Err(PipelineError::Cancelled),

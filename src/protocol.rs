@@ -69,6 +69,14 @@ pub enum Request {
         #[serde(default)]
         weeks: Option<u32>,
     },
+    /// `{"type":"wal-push","name":"000000010000000000000003","system-identifier":"7312…","pg-major":15}`:
+    /// archive one WAL file. The file's open descriptor travels as SCM_RIGHTS ancillary data in
+    /// the same `sendmsg` as this line (docs/protocol.md); a wal-push without one is refused.
+    WalPush {
+        name: String,
+        #[serde(flatten)]
+        cluster: crate::wal::ClusterIdentity,
+    },
 }
 
 impl Request {
@@ -84,6 +92,7 @@ impl Request {
             Request::Follow => "follow",
             Request::Retention { .. } => "retention",
             Request::Usage { .. } => "usage",
+            Request::WalPush { .. } => "wal-push",
         }
     }
 
@@ -129,6 +138,15 @@ pub enum Response {
     },
     Usage(crate::usage::UsageReport),
     Event(Event),
+    /// The WAL file is durable in every `sync` repository (queued for the `async` ones).
+    WalPushed {
+        name: String,
+        /// SHA-256 of the file's content (lowercase hex).
+        sha256: String,
+        /// E.g. "already archived with the same content" per repository.
+        #[serde(default)]
+        warnings: Vec<String>,
+    },
 }
 
 /// Something that happened, streamed to followers.
@@ -226,5 +244,25 @@ impl Reply {
             Reply::Ok(r) => Ok(r),
             Reply::Error(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wal_push_wire_format() {
+        let line = r#"{"type":"wal-push","name":"000000010000000000000003","system-identifier":"7312345678901234567","pg-major":15}"#;
+        let req: Request = serde_json::from_str(line).unwrap();
+        let Request::WalPush { name, cluster } = &req else {
+            panic!("{req:?}")
+        };
+        assert_eq!(name, "000000010000000000000003");
+        assert_eq!(cluster.system_identifier, 7_312_345_678_901_234_567);
+        assert_eq!(cluster.pg_major, 15);
+        assert_eq!(serde_json::to_string(&req).unwrap(), line);
+        assert_eq!(req.verb(), "wal-push");
+        assert!(!req.is_mutation());
     }
 }

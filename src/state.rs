@@ -23,8 +23,10 @@ use std::time::Duration;
 mod replication;
 #[cfg(test)]
 mod tests;
+mod wal;
 
 pub use replication::{ReplicaStatus, ReplicaTask};
+pub use wal::{WalArchived, WalBacklogItem, WalBacklogSummary};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {

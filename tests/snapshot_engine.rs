@@ -72,6 +72,7 @@ impl Env {
             spool_dir: self.dir.path().to_path_buf(),
             fault_unreadable: unreadable.map(|u| ByteName(u.as_bytes().to_vec())),
             before_read: hook,
+            inspect: None,
         };
         let walk = TreeWalk::new(&self.src(), Filter::default(), true).unwrap();
         let store = self.store.clone();

@@ -262,6 +262,7 @@ fn design_catalogue_parses() {
     );
     assert_eq!(b.wal_job.as_deref(), Some("wal"));
     assert_eq!(b.pitr_window, Some(Duration::from_secs(14 * 86400)));
+    assert_eq!((b.max_chain, b.wal_timeout), (None, None));
     let JobSpec::Files(f) = &c.job("uploads").expect("uploads").spec else {
         panic!("not files")
     };
@@ -925,5 +926,42 @@ fn a_mistyped_section_is_one_error() {
     assert_eq!(
         errors(&text),
         pairs(&[("postgres", "expected a table ([postgres]), found a string")])
+    );
+}
+
+#[test]
+fn base_job_chain_and_wal_timeout() {
+    let text = small(
+        r#"
+[[job]]
+name = "db"
+kind = "postgres-base"
+full = "0 4 * * 0"
+wal-job = "wal"
+max-chain = 6
+wal-timeout = "90s"
+repositories = ["local"]
+
+[[job]]
+name = "wal"
+kind = "postgres-wal"
+repositories = ["local"]
+"#,
+    )
+    .replace(
+        "[encryption]",
+        "data-directory = \"/var/lib/postgresql/15/main\"\n\n[encryption]",
+    );
+    let c = parse(&text).expect("valid");
+    let JobSpec::PostgresBase(b) = &c.job("db").expect("db").spec else {
+        panic!("not base")
+    };
+    assert_eq!(b.max_chain, Some(6));
+    assert_eq!(b.wal_timeout, Some(Duration::from_secs(90)));
+    let bad = text.replace("wal-timeout = \"90s\"", "wal-timeout = \"soon\"");
+    let errs = errors(&bad);
+    assert!(
+        errs.iter().any(|(k, _)| k == "job[1].wal-timeout"),
+        "{errs:?}"
     );
 }

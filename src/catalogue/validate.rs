@@ -180,7 +180,14 @@ const JOB_COMMON_KEYS: &[&str] = &[
 pub fn job_kind_keys(kind: JobKindName) -> &'static [&'static str] {
     match kind {
         JobKindName::PostgresDump => &["schedule", "databases", "tables", "globals"],
-        JobKindName::PostgresBase => &["full", "incremental", "wal-job", "pitr-window"],
+        JobKindName::PostgresBase => &[
+            "full",
+            "incremental",
+            "wal-job",
+            "pitr-window",
+            "max-chain",
+            "wal-timeout",
+        ],
         JobKindName::PostgresWal => &[],
         JobKindName::Files => &[
             "path",
@@ -1064,6 +1071,10 @@ fn job(
             let incremental = t.cron(cx, "incremental");
             wal_job = t.text(cx, "wal-job").map(str::to_string);
             let pitr_window = t.duration(cx, "pitr-window", false);
+            let max_chain = t
+                .integer(cx, "max-chain", 1, 10_000)
+                .and_then(|n| u32::try_from(n).ok());
+            let wal_timeout = t.duration(cx, "wal-timeout", false);
             needs_connection(cx, "postgres-base");
             if !postgres.data_directory {
                 let who = name
@@ -1082,6 +1093,8 @@ fn job(
                     incremental,
                     wal_job: wal_job.clone(),
                     pitr_window,
+                    max_chain,
+                    wal_timeout,
                 })
             })
         }

@@ -34,13 +34,13 @@ pub enum Access {
     Read,
     /// run, cancel, reload: root, the daemon's user or the admin group.
     Mutate,
-    /// wal-push (not yet in the protocol): only the PostgreSQL OS user.
+    /// wal-push: only the PostgreSQL OS user.
     WalPush,
 }
 
 impl Access {
     /// The access a request needs. The match is exhaustive on purpose: a new request kind must
-    /// be classified here (a future `Request::WalPush` maps to [`Access::WalPush`]).
+    /// be classified here.
     pub fn of(request: &Request) -> Access {
         match request {
             Request::Status | Request::Runs { .. } | Request::Backups { .. } | Request::Follow => {
@@ -51,6 +51,7 @@ impl Access {
             | Request::Cancel { .. }
             | Request::Reload
             | Request::Retention { dry_run: false, .. } => Access::Mutate,
+            Request::WalPush { .. } => Access::WalPush,
         }
     }
 }

@@ -193,8 +193,55 @@ impl Client {
         }
     }
 
+    /// Sends a `wal-push` request with `file`'s descriptor in the same `sendmsg` (SCM_RIGHTS)
+    /// and waits for the answer (within the reply timeout, see [`Client::set_reply_timeout`]).
+    pub async fn wal_push(
+        &mut self,
+        name: &str,
+        cluster: crate::wal::ClusterIdentity,
+        file: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<Response, ClientError> {
+        let request = Request::WalPush {
+            name: name.to_string(),
+            cluster,
+        };
+        let mut line = serde_json::to_vec(&request)
+            .map_err(|e| ClientError::Protocol(format!("cannot encode the request: {e}")))?;
+        line.push(b'\n');
+        let reply_timeout = self.reply_timeout;
+        let shown = self.path.display().to_string();
+        let exchange = async {
+            crate::control::fds::send_line_with_fd(&mut self.writer, &line, file)
+                .await
+                .map_err(|source| ClientError::Io {
+                    path: self.path.display().to_string(),
+                    source,
+                })?;
+            self.read_answer().await
+        };
+        match reply_timeout {
+            None => exchange.await,
+            Some(limit) => tokio::time::timeout(limit, exchange)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ClientError::Io {
+                        path: shown,
+                        source: io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("no answer to `wal-push` within {limit:?}"),
+                        ),
+                    })
+                }),
+        }
+    }
+
     async fn request_inner(&mut self, request: &Request) -> Result<Response, ClientError> {
         self.write(request).await?;
+        self.read_answer().await
+    }
+
+    /// The next non-event reply.
+    async fn read_answer(&mut self) -> Result<Response, ClientError> {
         loop {
             match self.read_reply().await? {
                 None => {

@@ -2,19 +2,20 @@
 //! line cap, authorization, audit, dispatch to a [`Handler`], event streaming.
 
 use crate::control::auth::{Peer, authorize};
-use crate::control::{LineRead, read_line_capped, write_json_line};
+use crate::control::fds::FdLineReader;
+use crate::control::{LineRead, write_json_line};
 use crate::protocol::{
     ErrorBody, ErrorCode, Event, Hello, MAX_LINE, PROTOCOL_VERSION, Reply, Request, Response,
 };
 use std::future::Future;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::UnixListener;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{Semaphore, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +35,23 @@ pub trait Handler: Send + Sync + 'static {
         allowed: bool,
         detail: &str,
     ) -> impl Future<Output = ()> + Send;
+    /// Archives one WAL file (`wal-push`, already authorized): `file` is the descriptor the
+    /// client sent with the request line.
+    fn wal_push(
+        &self,
+        peer: &Peer,
+        name: String,
+        cluster: crate::wal::ClusterIdentity,
+        file: std::fs::File,
+    ) -> impl Future<Output = Reply> + Send {
+        let _ = (peer, cluster, file);
+        async move {
+            error_reply(
+                ErrorCode::BadRequest,
+                format!("wal-push of {name}: this server does not archive WAL"),
+            )
+        }
+    }
 }
 
 /// At most this many connections are served at once; more are answered with an error and closed.
@@ -163,7 +181,7 @@ pub async fn serve<H: Handler>(
                 return;
             };
             let conn = Connection {
-                reader: BufReader::new(reader),
+                reader: FdLineReader::new(reader),
                 writer,
                 peer,
                 handler,
@@ -218,7 +236,7 @@ fn lagged_event(n: u64) -> Event {
 }
 
 struct Connection<H> {
-    reader: BufReader<OwnedReadHalf>,
+    reader: FdLineReader,
     writer: OwnedWriteHalf,
     peer: Peer,
     handler: Arc<H>,
@@ -242,8 +260,10 @@ impl<H: Handler> Connection<H> {
         // Handshake.
         let read = tokio::select! {
             _ = self.shutdown.cancelled() => return Ok(()),
-            r = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_line_capped(&mut self.reader, &mut line, MAX_LINE)) => r,
+            r = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.reader.read_line(&mut line, MAX_LINE)) => r,
         };
+        // Descriptors sent with the hello are closed here.
+        let read = read.map(|r| r.map(|(l, _fds)| l));
         match read {
             Err(_) => {
                 return self
@@ -285,7 +305,12 @@ impl<H: Handler> Connection<H> {
         loop {
             let read = tokio::select! {
                 _ = self.shutdown.cancelled() => return Ok(()),
-                r = tokio::time::timeout(IDLE_TIMEOUT, read_line_capped(&mut self.reader, &mut line, MAX_LINE)) => r,
+                r = tokio::time::timeout(IDLE_TIMEOUT, self.reader.read_line(&mut line, MAX_LINE)) => r,
+            };
+            let (read, fds) = match read {
+                Ok(Ok((l, fds))) => (Ok(Ok(l)), fds),
+                Ok(Err(e)) => (Ok(Err(e)), Vec::new()),
+                Err(e) => (Err(e), Vec::new()),
             };
             match read {
                 Err(_) => return Ok(()), // idle
@@ -312,13 +337,14 @@ impl<H: Handler> Connection<H> {
                     continue;
                 }
             };
-            if let After::Close = self.dispatch(request).await? {
+            // Descriptors are only taken by wal-push; any others are closed when dropped.
+            if let After::Close = self.dispatch(request, fds).await? {
                 return Ok(());
             }
         }
     }
 
-    async fn dispatch(&mut self, request: Request) -> io::Result<After> {
+    async fn dispatch(&mut self, request: Request, mut fds: Vec<OwnedFd>) -> io::Result<After> {
         let policy = self.policy.borrow().clone();
         if let Err(why) = authorize(&policy, &self.peer, &request) {
             tracing::warn!(
@@ -337,6 +363,22 @@ impl<H: Handler> Connection<H> {
                 .await;
         }
         match request {
+            Request::WalPush { name, cluster } => {
+                let reply = if fds.len() != 1 {
+                    error_reply(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "wal-push of {name}: expected the file's descriptor (SCM_RIGHTS) with the request line, got {}",
+                            fds.len()
+                        ),
+                    )
+                } else {
+                    let file = std::fs::File::from(fds.remove(0));
+                    self.handler.wal_push(&self.peer, name, cluster, file).await
+                };
+                self.send(&reply).await?;
+                Ok(After::Continue)
+            }
             Request::Follow => {
                 let events = self.handler.subscribe();
                 self.send(&Reply::Ok(Response::Following)).await?;

@@ -63,10 +63,12 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
-    /// PostgreSQL's archive_command.
-    WalPush { path: PathBuf },
-    /// PostgreSQL's restore_command.
-    WalFetch { name: String, dest: PathBuf },
+    /// PostgreSQL's archive_command (`bdc-backupctl wal-push %p`): exit 0 only when the file is
+    /// durable in every sync repository; any failure exits 1 (PostgreSQL retries).
+    WalPush(WalPushArgs),
+    /// PostgreSQL's restore_command (`bdc-backupctl wal-fetch %f %p`), without the daemon: exit 0
+    /// fetched, 1 not found in any repository, 255 on any other error (recovery stops).
+    WalFetch(WalFetchArgs),
     /// Restore from a backup (works without the daemon).
     Restore {
         #[command(subcommand)]
@@ -98,12 +100,57 @@ pub enum Command {
     },
 }
 
+/// `wal-push PATH [--data-directory DIR] [--timeout T]`
+#[derive(Debug, Clone, Args)]
+pub struct WalPushArgs {
+    /// The WAL file, relative to the current folder (PostgreSQL's `%p`, run in the data directory).
+    pub path: PathBuf,
+    /// The cluster's data directory (default: the current folder).
+    #[arg(long, value_name = "DIR")]
+    pub data_directory: Option<PathBuf>,
+    /// Give up (exit 1, PostgreSQL retries) after this long: seconds or e.g. "5m".
+    #[arg(long, value_name = "T", default_value = "300", value_parser = parse_timeout)]
+    pub timeout: std::time::Duration,
+}
+
+/// `wal-fetch NAME DEST [--repository R] [--data-directory DIR] [--timeout T] [--spool DIR --prefetch N]`
+#[derive(Debug, Clone, Args)]
+pub struct WalFetchArgs {
+    /// The WAL file name PostgreSQL asks for (`%f`).
+    pub name: String,
+    /// Where to write it (`%p`, relative to the current folder).
+    pub dest: PathBuf,
+    /// Only this repository (default: the postgres-wal job's, sync ones first).
+    #[arg(long)]
+    pub repository: Option<String>,
+    /// The cluster's data directory (default: the current folder).
+    #[arg(long, value_name = "DIR")]
+    pub data_directory: Option<PathBuf>,
+    /// Retry transient errors for at most this long, then exit 255: seconds or e.g. "1m".
+    #[arg(long, value_name = "T", default_value = "60", value_parser = parse_timeout)]
+    pub timeout: std::time::Duration,
+    /// A folder for prefetched segments (with --prefetch).
+    #[arg(long, value_name = "DIR")]
+    pub spool: Option<PathBuf>,
+    /// Also fetch this many following segments of the timeline into --spool.
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "spool")]
+    pub prefetch: u32,
+}
+
+/// `300` (seconds) or a humantime duration (`5m`, `90s`).
+pub fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
+    if let Ok(secs) = text.trim().parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text.trim()).map_err(|e| format!("not a duration: {e}"))
+}
+
 #[derive(Debug, Clone, Subcommand)]
 pub enum RestoreCommand {
     /// Restore a logical dump into a database.
     Database(RestoreDatabaseArgs),
-    /// Point-in-time recovery of the cluster.
-    Cluster(PassThrough),
+    /// Point-in-time recovery of the cluster (offline; no daemon needed).
+    Cluster(RestoreClusterArgs),
     /// Restore a files job's snapshot (to a folder; any backup of a chain).
     Files(RestoreFilesArgs),
     /// Restore a config job's snapshot (to a folder, or --in-place to the original paths).
@@ -141,6 +188,62 @@ pub struct RestoreDatabaseArgs {
     /// Also restore roles and tablespaces (the globals).
     #[arg(long)]
     pub roles: bool,
+    /// Read from this repository (default: the job's first).
+    #[arg(long)]
+    pub repository: Option<String>,
+}
+
+/// `restore cluster --job J --target-dir DIR [--backup ID] [--time T|--lsn L|--xid X|--name N|--immediate] …`
+#[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("recovery_target").args(["time", "lsn", "xid", "name", "immediate"])))]
+pub struct RestoreClusterArgs {
+    /// The postgres-base job.
+    #[arg(long)]
+    pub job: String,
+    /// The new data directory (must not exist or be empty).
+    #[arg(long, value_name = "DIR")]
+    pub target_dir: PathBuf,
+    /// The base backup (default: the newest that fits the target: for --time the newest
+    /// stopped before T, for --lsn the newest stopped at or before L, otherwise the newest).
+    #[arg(long)]
+    pub backup: Option<String>,
+    /// Recover to this time (RFC 3339, or `YYYY-MM-DD HH:MM[:SS]` in the catalogue's time zone).
+    #[arg(long, value_name = "T")]
+    pub time: Option<String>,
+    /// Recover to this WAL position (e.g. 0/3000060).
+    #[arg(long, value_name = "L")]
+    pub lsn: Option<String>,
+    /// Recover to this transaction id.
+    #[arg(long, value_name = "X")]
+    pub xid: Option<String>,
+    /// Recover to this restore point (pg_create_restore_point).
+    #[arg(long, value_name = "N")]
+    pub name: Option<String>,
+    /// Stop as soon as the backup is consistent.
+    #[arg(long)]
+    pub immediate: bool,
+    /// Stop just before the target (recovery_target_inclusive = off).
+    #[arg(long)]
+    pub exclusive: bool,
+    /// latest (default), current or a timeline number.
+    #[arg(long, value_name = "TL")]
+    pub target_timeline: Option<String>,
+    /// promote (default), pause or shutdown.
+    #[arg(long, value_name = "A")]
+    pub target_action: Option<String>,
+    /// Start the server and wait until recovery ends.
+    #[arg(long)]
+    pub start: bool,
+    /// The restored server's port (written to postgresql.auto.conf).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Write `archive_mode = off`: the restored cluster does not archive into this archive
+    /// (drills and copies beside the running primary).
+    #[arg(long)]
+    pub no_archive: bool,
+    /// Show the plan; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Read from this repository (default: the job's first).
     #[arg(long)]
     pub repository: Option<String>,

@@ -51,6 +51,55 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// The WAL archiving lines of `status` for a postgres-wal job.
+fn wal_lines(
+    job: &str,
+    w: &crate::model::WalStatus,
+    local: &dyn Fn(DateTime<Utc>) -> String,
+) -> String {
+    let mut out = format!(
+        "{job}: last archived {} at {} ({} files archived)",
+        w.last_archived.as_deref().unwrap_or("none"),
+        w.last_archived_at.map(local).unwrap_or_else(|| "-".into()),
+        w.archived_count
+    );
+    if let Some(cur) = &w.current_wal {
+        let _ = write!(
+            out,
+            "; current {cur}, lag {} segments / {} s",
+            w.lag_segments.map_or("?".into(), |n| n.to_string()),
+            w.lag_seconds.map_or("?".into(), |n| n.to_string())
+        );
+    }
+    if let Some(failed) = w.failed_count.filter(|n| *n > 0) {
+        let _ = write!(
+            out,
+            "\n{job}: PostgreSQL archive failures: {failed} (last {} at {})",
+            w.last_failed_wal.as_deref().unwrap_or("?"),
+            w.last_failed_at.map(local).unwrap_or_else(|| "?".into())
+        );
+    }
+    if let Some(e) = &w.cluster_error {
+        let _ = write!(out, "\n{job}: cluster not reachable for WAL figures: {e}");
+    }
+    for b in &w.backlog {
+        let _ = write!(
+            out,
+            "\n{job}: async `{}`: {} pending{}{}",
+            b.repository,
+            b.pending,
+            b.lag_seconds
+                .map(|s| format!(", oldest {s} s"))
+                .unwrap_or_default(),
+            b.last_error
+                .as_deref()
+                .map(|e| format!(", last error: {e}"))
+                .unwrap_or_default()
+        );
+    }
+    out
+}
+
 pub fn status(report: &StatusReport) -> String {
     let tz: chrono_tz::Tz = report.timezone.parse().unwrap_or(chrono_tz::UTC);
     let local = |t: DateTime<Utc>| t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string();
@@ -144,6 +193,9 @@ pub fn status(report: &StatusReport) -> String {
                     j.name, r.repository, rep.pending
                 );
             }
+        }
+        if let Some(w) = &j.wal {
+            let _ = writeln!(out, "\n{}", wal_lines(&j.name, w, &local));
         }
         if !j.retention.is_empty() {
             let passes: Vec<String> = j

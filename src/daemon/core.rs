@@ -81,6 +81,8 @@ pub struct Shared {
     stopping: std::sync::atomic::AtomicBool,
     /// One lock per job: a run, its replication and retention passes of the job never overlap.
     job_locks: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// WAL pushes: their own upload slots, the async backlog's wake-up (DESIGN §5).
+    pub wal: super::wal::WalArchiver,
 }
 
 impl Shared {
@@ -112,6 +114,7 @@ impl Shared {
             last_ids: std::sync::Mutex::new(HashMap::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
             job_locks: std::sync::Mutex::new(HashMap::new()),
+            wal: super::wal::WalArchiver::new(),
         })
     }
 
@@ -457,8 +460,10 @@ impl Shared {
                 repositories,
                 stale,
                 retention: self.state.last_retention_pass(&job.name).await?,
+                wal: None,
             });
         }
+        super::wal::fill_status(self, &catalogue, &mut jobs).await;
         Ok(StatusReport {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
@@ -778,6 +783,42 @@ impl RunContext {
                     state_dir: &self.catalogue.daemon.state_directory,
                 };
                 let outcome = crate::files::run_files(ctx)
+                    .await
+                    .map_err(|e| error_chain(&e))?;
+                Ok(KindOutcome::from_files(repository.name.clone(), outcome))
+            }
+            JobSpec::PostgresBase(spec) => {
+                self.set_phase("base backup");
+                let mut replicas = Vec::new();
+                for name in self.job.repositories.iter().skip(1) {
+                    if let Some(Ok(r)) = self.catalogue.repository(name).map(Repository::open) {
+                        replicas.push(r);
+                    }
+                }
+                let requested = match self.record.backup_type {
+                    Some(BackupType::Incremental)
+                        if replicas.len() + 1 != self.job.repositories.len() =>
+                    {
+                        BackupType::Full
+                    }
+                    Some(t) => t,
+                    None => BackupType::Full,
+                };
+                let ctx = crate::postgres::base::BaseContext {
+                    catalogue: &self.catalogue,
+                    job: &self.job,
+                    spec,
+                    repository: &repository,
+                    replicas: &replicas,
+                    pipeline: &pipeline,
+                    backup_id: &backup_id,
+                    started_at: self.record.started_at,
+                    requested,
+                    progress: &self.progress,
+                    cancel: &self.cancel,
+                    state_dir: &self.catalogue.daemon.state_directory,
+                };
+                let outcome = crate::postgres::base::run_base(ctx)
                     .await
                     .map_err(|e| error_chain(&e))?;
                 Ok(KindOutcome::from_files(repository.name.clone(), outcome))

@@ -186,6 +186,16 @@ impl Handler for DaemonHandler {
         }
     }
 
+    async fn wal_push(
+        &self,
+        peer: &Peer,
+        name: String,
+        cluster: crate::wal::ClusterIdentity,
+        file: std::fs::File,
+    ) -> Reply {
+        super::wal::push(&self.shared, peer, name, cluster, file).await
+    }
+
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
         self.shared.events.subscribe()
     }

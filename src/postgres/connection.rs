@@ -178,6 +178,16 @@ impl PgControl {
         Self::connect_with(options).await
     }
 
+    /// Like [`PgControl::connect`], on another port of the same host (a restored cluster).
+    pub async fn connect_port(
+        url: &str,
+        password_file: Option<&Path>,
+        port: u16,
+    ) -> Result<PgControl, PgError> {
+        let options = connect_options(url, password_file)?.port(port);
+        Self::connect_with(options).await
+    }
+
     async fn connect_with(options: PgConnectOptions) -> Result<PgControl, PgError> {
         let target = describe(&options);
         let user = options.get_username().to_string();
@@ -214,6 +224,11 @@ impl PgControl {
     /// `host:port/db`, for messages.
     pub fn target(&self) -> &str {
         &self.target
+    }
+
+    /// The session itself, for queries of other modules (the base backup holds it open).
+    pub fn conn(&mut self) -> &mut PgConnection {
+        &mut self.conn
     }
 
     /// The role this session runs as.
@@ -258,6 +273,33 @@ impl PgControl {
                 what: "reading server_version".into(),
                 source,
             })
+    }
+
+    /// The WAL file being written now and `pg_stat_archiver`'s failure figures (WAL status):
+    /// `(current segment, failed_count, last_failed_wal, last_failed_time)`.
+    pub async fn wal_archiver_status(
+        &mut self,
+    ) -> Result<
+        (
+            String,
+            i64,
+            Option<String>,
+            Option<chrono::DateTime<chrono::Utc>>,
+        ),
+        PgError,
+    > {
+        let target = self.target.clone();
+        sqlx::query_as(
+            "SELECT pg_walfile_name(pg_current_wal_lsn()), failed_count, last_failed_wal, last_failed_time \
+             FROM pg_stat_archiver",
+        )
+        .fetch_one(&mut self.conn)
+        .await
+        .map_err(|source| PgError::Query {
+            target,
+            what: "reading pg_stat_archiver".into(),
+            source,
+        })
     }
 
     /// Whether the session's role is a superuser.

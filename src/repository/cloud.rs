@@ -794,12 +794,35 @@ impl CloudStore {
             })?),
             None => None,
         };
+        // A prefix ending inside a name (`…/000000010000000A000000FF-`, WAL duplicate checks):
+        // start the listing there (S3 `start-after`) and stop past the matches (the stores list
+        // in lexicographic key order), instead of walking the whole folder each time.
+        let name_part = &prefix[prefix.rfind('/').map_or(0, |i| i + 1)..];
+        // The offset is exclusive: start just before the prefix (its last character dropped), so
+        // a key equal to the prefix is still listed.
+        let offset = if name_part.chars().count() < 2 {
+            None
+        } else {
+            let mut before = if self.prefix.is_empty() {
+                prefix.to_string()
+            } else {
+                format!("{}/{prefix}", self.prefix)
+            };
+            before.pop();
+            Path::parse(&before).ok()
+        };
         let collect = async {
-            let mut stream = self.store.list(path.as_ref());
+            let mut stream = match &offset {
+                Some(o) => self.store.list_with_offset(path.as_ref(), o),
+                None => self.store.list(path.as_ref()),
+            };
             let mut out = Vec::new();
             while let Some(item) = stream.next().await {
                 let m = item?;
                 let key = self.key_of(&m.location);
+                if offset.is_some() && key.as_str() > prefix && !key.starts_with(prefix) {
+                    break;
+                }
                 if key.starts_with(prefix) {
                     out.push(ObjectMeta {
                         key,

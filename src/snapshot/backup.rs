@@ -68,10 +68,18 @@ pub struct EngineConfig {
     /// (with the attempt number), so tests can make it grow or shrink "while being read".
     #[doc(hidden)]
     pub before_read: Option<ReadHook>,
+    /// Called with each chunk of a regular file's content as read (its offset in the file, and
+    /// the open file for re-reads with `read_at`); the strings it returns become run warnings.
+    /// Base backups verify page checksums here.
+    pub inspect: Option<InspectHook>,
 }
 
 /// See [`EngineConfig::before_read`].
 pub type ReadHook = std::sync::Arc<dyn Fn(&ByteName, &std::path::Path, u32) + Send + Sync>;
+
+/// See [`EngineConfig::inspect`].
+pub type InspectHook =
+    std::sync::Arc<dyn Fn(&ByteName, &File, u64, &[u8]) -> Vec<String> + Send + Sync>;
 
 /// What the engine produced.
 pub struct EngineOutput {
@@ -684,8 +692,10 @@ impl Engine {
         };
         let mut file = match opened {
             Ok(f) => f,
-            Err(err) if err.kind() == io::ErrorKind::NotFound && self.lenient() => {
-                return Ok(None); // deleted since listed: not in this snapshot
+            // Deleted since listed: not in this snapshot (strict mode too: PostgreSQL drops
+            // relation files during a base backup and WAL replay accounts for it).
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                return Ok(None);
             }
             Err(err) => {
                 self.warn_or_fail(&item.path, format!("cannot be opened: {err}"))?;
@@ -732,7 +742,7 @@ impl Engine {
             }
             self.header(e, TarKind::File, size, b"")?;
             let start = self.parts.part().offset();
-            let (sha, short, error) = self.copy_content(&mut file, size)?;
+            let (sha, short, error) = self.copy_content(&mut file, size, &item.path)?;
             let seq = self.parts.part().seq;
             let pad = tar::padding(size);
             self.parts.write(&vec![0u8; pad]);
@@ -783,6 +793,7 @@ impl Engine {
         &mut self,
         file: &mut File,
         size: u64,
+        path: &ByteName,
     ) -> Result<(String, bool, Option<io::Error>), SnapshotError> {
         let mut hasher = Sha256::new();
         let mut left = size;
@@ -800,7 +811,13 @@ impl Engine {
                         self.buf[..want].fill(0);
                         want
                     }
-                    Ok(n) => n,
+                    Ok(n) => {
+                        if let Some(hook) = &self.cfg.inspect {
+                            let found = hook(path, file, size - left, &self.buf[..n]);
+                            self.warnings.extend(found);
+                        }
+                        n
+                    }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
                         error = Some(e);

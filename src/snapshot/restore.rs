@@ -47,6 +47,9 @@ pub struct RestoreOptions {
     pub ignore_errors: bool,
     /// Restore owners by number, not by name.
     pub numeric_owner: bool,
+    /// Files (exact paths) held back: not written (e.g. `global/pg_control`, restored last by
+    /// `restore cluster` with a second, selective restore).
+    pub skip: Vec<ByteName>,
 }
 
 /// What a restore did (or, with `--dry-run`, would do).
@@ -352,6 +355,9 @@ pub fn restore(
         if !selected(&e, &options.paths) {
             return Ok(());
         }
+        if e.kind != EntryKind::Dir && options.skip.contains(&e.path) {
+            return Ok(());
+        }
         match e.kind {
             EntryKind::Dir => r.dir(&e),
             EntryKind::File if e.link_group.is_some() && e.data.is_none() => Ok(()),
@@ -362,7 +368,7 @@ pub fn restore(
     // Pass 2: links.
     if !r.aborted {
         for_each(manifest, |e| {
-            if !selected(&e, &options.paths) || r.aborted {
+            if !selected(&e, &options.paths) || r.aborted || options.skip.contains(&e.path) {
                 return Ok(());
             }
             match e.kind {

@@ -4,3 +4,5 @@
 pub mod daemon;
 pub mod objstores;
 pub mod pg;
+pub mod physical;
+pub mod wal;

@@ -1,0 +1,867 @@
+//! `postgres-base` jobs (DESIGN §3, §5): a physical base backup of the data directory with the
+//! non-exclusive backup API on one held session, through the tree-snapshot engine in strict mode.
+//!
+//! 1. Check the server (12+), read its identity (system identifier, major version), that its
+//!    `data_directory` is the catalogue's `[postgres] data-directory`, the WAL segment size, data
+//!    checksums; tablespaces outside the data directory are refused (named in the error).
+//! 2. `pg_backup_start(label, fast => true)` (12–14: `pg_start_backup(label, true, false)`).
+//! 3. Walk PGDATA with PostgreSQL's exclusions ([`PgDataWalk`]), full or incremental (the parent
+//!    is chosen as for `files` jobs), store data objects and the manifest.
+//! 4. `pg_backup_stop(false)` (12–14: `pg_stop_backup(false, false)`): the stop LSN, the
+//!    `backup_label` and `tablespace_map`, stored as encrypted objects of the backup (never read
+//!    from PGDATA).
+//!    With data checksums, pages are verified as read ([`super::checksum`]); failures are
+//!    run warnings and `checksum-failures` in the record.
+//! 5. Wait until every WAL segment from start to stop is archived in the WAL job's first sync
+//!    repository (`wal-timeout`, default 10 min), THEN commit. The record carries
+//!    [`BaseBackupInfo`] under `details.postgres`.
+//!
+//! Any failure after the start stops the backup on the same session (or closes it, which
+//! aborts it) and deletes this backup's objects.
+
+use super::base_record::{BACKUP_LABEL_OBJECT, BaseBackupInfo, TABLESPACE_MAP_OBJECT};
+use super::checksum::Verifier;
+use super::connection::{PgControl, PgError};
+use crate::catalogue::{BaseJob, Catalogue, Job, WalAck};
+use crate::error::{Classify, Retry};
+use crate::files::{self, Common, FilesError, JobOutcome, PART_SIZE};
+use crate::model::{BackupType, JobKindName};
+use crate::pipeline::{self, PipelineError, PipelineSettings, ProgressCounter};
+use crate::repository::{ObjectRecord, Repository, RepositoryError, format};
+use crate::snapshot::SnapshotError;
+use crate::snapshot::backup::{EngineConfig, InspectHook, Parent};
+use crate::snapshot::manifest::Mode;
+use crate::snapshot::path::ByteName;
+use crate::snapshot::walk::{Event, Filter, Item, TreeWalk};
+use crate::wal::{ClusterIdentity, WalName};
+use chrono::{DateTime, Utc};
+use std::collections::HashSet;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How long a base backup waits for its WAL by default.
+pub const DEFAULT_WAL_TIMEOUT: Duration = Duration::from_secs(600);
+/// How often the WAL archive is polled while waiting.
+const WAL_POLL: Duration = Duration::from_millis(500);
+
+/// Everything one base backup run needs (mirrors `files::FilesContext`).
+pub struct BaseContext<'a> {
+    pub catalogue: &'a Catalogue,
+    pub job: &'a Job,
+    pub spec: &'a BaseJob,
+    pub repository: &'a Repository,
+    pub replicas: &'a [Repository],
+    pub pipeline: &'a PipelineSettings,
+    pub backup_id: &'a str,
+    pub started_at: DateTime<Utc>,
+    pub requested: BackupType,
+    pub progress: &'a ProgressCounter,
+    pub cancel: &'a CancellationToken,
+    pub state_dir: &'a Path,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BaseError {
+    #[error("job `{job}`: no PostgreSQL URL: set [postgres] url or the job's `connection`")]
+    NoUrl { job: String },
+    #[error("job `{job}`: [postgres] data-directory is not set; a base backup needs it")]
+    NoDataDirectory { job: String },
+    #[error("job `{job}`: {source}")]
+    Pg {
+        job: String,
+        #[source]
+        source: Box<PgError>,
+    },
+    #[error("job `{job}`: {what}: {source}")]
+    Query {
+        job: String,
+        what: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("job `{job}`: PostgreSQL {version} is not supported (base backups need 12 or later)")]
+    Version { job: String, version: u32 },
+    #[error(
+        "job `{job}`: the server's data directory is {server}, but the catalogue's [postgres] data-directory is {configured} (they must be the same folder)"
+    )]
+    DataDirectory {
+        job: String,
+        server: String,
+        configured: String,
+    },
+    #[error("job `{job}`: data directory {}: {source}", path.display())]
+    DataDirectoryIo {
+        job: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "job `{job}`: the cluster has tablespaces outside the data directory ({list}); base backups of such clusters are not supported yet"
+    )]
+    Tablespaces { job: String, list: String },
+    #[error("job `{job}`: {reason}")]
+    WalJob { job: String, reason: String },
+    #[error("job `{job}`: {source}")]
+    Repository {
+        job: String,
+        #[source]
+        source: Box<RepositoryError>,
+    },
+    #[error(
+        "job `{job}`: WAL segment {segment} was not archived in repository `{repository}` within {}s (is archive_command working? see the server log and `wal-timeout`)",
+        waited.as_secs()
+    )]
+    WalTimeout {
+        job: String,
+        segment: String,
+        repository: String,
+        waited: Duration,
+    },
+    #[error("job `{job}`: storing {what}: {source}")]
+    Store {
+        job: String,
+        what: &'static str,
+        #[source]
+        source: Box<PipelineError>,
+    },
+    #[error(transparent)]
+    Files(Box<FilesError>),
+    #[error("job `{job}`: cancelled")]
+    Cancelled { job: String },
+}
+
+impl From<FilesError> for BaseError {
+    fn from(e: FilesError) -> Self {
+        BaseError::Files(Box::new(e))
+    }
+}
+
+impl Classify for BaseError {
+    fn retry(&self) -> Retry {
+        match self {
+            BaseError::Pg { source, .. } => source.retry(),
+            BaseError::Query { source, .. } => super::connection::sqlx_retry(source),
+            BaseError::DataDirectoryIo { source, .. } => crate::error::io_retry(source),
+            BaseError::Repository { source, .. } => source.retry(),
+            BaseError::Store { source, .. } => source.retry(),
+            BaseError::Files(e) => e.retry(),
+            BaseError::WalTimeout { .. } | BaseError::Cancelled { .. } => Retry::Transient,
+            _ => Retry::Permanent,
+        }
+    }
+}
+
+/// What the server said before the backup started.
+struct ServerFacts {
+    version: u32,
+    identity: ClusterIdentity,
+    segment_size: u64,
+    checksums: bool,
+    data_directory: PathBuf,
+}
+
+fn query_err(job: &str, what: &str) -> impl FnOnce(sqlx::Error) -> BaseError {
+    let (job, what) = (job.to_string(), what.to_string());
+    move |source| BaseError::Query { job, what, source }
+}
+
+async fn server_facts(
+    job: &str,
+    pg: &mut PgControl,
+    configured: &Path,
+) -> Result<ServerFacts, BaseError> {
+    let version = pg
+        .server_version_num()
+        .await
+        .map_err(|source| BaseError::Pg {
+            job: job.into(),
+            source: Box::new(source),
+        })?;
+    if version < 120000 {
+        return Err(BaseError::Version {
+            job: job.into(),
+            version,
+        });
+    }
+    let sysid: i64 = sqlx::query_scalar("SELECT system_identifier FROM pg_control_system()")
+        .fetch_one(pg.conn())
+        .await
+        .map_err(query_err(job, "reading the system identifier"))?;
+    let server_dir: String = sqlx::query_scalar("SELECT current_setting('data_directory')")
+        .fetch_one(pg.conn())
+        .await
+        .map_err(query_err(
+            job,
+            "reading data_directory (the backup role needs pg_read_all_settings)",
+        ))?;
+    let segment_size: String =
+        sqlx::query_scalar("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'")
+            .fetch_one(pg.conn())
+            .await
+            .map_err(query_err(job, "reading wal_segment_size"))?;
+    let checksums: String = sqlx::query_scalar("SELECT current_setting('data_checksums')")
+        .fetch_one(pg.conn())
+        .await
+        .map_err(query_err(job, "reading data_checksums"))?;
+    let tablespaces: Vec<(String, String)> = sqlx::query_as(
+        "SELECT spcname::text, pg_tablespace_location(oid) FROM pg_tablespace \
+         WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY spcname",
+    )
+    .fetch_all(pg.conn())
+    .await
+    .map_err(query_err(job, "listing tablespaces"))?;
+    if !tablespaces.is_empty() {
+        return Err(BaseError::Tablespaces {
+            job: job.into(),
+            list: tablespaces
+                .iter()
+                .map(|(n, l)| format!("`{n}` at {l}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    let canon = |p: &Path| {
+        std::fs::canonicalize(p).map_err(|source| BaseError::DataDirectoryIo {
+            job: job.into(),
+            path: p.to_path_buf(),
+            source,
+        })
+    };
+    let configured_c = canon(configured)?;
+    let server_c = std::fs::canonicalize(&server_dir).unwrap_or_else(|_| server_dir.clone().into());
+    if configured_c != server_c {
+        return Err(BaseError::DataDirectory {
+            job: job.into(),
+            server: server_dir,
+            configured: configured.display().to_string(),
+        });
+    }
+    let segment_size = segment_size
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|s| s.is_power_of_two())
+        .ok_or_else(|| BaseError::Query {
+            job: job.into(),
+            what: "reading wal_segment_size".into(),
+            source: sqlx::Error::Protocol(format!("unexpected wal_segment_size `{segment_size}`")),
+        })?;
+    Ok(ServerFacts {
+        version,
+        identity: ClusterIdentity {
+            system_identifier: sysid as u64,
+            pg_major: version / 10000,
+        },
+        segment_size,
+        checksums: checksums.trim() == "on",
+        data_directory: configured_c,
+    })
+}
+
+/// The WAL job's first sync repository (else its first).
+fn wal_repository(
+    catalogue: &Catalogue,
+    job: &str,
+    spec: &BaseJob,
+) -> Result<(String, Repository), BaseError> {
+    let err = |reason: String| BaseError::WalJob {
+        job: job.into(),
+        reason,
+    };
+    let name = spec.wal_job.as_deref().ok_or_else(|| {
+        err("no `wal-job`: a base backup is only complete with its WAL archived; name the postgres-wal job".into())
+    })?;
+    let wal = catalogue
+        .job(name)
+        .ok_or_else(|| err(format!("wal-job `{name}` is not in the catalogue")))?;
+    let repo_name = wal
+        .repositories
+        .iter()
+        .find(|r| {
+            catalogue
+                .repository(r)
+                .is_some_and(|s| s.wal_ack == WalAck::Sync)
+        })
+        .or_else(|| wal.repositories.first())
+        .ok_or_else(|| err(format!("wal-job `{name}` lists no repository")))?;
+    let settings = catalogue
+        .repository(repo_name)
+        .ok_or_else(|| err(format!("repository `{repo_name}` is not in the catalogue")))?;
+    let repo = Repository::open(settings).map_err(|source| BaseError::Repository {
+        job: job.into(),
+        source: Box::new(source),
+    })?;
+    Ok((name.to_string(), repo))
+}
+
+/// Runs one base backup (see the module docs).
+pub async fn run_base(ctx: BaseContext<'_>) -> Result<JobOutcome, BaseError> {
+    let job = ctx.job.name.clone();
+    let pg_settings = ctx.catalogue.postgres.as_ref();
+    let url = ctx
+        .job
+        .connection
+        .clone()
+        .or_else(|| pg_settings.map(|p| p.url.clone()))
+        .ok_or_else(|| BaseError::NoUrl { job: job.clone() })?;
+    let data_dir = pg_settings
+        .and_then(|p| p.data_directory.clone())
+        .ok_or_else(|| BaseError::NoDataDirectory { job: job.clone() })?;
+    let password_file = pg_settings.and_then(|p| p.password_file.as_deref());
+    let (wal_job, wal_repo) = wal_repository(ctx.catalogue, &job, ctx.spec)?;
+    let mut pg = PgControl::connect(&url, password_file)
+        .await
+        .map_err(|source| BaseError::Pg {
+            job: job.clone(),
+            source: Box::new(source),
+        })?;
+    let facts = server_facts(&job, &mut pg, &data_dir).await?;
+
+    let (parent, full_because) = if ctx.requested == BackupType::Incremental {
+        match files::choose_parent(
+            &job,
+            JobKindName::PostgresBase,
+            ctx.repository,
+            ctx.replicas,
+            ctx.spec.max_chain,
+            ctx.state_dir,
+        )
+        .await?
+        {
+            Ok(p) => (Some(p), None),
+            Err(why) => (None, Some(why)),
+        }
+    } else {
+        (None, None)
+    };
+    let ty = if parent.is_some() {
+        BackupType::Incremental
+    } else {
+        BackupType::Full
+    };
+    let backup_id = files::id_for(ctx.repository, &job, ctx.backup_id, ctx.started_at, ty).await?;
+    if let Some(why) = &full_because {
+        tracing::info!(job = %job, backup_id = %backup_id, "full instead of incremental: {why}");
+    }
+
+    // The backup starts: from here on every failure stops it.
+    let label = format!("bdc-backup {job} {backup_id}");
+    let start_sql = if facts.version >= 150000 {
+        "SELECT pg_backup_start($1, true)::text"
+    } else {
+        "SELECT pg_start_backup($1, true, false)::text"
+    };
+    let start_lsn: String = sqlx::query_scalar(start_sql)
+        .bind(&label)
+        .fetch_one(pg.conn())
+        .await
+        .map_err(query_err(
+            &job,
+            "starting the backup (the backup role needs EXECUTE on pg_backup_start/pg_backup_stop)",
+        ))?;
+    tracing::info!(job = %job, backup_id = %backup_id, start_lsn = %start_lsn, "base backup started");
+    let common = Common {
+        job: &job,
+        kind: JobKindName::PostgresBase,
+        repository: ctx.repository,
+        pipeline: ctx.pipeline,
+        started_at: ctx.started_at,
+        progress: ctx.progress,
+        cancel: ctx.cancel,
+        state_dir: ctx.state_dir,
+    };
+    let mut stopped = false;
+    let result = backup_started(
+        &ctx,
+        &common,
+        &mut pg,
+        &facts,
+        &backup_id,
+        ty,
+        parent,
+        &start_lsn,
+        (&wal_job, &wal_repo),
+        &mut stopped,
+    )
+    .await;
+    if result.is_err() {
+        if !stopped {
+            let stop_sql = if facts.version >= 150000 {
+                "SELECT pg_backup_stop(false)::text"
+            } else {
+                "SELECT pg_stop_backup(false, false)::text"
+            };
+            if let Err(e) = sqlx::query(stop_sql).execute(pg.conn()).await {
+                tracing::warn!(job = %job, error = %e, "could not stop the failed backup; closing the session aborts it");
+            }
+        }
+        let commit_failed =
+            matches!(&result, Err(BaseError::Files(e)) if matches!(**e, FilesError::Commit { .. }));
+        if !commit_failed {
+            files::delete_uncommitted(ctx.repository, &job, &backup_id).await;
+        }
+    }
+    pg.close().await;
+    let (record, warnings) = result?;
+    Ok(JobOutcome::Committed {
+        record: Box::new(record),
+        warnings,
+        full_because,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn backup_started(
+    ctx: &BaseContext<'_>,
+    common: &Common<'_>,
+    pg: &mut PgControl,
+    facts: &ServerFacts,
+    backup_id: &str,
+    ty: BackupType,
+    parent: Option<files::ChosenParent>,
+    start_lsn: &str,
+    (wal_job, wal_repo): (&str, &Repository),
+    stopped: &mut bool,
+) -> Result<(crate::repository::CommitRecord, Vec<String>), BaseError> {
+    let job = ctx.job.name.clone();
+    let timeline: i32 = sqlx::query_scalar("SELECT timeline_id FROM pg_control_checkpoint()")
+        .fetch_one(pg.conn())
+        .await
+        .map_err(query_err(&job, "reading the timeline"))?;
+    let timeline = timeline as u32;
+    let ancestors = parent
+        .as_ref()
+        .map(|p| {
+            let mut a = vec![p.record.id.clone()];
+            a.extend(p.record.ancestors.iter().cloned());
+            a
+        })
+        .unwrap_or_default();
+    let walk = PgDataWalk::new(&facts.data_directory).map_err(|source| {
+        BaseError::from(FilesError::Snapshot {
+            job: job.clone(),
+            source: SnapshotError::Source {
+                path: facts.data_directory.clone(),
+                source,
+            },
+        })
+    })?;
+    let bad_lsn = |l: &str| BaseError::Query {
+        job: job.clone(),
+        what: "reading the backup's LSNs".into(),
+        source: sqlx::Error::Protocol(format!("unexpected LSN `{l}`")),
+    };
+    let start = crate::wal::name::parse_lsn(start_lsn).ok_or_else(|| bad_lsn(start_lsn))?;
+    let verifier = facts.checksums.then(|| Verifier::new(start));
+    let inspect: Option<InspectHook> = verifier.clone().map(|v| {
+        let hook: InspectHook =
+            Arc::new(move |path, file, offset, chunk| v.check(path, file, offset, chunk));
+        hook
+    });
+    let cfg = EngineConfig {
+        job: job.clone(),
+        backup_id: backup_id.to_string(),
+        backup_type: ty,
+        mode: Mode::Strict,
+        started_at: ctx.started_at,
+        ancestors,
+        source: ByteName(facts.data_directory.as_os_str().as_bytes().to_vec()),
+        part_size: PART_SIZE,
+        parent: parent.map(|p| Parent {
+            manifest: Box::new(p.copy),
+            started_at: p.record.started_at,
+        }),
+        spool_dir: ctx.state_dir.to_path_buf(),
+        fault_unreadable: None,
+        before_read: None,
+        inspect,
+    };
+    let mut prepared = files::prepare_snapshot(common, cfg, Box::new(walk)).await?;
+    let checksum_failures = verifier.as_ref().map_or(0, |v| v.failures());
+    if let Some(more) = verifier.as_ref().and_then(|v| v.unlisted()) {
+        prepared.warnings.push(more);
+        prepared
+            .record
+            .details
+            .insert("warnings".into(), (prepared.warnings.len() as u64).into());
+    }
+    if checksum_failures > 0 {
+        tracing::warn!(job = %job, backup_id = %backup_id, pages = checksum_failures, "page checksum failures (listed in the run's warnings)");
+    }
+
+    // Stop: the stop LSN, backup_label and tablespace_map come from the server.
+    let stop_sql = if facts.version >= 150000 {
+        "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"
+    } else {
+        "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, false)"
+    };
+    let (stop_lsn, labelfile, spcmapfile): (String, Option<String>, Option<String>) =
+        sqlx::query_as(stop_sql)
+            .fetch_one(pg.conn())
+            .await
+            .map_err(query_err(&job, "stopping the backup"))?;
+    *stopped = true;
+    // The record's stop time is the stop call's: recovery to a time after it can use this backup.
+    let stop_time = Utc::now();
+    tracing::info!(job = %job, backup_id = %backup_id, stop_lsn = %stop_lsn, "base backup stopped; waiting for its WAL");
+    let prefix = format::backup_prefix(&job, backup_id);
+    let label_key = format!("{prefix}{BACKUP_LABEL_OBJECT}");
+    let label_record = pipeline::store_bytes(
+        &ctx.repository.store,
+        &label_key,
+        labelfile.unwrap_or_default().into_bytes().into(),
+        ctx.pipeline,
+    )
+    .await
+    .map_err(|source| BaseError::Store {
+        job: job.clone(),
+        what: "backup_label",
+        source: Box::new(source),
+    })?;
+    let mut extra: Vec<ObjectRecord> = vec![label_record];
+    let mut map_key = None;
+    if let Some(map) = spcmapfile.filter(|m| !m.is_empty()) {
+        let key = format!("{prefix}{TABLESPACE_MAP_OBJECT}");
+        extra.push(
+            pipeline::store_bytes(
+                &ctx.repository.store,
+                &key,
+                map.into_bytes().into(),
+                ctx.pipeline,
+            )
+            .await
+            .map_err(|source| BaseError::Store {
+                job: job.clone(),
+                what: "tablespace_map",
+                source: Box::new(source),
+            })?,
+        );
+        map_key = Some(key);
+    }
+
+    let stop = crate::wal::name::parse_lsn(&stop_lsn).ok_or_else(|| bad_lsn(&stop_lsn))?;
+    let segments = crate::wal::name::segments_between(timeline, start, stop, facts.segment_size);
+    wait_for_wal(
+        &job,
+        wal_repo,
+        &facts.identity,
+        &segments,
+        ctx.spec.wal_timeout.unwrap_or(DEFAULT_WAL_TIMEOUT),
+        ctx.cancel,
+    )
+    .await?;
+
+    let info = BaseBackupInfo {
+        cluster: facts.identity,
+        server_version: facts.version,
+        timeline,
+        start_lsn: start_lsn.to_string(),
+        stop_lsn,
+        start_wal: segments.first().cloned().unwrap_or_default(),
+        stop_wal: segments.last().cloned().unwrap_or_default(),
+        wal_segment_size: facts.segment_size,
+        wal_job: Some(wal_job.to_string()),
+        data_checksums: facts.checksums,
+        checksum_failures,
+        backup_label_key: label_key,
+        tablespace_map_key: map_key,
+        tablespaces: Vec::new(),
+    };
+    info.into_details(&mut prepared.record.details);
+    prepared.record.bytes_stored += extra.iter().map(|o| o.size).sum::<u64>();
+    prepared.record.objects.extend(extra);
+    prepared.record.stopped_at = stop_time;
+    Ok(files::commit_prepared(common, prepared).await?)
+}
+
+/// Polls the archive until every segment is there.
+async fn wait_for_wal(
+    job: &str,
+    repo: &Repository,
+    identity: &ClusterIdentity,
+    segments: &[String],
+    timeout: Duration,
+    cancel: &CancellationToken,
+) -> Result<(), BaseError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    for segment in segments {
+        let Some(name) = WalName::parse(segment) else {
+            continue;
+        };
+        let prefix = crate::wal::format::file_prefix(identity, &name);
+        loop {
+            match repo.store.list(&prefix).await {
+                Ok(found) if !found.is_empty() => break,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(job = %job, repository = %repo.name, error = %e, "listing the WAL archive failed; retrying")
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(BaseError::WalTimeout {
+                    job: job.into(),
+                    segment: segment.clone(),
+                    repository: repo.name.clone(),
+                    waited: timeout,
+                });
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(BaseError::Cancelled { job: job.into() }),
+                _ = tokio::time::sleep(WAL_POLL) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Paths (relative to PGDATA; `*` crosses `/`) a base backup leaves out, as basebackup.c does.
+/// The folders `pg_wal`, `pg_wal/archive_status` and the emptied ones stay (empty).
+pub const EXCLUDED: &[&str] = &[
+    "postmaster.pid",
+    "postmaster.opts",
+    "pg_wal/*",
+    "pg_replslot/*",
+    "pg_stat_tmp/*",
+    "pg_dynshmem/*",
+    "pg_notify/*",
+    "pg_serial/*",
+    "pg_snapshots/*",
+    "pg_subtrans/*",
+    "pgsql_tmp*",
+    "*/pgsql_tmp*",
+    "pg_internal.init",
+    "*/pg_internal.init",
+    "backup_label",
+    "backup_label.old",
+    "tablespace_map",
+    "recovery.signal",
+    "standby.signal",
+    "postgresql.auto.conf.tmp",
+    "current_logfiles.tmp",
+];
+
+/// PGDATA walked in manifest order without what a base backup leaves out ([`EXCLUDED`]), without
+/// the forks of unlogged relations (all but `_init`), with `pg_wal` as an empty folder (followed
+/// when it is a symlink) holding an empty `archive_status`.
+pub struct PgDataWalk {
+    inner: TreeWalk,
+    pending: Option<Event>,
+    /// The database folder being walked and its unlogged relfilenodes.
+    unlogged: Option<(Vec<u8>, HashSet<Vec<u8>>)>,
+}
+
+impl PgDataWalk {
+    pub fn new(root: &Path) -> std::io::Result<PgDataWalk> {
+        let excluded: Vec<String> = EXCLUDED.iter().map(|s| s.to_string()).collect();
+        let filter = Filter::new(&[], &excluded)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        Ok(PgDataWalk {
+            inner: TreeWalk::new(root, filter, false)?,
+            pending: None,
+            unlogged: None,
+        })
+    }
+}
+
+/// `base/<oid>` (a database folder).
+fn is_database_dir(rel: &[u8]) -> bool {
+    let parts: Vec<&[u8]> = rel.split(|&b| b == b'/').collect();
+    let digits = |p: &[u8]| !p.is_empty() && p.iter().all(u8::is_ascii_digit);
+    parts.len() == 2 && parts[0] == b"base" && digits(parts[1])
+}
+
+/// A relation file name: (relfilenode, fork) for `123`, `123_fsm`, `123_init.1`, …
+pub fn relation_file(name: &[u8]) -> Option<(&[u8], &[u8])> {
+    let base = match name.iter().position(|&b| b == b'.') {
+        Some(i) => {
+            let seg = &name[i + 1..];
+            if seg.is_empty() || !seg.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            &name[..i]
+        }
+        None => name,
+    };
+    let (node, fork) = match base.iter().position(|&b| b == b'_') {
+        Some(i) => (&base[..i], &base[i + 1..]),
+        None => (base, &b""[..]),
+    };
+    if node.is_empty() || !node.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    if !matches!(fork, b"" | b"fsm" | b"vm" | b"init") {
+        return None;
+    }
+    Some((node, fork))
+}
+
+fn unlogged_in(dir: &Path) -> HashSet<Vec<u8>> {
+    let mut set = HashSet::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            if let Some((node, b"init")) = relation_file(name.as_bytes()) {
+                set.insert(node.to_vec());
+            }
+        }
+    }
+    set
+}
+
+impl Iterator for PgDataWalk {
+    type Item = Event;
+
+    fn next(&mut self) -> Option<Event> {
+        if let Some(e) = self.pending.take() {
+            return Some(e);
+        }
+        loop {
+            let event = self.inner.next()?;
+            let Event::Item(mut item) = event else {
+                return Some(event);
+            };
+            let rel = item.path.as_bytes().to_vec();
+            if rel == b"pg_wal" {
+                if item.meta.file_type().is_symlink() {
+                    // pg_wal elsewhere (initdb -X): restored as a plain folder.
+                    match std::fs::metadata(&item.abs) {
+                        Ok(m) => item.meta = m,
+                        Err(error) => {
+                            return Some(Event::Error {
+                                path: item.path,
+                                error,
+                            });
+                        }
+                    }
+                }
+                let status = item.abs.join("archive_status");
+                if let Ok(meta) = std::fs::metadata(&status) {
+                    self.pending = Some(Event::Item(Item {
+                        path: item.path.join(b"archive_status"),
+                        abs: status,
+                        meta,
+                    }));
+                }
+                return Some(Event::Item(item));
+            }
+            if item.meta.is_dir() {
+                if is_database_dir(&rel) {
+                    self.unlogged = Some((rel.clone(), unlogged_in(&item.abs)));
+                }
+                return Some(Event::Item(item));
+            }
+            if let Some((dir, set)) = &self.unlogged
+                && !set.is_empty()
+                && rel.len() > dir.len()
+                && rel.starts_with(dir)
+                && rel[dir.len()] == b'/'
+            {
+                let name = &rel[dir.len() + 1..];
+                if let Some((node, fork)) = relation_file(name)
+                    && fork != b"init"
+                    && set.contains(node)
+                {
+                    continue;
+                }
+            }
+            return Some(Event::Item(item));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relation_names() {
+        assert_eq!(relation_file(b"16384"), Some((&b"16384"[..], &b""[..])));
+        assert_eq!(
+            relation_file(b"16384_fsm"),
+            Some((&b"16384"[..], &b"fsm"[..]))
+        );
+        assert_eq!(
+            relation_file(b"16384_init.2"),
+            Some((&b"16384"[..], &b"init"[..]))
+        );
+        assert_eq!(relation_file(b"16384.12"), Some((&b"16384"[..], &b""[..])));
+        assert_eq!(relation_file(b"PG_VERSION"), None);
+        assert_eq!(relation_file(b"pg_filenode.map"), None);
+        assert_eq!(relation_file(b"16384_xx"), None);
+        assert!(is_database_dir(b"base/1"));
+        assert!(!is_database_dir(b"base/pgsql_tmp"));
+        assert!(!is_database_dir(b"global"));
+    }
+
+    #[test]
+    fn walk_leaves_out_what_postgres_regenerates() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for d in [
+            "base/1",
+            "base/pgsql_tmp",
+            "global",
+            "pg_wal/archive_status",
+            "pg_stat_tmp",
+            "pg_replslot/slot",
+            "pg_subtrans",
+        ] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        for f in [
+            "PG_VERSION",
+            "postmaster.pid",
+            "postmaster.opts",
+            "backup_label",
+            "postgresql.auto.conf",
+            "global/pg_control",
+            "global/pg_internal.init",
+            "base/1/100",
+            "base/1/100_fsm",
+            "base/1/200",
+            "base/1/200_fsm",
+            "base/1/200_init",
+            "base/1/200.1",
+            "base/1/pg_internal.init",
+            "base/pgsql_tmp/pgsql_tmp1.0",
+            "pg_wal/000000010000000000000001",
+            "pg_wal/archive_status/000000010000000000000001.done",
+            "pg_stat_tmp/global.stat",
+            "pg_replslot/slot/state",
+            "pg_subtrans/0000",
+        ] {
+            std::fs::write(root.join(f), b"x").unwrap();
+        }
+        let got: Vec<String> = PgDataWalk::new(root)
+            .unwrap()
+            .map(|e| match e {
+                Event::Item(i) => i.path.display(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "",
+                "PG_VERSION",
+                "base",
+                "base/1",
+                "base/1/100",
+                "base/1/100_fsm",
+                "base/1/200_init",
+                "global",
+                "global/pg_control",
+                "pg_replslot",
+                "pg_stat_tmp",
+                "pg_subtrans",
+                "pg_wal",
+                "pg_wal/archive_status",
+                "postgresql.auto.conf",
+            ]
+        );
+    }
+}

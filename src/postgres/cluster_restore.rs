@@ -1,0 +1,1018 @@
+//! `restore cluster` (DESIGN §5, §6, §13): point-in-time recovery from a `postgres-base` backup
+//! and the WAL archive, offline (no daemon needed).
+//!
+//! 1. Pick the backup: `--backup ID`; for `--time T` the newest whose stop time is before T;
+//!    for `--lsn L` the newest whose stop LSN ≤ L; otherwise (`--xid`, `--name`, `--immediate`,
+//!    end of archive) the newest (give `--backup` for an older one).
+//! 2. The target folder must not exist or be empty (created 0700; its owner and mode come from
+//!    the backup's data directory root when run as root).
+//! 3. Rebuild the chain with the snapshot engine, holding `global/pg_control` back; write
+//!    `backup_label` (+ `tablespace_map`) from the backup's objects, `recovery.signal`, and the
+//!    recovery settings in `postgresql.auto.conf` (earlier recovery settings there are
+//!    dropped); then `global/pg_control` LAST.
+//! 4. `--start`: `pg_ctl start` (as the data directory's owner when run as root), wait until
+//!    recovery ends (or pauses with `--target-action pause`), report the point reached.
+
+use super::base_record::BaseBackupInfo;
+use super::connection::PgControl;
+use crate::catalogue::{Catalogue, JobSpec};
+use crate::error::{Classify, Retry, io_retry};
+use crate::model::JobKindName;
+use crate::pipeline::{self, Identities, IdentityError, PipelineError};
+use crate::repository::{CommitRecord, Repository, RepositoryError};
+use crate::snapshot::path::ByteName;
+use crate::snapshot::restore::{RestoreError, RestoreOptions, RestoreStats};
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The file held back and restored last.
+pub const PG_CONTROL: &str = "global/pg_control";
+/// The prefetch spool of `wal-fetch` during a `--start`ed recovery (removed afterwards).
+pub const SPOOL_DIR: &str = "pg_wal/.bdc-prefetch";
+/// Segments `wal-fetch` fetches ahead during a `--start`ed recovery.
+pub const PREFETCH: u32 = 8;
+
+/// Where recovery stops.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind", content = "value")]
+pub enum RecoveryTarget {
+    /// Replay all archived WAL.
+    #[default]
+    EndOfArchive,
+    Time(String),
+    Lsn(String),
+    Xid(String),
+    Name(String),
+    /// The end of the base backup (the first consistent point).
+    Immediate,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ClusterRestoreOptions {
+    pub job: String,
+    pub target_dir: PathBuf,
+    pub backup: Option<String>,
+    pub target: RecoveryTarget,
+    /// `recovery_target_inclusive = off`.
+    pub exclusive: bool,
+    /// Default `latest`.
+    pub target_timeline: Option<String>,
+    /// `promote` (default), `pause` or `shutdown`.
+    pub target_action: Option<String>,
+    pub start: bool,
+    /// The restored server's port (written to postgresql.auto.conf); default: its configuration's.
+    pub port: Option<u16>,
+    /// `archive_mode = off` in postgresql.auto.conf: the restored cluster does not archive into
+    /// the archive it came from (drills, test restores, a copy beside the running primary).
+    pub no_archive: bool,
+    pub repository: Option<String>,
+    pub dry_run: bool,
+    /// The catalogue (absolute) and this ctl binary, for `restore_command`.
+    pub catalogue_path: PathBuf,
+    pub ctl_binary: PathBuf,
+}
+
+/// What the restore did (or would do).
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ClusterRestoreReport {
+    pub job: String,
+    pub repository: String,
+    pub backup_id: String,
+    /// The backup and its ancestors, newest first.
+    pub chain: Vec<String>,
+    pub start_lsn: String,
+    pub stop_lsn: String,
+    pub timeline: u32,
+    pub backup_stopped_at: DateTime<Utc>,
+    pub target_dir: PathBuf,
+    /// The lines written to postgresql.auto.conf.
+    pub settings: Vec<String>,
+    pub dry_run: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<RestoreStats>,
+    /// With `--start`: where recovery ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reached: Option<RecoveryPoint>,
+}
+
+/// The point a started recovery reached.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RecoveryPoint {
+    pub replay_lsn: Option<String>,
+    pub last_transaction: Option<String>,
+    pub timeline: Option<u32>,
+    pub in_recovery: bool,
+    pub port: u16,
+}
+
+impl std::fmt::Display for ClusterRestoreReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{} backup {} of job `{}` (repository `{}`) into {}",
+            if self.dry_run {
+                "would restore"
+            } else {
+                "restored"
+            },
+            self.backup_id,
+            self.job,
+            self.repository,
+            self.target_dir.display()
+        )?;
+        writeln!(f, "  chain: {}", self.chain.join(" <- "))?;
+        writeln!(
+            f,
+            "  backup: timeline {}, LSN {} .. {}, stopped {}",
+            self.timeline, self.start_lsn, self.stop_lsn, self.backup_stopped_at
+        )?;
+        writeln!(f, "  postgresql.auto.conf:")?;
+        for s in &self.settings {
+            writeln!(f, "    {s}")?;
+        }
+        if let Some(s) = &self.stats {
+            writeln!(
+                f,
+                "  {} files ({} bytes), {} folders",
+                s.files, s.bytes, s.folders
+            )?;
+        }
+        match &self.reached {
+            Some(p) => write!(
+                f,
+                "  recovery {} at LSN {} (last transaction {}), timeline {}; the server runs on port {}",
+                if p.in_recovery { "paused" } else { "ended" },
+                p.replay_lsn.as_deref().unwrap_or("?"),
+                p.last_transaction.as_deref().unwrap_or("none replayed"),
+                p.timeline.map_or("?".to_string(), |t| t.to_string()),
+                p.port
+            ),
+            None if self.dry_run => write!(f, "  (nothing written)"),
+            None => write!(
+                f,
+                "  start it with pg_ctl -D {} start; recovery runs then",
+                self.target_dir.display()
+            ),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterRestoreError {
+    #[error("no job `{job}` in the catalogue")]
+    UnknownJob { job: String },
+    #[error("job `{job}` is not a postgres-base job")]
+    WrongKind { job: String },
+    #[error("{reason}")]
+    Usage { reason: String },
+    #[error("job `{job}`: no repository `{repository}` in the catalogue")]
+    UnknownRepository { job: String, repository: String },
+    #[error("job `{job}`: {source}")]
+    Repository {
+        job: String,
+        #[source]
+        source: Box<RepositoryError>,
+    },
+    #[error("the catalogue has no [encryption] identity-file; restores need the age identity")]
+    NoIdentity,
+    #[error("{source}")]
+    Identity {
+        #[source]
+        source: IdentityError,
+    },
+    #[error("job `{job}`: {reason}")]
+    NoBackup { job: String, reason: String },
+    #[error("backup {backup}: {reason}")]
+    BadRecord { backup: String, reason: String },
+    #[error("target {}: {reason}", path.display())]
+    Target { path: PathBuf, reason: String },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("backup {backup}: reading {what}: {source}")]
+    Object {
+        backup: String,
+        what: String,
+        #[source]
+        source: Box<PipelineError>,
+    },
+    #[error("backup {backup}: {source}")]
+    Restore {
+        backup: String,
+        #[source]
+        source: Box<RestoreError>,
+    },
+    #[error("starting the restored cluster: {reason}")]
+    Start { reason: String },
+    #[error("the restored cluster: {reason}")]
+    Recovery { reason: String },
+    #[error("restore task failed: {0}")]
+    Task(String),
+}
+
+impl Classify for ClusterRestoreError {
+    fn retry(&self) -> Retry {
+        match self {
+            ClusterRestoreError::Repository { source, .. } => source.retry(),
+            ClusterRestoreError::Io { source, .. } => io_retry(source),
+            ClusterRestoreError::Object { source, .. } => source.retry(),
+            ClusterRestoreError::Restore { source, .. } => source.retry(),
+            ClusterRestoreError::Task(_) => Retry::Transient,
+            _ => Retry::Permanent,
+        }
+    }
+}
+
+fn usage(reason: impl Into<String>) -> ClusterRestoreError {
+    ClusterRestoreError::Usage {
+        reason: reason.into(),
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClusterRestoreError + '_ {
+    move |source| ClusterRestoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A value as a single-quoted postgresql.conf string.
+fn conf_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// A word for `sh -c` (restore_command runs through the shell).
+fn sh_quote(v: &str) -> String {
+    if !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@%".contains(&b))
+    {
+        v.to_string()
+    } else {
+        format!("'{}'", v.replace('\'', "'\\''"))
+    }
+}
+
+/// The recovery settings for postgresql.auto.conf (and a usage error for bad combinations).
+pub fn recovery_settings(
+    o: &ClusterRestoreOptions,
+    tz: chrono_tz::Tz,
+    spool: Option<&Path>,
+) -> Result<Vec<String>, ClusterRestoreError> {
+    let mut cmd = format!(
+        "{} --catalogue {} wal-fetch %f %p",
+        sh_quote(&o.ctl_binary.to_string_lossy()),
+        sh_quote(&o.catalogue_path.to_string_lossy())
+    );
+    if let Some(spool) = spool {
+        cmd.push_str(&format!(
+            " --spool {} --prefetch {PREFETCH}",
+            sh_quote(&spool.to_string_lossy())
+        ));
+    }
+    let mut lines = vec![format!("restore_command = {}", conf_quote(&cmd))];
+    let target = match &o.target {
+        RecoveryTarget::EndOfArchive => None,
+        RecoveryTarget::Time(t) => {
+            let at = crate::files::parse_at(t, tz).ok_or_else(|| {
+                usage(format!(
+                    "--time {t}: not a time (RFC 3339 or YYYY-MM-DD HH:MM[:SS[.ffffff]], in the catalogue's time zone without an offset)"
+                ))
+            })?;
+            Some(format!(
+                "recovery_target_time = {}",
+                conf_quote(&at.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string())
+            ))
+        }
+        RecoveryTarget::Lsn(l) => {
+            crate::wal::name::parse_lsn(l)
+                .ok_or_else(|| usage(format!("--lsn {l}: not an LSN (like 0/3000060)")))?;
+            Some(format!("recovery_target_lsn = {}", conf_quote(l)))
+        }
+        RecoveryTarget::Xid(x) => {
+            if x.is_empty() || !x.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(usage(format!("--xid {x}: not a transaction id")));
+            }
+            Some(format!("recovery_target_xid = {}", conf_quote(x)))
+        }
+        RecoveryTarget::Name(n) => Some(format!("recovery_target_name = {}", conf_quote(n))),
+        RecoveryTarget::Immediate => Some("recovery_target = 'immediate'".to_string()),
+    };
+    if o.exclusive
+        && !matches!(
+            o.target,
+            RecoveryTarget::Time(_) | RecoveryTarget::Lsn(_) | RecoveryTarget::Xid(_)
+        )
+    {
+        return Err(usage("--exclusive goes with --time, --lsn or --xid"));
+    }
+    let has_target = target.is_some();
+    lines.extend(target);
+    if o.exclusive {
+        lines.push("recovery_target_inclusive = off".into());
+    }
+    let tl = o.target_timeline.as_deref().unwrap_or("latest");
+    if !(tl == "latest" || tl == "current" || tl.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(usage(format!(
+            "--target-timeline {tl}: latest, current or a timeline number"
+        )));
+    }
+    lines.push(format!("recovery_target_timeline = {}", conf_quote(tl)));
+    match (&o.target_action, has_target) {
+        (Some(a), true) => {
+            if !matches!(a.as_str(), "promote" | "pause" | "shutdown") {
+                return Err(usage(format!(
+                    "--target-action {a}: promote, pause or shutdown"
+                )));
+            }
+            lines.push(format!("recovery_target_action = {}", conf_quote(a)));
+        }
+        (None, true) => lines.push("recovery_target_action = 'promote'".into()),
+        (Some(_), false) => {
+            return Err(usage(
+                "--target-action needs a recovery target (--time, --lsn, --xid, --name, --immediate); at the end of the archive the server promotes",
+            ));
+        }
+        (None, false) => {}
+    }
+    if let Some(p) = o.port {
+        lines.push(format!("port = {p}"));
+    }
+    if o.no_archive {
+        lines.push("archive_mode = 'off'".into());
+    }
+    Ok(lines)
+}
+
+/// Picks the backup (see the module docs).
+fn choose<'a>(
+    records: &'a [(CommitRecord, BaseBackupInfo)],
+    o: &ClusterRestoreOptions,
+    tz: chrono_tz::Tz,
+) -> Result<&'a (CommitRecord, BaseBackupInfo), String> {
+    if let Some(id) = &o.backup {
+        return records
+            .iter()
+            .find(|(r, _)| &r.id == id)
+            .ok_or_else(|| format!("backup {id} is not a committed base backup of this job"));
+    }
+    match &o.target {
+        RecoveryTarget::Time(t) => {
+            let at =
+                crate::files::parse_at(t, tz).ok_or_else(|| format!("--time {t}: not a time"))?;
+            records
+                .iter()
+                .filter(|(r, _)| r.stopped_at < at)
+                .max_by_key(|(r, _)| r.stopped_at)
+                .ok_or_else(|| format!("no base backup stopped before {at}"))
+        }
+        RecoveryTarget::Lsn(l) => {
+            let lsn =
+                crate::wal::name::parse_lsn(l).ok_or_else(|| format!("--lsn {l}: not an LSN"))?;
+            records
+                .iter()
+                .filter(|(_, i)| i.stop_lsn().is_some_and(|s| s <= lsn))
+                .max_by_key(|(_, i)| (i.stop_lsn(), i.timeline))
+                .ok_or_else(|| format!("no base backup stopped at or before LSN {l}"))
+        }
+        _ => records
+            .iter()
+            .max_by_key(|(r, _)| r.stopped_at)
+            .ok_or_else(|| "no committed base backup".to_string()),
+    }
+}
+
+/// Restores a base backup and prepares (and with `--start` runs) recovery.
+pub async fn restore_cluster(
+    catalogue: &Catalogue,
+    o: ClusterRestoreOptions,
+) -> Result<ClusterRestoreReport, ClusterRestoreError> {
+    let job_name = o.job.clone();
+    let job = catalogue
+        .job(&job_name)
+        .ok_or_else(|| ClusterRestoreError::UnknownJob {
+            job: job_name.clone(),
+        })?;
+    if !matches!(job.spec, JobSpec::PostgresBase(_)) {
+        return Err(ClusterRestoreError::WrongKind { job: job_name });
+    }
+    let tz = catalogue.daemon.timezone;
+    let target_dir = if o.target_dir.is_absolute() {
+        o.target_dir.clone()
+    } else {
+        std::env::current_dir()
+            .map_err(io_err(&o.target_dir))?
+            .join(&o.target_dir)
+    };
+    let spool = o.start.then(|| target_dir.join(SPOOL_DIR));
+    let settings = recovery_settings(&o, tz, spool.as_deref())?;
+
+    let repo_name = o
+        .repository
+        .clone()
+        .or_else(|| job.repositories.first().cloned())
+        .unwrap_or_default();
+    let repo_settings =
+        catalogue
+            .repository(&repo_name)
+            .ok_or_else(|| ClusterRestoreError::UnknownRepository {
+                job: job_name.clone(),
+                repository: repo_name.clone(),
+            })?;
+    let repo_err = |source| ClusterRestoreError::Repository {
+        job: job_name.clone(),
+        source: Box::new(source),
+    };
+    let repository = Repository::open(repo_settings).map_err(repo_err)?;
+    let (records, _bad) = repository
+        .list_commits(Some(&job_name))
+        .await
+        .map_err(repo_err)?;
+    let mut bases = Vec::new();
+    for r in records {
+        if r.kind != JobKindName::PostgresBase {
+            continue;
+        }
+        match BaseBackupInfo::from_record(&r) {
+            Some(Ok(info)) => bases.push((r, info)),
+            Some(Err(e)) => {
+                tracing::warn!(backup = %r.id, error = %e, "unreadable details.postgres; skipped")
+            }
+            None => {}
+        }
+    }
+    let (chosen, info) = choose(&bases, &o, tz)
+        .map_err(|reason| ClusterRestoreError::NoBackup {
+            job: job_name.clone(),
+            reason: format!("{reason} (repository `{repo_name}`)"),
+        })?
+        .clone();
+    let backup = chosen.id.clone();
+    let by_id: HashMap<&str, &CommitRecord> =
+        bases.iter().map(|(r, _)| (r.id.as_str(), r)).collect();
+    let mut objects = HashMap::new();
+    let mut chain = Vec::new();
+    for id in std::iter::once(&chosen.id).chain(chosen.ancestors.iter()) {
+        let r = by_id
+            .get(id.as_str())
+            .ok_or_else(|| ClusterRestoreError::NoBackup {
+                job: job_name.clone(),
+                reason: format!(
+                    "backup {backup} needs its ancestor {id}, which is not committed in repository `{repo_name}`"
+                ),
+            })?;
+        chain.push(id.clone());
+        for obj in &r.objects {
+            objects.insert(obj.key.clone(), obj.clone());
+        }
+    }
+    check_timeline(catalogue, &o, &info).await?;
+    let mut report = ClusterRestoreReport {
+        job: job_name.clone(),
+        repository: repository.name.clone(),
+        backup_id: backup.clone(),
+        chain,
+        start_lsn: info.start_lsn.clone(),
+        stop_lsn: info.stop_lsn.clone(),
+        timeline: info.timeline,
+        backup_stopped_at: chosen.stopped_at,
+        target_dir: target_dir.clone(),
+        settings: settings.clone(),
+        dry_run: o.dry_run,
+        stats: None,
+        reached: None,
+    };
+    // The target: missing or empty.
+    match std::fs::symlink_metadata(&target_dir) {
+        Ok(m) if m.is_dir() => {
+            if std::fs::read_dir(&target_dir)
+                .map_err(io_err(&target_dir))?
+                .next()
+                .is_some()
+            {
+                return Err(ClusterRestoreError::Target {
+                    path: target_dir,
+                    reason: "not empty; restore a cluster into a new or empty folder".into(),
+                });
+            }
+        }
+        Ok(_) => {
+            return Err(ClusterRestoreError::Target {
+                path: target_dir,
+                reason: "exists and is not a folder".into(),
+            });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(&target_dir)(e)),
+    }
+    if o.dry_run {
+        return Ok(report);
+    }
+    let identity_file = catalogue
+        .encryption
+        .identity_file
+        .as_ref()
+        .ok_or(ClusterRestoreError::NoIdentity)?;
+    let identities = Identities::load(identity_file)
+        .map_err(|source| ClusterRestoreError::Identity { source })?;
+    std::fs::create_dir_all(&target_dir).map_err(io_err(&target_dir))?;
+    std::fs::set_permissions(&target_dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(io_err(&target_dir))?;
+
+    // The manifest, decrypted to a private spool file.
+    let obj_err = |what: &str| {
+        let (backup, what) = (backup.clone(), what.to_string());
+        move |source| ClusterRestoreError::Object {
+            backup,
+            what,
+            source: Box::new(source),
+        }
+    };
+    let spool_file = tempfile::tempfile().map_err(io_err(Path::new("(temp file)")))?;
+    {
+        let mut reader = pipeline::open_stream(&repository.store, &chosen.manifest, &identities)
+            .await
+            .map_err(|e| obj_err("the manifest")(PipelineError::Store(e)))?;
+        let mut out = tokio::fs::File::from_std(
+            spool_file
+                .try_clone()
+                .map_err(io_err(Path::new("(temp file)")))?,
+        );
+        tokio::io::copy(&mut reader, &mut out)
+            .await
+            .map_err(|source| {
+                obj_err("the manifest")(PipelineError::Read {
+                    key: chosen.manifest.key.clone(),
+                    source,
+                })
+            })?;
+        use tokio::io::AsyncWriteExt;
+        out.flush()
+            .await
+            .map_err(io_err(Path::new("(temp file)")))?;
+    }
+    // Everything but pg_control.
+    let pg_control = ByteName(PG_CONTROL.as_bytes().to_vec());
+    let options = RestoreOptions {
+        target: target_dir.clone(),
+        overwrite: true, // the folder was checked empty above (we created it)
+        skip: vec![pg_control.clone()],
+        ..Default::default()
+    };
+    let spool_file = run_restore(
+        &repository,
+        &objects,
+        &identities,
+        spool_file,
+        options,
+        &backup,
+    )
+    .await
+    .map(|(f, stats)| {
+        report.stats = Some(stats);
+        f
+    })?;
+    let owner = std::fs::metadata(&target_dir).map_err(io_err(&target_dir))?;
+    let (uid, gid) = (owner.uid(), owner.gid());
+    let write_owned = |name: &str, bytes: &[u8]| -> Result<(), ClusterRestoreError> {
+        let path = target_dir.join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode_0600()
+            .open(&path)
+            .map_err(io_err(&path))?;
+        f.write_all(bytes).map_err(io_err(&path))?;
+        f.sync_all().map_err(io_err(&path))?;
+        std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(io_err(&path))?;
+        Ok(())
+    };
+    // backup_label and tablespace_map from the backup's objects.
+    let find = |key: &str| chosen.objects.iter().find(|r| r.key == key).cloned();
+    let label_rec = find(&info.backup_label_key).ok_or_else(|| ClusterRestoreError::BadRecord {
+        backup: backup.clone(),
+        reason: format!("the commit record does not list {}", info.backup_label_key),
+    })?;
+    let label = pipeline::load_bytes(&repository.store, &label_rec, &identities)
+        .await
+        .map_err(obj_err("backup_label"))?;
+    write_owned("backup_label", &label)?;
+    if let Some(key) = &info.tablespace_map_key {
+        let rec = find(key).ok_or_else(|| ClusterRestoreError::BadRecord {
+            backup: backup.clone(),
+            reason: format!("the commit record does not list {key}"),
+        })?;
+        let map = pipeline::load_bytes(&repository.store, &rec, &identities)
+            .await
+            .map_err(obj_err("tablespace_map"))?;
+        write_owned("tablespace_map", &map)?;
+    }
+    write_owned("recovery.signal", b"")?;
+    write_auto_conf(&target_dir, &settings, &backup, uid, gid)?;
+    // pg_control last.
+    let options = RestoreOptions {
+        target: target_dir.clone(),
+        paths: vec![pg_control],
+        overwrite: true,
+        ..Default::default()
+    };
+    run_restore(
+        &repository,
+        &objects,
+        &identities,
+        spool_file,
+        options,
+        &backup,
+    )
+    .await?;
+
+    if o.start {
+        let port = match o.port {
+            Some(p) => p,
+            None => configured_port(&target_dir),
+        };
+        let reached = start_and_wait(catalogue, &target_dir, port, &info, &o, uid).await;
+        if let Some(spool) = &spool {
+            let _ = std::fs::remove_dir_all(spool);
+        }
+        report.reached = Some(reached?);
+    }
+    Ok(report)
+}
+
+/// A numeric `--target-timeline` must exist: the backup's own, or one whose history file is in
+/// the WAL archive (PostgreSQL would otherwise fail late, after the files were restored).
+async fn check_timeline(
+    catalogue: &Catalogue,
+    o: &ClusterRestoreOptions,
+    info: &BaseBackupInfo,
+) -> Result<(), ClusterRestoreError> {
+    let Some(tl) = o
+        .target_timeline
+        .as_deref()
+        .and_then(|t| t.parse::<u32>().ok())
+    else {
+        return Ok(());
+    };
+    if tl == info.timeline {
+        return Ok(());
+    }
+    let repos = crate::wal::fetch::wal_repositories(catalogue, None)
+        .map_err(|reason| usage(format!("--target-timeline {tl}: {reason}")))?;
+    let history = format!("{tl:08X}.history");
+    for repo in &repos {
+        let prefix = crate::wal::format::timeline_prefix(&info.cluster, tl);
+        let listed =
+            repo.store
+                .list(&prefix)
+                .await
+                .map_err(|source| ClusterRestoreError::Repository {
+                    job: o.job.clone(),
+                    source: Box::new(RepositoryError::Store {
+                        repository: repo.name.clone(),
+                        source,
+                    }),
+                })?;
+        if listed
+            .iter()
+            .any(|m| m.key[prefix.len()..].starts_with(&history))
+        {
+            return Ok(());
+        }
+    }
+    Err(usage(format!(
+        "--target-timeline {tl}: timeline {tl} is not in the WAL archive (no {history}; the backup is on timeline {})",
+        info.timeline
+    )))
+}
+
+trait Mode0600 {
+    fn mode_0600(&mut self) -> &mut Self;
+}
+
+impl Mode0600 for std::fs::OpenOptions {
+    fn mode_0600(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.mode(0o600)
+    }
+}
+
+async fn run_restore(
+    repository: &Repository,
+    objects: &HashMap<String, crate::repository::ObjectRecord>,
+    identities: &Identities,
+    spool: std::fs::File,
+    options: RestoreOptions,
+    backup: &str,
+) -> Result<(std::fs::File, RestoreStats), ClusterRestoreError> {
+    let store = repository.store.clone();
+    let objects = objects.clone();
+    let identities = identities.clone();
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let mut spool = spool;
+        let stats = crate::snapshot::restore::restore(
+            &mut spool,
+            &store,
+            &objects,
+            &identities,
+            &options,
+            handle,
+        )?;
+        Ok((spool, stats))
+    })
+    .await
+    .map_err(|e| ClusterRestoreError::Task(e.to_string()))?
+    .map_err(|source| ClusterRestoreError::Restore {
+        backup: backup.to_string(),
+        source: Box::new(source),
+    })
+}
+
+/// Is this postgresql.conf line one of the recovery settings we write?
+fn is_recovery_setting(line: &str) -> bool {
+    let key = line
+        .trim_start()
+        .split(|c: char| c == '=' || c.is_whitespace())
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    key == "restore_command" || key.starts_with("recovery_target")
+}
+
+/// Rewrites postgresql.auto.conf: earlier recovery settings dropped, ours appended.
+fn write_auto_conf(
+    dir: &Path,
+    settings: &[String],
+    backup: &str,
+    uid: u32,
+    gid: u32,
+) -> Result<(), ClusterRestoreError> {
+    let path = dir.join("postgresql.auto.conf");
+    let old = match std::fs::read_to_string(&path) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io_err(&path)(e)),
+    };
+    let mut text = String::new();
+    for line in old.lines() {
+        if is_recovery_setting(line) {
+            text.push_str("# (replaced by bdc-backup restore cluster) ");
+        }
+        text.push_str(line);
+        text.push('\n');
+    }
+    text.push_str(&format!("# bdc-backup restore cluster: backup {backup}\n"));
+    for s in settings {
+        text.push_str(s);
+        text.push('\n');
+    }
+    let tmp = dir.join("postgresql.auto.conf.tmp");
+    std::fs::write(&tmp, text).map_err(io_err(&tmp))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io_err(&tmp))?;
+    std::os::unix::fs::chown(&tmp, Some(uid), Some(gid)).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    Ok(())
+}
+
+/// The `port` of postgresql.conf / postgresql.auto.conf (the last one wins), default 5432.
+fn configured_port(dir: &Path) -> u16 {
+    let mut port = 5432;
+    for file in ["postgresql.conf", "postgresql.auto.conf"] {
+        if let Ok(text) = std::fs::read_to_string(dir.join(file)) {
+            for line in text.lines() {
+                let line = line.split('#').next().unwrap_or("").trim();
+                if let Some((k, v)) = line.split_once('=')
+                    && k.trim() == "port"
+                    && let Ok(p) = v.trim().trim_matches('\'').parse()
+                {
+                    port = p;
+                }
+            }
+        }
+    }
+    port
+}
+
+fn pg_ctl_path(catalogue: &Catalogue, major: u32) -> PathBuf {
+    if let Some(dir) = catalogue.postgres.as_ref().and_then(|p| p.bin_dir.as_ref()) {
+        return dir.join("pg_ctl");
+    }
+    let debian = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin/pg_ctl"));
+    if debian.exists() {
+        debian
+    } else {
+        PathBuf::from("pg_ctl")
+    }
+}
+
+/// The last lines of the startup log, for error messages.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(8)..].join("\n    ")
+}
+
+async fn start_and_wait(
+    catalogue: &Catalogue,
+    dir: &Path,
+    port: u16,
+    info: &BaseBackupInfo,
+    o: &ClusterRestoreOptions,
+    uid: u32,
+) -> Result<RecoveryPoint, ClusterRestoreError> {
+    let pg_ctl = pg_ctl_path(catalogue, info.cluster.pg_major);
+    let log = dir.join("bdc-restore-start.log");
+    let mut cmd = if nix::unistd::geteuid().is_root() && uid != 0 {
+        let user = nix::unistd::User::from_uid(uid.into())
+            .ok()
+            .flatten()
+            .ok_or_else(|| ClusterRestoreError::Start {
+                reason: format!("the data directory's owner (uid {uid}) has no user name"),
+            })?;
+        let mut c = tokio::process::Command::new("runuser");
+        c.args(["-u", &user.name, "--"]).arg(&pg_ctl);
+        c
+    } else {
+        tokio::process::Command::new(&pg_ctl)
+    };
+    cmd.arg("-D")
+        .arg(dir)
+        .arg("-l")
+        .arg(&log)
+        .args(["-w", "-t", "3600", "-o"])
+        .arg(format!("-p {port}"))
+        .arg("start")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = cmd.output().await.map_err(|e| ClusterRestoreError::Start {
+        reason: format!("running {}: {e}", pg_ctl.display()),
+    })?;
+    if !out.status.success() {
+        return Err(ClusterRestoreError::Start {
+            reason: format!(
+                "the server stopped during startup or recovery; recovery did not finish and the cluster was not promoted (pg_ctl {}: {}); server log {}:\n    {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim(),
+                log.display(),
+                log_tail(&log)
+            ),
+        });
+    }
+    let pg = catalogue.postgres.as_ref();
+    let url = catalogue
+        .job(&o.job)
+        .and_then(|j| j.connection.clone())
+        .or_else(|| pg.map(|p| p.url.clone()))
+        .ok_or_else(|| ClusterRestoreError::Recovery {
+            reason: "no [postgres] url to connect with".into(),
+        })?;
+    let password_file = pg.and_then(|p| p.password_file.as_deref());
+    let pause = o.target_action.as_deref() == Some("pause");
+    let mut failures = 0;
+    loop {
+        let pid_gone = !dir.join("postmaster.pid").exists();
+        match poll(&url, password_file, port, pause).await {
+            Ok(Some(point)) => return Ok(point),
+            Ok(None) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                if pid_gone || failures > 30 {
+                    return Err(ClusterRestoreError::Recovery {
+                        reason: format!(
+                            "the server stopped or cannot be reached during recovery ({e}); server log {}:\n    {}",
+                            log.display(),
+                            log_tail(&log)
+                        ),
+                    });
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// One look at the recovering server: Some(point) when recovery ended (or paused).
+async fn poll(
+    url: &str,
+    password_file: Option<&Path>,
+    port: u16,
+    pause: bool,
+) -> Result<Option<RecoveryPoint>, String> {
+    let mut pg = PgControl::connect_port(url, password_file, port)
+        .await
+        .map_err(|e| crate::daemon::error_chain_of(&e))?;
+    let q = |e: sqlx::Error| e.to_string();
+    let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+        .fetch_one(pg.conn())
+        .await
+        .map_err(q)?;
+    let paused = if in_recovery && pause {
+        sqlx::query_scalar::<_, bool>("SELECT pg_is_wal_replay_paused()")
+            .fetch_one(pg.conn())
+            .await
+            .map_err(q)?
+    } else {
+        false
+    };
+    if in_recovery && !paused {
+        pg.close().await;
+        return Ok(None);
+    }
+    let (lsn, ts): (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp()::text",
+    )
+    .fetch_one(pg.conn())
+    .await
+    .map_err(q)?;
+    let timeline: Option<i64> = if in_recovery {
+        sqlx::query_scalar("SELECT timeline_id::bigint FROM pg_control_checkpoint()")
+            .fetch_one(pg.conn())
+            .await
+            .map_err(q)?
+    } else {
+        let name: String = sqlx::query_scalar("SELECT pg_walfile_name(pg_current_wal_lsn())")
+            .fetch_one(pg.conn())
+            .await
+            .map_err(q)?;
+        i64::from_str_radix(name.get(..8).unwrap_or(""), 16).ok()
+    };
+    pg.close().await;
+    Ok(Some(RecoveryPoint {
+        replay_lsn: lsn,
+        last_transaction: ts,
+        timeline: timeline.map(|t| t as u32),
+        in_recovery,
+        port,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(target: RecoveryTarget) -> ClusterRestoreOptions {
+        ClusterRestoreOptions {
+            target,
+            ctl_binary: "/usr/bin/bdc-backupctl".into(),
+            catalogue_path: "/etc/bdc backup/catalogue.toml".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn settings_per_target() {
+        let tz = chrono_tz::UTC;
+        let s = recovery_settings(&opts(RecoveryTarget::EndOfArchive), tz, None).unwrap();
+        assert_eq!(
+            s,
+            [
+                "restore_command = '/usr/bin/bdc-backupctl --catalogue ''/etc/bdc backup/catalogue.toml'' wal-fetch %f %p'",
+                "recovery_target_timeline = 'latest'",
+            ]
+        );
+        let mut o = opts(RecoveryTarget::Time("2026-11-26 10:00:00".into()));
+        o.exclusive = true;
+        let s = recovery_settings(
+            &o,
+            chrono_tz::Europe::Istanbul,
+            Some(Path::new("/d/pg_wal/.s")),
+        )
+        .unwrap();
+        assert!(
+            s[0].ends_with("--spool /d/pg_wal/.s --prefetch 8'"),
+            "{s:?}"
+        );
+        assert_eq!(
+            s[1],
+            "recovery_target_time = '2026-11-26 07:00:00.000000+00'"
+        );
+        assert_eq!(s[2], "recovery_target_inclusive = off");
+        assert_eq!(s[4], "recovery_target_action = 'promote'");
+        let s = recovery_settings(&opts(RecoveryTarget::Immediate), tz, None).unwrap();
+        assert_eq!(s[1], "recovery_target = 'immediate'");
+        assert!(recovery_settings(&opts(RecoveryTarget::Lsn("zz".into())), tz, None).is_err());
+        let mut o = opts(RecoveryTarget::EndOfArchive);
+        o.target_action = Some("pause".into());
+        assert!(recovery_settings(&o, tz, None).is_err());
+        let mut o = opts(RecoveryTarget::Name("p".into()));
+        o.exclusive = true;
+        assert!(recovery_settings(&o, tz, None).is_err());
+    }
+
+    #[test]
+    fn recovery_lines() {
+        assert!(is_recovery_setting("restore_command = 'x'"));
+        assert!(is_recovery_setting("recovery_target_time='x'"));
+        assert!(!is_recovery_setting("archive_command = 'x'"));
+    }
+}

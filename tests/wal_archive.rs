@@ -1,0 +1,802 @@
+//! WAL archiving end to end (DESIGN §5): a real PostgreSQL cluster archives through the real
+//! `bdc-backupctl wal-push` into the real daemon; `wal-fetch` reads the segments back.
+
+mod common;
+
+use common::daemon::{Setup, wait_for};
+use common::pg::PgCluster;
+use common::wal::*;
+use std::time::Duration;
+
+fn start(setup: &Setup, repositories: &[&str], extra: &str) -> PgCluster {
+    let cluster = PgCluster::start_with(&archive_conf(&setup.socket()));
+    setup.write_catalogue(&format!("{extra}\n{}", wal_job(&cluster, repositories)));
+    let text = std::fs::read_to_string(setup.catalogue_path())
+        .unwrap()
+        .replace(
+            "shutdown-timeout = \"20s\"",
+            "shutdown-timeout = \"20s\"\nreplica-retry = \"1s\"",
+        );
+    std::fs::write(setup.catalogue_path(), text).unwrap();
+    cluster
+}
+
+fn code(out: &std::process::Output) -> i32 {
+    out.status.code().expect("exited normally")
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Segment names in order with no gap between the first and the last (16 MiB segments).
+fn assert_contiguous(names: &[String]) {
+    let segs: Vec<u64> = names
+        .iter()
+        .filter(|n| n.len() == 24)
+        .map(|n| {
+            let log = u64::from_str_radix(&n[8..16], 16).unwrap();
+            let seg = u64::from_str_radix(&n[16..24], 16).unwrap();
+            log * 256 + seg
+        })
+        .collect();
+    assert!(!segs.is_empty());
+    for w in segs.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "gap in the archive: {names:?}");
+    }
+}
+
+#[test]
+fn archives_fetches_and_survives_daemon_downtime() {
+    let setup = Setup::new();
+    let cluster = start(&setup, &["local"], "");
+    let daemon = setup.start_daemon();
+    open_socket(&setup.socket());
+    let repo = setup.path("repo");
+
+    // Segments are archived under their key; wal-fetch returns them byte for byte.
+    let mut switched = Vec::new();
+    for _ in 0..3 {
+        switched.push(switch_wal(&cluster));
+    }
+    wait_archived(&cluster, switched.last().unwrap());
+    let files = stored(&repo);
+    let names: Vec<String> = files.iter().map(|(n, _, _)| n.clone()).collect();
+    for s in &switched {
+        assert!(names.contains(s), "{s} not in {names:?}");
+    }
+    assert!(repo.join("wal/archive.json").is_file());
+    let sysid = std::fs::read_dir(repo.join("wal"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().is_dir())
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        files[0]
+            .2
+            .to_string_lossy()
+            .contains(&format!("wal/{sysid}/00000001/"))
+    );
+    let out_dir = setup.path("fetched");
+    std::fs::create_dir(&out_dir).unwrap();
+    for s in &switched {
+        let dest = out_dir.join(s);
+        let out = fetch(&setup, &cluster, s, &dest, &[]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let original = std::fs::read(cluster.data_dir().join("pg_wal").join(s)).unwrap();
+        let sha = files.iter().find(|(n, _, _)| n == s).unwrap().1.clone();
+        let fetched = std::fs::read(&dest).unwrap();
+        assert_eq!(fetched.len(), original.len());
+        assert!(
+            fetched == original,
+            "{s}: fetched content differs from pg_wal"
+        );
+        assert_eq!(sha.len(), 64);
+    }
+
+    // status shows the last archived segment and the archiver's figures.
+    let status = setup.ctl_json(&["status"]);
+    let wal = status["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["name"] == "wal")
+        .unwrap()["wal"]
+        .clone();
+    assert_eq!(
+        wal["last_archived"],
+        switched.last().unwrap().as_str(),
+        "{wal}"
+    );
+    assert!(wal["current_wal"].is_string(), "{wal}");
+    assert!(wal["failed_count"].is_i64(), "{wal}");
+    let text = setup.ctl(&["status"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("last archived"));
+
+    // Pushing the same segment again: success with a warning. Other content: refused.
+    let pg_wal = cluster.data_dir().join("pg_wal");
+    let first = &switched[0];
+    let out = ctl_as_postgres(
+        &cluster.data_dir(),
+        &[
+            "--socket",
+            setup.socket().to_str().unwrap(),
+            "wal-push",
+            &format!("pg_wal/{first}"),
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("same content"), "{}", stderr(&out));
+    let tampered_dir = cluster.dir().join("tampered");
+    std::fs::create_dir(&tampered_dir).unwrap();
+    let mut bytes = std::fs::read(pg_wal.join(first)).unwrap();
+    bytes[100_000] ^= 0xFF;
+    std::fs::write(tampered_dir.join(first), &bytes).unwrap();
+    let data = cluster.data_dir();
+    let out = ctl_as_postgres(
+        &tampered_dir,
+        &[
+            "--socket",
+            setup.socket().to_str().unwrap(),
+            "wal-push",
+            first,
+            "--data-directory",
+            data.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("different content"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains(first.as_str()), "{}", stderr(&out));
+
+    // Only the PostgreSQL OS user may push (root is refused, and that is audited).
+    let sock = setup.socket();
+    let sock = sock.to_str().unwrap();
+    let abs = pg_wal.join(first);
+    let out = setup.ctl(&[
+        "--socket",
+        sock,
+        "wal-push",
+        abs.to_str().unwrap(),
+        "--data-directory",
+        data.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("may not `wal-push`"),
+        "{}",
+        stderr(&out)
+    );
+
+    // wal-push never exits above 125: bad name, missing file, usage error.
+    for args in [
+        vec!["--socket", sock, "wal-push", "pg_wal/not-a-segment"],
+        vec![
+            "--socket",
+            sock,
+            "wal-push",
+            "pg_wal/0000000100000000000000EE",
+        ],
+        vec!["--socket", sock, "wal-push"],
+    ] {
+        let out = ctl_as_postgres(&cluster.data_dir(), &args);
+        assert_eq!(code(&out), 1, "{args:?}: {}", stderr(&out));
+    }
+
+    // wal-fetch: not found anywhere → 1; the prefetch spool serves the following segments.
+    let out = fetch(
+        &setup,
+        &cluster,
+        "0000000100000000000000EE",
+        &out_dir.join("x"),
+        &[],
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let out = fetch(
+        &setup,
+        &cluster,
+        "00000009.history",
+        &out_dir.join("x"),
+        &[],
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let spool = setup.path("spool");
+    let spool_s = spool.to_str().unwrap().to_string();
+    let out = fetch(
+        &setup,
+        &cluster,
+        &switched[0],
+        &out_dir.join("a"),
+        &["--spool", &spool_s, "--prefetch", "2"],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let next = names
+        .iter()
+        .skip_while(|n| *n != &switched[0])
+        .nth(1)
+        .unwrap()
+        .clone();
+    assert!(spool.join(&next).is_file(), "{next} not prefetched");
+    let out = fetch(
+        &setup,
+        &cluster,
+        &next,
+        &out_dir.join("b"),
+        &["--spool", &spool_s, "--prefetch", "2"],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(!spool.join(&next).exists(), "served from the spool (moved)");
+    assert!(
+        std::fs::read(out_dir.join("b")).unwrap() == std::fs::read(pg_wal.join(&next)).unwrap()
+    );
+
+    // Daemon down: pushes fail (PostgreSQL keeps the segment), nothing is lost after restart.
+    let (_, failed_before, _) = archiver(&cluster);
+    daemon.stop();
+    let down = switch_wal(&cluster);
+    wait_for(Duration::from_secs(30), "archive failures", || {
+        (archiver(&cluster).1 > failed_before).then_some(())
+    });
+    let out = ctl_as_postgres(
+        &cluster.data_dir(),
+        &["--socket", sock, "wal-push", &format!("pg_wal/{down}")],
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let _daemon = setup.start_daemon();
+    open_socket(&setup.socket());
+    let after = switch_wal(&cluster);
+    wait_archived(&cluster, &after);
+    let names: Vec<String> = stored(&repo).into_iter().map(|(n, _, _)| n).collect();
+    assert!(names.contains(&down) && names.contains(&after), "{names:?}");
+    assert_contiguous(&names);
+
+    // A damaged object: wal-fetch refuses it with exit 255 and says so.
+    let (_, _, path) = stored(&repo)
+        .into_iter()
+        .find(|(n, _, _)| n == &after)
+        .unwrap();
+    let mut stored_bytes = std::fs::read(&path).unwrap();
+    let mid = stored_bytes.len() / 2;
+    stored_bytes[mid] ^= 0x01;
+    std::fs::write(&path, &stored_bytes).unwrap();
+    let out = fetch(&setup, &cluster, &after, &out_dir.join("c"), &[]);
+    assert_eq!(code(&out), 255, "{}", stderr(&out));
+    assert!(stderr(&out).contains("damaged"), "{}", stderr(&out));
+    assert!(!out_dir.join("c").exists());
+}
+
+#[test]
+fn sync_and_async_repositories_and_foreign_archives() {
+    let setup = Setup::new();
+    let offsite = setup.path("offsite");
+    let cluster = start(
+        &setup,
+        &["local", "offsite"],
+        &format!(
+            "[repository.offsite]\nurl = \"file://{}\"\nwal-ack = \"async\"\n",
+            offsite.display()
+        ),
+    );
+    let daemon = setup.start_daemon();
+    open_socket(&setup.socket());
+    let repo = setup.path("repo");
+
+    let a = switch_wal(&cluster);
+    wait_archived(&cluster, &a);
+    wait_for(
+        Duration::from_secs(30),
+        "copied to the async repository",
+        || {
+            stored(&offsite)
+                .iter()
+                .any(|(n, _, _)| n == &a)
+                .then_some(())
+        },
+    );
+
+    // Async repository unreachable (a file where its folder was): pushes still succeed, the
+    // backlog grows, and drains once it is back.
+    let parked = setup.path("offsite.parked");
+    std::fs::rename(&offsite, &parked).unwrap();
+    std::fs::write(&offsite, "not a folder").unwrap();
+    let b = switch_wal(&cluster);
+    wait_archived(&cluster, &b);
+    let backlog = wait_for(Duration::from_secs(30), "a backlog with an error", || {
+        let status = setup.ctl_json(&["status"]);
+        let job = status["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["name"] == "wal")
+            .cloned()
+            .unwrap();
+        let b = job["wal"]["backlog"][0].clone();
+        (b["pending"].as_u64() >= Some(1) && b["last_error"].is_string()).then_some(b)
+    });
+    assert_eq!(backlog["repository"], "offsite");
+    // The backlog is persisted: it survives a daemon restart.
+    daemon.stop();
+    let daemon = setup.start_daemon();
+    open_socket(&setup.socket());
+    std::fs::remove_file(&offsite).unwrap();
+    std::fs::rename(&parked, &offsite).unwrap();
+    wait_for(Duration::from_secs(60), "the backlog drained", || {
+        stored(&offsite)
+            .iter()
+            .any(|(n, _, _)| n == &b)
+            .then_some(())
+    });
+    // Byte for byte: the async copy is the sync copy's ciphertext.
+    let sync_copy = stored(&repo).into_iter().find(|(n, _, _)| n == &b).unwrap();
+    let async_copy = stored(&offsite)
+        .into_iter()
+        .find(|(n, _, _)| n == &b)
+        .unwrap();
+    assert_eq!(
+        std::fs::read(&sync_copy.2).unwrap(),
+        std::fs::read(&async_copy.2).unwrap()
+    );
+
+    // Sync repository unreachable: pushes fail, PostgreSQL retries; fine again once it is back.
+    let (_, failed_before, _) = archiver(&cluster);
+    let parked = setup.path("repo.parked");
+    std::fs::rename(&repo, &parked).unwrap();
+    std::fs::write(&repo, "not a folder").unwrap();
+    let c = switch_wal(&cluster);
+    wait_for(Duration::from_secs(30), "archive failures", || {
+        (archiver(&cluster).1 > failed_before).then_some(())
+    });
+    assert!(
+        cluster.log().contains("cannot archive"),
+        "{}",
+        cluster.log()
+    );
+    std::fs::remove_file(&repo).unwrap();
+    std::fs::rename(&parked, &repo).unwrap();
+    let d = switch_wal(&cluster);
+    wait_archived(&cluster, &d);
+    let names: Vec<String> = stored(&repo).into_iter().map(|(n, _, _)| n).collect();
+    assert!(names.contains(&c), "{names:?}");
+    assert_contiguous(&names);
+    daemon.stop();
+
+    // A sync repository holding another cluster's archive: pushes fail naming it; wal-fetch
+    // from it exits 255 (not "not found").
+    let foreign = setup.path("foreign");
+    std::fs::create_dir_all(foreign.join("wal")).unwrap();
+    std::fs::write(
+        foreign.join("wal/archive.json"),
+        r#"{"format-version":1,"system-identifier":"1","pg-major":15,"created-at":"2026-01-01T00:00:00Z","software":"bdc-backup 0.1.0"}"#,
+    )
+    .unwrap();
+    setup.write_catalogue(&format!(
+        "[repository.foreign]\nurl = \"file://{}\"\n\n{}",
+        foreign.display(),
+        wal_job(&cluster, &["local", "foreign"])
+    ));
+    let _daemon = setup.start_daemon();
+    open_socket(&setup.socket());
+    let (_, failed_before, _) = archiver(&cluster);
+    switch_wal(&cluster);
+    wait_for(Duration::from_secs(30), "archive failures", || {
+        (archiver(&cluster).1 > failed_before).then_some(())
+    });
+    let log = cluster.log();
+    assert!(
+        log.contains("repository `foreign`") && log.contains("belongs to cluster 1"),
+        "{log}"
+    );
+    let out = fetch(
+        &setup,
+        &cluster,
+        &a,
+        &setup.path("x"),
+        &["--repository", "foreign"],
+    );
+    assert_eq!(code(&out), 255, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("belongs to cluster 1"),
+        "{}",
+        stderr(&out)
+    );
+    // The good repository still serves it.
+    let out = fetch(
+        &setup,
+        &cluster,
+        &a,
+        &setup.path("y"),
+        &["--repository", "local"],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
+
+#[test]
+fn wal_fetch_gives_up_on_an_unreachable_store_with_255() {
+    let setup = Setup::new();
+    let creds = common::objstores::credentials_file(
+        setup.dir.path(),
+        "s3.env",
+        &[
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+        ],
+    );
+    let closed = common::objstores::free_port();
+    let cluster = PgCluster::start();
+    setup.write_catalogue(&format!(
+        "[repository.cloud]\nurl = \"s3://bdc-test/prod\"\nregion = \"us-east-1\"\nendpoint = \"http://127.0.0.1:{closed}\"\ncredentials-file = \"{}\"\n\n{}",
+        creds.display(),
+        wal_job(&cluster, &["cloud"])
+    ));
+    let started = std::time::Instant::now();
+    let out = fetch(
+        &setup,
+        &cluster,
+        "000000010000000000000001",
+        &setup.path("x"),
+        &["--timeout", "3"],
+    );
+    assert_eq!(code(&out), 255, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("gave up after 3 s"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+    // A usage error of wal-fetch is fatal for recovery too (255), never "not found".
+    let out = setup.ctl(&["wal-fetch", "000000010000000000000001"]);
+    assert_eq!(code(&out), 255);
+    assert!(!setup.path("x").exists());
+    // Daemon down: wal-push exits 1, never above 125.
+    let out = ctl_as_postgres(
+        &cluster.data_dir(),
+        &[
+            "--socket",
+            setup.socket().to_str().unwrap(),
+            "wal-push",
+            "global/pg_control",
+        ],
+    );
+    assert_eq!(code(&out), 1);
+    let out = ctl_as_postgres(
+        &cluster.data_dir(),
+        &[
+            "--socket",
+            setup.socket().to_str().unwrap(),
+            "wal-push",
+            "pg_wal/000000010000000000000001",
+        ],
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+}
+
+/// The duplicate rules and fetch on an S3 store (moto): the name-prefix listing must find exactly
+/// the copies of one file among its neighbours (`.partial`, `.backup`, the next segments).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_rules_and_fetch_on_s3() {
+    use bdc_backup::catalogue::{
+        Compression, CompressionSettings, RepositoryLocation, RepositorySettings, WalAck,
+    };
+    use bdc_backup::pipeline::{Identities, PipelineSettings};
+    use bdc_backup::repository::Repository;
+    use bdc_backup::wal::push::{Stored, WalFile, ensure_archive_info, store_wal, stored_hashes};
+    use bdc_backup::wal::{ClusterIdentity, WalName};
+    use sha2::Digest;
+
+    let moto = common::objstores::Moto::start();
+    moto.create_bucket("bdc-wal");
+    let dir = tempfile::tempdir().unwrap();
+    let creds = common::objstores::credentials_file(
+        dir.path(),
+        "s3.env",
+        &[
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+        ],
+    );
+    let repo = Repository::open(&RepositorySettings {
+        name: "cloud".into(),
+        url: "s3://bdc-wal/prod".into(),
+        location: RepositoryLocation::S3 {
+            bucket: "bdc-wal".into(),
+            prefix: "prod".into(),
+        },
+        wal_ack: WalAck::Sync,
+        region: Some("us-east-1".into()),
+        endpoint: Some(moto.endpoint()),
+        credentials_file: Some(creds),
+        bandwidth_limit: None,
+    })
+    .unwrap();
+    let id = ClusterIdentity {
+        system_identifier: 7_000_000_000_000_000_001,
+        pg_major: 16,
+    };
+    let key = age::x25519::Identity::generate();
+    let settings = PipelineSettings::new(
+        CompressionSettings {
+            algorithm: Compression::Zstd,
+            level: 3,
+            workers: 1,
+        },
+        vec![key.to_public()],
+    );
+    let limit = Duration::from_secs(20);
+    ensure_archive_info(&repo, &id, chrono::Utc::now(), limit)
+        .await
+        .unwrap();
+    let file = |name: &str, content: &[u8]| WalFile {
+        name: WalName::parse(name).unwrap(),
+        bytes: bytes::Bytes::copy_from_slice(content),
+        sha256: hex::encode(sha2::Sha256::digest(content)),
+        segment_size: None,
+    };
+    let names = [
+        "000000010000000000000001",
+        "000000010000000000000001.00000028.backup",
+        "000000010000000000000001.partial",
+        "000000010000000000000002",
+        "00000001.history",
+    ];
+    for n in names {
+        let stored = store_wal(&repo, &id, &file(n, n.as_bytes()), &settings, limit)
+            .await
+            .unwrap();
+        assert!(matches!(stored, Stored::New(_)), "{n}");
+    }
+    for n in names {
+        let w = WalName::parse(n).unwrap();
+        assert_eq!(
+            stored_hashes(&repo, &id, &w, limit).await.unwrap().len(),
+            1,
+            "{n}"
+        );
+        assert!(matches!(
+            store_wal(&repo, &id, &file(n, n.as_bytes()), &settings, limit)
+                .await
+                .unwrap(),
+            Stored::AlreadyThere { .. }
+        ));
+    }
+    let err = store_wal(
+        &repo,
+        &id,
+        &file("000000010000000000000001", b"other"),
+        &settings,
+        limit,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("different content"), "{err}");
+    let ids = Identities::from_keys(vec![key]);
+    let w = WalName::parse("000000010000000000000002").unwrap();
+    let got = bdc_backup::wal::fetch(std::slice::from_ref(&repo), &id, &w, &ids, limit)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.bytes, b"000000010000000000000002");
+    let missing = WalName::parse("000000010000000000000003").unwrap();
+    assert!(
+        bdc_backup::wal::fetch(std::slice::from_ref(&repo), &id, &missing, &ids, limit)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Another cluster: refused, not "not found".
+    let other = ClusterIdentity {
+        system_identifier: 5,
+        pg_major: 16,
+    };
+    let err = bdc_backup::wal::fetch(&[repo], &other, &missing, &ids, limit)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("belongs to cluster"), "{err}");
+}
+
+/// A server stopped (immediate) when dropped.
+struct Server {
+    bin: std::path::PathBuf,
+    data: std::path::PathBuf,
+    port: u16,
+}
+
+impl Server {
+    fn psql(&self, sql: &str) -> Result<String, String> {
+        let out = std::process::Command::new(self.bin.join("psql"))
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-c")
+            .arg(sql)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}
+
+fn run_as_postgres(program: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(program)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{} {args:?}: {}{}",
+        program.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// PostgreSQL itself recovers through `restore_command = 'bdc-backupctl wal-fetch %f %p'`
+/// (with a prefetch spool): a
+/// stock `pg_basebackup -X none` (its WAL only in our archive) replays to the end of the archive,
+/// where wal-fetch answers "not found" (exit 1), and promotes with every row.
+#[test]
+fn postgres_recovers_through_wal_fetch() {
+    let setup = Setup::new();
+    let cluster = start(&setup, &["local"], "");
+    let _daemon = setup.start_daemon();
+    open_socket(&setup.socket());
+    // Replication connections for pg_basebackup.
+    let hba = cluster.data_dir().join("pg_hba.conf");
+    let mut text = std::fs::read_to_string(&hba).unwrap();
+    text.push_str("local replication all trust\n");
+    std::fs::write(&hba, text).unwrap();
+    cluster.psql("postgres", "SELECT pg_reload_conf();");
+    cluster.psql(
+        "postgres",
+        "CREATE TABLE t (id int primary key, v text); \
+         INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g;",
+    );
+    let restored = cluster.dir().join("restored");
+    let bin = common::pg::pg_bin();
+    let socket_dir = cluster.dir().to_str().unwrap().to_string();
+    let port = cluster.port.to_string();
+    run_as_postgres(
+        &bin.join("pg_basebackup"),
+        &[
+            "-h",
+            &socket_dir,
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-D",
+            restored.to_str().unwrap(),
+            "-X",
+            "none",
+            "-c",
+            "fast",
+        ],
+    );
+    // Written after the base backup: only the archive has it.
+    cluster.psql(
+        "postgres",
+        "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1001, 1500) g;",
+    );
+    let last = switch_wal(&cluster);
+    wait_archived(&cluster, &last);
+
+    // The recovering server runs as postgres: give it a readable copy of the repository and key.
+    let copy = cluster.dir().join("repo-copy");
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(setup.path("repo"))
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::copy(setup.path("restore.key"), cluster.dir().join("restore.key")).unwrap();
+    for p in [copy.clone(), cluster.dir().join("restore.key")] {
+        let status = std::process::Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&p)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let catalogue = std::fs::read_to_string(setup.catalogue_path())
+        .unwrap()
+        .replace(
+            &format!("{}/restore.key", setup.dir.path().display()),
+            &format!("{}/restore.key", cluster.dir().display()),
+        )
+        .replace(
+            &format!("file://{}/repo", setup.dir.path().display()),
+            &format!("file://{}", copy.display()),
+        );
+    let recovery_catalogue = cluster.dir().join("recovery.toml");
+    std::fs::write(&recovery_catalogue, catalogue).unwrap();
+
+    let new_port = common::objstores::free_port();
+    let mut conf = std::fs::OpenOptions::new()
+        .append(true)
+        .open(restored.join("postgresql.conf"))
+        .unwrap();
+    use std::io::Write;
+    writeln!(
+        conf,
+        "port = {new_port}\narchive_mode = off\n\
+         restore_command = '{} --catalogue {} wal-fetch %f %p --spool {} --prefetch 3'\n\
+         recovery_target_action = 'promote'\n",
+        common::daemon::CTL,
+        recovery_catalogue.display(),
+        cluster.dir().join("spool").display()
+    )
+    .unwrap();
+    std::fs::write(restored.join("recovery.signal"), "").unwrap();
+    let chown = std::process::Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(&restored)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let log = cluster.dir().join("restored.log");
+    let server = Server {
+        bin: bin.clone(),
+        data: restored.clone(),
+        port: new_port,
+    };
+    run_as_postgres(
+        &bin.join("pg_ctl"),
+        &[
+            "-D",
+            restored.to_str().unwrap(),
+            "-l",
+            log.to_str().unwrap(),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        ],
+    );
+    wait_for(
+        Duration::from_secs(60),
+        "the restored server promoted",
+        || (server.psql("SELECT pg_is_in_recovery();").ok().as_deref() == Some("f")).then_some(()),
+    );
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        server.psql("SELECT count(*) FROM t;").unwrap(),
+        "1500",
+        "{log_text}"
+    );
+    assert!(log_text.contains("restored log file"), "{log_text}");
+    assert!(!log_text.contains("FATAL"), "{log_text}");
+}
