@@ -11,7 +11,6 @@ pub mod cluster_restore;
 pub mod connection;
 pub mod dump;
 pub mod manifest;
-pub mod page_checksum;
 pub mod process;
 pub mod restore;
 pub mod toc;
