@@ -414,6 +414,35 @@ fn sync_and_async_repositories_and_foreign_archives() {
         &["--repository", "local"],
     );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
+
+    // A damaged copy in the sync repository: the async repository's good copy is used.
+    setup.write_catalogue(&format!(
+        "[repository.offsite]\nurl = \"file://{}\"\nwal-ack = \"async\"\n\n{}",
+        offsite.display(),
+        wal_job(&cluster, &["local", "offsite"])
+    ));
+    let (_, _, path) = stored(&repo).into_iter().find(|(n, _, _)| n == &a).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+    let dest = setup.path("z");
+    let out = fetch(&setup, &cluster, &a, &dest, &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        std::fs::read(&dest).unwrap()
+            == std::fs::read(cluster.data_dir().join("pg_wal").join(&a)).unwrap()
+    );
+    // Only the damaged copy: 255 naming the damage.
+    let out = fetch(
+        &setup,
+        &cluster,
+        &a,
+        &setup.path("w"),
+        &["--repository", "local"],
+    );
+    assert_eq!(code(&out), 255, "{}", stderr(&out));
+    assert!(stderr(&out).contains("damaged"), "{}", stderr(&out));
 }
 
 #[test]
@@ -588,6 +617,16 @@ async fn duplicate_rules_and_fetch_on_s3() {
             .unwrap()
             .is_none()
     );
+    // Two contents stored for one name (should never happen): fetch refuses to choose.
+    let first_key = bdc_backup::wal::format::object_key(&id, &w, &got.sha256);
+    let copy = repo.store.get(&first_key).await.unwrap();
+    let twin = bdc_backup::wal::format::object_key(&id, &w, &"0".repeat(64));
+    repo.store.put_create(&twin, copy).await.unwrap();
+    let err = bdc_backup::wal::fetch(std::slice::from_ref(&repo), &id, &w, &ids, limit)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("two different contents"), "{err}");
+
     // Another cluster: refused, not "not found".
     let other = ClusterIdentity {
         system_identifier: 5,
