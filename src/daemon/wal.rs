@@ -246,52 +246,62 @@ pub async fn backlog_loop(shared: Arc<Shared>) {
                 continue;
             }
         };
-        for item in due {
-            if shared.shutdown.is_cancelled() {
-                return;
+        use futures::StreamExt;
+        futures::stream::iter(due)
+            .for_each_concurrent(UPLOAD_SLOTS, |item| {
+                let shared = &shared;
+                async move {
+                    if !shared.shutdown.is_cancelled() {
+                        copy_one(shared, item).await;
+                    }
+                }
+            })
+            .await;
+    }
+}
+
+/// One backlog item: copy, then dequeue or reschedule with backoff.
+async fn copy_one(shared: &Shared, item: crate::state::WalBacklogItem) {
+    let catalogue = shared.catalogue();
+    let open = |name: &str| {
+        catalogue
+            .repository(name)
+            .ok_or_else(|| format!("repository `{name}` is not in the catalogue"))
+            .and_then(|s| Repository::open(s).map_err(|e| error_chain(&e)))
+    };
+    let result = match (open(&item.source), open(&item.repository)) {
+        (Ok(from), Ok(to)) => {
+            copy_archived(&from, &to, &item.key, shared.clock.now(), STORE_TIMEOUT)
+                .await
+                .map_err(|e| error_chain(&e))
+        }
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
+    match result {
+        Ok(_) => {
+            tracing::debug!(repository = %item.repository, wal = %item.name, "copied to async repository");
+            if let Err(e) = shared
+                .state
+                .wal_backlog_done(&item.repository, &item.key)
+                .await
+            {
+                tracing::error!(error = %e, "state DB: cannot update the WAL backlog");
             }
-            let catalogue = shared.catalogue();
-            let open = |name: &str| {
-                catalogue
-                    .repository(name)
-                    .ok_or_else(|| format!("repository `{name}` is not in the catalogue"))
-                    .and_then(|s| Repository::open(s).map_err(|e| error_chain(&e)))
-            };
-            let result = match (open(&item.source), open(&item.repository)) {
-                (Ok(from), Ok(to)) => {
-                    copy_archived(&from, &to, &item.key, shared.clock.now(), STORE_TIMEOUT)
-                        .await
-                        .map_err(|e| error_chain(&e))
-                }
-                (Err(e), _) | (_, Err(e)) => Err(e),
-            };
-            match result {
-                Ok(_) => {
-                    tracing::debug!(repository = %item.repository, wal = %item.name, "copied to async repository");
-                    if let Err(e) = shared
-                        .state
-                        .wal_backlog_done(&item.repository, &item.key)
-                        .await
-                    {
-                        tracing::error!(error = %e, "state DB: cannot update the WAL backlog");
-                    }
-                }
-                Err(message) => {
-                    let base = catalogue.daemon.replica_retry.max(Duration::from_secs(1));
-                    let wait = base
-                        .saturating_mul(1u32 << item.attempts.min(16))
-                        .min(BACKLOG_MAX_BACKOFF);
-                    tracing::warn!(repository = %item.repository, wal = %item.name, error = %message, retry_in_s = wait.as_secs(), "WAL copy to async repository failed");
-                    let next = shared.clock.now()
-                        + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
-                    if let Err(e) = shared
-                        .state
-                        .wal_backlog_failed(&item.repository, &item.key, &message, next)
-                        .await
-                    {
-                        tracing::error!(error = %e, "state DB: cannot update the WAL backlog");
-                    }
-                }
+        }
+        Err(message) => {
+            let base = catalogue.daemon.replica_retry.max(Duration::from_secs(1));
+            let wait = base
+                .saturating_mul(1u32 << item.attempts.min(16))
+                .min(BACKLOG_MAX_BACKOFF);
+            tracing::warn!(repository = %item.repository, wal = %item.name, error = %message, retry_in_s = wait.as_secs(), "WAL copy to async repository failed");
+            let next = shared.clock.now()
+                + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+            if let Err(e) = shared
+                .state
+                .wal_backlog_failed(&item.repository, &item.key, &message, next)
+                .await
+            {
+                tracing::error!(error = %e, "state DB: cannot update the WAL backlog");
             }
         }
     }
