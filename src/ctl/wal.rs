@@ -36,6 +36,15 @@ pub fn usage_error(err: clap::Error) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// The exit code of a failure before the command ran: wal-push 1, wal-fetch 255.
+pub fn failure_code(command: &super::Command) -> Option<u8> {
+    match command {
+        super::Command::WalPush(_) => Some(1),
+        super::Command::WalFetch(_) => Some(FETCH_FATAL),
+        _ => None,
+    }
+}
+
 fn data_dir(given: &Option<PathBuf>) -> PathBuf {
     given.clone().unwrap_or_else(|| PathBuf::from("."))
 }
