@@ -791,7 +791,7 @@ fn postgres_recovers_through_wal_fetch() {
     use std::io::Write;
     writeln!(
         conf,
-        "port = {new_port}\narchive_mode = off\n\
+        "port = {new_port}\n\
          restore_command = '{} --catalogue {} wal-fetch %f %p --spool {} --prefetch 3'\n\
          recovery_target_action = 'promote'\n",
         common::daemon::CTL,
@@ -838,4 +838,48 @@ fn postgres_recovers_through_wal_fetch() {
     );
     assert!(log_text.contains("restored log file"), "{log_text}");
     assert!(!log_text.contains("FATAL"), "{log_text}");
+
+    // The promoted server archives through the same daemon (same cluster): the new timeline's
+    // history file, then timeline 2 segments. (No `.partial` here: after archive recovery the
+    // old timeline's last segment is not in pg_wal; a promoted streaming standby archives one.)
+    let repo = setup.path("repo");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let names: Vec<String> = stored(&repo).into_iter().map(|(n, _, _)| n).collect();
+        if names.iter().any(|n| n == "00000002.history") {
+            // pg_basebackup's backup history file went in too.
+            assert!(names.iter().any(|n| n.ends_with(".backup")), "{names:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "00000002.history not archived: {names:?}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server
+        .psql("INSERT INTO t VALUES (5000, 'after promotion');")
+        .unwrap();
+    let tl2 = server
+        .psql("SELECT pg_walfile_name(pg_switch_wal());")
+        .unwrap();
+    assert!(tl2.starts_with("00000002"), "{tl2}");
+    wait_for(
+        Duration::from_secs(60),
+        "a timeline 2 segment archived",
+        || {
+            stored(&repo)
+                .iter()
+                .any(|(n, _, _)| *n == tl2)
+                .then_some(())
+        },
+    );
+    let dest = setup.path("history");
+    let out = fetch(&setup, &cluster, "00000002.history", &dest, &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(&dest).unwrap(),
+        std::fs::read(restored.join("pg_wal/00000002.history")).unwrap()
+    );
 }
