@@ -12,6 +12,10 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// The catalogue wal-fetch reads without --catalogue or BDC_BACKUP_CATALOGUE (bdc-backupd's
+/// default too).
+pub const DEFAULT_CATALOGUE: &str = "/etc/bdc-backup/catalogue.toml";
+
 /// wal-fetch's exit code for every error but "not found".
 pub const FETCH_FATAL: u8 = 255;
 
@@ -101,7 +105,15 @@ pub async fn fetch(ctx: &Ctx, args: WalFetchArgs) -> CtlResult {
     };
     let wal =
         WalName::parse(&name).ok_or_else(|| fatal(format!("`{name}` is not a WAL file name")))?;
-    let catalogue = ctx.load_catalogue().map_err(|e| fatal(e.message))?;
+    let path = ctx
+        .catalogue_path()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CATALOGUE));
+    let catalogue = crate::catalogue::Catalogue::load(&path).map_err(|errors| {
+        fatal(format!(
+            "the catalogue {} cannot be used:\n{errors}",
+            path.display()
+        ))
+    })?;
     let identity_file = catalogue
         .encryption
         .identity_file
