@@ -21,8 +21,13 @@ use tokio::sync::{Notify, Semaphore};
 pub const UPLOAD_SLOTS: usize = 4;
 /// A push waits at most this long for a slot (then fails; PostgreSQL retries).
 const SLOT_WAIT: Duration = Duration::from_secs(60);
-/// Every store call of a push or a backlog copy is bounded by this.
+/// Every store call of a push or a backlog copy is bounded by this (the upload of a file gets one
+/// more second per MiB: 1 GiB segments exist).
 pub const STORE_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn upload_timeout(bytes: usize) -> Duration {
+    STORE_TIMEOUT + Duration::from_secs((bytes >> 20) as u64)
+}
 /// The backlog looks for due copies at least this often.
 const BACKLOG_TICK: Duration = Duration::from_secs(5);
 /// The longest wait between two attempts of a backlog copy.
@@ -176,7 +181,14 @@ async fn push_inner(
         let (wal, settings) = (&wal, &settings);
         async move {
             ensure_archive_info(repo, &cluster, now, STORE_TIMEOUT).await?;
-            store_wal(repo, &cluster, wal, settings, STORE_TIMEOUT).await
+            store_wal(
+                repo,
+                &cluster,
+                wal,
+                settings,
+                upload_timeout(wal.bytes.len()),
+            )
+            .await
         }
     }))
     .await;
@@ -270,11 +282,15 @@ async fn copy_one(shared: &Shared, item: crate::state::WalBacklogItem) {
             .and_then(|s| Repository::open(s).map_err(|e| error_chain(&e)))
     };
     let result = match (open(&item.source), open(&item.repository)) {
-        (Ok(from), Ok(to)) => {
-            copy_archived(&from, &to, &item.key, shared.clock.now(), STORE_TIMEOUT)
-                .await
-                .map_err(|e| error_chain(&e))
-        }
+        (Ok(from), Ok(to)) => copy_archived(
+            &from,
+            &to,
+            &item.key,
+            shared.clock.now(),
+            upload_timeout(16 << 20),
+        )
+        .await
+        .map_err(|e| error_chain(&e)),
         (Err(e), _) | (_, Err(e)) => Err(e),
     };
     match result {
