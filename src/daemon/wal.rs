@@ -287,7 +287,7 @@ async fn copy_one(shared: &Shared, item: crate::state::WalBacklogItem) {
             &to,
             &item.key,
             shared.clock.now(),
-            upload_timeout(16 << 20),
+            upload_timeout(256 << 20),
         )
         .await
         .map_err(|e| error_chain(&e)),
