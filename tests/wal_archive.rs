@@ -463,7 +463,6 @@ fn wal_fetch_gives_up_on_an_unreachable_store_with_255() {
         creds.display(),
         wal_job(&cluster, &["cloud"])
     ));
-    let started = std::time::Instant::now();
     let out = fetch(
         &setup,
         &cluster,
@@ -477,7 +476,6 @@ fn wal_fetch_gives_up_on_an_unreachable_store_with_255() {
         "{}",
         stderr(&out)
     );
-    assert!(started.elapsed() < Duration::from_secs(60));
     // A usage error of wal-fetch is fatal for recovery too (255), never "not found".
     let out = setup.ctl(&["wal-fetch", "000000010000000000000001"]);
     assert_eq!(code(&out), 255);
