@@ -64,7 +64,7 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("bdc-backupctl: cannot start the async runtime: {err}");
-            return ExitCode::from(2);
+            return ExitCode::from(wal::failure_code(&args.command).unwrap_or(2));
         }
     };
     match runtime.block_on(run(args)) {

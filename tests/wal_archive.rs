@@ -414,6 +414,35 @@ fn sync_and_async_repositories_and_foreign_archives() {
         &["--repository", "local"],
     );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
+
+    // A damaged copy in the sync repository: the async repository's good copy is used.
+    setup.write_catalogue(&format!(
+        "[repository.offsite]\nurl = \"file://{}\"\nwal-ack = \"async\"\n\n{}",
+        offsite.display(),
+        wal_job(&cluster, &["local", "offsite"])
+    ));
+    let (_, _, path) = stored(&repo).into_iter().find(|(n, _, _)| n == &a).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+    let dest = setup.path("z");
+    let out = fetch(&setup, &cluster, &a, &dest, &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        std::fs::read(&dest).unwrap()
+            == std::fs::read(cluster.data_dir().join("pg_wal").join(&a)).unwrap()
+    );
+    // Only the damaged copy: 255 naming the damage.
+    let out = fetch(
+        &setup,
+        &cluster,
+        &a,
+        &setup.path("w"),
+        &["--repository", "local"],
+    );
+    assert_eq!(code(&out), 255, "{}", stderr(&out));
+    assert!(stderr(&out).contains("damaged"), "{}", stderr(&out));
 }
 
 #[test]
@@ -434,7 +463,6 @@ fn wal_fetch_gives_up_on_an_unreachable_store_with_255() {
         creds.display(),
         wal_job(&cluster, &["cloud"])
     ));
-    let started = std::time::Instant::now();
     let out = fetch(
         &setup,
         &cluster,
@@ -448,7 +476,6 @@ fn wal_fetch_gives_up_on_an_unreachable_store_with_255() {
         "{}",
         stderr(&out)
     );
-    assert!(started.elapsed() < Duration::from_secs(60));
     // A usage error of wal-fetch is fatal for recovery too (255), never "not found".
     let out = setup.ctl(&["wal-fetch", "000000010000000000000001"]);
     assert_eq!(code(&out), 255);
@@ -588,6 +615,16 @@ async fn duplicate_rules_and_fetch_on_s3() {
             .unwrap()
             .is_none()
     );
+    // Two contents stored for one name (should never happen): fetch refuses to choose.
+    let first_key = bdc_backup::wal::format::object_key(&id, &w, &got.sha256);
+    let copy = repo.store.get(&first_key).await.unwrap();
+    let twin = bdc_backup::wal::format::object_key(&id, &w, &"0".repeat(64));
+    repo.store.put_create(&twin, copy).await.unwrap();
+    let err = bdc_backup::wal::fetch(std::slice::from_ref(&repo), &id, &w, &ids, limit)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("two different contents"), "{err}");
+
     // Another cluster: refused, not "not found".
     let other = ClusterIdentity {
         system_identifier: 5,
@@ -752,7 +789,7 @@ fn postgres_recovers_through_wal_fetch() {
     use std::io::Write;
     writeln!(
         conf,
-        "port = {new_port}\narchive_mode = off\n\
+        "port = {new_port}\n\
          restore_command = '{} --catalogue {} wal-fetch %f %p --spool {} --prefetch 3'\n\
          recovery_target_action = 'promote'\n",
         common::daemon::CTL,
@@ -799,4 +836,48 @@ fn postgres_recovers_through_wal_fetch() {
     );
     assert!(log_text.contains("restored log file"), "{log_text}");
     assert!(!log_text.contains("FATAL"), "{log_text}");
+
+    // The promoted server archives through the same daemon (same cluster): the new timeline's
+    // history file, then timeline 2 segments. (No `.partial` here: after archive recovery the
+    // old timeline's last segment is not in pg_wal; a promoted streaming standby archives one.)
+    let repo = setup.path("repo");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let names: Vec<String> = stored(&repo).into_iter().map(|(n, _, _)| n).collect();
+        if names.iter().any(|n| n == "00000002.history") {
+            // pg_basebackup's backup history file went in too.
+            assert!(names.iter().any(|n| n.ends_with(".backup")), "{names:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "00000002.history not archived: {names:?}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server
+        .psql("INSERT INTO t VALUES (5000, 'after promotion');")
+        .unwrap();
+    let tl2 = server
+        .psql("SELECT pg_walfile_name(pg_switch_wal());")
+        .unwrap();
+    assert!(tl2.starts_with("00000002"), "{tl2}");
+    wait_for(
+        Duration::from_secs(60),
+        "a timeline 2 segment archived",
+        || {
+            stored(&repo)
+                .iter()
+                .any(|(n, _, _)| *n == tl2)
+                .then_some(())
+        },
+    );
+    let dest = setup.path("history");
+    let out = fetch(&setup, &cluster, "00000002.history", &dest, &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(&dest).unwrap(),
+        std::fs::read(restored.join("pg_wal/00000002.history")).unwrap()
+    );
 }

@@ -365,3 +365,39 @@ pub fn event(e: &Event) -> String {
         other => format!("{now} {other:?}"),
     }
 }
+
+#[cfg(test)]
+mod wal_tests {
+    use super::*;
+    use crate::model::{WalBacklog, WalStatus};
+
+    #[test]
+    fn wal_status_lines() {
+        let w = WalStatus {
+            last_archived: Some("000000010000000000000042".into()),
+            archived_count: 66,
+            current_wal: Some("000000010000000000000045".into()),
+            lag_segments: Some(2),
+            lag_seconds: Some(90),
+            failed_count: Some(3),
+            last_failed_wal: Some("000000010000000000000043".into()),
+            backlog: vec![WalBacklog {
+                repository: "offsite".into(),
+                pending: 4,
+                lag_seconds: Some(600),
+                last_error: Some("timeout".into()),
+            }],
+            ..WalStatus::default()
+        };
+        let text = wal_lines("wal", &w, &|t: DateTime<Utc>| t.to_rfc3339());
+        for want in [
+            "last archived 000000010000000000000042",
+            "(66 files archived)",
+            "current 000000010000000000000045, lag 2 segments / 90 s",
+            "archive failures: 3 (last 000000010000000000000043",
+            "async `offsite`: 4 pending, oldest 600 s, last error: timeout",
+        ] {
+            assert!(text.contains(want), "{want:?} not in:\n{text}");
+        }
+    }
+}

@@ -12,6 +12,10 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// The catalogue wal-fetch reads without --catalogue or BDC_BACKUP_CATALOGUE (bdc-backupd's
+/// default too).
+pub const DEFAULT_CATALOGUE: &str = "/etc/bdc-backup/catalogue.toml";
+
 /// wal-fetch's exit code for every error but "not found".
 pub const FETCH_FATAL: u8 = 255;
 
@@ -34,6 +38,15 @@ pub fn usage_error(err: clap::Error) -> ExitCode {
     };
     let _ = err.print();
     ExitCode::from(code)
+}
+
+/// The exit code of a failure before the command ran: wal-push 1, wal-fetch 255.
+pub fn failure_code(command: &super::Command) -> Option<u8> {
+    match command {
+        super::Command::WalPush(_) => Some(1),
+        super::Command::WalFetch(_) => Some(FETCH_FATAL),
+        _ => None,
+    }
 }
 
 fn data_dir(given: &Option<PathBuf>) -> PathBuf {
@@ -92,7 +105,15 @@ pub async fn fetch(ctx: &Ctx, args: WalFetchArgs) -> CtlResult {
     };
     let wal =
         WalName::parse(&name).ok_or_else(|| fatal(format!("`{name}` is not a WAL file name")))?;
-    let catalogue = ctx.load_catalogue().map_err(|e| fatal(e.message))?;
+    let path = ctx
+        .catalogue_path()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CATALOGUE));
+    let catalogue = crate::catalogue::Catalogue::load(&path).map_err(|errors| {
+        fatal(format!(
+            "the catalogue {} cannot be used:\n{errors}",
+            path.display()
+        ))
+    })?;
     let identity_file = catalogue
         .encryption
         .identity_file

@@ -21,8 +21,13 @@ use tokio::sync::{Notify, Semaphore};
 pub const UPLOAD_SLOTS: usize = 4;
 /// A push waits at most this long for a slot (then fails; PostgreSQL retries).
 const SLOT_WAIT: Duration = Duration::from_secs(60);
-/// Every store call of a push or a backlog copy is bounded by this.
+/// Every store call of a push or a backlog copy is bounded by this (the upload of a file gets one
+/// more second per MiB: 1 GiB segments exist).
 pub const STORE_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn upload_timeout(bytes: usize) -> Duration {
+    STORE_TIMEOUT + Duration::from_secs((bytes >> 20) as u64)
+}
 /// The backlog looks for due copies at least this often.
 const BACKLOG_TICK: Duration = Duration::from_secs(5);
 /// The longest wait between two attempts of a backlog copy.
@@ -176,7 +181,14 @@ async fn push_inner(
         let (wal, settings) = (&wal, &settings);
         async move {
             ensure_archive_info(repo, &cluster, now, STORE_TIMEOUT).await?;
-            store_wal(repo, &cluster, wal, settings, STORE_TIMEOUT).await
+            store_wal(
+                repo,
+                &cluster,
+                wal,
+                settings,
+                upload_timeout(wal.bytes.len()),
+            )
+            .await
         }
     }))
     .await;
@@ -246,52 +258,66 @@ pub async fn backlog_loop(shared: Arc<Shared>) {
                 continue;
             }
         };
-        for item in due {
-            if shared.shutdown.is_cancelled() {
-                return;
+        use futures::StreamExt;
+        futures::stream::iter(due)
+            .for_each_concurrent(UPLOAD_SLOTS, |item| {
+                let shared = &shared;
+                async move {
+                    if !shared.shutdown.is_cancelled() {
+                        copy_one(shared, item).await;
+                    }
+                }
+            })
+            .await;
+    }
+}
+
+/// One backlog item: copy, then dequeue or reschedule with backoff.
+async fn copy_one(shared: &Shared, item: crate::state::WalBacklogItem) {
+    let catalogue = shared.catalogue();
+    let open = |name: &str| {
+        catalogue
+            .repository(name)
+            .ok_or_else(|| format!("repository `{name}` is not in the catalogue"))
+            .and_then(|s| Repository::open(s).map_err(|e| error_chain(&e)))
+    };
+    let result = match (open(&item.source), open(&item.repository)) {
+        (Ok(from), Ok(to)) => copy_archived(
+            &from,
+            &to,
+            &item.key,
+            shared.clock.now(),
+            upload_timeout(256 << 20),
+        )
+        .await
+        .map_err(|e| error_chain(&e)),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
+    match result {
+        Ok(_) => {
+            tracing::debug!(repository = %item.repository, wal = %item.name, "copied to async repository");
+            if let Err(e) = shared
+                .state
+                .wal_backlog_done(&item.repository, &item.key)
+                .await
+            {
+                tracing::error!(error = %e, "state DB: cannot update the WAL backlog");
             }
-            let catalogue = shared.catalogue();
-            let open = |name: &str| {
-                catalogue
-                    .repository(name)
-                    .ok_or_else(|| format!("repository `{name}` is not in the catalogue"))
-                    .and_then(|s| Repository::open(s).map_err(|e| error_chain(&e)))
-            };
-            let result = match (open(&item.source), open(&item.repository)) {
-                (Ok(from), Ok(to)) => {
-                    copy_archived(&from, &to, &item.key, shared.clock.now(), STORE_TIMEOUT)
-                        .await
-                        .map_err(|e| error_chain(&e))
-                }
-                (Err(e), _) | (_, Err(e)) => Err(e),
-            };
-            match result {
-                Ok(_) => {
-                    tracing::debug!(repository = %item.repository, wal = %item.name, "copied to async repository");
-                    if let Err(e) = shared
-                        .state
-                        .wal_backlog_done(&item.repository, &item.key)
-                        .await
-                    {
-                        tracing::error!(error = %e, "state DB: cannot update the WAL backlog");
-                    }
-                }
-                Err(message) => {
-                    let base = catalogue.daemon.replica_retry.max(Duration::from_secs(1));
-                    let wait = base
-                        .saturating_mul(1u32 << item.attempts.min(16))
-                        .min(BACKLOG_MAX_BACKOFF);
-                    tracing::warn!(repository = %item.repository, wal = %item.name, error = %message, retry_in_s = wait.as_secs(), "WAL copy to async repository failed");
-                    let next = shared.clock.now()
-                        + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
-                    if let Err(e) = shared
-                        .state
-                        .wal_backlog_failed(&item.repository, &item.key, &message, next)
-                        .await
-                    {
-                        tracing::error!(error = %e, "state DB: cannot update the WAL backlog");
-                    }
-                }
+        }
+        Err(message) => {
+            let base = catalogue.daemon.replica_retry.max(Duration::from_secs(1));
+            let wait = base
+                .saturating_mul(1u32 << item.attempts.min(16))
+                .min(BACKLOG_MAX_BACKOFF);
+            tracing::warn!(repository = %item.repository, wal = %item.name, error = %message, retry_in_s = wait.as_secs(), "WAL copy to async repository failed");
+            let next = shared.clock.now()
+                + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+            if let Err(e) = shared
+                .state
+                .wal_backlog_failed(&item.repository, &item.key, &message, next)
+                .await
+            {
+                tracing::error!(error = %e, "state DB: cannot update the WAL backlog");
             }
         }
     }
