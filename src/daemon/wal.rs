@@ -323,47 +323,6 @@ async fn copy_one(shared: &Shared, item: crate::state::WalBacklogItem) {
     }
 }
 
-/// Waits until every file in `names` of `cluster` is recorded as archived (state DB), at most
-/// `timeout`; Err with the names still missing. A base backup is complete only after every
-/// segment from its start to its stop LSN is archived (DESIGN §5): `postgres-base` calls this
-/// after `pg_backup_stop` with `crate::wal::name::segments_between(…)`.
-#[allow(dead_code)] // called by postgres-base
-pub async fn wait_archived(
-    shared: &Shared,
-    cluster: &ClusterIdentity,
-    names: &[String],
-    timeout: Duration,
-) -> Result<(), Vec<String>> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let notified = shared.wal.archived.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let mut missing = Vec::new();
-        for n in names {
-            let done = shared
-                .state
-                .wal_is_archived(cluster.system_identifier, cluster.pg_major, n)
-                .await
-                .unwrap_or(false);
-            if !done {
-                missing.push(n.clone());
-            }
-        }
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(missing);
-        }
-        tokio::select! {
-            _ = &mut notified => {}
-            _ = tokio::time::sleep(left.min(Duration::from_secs(5))) => {}
-        }
-    }
-}
-
 /// Completed segments between the last archived one and the one being written.
 pub fn lag_segments(last: &WalName, current: &WalName, segment_size: u64) -> u64 {
     if last.timeline != current.timeline || segment_size == 0 {
