@@ -661,3 +661,86 @@ fn a_corrupted_page_is_reported_as_a_warning() {
     let info = base_info(&p, run["backup_id"].as_str().unwrap());
     assert_eq!(info["checksum-failures"], 1, "{info}");
 }
+
+/// WAL retention through the daemon: with `last = 1`, a second full backup's retention pass
+/// deletes the first backup and the WAL before the second one's start (history files stay),
+/// and the kept backup still restores to the end of the archive.
+#[test]
+fn wal_retention_after_a_backup_keeps_what_the_kept_backup_needs() {
+    let p = Physical::start("60s");
+    let c = &p.cluster;
+    c.create_database("app");
+    c.psql(
+        "app",
+        "CREATE TABLE t (id serial PRIMARY KEY, tag text); INSERT INTO t (tag) VALUES ('a');",
+    );
+    let catalogue = std::fs::read_to_string(p.setup.catalogue_path()).unwrap();
+    let catalogue = catalogue.replace(
+        "wal-job = \"wal\"\n",
+        "wal-job = \"wal\"\nretention = \"one\"\n",
+    ) + "\n[retention.one]\nlast = 1\n";
+    std::fs::write(p.setup.catalogue_path(), catalogue).unwrap();
+    let out = p.setup.ctl(&["reload"]);
+    ok(&out, "reload");
+    let first = p.backup("--full");
+    let first_start = base_info(&p, first["backup_id"].as_str().unwrap())["start-wal"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for _ in 0..3 {
+        c.psql(
+            "app",
+            "INSERT INTO t (tag) SELECT 'b' FROM generate_series(1, 100);",
+        );
+        p.switch_wal();
+    }
+    let second = p.backup("--full");
+    let second_id = second["backup_id"].as_str().unwrap();
+    let info = base_info(&p, second_id);
+    let start = info["start-wal"].as_str().unwrap().to_string();
+    assert!(
+        !p.setup
+            .path(&format!(
+                "repo/backups/base/{}",
+                first["backup_id"].as_str().unwrap()
+            ))
+            .join("backup.json")
+            .exists(),
+        "the first backup is deleted by `last = 1`"
+    );
+    let mut segments = Vec::new();
+    let mut stack = vec![p.setup.path("repo/wal")];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                segments.push(e.file_name().to_string_lossy().to_string());
+            }
+        }
+    }
+    let names: Vec<&str> = segments
+        .iter()
+        .filter_map(|f| f.split('-').next())
+        .filter(|n| n.len() >= 24)
+        .collect();
+    assert!(!names.is_empty());
+    for n in &names {
+        assert!(
+            n[8..24] >= start[8..24],
+            "{n} is older than the kept backup's start {start}: {segments:?}"
+        );
+    }
+    assert!(names.iter().any(|n| n[..24] == start[..24]), "{segments:?}");
+    assert!(
+        !names.iter().any(|n| n[..24] == first_start[..24]),
+        "the first backup's WAL {first_start} is gone: {segments:?}"
+    );
+    c.psql("app", "INSERT INTO t (tag) VALUES ('after');");
+    p.switch_wal();
+    let want = fingerprints(c.port, "app");
+    let (out, restored) = p.restore("restored", &[]);
+    ok(&out, &format!("restore cluster\n{}", restored.log()));
+    assert_eq!(fingerprints(restored.port, "app"), want);
+    restored.stop();
+}
