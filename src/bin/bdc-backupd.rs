@@ -27,6 +27,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    daemon::tune_allocator();
     let args = Args::parse();
     let catalogue = match Catalogue::load(&args.catalogue) {
         Ok(catalogue) => catalogue,
