@@ -166,6 +166,31 @@ fn entry(out: &EngineOutput, name: &str) -> Entry {
     panic!("{name} not in the manifest")
 }
 
+/// `tar -t` of an engine output's (decrypted, decompressed) objects.
+async fn tar_list(env: &Env, out: &EngineOutput) -> String {
+    use tokio::io::AsyncReadExt;
+    let ids = Identities::from_keys(vec![env.identity.clone()]);
+    let mut listing = String::new();
+    for o in &out.objects {
+        let mut r = bdc_backup::pipeline::open_stream(&env.store, &o.record, &ids)
+            .await
+            .unwrap();
+        let mut tar = Vec::new();
+        r.read_to_end(&mut tar).await.unwrap();
+        let mut child = std::process::Command::new("tar")
+            .args(["-tf", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&tar).unwrap();
+        let done = child.wait_with_output().unwrap();
+        assert!(done.status.success(), "tar -t failed");
+        listing.push_str(&String::from_utf8_lossy(&done.stdout));
+    }
+    listing
+}
+
 fn stored_bytes(out: &EngineOutput) -> u64 {
     out.objects.iter().map(|o| o.record.size).sum()
 }
@@ -267,6 +292,13 @@ async fn block_incrementals_store_changed_blocks_and_restore_a_chain() {
         ext.iter().map(|x| x.data.backup.as_str()).collect::<Vec<_>>(),
         ["F", "I1", "F", "I1", "F"]
     );
+
+    // The incremental's object is still a tar stream stock tar lists (changed blocks as
+    // `./.bdc-blocks/<n>` members, never a real path's name).
+    let listing = tar_list(&env, &i1.out).await;
+    assert!(listing.contains("./.bdc-blocks/0\n"), "{listing}");
+    assert!(listing.contains("small\n"), "{listing}");
+    assert!(!listing.lines().any(|l| l == "big"), "{listing}");
 
     // Chain: change a block stored by I1 and one stored by F, and the partial last block.
     overwrite(&src.join("big"), 3 * B, &noise(20, 10));
