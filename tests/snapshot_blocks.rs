@@ -119,8 +119,13 @@ impl Env {
         let manifest: Box<dyn BufRead + Send> =
             Box::new(BufReader::new(parent.out.manifest.reopen().unwrap()));
         let ancestors = chain.iter().map(|r| r.id.clone()).collect();
-        self.run(id, Mode::Strict, Some((manifest, parent.started)), ancestors)
-            .await
+        self.run(
+            id,
+            Mode::Strict,
+            Some((manifest, parent.started)),
+            ancestors,
+        )
+        .await
     }
 
     /// Restores `chain[0]` (objects of the whole chain available) into `target`.
@@ -197,7 +202,10 @@ fn stored_bytes(out: &EngineOutput) -> u64 {
 
 /// Pseudo-random (incompressible) bytes.
 fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) | 1;
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        | 1;
     (0..len)
         .map(|_| {
             x ^= x << 13;
@@ -249,7 +257,10 @@ async fn block_incrementals_store_changed_blocks_and_restore_a_chain() {
     let blocks = big.blocks.as_ref().expect("strict fulls hash blocks");
     assert_eq!((blocks.size, blocks.count()), (B, 41));
     assert!(big.sha256.is_some() && big.data.is_some() && big.extents.is_none());
-    assert!(entry(&full.out, "small").blocks.is_none(), "under one block");
+    assert!(
+        entry(&full.out, "small").blocks.is_none(),
+        "under one block"
+    );
     assert_eq!(full.out.files_by_blocks, 0);
 
     // A few blocks in place, a grown file, a shrunk file.
@@ -289,7 +300,9 @@ async fn block_incrementals_store_changed_blocks_and_restore_a_chain() {
     // [0,2) full, [2,5) I1, [5,20) full, [20] I1, [21,41) full.
     assert_eq!(ext.len(), 5, "{ext:?}");
     assert_eq!(
-        ext.iter().map(|x| x.data.backup.as_str()).collect::<Vec<_>>(),
+        ext.iter()
+            .map(|x| x.data.backup.as_str())
+            .collect::<Vec<_>>(),
         ["F", "I1", "F", "I1", "F"]
     );
 
@@ -336,7 +349,10 @@ async fn block_incrementals_store_changed_blocks_and_restore_a_chain() {
 
     // A single extent file by --path (ranged reads).
     let target = env.dir.path().join("rp");
-    let stats = env.restore(&[&i2, &i1, &full], &target, &["big"]).await.unwrap();
+    let stats = env
+        .restore(&[&i2, &i1, &full], &target, &["big"])
+        .await
+        .unwrap();
     assert_eq!(stats.files, 1);
     assert_eq!(state(&target)["big"], s2["big"]);
     assert!(stats.bytes_fetched > 0);
