@@ -115,7 +115,7 @@ pub fn verify_pages(
     start_lsn: u64,
 ) -> Vec<BadPage> {
     let mut bad = Vec::new();
-    if offset % PAGE_SIZE as u64 != 0 {
+    if !offset.is_multiple_of(PAGE_SIZE as u64) {
         return bad;
     }
     let first_block = segment * BLOCKS_PER_SEGMENT + offset / PAGE_SIZE as u64;
