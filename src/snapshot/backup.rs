@@ -1,7 +1,9 @@
 //! The backup side of the engine (DESIGN §3, §4). On a blocking thread: walk the source in
 //! manifest order, merge with the parent manifest (unchanged rule + racy-clean), write the tar
 //! stream of what is new or changed into parts (objects) cut into frames at entry boundaries,
-//! and write the complete manifest to a spool file as entries resolve.
+//! and write the complete manifest to a spool file as entries resolve. Strict mode hashes 64 KiB
+//! blocks; an incremental stores only the changed blocks of a changed file whose parent entry
+//! has block hashes (`.bdc-blocks/<n>` tar entries) and points the rest at the parent's bytes.
 //!
 //! Parts are stored by [`crate::pipeline::store_frames`] tasks on the runtime; the frame table a
 //! part returns turns its entries' plaintext offsets into frame locations. Entries wait in an

@@ -4,7 +4,8 @@
 //! 1. folders (created 0700) and regular files, in manifest order: each file's bytes come from
 //!    the frames its entry names (whole restores stream each object front to back, `--path`
 //!    restores fetch just those frames by ranged reads), are written with holes
-//!    where the sparse map says so, and are checked against the entry's SHA-256; then
+//!    where the sparse map says so, and are checked against the entry's SHA-256 (block-incremental
+//!    files: each extent written at its offset, then the per-block hashes checked); then
 //!    chown (by name, numeric fallback) **before** chmod (keeps setgid), then times;
 //! 2. symlinks and hard links (after every regular file);
 //! 3. folder owners, modes and times last (writing into a folder changes its mtime).
