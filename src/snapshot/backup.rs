@@ -956,10 +956,6 @@ impl Engine {
                 match file.read(&mut block[got..want]) {
                     Ok(0) => short = true,
                     Ok(n) => {
-                        if let Some(hook) = &self.cfg.inspect {
-                            let found = hook(&e.path, file, at + got as u64, &block[got..got + n]);
-                            self.warnings.extend(found);
-                        }
                         got += n;
                         self.bytes_read += n as u64;
                     }
@@ -993,6 +989,12 @@ impl Engine {
                 }
             }
             if !same {
+                // Only stored blocks are inspected (page checksums): an unchanged block is the
+                // content the parent backup inspected already.
+                if let Some(hook) = &self.cfg.inspect {
+                    let found = hook(&e.path, file, at, data);
+                    self.warnings.extend(found);
+                }
                 if run.is_empty() {
                     run_at = at;
                 }
