@@ -5,7 +5,8 @@
 //! - [`backup`]: merge with the parent manifest, tar parts cut into independent zstd frames at
 //!   entry boundaries, the complete manifest spooled to disk.
 //! - [`manifest`]: the JSON-lines manifest (paths as bytes, owners, hard-link groups, sparse
-//!   maps, frame locations along the ancestor chain).
+//!   maps, frame locations along the ancestor chain; strict mode: per-block hashes, and the
+//!   extent lists of block incrementals).
 //! - [`tar`]: GNU tar headers written by us.
 //! - [`restore`]: the safe restore (paths from the manifest only, beneath the target, no symlink
 //!   following, links after files, chown before chmod, folder times last, hashes checked).

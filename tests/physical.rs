@@ -212,6 +212,64 @@ fn incrementals_each_restore_their_own_state() {
     }
 }
 
+/// Block incrementals: after a few rows of a big table changed, the incremental stores the
+/// changed 64 KiB blocks of its relation files, not the files; its restore has the new data.
+#[test]
+fn incremental_of_a_big_table_stores_changed_blocks_only() {
+    let p = Physical::start("60s");
+    let c = &p.cluster;
+    c.create_database("app");
+    c.load_pgbench("app", 10);
+    c.psql("app", "CHECKPOINT;");
+    std::thread::sleep(Duration::from_millis(1100));
+    let t = std::time::Instant::now();
+    let full = p.backup("--full");
+    let full_secs = t.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(1100));
+    // A contiguous range and a scattered handful: ~2% of the table's blocks.
+    c.psql(
+        "app",
+        "UPDATE pgbench_accounts SET abalance = abalance + 7 WHERE aid <= 2000; \
+         UPDATE pgbench_accounts SET abalance = abalance - 3 WHERE aid % 50000 = 0; \
+         CHECKPOINT;",
+    );
+    let want = c.psql(
+        "app",
+        "SELECT count(*) || '/' || sum(abalance) FROM pgbench_accounts;",
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let t = std::time::Instant::now();
+    let i1 = p.backup("--incremental");
+    let incr_secs = t.elapsed().as_secs_f64();
+    p.switch_wal();
+    assert_eq!(i1["backup_type"], "incremental", "{i1}");
+    let (f, i) = (
+        full["bytes_stored"].as_u64().unwrap(),
+        i1["bytes_stored"].as_u64().unwrap(),
+    );
+    eprintln!(
+        "block incrementals: full {f} B in {full_secs:.2} s, incremental {i} B in {incr_secs:.2} s"
+    );
+    assert!(
+        i * 4 < f,
+        "the incremental stores changed blocks only: {i1} vs {full}"
+    );
+    let id = i1["backup_id"].as_str().unwrap();
+    let (out, restored) = p.restore(
+        &format!("r-{id}"),
+        &["--backup", id, "--immediate", "--no-archive"],
+    );
+    ok(&out, &format!("restore {id}\n{}", restored.log()));
+    let got = psql_port(
+        restored.port,
+        "app",
+        "SELECT count(*) || '/' || sum(abalance) FROM pgbench_accounts;",
+    )
+    .unwrap();
+    assert_eq!(got.trim(), want.trim());
+    restored.stop();
+}
+
 #[test]
 fn pitr_then_promote_then_pitr_onto_the_new_timeline() {
     let p = Physical::start("60s");

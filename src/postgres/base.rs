@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a base backup waits for its WAL by default.
 pub const DEFAULT_WAL_TIMEOUT: Duration = Duration::from_secs(600);
-/// How often the WAL archive is polled while waiting.
+/// How often the WAL archive is polled while waiting, at most (the first polls come sooner).
 const WAL_POLL: Duration = Duration::from_millis(500);
 
 /// Everything one base backup run needs (mirrors `files::FilesContext`).
@@ -593,6 +593,8 @@ async fn wait_for_wal(
             continue;
         };
         let prefix = crate::wal::format::file_prefix(identity, &name);
+        // The segment is usually archived within a few hundred ms: poll soon, then back off.
+        let mut pause = Duration::from_millis(50);
         loop {
             match repo.store.list(&prefix).await {
                 Ok(found) if !found.is_empty() => break,
@@ -611,8 +613,9 @@ async fn wait_for_wal(
             }
             tokio::select! {
                 _ = cancel.cancelled() => return Err(BaseError::Cancelled { job: job.into() }),
-                _ = tokio::time::sleep(WAL_POLL) => {}
+                _ = tokio::time::sleep(pause) => {}
             }
+            pause = (pause * 2).min(WAL_POLL);
         }
     }
     Ok(())

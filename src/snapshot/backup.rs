@@ -1,7 +1,9 @@
 //! The backup side of the engine (DESIGN §3, §4). On a blocking thread: walk the source in
 //! manifest order, merge with the parent manifest (unchanged rule + racy-clean), write the tar
 //! stream of what is new or changed into parts (objects) cut into frames at entry boundaries,
-//! and write the complete manifest to a spool file as entries resolve.
+//! and write the complete manifest to a spool file as entries resolve. Strict mode hashes 64 KiB
+//! blocks; an incremental stores only the changed blocks of a changed file whose parent entry
+//! has block hashes (`.bdc-blocks/<n>` tar entries) and points the rest at the parent's bytes.
 //!
 //! Parts are stored by [`crate::pipeline::store_frames`] tasks on the runtime; the frame table a
 //! part returns turns its entries' plaintext offsets into frame locations. Entries wait in an
@@ -10,7 +12,8 @@
 
 use super::SnapshotError;
 use super::manifest::{
-    Entry, EntryKind, Header, Location, ManifestWriter, Mode, ParentCursor, Trailer,
+    BlockHasher, BlockHashes, Entry, EntryKind, Extent, Header, Location, ManifestWriter, Mode,
+    ParentCursor, Trailer, block_hash, content_pieces, push_extent,
 };
 use super::path::ByteName;
 use super::tar::{self, HeaderInfo, TarKind};
@@ -36,6 +39,10 @@ const MAX_QUEUE: usize = 50_000;
 const MAX_OUTSTANDING: usize = 2;
 /// Read size for file content.
 const READ_CHUNK: usize = 256 * 1024;
+/// Strict mode: the block size of per-block hashes and block incrementals.
+pub const BLOCK_SIZE: u64 = 64 * 1024;
+/// Changed blocks in a row stored as one `.bdc-blocks` tar entry, at most.
+const RUN_BLOCKS: u64 = 64;
 
 /// The parent snapshot an incremental compares with.
 pub struct Parent {
@@ -92,13 +99,20 @@ pub struct EngineOutput {
     pub trailer: Trailer,
     /// Content bytes read from the source.
     pub bytes_read: u64,
+    /// Content bytes written into this backup's tar stream (whole files and changed blocks).
+    pub bytes_stored: u64,
+    /// Files stored as block extents (block incrementals).
+    pub files_by_blocks: u64,
     pub warnings: Vec<String>,
 }
 
+/// Content waiting for its part: a whole file (`at` None) or a run of changed blocks at file
+/// offset `at`.
 struct Pending {
     seq: u64,
     start: u64,
     len: u64,
+    at: Option<u64>,
 }
 
 struct OpenPart {
@@ -337,6 +351,9 @@ pub fn run(
         names: Names::default(),
         warnings: Vec::new(),
         bytes_read: 0,
+        bytes_stored: 0,
+        files_by_blocks: 0,
+        runs: 0,
         files_stored: 0,
         buf: vec![0u8; READ_CHUNK],
     };
@@ -373,6 +390,8 @@ pub fn run(
         manifest_sha256: sha256,
         trailer: Trailer { entries, ..trailer },
         bytes_read: engine.bytes_read,
+        bytes_stored: engine.bytes_stored,
+        files_by_blocks: engine.files_by_blocks,
         warnings: engine.warnings,
     })
 }
@@ -426,11 +445,15 @@ struct Engine {
     parts: Parts,
     parent: Option<ParentState>,
     writer: Option<ManifestWriter<HashWriter<io::BufWriter<File>>>>,
-    queue: VecDeque<(Entry, Option<Pending>)>,
+    queue: VecDeque<(Entry, Vec<Pending>)>,
     groups: HashMap<(u64, u64), GroupInfo>,
     names: Names,
     warnings: Vec<String>,
     bytes_read: u64,
+    bytes_stored: u64,
+    files_by_blocks: u64,
+    /// `.bdc-blocks/<n>` entries written so far.
+    runs: u64,
     files_stored: u64,
     buf: Vec<u8>,
 }
@@ -541,6 +564,8 @@ impl Engine {
             link_group: None,
             sparse: None,
             data: None,
+            blocks: None,
+            extents: None,
         }
     }
 
@@ -552,11 +577,22 @@ impl Engine {
         link: &[u8],
     ) -> Result<(), SnapshotError> {
         let name = tar_name(&e.path, kind == TarKind::Dir);
+        self.header_named(e, &name, kind, size, link)
+    }
+
+    fn header_named(
+        &mut self,
+        e: &Entry,
+        name: &[u8],
+        kind: TarKind,
+        size: u64,
+        link: &[u8],
+    ) -> Result<(), SnapshotError> {
         let mut h = Vec::with_capacity(tar::BLOCK * 2);
         tar::write_header(
             &mut h,
             &HeaderInfo {
-                name: &name,
+                name,
                 kind,
                 mode: e.mode,
                 uid: u64::from(e.uid),
@@ -589,7 +625,7 @@ impl Engine {
                 self.header(&e, TarKind::Dir, 0, b"")?;
                 self.parts.entry_done()?;
             }
-            self.queue.push_back((e, None));
+            self.queue.push_back((e, Vec::new()));
         } else if ft.is_symlink() {
             let mut e = self.base_entry(&item, EntryKind::Symlink);
             let target = match std::fs::read_link(&item.abs) {
@@ -608,7 +644,7 @@ impl Engine {
                 self.parts.entry_done()?;
             }
             e.target = Some(target);
-            self.queue.push_back((e, None));
+            self.queue.push_back((e, Vec::new()));
         } else if ft.is_file() {
             self.file(item, old)?;
         } else {
@@ -635,25 +671,42 @@ impl Engine {
                     self.header(&e, TarKind::HardLink, 0, &link)?;
                     self.parts.entry_done()?;
                 }
-                self.queue.push_back((e, None));
+                self.queue.push_back((e, Vec::new()));
                 return Ok(());
             }
             let id = self.groups.len() as u64;
             e.link_group = Some(id);
         }
-        let reuse = old.filter(|o| {
-            self.unchanged(&e, o) && o.sha256.is_some() && (o.size == 0 || o.data.is_some())
-        });
+        let reusable = |o: &Entry| {
+            (o.sha256.is_some() && (o.size == 0 || o.data.is_some())) || o.extents.is_some()
+        };
+        let reuse = old
+            .as_ref()
+            .is_some_and(|o| self.unchanged(&e, o) && reusable(o));
         let mut in_tar = false;
-        if let Some(o) = reuse {
+        if reuse {
+            let o = old.expect("checked");
             e.sha256 = o.sha256;
             e.sparse = o.sparse;
             e.data = o.data;
-            self.queue.push_back((e.clone(), None));
+            e.blocks = o.blocks;
+            e.extents = o.extents;
+            self.queue.push_back((e.clone(), Vec::new()));
         } else {
-            match self.read_file(&item, &mut e)? {
+            // Block incremental: strict mode, and the parent hashed this file's blocks.
+            let base = old.filter(|o| {
+                !self.lenient()
+                    && o.kind == EntryKind::File
+                    && o.blocks.as_ref().is_some_and(|b| b.size == BLOCK_SIZE)
+                    && o.has_content()
+            });
+            match self.read_file(&item, &mut e, base.as_ref())? {
                 Some(pending) => {
-                    in_tar = true;
+                    let by_blocks = e.extents.is_some();
+                    in_tar = !by_blocks;
+                    if by_blocks {
+                        self.files_by_blocks += 1;
+                    }
                     self.files_stored += 1;
                     self.queue.push_back((e.clone(), pending));
                 }
@@ -681,7 +734,8 @@ impl Engine {
         &mut self,
         item: &Item,
         e: &mut Entry,
-    ) -> Result<Option<Option<Pending>>, SnapshotError> {
+        base: Option<&Entry>,
+    ) -> Result<Option<Vec<Pending>>, SnapshotError> {
         let opened = if self.cfg.fault_unreadable.as_ref() == Some(&item.path) {
             Err(io::Error::from_raw_os_error(libc::EACCES))
         } else {
@@ -740,9 +794,22 @@ impl Engine {
             if let Some(hook) = &self.cfg.before_read {
                 hook(&item.path, &item.abs, attempt);
             }
+            if let Some(base) = base
+                && size >= BLOCK_SIZE
+            {
+                let pending = self.copy_blocks(&mut file, size, e, base)?;
+                if before.blocks() * 512 < size {
+                    e.sparse = sparse_map(&file, size);
+                }
+                return Ok(Some(pending));
+            }
             self.header(e, TarKind::File, size, b"")?;
             let start = self.parts.part().offset();
-            let (sha, short, error) = self.copy_content(&mut file, size, &item.path)?;
+            let hash_blocks = !self.lenient() && size >= BLOCK_SIZE;
+            let (sha, short, error, blocks) =
+                self.copy_content(&mut file, size, &item.path, hash_blocks)?;
+            e.blocks = blocks;
+            self.bytes_stored += size;
             let seq = self.parts.part().seq;
             let pad = tar::padding(size);
             self.parts.write(&vec![0u8; pad]);
@@ -755,11 +822,15 @@ impl Engine {
                 e.sparse = sparse_map(&file, size);
             }
             e.sha256 = Some(sha);
-            let pending = (size > 0).then_some(Pending {
-                seq,
-                start,
-                len: size,
-            });
+            let pending: Vec<Pending> = (size > 0)
+                .then_some(Pending {
+                    seq,
+                    start,
+                    len: size,
+                    at: None,
+                })
+                .into_iter()
+                .collect();
             if !self.lenient() {
                 return Ok(Some(pending));
             }
@@ -789,13 +860,16 @@ impl Engine {
     /// Copies exactly `size` bytes into the tar stream (pinned size: a file that grew is cut,
     /// one that shrank is zero-padded). Returns the SHA-256 of what was stored, whether the file
     /// was shorter than `size`, and a read error (the rest then zero-filled).
+    #[allow(clippy::type_complexity)]
     fn copy_content(
         &mut self,
         file: &mut File,
         size: u64,
         path: &ByteName,
-    ) -> Result<(String, bool, Option<io::Error>), SnapshotError> {
+        hash_blocks: bool,
+    ) -> Result<(String, bool, Option<io::Error>, Option<BlockHashes>), SnapshotError> {
         let mut hasher = Sha256::new();
+        let mut blocks = hash_blocks.then(|| BlockHasher::new(BLOCK_SIZE));
         let mut left = size;
         let mut short = false;
         let mut error = None;
@@ -827,6 +901,9 @@ impl Engine {
                 }
             };
             hasher.update(&self.buf[..n]);
+            if let Some(b) = blocks.as_mut() {
+                b.update(&self.buf[..n]);
+            }
             let chunk = std::mem::take(&mut self.buf);
             self.parts.write(&chunk[..n]);
             self.buf = chunk;
@@ -836,14 +913,154 @@ impl Engine {
                 self.parts.send_frame()?;
             }
         }
-        Ok((hex::encode(hasher.finalize()), short, error))
+        Ok((
+            hex::encode(hasher.finalize()),
+            short,
+            error,
+            blocks.map(BlockHasher::finish),
+        ))
+    }
+
+    /// A block incremental of a changed file (strict mode, the parent entry `base` has block
+    /// hashes of [`BLOCK_SIZE`]): every block is read and hashed; a block whose hash and length
+    /// equal the parent's block at the same index points at the parent's bytes (its data or
+    /// extents), the others are stored in `.bdc-blocks/<n>` tar entries (runs of up to
+    /// [`RUN_BLOCKS`]). Exactly `size` bytes as in [`Self::copy_content`] (pinned size).
+    /// Sets `e.blocks` and `e.extents` (the inherited ones; the stored runs are returned and
+    /// merged in when their part is stored).
+    fn copy_blocks(
+        &mut self,
+        file: &mut File,
+        size: u64,
+        e: &mut Entry,
+        base: &Entry,
+    ) -> Result<Vec<Pending>, SnapshotError> {
+        let old = base.blocks.as_ref().expect("checked by the caller");
+        let nblocks = size.div_ceil(BLOCK_SIZE);
+        let mut hashes = String::with_capacity(nblocks as usize * 32);
+        let mut inherited: Vec<Extent> = Vec::new();
+        let mut pending = Vec::new();
+        let mut run: Vec<u8> = Vec::new();
+        let mut run_at = 0u64;
+        let mut block = vec![0u8; BLOCK_SIZE as usize];
+        let mut short = false;
+        for i in 0..nblocks {
+            let at = i * BLOCK_SIZE;
+            let want = BLOCK_SIZE.min(size - at) as usize;
+            let mut got = 0usize;
+            while got < want {
+                if short {
+                    block[got..want].fill(0);
+                    break;
+                }
+                match file.read(&mut block[got..want]) {
+                    Ok(0) => short = true,
+                    Ok(n) => {
+                        got += n;
+                        self.bytes_read += n as u64;
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                    Err(err) => {
+                        return Err(SnapshotError::Strict {
+                            path: e.path.display(),
+                            reason: format!("read failed: {err}"),
+                        });
+                    }
+                }
+            }
+            let data = &block[..want];
+            let h = block_hash(data);
+            let h = std::str::from_utf8(&h).expect("hex");
+            hashes.push_str(h);
+            let old_len = base.size.saturating_sub(at).min(BLOCK_SIZE) as usize;
+            let mut same = old_len == want && old.get(i as usize) == Some(h);
+            if same {
+                let pieces = content_pieces(base, at, want as u64);
+                if pieces.iter().map(|x| x.len).sum::<u64>() == want as u64 {
+                    if !run.is_empty() {
+                        pending.push(self.store_run(e, run_at, &run)?);
+                        run.clear();
+                    }
+                    for x in pieces {
+                        push_extent(&mut inherited, x);
+                    }
+                } else {
+                    same = false;
+                }
+            }
+            if !same {
+                // Only stored blocks are inspected (page checksums): an unchanged block is the
+                // content the parent backup inspected already.
+                if let Some(hook) = &self.cfg.inspect {
+                    let found = hook(&e.path, file, at, data);
+                    self.warnings.extend(found);
+                }
+                if run.is_empty() {
+                    run_at = at;
+                }
+                run.extend_from_slice(data);
+                if run.len() as u64 >= RUN_BLOCKS * BLOCK_SIZE {
+                    pending.push(self.store_run(e, run_at, &run)?);
+                    run.clear();
+                }
+            }
+        }
+        if !run.is_empty() {
+            pending.push(self.store_run(e, run_at, &run)?);
+        }
+        e.sha256 = None;
+        e.data = None;
+        e.blocks = Some(BlockHashes {
+            size: BLOCK_SIZE,
+            xxh3: hashes,
+        });
+        e.extents = Some(inherited);
+        Ok(pending)
+    }
+
+    /// Writes changed blocks as one `./.bdc-blocks/<n>` tar entry (no real entry's tar name
+    /// starts with `./`).
+    fn store_run(&mut self, e: &Entry, at: u64, run: &[u8]) -> Result<Pending, SnapshotError> {
+        let name = format!("./.bdc-blocks/{}", self.runs);
+        self.runs += 1;
+        let meta = Entry {
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+            user: None,
+            group: None,
+            blocks: None,
+            extents: None,
+            ..e.clone()
+        };
+        let len = run.len() as u64;
+        self.header_named(&meta, name.as_bytes(), TarKind::File, len, b"")?;
+        let start = self.parts.part().offset();
+        let seq = self.parts.part().seq;
+        for chunk in run.chunks(READ_CHUNK) {
+            self.parts.write(chunk);
+            if self.parts.part().buf.len() >= self.parts.frame_size {
+                self.parts.send_frame()?;
+            }
+        }
+        let pad = tar::padding(len);
+        self.parts.write(&vec![0u8; pad]);
+        self.parts.entry_done()?;
+        self.bytes_stored += len;
+        Ok(Pending {
+            seq,
+            start,
+            len,
+            at: Some(at),
+        })
     }
 
     /// Writes resolved entries from the queue's front (all of them at the end).
     fn flush(&mut self, end: bool) -> Result<(), SnapshotError> {
         while let Some((_, pending)) = self.queue.front() {
-            if let Some(p) = pending
-                && !self.parts.finished.contains_key(&p.seq)
+            if pending
+                .iter()
+                .any(|p| !self.parts.finished.contains_key(&p.seq))
             {
                 if end {
                     return Err(SnapshotError::Store(PipelineError::Task(
@@ -853,9 +1070,28 @@ impl Engine {
                 return Ok(());
             }
             let (mut e, pending) = self.queue.pop_front().expect("front exists");
-            if let Some(p) = pending {
+            let mut stored_runs = Vec::new();
+            for p in pending {
                 let stored = &self.parts.finished[&p.seq];
-                e.data = Some(locate(&self.cfg.backup_id, stored, p.start, p.len));
+                let loc = locate(&self.cfg.backup_id, stored, p.start, p.len);
+                match p.at {
+                    None => e.data = Some(loc),
+                    Some(at) => stored_runs.push(Extent {
+                        at,
+                        len: p.len,
+                        data: loc,
+                    }),
+                }
+            }
+            if !stored_runs.is_empty() {
+                let mut all = e.extents.take().unwrap_or_default();
+                all.extend(stored_runs);
+                all.sort_by_key(|x| x.at);
+                let mut merged = Vec::with_capacity(all.len());
+                for x in all {
+                    push_extent(&mut merged, x);
+                }
+                e.extents = Some(merged);
             }
             let w = self.writer.as_mut().expect("writer present");
             w.entry(&e).map_err(|source| SnapshotError::Spool {

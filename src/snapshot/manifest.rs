@@ -94,9 +94,204 @@ pub struct Entry {
     /// Sparse files: the data extents `[offset, length]`; the rest are holes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sparse: Option<Vec<[u64; 2]>>,
-    /// Files with content (size > 0, first member of a link group).
+    /// Files with content (size > 0, first member of a link group) stored as one run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Location>,
+    /// Strict mode: per-block hashes of the content as stored (what the next incremental
+    /// compares with). Optional: older manifests have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<BlockHashes>,
+    /// Block incrementals: where each range of the content lives, in file order, covering the
+    /// whole file (`data` is then absent, and so is `sha256`: `blocks` is checked instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extents: Option<Vec<Extent>>,
+}
+
+impl Entry {
+    /// Whether this entry carries content of its own (one run or extents).
+    pub fn has_content(&self) -> bool {
+        self.data.is_some() || self.extents.is_some()
+    }
+
+    /// The data objects the content is read from.
+    pub fn content_keys(&self) -> impl Iterator<Item = &str> {
+        self.data
+            .iter()
+            .chain(self.extents.iter().flatten().map(|x| &x.data))
+            .map(|l| l.key.as_str())
+    }
+}
+
+/// Per-block hashes: xxh3-128 of each `size`-byte block (the last one partial), as one string
+/// of 32 lowercase hex digits per block, in file order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockHashes {
+    pub size: u64,
+    pub xxh3: String,
+}
+
+/// Hex digits per block hash.
+pub const BLOCK_HASH_HEX: usize = 32;
+
+impl BlockHashes {
+    pub fn count(&self) -> usize {
+        self.xxh3.len() / BLOCK_HASH_HEX
+    }
+
+    /// The hash of block `i` (hex), if there is one.
+    pub fn get(&self, i: usize) -> Option<&str> {
+        self.xxh3.get(i * BLOCK_HASH_HEX..(i + 1) * BLOCK_HASH_HEX)
+    }
+}
+
+/// The hash of one block, as stored in [`BlockHashes`].
+pub fn block_hash(block: &[u8]) -> [u8; BLOCK_HASH_HEX] {
+    let h = xxhash_rust::xxh3::xxh3_128(block).to_be_bytes();
+    let mut out = [0u8; BLOCK_HASH_HEX];
+    hex::encode_to_slice(h, &mut out).expect("32 hex digits for 16 bytes");
+    out
+}
+
+/// Hashes content fed in order into fixed blocks.
+pub struct BlockHasher {
+    state: Box<xxhash_rust::xxh3::Xxh3Default>,
+    size: u64,
+    filled: u64,
+    out: String,
+}
+
+impl BlockHasher {
+    pub fn new(size: u64) -> Self {
+        BlockHasher {
+            state: Box::new(xxhash_rust::xxh3::Xxh3Default::new()),
+            size: size.max(1),
+            filled: 0,
+            out: String::new(),
+        }
+    }
+
+    pub fn update(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let room = (self.size - self.filled).min(data.len() as u64) as usize;
+            self.state.update(&data[..room]);
+            self.filled += room as u64;
+            data = &data[room..];
+            if self.filled == self.size {
+                self.push();
+            }
+        }
+    }
+
+    fn push(&mut self) {
+        let h = self.state.digest128().to_be_bytes();
+        self.out.push_str(&hex::encode(h));
+        self.state.reset();
+        self.filled = 0;
+    }
+
+    /// The hashes so far (the last, partial block included).
+    pub fn finish(mut self) -> BlockHashes {
+        if self.filled > 0 {
+            self.push();
+        }
+        BlockHashes {
+            size: self.size,
+            xxh3: self.out,
+        }
+    }
+}
+
+/// `len` bytes of a file's content starting at file offset `at`, stored at `data` (which
+/// describes exactly these bytes: its `offset` into the first frame, `len` bytes on).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Extent {
+    pub at: u64,
+    pub len: u64,
+    pub data: Location,
+}
+
+impl Location {
+    /// Offset of the first byte in the object's plaintext.
+    pub fn start(&self) -> u64 {
+        self.frames.first().map(|f| f[2]).unwrap_or(0) + self.offset
+    }
+
+    /// The location of `len` bytes starting `rel` bytes into this one.
+    pub fn slice(&self, rel: u64, len: u64) -> Location {
+        let start = self.start() + rel;
+        let end = start + len;
+        let frames: Vec<[u64; 4]> = self
+            .frames
+            .iter()
+            .filter(|f| f[2] + f[3] > start && f[2] < end)
+            .copied()
+            .collect();
+        let offset = frames.first().map(|f| start - f[2]).unwrap_or(0);
+        Location {
+            backup: self.backup.clone(),
+            key: self.key.clone(),
+            offset,
+            frames,
+        }
+    }
+}
+
+/// Appends an extent, merging it into the last one when both are contiguous in the file and in
+/// the same object.
+pub fn push_extent(list: &mut Vec<Extent>, x: Extent) {
+    if x.len == 0 {
+        return;
+    }
+    if let Some(last) = list.last_mut()
+        && last.at + last.len == x.at
+        && last.data.key == x.data.key
+        && last.data.backup == x.data.backup
+        && last.data.start() + last.len == x.data.start()
+    {
+        last.len += x.len;
+        for f in x.data.frames {
+            if last.data.frames.last() != Some(&f) {
+                last.data.frames.push(f);
+            }
+        }
+        return;
+    }
+    list.push(x);
+}
+
+/// The pieces of `parent`'s content in `[at, at + len)` (from its `data` or its extents).
+pub fn content_pieces(parent: &Entry, at: u64, len: u64) -> Vec<Extent> {
+    let end = at + len;
+    let mut out = Vec::new();
+    if let Some(d) = &parent.data {
+        if end <= parent.size {
+            out.push(Extent {
+                at,
+                len,
+                data: d.slice(at, len),
+            });
+        }
+        return out;
+    }
+    let Some(list) = &parent.extents else {
+        return out;
+    };
+    let first = list.partition_point(|x| x.at + x.len <= at);
+    for x in &list[first..] {
+        if x.at >= end {
+            break;
+        }
+        let s = x.at.max(at);
+        let e = (x.at + x.len).min(end);
+        out.push(Extent {
+            at: s,
+            len: e - s,
+            data: x.data.slice(s - x.at, e - s),
+        });
+    }
+    out
 }
 
 /// The last line.

@@ -4,7 +4,8 @@
 //! 1. folders (created 0700) and regular files, in manifest order: each file's bytes come from
 //!    the frames its entry names (whole restores stream each object front to back, `--path`
 //!    restores fetch just those frames by ranged reads), are written with holes
-//!    where the sparse map says so, and are checked against the entry's SHA-256; then
+//!    where the sparse map says so, and are checked against the entry's SHA-256 (block-incremental
+//!    files: each extent written at its offset, then the per-block hashes checked); then
 //!    chown (by name, numeric fallback) **before** chmod (keeps setgid), then times;
 //! 2. symlinks and hard links (after every regular file);
 //! 3. folder owners, modes and times last (writing into a folder changes its mtime).
@@ -13,7 +14,7 @@
 //! `O_NOFOLLOW | O_DIRECTORY` from the target: nothing is written outside it, no symlink is
 //! followed. Paths never come from tar headers.
 
-use super::manifest::{Entry, EntryKind, ManifestError, ManifestReader};
+use super::manifest::{BlockHasher, Entry, EntryKind, ManifestError, ManifestReader};
 use super::path::{ByteName, UnsafePath, check_relative};
 use crate::error::{Classify, Retry};
 use crate::pipeline::{self, FrameInfo, Identities};
@@ -27,7 +28,7 @@ use nix::sys::stat::{
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, linkat, symlinkat, unlinkat};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, BufReader, Seek, SeekFrom};
 use std::os::fd::{AsFd, OwnedFd};
@@ -116,6 +117,9 @@ impl Classify for RestoreError {
 
 const AGE_CHUNK: u64 = 64 * 1024 + 16;
 
+/// Frames kept after use.
+const CACHED_FRAMES: usize = 4;
+
 /// At most this many objects are streamed at once (a chain restore reads several).
 const MAX_STREAMS: usize = 16;
 
@@ -138,7 +142,8 @@ struct Frames<'a> {
     objects: &'a HashMap<String, ObjectRecord>,
     identities: &'a Identities,
     handle: tokio::runtime::Handle,
-    cached: Option<(String, u64, Bytes)>,
+    /// The last few frames (block-incremental files alternate between objects).
+    cached: VecDeque<(String, u64, Bytes)>,
     streaming: bool,
     streams: HashMap<String, ObjectStream>,
     ranged_only: std::collections::HashSet<String>,
@@ -148,9 +153,10 @@ struct Frames<'a> {
 
 impl Frames<'_> {
     fn frame(&mut self, key: &str, f: [u64; 4]) -> Result<Bytes, String> {
-        if let Some((k, off, data)) = &self.cached
-            && k == key
-            && *off == f[0]
+        if let Some((_, _, data)) = self
+            .cached
+            .iter()
+            .find(|(k, off, _)| k == key && *off == f[0])
         {
             return Ok(data.clone());
         }
@@ -162,7 +168,10 @@ impl Frames<'_> {
             Some(data) => data,
             None => self.ranged(record, f)?,
         };
-        self.cached = Some((key.to_string(), f[0], data.clone()));
+        if self.cached.len() >= CACHED_FRAMES {
+            self.cached.pop_front();
+        }
+        self.cached.push_back((key.to_string(), f[0], data.clone()));
         Ok(data)
     }
 
@@ -287,7 +296,7 @@ pub fn restore(
             });
         }
         if let Some(g) = e.link_group
-            && e.data.is_some()
+            && e.has_content()
         {
             groups.entry(g).or_insert_with(|| e.clone());
         }
@@ -301,7 +310,7 @@ pub fn restore(
             match e.kind {
                 EntryKind::Dir => stats.folders += 1,
                 EntryKind::Symlink => stats.symlinks += 1,
-                EntryKind::File if e.link_group.is_some() && e.data.is_none() => {
+                EntryKind::File if e.link_group.is_some() && !e.has_content() => {
                     stats.hardlinks += 1
                 }
                 EntryKind::File => {
@@ -335,7 +344,7 @@ pub fn restore(
             objects,
             identities,
             handle,
-            cached: None,
+            cached: VecDeque::new(),
             streaming: options.paths.is_empty(),
             streams: HashMap::new(),
             ranged_only: Default::default(),
@@ -360,7 +369,7 @@ pub fn restore(
         }
         match e.kind {
             EntryKind::Dir => r.dir(&e),
-            EntryKind::File if e.link_group.is_some() && e.data.is_none() => Ok(()),
+            EntryKind::File if e.link_group.is_some() && !e.has_content() => Ok(()),
             EntryKind::File => r.file_entry(&e),
             EntryKind::Symlink => Ok(()),
         }
@@ -373,7 +382,7 @@ pub fn restore(
             }
             match e.kind {
                 EntryKind::Symlink => r.symlink(&e),
-                EntryKind::File if e.link_group.is_some() && e.data.is_none() => r.hardlink(&e),
+                EntryKind::File if e.link_group.is_some() && !e.has_content() => r.hardlink(&e),
                 _ => Ok(()),
             }
         })?;
@@ -643,13 +652,14 @@ impl Restorer<'_> {
     fn file_entry(&mut self, e: &Entry) -> Result<(), RestoreError> {
         if self.aborted {
             // Name the other files whose data sits in a damaged object.
-            if let Some(d) = &e.data
-                && self.failed_keys.contains(&d.key)
+            if let Some(key) = e
+                .content_keys()
+                .find(|k| self.failed_keys.iter().any(|f| f == k))
             {
                 self.failed.push(format!(
                     "{}: its data is in damaged object {}",
                     e.path.display(),
-                    d.key
+                    key
                 ));
             }
             return Ok(());
@@ -701,6 +711,10 @@ impl Restorer<'_> {
     }
 
     fn fill_file(&mut self, e: &Entry, data_entry: &Entry, file: &File) -> Result<(), FileFail> {
+        if data_entry.extents.is_some() {
+            self.fill_extents(e, data_entry, file)?;
+            return self.apply_meta(file.as_fd(), e).map_err(FileFail::Other);
+        }
         let mut hasher = Sha256::new();
         let mut written = 0u64;
         if let Some(loc) = &data_entry.data {
@@ -757,6 +771,89 @@ impl Restorer<'_> {
             });
         }
         self.apply_meta(file.as_fd(), e).map_err(FileFail::Other)
+    }
+
+    /// A block-incremental file: each extent's bytes written at its offset, in file order, then
+    /// the per-block hashes checked.
+    fn fill_extents(&mut self, e: &Entry, data_entry: &Entry, file: &File) -> Result<(), FileFail> {
+        let list = data_entry.extents.as_deref().unwrap_or_default();
+        let blocks = data_entry.blocks.as_ref().ok_or_else(|| FileFail::Data {
+            key: String::new(),
+            reason: "block extents without block hashes".into(),
+        })?;
+        let sparse = data_entry.sparse.as_deref();
+        let mut hasher = BlockHasher::new(blocks.size);
+        let mut written = 0u64;
+        for x in list {
+            let key = &x.data.key;
+            if x.at != written {
+                return Err(FileFail::Data {
+                    key: key.clone(),
+                    reason: format!("the extents leave a gap at byte {written}"),
+                });
+            }
+            let mut skip = x.data.offset;
+            let mut left = x.len;
+            for f in &x.data.frames {
+                if left == 0 {
+                    break;
+                }
+                let frame = self
+                    .frames
+                    .frame(key, *f)
+                    .map_err(|reason| FileFail::Data {
+                        key: key.clone(),
+                        reason: format!("reading {key}: {reason}"),
+                    })?;
+                let from = usize::try_from(skip).unwrap_or(usize::MAX).min(frame.len());
+                skip = 0;
+                let take = usize::try_from(left)
+                    .unwrap_or(usize::MAX)
+                    .min(frame.len() - from);
+                let chunk = &frame[from..from + take];
+                hasher.update(chunk);
+                write_extents(file, written, chunk, sparse)
+                    .map_err(|err| self.entry_err(e, "writing", err))?;
+                written += take as u64;
+                left -= take as u64;
+            }
+            if left > 0 {
+                return Err(FileFail::Data {
+                    key: key.clone(),
+                    reason: format!(
+                        "{key} holds {} of the {} bytes at {}",
+                        x.len - left,
+                        x.len,
+                        x.at
+                    ),
+                });
+            }
+        }
+        if written != data_entry.size {
+            return Err(FileFail::Data {
+                key: list.last().map(|x| x.data.key.clone()).unwrap_or_default(),
+                reason: format!("the extents cover {written} of {} bytes", data_entry.size),
+            });
+        }
+        file.set_len(data_entry.size)
+            .map_err(|err| self.entry_err(e, "setting the size", err))?;
+        let got = hasher.finish();
+        if got.xxh3 != blocks.xxh3 {
+            let bad = (0..got.count().max(blocks.count()))
+                .find(|&i| got.get(i) != blocks.get(i))
+                .unwrap_or(0);
+            let at = bad as u64 * blocks.size;
+            let key = list
+                .iter()
+                .find(|x| x.at <= at && at < x.at + x.len)
+                .map(|x| x.data.key.clone())
+                .unwrap_or_default();
+            return Err(FileFail::Data {
+                reason: format!("block {bad} (byte {at}) does not match its hash (data in {key})"),
+                key,
+            });
+        }
+        Ok(())
     }
 
     /// chown, then chmod (chown clears setuid/setgid), then times.
