@@ -327,12 +327,11 @@ async fn push_inner(
     if let Some(shipped) = shared.wal.take_shipped(name, &id, &cluster, &setup) {
         // Archived ahead from this very file (same device, inode, size and mtime): acknowledge
         // once it is still there in every sync repository.
-        let checks = futures::future::join_all(
-            setup
-                .sync
-                .iter()
-                .map(|repo| is_stored(repo, &shipped.key, STORE_TIMEOUT)),
-        )
+        // (The repository's identity is checked as on every push.)
+        let checks = futures::future::join_all(setup.sync.iter().map(|repo| async {
+            ensure_archive_info(repo, &cluster, now, STORE_TIMEOUT).await?;
+            is_stored(repo, &shipped.key, STORE_TIMEOUT).await
+        }))
         .await;
         if checks.iter().all(|c| matches!(c, Ok(true))) {
             tracing::debug!(wal = %name, ahead_ms = shipped.at.elapsed().as_millis() as u64, "shipped ahead");
