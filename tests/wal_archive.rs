@@ -963,13 +963,17 @@ fn ships_ready_segments_ahead_and_never_acks_a_changed_file() {
         setup.socket().display()
     ));
     wait_archived(&cluster, &segs[2]);
-    wait_for(Duration::from_secs(30), "the changed segment refused", || {
-        let failed = cluster.psql(
-            "postgres",
-            "SELECT coalesce(last_failed_wal, '') FROM pg_stat_archiver;",
-        );
-        (failed == last).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(30),
+        "the changed segment refused",
+        || {
+            let failed = cluster.psql(
+                "postgres",
+                "SELECT coalesce(last_failed_wal, '') FROM pg_stat_archiver;",
+            );
+            (failed == last).then_some(())
+        },
+    );
     let (_, _, last_archived) = archiver(&cluster);
     assert_eq!(last_archived, segs[2]);
     assert!(ready(&cluster).contains(&last), "{:?}", ready(&cluster));
