@@ -292,7 +292,22 @@ pub struct BaseJob {
 }
 
 #[derive(Debug, Clone)]
-pub struct WalJob {}
+pub struct WalJob {
+    /// `ship-ahead`: how many of the `.ready` segments after a pushed one the daemon archives in
+    /// the background, ahead of their own `wal-push` (default 8; 0 disables).
+    pub ship_ahead: u32,
+}
+
+/// The default of `ship-ahead`.
+pub const DEFAULT_SHIP_AHEAD: u32 = 8;
+
+impl Default for WalJob {
+    fn default() -> Self {
+        WalJob {
+            ship_ahead: DEFAULT_SHIP_AHEAD,
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct FilesJob {

@@ -881,3 +881,122 @@ fn postgres_recovers_through_wal_fetch() {
         std::fs::read(restored.join("pg_wal/00000002.history")).unwrap()
     );
 }
+
+/// The `.ready` files of the cluster, sorted.
+fn ready(cluster: &PgCluster) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(cluster.data_dir().join("pg_wal/archive_status"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_suffix(".ready")
+                .map(str::to_string)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn ships_ready_segments_ahead_and_never_acks_a_changed_file() {
+    let setup = Setup::new();
+    let cluster = PgCluster::start_with(&archive_conf(&setup.socket()));
+    setup.write_catalogue(&format!(
+        "[postgres]\nurl = \"{}\"\ndata-directory = \"{}\"\n\n[[job]]\nname = \"wal\"\nkind = \"postgres-wal\"\nrepositories = [\"local\"]\nship-ahead = 8\n",
+        cluster.url("postgres"),
+        cluster.data_dir().display()
+    ));
+    let daemon = setup.start_daemon();
+    open_socket(&setup.socket());
+    let repo = setup.path("repo");
+    let set_command = |cmd: &str| {
+        cluster.psql(
+            "postgres",
+            &format!("ALTER SYSTEM SET archive_command = '{cmd}'; SELECT pg_reload_conf();"),
+        );
+    };
+    // Archiving stops: four segments wait as .ready files.
+    set_command("/bin/false");
+    let segs: Vec<String> = (0..4).map(|_| switch_wal(&cluster)).collect();
+    wait_for(Duration::from_secs(30), "4 .ready files", || {
+        let r = ready(&cluster);
+        segs.iter().all(|s| r.contains(s)).then_some(())
+    });
+
+    // One push (as archive_command would) ships the other .ready files ahead.
+    let push = |name: &str| {
+        ctl_as_postgres(
+            &cluster.data_dir(),
+            &[
+                "--socket",
+                setup.socket().to_str().unwrap(),
+                "wal-push",
+                &format!("pg_wal/{name}"),
+            ],
+        )
+    };
+    let out = push(&segs[0]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    wait_for(Duration::from_secs(60), "segments shipped ahead", || {
+        let names: Vec<String> = stored(&repo).into_iter().map(|(n, _, _)| n).collect();
+        segs.iter().all(|s| names.contains(s)).then_some(())
+    });
+    assert!(
+        daemon.log_text().contains("shipped ahead of its push"),
+        "{}",
+        daemon.log_text()
+    );
+
+    // The last one changes after it was shipped (PostgreSQL never does that; a test may).
+    let last = segs[3].clone();
+    let path = cluster.data_dir().join("pg_wal").join(&last);
+    let original = std::fs::read(&path).unwrap();
+    let mut changed = original.clone();
+    changed[100_000] ^= 0xFF;
+    std::fs::write(&path, &changed).unwrap();
+
+    // PostgreSQL archives again: the shipped ones are acknowledged, the changed one is not.
+    set_command(&format!(
+        "{} --socket {} wal-push %p",
+        common::daemon::CTL,
+        setup.socket().display()
+    ));
+    wait_archived(&cluster, &segs[2]);
+    wait_for(
+        Duration::from_secs(30),
+        "the changed segment refused",
+        || {
+            let failed = cluster.psql(
+                "postgres",
+                "SELECT coalesce(last_failed_wal, '') FROM pg_stat_archiver;",
+            );
+            (failed == last).then_some(())
+        },
+    );
+    let (_, _, last_archived) = archiver(&cluster);
+    assert_eq!(last_archived, segs[2]);
+    assert!(ready(&cluster).contains(&last), "{:?}", ready(&cluster));
+    let out = push(&last);
+    assert_ne!(code(&out), 0);
+    assert!(
+        stderr(&out).contains("already archived with different content"),
+        "{}",
+        stderr(&out)
+    );
+    let copies: Vec<_> = stored(&repo)
+        .into_iter()
+        .filter(|(n, _, _)| *n == last)
+        .collect();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+
+    // Its original content back (a new mtime, so the normal path): same hash, archived.
+    std::fs::write(&path, &original).unwrap();
+    let out = push(&last);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let s = switch_wal(&cluster);
+    wait_archived(&cluster, &s);
+    let names: Vec<String> = stored(&repo).into_iter().map(|(n, _, _)| n).collect();
+    assert_contiguous(&names);
+    drop(daemon);
+}

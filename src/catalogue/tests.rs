@@ -881,7 +881,7 @@ fn example_later_release_jobs_validate_when_uncommented() {
     let mut later = false;
     let mut out = String::new();
     for line in text.lines() {
-        later |= line.contains("arrive in later releases");
+        later |= line.contains("arrives in a later release");
         let rest = line.strip_prefix("# ").unwrap_or_default();
         let uncomment = (later
             && (rest.starts_with("[[job]]")

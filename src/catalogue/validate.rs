@@ -188,7 +188,7 @@ pub fn job_kind_keys(kind: JobKindName) -> &'static [&'static str] {
             "max-chain",
             "wal-timeout",
         ],
-        JobKindName::PostgresWal => &[],
+        JobKindName::PostgresWal => &["ship-ahead"],
         JobKindName::Files => &[
             "path",
             "include",
@@ -1010,7 +1010,13 @@ fn job(
             "use a ~/.pgpass entry (PGPASSFILE) or peer authentication for this role",
         )
     });
-    let compression = compression(cx, t);
+    // WAL is pushed while PostgreSQL waits: zstd level 1 unless the catalogue says otherwise.
+    let default_zstd = if kind == Some(JobKindName::PostgresWal) {
+        1
+    } else {
+        3
+    };
+    let compression = compression(cx, t, default_zstd);
 
     let mut wal_job = None;
     let mut verify_jobs = Vec::new();
@@ -1098,7 +1104,12 @@ fn job(
                 })
             })
         }
-        Some(JobKindName::PostgresWal) => Some(JobSpec::PostgresWal(WalJob {})),
+        Some(JobKindName::PostgresWal) => Some(JobSpec::PostgresWal(WalJob {
+            ship_ahead: t
+                .integer(cx, "ship-ahead", 0, 64)
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(super::DEFAULT_SHIP_AHEAD),
+        })),
         Some(JobKindName::Files) => {
             let path = t.path(cx, "path");
             if t.get("path").is_none() {
@@ -1221,13 +1232,13 @@ fn globs(cx: &mut Ctx, t: &Table, k: &str) -> Vec<String> {
     out
 }
 
-fn compression(cx: &mut Ctx, t: &Table) -> CompressionSettings {
+fn compression(cx: &mut Ctx, t: &Table, default_zstd: i32) -> CompressionSettings {
     let algorithm = match t.choice(cx, "compression", &["zstd", "gzip"]) {
         Some("gzip") => Compression::Gzip,
         _ => Compression::Zstd,
     };
     let (max, default) = match algorithm {
-        Compression::Zstd => (19, 3),
+        Compression::Zstd => (19, default_zstd),
         Compression::Gzip => (9, 6),
     };
     let level = t

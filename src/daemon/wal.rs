@@ -11,9 +11,14 @@ use crate::pipeline::PipelineSettings;
 use crate::protocol::{ErrorBody, ErrorCode, Reply, Response};
 use crate::repository::Repository;
 use crate::state::WalArchived;
-use crate::wal::push::{Stored, copy_archived, ensure_archive_info, read_wal_file, store_wal};
-use crate::wal::{ClusterIdentity, WalKind, WalName};
+use crate::wal::push::{
+    SealedWal, Stored, copy_archived, ensure_archive_info, is_stored, seal_wal_file, store_sealed,
+};
+use crate::wal::{ClusterIdentity, WalKind, WalName, format::object_key};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore};
 
@@ -37,10 +42,75 @@ const BACKLOG_MAX_BACKOFF: Duration = Duration::from_secs(600);
 /// so two concurrent pushes cannot both find "nothing stored" and store two contents.
 const NAME_LOCKS: usize = 64;
 
+/// Ahead-of-time shipping uses at most this many upload slots at once (the others stay free for
+/// PostgreSQL's own pushes).
+const SHIP_WORKERS: usize = 2;
+/// A segment shipped ahead and never pushed is forgotten after this long (its object stays: the
+/// push that comes finds it through the duplicate rules).
+const SHIPPED_KEEP: Duration = Duration::from_secs(3600);
+/// How many acknowledged names are remembered (so ahead-of-time shipping skips them).
+const ACKED_KEEP: usize = 256;
+
+/// What a push needs from the catalogue, built once per catalogue generation (a reload makes a
+/// new one): the pipeline settings with parsed recipients and the opened repositories.
+pub struct WalSetup {
+    catalogue: Arc<Catalogue>,
+    job: String,
+    settings: PipelineSettings,
+    sync: Vec<Repository>,
+    async_names: Vec<String>,
+    ship_ahead: usize,
+    /// `<data-directory>/pg_wal`, when the catalogue names the data directory.
+    pg_wal: Option<PathBuf>,
+}
+
+/// Identifies one version of a file: PostgreSQL never changes a `.ready` segment, so the same
+/// device, inode, size and modification time mean the same content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+impl FileId {
+    fn of(meta: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+        }
+    }
+}
+
+/// A file archived ahead of its `wal-push`, durable in every sync repository of `setup`.
+struct Shipped {
+    id: FileId,
+    cluster: ClusterIdentity,
+    sha256: String,
+    key: String,
+    setup: Arc<WalSetup>,
+    at: Instant,
+}
+
 /// The archiver's shared parts.
 pub struct WalArchiver {
     slots: Arc<Semaphore>,
     names: Vec<tokio::sync::Mutex<()>>,
+    setup: std::sync::Mutex<Option<Arc<WalSetup>>>,
+    /// Files shipped ahead, by name (consumed by their push).
+    shipped: std::sync::Mutex<HashMap<String, Shipped>>,
+    /// Names being shipped ahead right now.
+    shipping: std::sync::Mutex<HashSet<String>>,
+    /// A ship-ahead task is running.
+    scanning: AtomicBool,
+    /// The names PostgreSQL's own pushes acknowledged lately (newest last): not shipped again.
+    acked: std::sync::Mutex<std::collections::VecDeque<String>>,
     /// Wakes the backlog (a file was queued).
     pub wake: Notify,
     /// Notified (all waiters) after every successful push: a base backup waiting for its WAL
@@ -55,6 +125,11 @@ impl WalArchiver {
             names: (0..NAME_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            setup: std::sync::Mutex::new(None),
+            shipped: std::sync::Mutex::new(HashMap::new()),
+            shipping: std::sync::Mutex::new(HashSet::new()),
+            scanning: AtomicBool::new(false),
+            acked: std::sync::Mutex::new(std::collections::VecDeque::new()),
             wake: Notify::new(),
             archived: Notify::new(),
         }
@@ -104,6 +179,94 @@ fn pipeline_settings(catalogue: &Catalogue, job: &Job) -> Result<PipelineSetting
     Ok(PipelineSettings::new(job.compression.clone(), recipients))
 }
 
+fn build_setup(catalogue: Arc<Catalogue>) -> Result<WalSetup, String> {
+    let job = wal_job(&catalogue).ok_or("the catalogue has no postgres-wal job")?;
+    let settings = pipeline_settings(&catalogue, job)?;
+    let mut sync = Vec::new();
+    let mut async_names = Vec::new();
+    for repo_name in &job.repositories {
+        let s = catalogue
+            .repository(repo_name)
+            .ok_or_else(|| format!("repository `{repo_name}` is not in the catalogue"))?;
+        match s.wal_ack {
+            WalAck::Sync => sync.push(Repository::open(s).map_err(|e| error_chain(&e))?),
+            WalAck::Async => async_names.push(s.name.clone()),
+        }
+    }
+    if sync.is_empty() {
+        return Err(format!(
+            "job `{}` has no repository with wal-ack = \"sync\"",
+            job.name
+        ));
+    }
+    let ship_ahead = match &job.spec {
+        JobSpec::PostgresWal(w) => w.ship_ahead as usize,
+        _ => 0,
+    };
+    let pg_wal = catalogue
+        .postgres
+        .as_ref()
+        .and_then(|pg| pg.data_directory.as_ref())
+        .map(|d| d.join("pg_wal"));
+    Ok(WalSetup {
+        job: job.name.clone(),
+        settings,
+        sync,
+        async_names,
+        ship_ahead,
+        pg_wal,
+        catalogue,
+    })
+}
+
+impl WalArchiver {
+    /// The setup of the current catalogue (built on the first push after a reload).
+    fn setup(&self, catalogue: Arc<Catalogue>) -> Result<Arc<WalSetup>, String> {
+        let mut cached = self.setup.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = cached.as_ref()
+            && Arc::ptr_eq(&s.catalogue, &catalogue)
+        {
+            return Ok(s.clone());
+        }
+        let built = Arc::new(build_setup(catalogue)?);
+        *cached = Some(built.clone());
+        Ok(built)
+    }
+
+    /// Takes the shipped-ahead record of `name` if it is still valid for this push.
+    fn take_shipped(
+        &self,
+        name: &str,
+        id: &FileId,
+        cluster: &ClusterIdentity,
+        setup: &Arc<WalSetup>,
+    ) -> Option<Shipped> {
+        let s = self
+            .shipped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)?;
+        (s.id == *id && s.cluster == *cluster && Arc::ptr_eq(&s.setup, setup)).then_some(s)
+    }
+
+    /// Remembers that PostgreSQL's push of `name` was acknowledged.
+    fn note_acked(&self, name: &str) {
+        let mut acked = self.acked.lock().unwrap_or_else(|e| e.into_inner());
+        if acked.len() >= ACKED_KEEP {
+            acked.pop_front();
+        }
+        acked.push_back(name.to_string());
+    }
+
+    fn was_acked(&self, name: &str) -> bool {
+        self.acked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|n| n == name)
+    }
+}
+
 /// Answers one `wal-push`.
 pub async fn push(
     shared: &Arc<Shared>,
@@ -115,6 +278,7 @@ pub async fn push(
     let started = Instant::now();
     match push_inner(shared, &name, cluster, file, started).await {
         Ok((sha256, warnings)) => {
+            shared.wal.note_acked(&name);
             tracing::debug!(wal = %name, ms = started.elapsed().as_millis() as u64, "archived");
             Reply::Ok(Response::WalPushed {
                 name,
@@ -139,8 +303,7 @@ async fn push_inner(
     file: std::fs::File,
     started: Instant,
 ) -> Result<(String, Vec<String>), String> {
-    let catalogue = shared.catalogue();
-    let job = wal_job(&catalogue).ok_or("the catalogue has no postgres-wal job")?;
+    let setup = shared.wal.setup(shared.catalogue())?;
     let wal_name = WalName::parse(name)
         .ok_or_else(|| format!("`{name}` is not a WAL file name PostgreSQL archives"))?;
     let _permit = tokio::time::timeout(SLOT_WAIT, shared.wal.slots.clone().acquire_owned())
@@ -152,62 +315,91 @@ async fn push_inner(
             )
         })?
         .map_err(|_| "the daemon is stopping".to_string())?;
-    let read_name = wal_name.clone();
-    let wal = tokio::task::spawn_blocking(move || read_wal_file(&file, &read_name, &cluster))
-        .await
-        .map_err(|e| format!("reading the file failed: {e}"))?
-        .map_err(|e| error_chain(&e))?;
-    let settings = pipeline_settings(&catalogue, job)?;
+    if setup.ship_ahead > 0 && setup.pg_wal.is_some() {
+        ship_ahead(shared, &setup, name, cluster);
+    }
+    let id = file
+        .metadata()
+        .map(|m| FileId::of(&m))
+        .map_err(|e| format!("cannot read the file's metadata: {e}"))?;
     let _same_name = shared.wal.name_lock(name).lock().await;
-    let mut sync = Vec::new();
-    let mut async_names = Vec::new();
-    for repo_name in &job.repositories {
-        let s = catalogue
-            .repository(repo_name)
-            .ok_or_else(|| format!("repository `{repo_name}` is not in the catalogue"))?;
-        match s.wal_ack {
-            WalAck::Sync => sync.push(Repository::open(s).map_err(|e| error_chain(&e))?),
-            WalAck::Async => async_names.push(s.name.clone()),
-        }
-    }
-    if sync.is_empty() {
-        return Err(format!(
-            "job `{}` has no repository with wal-ack = \"sync\"",
-            job.name
-        ));
-    }
     let now = shared.clock.now();
-    let results = futures::future::join_all(sync.iter().map(|repo| {
-        let (wal, settings) = (&wal, &settings);
-        async move {
+    if let Some(shipped) = shared.wal.take_shipped(name, &id, &cluster, &setup) {
+        // Archived ahead from this very file (same device, inode, size and mtime): acknowledge
+        // once it is still there in every sync repository.
+        // (The repository's identity is checked as on every push.)
+        let checks = futures::future::join_all(setup.sync.iter().map(|repo| async {
             ensure_archive_info(repo, &cluster, now, STORE_TIMEOUT).await?;
-            store_wal(
-                repo,
+            is_stored(repo, &shipped.key, STORE_TIMEOUT).await
+        }))
+        .await;
+        if checks.iter().all(|c| matches!(c, Ok(true))) {
+            tracing::debug!(wal = %name, ahead_ms = shipped.at.elapsed().as_millis() as u64, "shipped ahead");
+            record(
+                shared,
+                &setup,
+                &wal_name,
                 &cluster,
-                wal,
-                settings,
-                upload_timeout(wal.bytes.len()),
+                id.size,
+                &shipped.sha256,
+                &shipped.key,
+                now,
+                started,
             )
-            .await
+            .await?;
+            return Ok((shipped.sha256, Vec::new()));
         }
+        tracing::warn!(wal = %name, "a segment shipped ahead is missing from a repository; archiving it again");
+    }
+    let seal_name = wal_name.clone();
+    let seal_setup = setup.clone();
+    let wal = tokio::task::spawn_blocking(move || {
+        seal_wal_file(&file, &seal_name, &cluster, &seal_setup.settings)
+    })
+    .await
+    .map_err(|e| format!("reading the file failed: {e}"))?
+    .map_err(|e| error_chain(&e))?;
+    let (key, warnings) = store_everywhere(&setup, &cluster, &wal, now).await?;
+    record(
+        shared,
+        &setup,
+        &wal_name,
+        &cluster,
+        wal.size,
+        &wal.sha256,
+        &key,
+        now,
+        started,
+    )
+    .await?;
+    Ok((wal.sha256, warnings))
+}
+
+/// Stores `wal` into every sync repository at once (checking `archive.json` first); the key and
+/// the "already archived" warnings, or every failure.
+async fn store_everywhere(
+    setup: &WalSetup,
+    cluster: &ClusterIdentity,
+    wal: &SealedWal,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(String, Vec<String>), String> {
+    let results = futures::future::join_all(setup.sync.iter().map(|repo| async move {
+        ensure_archive_info(repo, cluster, now, STORE_TIMEOUT).await?;
+        store_sealed(repo, cluster, wal, upload_timeout(wal.size as usize)).await
     }))
     .await;
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
-    let mut key = None;
-    for (repo, result) in sync.iter().zip(results) {
+    for (repo, result) in setup.sync.iter().zip(results) {
         match result {
-            Ok(Stored::New(record)) => {
-                key.get_or_insert(record.key);
-            }
-            Ok(Stored::AlreadyThere { key: k }) => {
+            Ok(Stored::New(_)) => {}
+            Ok(Stored::AlreadyThere { .. }) => {
                 let w = format!(
-                    "{name} is already archived in repository `{}` with the same content",
-                    repo.name
+                    "{} is already archived in repository `{}` with the same content",
+                    wal.name, repo.name
                 );
                 tracing::warn!("{w}");
                 warnings.push(w);
-                key.get_or_insert(k);
             }
             Err(e) => errors.push(error_chain(&e)),
         }
@@ -215,29 +407,225 @@ async fn push_inner(
     if !errors.is_empty() {
         return Err(errors.join("; "));
     }
-    let key = key.unwrap_or_default();
+    Ok((object_key(cluster, &wal.name, &wal.sha256), warnings))
+}
+
+/// Records an acknowledged file in the state DB (and queues it for the async repositories).
+#[allow(clippy::too_many_arguments)]
+async fn record(
+    shared: &Shared,
+    setup: &WalSetup,
+    wal_name: &WalName,
+    cluster: &ClusterIdentity,
+    size: u64,
+    sha256: &str,
+    key: &str,
+    now: chrono::DateTime<chrono::Utc>,
+    started: Instant,
+) -> Result<(), String> {
     let record = WalArchived {
-        job: job.name.clone(),
+        job: setup.job.clone(),
         system_identifier: cluster.system_identifier,
         pg_major: cluster.pg_major,
-        name: name.to_string(),
+        name: wal_name.name.clone(),
         timeline: wal_name.timeline,
         kind: kind_name(wal_name.kind).to_string(),
-        size: wal.bytes.len() as u64,
-        sha256: wal.sha256.clone(),
+        size,
+        sha256: sha256.to_string(),
         archived_at: now,
         duration_ms: started.elapsed().as_millis() as u64,
     };
     shared
         .state
-        .record_wal(&record, &key, &sync[0].name, &async_names)
+        .record_wal(&record, key, &setup.sync[0].name, &setup.async_names)
         .await
         .map_err(|e| format!("archived, but the state DB cannot record it: {e}"))?;
-    if !async_names.is_empty() {
+    if !setup.async_names.is_empty() {
         shared.wal.wake.notify_one();
     }
     shared.wal.archived.notify_waiters();
-    Ok((wal.sha256, warnings))
+    Ok(())
+}
+
+/// Ahead-of-time shipping: starts (unless one runs) a background task that archives up to
+/// `ship-ahead` of the `.ready` files in `pg_wal/archive_status` other than `current`, on at most
+/// [`SHIP_WORKERS`] spare upload slots, and remembers what it stored and from which file version.
+fn ship_ahead(
+    shared: &Arc<Shared>,
+    setup: &Arc<WalSetup>,
+    current: &str,
+    cluster: ClusterIdentity,
+) {
+    if shared.wal.scanning.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let (shared, setup, current) = (shared.clone(), setup.clone(), current.to_string());
+    tokio::spawn(async move {
+        loop {
+            if shared.shutdown.is_cancelled() {
+                break;
+            }
+            let Some(pg_wal) = setup.pg_wal.clone() else {
+                break;
+            };
+            let candidates = {
+                let dir = pg_wal.join("archive_status");
+                let ready = tokio::task::spawn_blocking(move || ready_files(&dir))
+                    .await
+                    .unwrap_or_default();
+                // Shipped files no longer .ready were archived (or are gone): forget them.
+                let pending = {
+                    let mut shipped = shared.wal.shipped.lock().unwrap_or_else(|e| e.into_inner());
+                    shipped.retain(|n, s| {
+                        s.at.elapsed() < SHIPPED_KEEP && ready.binary_search(n).is_ok()
+                    });
+                    shipped.keys().cloned().collect::<HashSet<_>>()
+                };
+                let room = setup.ship_ahead.saturating_sub(pending.len());
+                let busy = shared
+                    .wal
+                    .shipping
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                ready
+                    .into_iter()
+                    .filter(|n| {
+                        *n != current
+                            && !pending.contains(n)
+                            && !busy.contains(n)
+                            && !shared.wal.was_acked(n)
+                    })
+                    .take(room)
+                    .collect::<Vec<_>>()
+            };
+            if candidates.is_empty() {
+                break;
+            }
+            use futures::StreamExt;
+            let shipped = futures::stream::iter(candidates)
+                .map(|name| {
+                    let (shared, setup, pg_wal) = (&shared, &setup, &pg_wal);
+                    async move {
+                        let Ok(permit) = shared.wal.slots.clone().try_acquire_owned() else {
+                            return false;
+                        };
+                        let ok = ship_one(shared, setup, pg_wal, &name, cluster).await;
+                        drop(permit);
+                        ok
+                    }
+                })
+                .buffer_unordered(SHIP_WORKERS)
+                .fold(0usize, |n, ok| async move { n + usize::from(ok) })
+                .await;
+            if shipped == 0 {
+                break;
+            }
+        }
+        shared.wal.scanning.store(false, Ordering::Release);
+    });
+}
+
+/// The WAL names of the `.ready` files in `dir`, sorted (PostgreSQL's archiving order within a
+/// timeline); empty when the folder cannot be read.
+fn ready_files(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let n = e.file_name().to_str()?.strip_suffix(".ready")?.to_string();
+            WalName::parse(&n).is_some().then_some(n)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Archives one `.ready` file ahead of its push; true when it is durable in every sync repository
+/// (then remembered with the version of the file it was read from).
+async fn ship_one(
+    shared: &Shared,
+    setup: &Arc<WalSetup>,
+    pg_wal: &Path,
+    name: &str,
+    cluster: ClusterIdentity,
+) -> bool {
+    let Some(wal_name) = WalName::parse(name) else {
+        return false;
+    };
+    shared
+        .wal
+        .shipping
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(name.to_string());
+    let _same_name = shared.wal.name_lock(name).lock().await;
+    let result = async {
+        if shared.wal.was_acked(name)
+            || shared
+                .wal
+                .shipped
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(name)
+        {
+            return Err("already archived or shipped".to_string());
+        }
+        let path = pg_wal.join(name);
+        let seal_setup = setup.clone();
+        let (id, wal) = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+            let before = file.metadata().map_err(|e| e.to_string())?;
+            let wal = seal_wal_file(&file, &wal_name, &cluster, &seal_setup.settings)
+                .map_err(|e| error_chain(&e))?;
+            let after = file.metadata().map_err(|e| e.to_string())?;
+            let id = FileId::of(&before);
+            if id != FileId::of(&after) {
+                return Err("the file changed while it was read".to_string());
+            }
+            Ok((id, wal))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let (key, _) = store_everywhere(setup, &cluster, &wal, shared.clock.now()).await?;
+        shared
+            .wal
+            .shipped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                name.to_string(),
+                Shipped {
+                    id,
+                    cluster,
+                    sha256: wal.sha256,
+                    key,
+                    setup: setup.clone(),
+                    at: Instant::now(),
+                },
+            );
+        shared.wal.archived.notify_waiters();
+        Ok(())
+    }
+    .await;
+    shared
+        .wal
+        .shipping
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(name);
+    match result {
+        Ok(()) => {
+            tracing::debug!(wal = %name, "shipped ahead of its push");
+            true
+        }
+        Err(e) => {
+            tracing::debug!(wal = %name, error = %e, "not shipped ahead");
+            false
+        }
+    }
 }
 
 /// Copies archived files to the async repositories until shutdown; failures are retried with

@@ -73,24 +73,29 @@ impl StateDb {
         source: &str,
         async_repositories: &[String],
     ) -> Result<(), StateError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO wal_archived (job, system_identifier, pg_major, name, timeline, kind, size, sha256, archived_at, duration_ms) \
+        const INSERT_ARCHIVED: &str = "INSERT INTO wal_archived (job, system_identifier, pg_major, name, timeline, kind, size, sha256, archived_at, duration_ms) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (system_identifier, pg_major, name, sha256) DO NOTHING",
-        )
-        .bind(&file.job)
-        .bind(file.system_identifier.to_string())
-        .bind(i64::from(file.pg_major))
-        .bind(&file.name)
-        .bind(i64::from(file.timeline))
-        .bind(&file.kind)
-        .bind(i64::try_from(file.size).unwrap_or(i64::MAX))
-        .bind(&file.sha256)
-        .bind(ts(file.archived_at))
-        .bind(i64::try_from(file.duration_ms).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
-        .await?;
+             ON CONFLICT (system_identifier, pg_major, name, sha256) DO NOTHING";
+        let insert = || {
+            sqlx::query(INSERT_ARCHIVED)
+                .bind(&file.job)
+                .bind(file.system_identifier.to_string())
+                .bind(i64::from(file.pg_major))
+                .bind(&file.name)
+                .bind(i64::from(file.timeline))
+                .bind(&file.kind)
+                .bind(i64::try_from(file.size).unwrap_or(i64::MAX))
+                .bind(&file.sha256)
+                .bind(ts(file.archived_at))
+                .bind(i64::try_from(file.duration_ms).unwrap_or(i64::MAX))
+        };
+        if async_repositories.is_empty() {
+            // One statement (prepared once per connection): its own transaction.
+            insert().execute(&self.pool).await?;
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        insert().execute(&mut *tx).await?;
         for repository in async_repositories {
             sqlx::query(
                 "INSERT INTO wal_backlog (job, repository, key, name, source, enqueued_at, next_attempt_at) \

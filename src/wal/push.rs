@@ -12,7 +12,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use std::future::Future;
-use std::io;
+use std::io::{self, Write};
 use std::time::Duration;
 
 /// History and backup-label files larger than this are refused (they are a few hundred bytes).
@@ -133,6 +133,25 @@ pub fn read_wal_file(
     name: &WalName,
     cluster: &ClusterIdentity,
 ) -> Result<WalFile, PushError> {
+    let mut buf = Vec::new();
+    let segment_size = read_checked(file, name, cluster, &mut buf)?;
+    let sha256 = hex::encode(Sha256::digest(&buf));
+    Ok(WalFile {
+        name: name.clone(),
+        bytes: Bytes::from(buf),
+        sha256,
+        segment_size,
+    })
+}
+
+/// Reads the whole file into `buf` (resized to the file's size; one large `pread` in the normal
+/// case) and checks it like [`read_wal_file`], without hashing. Returns the segment size.
+fn read_checked(
+    file: &std::fs::File,
+    name: &WalName,
+    cluster: &ClusterIdentity,
+    buf: &mut Vec<u8>,
+) -> Result<Option<u64>, PushError> {
     use std::os::unix::fs::FileExt;
     let read_err = |source| PushError::Read {
         name: name.name.clone(),
@@ -160,7 +179,8 @@ pub fn read_wal_file(
             expected: 1 << 30,
         });
     }
-    let mut buf = vec![0u8; size as usize];
+    // A reused buffer keeps its pages: no page faults for 16 MiB on every push.
+    buf.resize(size as usize, 0);
     let mut off = 0usize;
     while off < buf.len() {
         match file.read_at(&mut buf[off..], off as u64) {
@@ -177,7 +197,7 @@ pub fn read_wal_file(
     }
     let mut segment_size = None;
     if segment {
-        let header = WalHeader::parse(&buf).map_err(|source| PushError::Header {
+        let header = WalHeader::parse(buf).map_err(|source| PushError::Header {
             name: name.name.clone(),
             source,
         })?;
@@ -206,12 +226,176 @@ pub fn read_wal_file(
         }
         segment_size = Some(size);
     }
-    let sha256 = hex::encode(Sha256::digest(&buf));
-    Ok(WalFile {
+    Ok(segment_size)
+}
+
+/// Read buffers kept between pushes (at most this many).
+const KEPT_BUFFERS: usize = 4;
+static BUFFERS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+fn take_buffer() -> Vec<u8> {
+    BUFFERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pop()
+        .unwrap_or_default()
+}
+
+fn give_buffer(buf: Vec<u8>) {
+    // Only segment-sized buffers are worth keeping (1 GiB segments are not kept).
+    if buf.capacity() > 64 << 20 {
+        return;
+    }
+    let mut kept = BUFFERS.lock().unwrap_or_else(|e| e.into_inner());
+    if kept.len() < KEPT_BUFFERS {
+        kept.push(buf);
+    }
+}
+
+/// A WAL file read, checked, compressed and encrypted once, ready to be written as is into every
+/// sync repository (the recipients are the catalogue's, the same for all of them).
+#[derive(Debug, Clone)]
+pub struct SealedWal {
+    pub name: WalName,
+    /// Plaintext size.
+    pub size: u64,
+    /// SHA-256 of the plaintext, lowercase hex (the key carries it).
+    pub sha256: String,
+    /// The object's bytes: age(zstd frames) or age(gzip).
+    pub object: Bytes,
+    /// SHA-256 of `object`.
+    pub object_sha256: String,
+    pub compression: &'static str,
+}
+
+/// Reads and checks the file (as [`read_wal_file`]), then hashes the plaintext on one thread
+/// while its frames are compressed on `settings.compression.workers` others, then encrypts.
+/// The object has the pipeline's format (independent zstd frames of the frame size, or one gzip
+/// stream, inside age). Blocking.
+pub fn seal_wal_file(
+    file: &std::fs::File,
+    name: &WalName,
+    cluster: &ClusterIdentity,
+    settings: &PipelineSettings,
+) -> Result<SealedWal, PushError> {
+    let mut buf = take_buffer();
+    let result =
+        read_checked(file, name, cluster, &mut buf).and_then(|_| seal(&buf, name, settings));
+    give_buffer(buf);
+    result
+}
+
+fn seal(plain: &[u8], name: &WalName, settings: &PipelineSettings) -> Result<SealedWal, PushError> {
+    use crate::catalogue::Compression;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let failed = |source: PipelineError| PushError::Pipeline {
+        repository: "(all)".into(),
+        name: name.name.clone(),
+        source: Box::new(source),
+    };
+    if settings.recipients.is_empty() {
+        return Err(failed(PipelineError::Encrypt(
+            "no age recipients configured".into(),
+        )));
+    }
+    let level = settings.compression.level;
+    let frame_size = settings.effective_frame_size();
+    let frames: Vec<&[u8]> = plain.chunks(frame_size).collect();
+    let workers = settings.compression.workers.clamp(1, frames.len().max(1));
+    let zstd = settings.compression.algorithm == Compression::Zstd;
+    let (sha256, compressed) = std::thread::scope(|scope| {
+        let hasher = scope.spawn(|| hex::encode(Sha256::digest(plain)));
+        let compressed = if zstd {
+            let next = AtomicUsize::new(0);
+            let mut outs: Vec<Option<io::Result<Vec<u8>>>> =
+                (0..frames.len()).map(|_| None).collect();
+            let done: Vec<Vec<(usize, io::Result<Vec<u8>>)>> = std::thread::scope(|inner| {
+                let handles: Vec<_> = (0..workers)
+                    .map(|_| {
+                        inner.spawn(|| {
+                            let mut mine = Vec::new();
+                            loop {
+                                let i = next.fetch_add(1, Ordering::Relaxed);
+                                let Some(f) = frames.get(i) else { break };
+                                mine.push((i, crate::pipeline::compress::zstd_frame(f, level)));
+                            }
+                            mine
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_default())
+                    .collect()
+            });
+            for (i, r) in done.into_iter().flatten() {
+                outs[i] = Some(r);
+            }
+            let mut all = Vec::with_capacity(outs.len());
+            for (i, o) in outs.into_iter().enumerate() {
+                match o {
+                    Some(Ok(v)) => all.push(v),
+                    Some(Err(e)) => return Err(PipelineError::Compress(e)),
+                    None => {
+                        return Err(PipelineError::Task(format!(
+                            "frame {i} was not compressed (a compression thread failed)"
+                        )));
+                    }
+                }
+            }
+            if all.is_empty() {
+                // An empty file still gets one (empty) zstd frame: a valid zstd stream.
+                all.push(
+                    crate::pipeline::compress::zstd_frame(&[], level)
+                        .map_err(PipelineError::Compress)?,
+                );
+            }
+            Some(all)
+        } else {
+            None
+        };
+        let sha256 = hasher
+            .join()
+            .map_err(|_| PipelineError::Task("the hashing thread failed".into()))?;
+        Ok((sha256, compressed))
+    })
+    .map_err(failed)?;
+    let encrypt_err = |e: io::Error| failed(PipelineError::Encrypt(e.to_string()));
+    let encryptor = age::Encryptor::with_recipients(
+        settings.recipients.iter().map(|r| r as &dyn age::Recipient),
+    )
+    .map_err(|e| failed(PipelineError::Encrypt(e.to_string())))?;
+    let capacity = compressed
+        .as_ref()
+        .map_or(plain.len() / 2, |c| c.iter().map(Vec::len).sum::<usize>())
+        + 4096;
+    let mut w = encryptor
+        .wrap_output(Vec::with_capacity(capacity + capacity / 1000))
+        .map_err(encrypt_err)?;
+    let compression = match compressed {
+        Some(frames) => {
+            for f in &frames {
+                w.write_all(f).map_err(encrypt_err)?;
+            }
+            "zstd"
+        }
+        None => {
+            let level = u32::try_from(level.clamp(0, 9)).unwrap_or(6);
+            let mut gz = flate2::write::GzEncoder::new(&mut w, flate2::Compression::new(level));
+            gz.write_all(plain).map_err(encrypt_err)?;
+            gz.finish().map_err(encrypt_err)?;
+            "gzip"
+        }
+    };
+    let object = w.finish().map_err(encrypt_err)?;
+    let object_sha256 = hex::encode(Sha256::digest(&object));
+    Ok(SealedWal {
         name: name.clone(),
-        bytes: Bytes::from(buf),
+        size: plain.len() as u64,
         sha256,
-        segment_size,
+        object: Bytes::from(object),
+        object_sha256,
+        compression,
     })
 }
 
@@ -366,17 +550,8 @@ pub async fn store_wal(
     limit: Duration,
 ) -> Result<Stored, PushError> {
     let key = object_key(cluster, &wal.name, &wal.sha256);
-    let hashes = stored_hashes(repo, cluster, &wal.name, limit).await?;
-    if let Some(other) = hashes.iter().find(|h| **h != wal.sha256) {
-        return Err(PushError::Duplicate {
-            repository: repo.name.clone(),
-            name: wal.name.name.clone(),
-            existing: other.clone(),
-            sha256: wal.sha256.clone(),
-        });
-    }
-    if !hashes.is_empty() {
-        return Ok(Stored::AlreadyThere { key });
+    if let Some(there) = check_duplicates(repo, cluster, &wal.name, &wal.sha256, limit).await? {
+        return Ok(there);
     }
     let stored = tokio::time::timeout(
         limit,
@@ -400,6 +575,83 @@ pub async fn store_wal(
             source: Box::new(source),
         }),
     }
+}
+
+/// The duplicate rules: `Some(AlreadyThere)` when `sha256` is stored for `name`, the
+/// `Duplicate` error when another content is, `None` when nothing is.
+async fn check_duplicates(
+    repo: &Repository,
+    cluster: &ClusterIdentity,
+    name: &WalName,
+    sha256: &str,
+    limit: Duration,
+) -> Result<Option<Stored>, PushError> {
+    let hashes = stored_hashes(repo, cluster, name, limit).await?;
+    if let Some(other) = hashes.iter().find(|h| **h != sha256) {
+        return Err(PushError::Duplicate {
+            repository: repo.name.clone(),
+            name: name.name.clone(),
+            existing: other.clone(),
+            sha256: sha256.to_string(),
+        });
+    }
+    if !hashes.is_empty() {
+        return Ok(Some(Stored::AlreadyThere {
+            key: object_key(cluster, name, sha256),
+        }));
+    }
+    Ok(None)
+}
+
+/// [`store_wal`] for a [`SealedWal`]: the duplicate rules, then its bytes written as they are
+/// (durable on return). `archive.json` must have been checked.
+pub async fn store_sealed(
+    repo: &Repository,
+    cluster: &ClusterIdentity,
+    wal: &SealedWal,
+    limit: Duration,
+) -> Result<Stored, PushError> {
+    let key = object_key(cluster, &wal.name, &wal.sha256);
+    if let Some(there) = check_duplicates(repo, cluster, &wal.name, &wal.sha256, limit).await? {
+        return Ok(there);
+    }
+    let write = async {
+        let mut w = repo.store.writer_unlimited(&key).await?;
+        w.write(wal.object.clone()).await?;
+        w.finish().await
+    };
+    match tokio::time::timeout(limit, write).await {
+        Err(_) => Err(PushError::TimedOut {
+            repository: repo.name.clone(),
+            action: format!("storing {}", wal.name),
+            after: limit,
+        }),
+        Ok(Ok(size)) => Ok(Stored::New(ObjectRecord {
+            key,
+            size,
+            sha256: wal.object_sha256.clone(),
+            content_size: wal.size,
+            content_sha256: wal.sha256.clone(),
+            compression: wal.compression.into(),
+            encryption: "age".into(),
+        })),
+        // A concurrent push of the same content won the race: same key, same content.
+        Ok(Err(StoreError::AlreadyExists { .. })) => Ok(Stored::AlreadyThere { key }),
+        Ok(Err(e)) => Err(store_err(repo)(e)),
+    }
+}
+
+/// Whether the object of `key` is present in `repo` (bounded).
+pub async fn is_stored(repo: &Repository, key: &str, limit: Duration) -> Result<bool, PushError> {
+    bounded(
+        &repo.name,
+        &format!("looking up {key}"),
+        limit,
+        repo.store.head(key),
+        store_err(repo),
+    )
+    .await
+    .map(|m| m.is_some())
 }
 
 /// Copies an archived object byte for byte from `from` to `to` (the async repositories' backlog:
@@ -463,7 +715,6 @@ pub async fn copy_archived(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
 
     fn segment(sysid: u64, size: usize) -> Vec<u8> {
         let mut b = vec![7u8; size];
@@ -581,5 +832,86 @@ mod tests {
             stored_hashes(&repo, &id, &name, limit).await.unwrap(),
             vec![wal.sha256.clone()]
         );
+    }
+
+    #[tokio::test]
+    async fn sealed_objects_read_back_and_follow_the_duplicate_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::with_store(
+            "r",
+            crate::repository::Store::local(dir.path().join("repo")).unwrap(),
+        );
+        let id = ClusterIdentity {
+            system_identifier: 42,
+            pg_major: 15,
+        };
+        let limit = Duration::from_secs(10);
+        let key = age::x25519::Identity::generate();
+        let name = WalName::parse("000000010000000000000001").unwrap();
+        let mut bytes = segment(42, 1 << 20);
+        for (i, b) in bytes.iter_mut().enumerate().skip(4096) {
+            *b = (i % 251) as u8;
+        }
+        for (algorithm, level) in [
+            (crate::catalogue::Compression::Zstd, 1),
+            (crate::catalogue::Compression::Gzip, 6),
+        ] {
+            let mut settings = PipelineSettings::new(
+                crate::catalogue::CompressionSettings {
+                    algorithm,
+                    level,
+                    workers: 2,
+                },
+                vec![key.to_public()],
+            );
+            settings.frame_size = 100_000; // several frames
+            let sealed = seal_wal_file(&file_with(&bytes), &name, &id, &settings).unwrap();
+            assert_eq!(sealed.sha256, hex::encode(Sha256::digest(&bytes)));
+            assert_eq!(sealed.size, bytes.len() as u64);
+            let sub = Repository::with_store(
+                "r",
+                crate::repository::Store::local(dir.path().join(format!("{algorithm:?}"))).unwrap(),
+            );
+            let Stored::New(record) = store_sealed(&sub, &id, &sealed, limit).await.unwrap() else {
+                panic!("not stored")
+            };
+            let back = crate::pipeline::load_bytes(
+                &sub.store,
+                &record,
+                &crate::pipeline::Identities::from_keys(vec![key.clone()]),
+            )
+            .await
+            .unwrap();
+            assert!(back[..] == bytes[..]);
+            if algorithm == crate::catalogue::Compression::Zstd {
+                // Independent frames of the frame size, as the pipeline writes them.
+                let plain_frames = bytes.len().div_ceil(100_000);
+                let object = sub.store.get(&record.key).await.unwrap();
+                assert_eq!(object.len() as u64, record.size);
+                assert_eq!(hex::encode(Sha256::digest(&object)), record.sha256);
+                assert!(plain_frames > 1);
+            }
+            assert!(matches!(
+                store_sealed(&sub, &id, &sealed, limit).await.unwrap(),
+                Stored::AlreadyThere { .. }
+            ));
+        }
+        // Another content under the same name: the duplicate error.
+        let settings = PipelineSettings::new(
+            crate::catalogue::CompressionSettings {
+                algorithm: crate::catalogue::Compression::Zstd,
+                level: 1,
+                workers: 1,
+            },
+            vec![key.to_public()],
+        );
+        let first = seal_wal_file(&file_with(&bytes), &name, &id, &settings).unwrap();
+        store_sealed(&repo, &id, &first, limit).await.unwrap();
+        bytes[9000] ^= 1;
+        let other = seal_wal_file(&file_with(&bytes), &name, &id, &settings).unwrap();
+        let err = store_sealed(&repo, &id, &other, limit).await.unwrap_err();
+        assert!(matches!(err, PushError::Duplicate { .. }), "{err}");
+        let bad = seal_wal_file(&file_with(&segment(43, 1 << 20)), &name, &id, &settings);
+        assert!(matches!(bad, Err(PushError::WrongSegmentCluster { .. })));
     }
 }
