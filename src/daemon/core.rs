@@ -585,6 +585,28 @@ impl RunContext {
         }
     }
 
+    /// The job's other repositories, and the type to run: an incremental's parent must be
+    /// committed in every repository (DESIGN §4), so a replica that cannot be opened makes the
+    /// run a full.
+    fn replicas_and_type(&self) -> (Vec<Repository>, BackupType) {
+        let mut replicas = Vec::new();
+        for name in self.job.repositories.iter().skip(1) {
+            match self.catalogue.repository(name).map(Repository::open) {
+                Some(Ok(r)) => replicas.push(r),
+                _ => {
+                    tracing::warn!(job = %self.job.name, repository = %name, "replica cannot be opened")
+                }
+            }
+        }
+        let all_open = replicas.len() + 1 == self.job.repositories.len();
+        let requested = match self.record.backup_type {
+            Some(BackupType::Incremental) if !all_open => BackupType::Full,
+            Some(t) => t,
+            None => BackupType::Full,
+        };
+        (replicas, requested)
+    }
+
     async fn execute(self) {
         let shared = self.shared.clone();
         let permit = tokio::select! {
@@ -751,23 +773,7 @@ impl RunContext {
             }
             JobSpec::Files(spec) => {
                 self.set_phase("reading files");
-                let mut replicas = Vec::new();
-                for name in self.job.repositories.iter().skip(1) {
-                    // An incremental's parent must be committed in every repository (DESIGN §4):
-                    // a replica that cannot be opened makes the run a full.
-                    match self.catalogue.repository(name).map(Repository::open) {
-                        Some(Ok(r)) => replicas.push(r),
-                        _ => {
-                            tracing::warn!(job = %self.job.name, repository = %name, "replica cannot be opened")
-                        }
-                    }
-                }
-                let replicas_all_open = replicas.len() + 1 == self.job.repositories.len();
-                let requested = match self.record.backup_type {
-                    Some(BackupType::Incremental) if !replicas_all_open => BackupType::Full,
-                    Some(t) => t,
-                    None => BackupType::Full,
-                };
+                let (replicas, requested) = self.replicas_and_type();
                 let ctx = crate::files::FilesContext {
                     catalogue: &self.catalogue,
                     job: &self.job,
@@ -789,21 +795,7 @@ impl RunContext {
             }
             JobSpec::PostgresBase(spec) => {
                 self.set_phase("base backup");
-                let mut replicas = Vec::new();
-                for name in self.job.repositories.iter().skip(1) {
-                    if let Some(Ok(r)) = self.catalogue.repository(name).map(Repository::open) {
-                        replicas.push(r);
-                    }
-                }
-                let requested = match self.record.backup_type {
-                    Some(BackupType::Incremental)
-                        if replicas.len() + 1 != self.job.repositories.len() =>
-                    {
-                        BackupType::Full
-                    }
-                    Some(t) => t,
-                    None => BackupType::Full,
-                };
+                let (replicas, requested) = self.replicas_and_type();
                 let ctx = crate::postgres::base::BaseContext {
                     catalogue: &self.catalogue,
                     job: &self.job,

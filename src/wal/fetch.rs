@@ -54,7 +54,9 @@ pub enum FetchError {
         #[source]
         source: io::Error,
     },
-    #[error("no repository to fetch from")]
+    #[error(
+        "no repository to fetch from: the catalogue has no postgres-wal job with repositories, or --repository names none of them"
+    )]
     NoRepository,
     /// Transient faults went on for the whole retry window.
     #[error("gave up after {} s of transient errors: {last}", .after.as_secs())]
