@@ -19,6 +19,7 @@
 //! - [`wal`]: continuous WAL archiving: names, headers, archive keys, push and fetch.
 //! - [`model`]: plain data types shared by state, protocol and daemon.
 //! - [`error`]: the retry classification every error answers.
+//! - [`secrets`]: secret files (password files) refused when others may read them.
 
 pub mod catalogue;
 pub mod clock;
@@ -34,6 +35,7 @@ pub mod protocol;
 pub mod repository;
 pub mod retention;
 pub mod schedule;
+pub mod secrets;
 pub mod snapshot;
 pub mod state;
 pub mod usage;

@@ -459,6 +459,23 @@ async fn passwords_come_from_the_password_file() {
     // Wrong password: a clear, permanent error; nothing committed or left behind.
     let bad = dir.path().join("bad.pass");
     std::fs::write(&bad, "wrong-password\n").unwrap();
+    // A password file others may read is refused before any connection, naming the fix.
+    let setup = Setup::new(
+        &pg.url_as(PASSWORD_ROLE, "postgres"),
+        Some(bad.clone()),
+        &["app"],
+        &[],
+    );
+    let err = setup.dump(&CancellationToken::new()).await.unwrap_err();
+    let mut msg = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(e) = source {
+        msg = format!("{msg}: {e}");
+        source = e.source();
+    }
+    assert!(msg.contains("chmod 600"), "{msg}");
+    assert!(!msg.contains("wrong-password"), "{msg}");
+    std::fs::set_permissions(&bad, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let setup = Setup::new(
         &pg.url_as(PASSWORD_ROLE, "postgres"),
         Some(bad),
@@ -480,6 +497,7 @@ async fn passwords_come_from_the_password_file() {
     // and a non-superuser's globals come without role passwords.
     let good = dir.path().join("good.pass");
     std::fs::write(&good, format!("{PASSWORD}\n")).unwrap();
+    std::fs::set_permissions(&good, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let setup = Setup::new(
         &pg.url_as(PASSWORD_ROLE, "postgres"),
         Some(good),

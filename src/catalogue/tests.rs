@@ -147,6 +147,9 @@ fn temp_file(dir: &tempfile::TempDir, name: &str) -> String {
     let path = dir.path().join(name);
     let mut f = std::fs::File::create(&path).expect("create temp file");
     writeln!(f, "secret").expect("write temp file");
+    // Secret files are refused when group or others may read them.
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod temp file");
     path.to_str().expect("utf-8 temp path").to_string()
 }
 
@@ -334,18 +337,21 @@ timezone = "Europe/Istambul"
                 "\"Europe/Istambul\" is not a known IANA timezone (such as \"Europe/Istanbul\" or \"UTC\"); did you mean \"Europe/Istanbul\"?"
             ),
             (
-                "job[1].name",
+                "job[1] \"up loads\".name",
                 "job name \"up loads\" may only contain letters, digits, '.', '_' and '-'"
             ),
             (
-                "job[1].repositories[1]",
+                "job[1] \"up loads\".repositories[1]",
                 "no [repository.ofsite] is defined; defined: local"
             ),
             (
-                "job[1].retention",
+                "job[1] \"up loads\".retention",
                 "no [retention.weekly] is defined; defined: standard"
             ),
-            ("job[1].max-chain", "expected an integer, found a string"),
+            (
+                "job[1] \"up loads\".max-chain",
+                "expected an integer, found a string"
+            ),
         ])
     );
 }
@@ -372,7 +378,7 @@ email = "ops@example.org"
                 "unknown key `stat-db`; did you mean `state-db`?"
             ),
             (
-                "job[0].databse",
+                "job[0] \"db-dump\".databse",
                 "unknown key `databse`; did you mean `databases`?"
             ),
         ])
@@ -397,11 +403,11 @@ repositories = ["local"]
         errors(&text),
         pairs(&[
             (
-                "job[1].databases",
+                "job[1] \"uploads\".databases",
                 "`databases` is not a key of files jobs (it belongs to postgres-dump jobs)"
             ),
             (
-                "job[1].schedule",
+                "job[1] \"uploads\".schedule",
                 "`schedule` is not a key of files jobs (it belongs to postgres-dump, config and verify jobs); this kind is scheduled with `full` and `incremental`"
             ),
         ])
@@ -418,11 +424,11 @@ fn unknown_repository_and_retention() {
         errors(&text),
         pairs(&[
             (
-                "job[0].repositories[0]",
+                "job[0] \"db-dump\".repositories[0]",
                 "no [repository.offsite] is defined; defined: local"
             ),
             (
-                "job[0].retention",
+                "job[0] \"db-dump\".retention",
                 "no [retention.gfs] is defined; defined: standard"
             ),
         ])
@@ -439,7 +445,7 @@ fn bad_cron_goes_through_the_schedule_parser() {
         Ok(c) => assert_eq!(c.jobs[0].schedules()[0].1.as_str(), "61 25 * * *"),
         Err(e) => {
             assert_eq!(e.0.len(), 1, "{e}");
-            assert_eq!(e.0[0].key, "job[0].schedule");
+            assert_eq!(e.0[0].key, "job[0] \"db-dump\".schedule");
             assert!(e.0[0].message.contains("61 25 * * *"), "{e}");
         }
     }
@@ -447,7 +453,10 @@ fn bad_cron_goes_through_the_schedule_parser() {
     let text = small("").replace("schedule = \"0 2 * * *\"", "schedule = 2");
     assert_eq!(
         errors(&text),
-        pairs(&[("job[0].schedule", "expected a string, found an integer")])
+        pairs(&[(
+            "job[0] \"db-dump\".schedule",
+            "expected a string, found an integer"
+        )])
     );
 }
 
@@ -497,7 +506,7 @@ endpoint = "https://key:hunter2@s3.example.net"
                 "the endpoint URL contains credentials; remove them and put them in `credentials-file` (secrets never go into the catalogue)"
             ),
             (
-                "job[0].connection",
+                "job[0] \"db-dump\".connection",
                 "the URL contains a password; remove it and use a ~/.pgpass entry (PGPASSFILE) or peer authentication for this role (secrets never go into the catalogue)"
             ),
         ])
@@ -529,6 +538,34 @@ fn missing_identity_and_secret_files() {
             ),
         ])
     );
+}
+
+/// A password file that group or others may read is refused (as identity and credentials files
+/// are), naming the file and the fix, never its content.
+#[test]
+fn readable_password_file_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = temp_file(&dir, "pgpass");
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    let text = small("").replace(
+        "[postgres]",
+        &format!("[postgres]\npassword-file = \"{path}\""),
+    );
+    assert_eq!(
+        errors(&text),
+        pairs(&[(
+            "postgres.password-file",
+            &format!("password file {path}: mode 0644 lets other users read it; chmod 600 it"),
+        )])
+    );
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let text = small("").replace(
+        "[postgres]",
+        &format!("[postgres]\npassword-file = \"{path}\""),
+    );
+    assert!(parse(&text).is_ok());
 }
 
 #[test]
@@ -638,18 +675,18 @@ repositories = ["local"]
                 "missing: the postgres-base job \"base\" needs the cluster's data directory here"
             ),
             (
-                "job[3].name",
-                "duplicate job name \"db-dump\" (already used by job[0])"
+                "job[3] \"db-dump\".name",
+                "duplicate job name \"db-dump\" (already used by job[0] \"db-dump\")"
             ),
             (
-                "job[1].wal-job",
+                "job[1] \"base\".wal-job",
                 "job \"db-dump\" is a postgres-dump job, not a postgres-wal job"
             ),
             (
-                "job[2].repositories",
+                "job[2] \"wal\".repositories",
                 "a postgres-wal job needs at least one repository with wal-ack = \"sync\" (a WAL segment is acknowledged to PostgreSQL only once it is durable there)"
             ),
-            ("job[3].jobs[0]", "no job is named \"uploads\""),
+            ("job[3] \"db-dump\".jobs[0]", "no job is named \"uploads\""),
             ("objectives.database.jobs[1]", "no job is named \"db\""),
         ])
     );
@@ -680,29 +717,32 @@ repositories = ["local"]
         errors(&text),
         pairs(&[
             (
-                "job[1].repositories",
+                "job[1] \"d\".repositories",
                 "missing: every job needs `repositories`: at least one [repository.NAME]"
             ),
             (
-                "job[1].schedule",
+                "job[1] \"d\".schedule",
                 "missing: a postgres-dump job needs `schedule`, a cron expression such as \"0 2 * * *\""
             ),
             (
-                "job[1].databases",
+                "job[1] \"d\".databases",
                 "missing: a postgres-dump job needs `databases`, e.g. [\"bdc_db\"]"
             ),
-            ("job[2].repositories", "must name at least one repository"),
             (
-                "job[2].path",
+                "job[2] \"f\".repositories",
+                "must name at least one repository"
+            ),
+            (
+                "job[2] \"f\".path",
                 "missing: a files job needs `path`, the folder to back up"
             ),
             (
-                "job[2].full",
+                "job[2] \"f\".full",
                 "missing: a files job needs `full`, a cron expression such as \"0 4 * * 0\""
             ),
-            ("job[3].paths", "must name at least one file"),
+            ("job[3] \"c\".paths", "must name at least one file"),
             (
-                "job[3].schedule",
+                "job[3] \"c\".schedule",
                 "missing: a config job needs `schedule`, a cron expression such as \"*/30 * * * *\""
             ),
             ("job[4].name", "missing: every job needs a `name`"),
@@ -961,7 +1001,7 @@ repositories = ["local"]
     let bad = text.replace("wal-timeout = \"90s\"", "wal-timeout = \"soon\"");
     let errs = errors(&bad);
     assert!(
-        errs.iter().any(|(k, _)| k == "job[1].wal-timeout"),
+        errs.iter().any(|(k, _)| k == "job[1] \"db\".wal-timeout"),
         "{errs:?}"
     );
 }

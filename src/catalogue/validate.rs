@@ -362,6 +362,14 @@ fn postgres(cx: &mut Ctx, t: &Table) -> Option<PostgresSettings> {
         }
     };
     let password_file = t.existing_file(cx, "password-file", "password file");
+    if let Some(p) = &password_file {
+        if let Err(e) = crate::secrets::check_private(p) {
+            cx.error(
+                &t.key("password-file"),
+                format!("password file {}: {e}", p.display()),
+            );
+        }
+    }
     let data_directory = t.path(cx, "data-directory");
     let bin_dir = t.path(cx, "bin-dir");
     Some(PostgresSettings {
@@ -765,13 +773,18 @@ fn jobs(
     };
     let mut out = Vec::new();
     for (i, item) in items.iter().enumerate() {
-        let key = format!("job[{i}]");
         let Value::Dict(_, dict) = item else {
+            let key = format!("job[{i}]");
             cx.error(
                 &key,
                 format!("expected a table ([[job]]), found {}", type_name(item)),
             );
             continue;
+        };
+        // Named by index and name (`job[3] "db-dump".schedule`): with twenty jobs nobody counts blocks.
+        let key = match dict.get("name") {
+            Some(Value::String(_, name)) if !name.is_empty() => format!("job[{i}] {name:?}"),
+            _ => format!("job[{i}]"),
         };
         out.push(job(
             cx,

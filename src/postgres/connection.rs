@@ -97,6 +97,10 @@ fn is_auth_failure(err: &sqlx::Error) -> bool {
 
 /// Reads the first line of a password file (trailing newline removed).
 pub fn read_password_file(path: &Path) -> Result<String, PgError> {
+    crate::secrets::check_private(path).map_err(|source| PgError::PasswordFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let text = std::fs::read_to_string(path).map_err(|source| PgError::PasswordFile {
         path: path.to_path_buf(),
         source,
