@@ -115,13 +115,19 @@ pub fn status(report: &StatusReport) -> String {
         .jobs
         .iter()
         .map(|j| {
-            let last = match &j.last_run {
-                Some(r) => format!(
+            // A wal job archives without runs: its last archived segment is its last result.
+            let archived = j
+                .wal
+                .as_ref()
+                .and_then(|w| Some((w.last_archived.as_deref()?, w.last_archived_at?)));
+            let last = match (&j.last_run, archived) {
+                (Some(r), _) => format!(
                     "{} {}",
                     r.status,
                     local(r.finished_at.unwrap_or(r.started_at))
                 ),
-                None => "never".into(),
+                (None, Some((_, at))) => format!("archived {}", local(at)),
+                (None, None) => "never".into(),
             };
             let next = match (j.next_run, j.next_type) {
                 (Some(t), Some(ty)) => format!("{} ({ty})", local(t)),
@@ -132,6 +138,16 @@ pub fn status(report: &StatusReport) -> String {
                 .repositories
                 .iter()
                 .map(|r| {
+                    if let (None, Some((segment, _))) = (&r.last_backup_id, archived) {
+                        let behind = j
+                            .wal
+                            .iter()
+                            .flat_map(|w| &w.backlog)
+                            .find(|b| b.repository == r.repository && b.pending > 0)
+                            .map(|b| format!(" ({} pending)", b.pending))
+                            .unwrap_or_default();
+                        return format!("{}: {segment}{behind}", r.repository);
+                    }
                     let pending = match &r.replica {
                         Some(rep) if rep.pending > 0 => format!(" ({} pending)", rep.pending),
                         _ => String::new(),
@@ -399,5 +415,60 @@ mod wal_tests {
         ] {
             assert!(text.contains(want), "{want:?} not in:\n{text}");
         }
+    }
+
+    /// A wal job archives without runs: LAST RUN and LAST BACKUP show its last archived segment
+    /// (not "never" / "none" while segments are being archived).
+    #[test]
+    fn wal_job_row_shows_the_last_archived_segment() {
+        use crate::model::{JobKindName, JobStatus, RepositoryStatus, StatusReport};
+        let at = "2026-12-01T19:47:57Z".parse::<DateTime<Utc>>().unwrap();
+        let repo = |name: &str| RepositoryStatus {
+            repository: name.into(),
+            last_backup_id: None,
+            last_backup_at: None,
+            replica: None,
+        };
+        let report = StatusReport {
+            version: "0".into(),
+            pid: 1,
+            started_at: at,
+            catalogue: "c.toml".into(),
+            timezone: "UTC".into(),
+            max_concurrent_runs: 2,
+            jobs: vec![JobStatus {
+                name: "wal".into(),
+                kind: JobKindName::PostgresWal,
+                next_run: None,
+                next_type: None,
+                last_run: None,
+                last_success: None,
+                running: None,
+                repositories: vec![repo("local"), repo("offsite")],
+                stale: false,
+                retention: vec![],
+                wal: Some(WalStatus {
+                    last_archived: Some("00000001000000000000000A".into()),
+                    last_archived_at: Some(at),
+                    archived_count: 10,
+                    backlog: vec![WalBacklog {
+                        repository: "offsite".into(),
+                        pending: 3,
+                        lag_seconds: Some(5),
+                        last_error: None,
+                    }],
+                    ..WalStatus::default()
+                }),
+            }],
+        };
+        let text = status(&report);
+        let row = text.lines().find(|l| l.starts_with("wal ")).unwrap();
+        assert!(row.contains("archived 2026-12-01 19:47 UTC"), "{row}");
+        assert!(row.contains("local: 00000001000000000000000A"), "{row}");
+        assert!(
+            row.contains("offsite: 00000001000000000000000A (3 pending)"),
+            "{row}"
+        );
+        assert!(!row.contains("never") && !row.contains("none"), "{row}");
     }
 }
