@@ -155,7 +155,7 @@ pub enum RestoreCommand {
     Files(RestoreFilesArgs),
     /// Restore a config job's snapshot (to a folder, or --in-place to the original paths).
     Config(RestoreConfigArgs),
-    /// Disaster recovery in the seed's order.
+    /// Disaster recovery of everything, in the old disaster_recovery.sh's order (not yet built).
     All(PassThrough),
 }
 
