@@ -126,6 +126,50 @@ async fn catch_up_skip_records_a_skipped_run() {
     daemon.stop().await;
 }
 
+/// The clock jumps while the daemon runs: back an hour right after a run (the fire already handled
+/// must not run twice), then forward by more than a day (the missed fires catch up once, not once
+/// per fire), then on to the next day's fire as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clock_jumps_back_and_forward_run_nothing_twice_and_lose_nothing() {
+    let setup = Setup::new();
+    setup_catalogue(&setup, "once");
+    // Europe/Berlin in June (CEST): 02:30 local is 00:30Z.
+    let clock = Arc::new(ManualClock::new(utc(2026, 6, 10, 0, 0, 0)));
+    let daemon = boot(&setup, clock.clone()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(runs(&setup).await.len(), 0, "nothing due at start");
+
+    clock.set(utc(2026, 6, 10, 0, 30, 1));
+    let r = settle(&setup, &daemon, 1).await;
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].trigger, Trigger::Scheduled);
+
+    // Back an hour, then forward past the same fire again: it was handled, nothing runs.
+    clock.set(utc(2026, 6, 9, 23, 30, 1));
+    daemon.wake();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    clock.set(utc(2026, 6, 10, 0, 30, 30));
+    daemon.wake();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(runs(&setup).await.len(), 1, "the fire at 02:30 ran twice");
+
+    // Forward by a day and a half: the fires of 06-11 and 06-12 02:30 were missed; one catch-up.
+    clock.set(utc(2026, 6, 12, 12, 0, 0));
+    let r = settle(&setup, &daemon, 2).await;
+    assert_eq!(r.len(), 2, "{r:?}");
+    assert_eq!(r[1].trigger, Trigger::CatchUp);
+    daemon.wake();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(runs(&setup).await.len(), 2, "missed fires caught up more than once");
+
+    // The next fire is on time again.
+    clock.set(utc(2026, 6, 13, 0, 30, 1));
+    let r = settle(&setup, &daemon, 3).await;
+    assert_eq!(r.len(), 3, "{r:?}");
+    assert_eq!(r[2].trigger, Trigger::Scheduled);
+    daemon.stop().await;
+}
+
 fn setup_catalogue(setup: &Setup, catch_up: &str) -> String {
     setup.write_catalogue(JOB);
     let text = std::fs::read_to_string(setup.catalogue_path())
