@@ -160,7 +160,11 @@ async fn clock_jumps_back_and_forward_run_nothing_twice_and_lose_nothing() {
     assert_eq!(r[1].trigger, Trigger::CatchUp);
     daemon.wake();
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(runs(&setup).await.len(), 2, "missed fires caught up more than once");
+    assert_eq!(
+        runs(&setup).await.len(),
+        2,
+        "missed fires caught up more than once"
+    );
 
     // The next fire is on time again.
     clock.set(utc(2026, 6, 13, 0, 30, 1));

@@ -362,13 +362,13 @@ fn postgres(cx: &mut Ctx, t: &Table) -> Option<PostgresSettings> {
         }
     };
     let password_file = t.existing_file(cx, "password-file", "password file");
-    if let Some(p) = &password_file {
-        if let Err(e) = crate::secrets::check_private(p) {
-            cx.error(
-                &t.key("password-file"),
-                format!("password file {}: {e}", p.display()),
-            );
-        }
+    if let Some(p) = &password_file
+        && let Err(e) = crate::secrets::check_private(p)
+    {
+        cx.error(
+            &t.key("password-file"),
+            format!("password file {}: {e}", p.display()),
+        );
     }
     let data_directory = t.path(cx, "data-directory");
     let bin_dir = t.path(cx, "bin-dir");

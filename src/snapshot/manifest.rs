@@ -326,8 +326,8 @@ pub enum ManifestError {
     Truncated { entries: u64 },
     #[error("the manifest says {expected} entries, it holds {found}")]
     Count { expected: u64, found: u64 },
-    #[error("manifest line {line}: entries out of order")]
-    Order { line: u64 },
+    #[error("manifest line {line}: `{path}` is out of order or listed twice")]
+    Order { line: u64, path: String },
     #[error("not a tree-snapshot manifest (kind `{0}`)")]
     Kind(String),
 }
@@ -432,7 +432,10 @@ impl<R: BufRead> ManifestReader<R> {
         if let Some(last) = &self.last
             && super::path::compare(last, e.path.as_bytes()) != std::cmp::Ordering::Less
         {
-            return Err(ManifestError::Order { line: self.line });
+            return Err(ManifestError::Order {
+                line: self.line,
+                path: e.path.display(),
+            });
         }
         self.last = Some(e.path.0.clone());
         self.entries += 1;
