@@ -19,6 +19,7 @@
 //! - [`wal`]: continuous WAL archiving: names, headers, archive keys, push and fetch.
 //! - [`model`]: plain data types shared by state, protocol and daemon.
 //! - [`error`]: the retry classification every error answers.
+//! - [`faults`]: test-only kill points (debug builds; nothing in release builds).
 //! - [`secrets`]: secret files (password files) refused when others may read them.
 
 pub mod catalogue;
@@ -27,6 +28,7 @@ pub mod control;
 pub mod ctl;
 pub mod daemon;
 pub mod error;
+pub mod faults;
 pub mod files;
 pub mod model;
 pub mod pipeline;

@@ -145,8 +145,12 @@ impl Repository {
                 key: key.clone(),
                 source,
             })?;
+        crate::faults::kill_point("commit-before", &key);
         match self.store.put_create(&key, Bytes::from(json)).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                crate::faults::kill_point("commit-after", &key);
+                Ok(())
+            }
             Err(StoreError::AlreadyExists { .. }) => Err(RepositoryError::AlreadyCommitted {
                 repository: self.name.clone(),
                 job: record.job.clone(),
@@ -289,6 +293,7 @@ impl Repository {
             .delete(&commit)
             .await
             .map_err(|e| self.store_err(e))?;
+        crate::faults::kill_point("retention-after-commit-delete", &commit);
         let objects = self
             .store
             .list(&format::backup_prefix(job, id))

@@ -252,6 +252,7 @@ impl LocalStore {
             from: staging.to_path_buf(),
             to: target.to_path_buf(),
         });
+        crate::faults::kill_point("local-before-dir-fsync", key);
         let parent = target.parent().unwrap_or(&self.root);
         self.fsync_dir(parent)
     }
@@ -524,6 +525,7 @@ impl LocalWriter {
                 io::Error::other("writer already closed"),
             )
         })?;
+        crate::faults::kill_point("local-before-fsync", &self.key);
         let result = self
             .store
             .fsync_file(&file, &self.staging)
