@@ -2,8 +2,11 @@
 //! output or `--json`. Exit codes: 0 ok, 1 the operation failed, 2 usage or cannot reach the daemon.
 
 mod args;
+mod exit;
 mod output;
 mod wal;
+
+use exit::{out, outln};
 
 pub use args::{Command, CtlArgs, RestoreCommand, WalFetchArgs, WalPushArgs};
 
@@ -51,11 +54,13 @@ type CtlResult = Result<(), CtlError>;
 /// Runs the ctl; the binary only calls this.
 pub fn main() -> ExitCode {
     use clap::Parser;
+    exit::install_panic_hook();
     let args = match CtlArgs::try_parse() {
         Ok(args) => args,
         // archive_command and restore_command: exit codes PostgreSQL understands (DESIGN §5).
         Err(err) => return wal::usage_error(err),
     };
+    exit::set_command(&args.command);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -161,8 +166,7 @@ fn socket_from_raw(path: &std::path::Path) -> Option<PathBuf> {
 
 fn print_json<T: serde::Serialize>(value: &T) -> CtlResult {
     let text = serde_json::to_string_pretty(value).map_err(|e| CtlError::failed(e.to_string()))?;
-    println!("{text}");
-    Ok(())
+    outln(&text)
 }
 
 fn unexpected(response: Response) -> CtlError {
@@ -176,10 +180,7 @@ async fn run(args: CtlArgs) -> CtlResult {
     match command {
         Command::Status => match ctx.request(Request::Status).await? {
             Response::Status(report) if json => print_json(&report),
-            Response::Status(report) => {
-                print!("{}", output::status(&report));
-                Ok(())
-            }
+            Response::Status(report) => out(&output::status(&report)),
             other => Err(unexpected(other)),
         },
         Command::Runs { job, limit } => match ctx
@@ -190,10 +191,7 @@ async fn run(args: CtlArgs) -> CtlResult {
             .await?
         {
             Response::Runs { runs } if json => print_json(&runs),
-            Response::Runs { runs } => {
-                print!("{}", output::runs(&runs));
-                Ok(())
-            }
+            Response::Runs { runs } => out(&output::runs(&runs)),
             other => Err(unexpected(other)),
         },
         Command::Backups { job, repository } => backups(&ctx, job, repository).await,
@@ -215,8 +213,7 @@ async fn run(args: CtlArgs) -> CtlResult {
                 print_json(&serde_json::json!({"cancelled": run_id}))
             }
             Response::Cancelled { run_id } => {
-                println!("run {run_id}: cancellation requested");
-                Ok(())
+                outln(&format!("run {run_id}: cancellation requested"))
             }
             other => Err(unexpected(other)),
         },
@@ -224,10 +221,7 @@ async fn run(args: CtlArgs) -> CtlResult {
             Response::Reloaded { jobs } if json => {
                 print_json(&serde_json::json!({"reloaded": true, "jobs": jobs}))
             }
-            Response::Reloaded { jobs } => {
-                println!("catalogue reloaded: {jobs} jobs");
-                Ok(())
-            }
+            Response::Reloaded { jobs } => outln(&format!("catalogue reloaded: {jobs} jobs")),
             other => Err(unexpected(other)),
         },
         Command::Follow => follow(&ctx).await,
@@ -274,8 +268,7 @@ async fn backups(ctx: &Ctx, job: Option<String>, repository: Option<String>) -> 
     if json {
         print_json(&rows)
     } else {
-        print!("{}", output::backups(&rows));
-        Ok(())
+        out(&output::backups(&rows))
     }
 }
 
@@ -317,7 +310,7 @@ async fn retention(
     if ctx.args.json {
         print_json(&reports)?;
     } else {
-        print!("{}", output::retention(&reports));
+        out(&output::retention(&reports))?;
     }
     if reports.iter().all(|r| r.is_success()) {
         Ok(())
@@ -352,8 +345,7 @@ async fn usage(ctx: &Ctx, job: Option<String>, weeks: u32) -> CtlResult {
     if ctx.args.json {
         print_json(&report)
     } else {
-        print!("{report}");
-        Ok(())
+        out(&report.to_string())
     }
 }
 
@@ -375,8 +367,7 @@ async fn run_job(ctx: &Ctx, job: String, backup_type: Option<BackupType>, wait: 
         return if json {
             print_json(&run)
         } else {
-            println!("run {} of {} started", run.id, run.job);
-            Ok(())
+            outln(&format!("run {} of {} started", run.id, run.job))
         };
     }
     if !json {
@@ -395,7 +386,7 @@ async fn run_job(ctx: &Ctx, job: String, backup_type: Option<BackupType>, wait: 
                 run_id, progress, ..
             } if *run_id == run.id => {
                 if json {
-                    println!("{}", serde_json::to_string(&event).unwrap_or_default());
+                    outln(&serde_json::to_string(&event).unwrap_or_default())?;
                 } else {
                     let line = output::progress_line(progress);
                     if tty {
@@ -412,7 +403,7 @@ async fn run_job(ctx: &Ctx, job: String, backup_type: Option<BackupType>, wait: 
                 if json {
                     print_json(done)?;
                 } else {
-                    print!("{}", output::finished(done));
+                    out(&output::finished(done))?;
                 }
                 // `partial`: the backup is committed but a replica failed — worth a non-zero exit.
                 return if is_success(done.status) {
@@ -483,13 +474,13 @@ fn keygen(output: Option<PathBuf>, json: bool) -> CtlResult {
                 .and_then(|_| file.sync_all())
                 .map_err(|e| CtlError::failed(format!("cannot write {}: {e}", path.display())))?;
         }
-        None => print!("{text}"),
+        None => out(&text)?,
     }
     if json {
         print_json(&serde_json::json!({"recipient": recipient, "identity-file": output}))
     } else {
         if output.is_some() {
-            println!("{recipient}");
+            outln(&recipient)?;
         } else {
             eprintln!("public key: {recipient}");
         }
@@ -526,8 +517,7 @@ async fn restore(ctx: &Ctx, what: RestoreCommand) -> CtlResult {
             if ctx.args.json {
                 print_json(&report)
             } else {
-                println!("{report}");
-                Ok(())
+                outln(&report.to_string())
             }
         }
         RestoreCommand::Files(a) => {
@@ -618,8 +608,7 @@ async fn restore_cluster(ctx: &Ctx, a: args::RestoreClusterArgs) -> CtlResult {
     if ctx.args.json {
         print_json(&report)
     } else {
-        println!("{report}");
-        Ok(())
+        outln(&report.to_string())
     }
 }
 
@@ -633,7 +622,7 @@ async fn snapshot_restore(ctx: &Ctx, options: crate::files::SnapshotRestoreOptio
     if ctx.args.json {
         print_json(&report)?;
     } else {
-        println!("{report}");
+        outln(&report.to_string())?;
     }
     if report.stats.failed.is_empty() {
         Ok(())

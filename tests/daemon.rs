@@ -22,17 +22,33 @@ databases = ["app"]
 repositories = ["local"]
 "#;
 
-fn notify_messages(sock: &UnixDatagram, until: Instant) -> Vec<String> {
+/// Every message until `until`, with the time it was received.
+fn notify_messages(sock: &UnixDatagram, until: Instant) -> Vec<(Instant, String)> {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
-    sock.set_read_timeout(Some(Duration::from_millis(100)))
+    sock.set_read_timeout(Some(Duration::from_millis(20)))
         .unwrap();
     while Instant::now() < until {
         if let Ok(n) = sock.recv(&mut buf) {
-            out.push(String::from_utf8_lossy(&buf[..n]).to_string());
+            out.push((
+                Instant::now(),
+                String::from_utf8_lossy(&buf[..n]).to_string(),
+            ));
         }
     }
     out
+}
+
+/// The local wall time (Europe/Berlin, the test catalogue's zone) of an RFC 3339 time.
+fn berlin_hh_mm(value: &serde_json::Value) -> String {
+    let t: chrono::DateTime<chrono::Utc> = value
+        .as_str()
+        .unwrap_or_else(|| panic!("not a time: {value}"))
+        .parse()
+        .unwrap();
+    t.with_timezone(&chrono_tz::Europe::Berlin)
+        .format("%H:%M")
+        .to_string()
 }
 
 fn wait_message(sock: &UnixDatagram, needle: &str, limit: Duration) -> (String, Duration) {
@@ -75,31 +91,80 @@ fn systemd_notify_ready_status_watchdog_reload_and_stop() {
         "status names the next run: {ready:?}"
     );
     wait_message(&notify, "WATCHDOG=1", Duration::from_secs(5));
+    // WATCHDOG_USEC=1 s: a ping at least every second (the daemon aims at every 0.5 s).
+    let window = notify_messages(&notify, Instant::now() + Duration::from_millis(2500));
+    let pings: Vec<Instant> = window
+        .iter()
+        .filter(|(_, m)| m.lines().any(|l| l == "WATCHDOG=1"))
+        .map(|(t, _)| *t)
+        .collect();
+    assert!(
+        pings.len() >= 3,
+        "WATCHDOG=1 every 0.5 s expected, got {} in 2.5 s: {window:?}",
+        pings.len()
+    );
+    let longest = pings.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(
+        longest < Duration::from_secs(1),
+        "a watchdog gap of {longest:?} exceeds WATCHDOG_USEC: {window:?}"
+    );
+    for (_, m) in &window {
+        for line in m.lines() {
+            assert!(
+                line == "WATCHDOG=1" || line.starts_with("STATUS="),
+                "an idle daemon sends only pings and status lines: {m:?}"
+            );
+        }
+    }
 
     // A valid reload: RELOADING=1 then READY=1.
     daemon.signal(Signal::SIGHUP);
     wait_message(&notify, "RELOADING=1", Duration::from_secs(5));
     wait_message(&notify, "READY=1", Duration::from_secs(5));
 
-    // An invalid catalogue is rejected, the old one kept.
+    // An invalid catalogue is rejected, the old one kept: the new one moves db-dump to 05:30
+    // (valid) and adds a job with a broken schedule; neither may show.
     let good = std::fs::read_to_string(setup.catalogue_path()).unwrap();
+    let before = setup.ctl_json(&["status"]);
+    assert_eq!(berlin_hh_mm(&before["jobs"][0]["next_run"]), "02:00");
     std::fs::write(
         setup.catalogue_path(),
-        good.replace(
-            "schedule = \"0 2 * * *\"",
-            "schedule = \"not cron\"\nbogus = 1",
-        ),
+        good.replace("schedule = \"0 2 * * *\"", "schedule = \"30 5 * * *\"")
+            + r#"
+[[job]]
+name = "only-in-new"
+kind = "postgres-dump"
+schedule = "not cron"
+databases = ["app"]
+repositories = ["local"]
+"#,
     )
     .unwrap();
     daemon.signal(Signal::SIGHUP);
     wait_message(&notify, "RELOADING=1", Duration::from_secs(5));
-    wait_message(&notify, "READY=1", Duration::from_secs(5));
-    std::fs::write(setup.catalogue_path(), &good).unwrap();
-    let status = setup.ctl_json(&["status"]);
-    assert_eq!(
-        status["jobs"][0]["name"], "db-dump",
-        "old catalogue still in force: {status}"
+    let (after_reject, _) = wait_message(&notify, "READY=1", Duration::from_secs(5));
+    assert!(
+        after_reject.contains("STATUS=") && after_reject.contains("next: db-dump"),
+        "READY after the rejection carries the old status: {after_reject:?}"
     );
+    let status = setup.ctl_json(&["status"]);
+    let names: Vec<&str> = status["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["db-dump"], "old catalogue still in force: {status}");
+    assert_eq!(
+        berlin_hh_mm(&status["jobs"][0]["next_run"]),
+        "02:00",
+        "old schedule still in force: {status}"
+    );
+    assert_eq!(
+        status["jobs"][0]["next_run"], before["jobs"][0]["next_run"],
+        "{status}"
+    );
+    std::fs::write(setup.catalogue_path(), &good).unwrap();
     let log = daemon.log_text();
     assert!(
         log.contains("reload rejected"),
@@ -123,7 +188,18 @@ fn systemd_notify_ready_status_watchdog_reload_and_stop() {
     let status = daemon.stop();
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
     let rest = notify_messages(&notify, Instant::now() + Duration::from_millis(300));
-    let _ = rest;
+    let stopping = rest
+        .iter()
+        .position(|(_, m)| m.lines().any(|l| l == "STOPPING=1"))
+        .unwrap_or_else(|| panic!("no STOPPING=1 before the exit: {rest:?}"));
+    assert!(
+        rest[stopping].1.contains("STATUS=stopping"),
+        "STOPPING=1 says why: {rest:?}"
+    );
+    assert!(
+        !rest[stopping..].iter().any(|(_, m)| m.contains("READY=1")),
+        "no READY=1 after STOPPING=1: {rest:?}"
+    );
     assert!(!setup.socket().exists(), "socket removed on exit");
 }
 

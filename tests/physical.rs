@@ -533,34 +533,86 @@ fn cancel_while_waiting_for_wal_stops_the_backup_and_commits_nothing() {
 
 #[test]
 fn cancel_during_the_walk_aborts_the_backup() {
+    use common::objstores::{Moto, credentials_file};
     let p = Physical::start("10m");
     let c = &p.cluster;
     c.create_database("app");
     c.load_pgbench("app", 3);
+    // The base job stores into S3 (moto) at 128 KiB/s: the ~45 MB of PGDATA take minutes, so the
+    // cancel reliably lands mid-walk (the pipeline is bounded, the walk waits for the upload).
+    let moto = Moto::start();
+    moto.create_bucket("bdc-test");
+    let creds = credentials_file(
+        p.setup.dir.path(),
+        "s3.env",
+        &[
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+        ],
+    );
+    let text = std::fs::read_to_string(p.setup.catalogue_path()).unwrap();
+    let base_repos = "wal-timeout = \"10m\"\nrepositories = [\"local\"]";
+    assert!(text.contains(base_repos), "{text}");
+    let text = text.replace(
+        base_repos,
+        "wal-timeout = \"10m\"\nrepositories = [\"slow\"]",
+    ) + &format!(
+        r#"
+[repository.slow]
+url = "s3://bdc-test/prod"
+region = "us-east-1"
+endpoint = "{endpoint}"
+credentials-file = "{creds}"
+bandwidth-limit = "128KiB"
+"#,
+        endpoint = moto.endpoint(),
+        creds = creds.display()
+    );
+    std::fs::write(p.setup.catalogue_path(), text).unwrap();
+    ok(&p.setup.ctl(&["reload"]), "reload");
+
     let started = p.setup.ctl_json(&["run", "base", "--full"]);
     let run_id = started["id"].as_i64().unwrap().to_string();
     wait_for(Duration::from_secs(60), "the backup to start", || {
         p.daemon_log().contains("base backup started").then_some(())
     });
+    // Data is flowing: the walk is under way, not finished.
+    wait_for(Duration::from_secs(60), "the first bytes read", || {
+        let runs = p.setup.ctl_json(&["status"]);
+        let job = runs["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["name"] == "base")
+            .cloned()
+            .unwrap();
+        (job["running"][1]["bytes_read"].as_u64().unwrap_or(0) > 0).then_some(())
+    });
     assert!(p.setup.ctl(&["cancel", &run_id]).status.success());
-    let run = wait_for(Duration::from_secs(30), "the cancelled run to end", || {
+    let run = wait_for(Duration::from_secs(60), "the cancelled run to end", || {
         let runs = p.setup.ctl_json(&["runs", "--job", "base", "--limit", "1"]);
         (runs[0]["status"] != "running").then(|| runs[0].clone())
     });
-    // It may have finished before the cancel arrived; then it is a complete backup.
-    if run["status"] == "interrupted" {
-        assert_eq!(
-            p.setup
-                .ctl_json(&["backups", "--job", "base"])
-                .as_array()
-                .unwrap()
-                .len(),
-            0
-        );
-        assert_eq!(walkdir(&p.setup.path("repo/backups/base")), 0);
-    } else {
-        assert_eq!(run["status"], "succeeded", "{run}");
-    }
+    assert_eq!(run["status"], "interrupted", "{run}\n{}", p.daemon_log());
+    assert!(
+        !p.daemon_log().contains("waiting for its WAL"),
+        "the walk had ended before the cancel: {}",
+        p.daemon_log()
+    );
+    assert_eq!(
+        p.setup
+            .ctl_json(&["backups", "--job", "base"])
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    let keys = moto.keys("bdc-test");
+    assert!(
+        !keys.iter().any(|k| k.ends_with("/backup.json")),
+        "a commit record after a cancel: {keys:?}"
+    );
+    assert_eq!(walkdir(&p.setup.path("repo/backups/base")), 0);
     let sessions = c.psql(
         "postgres",
         "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE '%pg_backup%' AND pid <> pg_backend_pid();",

@@ -467,6 +467,12 @@ repositories = ["local"]
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(std::fs::read(target.join("hello.txt")).unwrap(), b"hello");
+    assert_eq!(
+        std::fs::read(target.join("sub/x")).unwrap(),
+        b"x",
+        "the nested file comes back with its content"
+    );
+    assert!(target.join("sub").is_dir());
     // Again into the now non-empty target: refused, exit 1.
     let out = std::process::Command::new(ctl)
         .args(["--catalogue", cat.to_str().unwrap(), "restore", "files"])

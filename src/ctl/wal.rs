@@ -56,6 +56,7 @@ fn data_dir(given: &Option<PathBuf>) -> PathBuf {
 /// `wal-push PATH`: hands the open file to the daemon and waits for "durable in every sync
 /// repository".
 pub async fn push(ctx: &Ctx, args: WalPushArgs) -> CtlResult {
+    super::exit::test_panic("wal-push");
     let shown = args.path.display().to_string();
     let fail = |cause: String| CtlError::failed(format!("wal-push {shown}: {cause}"));
     let name = args
@@ -98,6 +99,7 @@ pub async fn push(ctx: &Ctx, args: WalPushArgs) -> CtlResult {
 
 /// `wal-fetch NAME DEST`.
 pub async fn fetch(ctx: &Ctx, args: WalFetchArgs) -> CtlResult {
+    super::exit::test_panic("wal-fetch");
     let name = args.name.clone();
     let fatal = |cause: String| CtlError {
         code: FETCH_FATAL,

@@ -618,8 +618,10 @@ fn invariants_hold_on_random_histories() {
     }
 }
 
+/// 10,000 backups: the plan keeps every invariant (chains whole, idempotent, newest full) and
+/// what the policy asks for, no more. (Timings are left to `benches/`.)
 #[test]
-fn planning_10000_backups_time() {
+fn planning_10000_backups() {
     // Hourly backups for ~417 days: weekly full, hourly incrementals (chains of up to 168).
     let mut backups: Vec<BackupInfo> = Vec::with_capacity(10_000);
     let mut chain: Vec<String> = Vec::new();
@@ -638,26 +640,46 @@ fn planning_10000_backups_time() {
     let mut pol = policy(5, 24, 7, 4, 12, 5);
     pol.keep_within = Some(Duration::from_secs(2 * 86_400));
     let now = start + chrono::Duration::hours(10_000);
-    let began = std::time::Instant::now();
+    check_invariants(&backups, &pol, Berlin, now);
     let p = plan(&backups, &pol, Berlin, now);
-    let took = began.elapsed();
-    println!(
-        "planning 10000 backups took {:.1} ms ({} kept)",
-        took.as_secs_f64() * 1000.0,
-        p.kept().count()
-    );
     assert_eq!(p.decisions.len(), 10_000);
-    // Flat history of 10k fulls as well.
+    let kept: BTreeSet<&str> = p.kept().map(|d| d.id.as_str()).collect();
+    // The last two days (keep-within) and, for them, the chain they stand on.
+    for b in &backups[10_000 - 47..] {
+        assert!(kept.contains(b.id.as_str()), "{} is within 2 days", b.id);
+    }
+    // Whole chains only: a kept incremental's full is kept, so the kept set is a union of whole
+    // chain prefixes; far fewer than the history.
+    assert!(kept.len() < 10_000 / 2, "kept {} of 10000", kept.len());
+
+    // Flat history of 10k fulls: only what the rules select.
     let flat: Vec<BackupInfo> = (0..10_000i64)
         .map(|i| full(start + chrono::Duration::hours(i)))
         .collect();
-    let began = std::time::Instant::now();
+    check_invariants(&flat, &pol, Berlin, now);
     let p = plan(&flat, &pol, Berlin, now);
-    println!(
-        "planning 10000 full backups took {:.1} ms ({} kept)",
-        began.elapsed().as_secs_f64() * 1000.0,
-        p.kept().count()
+    let kept: BTreeSet<&str> = p.kept().map(|d| d.id.as_str()).collect();
+    for b in &flat[10_000 - 47..] {
+        assert!(kept.contains(b.id.as_str()), "{} is within 2 days", b.id);
+    }
+    // At most keep-within (48 h + 1) + last + hourly + daily + weekly + monthly + yearly.
+    assert!(
+        kept.len() <= 49 + 5 + 24 + 7 + 4 + 12 + 5,
+        "kept {} fulls",
+        kept.len()
     );
+    // Monthly reaches a year back: at least 12 months are represented.
+    let months: BTreeSet<String> = flat
+        .iter()
+        .filter(|b| kept.contains(b.id.as_str()))
+        .map(|b| {
+            b.started_at
+                .with_timezone(&Berlin)
+                .format("%Y-%m")
+                .to_string()
+        })
+        .collect();
+    assert!(months.len() >= 12, "kept months {months:?}");
 }
 
 // ---------- apply, run_for_job, cleanup on a local repository ----------
