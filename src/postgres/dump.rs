@@ -1,6 +1,7 @@
 //! `postgres-dump` jobs: each database's raw `pg_dump -Fc -Z0` archive is streamed from pg_dump's
 //! stdout straight into the pipeline (no temp file), `pg_dumpall --globals-only` SQL beside it, an
 //! encrypted manifest, and the commit record last. An object counts only once pg_dump exited 0.
+//! A run takes the shared run context ([`crate::snapshot::job::JobRun`]) and the job's [`DumpJob`].
 
 use super::binaries::{BinariesError, PgBinaries};
 use super::connection::{PgControl, PgError, connect_options, describe, read_password_file};

@@ -1,6 +1,6 @@
 //! The snapshot-job core shared by `files`, `config` and `postgres-base` runs: the run context
 //! ([`JobRun`], also taken by `postgres-dump`), the parent choice, the backup id and type
-//! ([`plan`]), prepare / commit / delete-uncommitted of a snapshot, the run outcome
+//! (`plan`), prepare / commit / delete-uncommitted of a snapshot, the run outcome
 //! ([`JobOutcome`]) and the shared error type ([`JobError`]).
 //!
 //! Parent rule: the newest committed backup of the job (of the same kind), committed in every
