@@ -7,12 +7,11 @@
 //! ```
 
 use bdc_backup::catalogue::{Catalogue, JobSpec};
-use bdc_backup::files::{
-    FilesContext, JobOutcome, SnapshotRestoreOptions, restore_snapshot, run_files,
-};
+use bdc_backup::files::{SnapshotRestoreOptions, restore_snapshot, run_files};
 use bdc_backup::model::BackupType;
 use bdc_backup::pipeline::{PipelineSettings, ProgressCounter};
 use bdc_backup::repository::{BackupId, Repository};
+use bdc_backup::snapshot::job::{JobOutcome, JobRun};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -78,20 +77,22 @@ async fn run(args: &[String]) -> serde_json::Value {
             };
             let started_at = chrono::Utc::now();
             let id = BackupId::new(started_at, ty).0;
-            let outcome = run_files(FilesContext {
-                catalogue: &catalogue,
-                job: &job,
+            let outcome = run_files(
+                JobRun {
+                    catalogue: &catalogue,
+                    job: &job,
+                    repository: &repository,
+                    replicas: &[],
+                    pipeline: &pipeline,
+                    backup_id: &id,
+                    started_at,
+                    requested: ty,
+                    progress: &ProgressCounter::default(),
+                    cancel: &CancellationToken::new(),
+                    state_dir: &catalogue.daemon.state_directory,
+                },
                 spec,
-                repository: &repository,
-                replicas: &[],
-                pipeline: &pipeline,
-                backup_id: &id,
-                started_at,
-                requested: ty,
-                progress: &ProgressCounter::default(),
-                cancel: &CancellationToken::new(),
-                state_dir: &catalogue.daemon.state_directory,
-            })
+            )
             .await
             .expect("backup");
             let JobOutcome::Committed { record, .. } = outcome else {

@@ -19,7 +19,7 @@ pub mod ranged;
 
 pub use ranged::read_frame;
 
-use crate::catalogue::{Compression, CompressionSettings};
+use crate::catalogue::{Catalogue, Compression, CompressionSettings, Job};
 use crate::error::{Classify, Retry};
 use crate::repository::{ObjectRecord, Store};
 use bytes::Bytes;
@@ -61,7 +61,42 @@ impl PipelineSettings {
     }
 }
 
+/// An age recipient of the catalogue that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("recipient {recipient}: {reason}")]
+pub struct RecipientError {
+    pub recipient: String,
+    pub reason: String,
+}
+
+impl Classify for RecipientError {
+    fn retry(&self) -> Retry {
+        Retry::Permanent
+    }
+}
+
 impl PipelineSettings {
+    /// The settings every run of `job` writes with: the job's compression, the catalogue's
+    /// recipients, the default frame size. The one place they are assembled.
+    ///
+    /// # Errors
+    /// A recipient that does not parse (the catalogue's validation normally catches it).
+    pub fn for_job(catalogue: &Catalogue, job: &Job) -> Result<PipelineSettings, RecipientError> {
+        let recipients = catalogue
+            .encryption
+            .recipients
+            .iter()
+            .map(|r| {
+                r.parse::<age::x25519::Recipient>()
+                    .map_err(|e| RecipientError {
+                        recipient: r.clone(),
+                        reason: e.to_string(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(PipelineSettings::new(job.compression.clone(), recipients))
+    }
+
     /// `frame_size`, or the default when it is 0.
     pub fn effective_frame_size(&self) -> usize {
         if self.frame_size == 0 {

@@ -1,5 +1,7 @@
 //! The PostgreSQL side: the control connection ([`connection`]), finding the client binaries that
-//! match the server ([`binaries`]), `postgres-dump` jobs ([`dump`]), `postgres-base` jobs ([`base`]) and `restore cluster` ([`cluster_restore`]) and logical restores ([`restore`]).
+//! match the server ([`binaries`]), `postgres-dump` jobs ([`dump`]), `postgres-base` jobs ([`base`],
+//! on the snapshot-job core [`crate::snapshot::job`]), `restore cluster` ([`cluster_restore`]) and
+//! logical restores ([`restore`]).
 //! [`manifest`] is a dump's encrypted listing, [`toc`] the `pg_restore -l` filtering for table
 //! restores, [`process`] the supervision of the client tools.
 

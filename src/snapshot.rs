@@ -11,9 +11,12 @@
 //! - [`restore`]: the safe restore (paths from the manifest only, beneath the target, no symlink
 //!   following, links after files, chown before chmod, folder times last, hashes checked).
 //! - [`copy`]: streamed plaintext local copies of manifests (format of `repository::local_copy`).
+//! - [`job`]: the snapshot-job core of `files`, `config` and `postgres-base` runs: the run
+//!   context, parent choice, id and type, prepare/commit/delete-uncommitted, the run outcome.
 
 pub mod backup;
 pub mod copy;
+pub mod job;
 pub mod manifest;
 pub mod path;
 pub mod restore;

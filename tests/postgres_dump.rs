@@ -13,11 +13,12 @@ use bdc_backup::catalogue::{
 use bdc_backup::error::{Classify, Retry};
 use bdc_backup::model::BackupType;
 use bdc_backup::pipeline::{PipelineSettings, ProgressCounter};
-use bdc_backup::postgres::dump::{DumpContext, DumpError, run_dump};
+use bdc_backup::postgres::dump::{DumpError, run_dump};
 use bdc_backup::postgres::manifest::DumpManifest;
 use bdc_backup::postgres::restore::{RestoreDatabaseOptions, restore_database};
 use bdc_backup::repository::{BackupId, CommitRecord, Repository};
 use bdc_backup::schedule::CronSchedule;
+use bdc_backup::snapshot::job::JobRun;
 use chrono::Utc;
 use common::pg::{PASSWORD, PASSWORD_ROLE, PgCluster};
 use std::collections::BTreeMap;
@@ -151,18 +152,22 @@ impl Setup {
         let pipeline = PipelineSettings::new(job.compression.clone(), recipients);
         let started_at = Utc::now();
         let id = BackupId::new(started_at, BackupType::Full).to_string();
-        run_dump(DumpContext {
-            catalogue: &self.catalogue,
-            job,
+        run_dump(
+            JobRun {
+                catalogue: &self.catalogue,
+                job,
+                repository: &repository,
+                replicas: &[],
+                pipeline: &pipeline,
+                backup_id: &id,
+                started_at,
+                requested: BackupType::Full,
+                progress,
+                cancel,
+                state_dir: &self.catalogue.daemon.state_directory,
+            },
             spec,
-            repository: &repository,
-            pipeline: &pipeline,
-            backup_id: &id,
-            started_at,
-            progress,
-            cancel,
-            state_dir: &self.catalogue.daemon.state_directory,
-        })
+        )
         .await
     }
 

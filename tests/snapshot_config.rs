@@ -4,7 +4,8 @@
 
 mod snapshot_support;
 
-use bdc_backup::files::{JobOutcome, SnapshotRestoreOptions, restore_snapshot};
+use bdc_backup::files::{SnapshotRestoreOptions, restore_snapshot};
+use bdc_backup::snapshot::job::JobOutcome;
 use snapshot_support::*;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;

@@ -8,9 +8,10 @@
 mod snapshot_support;
 
 use bdc_backup::catalogue::JobSpec;
-use bdc_backup::files::{FilesContext, restore_snapshot, run_files};
+use bdc_backup::files::{restore_snapshot, run_files};
 use bdc_backup::model::BackupType;
 use bdc_backup::pipeline::ProgressCounter;
+use bdc_backup::snapshot::job::JobRun;
 use chrono::Utc;
 use snapshot_support::*;
 use std::collections::BTreeMap;
@@ -341,20 +342,22 @@ async fn bad_input_is_refused() {
     };
     let repository = s.repository();
     let pipeline = s.pipeline();
-    let err = run_files(FilesContext {
-        catalogue: &s.catalogue,
-        job,
+    let err = run_files(
+        JobRun {
+            catalogue: &s.catalogue,
+            job,
+            repository: &repository,
+            replicas: &[],
+            pipeline: &pipeline,
+            backup_id: "20300101T000000Z-F",
+            started_at: Utc::now(),
+            requested: BackupType::Full,
+            progress: &ProgressCounter::default(),
+            cancel: &CancellationToken::new(),
+            state_dir: &s.catalogue.daemon.state_directory,
+        },
         spec,
-        repository: &repository,
-        replicas: &[],
-        pipeline: &pipeline,
-        backup_id: "20300101T000000Z-F",
-        started_at: Utc::now(),
-        requested: BackupType::Full,
-        progress: &ProgressCounter::default(),
-        cancel: &CancellationToken::new(),
-        state_dir: &s.catalogue.daemon.state_directory,
-    })
+    )
     .await
     .unwrap_err();
     assert!(err.to_string().contains("src"), "{err}");
@@ -504,20 +507,22 @@ async fn cancelled_backup_leaves_no_commit_and_the_next_incremental_is_right() {
     let progress = ProgressCounter::default();
     let started = Utc::now() + chrono::Duration::seconds(5);
     let id = bdc_backup::repository::BackupId::new(started, BackupType::Full).0;
-    let run = run_files(FilesContext {
-        catalogue: &s.catalogue,
-        job,
+    let run = run_files(
+        JobRun {
+            catalogue: &s.catalogue,
+            job,
+            repository: &repository,
+            replicas: &[],
+            pipeline: &pipeline,
+            backup_id: &id,
+            started_at: started,
+            requested: BackupType::Full,
+            progress: &progress,
+            cancel: &cancel,
+            state_dir: &s.catalogue.daemon.state_directory,
+        },
         spec,
-        repository: &repository,
-        replicas: &[],
-        pipeline: &pipeline,
-        backup_id: &id,
-        started_at: started,
-        requested: BackupType::Full,
-        progress: &progress,
-        cancel: &cancel,
-        state_dir: &s.catalogue.daemon.state_directory,
-    });
+    );
     let canceller = async {
         while progress.read() < 1 << 20 {
             tokio::time::sleep(Duration::from_millis(1)).await;

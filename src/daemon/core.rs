@@ -1,5 +1,6 @@
 //! The daemon's shared state and the run executor: starting runs (overlap and the global cap),
-//! executing a job kind, recording the outcome, cancellation, reload and the status report.
+//! executing a job kind (one [`JobRun`] context for every kind, dispatched on the job's spec),
+//! recording the outcome, cancellation, reload and the status report.
 
 use crate::catalogue::{Catalogue, CatalogueErrors, Job, JobSpec};
 use crate::clock::Clock;
@@ -12,6 +13,7 @@ use crate::pipeline::{PipelineSettings, ProgressCounter};
 use crate::protocol::Event;
 use crate::repository::{BackupId, CommitRecord, Repository};
 use crate::schedule::{JobSchedule, next_fire};
+use crate::snapshot::job::{JobOutcome, JobRun};
 use crate::state::{NewRun, RunOutcome, StateDb};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
@@ -22,9 +24,6 @@ use std::time::Duration;
 use tokio::sync::{Mutex, Notify, Semaphore, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// Uncompressed bytes per zstd frame.
-const FRAME_SIZE: usize = 2 << 20;
 
 /// Why a run was cancelled.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -538,9 +537,9 @@ impl KindOutcome {
         }
     }
 
-    fn from_files(repository: String, outcome: crate::files::JobOutcome) -> KindOutcome {
+    fn from_snapshot(repository: String, outcome: JobOutcome) -> KindOutcome {
         match outcome {
-            crate::files::JobOutcome::Committed {
+            JobOutcome::Committed {
                 record,
                 mut warnings,
                 full_because,
@@ -550,7 +549,7 @@ impl KindOutcome {
                 }
                 KindOutcome::committed(repository, *record, warnings)
             }
-            crate::files::JobOutcome::Unchanged { since, warnings } => {
+            JobOutcome::Unchanged { since, warnings } => {
                 let mut warnings = warnings;
                 warnings.insert(0, format!("unchanged since backup {since}"));
                 KindOutcome {
@@ -731,108 +730,57 @@ impl RunContext {
             .repository(primary_name)
             .ok_or_else(|| format!("repository `{primary_name}` is not in the catalogue"))?;
         let repository = Repository::open(settings).map_err(|e| error_chain(&e))?;
-        let recipients = self
-            .catalogue
-            .encryption
-            .recipients
-            .iter()
-            .map(|r| {
-                r.parse::<age::x25519::Recipient>()
-                    .map_err(|e| format!("recipient {r}: {e}"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let pipeline = PipelineSettings {
-            compression: self.job.compression.clone(),
-            recipients,
-            frame_size: FRAME_SIZE,
-        };
+        let pipeline =
+            PipelineSettings::for_job(&self.catalogue, &self.job).map_err(|e| error_chain(&e))?;
         let backup_id = self.record.backup_id.clone().unwrap_or_default();
+        // Only kinds with incrementals look at the replicas (the parent rule).
+        let (replicas, requested) = match &self.job.spec {
+            JobSpec::Files(_) | JobSpec::PostgresBase(_) => self.replicas_and_type(),
+            _ => (Vec::new(), BackupType::Full),
+        };
+        // The one run context of every kind.
+        let run = JobRun {
+            catalogue: &self.catalogue,
+            job: &self.job,
+            repository: &repository,
+            replicas: &replicas,
+            pipeline: &pipeline,
+            backup_id: &backup_id,
+            started_at: self.record.started_at,
+            requested,
+            progress: &self.progress,
+            cancel: &self.cancel,
+            state_dir: &self.catalogue.daemon.state_directory,
+        };
+        let primary = repository.name.clone();
         match &self.job.spec {
             JobSpec::PostgresDump(spec) => {
                 self.set_phase("dumping");
-                let ctx = crate::postgres::dump::DumpContext {
-                    catalogue: &self.catalogue,
-                    job: &self.job,
-                    spec,
-                    repository: &repository,
-                    pipeline: &pipeline,
-                    backup_id: &backup_id,
-                    started_at: self.record.started_at,
-                    progress: &self.progress,
-                    cancel: &self.cancel,
-                    state_dir: &self.catalogue.daemon.state_directory,
-                };
-                let record = crate::postgres::dump::run_dump(ctx)
+                let record = crate::postgres::dump::run_dump(run, spec)
                     .await
                     .map_err(|e| error_chain(&e))?;
-                Ok(KindOutcome::committed(
-                    repository.name.clone(),
-                    record,
-                    Vec::new(),
-                ))
+                Ok(KindOutcome::committed(primary, record, Vec::new()))
             }
             JobSpec::Files(spec) => {
                 self.set_phase("reading files");
-                let (replicas, requested) = self.replicas_and_type();
-                let ctx = crate::files::FilesContext {
-                    catalogue: &self.catalogue,
-                    job: &self.job,
-                    spec,
-                    repository: &repository,
-                    replicas: &replicas,
-                    pipeline: &pipeline,
-                    backup_id: &backup_id,
-                    started_at: self.record.started_at,
-                    requested,
-                    progress: &self.progress,
-                    cancel: &self.cancel,
-                    state_dir: &self.catalogue.daemon.state_directory,
-                };
-                let outcome = crate::files::run_files(ctx)
+                let outcome = crate::files::run_files(run, spec)
                     .await
                     .map_err(|e| error_chain(&e))?;
-                Ok(KindOutcome::from_files(repository.name.clone(), outcome))
+                Ok(KindOutcome::from_snapshot(primary, outcome))
             }
             JobSpec::PostgresBase(spec) => {
                 self.set_phase("base backup");
-                let (replicas, requested) = self.replicas_and_type();
-                let ctx = crate::postgres::base::BaseContext {
-                    catalogue: &self.catalogue,
-                    job: &self.job,
-                    spec,
-                    repository: &repository,
-                    replicas: &replicas,
-                    pipeline: &pipeline,
-                    backup_id: &backup_id,
-                    started_at: self.record.started_at,
-                    requested,
-                    progress: &self.progress,
-                    cancel: &self.cancel,
-                    state_dir: &self.catalogue.daemon.state_directory,
-                };
-                let outcome = crate::postgres::base::run_base(ctx)
+                let outcome = crate::postgres::base::run_base(run, spec)
                     .await
                     .map_err(|e| error_chain(&e))?;
-                Ok(KindOutcome::from_files(repository.name.clone(), outcome))
+                Ok(KindOutcome::from_snapshot(primary, outcome))
             }
             JobSpec::Config(spec) => {
                 self.set_phase("checking config files");
-                let ctx = crate::files::ConfigContext {
-                    catalogue: &self.catalogue,
-                    job: &self.job,
-                    spec,
-                    repository: &repository,
-                    pipeline: &pipeline,
-                    backup_id: &backup_id,
-                    started_at: self.record.started_at,
-                    progress: &self.progress,
-                    cancel: &self.cancel,
-                    state_dir: &self.catalogue.daemon.state_directory,
-                };
-                let outcome = crate::files::run_config(ctx)
+                let outcome = crate::files::run_config(run, spec)
                     .await
                     .map_err(|e| error_chain(&e))?;
-                Ok(KindOutcome::from_files(repository.name.clone(), outcome))
+                Ok(KindOutcome::from_snapshot(primary, outcome))
             }
             other => Err(format!(
                 "job kind `{}` is not supported by this version of bdc-backupd",

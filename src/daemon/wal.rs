@@ -166,22 +166,9 @@ fn kind_name(kind: WalKind) -> &'static str {
     }
 }
 
-fn pipeline_settings(catalogue: &Catalogue, job: &Job) -> Result<PipelineSettings, String> {
-    let recipients = catalogue
-        .encryption
-        .recipients
-        .iter()
-        .map(|r| {
-            r.parse::<age::x25519::Recipient>()
-                .map_err(|e| format!("recipient {r}: {e}"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(PipelineSettings::new(job.compression.clone(), recipients))
-}
-
 fn build_setup(catalogue: Arc<Catalogue>) -> Result<WalSetup, String> {
     let job = wal_job(&catalogue).ok_or("the catalogue has no postgres-wal job")?;
-    let settings = pipeline_settings(&catalogue, job)?;
+    let settings = PipelineSettings::for_job(&catalogue, job).map_err(|e| e.to_string())?;
     let mut sync = Vec::new();
     let mut async_names = Vec::new();
     for repo_name in &job.repositories {

@@ -1,56 +1,39 @@
-//! The `config` job: a complete small snapshot of listed files, stored only when something changed.
+//! The `config` job: a complete small snapshot of listed files, stored (through the snapshot-job
+//! core, [`crate::snapshot::job`]) only when the set of files, a content, a mode or an owner changed.
 
-use super::{FilesError, JobOutcome, PART_SIZE};
-use crate::catalogue::{Catalogue, ConfigJob, Job};
+use crate::catalogue::ConfigJob;
 use crate::model::{BackupType, JobKindName};
-use crate::pipeline::{PipelineSettings, ProgressCounter};
-use crate::repository::Repository;
 use crate::snapshot::backup::EngineConfig;
+use crate::snapshot::job::{self, JobError, JobOutcome, JobRun, PART_SIZE};
 use crate::snapshot::manifest::{EntryKind, ManifestReader, Mode};
 use crate::snapshot::path::ByteName;
 use crate::snapshot::walk::{Event, ListWalk};
-use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
-use tokio_util::sync::CancellationToken;
 
-use super::run::{Common, choose_parent, id_for, store_snapshot};
-/// Everything one `config` run needs.
-pub struct ConfigContext<'a> {
-    pub catalogue: &'a Catalogue,
-    pub job: &'a Job,
-    pub spec: &'a ConfigJob,
-    pub repository: &'a Repository,
-    pub pipeline: &'a PipelineSettings,
-    pub backup_id: &'a str,
-    pub started_at: DateTime<Utc>,
-    pub progress: &'a ProgressCounter,
-    pub cancel: &'a CancellationToken,
-    pub state_dir: &'a Path,
-}
-
-/// Runs one `config` check: stores a new version only when something changed.
-pub async fn run_config(ctx: ConfigContext<'_>) -> Result<JobOutcome, FilesError> {
-    let job = ctx.job.name.clone();
-    let parent = choose_parent(
+/// Runs one `config` check of `spec` (the run's job): stores a new version (always a full)
+/// only when something changed. The parent need not be in the replicas, and `requested` is
+/// ignored.
+pub async fn run_config(run: JobRun<'_>, spec: &ConfigJob) -> Result<JobOutcome, JobError> {
+    let job = run.job.name.clone();
+    let parent = job::choose_parent(
         &job,
         JobKindName::Config,
-        ctx.repository,
+        run.repository,
         &[],
         None,
-        ctx.state_dir,
+        run.state_dir,
     )
     .await?
     .ok();
     if let Some(p) = parent {
-        let paths = ctx.spec.paths.clone();
+        let paths = spec.paths.clone();
         let since = p.record.id.clone();
         let same = tokio::task::spawn_blocking(move || config_unchanged(&paths, p.copy))
             .await
-            .map_err(|e| FilesError::Task {
+            .map_err(|e| JobError::Task {
                 job: job.clone(),
                 reason: e.to_string(),
             })?;
@@ -58,11 +41,11 @@ pub async fn run_config(ctx: ConfigContext<'_>) -> Result<JobOutcome, FilesError
             return Ok(JobOutcome::Unchanged { since, warnings });
         }
     }
-    let backup_id = id_for(
-        ctx.repository,
+    let backup_id = job::id_for(
+        run.repository,
         &job,
-        ctx.backup_id,
-        ctx.started_at,
+        run.backup_id,
+        run.started_at,
         BackupType::Full,
     )
     .await?;
@@ -71,29 +54,21 @@ pub async fn run_config(ctx: ConfigContext<'_>) -> Result<JobOutcome, FilesError
         backup_id,
         backup_type: BackupType::Full,
         mode: Mode::Lenient,
-        started_at: ctx.started_at,
+        started_at: run.started_at,
         ancestors: Vec::new(),
         source: ByteName(b"/".to_vec()),
         part_size: PART_SIZE,
         parent: None,
-        spool_dir: ctx.state_dir.to_path_buf(),
+        spool_dir: run.state_dir.to_path_buf(),
         fault_unreadable: None,
         before_read: None,
         inspect: None,
     };
-    let (record, warnings) = store_snapshot(
-        Common {
-            job: &job,
-            kind: JobKindName::Config,
-            repository: ctx.repository,
-            pipeline: ctx.pipeline,
-            started_at: ctx.started_at,
-            progress: ctx.progress,
-            cancel: ctx.cancel,
-            state_dir: ctx.state_dir,
-        },
+    let (record, warnings) = job::store_snapshot(
+        &run,
+        JobKindName::Config,
         cfg,
-        Box::new(ListWalk::new(&ctx.spec.paths)),
+        Box::new(ListWalk::new(&spec.paths)),
     )
     .await?;
     Ok(JobOutcome::Committed {

@@ -5,8 +5,9 @@
 //!    `data_directory` is the catalogue's `[postgres] data-directory`, the WAL segment size, data
 //!    checksums; tablespaces outside the data directory are refused (named in the error).
 //! 2. `pg_backup_start(label, fast => true)` (12–14: `pg_start_backup(label, true, false)`).
-//! 3. Walk PGDATA with PostgreSQL's exclusions ([`PgDataWalk`]), full or incremental (the parent
-//!    is chosen as for `files` jobs), store data objects and the manifest.
+//! 3. Walk PGDATA with PostgreSQL's exclusions ([`PgDataWalk`]), full or incremental (parent, id
+//!    and type from the snapshot-job core, [`crate::snapshot::job`]), store data objects and the
+//!    manifest.
 //! 4. `pg_backup_stop(false)` (12–14: `pg_stop_backup(false, false)`): the stop LSN, the
 //!    `backup_label` and `tablespace_map`, stored as encrypted objects of the backup (never read
 //!    from PGDATA).
@@ -22,19 +23,19 @@
 use super::base_record::{BACKUP_LABEL_OBJECT, BaseBackupInfo, TABLESPACE_MAP_OBJECT};
 use super::checksum::Verifier;
 use super::connection::{PgControl, PgError};
-use crate::catalogue::{BaseJob, Catalogue, Job, WalAck};
+use crate::catalogue::{BaseJob, Catalogue, WalAck};
 use crate::error::{Classify, Retry};
-use crate::files::{self, Common, FilesError, JobOutcome, PART_SIZE};
 use crate::model::{BackupType, JobKindName};
-use crate::pipeline::{self, PipelineError, PipelineSettings, ProgressCounter};
+use crate::pipeline::{self, PipelineError};
 use crate::repository::{ObjectRecord, Repository, RepositoryError, format};
 use crate::snapshot::SnapshotError;
-use crate::snapshot::backup::{EngineConfig, InspectHook, Parent};
+use crate::snapshot::backup::{EngineConfig, InspectHook};
+use crate::snapshot::job::{self, ChosenParent, JobError, JobOutcome, JobRun, PART_SIZE};
 use crate::snapshot::manifest::Mode;
 use crate::snapshot::path::ByteName;
 use crate::snapshot::walk::{Event, Filter, Item, TreeWalk};
 use crate::wal::{ClusterIdentity, WalName};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use std::collections::HashSet;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -46,22 +47,6 @@ use tokio_util::sync::CancellationToken;
 pub const DEFAULT_WAL_TIMEOUT: Duration = Duration::from_secs(600);
 /// How often the WAL archive is polled while waiting, at most (the first polls come sooner).
 const WAL_POLL: Duration = Duration::from_millis(500);
-
-/// Everything one base backup run needs (mirrors `files::FilesContext`).
-pub struct BaseContext<'a> {
-    pub catalogue: &'a Catalogue,
-    pub job: &'a Job,
-    pub spec: &'a BaseJob,
-    pub repository: &'a Repository,
-    pub replicas: &'a [Repository],
-    pub pipeline: &'a PipelineSettings,
-    pub backup_id: &'a str,
-    pub started_at: DateTime<Utc>,
-    pub requested: BackupType,
-    pub progress: &'a ProgressCounter,
-    pub cancel: &'a CancellationToken,
-    pub state_dir: &'a Path,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BaseError {
@@ -129,14 +114,14 @@ pub enum BaseError {
         source: Box<PipelineError>,
     },
     #[error(transparent)]
-    Files(Box<FilesError>),
+    Snapshot(Box<JobError>),
     #[error("job `{job}`: cancelled")]
     Cancelled { job: String },
 }
 
-impl From<FilesError> for BaseError {
-    fn from(e: FilesError) -> Self {
-        BaseError::Files(Box::new(e))
+impl From<JobError> for BaseError {
+    fn from(e: JobError) -> Self {
+        BaseError::Snapshot(Box::new(e))
     }
 }
 
@@ -148,7 +133,7 @@ impl Classify for BaseError {
             BaseError::DataDirectoryIo { source, .. } => crate::error::io_retry(source),
             BaseError::Repository { source, .. } => source.retry(),
             BaseError::Store { source, .. } => source.retry(),
-            BaseError::Files(e) => e.retry(),
+            BaseError::Snapshot(e) => e.retry(),
             BaseError::WalTimeout { .. } | BaseError::Cancelled { .. } => Retry::Transient,
             _ => Retry::Permanent,
         }
@@ -299,10 +284,10 @@ fn wal_repository(
 }
 
 /// Runs one base backup (see the module docs).
-pub async fn run_base(ctx: BaseContext<'_>) -> Result<JobOutcome, BaseError> {
-    let job = ctx.job.name.clone();
-    let pg_settings = ctx.catalogue.postgres.as_ref();
-    let url = ctx
+pub async fn run_base(run: JobRun<'_>, spec: &BaseJob) -> Result<JobOutcome, BaseError> {
+    let job = run.job.name.clone();
+    let pg_settings = run.catalogue.postgres.as_ref();
+    let url = run
         .job
         .connection
         .clone()
@@ -312,7 +297,7 @@ pub async fn run_base(ctx: BaseContext<'_>) -> Result<JobOutcome, BaseError> {
         .and_then(|p| p.data_directory.clone())
         .ok_or_else(|| BaseError::NoDataDirectory { job: job.clone() })?;
     let password_file = pg_settings.and_then(|p| p.password_file.as_deref());
-    let (wal_job, wal_repo) = wal_repository(ctx.catalogue, &job, ctx.spec)?;
+    let (wal_job, wal_repo) = wal_repository(run.catalogue, &job, spec)?;
     let mut pg = PgControl::connect(&url, password_file)
         .await
         .map_err(|source| BaseError::Pg {
@@ -321,32 +306,12 @@ pub async fn run_base(ctx: BaseContext<'_>) -> Result<JobOutcome, BaseError> {
         })?;
     let facts = server_facts(&job, &mut pg, &data_dir).await?;
 
-    let (parent, full_because) = if ctx.requested == BackupType::Incremental {
-        match files::choose_parent(
-            &job,
-            JobKindName::PostgresBase,
-            ctx.repository,
-            ctx.replicas,
-            ctx.spec.max_chain,
-            ctx.state_dir,
-        )
-        .await?
-        {
-            Ok(p) => (Some(p), None),
-            Err(why) => (None, Some(why)),
-        }
-    } else {
-        (None, None)
-    };
-    let ty = if parent.is_some() {
-        BackupType::Incremental
-    } else {
-        BackupType::Full
-    };
-    let backup_id = files::id_for(ctx.repository, &job, ctx.backup_id, ctx.started_at, ty).await?;
-    if let Some(why) = &full_because {
-        tracing::info!(job = %job, backup_id = %backup_id, "full instead of incremental: {why}");
-    }
+    let job::Plan {
+        parent,
+        backup_type: ty,
+        backup_id,
+        full_because,
+    } = job::plan(&run, JobKindName::PostgresBase, spec.max_chain).await?;
 
     // The backup starts: from here on every failure stops it.
     let label = format!("bdc-backup {job} {backup_id}");
@@ -364,20 +329,10 @@ pub async fn run_base(ctx: BaseContext<'_>) -> Result<JobOutcome, BaseError> {
             "starting the backup (the backup role needs EXECUTE on pg_backup_start/pg_backup_stop)",
         ))?;
     tracing::info!(job = %job, backup_id = %backup_id, start_lsn = %start_lsn, "base backup started");
-    let common = Common {
-        job: &job,
-        kind: JobKindName::PostgresBase,
-        repository: ctx.repository,
-        pipeline: ctx.pipeline,
-        started_at: ctx.started_at,
-        progress: ctx.progress,
-        cancel: ctx.cancel,
-        state_dir: ctx.state_dir,
-    };
     let mut stopped = false;
     let result = backup_started(
-        &ctx,
-        &common,
+        &run,
+        spec,
         &mut pg,
         &facts,
         &backup_id,
@@ -399,10 +354,9 @@ pub async fn run_base(ctx: BaseContext<'_>) -> Result<JobOutcome, BaseError> {
                 tracing::warn!(job = %job, error = %e, "could not stop the failed backup; closing the session aborts it");
             }
         }
-        let commit_failed =
-            matches!(&result, Err(BaseError::Files(e)) if matches!(**e, FilesError::Commit { .. }));
+        let commit_failed = matches!(&result, Err(BaseError::Snapshot(e)) if matches!(**e, JobError::Commit { .. }));
         if !commit_failed {
-            files::delete_uncommitted(ctx.repository, &job, &backup_id).await;
+            job::delete_uncommitted(run.repository, &job, &backup_id).await;
         }
     }
     pg.close().await;
@@ -416,33 +370,29 @@ pub async fn run_base(ctx: BaseContext<'_>) -> Result<JobOutcome, BaseError> {
 
 #[allow(clippy::too_many_arguments)]
 async fn backup_started(
-    ctx: &BaseContext<'_>,
-    common: &Common<'_>,
+    run: &JobRun<'_>,
+    spec: &BaseJob,
     pg: &mut PgControl,
     facts: &ServerFacts,
     backup_id: &str,
     ty: BackupType,
-    parent: Option<files::ChosenParent>,
+    parent: Option<ChosenParent>,
     start_lsn: &str,
     (wal_job, wal_repo): (&str, &Repository),
     stopped: &mut bool,
 ) -> Result<(crate::repository::CommitRecord, Vec<String>), BaseError> {
-    let job = ctx.job.name.clone();
+    let job = run.job.name.clone();
     let timeline: i32 = sqlx::query_scalar("SELECT timeline_id FROM pg_control_checkpoint()")
         .fetch_one(pg.conn())
         .await
         .map_err(query_err(&job, "reading the timeline"))?;
     let timeline = timeline as u32;
-    let ancestors = parent
-        .as_ref()
-        .map(|p| {
-            let mut a = vec![p.record.id.clone()];
-            a.extend(p.record.ancestors.iter().cloned());
-            a
-        })
-        .unwrap_or_default();
+    let (ancestors, parent) = match parent.map(ChosenParent::into_engine) {
+        Some((a, p)) => (a, Some(p)),
+        None => (Vec::new(), None),
+    };
     let walk = PgDataWalk::new(&facts.data_directory).map_err(|source| {
-        BaseError::from(FilesError::Snapshot {
+        BaseError::from(JobError::Snapshot {
             job: job.clone(),
             source: SnapshotError::Source {
                 path: facts.data_directory.clone(),
@@ -467,20 +417,18 @@ async fn backup_started(
         backup_id: backup_id.to_string(),
         backup_type: ty,
         mode: Mode::Strict,
-        started_at: ctx.started_at,
+        started_at: run.started_at,
         ancestors,
         source: ByteName(facts.data_directory.as_os_str().as_bytes().to_vec()),
         part_size: PART_SIZE,
-        parent: parent.map(|p| Parent {
-            manifest: Box::new(p.copy),
-            started_at: p.record.started_at,
-        }),
-        spool_dir: ctx.state_dir.to_path_buf(),
+        parent,
+        spool_dir: run.state_dir.to_path_buf(),
         fault_unreadable: None,
         before_read: None,
         inspect,
     };
-    let mut prepared = files::prepare_snapshot(common, cfg, Box::new(walk)).await?;
+    let mut prepared =
+        job::prepare_snapshot(run, JobKindName::PostgresBase, cfg, Box::new(walk)).await?;
     let checksum_failures = verifier.as_ref().map_or(0, |v| v.failures());
     if let Some(more) = verifier.as_ref().and_then(|v| v.unlisted()) {
         prepared.warnings.push(more);
@@ -511,10 +459,10 @@ async fn backup_started(
     let prefix = format::backup_prefix(&job, backup_id);
     let label_key = format!("{prefix}{BACKUP_LABEL_OBJECT}");
     let label_record = pipeline::store_bytes(
-        &ctx.repository.store,
+        &run.repository.store,
         &label_key,
         labelfile.unwrap_or_default().into_bytes().into(),
-        ctx.pipeline,
+        run.pipeline,
     )
     .await
     .map_err(|source| BaseError::Store {
@@ -528,10 +476,10 @@ async fn backup_started(
         let key = format!("{prefix}{TABLESPACE_MAP_OBJECT}");
         extra.push(
             pipeline::store_bytes(
-                &ctx.repository.store,
+                &run.repository.store,
                 &key,
                 map.into_bytes().into(),
-                ctx.pipeline,
+                run.pipeline,
             )
             .await
             .map_err(|source| BaseError::Store {
@@ -550,8 +498,8 @@ async fn backup_started(
         wal_repo,
         &facts.identity,
         &segments,
-        ctx.spec.wal_timeout.unwrap_or(DEFAULT_WAL_TIMEOUT),
-        ctx.cancel,
+        spec.wal_timeout.unwrap_or(DEFAULT_WAL_TIMEOUT),
+        run.cancel,
     )
     .await?;
 
@@ -575,7 +523,7 @@ async fn backup_started(
     prepared.record.bytes_stored += extra.iter().map(|o| o.size).sum::<u64>();
     prepared.record.objects.extend(extra);
     prepared.record.stopped_at = stop_time;
-    Ok(files::commit_prepared(common, prepared).await?)
+    Ok(job::commit_prepared(run, prepared).await?)
 }
 
 /// Polls the archive until every segment is there.

@@ -1,40 +1,23 @@
 //! `postgres-dump` jobs: each database's raw `pg_dump -Fc -Z0` archive is streamed from pg_dump's
 //! stdout straight into the pipeline (no temp file), `pg_dumpall --globals-only` SQL beside it, an
 //! encrypted manifest, and the commit record last. An object counts only once pg_dump exited 0.
+//! A run takes the shared run context ([`crate::snapshot::job::JobRun`]) and the job's [`DumpJob`].
 
 use super::binaries::{BinariesError, PgBinaries};
 use super::connection::{PgControl, PgError, connect_options, describe, read_password_file};
 use super::manifest::{DUMP_MANIFEST_KIND, DumpManifest, DumpedDatabase, DumpedGlobals};
 use super::process::{self, PassFile, url_with_database};
-use crate::catalogue::{Catalogue, DumpJob, Job};
+use crate::catalogue::DumpJob;
 use crate::error::{Classify, Retry, io_retry};
 use crate::model::{BackupType, JobKindName};
-use crate::pipeline::{self, PipelineError, PipelineSettings, ProgressCounter};
+use crate::pipeline::{self, PipelineError};
 use crate::repository::{
-    CommitRecord, FORMAT_VERSION, ObjectRecord, Repository, RepositoryError, StoreError, format,
-    local_copy,
+    CommitRecord, FORMAT_VERSION, ObjectRecord, RepositoryError, StoreError, format, local_copy,
 };
-use chrono::{DateTime, Utc};
-use std::path::Path;
+use crate::snapshot::job::JobRun;
+use chrono::Utc;
 use std::process::Stdio;
 use tokio::process::Command;
-use tokio_util::sync::CancellationToken;
-
-/// Everything one dump run needs.
-pub struct DumpContext<'a> {
-    pub catalogue: &'a Catalogue,
-    pub job: &'a Job,
-    pub spec: &'a DumpJob,
-    /// The job's first repository: the backup is written and committed here.
-    pub repository: &'a Repository,
-    pub pipeline: &'a PipelineSettings,
-    pub backup_id: &'a str,
-    pub started_at: DateTime<Utc>,
-    pub progress: &'a ProgressCounter,
-    pub cancel: &'a CancellationToken,
-    /// The daemon's private state directory (the temporary PGPASSFILE lives here).
-    pub state_dir: &'a Path,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DumpError {
@@ -146,26 +129,27 @@ impl Classify for DumpError {
 /// On failure before the commit, the objects this run stored are deleted (best effort; the
 /// repository's cleanup of uncommitted objects catches the rest). A failed commit deletes
 /// nothing: the record may have landed.
-pub async fn run_dump(ctx: DumpContext<'_>) -> Result<CommitRecord, DumpError> {
+pub async fn run_dump(run: JobRun<'_>, spec: &DumpJob) -> Result<CommitRecord, DumpError> {
     let mut stored = Vec::new();
-    let result = dump_and_commit(&ctx, &mut stored).await;
+    let result = dump_and_commit(&run, spec, &mut stored).await;
     if let Err(e) = &result
         && !matches!(e, DumpError::Commit { .. })
     {
         for key in &stored {
-            discard(&ctx.repository.store, key).await;
+            discard(&run.repository.store, key).await;
         }
     }
     result
 }
 
 async fn dump_and_commit(
-    ctx: &DumpContext<'_>,
+    run: &JobRun<'_>,
+    spec: &DumpJob,
     stored: &mut Vec<String>,
 ) -> Result<CommitRecord, DumpError> {
-    let job = ctx.job.name.clone();
-    let pg = ctx.catalogue.postgres.as_ref();
-    let url = ctx
+    let job = run.job.name.clone();
+    let pg = run.catalogue.postgres.as_ref();
+    let url = run
         .job
         .connection
         .clone()
@@ -201,10 +185,10 @@ async fn dump_and_commit(
         Some(path) => {
             let password = read_password_file(path).map_err(connect_err)?;
             Some(
-                PassFile::create(ctx.state_dir, &password).map_err(|source| {
+                PassFile::create(run.state_dir, &password).map_err(|source| {
                     DumpError::PassFile {
                         job: job.clone(),
-                        dir: ctx.state_dir.display().to_string(),
+                        dir: run.state_dir.display().to_string(),
                         source,
                     }
                 })?,
@@ -213,9 +197,9 @@ async fn dump_and_commit(
         None => None,
     };
 
-    let store = &ctx.repository.store;
+    let store = &run.repository.store;
     let mut databases = Vec::new();
-    for (index, db) in ctx.spec.databases.iter().enumerate() {
+    for (index, db) in spec.databases.iter().enumerate() {
         let tables = control.list_tables(db).await.map_err(connect_err)?;
         let db_url = url_with_database(&url, db).map_err(|source| DumpError::Url {
             job: job.clone(),
@@ -223,25 +207,25 @@ async fn dump_and_commit(
         })?;
         let mut cmd = Command::new(&bins.pg_dump);
         cmd.args(["-Fc", "-Z0", "--no-password"]);
-        for t in &ctx.spec.tables {
+        for t in &spec.tables {
             cmd.arg("-t").arg(t);
         }
         cmd.arg("-d").arg(&db_url);
-        let key = format::data_key(&job, ctx.backup_id, index as u64);
+        let key = format::data_key(&job, run.backup_id, index as u64);
         let what = format!("database `{db}` (pg_dump)");
-        let object = dump_to_object(ctx, cmd, passfile.as_ref(), &key, &what).await?;
+        let object = dump_to_object(run, cmd, passfile.as_ref(), &key, &what).await?;
         stored.push(key);
         tracing::info!(job = %job, database = %db, bytes = object.content_size, "dumped database");
         databases.push(DumpedDatabase {
             name: db.clone(),
             object,
             format: "custom".into(),
-            selected_tables: ctx.spec.tables.clone(),
+            selected_tables: spec.tables.clone(),
             tables,
         });
     }
 
-    let globals = if ctx.spec.globals {
+    let globals = if spec.globals {
         let mut cmd = Command::new(&bins.pg_dumpall);
         cmd.args(["--globals-only", "--no-password"]);
         if !superuser {
@@ -249,9 +233,9 @@ async fn dump_and_commit(
             cmd.arg("--no-role-passwords");
         }
         cmd.arg("-d").arg(&url);
-        let key = format::data_key(&job, ctx.backup_id, ctx.spec.databases.len() as u64);
+        let key = format::data_key(&job, run.backup_id, spec.databases.len() as u64);
         let object = dump_to_object(
-            ctx,
+            run,
             cmd,
             passfile.as_ref(),
             &key,
@@ -274,8 +258,8 @@ async fn dump_and_commit(
         format_version: FORMAT_VERSION,
         kind: DUMP_MANIFEST_KIND.into(),
         job: job.clone(),
-        backup_id: ctx.backup_id.to_string(),
-        started_at: ctx.started_at,
+        backup_id: run.backup_id.to_string(),
+        started_at: run.started_at,
         stopped_at,
         server,
         server_version_num,
@@ -289,12 +273,12 @@ async fn dump_and_commit(
             job: job.clone(),
             source,
         })?;
-    let manifest_key = format::manifest_key(&job, ctx.backup_id);
+    let manifest_key = format::manifest_key(&job, run.backup_id);
     let manifest_record = pipeline::store_bytes(
         store,
         &manifest_key,
         manifest_bytes.clone().into(),
-        ctx.pipeline,
+        run.pipeline,
     )
     .await
     .map_err(|source| DumpError::Pipeline {
@@ -307,9 +291,9 @@ async fn dump_and_commit(
     // The plaintext local copy (dumps are always full, so nothing depends on it yet; a failure
     // to save it is a warning, not a failed backup).
     if let Err(e) = local_copy::save(
-        ctx.state_dir,
+        run.state_dir,
         &job,
-        ctx.backup_id,
+        run.backup_id,
         &manifest_record.sha256,
         manifest_bytes.into(),
     )
@@ -342,12 +326,12 @@ async fn dump_and_commit(
     );
     let record = CommitRecord {
         format_version: FORMAT_VERSION,
-        id: ctx.backup_id.to_string(),
+        id: run.backup_id.to_string(),
         job: job.clone(),
         kind: JobKindName::PostgresDump,
         backup_type: BackupType::Full,
         ancestors: Vec::new(),
-        started_at: ctx.started_at,
+        started_at: run.started_at,
         stopped_at,
         bytes_read: objects.iter().map(|o| o.content_size).sum(),
         bytes_stored: objects.iter().map(|o| o.size).sum::<u64>() + manifest_record.size,
@@ -356,18 +340,18 @@ async fn dump_and_commit(
         details,
         software: concat!("bdc-backup ", env!("CARGO_PKG_VERSION")).into(),
     };
-    if ctx.cancel.is_cancelled() {
+    if run.cancel.is_cancelled() {
         return Err(DumpError::Cancelled {
             job,
             what: "the commit".into(),
         });
     }
-    ctx.repository
+    run.repository
         .commit(&record)
         .await
         .map_err(|source| DumpError::Commit {
             job: job.clone(),
-            backup_id: ctx.backup_id.to_string(),
+            backup_id: run.backup_id.to_string(),
             source,
         })?;
     Ok(record)
@@ -376,13 +360,13 @@ async fn dump_and_commit(
 /// Runs `cmd` with stdout piped into a new object at `key`. The object is kept only when the
 /// tool exited 0; otherwise it is deleted and the tool's stderr is in the error.
 async fn dump_to_object(
-    ctx: &DumpContext<'_>,
+    run: &JobRun<'_>,
     mut cmd: Command,
     passfile: Option<&PassFile>,
     key: &str,
     what: &str,
 ) -> Result<ObjectRecord, DumpError> {
-    let job = ctx.job.name.clone();
+    let job = run.job.name.clone();
     if let Some(pf) = passfile {
         pf.apply(&mut cmd);
     }
@@ -403,10 +387,10 @@ async fn dump_to_object(
         });
     };
     let gated = child.exit_gated(stdout);
-    let store = &ctx.repository.store;
+    let store = &run.repository.store;
     let stored = tokio::select! {
-        r = pipeline::store_stream(store, key, gated, ctx.pipeline, ctx.progress, ctx.cancel) => r,
-        _ = ctx.cancel.cancelled() => Err(PipelineError::Cancelled),
+        r = pipeline::store_stream(store, key, gated, run.pipeline, run.progress, run.cancel) => r,
+        _ = run.cancel.cancelled() => Err(PipelineError::Cancelled),
     };
     let outcome = match &stored {
         Ok(_) => child.wait().await,
@@ -431,7 +415,7 @@ async fn dump_to_object(
         }
         Err(source) => {
             discard(store, key).await;
-            if ctx.cancel.is_cancelled() || matches!(source, PipelineError::Cancelled) {
+            if run.cancel.is_cancelled() || matches!(source, PipelineError::Cancelled) {
                 return Err(DumpError::Cancelled {
                     job,
                     what: what.to_string(),

@@ -7,13 +7,12 @@ use bdc_backup::catalogue::{
     EncryptionSettings, FilesJob, Job, JobSpec, LogTarget, RepositoryLocation, RepositorySettings,
     WalAck,
 };
-use bdc_backup::files::{
-    ConfigContext, FilesContext, JobOutcome, SnapshotRestoreOptions, run_config, run_files,
-};
+use bdc_backup::files::{SnapshotRestoreOptions, run_config, run_files};
 use bdc_backup::model::BackupType;
 use bdc_backup::pipeline::{PipelineSettings, ProgressCounter};
 use bdc_backup::repository::{CommitRecord, Repository};
 use bdc_backup::schedule::CronSchedule;
+use bdc_backup::snapshot::job::{JobOutcome, JobRun};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -164,20 +163,22 @@ impl Setup {
         let repository = self.repository();
         let pipeline = self.pipeline();
         let id = bdc_backup::repository::BackupId::new(started_at, ty).0;
-        let outcome = run_files(FilesContext {
-            catalogue: &self.catalogue,
-            job,
+        let outcome = run_files(
+            JobRun {
+                catalogue: &self.catalogue,
+                job,
+                repository: &repository,
+                replicas: &[],
+                pipeline: &pipeline,
+                backup_id: &id,
+                started_at,
+                requested: ty,
+                progress: &ProgressCounter::default(),
+                cancel: &CancellationToken::new(),
+                state_dir: &self.catalogue.daemon.state_directory,
+            },
             spec,
-            repository: &repository,
-            replicas: &[],
-            pipeline: &pipeline,
-            backup_id: &id,
-            started_at,
-            requested: ty,
-            progress: &ProgressCounter::default(),
-            cancel: &CancellationToken::new(),
-            state_dir: &self.catalogue.daemon.state_directory,
-        })
+        )
         .await
         .expect("backup");
         match outcome {
@@ -200,18 +201,22 @@ impl Setup {
         let pipeline = self.pipeline();
         let started_at = Utc::now();
         let id = bdc_backup::repository::BackupId::new(started_at, BackupType::Full).0;
-        run_config(ConfigContext {
-            catalogue: &self.catalogue,
-            job,
+        run_config(
+            JobRun {
+                catalogue: &self.catalogue,
+                job,
+                repository: &repository,
+                replicas: &[],
+                pipeline: &pipeline,
+                backup_id: &id,
+                started_at,
+                requested: BackupType::Full,
+                progress: &ProgressCounter::default(),
+                cancel: &CancellationToken::new(),
+                state_dir: &self.catalogue.daemon.state_directory,
+            },
             spec,
-            repository: &repository,
-            pipeline: &pipeline,
-            backup_id: &id,
-            started_at,
-            progress: &ProgressCounter::default(),
-            cancel: &CancellationToken::new(),
-            state_dir: &self.catalogue.daemon.state_directory,
-        })
+        )
         .await
         .expect("config check")
     }
