@@ -18,7 +18,8 @@
 //! - [`usage`]: bytes stored per job and repository, weekly growth, projections.
 //! - [`wal`]: continuous WAL archiving: names, headers, archive keys, push and fetch.
 //! - [`model`]: plain data types shared by state, protocol and daemon.
-//! - [`error`]: the retry classification every error answers.
+//! - [`error`]: the retry classification every error answers; an error and its sources on one line.
+//! - [`units`]: human-readable byte counts.
 //! - [`secrets`]: secret files (password files) refused when others may read them.
 
 pub mod catalogue;
@@ -38,5 +39,6 @@ pub mod schedule;
 pub mod secrets;
 pub mod snapshot;
 pub mod state;
+pub mod units;
 pub mod usage;
 pub mod wal;

@@ -396,7 +396,7 @@ pub async fn apply(
             Err(err) => {
                 report.failed += 1;
                 let mut o = outcome(d, Action::DeleteFailed);
-                o.error = Some(crate::daemon::error_chain_of(&err));
+                o.error = Some(crate::error::error_chain_of(&err));
                 report.backups.push(o);
             }
         }
@@ -415,7 +415,7 @@ async fn confirm_gone(repository: &Repository, job: &str, report: &mut Retention
         Err(err) => {
             report.errors.push(format!(
                 "cannot confirm the deletions by listing: {}",
-                crate::daemon::error_chain_of(&err)
+                crate::error::error_chain_of(&err)
             ));
             return false;
         }
@@ -528,7 +528,7 @@ pub async fn run_for_job(
     if withhold {
         report.dry_run = dry_run;
         for e in &bad {
-            report.errors.push(crate::daemon::error_chain_of(e));
+            report.errors.push(crate::error::error_chain_of(e));
         }
         report.errors.push(format!(
             "{} commit records could not be read; nothing was deleted until they are fixed",
@@ -602,7 +602,7 @@ pub async fn run_matching(
                 policy,
                 now,
                 dry_run,
-                crate::daemon::error_chain_of(&e),
+                crate::error::error_chain_of(&e),
             )
         }));
     }

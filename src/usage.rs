@@ -361,7 +361,7 @@ fn steady_state(
 
 impl fmt::Display for UsageReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use crate::daemon::human_bytes as hb;
+        use crate::units::human_bytes as hb;
         let header = [
             "JOB",
             "REPOSITORY",

@@ -196,7 +196,7 @@ pub async fn run(
                 report.errors.push(format!(
                     "cannot list the WAL archive {}: {}",
                     format::archive_prefix(c),
-                    crate::daemon::error_chain_of(&err)
+                    crate::error::error_chain_of(&err)
                 ));
                 return report;
             }
@@ -219,7 +219,7 @@ pub async fn run(
                 if report.errors.len() < 10 {
                     report.errors.push(format!(
                         "deleting {key}: {}",
-                        crate::daemon::error_chain_of(&err)
+                        crate::error::error_chain_of(&err)
                     ));
                 }
             }
@@ -236,7 +236,7 @@ pub async fn run(
                 Err(err) => {
                     report.errors.push(format!(
                         "cannot confirm the WAL deletions by listing: {}",
-                        crate::daemon::error_chain_of(&err)
+                        crate::error::error_chain_of(&err)
                     ));
                     report.confirmed = Some(false);
                     return report;
