@@ -18,6 +18,7 @@ pub mod validate;
 mod tests;
 
 use crate::model::{BackupType, JobKindName};
+pub use crate::schedule::CatchUp;
 use crate::schedule::CronSchedule;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -61,14 +62,6 @@ impl Catalogue {
     pub fn repository(&self, name: &str) -> Option<&RepositorySettings> {
         self.repositories.iter().find(|r| r.name == name)
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CatchUp {
-    /// After downtime, the strongest missed run type runs once.
-    Once,
-    /// Missed fires are skipped.
-    Skip,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
