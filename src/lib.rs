@@ -20,6 +20,7 @@
 //! - [`model`]: plain data types shared by state, protocol and daemon.
 //! - [`error`]: the retry classification every error answers; an error and its sources on one line.
 //! - [`units`]: human-readable byte counts.
+//! - [`timeparse`]: times operators type or paste (`--at`, `--time`), every form PostgreSQL prints.
 //! - [`secrets`]: secret files (password files) refused when others may read them.
 
 pub mod catalogue;
@@ -39,6 +40,7 @@ pub mod schedule;
 pub mod secrets;
 pub mod snapshot;
 pub mod state;
+pub mod timeparse;
 pub mod units;
 pub mod usage;
 pub mod wal;
