@@ -1,6 +1,6 @@
 //! The job catalogue: the validated, typed view of `catalogue.toml` (DESIGN §2, §12).
 //!
-//! Loading has two phases: [`raw`] reads the TOML through figment into a permissive layer
+//! Loading has two phases: [`raw`] parses the TOML once into a permissive layer
 //! (options and loose values, so no single bad value aborts parsing); [`validate`] builds the
 //! rich types below and collects **every** error with its key path and file.
 //!
