@@ -76,3 +76,101 @@ pub async fn list_backups_offline(
     listing.rows.sort_by_key(|r| r.started_at);
     Ok(listing)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{BackupType, JobKindName};
+    use crate::repository::{BackupId, FORMAT_VERSION, ObjectRecord, Store, format};
+    use bytes::Bytes;
+    use chrono::{Duration, Utc};
+
+    fn object(key: &str) -> ObjectRecord {
+        ObjectRecord {
+            key: key.to_string(),
+            size: 5,
+            sha256: "00".repeat(32),
+            content_size: 5,
+            content_sha256: "00".repeat(32),
+            compression: "zstd".into(),
+            encryption: "age".into(),
+        }
+    }
+
+    async fn commit(repo: &Repository, job: &str, hours_ago: i64) -> String {
+        let stop = Utc::now() - Duration::hours(hours_ago);
+        let start = stop - Duration::minutes(5);
+        let id = BackupId::new(start, BackupType::Full).0;
+        let manifest = format::manifest_key(job, &id);
+        let mut details = serde_json::Map::new();
+        details.insert("database-count".into(), 1.into());
+        details.insert("globals".into(), true.into());
+        repo.commit(&CommitRecord {
+            format_version: FORMAT_VERSION,
+            id: id.clone(),
+            job: job.into(),
+            kind: JobKindName::PostgresDump,
+            backup_type: BackupType::Full,
+            ancestors: vec![],
+            started_at: start,
+            stopped_at: stop,
+            bytes_read: 2000,
+            bytes_stored: 1000,
+            objects: vec![object(&format::data_key(job, &id, 0))],
+            manifest: object(&manifest),
+            details,
+            software: "test".into(),
+        })
+        .await
+        .unwrap();
+        id
+    }
+
+    #[tokio::test]
+    async fn offline_listing_returns_rows_oldest_first_and_bad_records_as_warnings() {
+        let dir = tempfile::tempdir().unwrap();
+        let recipient = age::x25519::Identity::generate().to_public();
+        let text = format!(
+            "[daemon]\nstate-db = \"{d}/state.db\"\nsocket = \"{d}/s.sock\"\n\
+             [encryption]\nrecipients = [\"{recipient}\"]\n\
+             [repository.one]\nurl = \"file://{d}/one\"\n\
+             [repository.two]\nurl = \"file://{d}/two\"\n",
+            d = dir.path().display()
+        );
+        let catalogue = crate::catalogue::parse_str(&text, &dir.path().join("catalogue.toml"), &[])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let one = Repository::with_store("one", Store::local(dir.path().join("one")).unwrap());
+        let two = Repository::with_store("two", Store::local(dir.path().join("two")).unwrap());
+        let newer = commit(&one, "db-dump", 1).await;
+        let older = commit(&two, "db-dump", 5).await;
+        let other = commit(&two, "files", 3).await;
+        let broken = BackupId::new(Utc::now() - Duration::hours(2), BackupType::Full).0;
+        one.store
+            .put_create(
+                &format::commit_key("db-dump", &broken),
+                Bytes::from_static(b"{ not json"),
+            )
+            .await
+            .unwrap();
+
+        let all = list_backups_offline(&catalogue, None, None).await.unwrap();
+        let ids: Vec<&str> = all.rows.iter().map(|r| r.backup_id.as_str()).collect();
+        assert_eq!(ids, [older.as_str(), other.as_str(), newer.as_str()]);
+        assert_eq!(all.rows[2].repository, "one");
+        assert_eq!(all.rows[2].summary, "1 database, globals");
+        assert_eq!(all.warnings.len(), 1, "{:?}", all.warnings);
+        let warning = crate::error::error_chain_of(&all.warnings[0]);
+        assert!(warning.contains(&broken), "{warning}");
+
+        let dumps_in_two = list_backups_offline(&catalogue, Some("db-dump"), Some("two"))
+            .await
+            .unwrap();
+        let ids: Vec<&str> = dumps_in_two
+            .rows
+            .iter()
+            .map(|r| r.backup_id.as_str())
+            .collect();
+        assert_eq!(ids, [older.as_str()]);
+        assert!(dumps_in_two.warnings.is_empty());
+    }
+}
