@@ -1,6 +1,6 @@
 //! The job catalogue: the validated, typed view of `catalogue.toml` (DESIGN §2, §12).
 //!
-//! Loading has two phases: [`raw`] reads the TOML through figment into a permissive layer
+//! Loading has two phases: [`raw`] parses the TOML once into a permissive layer
 //! (options and loose values, so no single bad value aborts parsing); [`validate`] builds the
 //! rich types below and collects **every** error with its key path and file.
 //!
@@ -18,6 +18,7 @@ pub mod validate;
 mod tests;
 
 use crate::model::{BackupType, JobKindName};
+pub use crate::schedule::CatchUp;
 use crate::schedule::CronSchedule;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -61,14 +62,6 @@ impl Catalogue {
     pub fn repository(&self, name: &str) -> Option<&RepositorySettings> {
         self.repositories.iter().find(|r| r.name == name)
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CatchUp {
-    /// After downtime, the strongest missed run type runs once.
-    Once,
-    /// Missed fires are skipped.
-    Skip,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -44,7 +44,7 @@ impl From<ClientError> for CtlError {
     fn from(err: ClientError) -> Self {
         match err {
             ClientError::Daemon(body) => CtlError::failed(body.message),
-            other => CtlError::usage(crate::daemon::error_chain_of(&other)),
+            other => CtlError::usage(crate::error::error_chain_of(&other)),
         }
     }
 }
@@ -259,9 +259,7 @@ async fn backups(ctx: &Ctx, job: Option<String>, repository: Option<String>) -> 
                 err.message
             );
             let catalogue = ctx.load_catalogue()?;
-            crate::daemon::list_backups_offline(&catalogue, job.as_deref(), repository.as_deref())
-                .await
-                .map_err(CtlError::failed)?
+            offline_rows(&catalogue, job.as_deref(), repository.as_deref()).await?
         }
         Err(err) => return Err(err),
     };
@@ -270,6 +268,21 @@ async fn backups(ctx: &Ctx, job: Option<String>, repository: Option<String>) -> 
     } else {
         out(&output::backups(&rows))
     }
+}
+
+/// The repositories' backups read directly; unreadable commit records are warned about on stderr.
+async fn offline_rows(
+    catalogue: &crate::catalogue::Catalogue,
+    job: Option<&str>,
+    repository: Option<&str>,
+) -> Result<Vec<crate::model::BackupRow>, CtlError> {
+    let listing = crate::repository::list_backups_offline(catalogue, job, repository)
+        .await
+        .map_err(|e| CtlError::failed(crate::error::error_chain_of(&e)))?;
+    for warning in &listing.warnings {
+        eprintln!("warning: {}", crate::error::error_chain_of(warning));
+    }
+    Ok(listing.rows)
 }
 
 async fn retention(
@@ -303,7 +316,7 @@ async fn retention(
                 dry_run,
             )
             .await
-            .map_err(|e| CtlError::failed(crate::daemon::error_chain_of(&e)))?
+            .map_err(|e| CtlError::failed(crate::error::error_chain_of(&e)))?
         }
         Err(err) => return Err(err),
     };
@@ -335,9 +348,7 @@ async fn usage(ctx: &Ctx, job: Option<String>, weeks: u32) -> CtlResult {
                 err.message
             );
             let catalogue = ctx.load_catalogue()?;
-            let rows = crate::daemon::list_backups_offline(&catalogue, job.as_deref(), None)
-                .await
-                .map_err(CtlError::failed)?;
+            let rows = offline_rows(&catalogue, job.as_deref(), None).await?;
             crate::usage::compute(&catalogue, &rows, None, chrono::Utc::now(), weeks)
         }
         Err(err) => return Err(err),
@@ -513,7 +524,7 @@ async fn restore(ctx: &Ctx, what: RestoreCommand) -> CtlResult {
             };
             let report = crate::postgres::restore::restore_database(&catalogue, options)
                 .await
-                .map_err(|e| CtlError::failed(crate::daemon::error_chain_of(&e)))?;
+                .map_err(|e| CtlError::failed(crate::error::error_chain_of(&e)))?;
             if ctx.args.json {
                 print_json(&report)
             } else {
@@ -603,7 +614,7 @@ async fn restore_cluster(ctx: &Ctx, a: args::RestoreClusterArgs) -> CtlResult {
         .await
         .map_err(|e| match e {
             cr::ClusterRestoreError::Usage { reason } => CtlError::usage(reason),
-            e => CtlError::failed(crate::daemon::error_chain_of(&e)),
+            e => CtlError::failed(crate::error::error_chain_of(&e)),
         })?;
     if ctx.args.json {
         print_json(&report)
@@ -618,7 +629,7 @@ async fn snapshot_restore(ctx: &Ctx, options: crate::files::SnapshotRestoreOptio
     let catalogue = ctx.load_catalogue()?;
     let report = crate::files::restore_snapshot(&catalogue, options)
         .await
-        .map_err(|e| CtlError::failed(crate::daemon::error_chain_of(&e)))?;
+        .map_err(|e| CtlError::failed(crate::error::error_chain_of(&e)))?;
     if ctx.args.json {
         print_json(&report)?;
     } else {

@@ -195,38 +195,5 @@ impl RunningDaemon {
     }
 }
 
-pub use self::core::human_bytes;
-
-/// An error and all its sources on one line.
-pub fn error_chain_of<E: std::error::Error>(err: &E) -> String {
-    self::core::error_chain(err)
-}
-
-/// `backups` without a daemon: the commit records of the catalogue's repositories.
-pub async fn list_backups_offline(
-    catalogue: &Catalogue,
-    job: Option<&str>,
-    repository: Option<&str>,
-) -> Result<Vec<crate::model::BackupRow>, String> {
-    let mut rows = Vec::new();
-    for settings in &catalogue.repositories {
-        if repository.is_some_and(|r| r != settings.name) {
-            continue;
-        }
-        let repo = crate::repository::Repository::open(settings).map_err(|e| error_chain_of(&e))?;
-        let (records, bad) = repo
-            .list_commits(job)
-            .await
-            .map_err(|e| error_chain_of(&e))?;
-        for err in bad {
-            eprintln!("warning: {}", error_chain_of(&err));
-        }
-        rows.extend(
-            records
-                .iter()
-                .map(|r| self::core::backup_row(&repo.name, r)),
-        );
-    }
-    rows.sort_by_key(|r| r.started_at);
-    Ok(rows)
-}
+// TODO(merge): remove once the restore modules call `crate::error` directly.
+pub use crate::error::{error_chain, error_chain_of};

@@ -29,3 +29,24 @@ pub fn io_retry(err: &std::io::Error) -> Retry {
         _ => Retry::Permanent,
     }
 }
+
+/// An error and all its sources on one line (a source already quoted by its parent is not
+/// repeated).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// [`error_chain`] for a sized error type (saves the `&e as &dyn Error` at call sites).
+pub fn error_chain_of<E: std::error::Error>(err: &E) -> String {
+    error_chain(err)
+}

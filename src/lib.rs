@@ -18,7 +18,9 @@
 //! - [`usage`]: bytes stored per job and repository, weekly growth, projections.
 //! - [`wal`]: continuous WAL archiving: names, headers, archive keys, push and fetch.
 //! - [`model`]: plain data types shared by state, protocol and daemon.
-//! - [`error`]: the retry classification every error answers.
+//! - [`error`]: the retry classification every error answers; an error and its sources on one line.
+//! - [`units`]: human-readable byte counts.
+//! - [`timeparse`]: times operators type or paste (`--at`, `--time`), every form PostgreSQL prints.
 //! - [`faults`]: test-only kill points (debug builds; nothing in release builds).
 //! - [`secrets`]: secret files (password files) refused when others may read them.
 
@@ -40,5 +42,7 @@ pub mod schedule;
 pub mod secrets;
 pub mod snapshot;
 pub mod state;
+pub mod timeparse;
+pub mod units;
 pub mod usage;
 pub mod wal;

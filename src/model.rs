@@ -1,5 +1,15 @@
 //! Plain data types shared by the state DB, the control protocol and the daemon: runs, their
-//! statuses and triggers, backup types, backup rows and the status report.
+//! statuses and triggers, backup types, backup rows and the status report; the reports of
+//! retention and usage passes ([`reports`]) and the cluster identity ([`identity`]).
+
+mod identity;
+mod reports;
+
+pub use identity::{ClusterIdentity, u64_string};
+pub use reports::{
+    Action, BackupOutcome, GrowthSource, Pin, Projection, Reason, RetentionReport, Rule,
+    UsageReport, UsageRow, WalPlan, WalRetentionReport, WeekGrowth,
+};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -7,7 +7,10 @@
 //! 3. After `follow` or `run` with `wait: true`, the daemon sends [`Event`]s (as `Ok(Response::Event)`)
 //!    until the run ends (run --wait) or the client closes (follow).
 
-use crate::model::{BackupRow, BackupType, Progress, RunRecord, RunStatus, StatusReport};
+use crate::model::{
+    BackupRow, BackupType, ClusterIdentity, Progress, RetentionReport, RunRecord, RunStatus,
+    StatusReport, UsageReport,
+};
 use serde::{Deserialize, Serialize};
 
 /// The protocol version: the major part must match; minor additions keep working.
@@ -75,7 +78,7 @@ pub enum Request {
     WalPush {
         name: String,
         #[serde(flatten)]
-        cluster: crate::wal::ClusterIdentity,
+        cluster: ClusterIdentity,
     },
 }
 
@@ -134,9 +137,9 @@ pub enum Response {
     Following,
     /// One report per job and repository covered.
     Retention {
-        reports: Vec<crate::retention::RetentionReport>,
+        reports: Vec<RetentionReport>,
     },
-    Usage(crate::usage::UsageReport),
+    Usage(UsageReport),
     Event(Event),
     /// The WAL file is durable in every `sync` repository (queued for the `async` ones).
     WalPushed {

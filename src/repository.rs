@@ -5,14 +5,17 @@
 //! durable local store (temp file + fsync + no-replace rename + directory fsync, mode 0600).
 //! [`cloud`]: S3, GCS and Azure repositories through object_store (docs/repositories.md).
 //! [`local_copy`]: the daemon's plaintext copies of committed manifests (for incrementals).
+//! [`listing`]: state DB rows and summaries of commit records; listing without a daemon.
 
 pub mod cloud;
 pub mod format;
+pub mod listing;
 pub mod local;
 pub mod local_copy;
 pub mod store;
 
 pub use format::{BackupId, CommitRecord, FORMAT_VERSION, ObjectRecord};
+pub use listing::{OfflineListing, backup_row, list_backups_offline, summary_of};
 pub use store::{ObjectMeta, ObjectWriter, Store, StoreError};
 
 use crate::catalogue::{RepositoryLocation, RepositorySettings};

@@ -12,11 +12,11 @@ pub mod wal;
 #[cfg(test)]
 mod tests;
 
+pub use crate::model::{Action, BackupOutcome, RetentionReport};
 pub use plan::{BackupInfo, Decision, Plan, Reason, Rule, plan};
 
 use crate::catalogue::{Catalogue, Job, RepositorySettings, RetentionPolicy};
 use crate::error::{Classify, Retry};
-use crate::model::BackupType;
 use crate::repository::{Repository, RepositoryError, Store, format};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -73,19 +73,6 @@ impl Classify for RetentionError {
     }
 }
 
-/// What happened to one backup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Action {
-    Keep,
-    /// Deleted (and confirmed gone when the report says so).
-    Delete,
-    /// Would be deleted (dry run, or deletion withheld).
-    WouldDelete,
-    /// Deleting failed; see `error`.
-    DeleteFailed,
-}
-
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -95,54 +82,6 @@ impl fmt::Display for Action {
             Action::DeleteFailed => "DELETE FAILED",
         })
     }
-}
-
-/// One backup in a retention report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct BackupOutcome {
-    pub id: String,
-    pub backup_type: BackupType,
-    pub stopped_at: DateTime<Utc>,
-    pub bytes_stored: u64,
-    pub action: Action,
-    pub reasons: Vec<Reason>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// The result of a retention pass over one job in one repository.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct RetentionReport {
-    pub job: String,
-    pub repository: String,
-    /// The `[retention.NAME]` applied, if any.
-    pub policy: Option<String>,
-    pub at: DateTime<Utc>,
-    /// The catalogue's timezone, in which the periods were computed (times are shown in it).
-    #[serde(default)]
-    pub timezone: String,
-    pub dry_run: bool,
-    /// Newest first.
-    pub backups: Vec<BackupOutcome>,
-    pub kept: usize,
-    /// Marked for deletion by the plan.
-    pub to_delete: usize,
-    /// Actually deleted (0 in a dry run, or when deletion was withheld).
-    pub deleted: usize,
-    pub failed: usize,
-    pub bytes_freed: u64,
-    /// Some(true): a listing after the deletions shows every deleted backup gone.
-    /// None: nothing was deleted (dry run, or nothing to delete).
-    pub confirmed: Option<bool>,
-    #[serde(default)]
-    pub warnings: Vec<String>,
-    #[serde(default)]
-    pub errors: Vec<String>,
-    /// postgres-base jobs with a `wal-job`: the WAL thinned in this repository.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wal: Option<wal::WalRetentionReport>,
 }
 
 impl RetentionReport {
@@ -396,7 +335,7 @@ pub async fn apply(
             Err(err) => {
                 report.failed += 1;
                 let mut o = outcome(d, Action::DeleteFailed);
-                o.error = Some(crate::daemon::error_chain_of(&err));
+                o.error = Some(crate::error::error_chain_of(&err));
                 report.backups.push(o);
             }
         }
@@ -415,7 +354,7 @@ async fn confirm_gone(repository: &Repository, job: &str, report: &mut Retention
         Err(err) => {
             report.errors.push(format!(
                 "cannot confirm the deletions by listing: {}",
-                crate::daemon::error_chain_of(&err)
+                crate::error::error_chain_of(&err)
             ));
             return false;
         }
@@ -528,7 +467,7 @@ pub async fn run_for_job(
     if withhold {
         report.dry_run = dry_run;
         for e in &bad {
-            report.errors.push(crate::daemon::error_chain_of(e));
+            report.errors.push(crate::error::error_chain_of(e));
         }
         report.errors.push(format!(
             "{} commit records could not be read; nothing was deleted until they are fixed",
@@ -602,7 +541,7 @@ pub async fn run_matching(
                 policy,
                 now,
                 dry_run,
-                crate::daemon::error_chain_of(&e),
+                crate::error::error_chain_of(&e),
             )
         }));
     }

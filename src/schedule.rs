@@ -10,4 +10,4 @@ pub mod cron;
 pub mod plan;
 
 pub use cron::{CronError, CronSchedule};
-pub use plan::{CATCH_UP_TOLERANCE, Due, JobSchedule, due_now, next_fire};
+pub use plan::{CATCH_UP_TOLERANCE, CatchUp, Due, JobSchedule, due_now, next_fire};

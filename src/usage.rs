@@ -10,9 +10,9 @@
 
 use crate::catalogue::Catalogue;
 use crate::model::{BackupRow, BackupType, RunRecord};
+pub use crate::model::{GrowthSource, Projection, UsageReport, UsageRow, WeekGrowth};
 use crate::retention::{self, BackupInfo};
 use chrono::{DateTime, Duration, Utc};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -21,79 +21,12 @@ pub const DEFAULT_WEEKS: u32 = 8;
 /// The largest synthetic history simulated for the steady state.
 const MAX_SYNTHETIC: usize = 20_000;
 
-/// What one 7-day window added.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct WeekGrowth {
-    /// The window is (`from`, `to`].
-    pub from: DateTime<Utc>,
-    pub to: DateTime<Utc>,
-    pub backups: usize,
-    pub bytes: u64,
-}
-
-/// Stored bytes in so many days at the recent weekly rate, before retention deletes anything.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct Projection {
-    pub days: u32,
-    pub bytes: u64,
-}
-
-/// One job in one repository.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct UsageRow {
-    pub job: String,
-    pub repository: String,
-    pub backups: usize,
-    pub fulls: usize,
-    pub bytes_stored: u64,
-    pub oldest: Option<DateTime<Utc>>,
-    pub newest: Option<DateTime<Utc>>,
-    /// Where `weekly` comes from.
-    pub growth_source: GrowthSource,
-    /// Oldest window first.
-    pub weekly: Vec<WeekGrowth>,
-    /// Mean bytes added per week over the windows the history covers.
-    pub weekly_rate: u64,
-    /// Linear: stored + rate × days / 7, no deletions.
-    pub projections: Vec<Projection>,
-    /// The job's `[retention.NAME]`, if any.
-    pub policy: Option<String>,
-    /// Estimated bytes once retention has reached its steady state (see the module docs).
-    pub steady_state_bytes: Option<u64>,
-    pub steady_state_backups: Option<usize>,
-    /// Why there is no steady-state estimate, when there is none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct UsageReport {
-    pub at: DateTime<Utc>,
-    pub weeks: u32,
-    pub rows: Vec<UsageRow>,
-    pub total_bytes: u64,
-}
-
 /// One backup written: when it stopped, its type and stored bytes.
 #[derive(Debug, Clone, Copy)]
 struct Written {
     at: DateTime<Utc>,
     ty: BackupType,
     bytes: u64,
-}
-
-/// Where the weekly growth and the cadence came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum GrowthSource {
-    /// The daemon's run history: every backup written, including those retention deleted since.
-    Runs,
-    /// The commit records still stored (offline): weeks past the daily rules show less.
-    CommitRecords,
 }
 
 /// Builds the report from backup rows (any job / repository mix) and, when the daemon has it,
@@ -361,7 +294,7 @@ fn steady_state(
 
 impl fmt::Display for UsageReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use crate::daemon::human_bytes as hb;
+        use crate::units::human_bytes as hb;
         let header = [
             "JOB",
             "REPOSITORY",

@@ -68,8 +68,8 @@ fn main() -> ExitCode {
     match runtime.block_on(daemon::run(DaemonOptions::new(args.catalogue), catalogue)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!("{}", daemon::error_chain_of(&err));
-            eprintln!("bdc-backupd: {}", daemon::error_chain_of(&err));
+            tracing::error!("{}", bdc_backup::error::error_chain_of(&err));
+            eprintln!("bdc-backupd: {}", bdc_backup::error::error_chain_of(&err));
             ExitCode::from(1)
         }
     }

@@ -1,13 +1,15 @@
-//! The permissive raw layer of the catalogue: what figment reads, before validation.
+//! The permissive raw layer of the catalogue: the TOML text as a loose value tree, before
+//! validation.
 //!
-//! figment reads the TOML text into a loose value tree ([`Dict`] of [`Value`]s): nothing is typed
-//! yet, so one bad value never stops the rest of the file from being checked. The three documented
-//! environment overrides are then written into that tree (and remembered, so an error in an
-//! overridden value names the variable). A TOML syntax error is the only thing that stops reading;
-//! it is reported with its line and column.
+//! The text is parsed once, by `toml` (order-preserving): a syntax error stops reading and is
+//! reported with its line and column; otherwise the table is turned into a loose value tree
+//! ([`Dict`] of [`Value`]s, figment's value types, which validation is written against): nothing
+//! is typed yet, so one bad value never stops the rest of the file from being checked. The
+//! `[repository.NAME]` order is taken from the same parse. The three documented environment
+//! overrides are then written into that tree from the environment passed in (and remembered, so
+//! an error in an overridden value names the variable). docs/decisions.md says why figment no
+//! longer reads the file or the environment.
 
-use figment::Figment;
-use figment::providers::{Format, Toml};
 pub use figment::value::{Dict, Value};
 
 use super::{ENV_LOG, ENV_SOCKET, ENV_STATE_DB};
@@ -24,8 +26,7 @@ pub const ENV_OVERRIDES: [(&str, &str); 3] = [
 pub struct RawCatalogue {
     /// The top-level table, environment overrides applied.
     pub root: Dict,
-    /// The `[repository.NAME]` names in the order the file declares them (figment's tables are
-    /// sorted, so the order is taken from a second, order-preserving read of the same text).
+    /// The `[repository.NAME]` names in the order the file declares them ([`Dict`] is sorted).
     pub repository_order: Vec<String>,
     /// Key paths set from the environment, with the variable that set them
     /// (e.g. `("daemon.state-db", "BDC_BACKUP_STATE_DB")`).
@@ -56,27 +57,15 @@ impl std::fmt::Display for SyntaxError {
 /// Reads `text` into the raw layer and applies the environment overrides found in `env` (only the
 /// three documented variables are looked at; every other pair is ignored).
 pub fn read(text: &str, env: &[(String, String)]) -> Result<RawCatalogue, SyntaxError> {
-    // The order-preserving read doubles as the syntax check: toml's error carries a byte span,
-    // which gives an exact line and column.
-    let ordered: toml::Table = text
+    // toml's error carries a byte span, which gives an exact line and column.
+    let table: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| syntax_error(text, &e))?;
-    let repository_order = match ordered.get("repository") {
+    let repository_order = match table.get("repository") {
         Some(toml::Value::Table(t)) => t.keys().cloned().collect(),
         _ => Vec::new(),
     };
-
-    let figment = Figment::from(Toml::string(text));
-    let mut root = match figment.extract::<Dict>() {
-        Ok(dict) => dict,
-        Err(e) => {
-            return Err(SyntaxError {
-                line: None,
-                column: None,
-                message: e.to_string(),
-            });
-        }
-    };
+    let mut root = loose_table(table);
 
     let mut env_overrides = Vec::new();
     for (var, key) in ENV_OVERRIDES {
@@ -99,6 +88,31 @@ pub fn read(text: &str, env: &[(String, String)]) -> Result<RawCatalogue, Syntax
         repository_order,
         env_overrides,
     })
+}
+
+/// The key under which a TOML date-time appears in the loose tree (as serde sees it from `toml`).
+const TOML_DATETIME: &str = "$__toml_private_datetime";
+
+fn loose_table(table: toml::Table) -> Dict {
+    table.into_iter().map(|(k, v)| (k, loose(v))).collect()
+}
+
+/// The loose value of a TOML value, exactly as `toml::from_str::<Dict>` (what figment's TOML
+/// provider did) builds it: integers as i64, floats as f64, a date-time as a one-key table.
+fn loose(value: toml::Value) -> Value {
+    match value {
+        toml::Value::String(s) => Value::from(s),
+        toml::Value::Integer(n) => Value::from(n),
+        toml::Value::Float(f) => Value::from(f),
+        toml::Value::Boolean(b) => Value::from(b),
+        toml::Value::Datetime(d) => {
+            let mut dict = Dict::new();
+            dict.insert(TOML_DATETIME.to_string(), Value::from(d.to_string()));
+            Value::from(dict)
+        }
+        toml::Value::Array(items) => Value::from(items.into_iter().map(loose).collect::<Vec<_>>()),
+        toml::Value::Table(t) => Value::from(loose_table(t)),
+    }
 }
 
 fn syntax_error(text: &str, e: &toml::de::Error) -> SyntaxError {
@@ -144,6 +158,35 @@ mod tests {
                 .starts_with("TOML syntax error at line 3, column 12: "),
             "{err}"
         );
+    }
+
+    #[test]
+    fn loose_tree_is_what_figment_read() {
+        // figment's TOML provider was `toml::from_str::<Dict>`; one parse must give the same tree.
+        let text = r#"
+            top = "s"
+            n = -42
+            f = 1.5
+            yes = true
+            when = 2026-12-01T19:47:57.901925+00:00
+            day = 2026-12-01
+            mixed = [1, "two", [3.0], { four = 4 }]
+            [daemon]
+            timezone = "Europe/Berlin"
+            [[job]]
+            name = "a"
+            schedule = { full = "0 2 * * *" }
+            [[job]]
+            name = "b"
+            [repository.zz.deep]
+            x = 1979-05-27T07:32:00
+        "#;
+        let figment: Dict = toml::from_str(text).unwrap();
+        assert_eq!(read(text, &[]).unwrap().root, figment);
+        let Some(Value::Dict(_, when)) = figment.get("when") else {
+            panic!("a date-time is a one-key table")
+        };
+        assert!(when.contains_key(TOML_DATETIME));
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Human-readable output of the ctl: tables and one-line events.
 
-use crate::daemon::human_bytes;
 use crate::model::{BackupRow, Progress, RunRecord, StatusReport};
 use crate::protocol::Event;
+use crate::units::human_bytes;
 use chrono::{DateTime, Utc};
 use std::fmt::Write;
 

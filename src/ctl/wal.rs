@@ -84,7 +84,7 @@ pub async fn push(ctx: &Ctx, args: WalPushArgs) -> CtlResult {
             "no answer from bdc-backupd within {} s",
             args.timeout.as_secs()
         ))),
-        Ok(Err(e)) => Err(fail(crate::daemon::error_chain_of(&e))),
+        Ok(Err(e)) => Err(fail(crate::error::error_chain_of(&e))),
         Ok(Ok(Response::WalPushed { warnings, .. })) => {
             for w in warnings {
                 eprintln!("bdc-backupctl: wal-push {name}: warning: {w}");
@@ -175,7 +175,7 @@ pub async fn fetch(ctx: &Ctx, args: WalFetchArgs) -> CtlResult {
                     .join(", ")
             ),
         }),
-        Err(e) => Err(fatal(crate::daemon::error_chain_of(&e))),
+        Err(e) => Err(fatal(crate::error::error_chain_of(&e))),
     }
 }
 

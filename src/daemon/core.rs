@@ -5,16 +5,18 @@
 use crate::catalogue::{Catalogue, CatalogueErrors, Job, JobSpec};
 use crate::clock::Clock;
 use crate::control::auth::AccessPolicy;
+use crate::error::error_chain;
 use crate::model::{
-    BackupRow, BackupType, JobKindName, JobStatus, Progress, ReplicaReport, RepositoryStatus,
-    RunRecord, RunStatus, StatusReport, Trigger,
+    BackupType, JobKindName, JobStatus, Progress, ReplicaReport, RepositoryStatus, RunRecord,
+    RunStatus, StatusReport, Trigger,
 };
 use crate::pipeline::{PipelineSettings, ProgressCounter};
 use crate::protocol::Event;
-use crate::repository::{BackupId, CommitRecord, Repository};
+use crate::repository::{BackupId, CommitRecord, Repository, backup_row};
 use crate::schedule::{JobSchedule, next_fire};
 use crate::snapshot::job::{JobOutcome, JobRun};
 use crate::state::{NewRun, RunOutcome, StateDb};
+use crate::units::human_bytes;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -503,21 +505,6 @@ fn resolve_policy(catalogue: &Catalogue) -> AccessPolicy {
     )
 }
 
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
-
 /// What a job kind produced.
 struct KindOutcome {
     /// The committed backup, per repository (the first is the primary); empty when unchanged.
@@ -876,59 +863,4 @@ fn kind_of(spec: &JobSpec) -> JobKindName {
         JobSpec::Config(_) => JobKindName::Config,
         JobSpec::Verify(_) => JobKindName::Verify,
     }
-}
-
-/// The state DB row for a committed backup.
-pub fn backup_row(repository: &str, record: &CommitRecord) -> BackupRow {
-    BackupRow {
-        job: record.job.clone(),
-        backup_id: record.id.clone(),
-        repository: repository.to_string(),
-        kind: record.kind,
-        backup_type: record.backup_type,
-        started_at: record.started_at,
-        stopped_at: record.stopped_at,
-        bytes_read: record.bytes_read,
-        bytes_stored: record.bytes_stored,
-        ancestors: record.ancestors.clone(),
-        summary: summary_of(record),
-    }
-}
-
-/// One line about what a backup holds, from the commit record's plaintext details.
-pub fn summary_of(record: &CommitRecord) -> String {
-    let mut parts = Vec::new();
-    if let Some(n) = record
-        .details
-        .get("database-count")
-        .and_then(|v| v.as_u64())
-    {
-        parts.push(format!("{n} database{}", if n == 1 { "" } else { "s" }));
-    }
-    if record.details.get("globals").and_then(|v| v.as_bool()) == Some(true) {
-        parts.push("globals".to_string());
-    }
-    if let Some(major) = record.details.get("pg-major").and_then(|v| v.as_u64()) {
-        parts.push(format!("PostgreSQL {major}"));
-    }
-    if parts.is_empty() {
-        format!("{} objects", record.objects.len())
-    } else {
-        parts.join(", ")
-    }
-}
-
-/// An error and all its sources on one line.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
 }

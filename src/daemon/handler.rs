@@ -86,7 +86,7 @@ async fn retention(
                 policy,
                 now,
                 dry_run,
-                super::error_chain_of(&e),
+                crate::error::error_chain_of(&e),
             )
         });
         if let Err(err) = retention::record_in_state(&shared.state, &report).await {

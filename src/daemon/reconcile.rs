@@ -2,9 +2,11 @@
 //! a run left `running` becomes `interrupted` unless its commit record exists (then it succeeded),
 //! and the backups table is brought in line with the commit records each repository holds.
 
-use super::core::{Shared, backup_row, error_chain};
+use super::core::Shared;
+use crate::error::error_chain;
 use crate::model::RunStatus;
 use crate::repository::Repository;
+use crate::repository::backup_row;
 use crate::state::RunOutcome;
 use std::collections::HashSet;
 use std::sync::Arc;

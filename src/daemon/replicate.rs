@@ -4,8 +4,10 @@
 //! record last. Failed copies stay queued in the state DB and are retried with backoff until
 //! they land; a run whose replica failed is `partial`.
 
-use super::core::{Shared, backup_row, error_chain};
+use super::core::Shared;
 use crate::catalogue::Catalogue;
+use crate::error::error_chain;
+use crate::repository::backup_row;
 use crate::repository::format::commit_key;
 use crate::repository::{CommitRecord, Repository, StoreError};
 use crate::state::ReplicaTask;

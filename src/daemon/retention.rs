@@ -2,8 +2,9 @@
 //! repository of the job) and, on `retention-schedule`, a pass for every job with a policy plus
 //! the cleanup of uncommitted objects (DESIGN §4: after a grace longer than the longest run).
 
-use super::core::{Shared, error_chain};
+use super::core::Shared;
 use crate::catalogue::{Catalogue, Job};
+use crate::error::error_chain;
 use crate::repository::Repository;
 use crate::repository::format::backup_prefix;
 use chrono::{DateTime, Utc};

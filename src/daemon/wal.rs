@@ -3,9 +3,10 @@
 //! postgres-wal job at once; the persisted backlog that copies archived files to the async
 //! repositories; WAL figures for `status`.
 
-use super::core::{Shared, error_chain};
+use super::core::Shared;
 use crate::catalogue::{Catalogue, Job, JobSpec, WalAck};
 use crate::control::auth::Peer;
+use crate::error::error_chain;
 use crate::model::{JobKindName, JobStatus, WalBacklog, WalStatus};
 use crate::pipeline::PipelineSettings;
 use crate::protocol::{ErrorBody, ErrorCode, Reply, Response};

@@ -8,7 +8,7 @@ use crate::pipeline::{self, Identities, IdentityError, PipelineError};
 use crate::repository::{CommitRecord, Repository, RepositoryError};
 use crate::snapshot::path::ByteName;
 use crate::snapshot::restore::{RestoreError, RestoreOptions, RestoreStats};
-use chrono::{DateTime, Utc};
+use crate::timeparse::parse_at;
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -147,36 +147,6 @@ impl Classify for SnapshotRestoreError {
             SnapshotRestoreError::Task(_) => Retry::Transient,
             _ => Retry::Permanent,
         }
-    }
-}
-
-/// Parses `--at`: RFC 3339, or a time without offset in the catalogue's zone.
-pub fn parse_at(text: &str, tz: chrono_tz::Tz) -> Option<DateTime<Utc>> {
-    use chrono::{NaiveDate, NaiveDateTime, TimeZone};
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Some(t.with_timezone(&Utc));
-    }
-    let naive = [
-        "%Y-%m-%d %H:%M:%S",
-        "%Y-%m-%dT%H:%M:%S",
-        "%Y-%m-%d %H:%M",
-        "%Y-%m-%dT%H:%M",
-    ]
-    .iter()
-    .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
-    .or_else(|| {
-        NaiveDate::parse_from_str(text, "%Y-%m-%d")
-            .ok()
-            .and_then(|d| d.and_hms_opt(23, 59, 59))
-    })?;
-    // An ambiguous local time (DST fall-back) takes the later instant; a gap, the instant after.
-    match tz.from_local_datetime(&naive) {
-        chrono::LocalResult::Single(t) => Some(t.with_timezone(&Utc)),
-        chrono::LocalResult::Ambiguous(_, later) => Some(later.with_timezone(&Utc)),
-        chrono::LocalResult::None => tz
-            .from_local_datetime(&(naive + chrono::Duration::hours(1)))
-            .earliest()
-            .map(|t| t.with_timezone(&Utc)),
     }
 }
 

@@ -16,6 +16,7 @@
 
 use crate::catalogue::RetentionPolicy;
 use crate::model::BackupType;
+pub use crate::model::{Reason, Rule};
 use crate::repository::CommitRecord;
 use chrono::{DateTime, Datelike, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
@@ -47,18 +48,6 @@ impl From<&CommitRecord> for BackupInfo {
             bytes_stored: r.bytes_stored,
         }
     }
-}
-
-/// A counted rule of the policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Rule {
-    Last,
-    Hourly,
-    Daily,
-    Weekly,
-    Monthly,
-    Yearly,
 }
 
 impl Rule {
@@ -146,31 +135,6 @@ impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
-}
-
-/// Why a backup is kept.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "reason", rename_all = "kebab-case")]
-pub enum Reason {
-    /// A counted rule: slot `slot` of `of` (`daily 3/7`), for `period`. `oldest`: kept only
-    /// because it is the oldest candidate and the rule still had room.
-    Rule {
-        rule: Rule,
-        slot: u32,
-        of: u32,
-        period: String,
-        oldest: bool,
-    },
-    /// Stopped within `within` of the newest backup that is not in the future.
-    KeepWithin { within: String },
-    /// The newest full backup is never deleted.
-    NewestFull,
-    /// An ancestor of a kept incremental.
-    ParentOf { child: String },
-    /// Stopped after `now` (a clock problem somewhere): kept and reported.
-    Future,
-    /// The job has no retention policy: everything is kept.
-    NoPolicy,
 }
 
 impl fmt::Display for Reason {

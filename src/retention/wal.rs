@@ -11,12 +11,12 @@
 //! - `.history` files never expire; WAL of other clusters (another system identifier or major
 //!   version) is never touched; with no kept base backup nothing is deleted.
 
+pub use crate::model::{Pin, WalPlan, WalRetentionReport};
 use crate::postgres::base_record::BaseBackupInfo;
 use crate::repository::{ObjectMeta, Repository};
 use crate::wal::format::{self, ArchivedKey};
 use crate::wal::{ClusterIdentity, WalKind, WalName};
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -26,47 +26,6 @@ pub struct KeptBase {
     pub id: String,
     pub stopped_at: DateTime<Utc>,
     pub info: BaseBackupInfo,
-}
-
-/// A pinned range: a kept backup's own WAL.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct Pin {
-    pub backup: String,
-    pub start_wal: String,
-    pub stop_wal: String,
-}
-
-/// What WAL retention decided for one repository.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct WalPlan {
-    /// The first segment of continuous WAL kept (None: nothing to anchor on, nothing deleted).
-    pub continuous_from: Option<String>,
-    /// The backup the anchor belongs to.
-    pub anchor_backup: Option<String>,
-    pub pins: Vec<Pin>,
-    /// Keys to delete, oldest first.
-    pub delete: Vec<String>,
-    pub bytes_to_free: u64,
-    pub kept_files: u64,
-    pub history_files: u64,
-}
-
-/// The WAL part of a retention report.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct WalRetentionReport {
-    pub wal_job: String,
-    #[serde(flatten)]
-    pub plan: WalPlan,
-    pub deleted: u64,
-    pub bytes_freed: u64,
-    pub failed: u64,
-    /// Some(true): a listing after the deletions shows them gone.
-    pub confirmed: Option<bool>,
-    #[serde(default)]
-    pub errors: Vec<String>,
 }
 
 fn position_of(segment: &str) -> Option<(u32, u64)> {
@@ -196,7 +155,7 @@ pub async fn run(
                 report.errors.push(format!(
                     "cannot list the WAL archive {}: {}",
                     format::archive_prefix(c),
-                    crate::daemon::error_chain_of(&err)
+                    crate::error::error_chain_of(&err)
                 ));
                 return report;
             }
@@ -219,7 +178,7 @@ pub async fn run(
                 if report.errors.len() < 10 {
                     report.errors.push(format!(
                         "deleting {key}: {}",
-                        crate::daemon::error_chain_of(&err)
+                        crate::error::error_chain_of(&err)
                     ));
                 }
             }
@@ -236,7 +195,7 @@ pub async fn run(
                 Err(err) => {
                     report.errors.push(format!(
                         "cannot confirm the WAL deletions by listing: {}",
-                        crate::daemon::error_chain_of(&err)
+                        crate::error::error_chain_of(&err)
                     ));
                     report.confirmed = Some(false);
                     return report;

@@ -14,12 +14,20 @@
 //! * [`due_now`] returns one decision at a time: call it again after recording each decision,
 //!   until it returns None.
 
-use crate::catalogue::CatchUp;
 use crate::model::{BackupType, Trigger};
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 
 use super::CronSchedule;
+
+/// What to do about fires missed while the daemon was down (`catch-up` in the catalogue).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatchUp {
+    /// After downtime, the strongest missed run type runs once.
+    Once,
+    /// Missed fires are skipped.
+    Skip,
+}
 
 /// How far in the past a due fire may be and still count as on time (`Trigger::Scheduled`).
 pub const CATCH_UP_TOLERANCE: TimeDelta = TimeDelta::seconds(60);

@@ -291,7 +291,7 @@ pub fn wal_repositories(
     settings.sort_by_key(|s| s.wal_ack != WalAck::Sync);
     settings
         .into_iter()
-        .map(|s| Repository::open(s).map_err(|e| crate::daemon::error_chain_of(&e)))
+        .map(|s| Repository::open(s).map_err(|e| crate::error::error_chain_of(&e)))
         .collect()
 }
 
