@@ -198,11 +198,13 @@ pub async fn restore_snapshot(
         .map_err(SnapshotRestoreError::Source)?;
     let identities = source.identities().map_err(SnapshotRestoreError::Source)?;
     let at = match &o.at {
-        Some(at) if o.backup.is_none() => Some(parse_at(at, catalogue.daemon.timezone).ok_or_else(|| {
-            usage(&format!(
-                "--at {at}: not a time (RFC 3339 or YYYY-MM-DD HH:MM[:SS])"
-            ))
-        })?),
+        Some(at) if o.backup.is_none() => {
+            Some(parse_at(at, catalogue.daemon.timezone).ok_or_else(|| {
+                usage(&format!(
+                    "--at {at}: not a time (RFC 3339 or YYYY-MM-DD HH:MM[:SS])"
+                ))
+            })?)
+        }
         _ => None,
     };
     let chain = source

@@ -17,8 +17,9 @@ use super::base_record::BaseBackupInfo;
 use crate::catalogue::{Catalogue, JobSpec};
 use crate::error::{Classify, Retry, io_retry};
 use crate::model::JobKindName;
-use crate::pipeline::{self, Identities, IdentityError, PipelineError};
-use crate::repository::{CommitRecord, Repository, RepositoryError};
+use crate::pipeline::{self, Identities, PipelineError};
+use crate::repository::{Repository, RepositoryError};
+use crate::restore::{Choice, RestoreSource, SourceError};
 use crate::snapshot::path::ByteName;
 use crate::snapshot::restore::{RestoreError, RestoreOptions, RestoreStats};
 use chrono::{DateTime, Utc};
@@ -83,6 +84,9 @@ pub struct ClusterRestoreReport {
     pub backup_id: String,
     /// The backup and its ancestors, newest first.
     pub chain: Vec<String>,
+    /// Unreadable commit records of other backups (each names its key); the ctl prints them
+    /// on stderr.
+    pub repository_warnings: Vec<String>,
     pub start_lsn: String,
     pub stop_lsn: String,
     pub timeline: u32,
@@ -169,20 +173,13 @@ pub enum ClusterRestoreError {
     WrongKind { job: String },
     #[error("{reason}")]
     Usage { reason: String },
-    #[error("job `{job}`: no repository `{repository}` in the catalogue")]
-    UnknownRepository { job: String, repository: String },
+    #[error(transparent)]
+    Source(#[from] SourceError),
     #[error("job `{job}`: {source}")]
     Repository {
         job: String,
         #[source]
         source: Box<RepositoryError>,
-    },
-    #[error("the catalogue has no [encryption] identity-file; restores need the age identity")]
-    NoIdentity,
-    #[error("{source}")]
-    Identity {
-        #[source]
-        source: IdentityError,
     },
     #[error("job `{job}`: {reason}")]
     NoBackup { job: String, reason: String },
@@ -221,6 +218,7 @@ impl Classify for ClusterRestoreError {
     fn retry(&self) -> Retry {
         match self {
             ClusterRestoreError::Repository { source, .. } => source.retry(),
+            ClusterRestoreError::Source(source) => source.retry(),
             ClusterRestoreError::Io { source, .. } => io_retry(source),
             ClusterRestoreError::Object { source, .. } => source.retry(),
             ClusterRestoreError::Restore { source, .. } => source.retry(),
@@ -277,71 +275,53 @@ pub async fn restore_cluster(
     let spool = o.start.then(|| target_dir.join(SPOOL_DIR));
     let settings = recovery_settings(&o, tz, spool.as_deref())?;
 
-    let repo_name = o
-        .repository
-        .clone()
-        .or_else(|| job.repositories.first().cloned())
-        .unwrap_or_default();
-    let repo_settings =
-        catalogue
-            .repository(&repo_name)
-            .ok_or_else(|| ClusterRestoreError::UnknownRepository {
-                job: job_name.clone(),
-                repository: repo_name.clone(),
-            })?;
-    let repo_err = |source| ClusterRestoreError::Repository {
-        job: job_name.clone(),
-        source: Box::new(source),
-    };
-    let repository = Repository::open(repo_settings).map_err(repo_err)?;
-    let (records, _bad) = repository
-        .list_commits(Some(&job_name))
-        .await
-        .map_err(repo_err)?;
+    let source = RestoreSource::open(
+        catalogue,
+        job,
+        o.repository.as_deref(),
+        &[JobKindName::PostgresBase],
+    )
+    .await?;
+    let mut warnings = source.warnings();
     let mut bases = Vec::new();
-    for r in records {
-        if r.kind != JobKindName::PostgresBase {
-            continue;
-        }
-        match BaseBackupInfo::from_record(&r) {
-            Some(Ok(info)) => bases.push((r, info)),
-            Some(Err(e)) => {
-                tracing::warn!(backup = %r.id, error = %e, "unreadable details.postgres; skipped")
+    for r in &source.records {
+        match BaseBackupInfo::from_record(r) {
+            Some(Ok(info)) => bases.push((r.clone(), info)),
+            Some(Err(e)) if o.backup.as_deref() == Some(r.id.as_str()) => {
+                return Err(ClusterRestoreError::BadRecord {
+                    backup: r.id.clone(),
+                    reason: format!("unreadable details.postgres in its commit record: {e}"),
+                });
             }
+            Some(Err(e)) => warnings.push(format!(
+                "skipped backup {}: unreadable details.postgres in its commit record {}: {e}",
+                r.id,
+                r.key()
+            )),
             None => {}
         }
+    }
+    if let Some(id) = &o.backup {
+        // Not committed or unreadable: the shared wording.
+        source.choose(Choice::Id(id))?;
     }
     let (chosen, info) = choose(&bases, &o, tz)
         .map_err(|reason| ClusterRestoreError::NoBackup {
             job: job_name.clone(),
-            reason: format!("{reason} (repository `{repo_name}`)"),
+            reason: format!("{reason} (repository `{}`)", source.repository_name()),
         })?
         .clone();
     let backup = chosen.id.clone();
-    let by_id: HashMap<&str, &CommitRecord> =
-        bases.iter().map(|(r, _)| (r.id.as_str(), r)).collect();
-    let mut objects = HashMap::new();
-    let mut chain = Vec::new();
-    for id in std::iter::once(&chosen.id).chain(chosen.ancestors.iter()) {
-        let r = by_id
-            .get(id.as_str())
-            .ok_or_else(|| ClusterRestoreError::NoBackup {
-                job: job_name.clone(),
-                reason: format!(
-                    "backup {backup} needs its ancestor {id}, which is not committed in repository `{repo_name}`"
-                ),
-            })?;
-        chain.push(id.clone());
-        for obj in &r.objects {
-            objects.insert(obj.key.clone(), obj.clone());
-        }
-    }
+    let chain = source.chain_of(&chosen)?;
+    let objects = chain.objects();
+    let repository = &source.repository;
     check_timeline(catalogue, &o, &info).await?;
     let mut report = ClusterRestoreReport {
         job: job_name.clone(),
         repository: repository.name.clone(),
         backup_id: backup.clone(),
-        chain,
+        chain: chain.ids(),
+        repository_warnings: warnings,
         start_lsn: info.start_lsn.clone(),
         stop_lsn: info.stop_lsn.clone(),
         timeline: info.timeline,
@@ -378,13 +358,7 @@ pub async fn restore_cluster(
     if o.dry_run {
         return Ok(report);
     }
-    let identity_file = catalogue
-        .encryption
-        .identity_file
-        .as_ref()
-        .ok_or(ClusterRestoreError::NoIdentity)?;
-    let identities = Identities::load(identity_file)
-        .map_err(|source| ClusterRestoreError::Identity { source })?;
+    let identities = source.identities()?;
     std::fs::create_dir_all(&target_dir).map_err(io_err(&target_dir))?;
     std::fs::set_permissions(&target_dir, std::fs::Permissions::from_mode(0o700))
         .map_err(io_err(&target_dir))?;
