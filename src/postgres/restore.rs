@@ -141,6 +141,10 @@ pub enum RestoreError {
         backup: String,
         reason: String,
     },
+    #[error(
+        "job `{job}`: --url contains a password; remove it and put the password in the catalogue's [postgres] password-file or in PGPASSFILE (the URL is not shown)"
+    )]
+    PasswordInUrl { job: String },
     #[error("job `{job}`: no target server: pass --url or set [postgres] url")]
     NoUrl { job: String },
     #[error("job `{job}`: bad target URL: {source}")]
@@ -238,6 +242,14 @@ pub async fn restore_database(
 ) -> Result<RestoreReport, RestoreError> {
     let began = Instant::now();
     let job_name = opts.job.clone();
+    // Never echo such a URL: it holds the very password being refused.
+    if opts
+        .url
+        .as_deref()
+        .is_some_and(crate::catalogue::validate::has_password)
+    {
+        return Err(RestoreError::PasswordInUrl { job: job_name });
+    }
     let job = catalogue
         .job(&job_name)
         .ok_or_else(|| RestoreError::UnknownJob {

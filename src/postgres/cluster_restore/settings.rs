@@ -22,6 +22,12 @@ fn sh_quote(v: &str) -> String {
     }
 }
 
+/// A path as one word of `restore_command`: quoted for the shell, and every `%` doubled, as
+/// PostgreSQL replaces `%p`, `%f`, `%r` and `%%` in the command before running it.
+fn command_word(path: &Path) -> String {
+    sh_quote(&path.to_string_lossy()).replace('%', "%%")
+}
+
 /// The recovery settings for postgresql.auto.conf (and a usage error for bad combinations).
 pub fn recovery_settings(
     o: &ClusterRestoreOptions,
@@ -30,13 +36,13 @@ pub fn recovery_settings(
 ) -> Result<Vec<String>, ClusterRestoreError> {
     let mut cmd = format!(
         "{} --catalogue {} wal-fetch %f %p",
-        sh_quote(&o.ctl_binary.to_string_lossy()),
-        sh_quote(&o.catalogue_path.to_string_lossy())
+        command_word(&o.ctl_binary),
+        command_word(&o.catalogue_path)
     );
     if let Some(spool) = spool {
         cmd.push_str(&format!(
             " --spool {} --prefetch {PREFETCH}",
-            sh_quote(&spool.to_string_lossy())
+            command_word(spool)
         ));
     }
     let mut lines = vec![format!("restore_command = {}", conf_quote(&cmd))];
@@ -229,6 +235,18 @@ mod tests {
         let mut o = opts(RecoveryTarget::Name("p".into()));
         o.exclusive = true;
         assert!(recovery_settings(&o, tz, None).is_err());
+    }
+
+    #[test]
+    fn percent_in_paths_is_escaped() {
+        let mut o = opts(RecoveryTarget::EndOfArchive);
+        o.ctl_binary = "/opt/100%/bdc-backupctl".into();
+        o.catalogue_path = "/etc/cat%p/catalogue.toml".into();
+        let s = recovery_settings(&o, chrono_tz::UTC, Some(Path::new("/d/%f x/.s"))).unwrap();
+        assert_eq!(
+            s[0],
+            "restore_command = '/opt/100%%/bdc-backupctl --catalogue /etc/cat%%p/catalogue.toml wal-fetch %f %p --spool ''/d/%%f x/.s'' --prefetch 8'"
+        );
     }
 
     #[test]
