@@ -404,7 +404,7 @@ pub async fn restore_cluster(
         ..Default::default()
     };
     let spool_file = run_restore(
-        &repository,
+        repository,
         &objects,
         &identities,
         spool_file,
@@ -461,7 +461,7 @@ pub async fn restore_cluster(
         ..Default::default()
     };
     run_restore(
-        &repository,
+        repository,
         &objects,
         &identities,
         spool_file,

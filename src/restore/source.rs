@@ -167,15 +167,16 @@ fn error_key(e: &RepositoryError) -> Option<&str> {
         RepositoryError::MalformedRecord { key, .. }
         | RepositoryError::UnsupportedVersion { key, .. }
         | RepositoryError::MismatchedRecord { key, .. } => Some(key),
-        RepositoryError::Store { source, .. } => match source {
-            StoreError::NotFound { key }
-            | StoreError::AlreadyExists { key }
-            | StoreError::Io { key, .. }
-            | StoreError::InvalidKey { key, .. }
-            | StoreError::Task { key, .. }
-            | StoreError::Remote { key, .. } => Some(key),
-            _ => None,
-        },
+        RepositoryError::Store {
+            source:
+                StoreError::NotFound { key }
+                | StoreError::AlreadyExists { key }
+                | StoreError::Io { key, .. }
+                | StoreError::InvalidKey { key, .. }
+                | StoreError::Task { key, .. }
+                | StoreError::Remote { key, .. },
+            ..
+        } => Some(key),
         _ => None,
     }
 }
