@@ -489,3 +489,67 @@ fn restore_command_escapes_percent_in_the_catalogue_path_and_recovers() {
     assert!(out.status.success(), "{}\n{}", stderr(&out), restored.log());
     assert_eq!(fingerprints(port, "app"), want);
 }
+
+#[test]
+fn restore_cluster_missing_ancestor_and_other_records_use_the_shared_rule() {
+    use common::physical::Physical;
+    let p = Physical::start("60s");
+    p.cluster.create_database("app");
+    p.cluster.psql(
+        "app",
+        "CREATE TABLE t AS SELECT g FROM generate_series(1, 100) g;",
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let full = p.backup("--full");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    p.cluster.psql("app", "INSERT INTO t SELECT 1;");
+    let inc = p.backup("--incremental");
+    assert_eq!(inc["backup_type"], "incremental", "{inc}");
+    let (full_id, inc_id) = (
+        full["backup_id"].as_str().unwrap(),
+        inc["backup_id"].as_str().unwrap(),
+    );
+    let repo = p.setup.path("repo");
+    let key = garbage_record(&repo, "base");
+    let cat = p.setup.catalogue_path();
+    let dry = |name: &str| {
+        let target = p.setup.path(name);
+        ctl(
+            &cat,
+            &[
+                "--json",
+                "restore",
+                "cluster",
+                "--job",
+                "base",
+                "--target-dir",
+                target.to_str().unwrap(),
+                "--dry-run",
+            ],
+        )
+    };
+    // Another backup's garbage record: a warning in the report, the plan still made.
+    let out = dry("plan");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["backup-id"], inc_id, "{report}");
+    assert_eq!(report["chain"], serde_json::json!([inc_id, full_id]));
+    assert!(
+        report["repository-warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains(&key),
+        "{report}"
+    );
+    // The full's commit record gone: the incremental is refused in the shared wording.
+    std::fs::remove_file(repo.join(format!("backups/base/{full_id}/backup.json"))).unwrap();
+    let out = dry("refused");
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "backup {inc_id} needs its ancestor {full_id}, which is not committed in repository `local`"
+        )),
+        "{err}"
+    );
+}
