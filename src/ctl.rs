@@ -524,10 +524,16 @@ async fn restore(ctx: &Ctx, what: RestoreCommand) -> CtlResult {
             };
             let report = crate::postgres::restore::restore_database(&catalogue, options)
                 .await
-                .map_err(|e| CtlError::failed(crate::error::error_chain_of(&e)))?;
+                .map_err(|e| match e {
+                    crate::postgres::restore::RestoreError::PasswordInUrl { .. } => {
+                        CtlError::usage(e.to_string())
+                    }
+                    e => CtlError::failed(crate::error::error_chain_of(&e)),
+                })?;
             if ctx.args.json {
                 print_json(&report)
             } else {
+                print_repository_warnings(&report.repository_warnings);
                 outln(&report.to_string())
             }
         }
@@ -619,7 +625,15 @@ async fn restore_cluster(ctx: &Ctx, a: args::RestoreClusterArgs) -> CtlResult {
     if ctx.args.json {
         print_json(&report)
     } else {
+        print_repository_warnings(&report.repository_warnings);
         outln(&report.to_string())
+    }
+}
+
+/// Unreadable commit records of other backups, on stderr (with `--json` they are in the report).
+fn print_repository_warnings(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("warning: {w}");
     }
 }
 
@@ -633,6 +647,7 @@ async fn snapshot_restore(ctx: &Ctx, options: crate::files::SnapshotRestoreOptio
     if ctx.args.json {
         print_json(&report)?;
     } else {
+        print_repository_warnings(&report.repository_warnings);
         outln(&report.to_string())?;
     }
     if report.stats.failed.is_empty() {

@@ -194,6 +194,3 @@ impl RunningDaemon {
         tracing::info!("bdc-backupd stopped");
     }
 }
-
-// TODO(merge): remove once the restore modules call `crate::error` directly.
-pub use crate::error::{error_chain, error_chain_of};

@@ -6,6 +6,7 @@
 //! - [`clock`]: the injectable clock the scheduler runs on.
 //! - [`pipeline`]: bounded-memory streaming: frame-parallel zstd (or gzip) → age → SHA-256 → store.
 //! - [`repository`]: the repository format (ids, keys, commit records, manifests) and the stores.
+//! - [`restore`]: what every restore shares: the source (repository, identities, chosen backup, chain).
 //! - [`state`]: the SQLite state DB (runs, backups, schedule state, audit). All SQL lives here.
 //! - [`protocol`]: the control-socket wire types shared by both binaries.
 //! - [`control`]: the socket server (peer credentials, authorization) and the client.
@@ -37,6 +38,7 @@ pub mod pipeline;
 pub mod postgres;
 pub mod protocol;
 pub mod repository;
+pub mod restore;
 pub mod retention;
 pub mod schedule;
 pub mod secrets;

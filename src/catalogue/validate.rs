@@ -410,7 +410,7 @@ fn check_postgres_url(cx: &mut Ctx, key: &str, s: &str, password_hint: &str) -> 
 
 /// Whether URL text carries a password: `user:password@` in its authority or a `password=`
 /// query parameter. Works on text that `url` cannot parse (e.g. libpq's `user:pw@/db`).
-fn has_password(s: &str) -> bool {
+pub(crate) fn has_password(s: &str) -> bool {
     let Some((_, rest)) = s.split_once("://") else {
         return false;
     };

@@ -1,15 +1,14 @@
-//! `restore files` / `restore config`: choosing the backup (`--backup`, `--at`, newest) and
-//! restoring a snapshot or selected paths without the daemon.
+//! `restore files` / `restore config`: restoring a snapshot or selected paths without the daemon
+//! (the backup and its chain come from [`crate::restore::RestoreSource`]).
 
 use crate::catalogue::{Catalogue, JobSpec};
 use crate::error::{Classify, Retry, io_retry};
 use crate::model::JobKindName;
-use crate::pipeline::{self, Identities, IdentityError, PipelineError};
-use crate::repository::{CommitRecord, Repository, RepositoryError};
+use crate::pipeline::{self, PipelineError};
+use crate::restore::{Choice, RestoreSource, SourceError};
 use crate::snapshot::path::ByteName;
 use crate::snapshot::restore::{RestoreError, RestoreOptions, RestoreStats};
 use crate::timeparse::parse_at;
-use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -45,6 +44,9 @@ pub struct SnapshotRestoreReport {
     pub backup_id: String,
     pub target: PathBuf,
     pub dry_run: bool,
+    /// Unreadable commit records of other backups (each names its key); the ctl prints them
+    /// on stderr.
+    pub repository_warnings: Vec<String>,
     #[serde(flatten)]
     pub stats: RestoreStats,
 }
@@ -93,26 +95,8 @@ pub enum SnapshotRestoreError {
     WrongKind { job: String },
     #[error("job `{job}`: {reason}")]
     Usage { job: String, reason: String },
-    #[error("job `{job}`: no repository `{repository}` in the catalogue")]
-    UnknownRepository { job: String, repository: String },
-    #[error("job `{job}`: {source}")]
-    Repository {
-        job: String,
-        #[source]
-        source: RepositoryError,
-    },
-    #[error(
-        "job `{job}`: the catalogue has no [encryption] identity-file; restores need the age identity"
-    )]
-    NoIdentity { job: String },
-    #[error("job `{job}`: {source}")]
-    Identity {
-        job: String,
-        #[source]
-        source: IdentityError,
-    },
-    #[error("job `{job}`: {reason}")]
-    NoBackup { job: String, reason: String },
+    #[error(transparent)]
+    Source(#[from] SourceError),
     #[error("job `{job}`, backup {backup}: reading the manifest: {source}")]
     Manifest {
         job: String,
@@ -140,7 +124,7 @@ pub enum SnapshotRestoreError {
 impl Classify for SnapshotRestoreError {
     fn retry(&self) -> Retry {
         match self {
-            SnapshotRestoreError::Repository { source, .. } => source.retry(),
+            SnapshotRestoreError::Source(source) => source.retry(),
             SnapshotRestoreError::Manifest { source, .. } => source.retry(),
             SnapshotRestoreError::Restore { source, .. } => source.retry(),
             SnapshotRestoreError::Spool { source, .. } => io_retry(source),
@@ -179,81 +163,28 @@ pub async fn restore_snapshot(
         (None, true) => PathBuf::from("/"),
         (None, false) => return Err(usage("give --target DIR")),
     };
-    let repo_name = o
-        .repository
-        .clone()
-        .or_else(|| job.repositories.first().cloned())
-        .unwrap_or_default();
-    let settings = catalogue.repository(&repo_name).ok_or_else(|| {
-        SnapshotRestoreError::UnknownRepository {
-            job: job_name.clone(),
-            repository: repo_name.clone(),
-        }
-    })?;
-    let repo_err = |source| SnapshotRestoreError::Repository {
-        job: job_name.clone(),
-        source,
-    };
-    let repository = Repository::open(settings).map_err(repo_err)?;
-    let identity_file = catalogue.encryption.identity_file.as_ref().ok_or_else(|| {
-        SnapshotRestoreError::NoIdentity {
-            job: job_name.clone(),
-        }
-    })?;
-    let identities =
-        Identities::load(identity_file).map_err(|source| SnapshotRestoreError::Identity {
-            job: job_name.clone(),
-            source,
-        })?;
-    let (records, _bad) = repository
-        .list_commits(Some(&job_name))
+    let source = RestoreSource::open(catalogue, job, o.repository.as_deref(), &[kind])
         .await
-        .map_err(repo_err)?;
-    let records: Vec<CommitRecord> = records.into_iter().filter(|r| r.kind == kind).collect();
-    let chosen = if let Some(id) = &o.backup {
-        records
-            .iter()
-            .find(|r| &r.id == id)
-            .cloned()
-            .ok_or_else(|| SnapshotRestoreError::NoBackup {
-                job: job_name.clone(),
-                reason: format!("backup {id} is not committed in repository `{repo_name}`"),
-            })?
-    } else if let Some(at) = &o.at {
-        let t = parse_at(at, catalogue.daemon.timezone).ok_or_else(|| {
-            usage(&format!(
-                "--at {at}: not a time (RFC 3339 or YYYY-MM-DD HH:MM[:SS])"
-            ))
-        })?;
-        records
-            .iter()
-            .filter(|r| r.stopped_at <= t)
-            .max_by_key(|r| r.stopped_at)
-            .cloned()
-            .ok_or_else(|| SnapshotRestoreError::NoBackup {
-                job: job_name.clone(),
-                reason: format!("no backup stopped at or before {t}"),
-            })?
-    } else {
-        records
-            .last()
-            .cloned()
-            .ok_or_else(|| SnapshotRestoreError::NoBackup {
-                job: job_name.clone(),
-                reason: format!("no committed backup in repository `{repo_name}`"),
-            })?
+        .map_err(SnapshotRestoreError::Source)?;
+    let identities = source.identities().map_err(SnapshotRestoreError::Source)?;
+    let at = match &o.at {
+        Some(at) if o.backup.is_none() => {
+            Some(parse_at(at, catalogue.daemon.timezone).ok_or_else(|| {
+                usage(&format!(
+                    "--at {at}: not a time (RFC 3339 or YYYY-MM-DD HH:MM[:SS])"
+                ))
+            })?)
+        }
+        _ => None,
     };
+    let chain = source
+        .resolve(Choice::from_options(o.backup.as_deref(), at))
+        .map_err(SnapshotRestoreError::Source)?;
+    let chosen = &chain.backup;
     let backup = chosen.id.clone();
     // Every object of the chain, by key.
-    let by_id: HashMap<&str, &CommitRecord> = records.iter().map(|r| (r.id.as_str(), r)).collect();
-    let mut objects = HashMap::new();
-    for id in std::iter::once(&chosen.id).chain(chosen.ancestors.iter()) {
-        if let Some(r) = by_id.get(id.as_str()) {
-            for obj in &r.objects {
-                objects.insert(obj.key.clone(), obj.clone());
-            }
-        }
-    }
+    let objects = chain.objects();
+    let repository = &source.repository;
     // The manifest, decrypted to a private spool file (checked against the record as it streams).
     let manifest_err = |source| SnapshotRestoreError::Manifest {
         job: job_name.clone(),
@@ -318,7 +249,8 @@ pub async fn restore_snapshot(
     })?;
     Ok(SnapshotRestoreReport {
         job: job_name,
-        repository: repository.name,
+        repository: repository.name.clone(),
+        repository_warnings: source.warnings(),
         backup_id: backup,
         target,
         dry_run: o.dry_run,

@@ -14,12 +14,12 @@
 //!    recovery ends (or pauses with `--target-action pause`), report the point reached.
 
 use super::base_record::BaseBackupInfo;
-use super::connection::PgControl;
 use crate::catalogue::{Catalogue, JobSpec};
 use crate::error::{Classify, Retry, io_retry};
 use crate::model::JobKindName;
-use crate::pipeline::{self, Identities, IdentityError, PipelineError};
-use crate::repository::{CommitRecord, Repository, RepositoryError};
+use crate::pipeline::{self, Identities, PipelineError};
+use crate::repository::{Repository, RepositoryError};
+use crate::restore::{Choice, RestoreSource, SourceError};
 use crate::snapshot::path::ByteName;
 use crate::snapshot::restore::{RestoreError, RestoreOptions, RestoreStats};
 use chrono::{DateTime, Utc};
@@ -27,7 +27,6 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// The file held back and restored last.
 pub const PG_CONTROL: &str = "global/pg_control";
@@ -85,6 +84,9 @@ pub struct ClusterRestoreReport {
     pub backup_id: String,
     /// The backup and its ancestors, newest first.
     pub chain: Vec<String>,
+    /// Unreadable commit records of other backups (each names its key); the ctl prints them
+    /// on stderr.
+    pub repository_warnings: Vec<String>,
     pub start_lsn: String,
     pub stop_lsn: String,
     pub timeline: u32,
@@ -171,20 +173,13 @@ pub enum ClusterRestoreError {
     WrongKind { job: String },
     #[error("{reason}")]
     Usage { reason: String },
-    #[error("job `{job}`: no repository `{repository}` in the catalogue")]
-    UnknownRepository { job: String, repository: String },
+    #[error(transparent)]
+    Source(#[from] SourceError),
     #[error("job `{job}`: {source}")]
     Repository {
         job: String,
         #[source]
         source: Box<RepositoryError>,
-    },
-    #[error("the catalogue has no [encryption] identity-file; restores need the age identity")]
-    NoIdentity,
-    #[error("{source}")]
-    Identity {
-        #[source]
-        source: IdentityError,
     },
     #[error("job `{job}`: {reason}")]
     NoBackup { job: String, reason: String },
@@ -223,6 +218,7 @@ impl Classify for ClusterRestoreError {
     fn retry(&self) -> Retry {
         match self {
             ClusterRestoreError::Repository { source, .. } => source.retry(),
+            ClusterRestoreError::Source(source) => source.retry(),
             ClusterRestoreError::Io { source, .. } => io_retry(source),
             ClusterRestoreError::Object { source, .. } => source.retry(),
             ClusterRestoreError::Restore { source, .. } => source.retry(),
@@ -245,151 +241,14 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClusterRestoreError + '
     }
 }
 
-/// A value as a single-quoted postgresql.conf string.
-fn conf_quote(v: &str) -> String {
-    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
-}
+mod choose;
+mod settings;
+mod start;
 
-/// A word for `sh -c` (restore_command runs through the shell).
-fn sh_quote(v: &str) -> String {
-    if !v.is_empty()
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@%".contains(&b))
-    {
-        v.to_string()
-    } else {
-        format!("'{}'", v.replace('\'', "'\\''"))
-    }
-}
-
-/// The recovery settings for postgresql.auto.conf (and a usage error for bad combinations).
-pub fn recovery_settings(
-    o: &ClusterRestoreOptions,
-    tz: chrono_tz::Tz,
-    spool: Option<&Path>,
-) -> Result<Vec<String>, ClusterRestoreError> {
-    let mut cmd = format!(
-        "{} --catalogue {} wal-fetch %f %p",
-        sh_quote(&o.ctl_binary.to_string_lossy()),
-        sh_quote(&o.catalogue_path.to_string_lossy())
-    );
-    if let Some(spool) = spool {
-        cmd.push_str(&format!(
-            " --spool {} --prefetch {PREFETCH}",
-            sh_quote(&spool.to_string_lossy())
-        ));
-    }
-    let mut lines = vec![format!("restore_command = {}", conf_quote(&cmd))];
-    let target = match &o.target {
-        RecoveryTarget::EndOfArchive => None,
-        RecoveryTarget::Time(t) => {
-            let at = crate::files::parse_at(t, tz).ok_or_else(|| {
-                usage(format!(
-                    "--time {t}: not a time (RFC 3339 or YYYY-MM-DD HH:MM[:SS[.ffffff]], in the catalogue's time zone without an offset)"
-                ))
-            })?;
-            Some(format!(
-                "recovery_target_time = {}",
-                conf_quote(&at.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string())
-            ))
-        }
-        RecoveryTarget::Lsn(l) => {
-            crate::wal::name::parse_lsn(l)
-                .ok_or_else(|| usage(format!("--lsn {l}: not an LSN (like 0/3000060)")))?;
-            Some(format!("recovery_target_lsn = {}", conf_quote(l)))
-        }
-        RecoveryTarget::Xid(x) => {
-            if x.is_empty() || !x.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(usage(format!("--xid {x}: not a transaction id")));
-            }
-            Some(format!("recovery_target_xid = {}", conf_quote(x)))
-        }
-        RecoveryTarget::Name(n) => Some(format!("recovery_target_name = {}", conf_quote(n))),
-        RecoveryTarget::Immediate => Some("recovery_target = 'immediate'".to_string()),
-    };
-    if o.exclusive
-        && !matches!(
-            o.target,
-            RecoveryTarget::Time(_) | RecoveryTarget::Lsn(_) | RecoveryTarget::Xid(_)
-        )
-    {
-        return Err(usage("--exclusive goes with --time, --lsn or --xid"));
-    }
-    let has_target = target.is_some();
-    lines.extend(target);
-    if o.exclusive {
-        lines.push("recovery_target_inclusive = off".into());
-    }
-    let tl = o.target_timeline.as_deref().unwrap_or("latest");
-    if !(tl == "latest" || tl == "current" || tl.bytes().all(|b| b.is_ascii_digit())) {
-        return Err(usage(format!(
-            "--target-timeline {tl}: latest, current or a timeline number"
-        )));
-    }
-    lines.push(format!("recovery_target_timeline = {}", conf_quote(tl)));
-    match (&o.target_action, has_target) {
-        (Some(a), true) => {
-            if !matches!(a.as_str(), "promote" | "pause" | "shutdown") {
-                return Err(usage(format!(
-                    "--target-action {a}: promote, pause or shutdown"
-                )));
-            }
-            lines.push(format!("recovery_target_action = {}", conf_quote(a)));
-        }
-        (None, true) => lines.push("recovery_target_action = 'promote'".into()),
-        (Some(_), false) => {
-            return Err(usage(
-                "--target-action needs a recovery target (--time, --lsn, --xid, --name, --immediate); at the end of the archive the server promotes",
-            ));
-        }
-        (None, false) => {}
-    }
-    if let Some(p) = o.port {
-        lines.push(format!("port = {p}"));
-    }
-    if o.no_archive {
-        lines.push("archive_mode = 'off'".into());
-    }
-    Ok(lines)
-}
-
-/// Picks the backup (see the module docs).
-fn choose<'a>(
-    records: &'a [(CommitRecord, BaseBackupInfo)],
-    o: &ClusterRestoreOptions,
-    tz: chrono_tz::Tz,
-) -> Result<&'a (CommitRecord, BaseBackupInfo), String> {
-    if let Some(id) = &o.backup {
-        return records
-            .iter()
-            .find(|(r, _)| &r.id == id)
-            .ok_or_else(|| format!("backup {id} is not a committed base backup of this job"));
-    }
-    match &o.target {
-        RecoveryTarget::Time(t) => {
-            let at =
-                crate::files::parse_at(t, tz).ok_or_else(|| format!("--time {t}: not a time"))?;
-            records
-                .iter()
-                .filter(|(r, _)| r.stopped_at < at)
-                .max_by_key(|(r, _)| r.stopped_at)
-                .ok_or_else(|| format!("no base backup stopped before {at}"))
-        }
-        RecoveryTarget::Lsn(l) => {
-            let lsn =
-                crate::wal::name::parse_lsn(l).ok_or_else(|| format!("--lsn {l}: not an LSN"))?;
-            records
-                .iter()
-                .filter(|(_, i)| i.stop_lsn().is_some_and(|s| s <= lsn))
-                .max_by_key(|(_, i)| (i.stop_lsn(), i.timeline))
-                .ok_or_else(|| format!("no base backup stopped at or before LSN {l}"))
-        }
-        _ => records
-            .iter()
-            .max_by_key(|(r, _)| r.stopped_at)
-            .ok_or_else(|| "no committed base backup".to_string()),
-    }
-}
+use choose::choose;
+pub use settings::recovery_settings;
+use settings::{configured_port, write_auto_conf};
+use start::start_and_wait;
 
 /// Restores a base backup and prepares (and with `--start` runs) recovery.
 pub async fn restore_cluster(
@@ -416,71 +275,53 @@ pub async fn restore_cluster(
     let spool = o.start.then(|| target_dir.join(SPOOL_DIR));
     let settings = recovery_settings(&o, tz, spool.as_deref())?;
 
-    let repo_name = o
-        .repository
-        .clone()
-        .or_else(|| job.repositories.first().cloned())
-        .unwrap_or_default();
-    let repo_settings =
-        catalogue
-            .repository(&repo_name)
-            .ok_or_else(|| ClusterRestoreError::UnknownRepository {
-                job: job_name.clone(),
-                repository: repo_name.clone(),
-            })?;
-    let repo_err = |source| ClusterRestoreError::Repository {
-        job: job_name.clone(),
-        source: Box::new(source),
-    };
-    let repository = Repository::open(repo_settings).map_err(repo_err)?;
-    let (records, _bad) = repository
-        .list_commits(Some(&job_name))
-        .await
-        .map_err(repo_err)?;
+    let source = RestoreSource::open(
+        catalogue,
+        job,
+        o.repository.as_deref(),
+        &[JobKindName::PostgresBase],
+    )
+    .await?;
+    let mut warnings = source.warnings();
     let mut bases = Vec::new();
-    for r in records {
-        if r.kind != JobKindName::PostgresBase {
-            continue;
-        }
-        match BaseBackupInfo::from_record(&r) {
-            Some(Ok(info)) => bases.push((r, info)),
-            Some(Err(e)) => {
-                tracing::warn!(backup = %r.id, error = %e, "unreadable details.postgres; skipped")
+    for r in &source.records {
+        match BaseBackupInfo::from_record(r) {
+            Some(Ok(info)) => bases.push((r.clone(), info)),
+            Some(Err(e)) if o.backup.as_deref() == Some(r.id.as_str()) => {
+                return Err(ClusterRestoreError::BadRecord {
+                    backup: r.id.clone(),
+                    reason: format!("unreadable details.postgres in its commit record: {e}"),
+                });
             }
+            Some(Err(e)) => warnings.push(format!(
+                "skipped backup {}: unreadable details.postgres in its commit record {}: {e}",
+                r.id,
+                r.key()
+            )),
             None => {}
         }
+    }
+    if let Some(id) = &o.backup {
+        // Not committed or unreadable: the shared wording.
+        source.choose(Choice::Id(id))?;
     }
     let (chosen, info) = choose(&bases, &o, tz)
         .map_err(|reason| ClusterRestoreError::NoBackup {
             job: job_name.clone(),
-            reason: format!("{reason} (repository `{repo_name}`)"),
+            reason: format!("{reason} (repository `{}`)", source.repository_name()),
         })?
         .clone();
     let backup = chosen.id.clone();
-    let by_id: HashMap<&str, &CommitRecord> =
-        bases.iter().map(|(r, _)| (r.id.as_str(), r)).collect();
-    let mut objects = HashMap::new();
-    let mut chain = Vec::new();
-    for id in std::iter::once(&chosen.id).chain(chosen.ancestors.iter()) {
-        let r = by_id
-            .get(id.as_str())
-            .ok_or_else(|| ClusterRestoreError::NoBackup {
-                job: job_name.clone(),
-                reason: format!(
-                    "backup {backup} needs its ancestor {id}, which is not committed in repository `{repo_name}`"
-                ),
-            })?;
-        chain.push(id.clone());
-        for obj in &r.objects {
-            objects.insert(obj.key.clone(), obj.clone());
-        }
-    }
+    let chain = source.chain_of(&chosen)?;
+    let objects = chain.objects();
+    let repository = &source.repository;
     check_timeline(catalogue, &o, &info).await?;
     let mut report = ClusterRestoreReport {
         job: job_name.clone(),
         repository: repository.name.clone(),
         backup_id: backup.clone(),
-        chain,
+        chain: chain.ids(),
+        repository_warnings: warnings,
         start_lsn: info.start_lsn.clone(),
         stop_lsn: info.stop_lsn.clone(),
         timeline: info.timeline,
@@ -517,13 +358,7 @@ pub async fn restore_cluster(
     if o.dry_run {
         return Ok(report);
     }
-    let identity_file = catalogue
-        .encryption
-        .identity_file
-        .as_ref()
-        .ok_or(ClusterRestoreError::NoIdentity)?;
-    let identities = Identities::load(identity_file)
-        .map_err(|source| ClusterRestoreError::Identity { source })?;
+    let identities = source.identities()?;
     std::fs::create_dir_all(&target_dir).map_err(io_err(&target_dir))?;
     std::fs::set_permissions(&target_dir, std::fs::Permissions::from_mode(0o700))
         .map_err(io_err(&target_dir))?;
@@ -569,7 +404,7 @@ pub async fn restore_cluster(
         ..Default::default()
     };
     let spool_file = run_restore(
-        &repository,
+        repository,
         &objects,
         &identities,
         spool_file,
@@ -626,7 +461,7 @@ pub async fn restore_cluster(
         ..Default::default()
     };
     run_restore(
-        &repository,
+        repository,
         &objects,
         &identities,
         spool_file,
@@ -736,283 +571,4 @@ async fn run_restore(
         backup: backup.to_string(),
         source: Box::new(source),
     })
-}
-
-/// Is this postgresql.conf line one of the recovery settings we write?
-fn is_recovery_setting(line: &str) -> bool {
-    let key = line
-        .trim_start()
-        .split(|c: char| c == '=' || c.is_whitespace())
-        .next()
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    key == "restore_command" || key.starts_with("recovery_target")
-}
-
-/// Rewrites postgresql.auto.conf: earlier recovery settings dropped, ours appended.
-fn write_auto_conf(
-    dir: &Path,
-    settings: &[String],
-    backup: &str,
-    uid: u32,
-    gid: u32,
-) -> Result<(), ClusterRestoreError> {
-    let path = dir.join("postgresql.auto.conf");
-    let old = match std::fs::read_to_string(&path) {
-        Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(io_err(&path)(e)),
-    };
-    let mut text = String::new();
-    for line in old.lines() {
-        if is_recovery_setting(line) {
-            text.push_str("# (replaced by bdc-backup restore cluster) ");
-        }
-        text.push_str(line);
-        text.push('\n');
-    }
-    text.push_str(&format!("# bdc-backup restore cluster: backup {backup}\n"));
-    for s in settings {
-        text.push_str(s);
-        text.push('\n');
-    }
-    let tmp = dir.join("postgresql.auto.conf.tmp");
-    std::fs::write(&tmp, text).map_err(io_err(&tmp))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io_err(&tmp))?;
-    std::os::unix::fs::chown(&tmp, Some(uid), Some(gid)).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
-    Ok(())
-}
-
-/// The `port` of postgresql.conf / postgresql.auto.conf (the last one wins), default 5432.
-fn configured_port(dir: &Path) -> u16 {
-    let mut port = 5432;
-    for file in ["postgresql.conf", "postgresql.auto.conf"] {
-        if let Ok(text) = std::fs::read_to_string(dir.join(file)) {
-            for line in text.lines() {
-                let line = line.split('#').next().unwrap_or("").trim();
-                if let Some((k, v)) = line.split_once('=')
-                    && k.trim() == "port"
-                    && let Ok(p) = v.trim().trim_matches('\'').parse()
-                {
-                    port = p;
-                }
-            }
-        }
-    }
-    port
-}
-
-fn pg_ctl_path(catalogue: &Catalogue, major: u32) -> PathBuf {
-    if let Some(dir) = catalogue.postgres.as_ref().and_then(|p| p.bin_dir.as_ref()) {
-        return dir.join("pg_ctl");
-    }
-    let debian = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin/pg_ctl"));
-    if debian.exists() {
-        debian
-    } else {
-        PathBuf::from("pg_ctl")
-    }
-}
-
-/// The last lines of the startup log, for error messages.
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(8)..].join("\n    ")
-}
-
-async fn start_and_wait(
-    catalogue: &Catalogue,
-    dir: &Path,
-    port: u16,
-    info: &BaseBackupInfo,
-    o: &ClusterRestoreOptions,
-    uid: u32,
-) -> Result<RecoveryPoint, ClusterRestoreError> {
-    let pg_ctl = pg_ctl_path(catalogue, info.cluster.pg_major);
-    let log = dir.join("bdc-restore-start.log");
-    let mut cmd = if nix::unistd::geteuid().is_root() && uid != 0 {
-        let user = nix::unistd::User::from_uid(uid.into())
-            .ok()
-            .flatten()
-            .ok_or_else(|| ClusterRestoreError::Start {
-                reason: format!("the data directory's owner (uid {uid}) has no user name"),
-            })?;
-        let mut c = tokio::process::Command::new("runuser");
-        c.args(["-u", &user.name, "--"]).arg(&pg_ctl);
-        c
-    } else {
-        tokio::process::Command::new(&pg_ctl)
-    };
-    cmd.arg("-D")
-        .arg(dir)
-        .arg("-l")
-        .arg(&log)
-        .args(["-w", "-t", "3600", "-o"])
-        .arg(format!("-p {port}"))
-        .arg("start")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let out = cmd.output().await.map_err(|e| ClusterRestoreError::Start {
-        reason: format!("running {}: {e}", pg_ctl.display()),
-    })?;
-    if !out.status.success() {
-        return Err(ClusterRestoreError::Start {
-            reason: format!(
-                "the server stopped during startup or recovery; recovery did not finish and the cluster was not promoted (pg_ctl {}: {}); server log {}:\n    {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim(),
-                log.display(),
-                log_tail(&log)
-            ),
-        });
-    }
-    let pg = catalogue.postgres.as_ref();
-    let url = catalogue
-        .job(&o.job)
-        .and_then(|j| j.connection.clone())
-        .or_else(|| pg.map(|p| p.url.clone()))
-        .ok_or_else(|| ClusterRestoreError::Recovery {
-            reason: "no [postgres] url to connect with".into(),
-        })?;
-    let password_file = pg.and_then(|p| p.password_file.as_deref());
-    let pause = o.target_action.as_deref() == Some("pause");
-    let mut failures = 0;
-    loop {
-        let pid_gone = !dir.join("postmaster.pid").exists();
-        match poll(&url, password_file, port, pause).await {
-            Ok(Some(point)) => return Ok(point),
-            Ok(None) => failures = 0,
-            Err(e) => {
-                failures += 1;
-                if pid_gone || failures > 30 {
-                    return Err(ClusterRestoreError::Recovery {
-                        reason: format!(
-                            "the server stopped or cannot be reached during recovery ({e}); server log {}:\n    {}",
-                            log.display(),
-                            log_tail(&log)
-                        ),
-                    });
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// One look at the recovering server: Some(point) when recovery ended (or paused).
-async fn poll(
-    url: &str,
-    password_file: Option<&Path>,
-    port: u16,
-    pause: bool,
-) -> Result<Option<RecoveryPoint>, String> {
-    let mut pg = PgControl::connect_port(url, password_file, port)
-        .await
-        .map_err(|e| crate::daemon::error_chain_of(&e))?;
-    let q = |e: sqlx::Error| e.to_string();
-    let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
-        .fetch_one(pg.conn())
-        .await
-        .map_err(q)?;
-    let paused = if in_recovery && pause {
-        sqlx::query_scalar::<_, bool>("SELECT pg_is_wal_replay_paused()")
-            .fetch_one(pg.conn())
-            .await
-            .map_err(q)?
-    } else {
-        false
-    };
-    if in_recovery && !paused {
-        pg.close().await;
-        return Ok(None);
-    }
-    let (lsn, ts): (Option<String>, Option<String>) = sqlx::query_as(
-        "SELECT pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp()::text",
-    )
-    .fetch_one(pg.conn())
-    .await
-    .map_err(q)?;
-    let timeline: Option<i64> = if in_recovery {
-        sqlx::query_scalar("SELECT timeline_id::bigint FROM pg_control_checkpoint()")
-            .fetch_one(pg.conn())
-            .await
-            .map_err(q)?
-    } else {
-        let name: String = sqlx::query_scalar("SELECT pg_walfile_name(pg_current_wal_lsn())")
-            .fetch_one(pg.conn())
-            .await
-            .map_err(q)?;
-        i64::from_str_radix(name.get(..8).unwrap_or(""), 16).ok()
-    };
-    pg.close().await;
-    Ok(Some(RecoveryPoint {
-        replay_lsn: lsn,
-        last_transaction: ts,
-        timeline: timeline.map(|t| t as u32),
-        in_recovery,
-        port,
-    }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn opts(target: RecoveryTarget) -> ClusterRestoreOptions {
-        ClusterRestoreOptions {
-            target,
-            ctl_binary: "/usr/bin/bdc-backupctl".into(),
-            catalogue_path: "/etc/bdc backup/catalogue.toml".into(),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn settings_per_target() {
-        let tz = chrono_tz::UTC;
-        let s = recovery_settings(&opts(RecoveryTarget::EndOfArchive), tz, None).unwrap();
-        assert_eq!(
-            s,
-            [
-                "restore_command = '/usr/bin/bdc-backupctl --catalogue ''/etc/bdc backup/catalogue.toml'' wal-fetch %f %p'",
-                "recovery_target_timeline = 'latest'",
-            ]
-        );
-        let mut o = opts(RecoveryTarget::Time("2026-11-26 10:00:00".into()));
-        o.exclusive = true;
-        let s = recovery_settings(
-            &o,
-            chrono_tz::Europe::Istanbul,
-            Some(Path::new("/d/pg_wal/.s")),
-        )
-        .unwrap();
-        assert!(
-            s[0].ends_with("--spool /d/pg_wal/.s --prefetch 8'"),
-            "{s:?}"
-        );
-        assert_eq!(
-            s[1],
-            "recovery_target_time = '2026-11-26 07:00:00.000000+00'"
-        );
-        assert_eq!(s[2], "recovery_target_inclusive = off");
-        assert_eq!(s[4], "recovery_target_action = 'promote'");
-        let s = recovery_settings(&opts(RecoveryTarget::Immediate), tz, None).unwrap();
-        assert_eq!(s[1], "recovery_target = 'immediate'");
-        assert!(recovery_settings(&opts(RecoveryTarget::Lsn("zz".into())), tz, None).is_err());
-        let mut o = opts(RecoveryTarget::EndOfArchive);
-        o.target_action = Some("pause".into());
-        assert!(recovery_settings(&o, tz, None).is_err());
-        let mut o = opts(RecoveryTarget::Name("p".into()));
-        o.exclusive = true;
-        assert!(recovery_settings(&o, tz, None).is_err());
-    }
-
-    #[test]
-    fn recovery_lines() {
-        assert!(is_recovery_setting("restore_command = 'x'"));
-        assert!(is_recovery_setting("recovery_target_time='x'"));
-        assert!(!is_recovery_setting("archive_command = 'x'"));
-    }
 }

@@ -13,8 +13,10 @@ use super::process::{self, PassFile, url_with_database};
 use super::toc;
 use crate::catalogue::{Catalogue, JobSpec};
 use crate::error::{Classify, Retry, io_retry};
-use crate::pipeline::{self, Identities, IdentityError, PipelineError};
-use crate::repository::{CommitRecord, Repository, RepositoryError, StoreError};
+use crate::model::JobKindName;
+use crate::pipeline::{self, Identities, PipelineError};
+use crate::repository::{Repository, StoreError};
+use crate::restore::{Choice, RestoreSource, SourceError};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -66,6 +68,9 @@ pub struct RestoreReport {
     /// Archive bytes fed to pg_restore.
     pub bytes: u64,
     pub warnings: Vec<String>,
+    /// Unreadable commit records of other backups (each names its key); the ctl prints them
+    /// on stderr.
+    pub repository_warnings: Vec<String>,
     #[serde(rename = "elapsed-seconds", serialize_with = "as_seconds")]
     pub elapsed: Duration,
 }
@@ -112,32 +117,8 @@ pub enum RestoreError {
     UnknownJob { job: String },
     #[error("job `{job}` is a {kind} job, not postgres-dump")]
     NotADumpJob { job: String, kind: String },
-    #[error("job `{job}`: no repository `{repository}` in the catalogue")]
-    UnknownRepository { job: String, repository: String },
-    #[error("job `{job}`: {source}")]
-    Repository {
-        job: String,
-        #[source]
-        source: RepositoryError,
-    },
-    #[error(
-        "job `{job}`: the catalogue has no [encryption] identity-file; restores need the age identity"
-    )]
-    NoIdentity { job: String },
-    #[error("job `{job}`: {source}")]
-    Identity {
-        job: String,
-        #[source]
-        source: IdentityError,
-    },
-    #[error("job `{job}`: no committed backup in repository `{repository}`")]
-    NoBackups { job: String, repository: String },
-    #[error("job `{job}`: backup {backup} is not committed in repository `{repository}`")]
-    BackupNotFound {
-        job: String,
-        backup: String,
-        repository: String,
-    },
+    #[error(transparent)]
+    Source(#[from] SourceError),
     #[error("job `{job}`, backup {backup}: reading {what} with identity file {identity}: {source}")]
     Manifest {
         job: String,
@@ -160,6 +141,10 @@ pub enum RestoreError {
         backup: String,
         reason: String,
     },
+    #[error(
+        "job `{job}`: --url contains a password; remove it and put the password in the catalogue's [postgres] password-file or in PGPASSFILE (the URL is not shown)"
+    )]
+    PasswordInUrl { job: String },
     #[error("job `{job}`: no target server: pass --url or set [postgres] url")]
     NoUrl { job: String },
     #[error("job `{job}`: bad target URL: {source}")]
@@ -240,10 +225,7 @@ pub enum RestoreError {
 impl Classify for RestoreError {
     fn retry(&self) -> Retry {
         match self {
-            RestoreError::Repository {
-                source: RepositoryError::Store { source, .. },
-                ..
-            } => source.retry(),
+            RestoreError::Source(source) => source.retry(),
             RestoreError::Manifest { source, .. } => pipeline_retry(source),
             RestoreError::Connect { source, .. } => source.retry(),
             RestoreError::Io { source, .. } => io_retry(source),
@@ -260,6 +242,14 @@ pub async fn restore_database(
 ) -> Result<RestoreReport, RestoreError> {
     let began = Instant::now();
     let job_name = opts.job.clone();
+    // Never echo such a URL: it holds the very password being refused.
+    if opts
+        .url
+        .as_deref()
+        .is_some_and(crate::catalogue::validate::has_password)
+    {
+        return Err(RestoreError::PasswordInUrl { job: job_name });
+    }
     let job = catalogue
         .job(&job_name)
         .ok_or_else(|| RestoreError::UnknownJob {
@@ -271,37 +261,19 @@ pub async fn restore_database(
             kind: job.kind().to_string(),
         });
     }
-    let repo_name = opts
-        .repository
-        .clone()
-        .or_else(|| job.repositories.first().cloned())
-        .unwrap_or_default();
-    let settings =
-        catalogue
-            .repository(&repo_name)
-            .ok_or_else(|| RestoreError::UnknownRepository {
-                job: job_name.clone(),
-                repository: repo_name.clone(),
-            })?;
-    let repo_err = |source| RestoreError::Repository {
-        job: job_name.clone(),
-        source,
-    };
-    let repository = Repository::open(settings).map_err(repo_err)?;
-    let identity_file =
-        catalogue
-            .encryption
-            .identity_file
-            .clone()
-            .ok_or_else(|| RestoreError::NoIdentity {
-                job: job_name.clone(),
-            })?;
-    let identities = Identities::load(&identity_file).map_err(|source| RestoreError::Identity {
-        job: job_name.clone(),
-        source,
-    })?;
-
-    let record = find_backup(&repository, &job_name, opts.backup.as_deref()).await?;
+    let source = RestoreSource::open(
+        catalogue,
+        job,
+        opts.repository.as_deref(),
+        &[JobKindName::PostgresDump],
+    )
+    .await?;
+    let identity_file = source.identity_file.clone().unwrap_or_default();
+    let identities = source.identities()?;
+    let chain = source.resolve(Choice::from_options(opts.backup.as_deref(), None))?;
+    let record = chain.backup;
+    let repository = &source.repository;
+    let repo_name = repository.name.clone();
     let backup = record.id.clone();
     let manifest_bytes = pipeline::load_bytes(&repository.store, &record.manifest, &identities)
         .await
@@ -473,7 +445,7 @@ pub async fn restore_database(
         stream_restore(
             &ctx,
             &bins,
-            &repository,
+            repository,
             &identities,
             &source_db,
             &target_url,
@@ -483,7 +455,7 @@ pub async fn restore_database(
         let archive = work.path().join("archive.dump");
         spool(
             &ctx,
-            &repository,
+            repository,
             &identities,
             &source_db,
             &archive,
@@ -572,6 +544,7 @@ pub async fn restore_database(
         roles_restored: opts.roles,
         bytes,
         warnings,
+        repository_warnings: source.warnings(),
         elapsed: began.elapsed(),
     })
 }
@@ -588,44 +561,6 @@ impl toc::TargetObjects for Existing {
     }
     fn has_function(&self, schema: &str, function: &str) -> bool {
         self.functions.contains(&format!("{schema}.{function}"))
-    }
-}
-
-/// The named backup, or the newest committed one of the job.
-async fn find_backup(
-    repository: &Repository,
-    job: &str,
-    backup: Option<&str>,
-) -> Result<CommitRecord, RestoreError> {
-    let repo_err = |source| RestoreError::Repository {
-        job: job.to_string(),
-        source,
-    };
-    match backup {
-        Some(id) => repository
-            .commit_record(job, id)
-            .await
-            .map_err(repo_err)?
-            .ok_or_else(|| RestoreError::BackupNotFound {
-                job: job.to_string(),
-                backup: id.to_string(),
-                repository: repository.name.clone(),
-            }),
-        None => {
-            let (records, malformed) =
-                repository.list_commits(Some(job)).await.map_err(repo_err)?;
-            for e in malformed {
-                tracing::warn!(error = %e, "skipping a malformed commit record");
-            }
-            records
-                .into_iter()
-                .filter(|r| r.kind == crate::model::JobKindName::PostgresDump)
-                .max_by_key(|r| r.started_at)
-                .ok_or_else(|| RestoreError::NoBackups {
-                    job: job.to_string(),
-                    repository: repository.name.clone(),
-                })
-        }
     }
 }
 

@@ -192,7 +192,7 @@ impl Frames<'_> {
                 info,
                 self.identities,
             ))
-            .map_err(|e| crate::daemon::error_chain_of(&e))
+            .map_err(|e| crate::error::error_chain_of(&e))
     }
 
     /// The frame from the object's stream; None when streaming is off or failed (then the
