@@ -6,6 +6,8 @@
 //! Config jobs walk a list instead ([`ListWalk`]): absolute files given by the catalogue, kept
 //! relative to `/`.
 
+pub mod pattern;
+
 use super::path::{ByteName, compare};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use std::fs::Metadata;
@@ -208,11 +210,10 @@ impl ListWalk {
     pub fn new(paths: &[String]) -> ListWalk {
         let mut found: Vec<(ByteName, PathBuf, bool)> = Vec::new();
         for p in paths {
-            let is_glob = p.contains(['*', '?', '[']);
-            if is_glob {
+            if pattern::is_glob(p) {
                 let mut any = false;
-                if let Ok(matches) = glob::glob(p) {
-                    for m in matches.flatten() {
+                if let Ok(glob) = pattern::PathGlob::new(p) {
+                    for m in glob.expand() {
                         any = true;
                         found.push((rel_of(&m), m, true));
                     }
