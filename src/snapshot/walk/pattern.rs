@@ -1,8 +1,8 @@
 //! A config job's path globs, matched one path component at a time: `*`, `?` and `[..]` stay
-//! inside one name (`[!..]` negates; `^` is an ordinary character), `**` alone is any number of
-//! folders, `*` matches dot files, names are case-sensitive. Expansion walks only the folders a
-//! component can match; the same walk tells the watcher which folders to watch. Each wildcard
-//! component is a [`globset`] matcher (the crate the `files` job's include/exclude use).
+//! inside one name (`[!..]` negates; `^`, `{` and `}` are ordinary characters), `**` alone is
+//! any number of folders, `*` matches dot files, names are case-sensitive. Expansion walks only
+//! the folders a component can match; the same walk tells the watcher which folders to watch.
+//! Each wildcard component is a [`globset`] matcher (the crate of the `files` job's globs).
 
 use globset::{GlobBuilder, GlobMatcher};
 use std::collections::HashSet;
@@ -68,34 +68,71 @@ fn component(c: &str) -> Result<Comp, PatternError> {
     if !is_glob(c) {
         return Ok(Comp::Literal(c.into()));
     }
-    // globset reads `[^..]` as a negation; these globs never did: move the `^` to the end of
-    // the class, where it is an ordinary member.
-    let mut text = String::with_capacity(c.len() + 1);
-    let mut rest = c;
-    while let Some(i) = rest.find("[^") {
-        text.push_str(&rest[..=i]);
-        let after = &rest[i + 2..];
-        // The first character of a class may be `]` itself.
-        let skip = after.chars().next().map_or(0, char::len_utf8);
-        match after.get(skip..).and_then(|s| s.find(']')) {
-            Some(end) => {
-                text.push_str(&after[..skip + end]);
-                text.push_str("^]");
-                rest = &after[skip + end + 1..];
-            }
-            None => {
-                text.push('^');
-                rest = after;
-            }
-        }
-    }
-    text.push_str(rest);
-    let glob = GlobBuilder::new(&text)
+    let glob = GlobBuilder::new(&globset_text(c))
         .literal_separator(true)
         .backslash_escape(false)
         .build()
         .map_err(PatternError::Glob)?;
     Ok(Comp::Wild(glob.compile_matcher()))
+}
+
+/// One component in globset's syntax with these rules: `{` and `}` are ordinary characters
+/// (globset would read alternatives), and `^` first in a class is a member (globset would read a
+/// negation), so it moves to the end of the class.
+fn globset_text(c: &str) -> String {
+    let chars: Vec<char> = c.chars().collect();
+    let mut out = String::with_capacity(c.len() + 4);
+    let mut i = 0;
+    while i < chars.len() {
+        match chars[i] {
+            '[' => {
+                let bang = chars.get(i + 1) == Some(&'!');
+                let start = i + 1 + usize::from(bang);
+                // The first member may be `]`.
+                let mut j = start + 1;
+                while j < chars.len() && chars[j] != ']' {
+                    j += 1;
+                }
+                if j >= chars.len() {
+                    // Not closed: globset says so.
+                    out.extend(&chars[i..]);
+                    break;
+                }
+                let members = &chars[start..j];
+                match members {
+                    ['^'] if !bang => out.push('^'),
+                    ['^', rest @ ..] => {
+                        out.push('[');
+                        if bang {
+                            out.push('!');
+                        }
+                        out.extend(rest);
+                        out.push_str("^]");
+                    }
+                    _ => {
+                        out.push('[');
+                        if bang {
+                            out.push('!');
+                        }
+                        out.extend(members);
+                        out.push(']');
+                    }
+                }
+                i = j + 1;
+            }
+            ch @ ('{' | '}') => {
+                out.push('[');
+                out.push(ch);
+                out.push(']');
+                i += 1;
+            }
+            ch => {
+                out.push(ch);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 impl PathGlob {
@@ -277,6 +314,15 @@ mod tests {
         let g = PathGlob::new("/app/x[^1]").unwrap();
         assert!(g.matches(Path::new("/app/x1")) && g.matches(Path::new("/app/x^")));
         assert!(!g.matches(Path::new("/app/x2")));
+        let g = PathGlob::new("/app/*{a,b}[{]").unwrap();
+        assert!(g.matches(Path::new("/app/x{a,b}{")));
+        assert!(!g.matches(Path::new("/app/xa{")));
+        let g = PathGlob::new("/app/[!^]x[^]").unwrap();
+        assert!(g.matches(Path::new("/app/ax^")));
+        assert!(!g.matches(Path::new("/app/^x^")));
+        let g = PathGlob::new("/app/[]a]*").unwrap();
+        assert!(g.matches(Path::new("/app/]z")) && g.matches(Path::new("/app/a")));
+        assert!(!g.matches(Path::new("/app/b")));
         let g = PathGlob::new("/etc/app/.env").unwrap();
         assert!(g.matches(Path::new("/etc/app/.env")));
         assert!(!g.matches(Path::new("/etc/app/.envx")));
