@@ -1172,10 +1172,13 @@ fn job(
                     for (key, p) in list {
                         let resolved = cx.resolve(p);
                         match resolved.to_str() {
-                            Some(r) if glob::Pattern::new(r).is_ok() => out.push(r.to_string()),
-                            Some(_) => {
-                                cx.error(&key, format!("\"{p}\" is not a valid glob pattern"))
-                            }
+                            Some(r) => match crate::snapshot::walk::pattern::PathGlob::new(r) {
+                                Ok(_) => out.push(r.to_string()),
+                                Err(e) => cx.error(
+                                    &key,
+                                    format!("\"{p}\" is not a valid glob pattern ({e})"),
+                                ),
+                            },
                             None => cx.error(&key, "the resolved path is not valid UTF-8"),
                         }
                     }
@@ -1237,7 +1240,8 @@ fn job(
 fn globs(cx: &mut Ctx, t: &Table, k: &str) -> Vec<String> {
     let mut out = Vec::new();
     for (key, g) in t.strings(cx, k).unwrap_or_default() {
-        match glob::Pattern::new(g) {
+        // As `snapshot::walk::Filter` builds it.
+        match globset::Glob::new(g.trim_start_matches('/')) {
             Ok(_) => out.push(g.to_string()),
             Err(e) => cx.error(&key, format!("\"{g}\" is not a valid glob pattern ({e})")),
         }

@@ -1,6 +1,7 @@
-//! Watched `config` jobs (`watch = true`): inotify watchers on the files' folders
-//! ([`crate::files::watch`]) whose debounced changes start a run (trigger `change`), so a change
-//! is stored within seconds; the periodic schedule still runs. Watchers are rebuilt on reload.
+//! Watched `config` jobs (`watch = true`): one inotify watcher per job on the folders its paths
+//! and globs can match in ([`crate::files::watch`]), whose debounced changes (or full checks after
+//! an overflow or a replaced folder) start a run (trigger `change`), so a change is stored within
+//! seconds; the periodic schedule still runs. Watchers are rebuilt on reload.
 
 use super::core::{Shared, StartError};
 use crate::catalogue::JobSpec;

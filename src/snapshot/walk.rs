@@ -6,6 +6,8 @@
 //! Config jobs walk a list instead ([`ListWalk`]): absolute files given by the catalogue, kept
 //! relative to `/`.
 
+pub mod pattern;
+
 use super::path::{ByteName, compare};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use std::fs::Metadata;
@@ -208,11 +210,10 @@ impl ListWalk {
     pub fn new(paths: &[String]) -> ListWalk {
         let mut found: Vec<(ByteName, PathBuf, bool)> = Vec::new();
         for p in paths {
-            let is_glob = p.contains(['*', '?', '[']);
-            if is_glob {
+            if pattern::is_glob(p) {
                 let mut any = false;
-                if let Ok(matches) = glob::glob(p) {
-                    for m in matches.flatten() {
+                if let Ok(glob) = pattern::PathGlob::new(p) {
+                    for m in glob.expand() {
                         any = true;
                         found.push((rel_of(&m), m, true));
                     }
@@ -267,5 +268,105 @@ impl Iterator for ListWalk {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Event::Missing { path: rel },
             Err(error) => Event::Error { path: rel, error },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a config job's paths expand to, relative to `root`: `name` for a file, `name/` for a
+    /// folder (an error in a config job), `!name` for a glob or path that matched nothing.
+    fn expand(root: &Path, patterns: &[&str]) -> Vec<String> {
+        let prefix = rel_of(root).0;
+        let full: Vec<String> = patterns
+            .iter()
+            .map(|p| format!("{}/{p}", root.display()))
+            .collect();
+        ListWalk::new(&full)
+            .map(|ev| {
+                let (path, mark) = match ev {
+                    Event::Item(i) => (i.path, ""),
+                    Event::Error { path, .. } => (path, "/"),
+                    Event::Missing { path } => (path, "!"),
+                };
+                let rel = String::from_utf8(path.0[prefix.len() + 1..].to_vec()).unwrap();
+                if mark == "!" {
+                    format!("!{rel}")
+                } else {
+                    format!("{rel}{mark}")
+                }
+            })
+            .collect()
+    }
+
+    /// The matching rules of a config job's `paths`, pinned on a tree (they are per path
+    /// component: `*`, `?` and `[..]` never cross `/`, `**` alone is any number of folders,
+    /// dot files are matched by `*`, names are case-sensitive).
+    #[test]
+    fn config_path_globs_match_per_component() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for f in [
+            "a.conf",
+            ".hidden.conf",
+            "b.txt",
+            "A.CONF",
+            "x1.conf",
+            "x2.conf",
+            "xa.conf",
+            "sub/c.conf",
+            "sub/deep/e.conf",
+            ".dot/f.conf",
+            "other/c.conf",
+            "other/g.txt",
+        ] {
+            let p = d.join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, f).unwrap();
+        }
+        let e = |p: &[&str]| expand(d, p);
+        assert_eq!(
+            e(&["*.conf"]),
+            [".hidden.conf", "a.conf", "x1.conf", "x2.conf", "xa.conf"]
+        );
+        assert_eq!(e(&["*/c.conf"]), ["other/c.conf", "sub/c.conf"]);
+        assert_eq!(e(&["s*/*.conf"]), ["sub/c.conf"]);
+        assert_eq!(
+            e(&["**/*.conf"]),
+            [
+                ".dot/f.conf",
+                ".hidden.conf",
+                "a.conf",
+                "other/c.conf",
+                "sub/c.conf",
+                "sub/deep/e.conf",
+                "x1.conf",
+                "x2.conf",
+                "xa.conf",
+            ]
+        );
+        assert_eq!(e(&["**/c.conf"]), ["other/c.conf", "sub/c.conf"]);
+        assert_eq!(e(&["sub/**/e.conf"]), ["sub/deep/e.conf"]);
+        assert_eq!(e(&["x?.conf"]), ["x1.conf", "x2.conf", "xa.conf"]);
+        assert_eq!(e(&["x[12].conf"]), ["x1.conf", "x2.conf"]);
+        assert_eq!(e(&["x[0-9].conf"]), ["x1.conf", "x2.conf"]);
+        assert_eq!(e(&["x[!1].conf"]), ["x2.conf", "xa.conf"]);
+        assert_eq!(e(&["[A]*"]), ["A.CONF"]);
+        assert_eq!(e(&["*.CONF"]), ["A.CONF"]);
+        assert_eq!(e(&["nothing*.conf"]), ["!nothing*.conf"]);
+        assert_eq!(e(&["none/*.conf"]), ["!none/*.conf"]);
+        assert_eq!(e(&["missing.conf"]), ["!missing.conf"]);
+        // Duplicates from overlapping patterns are kept once; a plain path stays as given.
+        assert_eq!(e(&["a.conf", "a.*", "b.txt"]), ["a.conf", "b.txt"]);
+        // A folder matched by a glob is reported (a config job keeps files only).
+        assert_eq!(e(&["s*"]), ["sub/"]);
+        assert_eq!(e(&["sub/*"]), ["sub/c.conf", "sub/deep/"]);
+        // A trailing `**` is the folders below (none of the files), not the folder itself.
+        assert_eq!(e(&["sub/**"]), ["sub/deep/"]);
+        assert_eq!(e(&["**"]), [".dot/", "other/", "sub/", "sub/deep/"]);
+        // `^` is no negation (only `!` is); `**` inside a name is invalid (matches nothing).
+        assert_eq!(e(&["x[^1].conf"]), ["x1.conf"]);
+        assert_eq!(e(&["s**"]), ["!s**"]);
     }
 }
