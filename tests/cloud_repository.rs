@@ -47,11 +47,9 @@ fn test_options() -> CloudOptions {
         connect_timeout: Duration::from_secs(2),
         request_timeout: Duration::from_secs(20),
         max_retries: 3,
-        retry_timeout: Duration::from_secs(3),
         init_backoff: Duration::from_millis(100),
         max_backoff: Duration::from_millis(500),
         call_timeout: Duration::from_secs(30),
-        abort_timeout: Duration::from_secs(15),
         part_size: 5 * MIB,
         max_concurrency: 4,
     }
@@ -554,7 +552,6 @@ async fn an_unreachable_endpoint_times_out_within_the_bound() {
         connect_timeout: Duration::from_secs(1),
         request_timeout: Duration::from_secs(1),
         max_retries: 2,
-        retry_timeout: Duration::from_secs(2),
         call_timeout: Duration::from_secs(4),
         ..test_options()
     };
@@ -733,7 +730,6 @@ async fn server_errors_are_retried_then_transient_client_errors_are_permanent() 
     let dir = tempfile::tempdir().unwrap();
     let options = CloudOptions {
         max_retries: 3,
-        retry_timeout: Duration::from_secs(10),
         init_backoff: Duration::from_millis(50),
         max_backoff: Duration::from_millis(100),
         ..test_options()

@@ -2,7 +2,8 @@
 //! Blob), installed by tests/setup under [`tools_dir`], started on free 127.0.0.1 ports, and
 //! killed by PID on drop (SIGTERM, then SIGKILL after a timeout: Azurite ignores SIGTERM). A
 //! missing server is a test failure, never a skip. Plus [`Proxy`], a TCP relay whose connections
-//! can be cut and restored, to simulate a store that goes away and comes back.
+//! can be cut and restored, to simulate a store that goes away and comes back, and
+//! `kill_now` / `restart` (same port, same data folder) for a server that dies and comes back.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -70,28 +71,56 @@ pub fn run_python(script: &str, env: &[(&str, String)]) -> String {
 /// A server process: killed by PID on drop.
 struct Server {
     child: Option<Child>,
+    /// Builds the server's command again (a restart on the same port and data folder).
+    make: Box<dyn Fn() -> Command + Send>,
+    what: &'static str,
     log: PathBuf,
     _dir: tempfile::TempDir,
     port: u16,
 }
 
 impl Server {
-    fn spawn(mut cmd: Command, dir: tempfile::TempDir, port: u16, what: &str) -> Server {
+    fn spawn(
+        make: Box<dyn Fn() -> Command + Send>,
+        dir: tempfile::TempDir,
+        port: u16,
+        what: &'static str,
+    ) -> Server {
         let log = dir.path().join("server.log");
-        let f = std::fs::File::create(&log).expect("server log");
-        let f2 = f.try_clone().expect("server log");
-        cmd.stdin(Stdio::null()).stdout(f).stderr(f2);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {what} ({cmd:?}): {e}; run tests/setup"));
         let mut s = Server {
-            child: Some(child),
+            child: None,
+            make,
+            what,
             log,
             _dir: dir,
             port,
         };
-        s.wait_ready(what);
+        s.launch();
         s
+    }
+
+    /// Starts the process (appending to its log) and waits until it answers.
+    fn launch(&mut self) {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("server log");
+        let f2 = f.try_clone().expect("server log");
+        let mut cmd = (self.make)();
+        cmd.stdin(Stdio::null()).stdout(f).stderr(f2);
+        let what = self.what;
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {what} ({cmd:?}): {e}; run tests/setup"));
+        self.child = Some(child);
+        self.wait_ready(what);
+    }
+
+    /// After `kill_now`: the same server again, same port and data folder.
+    fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart of a running {}", self.what);
+        self.launch();
     }
 
     /// Waits until the port answers an HTTP request (any status).
@@ -184,13 +213,20 @@ impl Moto {
         );
         let port = free_port();
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut cmd = Command::new(bin);
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let make = move || {
+            let mut cmd = Command::new(&bin);
+            cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+            for (k, v) in &env {
+                cmd.env(k, v);
+            }
+            cmd
+        };
         Moto {
-            server: Server::spawn(cmd, dir, port, "moto_server"),
+            server: Server::spawn(Box::new(make), dir, port, "moto_server"),
         }
     }
 
@@ -249,6 +285,12 @@ impl Moto {
         self.server.kill_now();
     }
 
+    /// After [`Moto::kill_now`]: moto again on the same port. moto keeps everything in memory,
+    /// so the server comes back empty (create the bucket again).
+    pub fn restart(&mut self) {
+        self.server.restart();
+    }
+
     pub fn log(&self) -> String {
         self.server.log_text()
     }
@@ -269,23 +311,38 @@ impl Azurite {
         );
         let port = free_port();
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut cmd = Command::new(bin);
-        cmd.args([
-            "--blobHost",
-            "127.0.0.1",
-            "--blobPort",
-            &port.to_string(),
-            "--location",
-        ])
-        .arg(dir.path().join("data"))
-        .args([
-            "--skipApiVersionCheck",
-            "--disableProductStyleUrl",
-            "--loose",
-        ]);
+        let data = dir.path().join("data");
+        let make = move || {
+            let mut cmd = Command::new(&bin);
+            cmd.args([
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                &port.to_string(),
+                "--location",
+            ])
+            .arg(&data)
+            .args([
+                "--skipApiVersionCheck",
+                "--disableProductStyleUrl",
+                "--loose",
+            ]);
+            cmd
+        };
         Azurite {
-            server: Server::spawn(cmd, dir, port, "azurite-blob"),
+            server: Server::spawn(Box::new(make), dir, port, "azurite-blob"),
         }
+    }
+
+    /// A crash: SIGKILL.
+    pub fn kill_now(&mut self) {
+        self.server.kill_now();
+    }
+
+    /// After [`Azurite::kill_now`]: Azurite again on the same port and data folder (what was
+    /// committed before the kill is still there).
+    pub fn restart(&mut self) {
+        self.server.restart();
     }
 
     pub fn port(&self) -> u16 {
@@ -320,6 +377,16 @@ impl Azurite {
 
     pub fn create_container(&self, container: &str) {
         self.py("svc.create_container(os.environ['CONTAINER'])", container);
+    }
+
+    /// Creates the container unless it exists (after a restart: Azurite saves its metadata
+    /// periodically, so a SIGKILL may lose a recent container creation).
+    pub fn ensure_container(&self, container: &str) {
+        self.py(
+            "c = svc.get_container_client(os.environ['CONTAINER'])\n\
+             if not c.exists(): c.create_container()",
+            container,
+        );
     }
 
     /// Every committed blob in the container.
