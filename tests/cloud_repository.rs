@@ -486,13 +486,18 @@ async fn s3_connection_lost_mid_upload_aborts_the_multipart_upload() {
         proxy.cut();
         let _ = go_tx.send(());
         tokio::time::sleep(Duration::from_secs(5)).await;
-        // …and comes back while the abort is still retrying.
+        // …and comes back while the abort is still retrying (in the background: the failed
+        // upload has returned by now).
         proxy.restore();
     };
     let (result, ()) = tokio::join!(upload, fault);
     let err = result.unwrap_err();
     assert_eq!(err.retry(), Retry::Transient, "{err}");
     assert!(err.to_string().contains(key), "{err}");
+    let until = Instant::now() + Duration::from_secs(10);
+    while !moto.multipart_uploads("bdc-test").is_empty() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert!(
         moto.multipart_uploads("bdc-test").is_empty(),
         "orphan multipart upload: {:?}\n{}",

@@ -8,7 +8,7 @@
 mod common;
 
 use common::daemon::{Setup, TestDaemon, wait_for};
-use common::objstores::{AZURITE_ACCOUNT, AZURITE_KEY, Azurite, Moto, credentials_file};
+use common::objstores::{AZURITE_ACCOUNT, AZURITE_KEY, Azurite, Moto, Proxy, credentials_file};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -80,6 +80,7 @@ fn assert_partial_soon(setup: &Setup, daemon: &TestDaemon, killed: Instant) -> S
         (runs[0]["status"] != "running").then(|| runs[0].clone())
     });
     let took = killed.elapsed();
+    eprintln!("the run ended {took:?} after the store went away");
     assert_eq!(
         run["status"],
         "partial",
@@ -144,7 +145,7 @@ fn assert_replica_lands(setup: &Setup, daemon: &TestDaemon, backup_id: &str, dat
     );
 }
 
-fn s3_section(setup: &Setup, moto: &Moto) -> String {
+fn s3_section(setup: &Setup, endpoint: &str) -> String {
     let creds = credentials_file(
         setup.dir.path(),
         "s3.env",
@@ -156,12 +157,12 @@ fn s3_section(setup: &Setup, moto: &Moto) -> String {
     format!(
         "[repository.offsite]\nurl = \"s3://bdc-test/prod\"\nregion = \"us-east-1\"\n\
          endpoint = \"{}\"\ncredentials-file = \"{}\"",
-        moto.endpoint(),
+        endpoint,
         creds.display()
     )
 }
 
-fn az_section(setup: &Setup, azurite: &Azurite) -> String {
+fn az_section(setup: &Setup, endpoint: &str) -> String {
     let creds = credentials_file(
         setup.dir.path(),
         "az.env",
@@ -173,7 +174,7 @@ fn az_section(setup: &Setup, azurite: &Azurite) -> String {
     format!(
         "[repository.offsite]\nurl = \"az://bdc-test/prod\"\nendpoint = \"{}\"\n\
          credentials-file = \"{}\"",
-        azurite.endpoint(),
+        endpoint,
         creds.display()
     )
 }
@@ -183,7 +184,7 @@ fn s3_killed(after: Duration) {
     moto.create_bucket("bdc-test");
     let setup = Setup::new();
     let (src, data) = source_tree(&setup);
-    catalogue(&setup, &src, &s3_section(&setup, &moto));
+    catalogue(&setup, &src, &s3_section(&setup, &moto.endpoint()));
     let daemon = setup.start_daemon();
 
     start_and_wait_for_replica_copy(&setup, &daemon, after);
@@ -221,7 +222,7 @@ fn azure_killed_during_the_blocks_ends_the_run_partial_within_the_bound() {
     azurite.create_container("bdc-test");
     let setup = Setup::new();
     let (src, data) = source_tree(&setup);
-    catalogue(&setup, &src, &az_section(&setup, &azurite));
+    catalogue(&setup, &src, &az_section(&setup, &azurite.endpoint()));
     let daemon = setup.start_daemon();
 
     start_and_wait_for_replica_copy(&setup, &daemon, Duration::from_millis(3000));
@@ -233,4 +234,48 @@ fn azure_killed_during_the_blocks_ends_the_run_partial_within_the_bound() {
     azurite.ensure_container("bdc-test");
     assert_replica_lands(&setup, &daemon, &id, &data);
     assert!(daemon.stop().success());
+}
+
+/// The store goes away (every connection reset, new ones refused) at the moment the replica's
+/// commit record is sent: the last call of the copy fails, the run is partial within the bound,
+/// and the replica lands once the store is back.
+fn cut_during_the_commit_record(section: impl Fn(&Setup, &str) -> String, target: u16) {
+    let proxy = Proxy::start(target);
+    let setup = Setup::new();
+    let (src, data) = source_tree(&setup);
+    catalogue(&setup, &src, &section(&setup, &proxy.endpoint()));
+    let daemon = setup.start_daemon();
+    // The PUT of the commit record (`…/backup.json`); reads of it are GET/HEAD.
+    proxy.cut_on("backup.json");
+    let out = setup.ctl(&["run", "uploads", "--full"]);
+    assert!(out.status.success(), "log:\n{}", daemon.log_text());
+    let killed = wait_for(Duration::from_secs(60), "the commit record's PUT", || {
+        proxy.fired().then(Instant::now)
+    });
+    let id = assert_partial_soon(&setup, &daemon, killed);
+    proxy.restore();
+    assert_replica_lands(&setup, &daemon, &id, &data);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn s3_gone_during_the_commit_record_ends_the_run_partial_within_the_bound() {
+    let moto = Moto::start();
+    moto.create_bucket("bdc-test");
+    cut_during_the_commit_record(s3_section, moto.port());
+    assert!(
+        moto.multipart_uploads("bdc-test").is_empty(),
+        "no multipart upload left behind"
+    );
+}
+
+#[test]
+fn azure_gone_during_the_commit_record_ends_the_run_partial_within_the_bound() {
+    let azurite = Azurite::start();
+    azurite.create_container("bdc-test");
+    let port = azurite.port();
+    cut_during_the_commit_record(
+        |setup, proxied| az_section(setup, &format!("{proxied}/{AZURITE_ACCOUNT}")),
+        port,
+    );
 }

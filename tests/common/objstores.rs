@@ -405,13 +405,33 @@ impl Azurite {
 }
 
 /// A TCP relay on 127.0.0.1 to `target`. [`Proxy::cut`] resets every open connection and refuses
-/// new ones (the store "goes away"); [`Proxy::restore`] relays again. The listening port is kept
-/// all along, so nothing else can take it.
+/// new ones (the store "goes away"); [`Proxy::restore`] relays again. [`Proxy::cut_on`] cuts at
+/// the moment a request containing a given text is sent (before the server sees it), e.g. the
+/// PUT of a commit record. The listening port is kept all along, so nothing else can take it.
 pub struct Proxy {
     pub port: u16,
-    up: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<TcpStream>>>,
+    inner: Arc<ProxyInner>,
+}
+
+struct ProxyInner {
+    up: AtomicBool,
+    stop: AtomicBool,
+    conns: Mutex<Vec<TcpStream>>,
+    /// Cut when the client sends this text (once).
+    trigger: Mutex<Option<Vec<u8>>>,
+    /// Set when the trigger fired.
+    fired: AtomicBool,
+}
+
+impl ProxyInner {
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        if let Ok(mut list) = self.conns.lock() {
+            for c in list.drain(..) {
+                let _ = c.shutdown(Shutdown::Both);
+            }
+        }
+    }
 }
 
 impl Proxy {
@@ -419,12 +439,16 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("proxy listener");
         let port = listener.local_addr().expect("proxy addr").port();
         listener.set_nonblocking(true).expect("nonblocking");
-        let up = Arc::new(AtomicBool::new(true));
-        let stop = Arc::new(AtomicBool::new(false));
-        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (up2, stop2, conns2) = (up.clone(), stop.clone(), conns.clone());
+        let inner = Arc::new(ProxyInner {
+            up: AtomicBool::new(true),
+            stop: AtomicBool::new(false),
+            conns: Mutex::default(),
+            trigger: Mutex::default(),
+            fired: AtomicBool::new(false),
+        });
+        let inner2 = inner.clone();
         std::thread::spawn(move || {
-            while !stop2.load(Ordering::SeqCst) {
+            while !inner2.stop.load(Ordering::SeqCst) {
                 let client = match listener.accept() {
                     Ok((c, _)) => c,
                     Err(_) => {
@@ -433,7 +457,7 @@ impl Proxy {
                     }
                 };
                 let _ = client.set_nonblocking(false);
-                if !up2.load(Ordering::SeqCst) {
+                if !inner2.up.load(Ordering::SeqCst) {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
                 }
@@ -442,20 +466,15 @@ impl Proxy {
                     continue;
                 };
                 if let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone())
-                    && let Ok(mut list) = conns2.lock()
+                    && let Ok(mut list) = inner2.conns.lock()
                 {
                     list.push(c2);
                     list.push(s2);
                 }
-                relay(client, server);
+                relay(client, server, inner2.clone());
             }
         });
-        Proxy {
-            port,
-            up,
-            stop,
-            conns,
-        }
+        Proxy { port, inner }
     }
 
     pub fn endpoint(&self) -> String {
@@ -463,38 +482,76 @@ impl Proxy {
     }
 
     pub fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        if let Ok(mut list) = self.conns.lock() {
-            for c in list.drain(..) {
-                let _ = c.shutdown(Shutdown::Both);
-            }
-        }
+        self.inner.cut();
+    }
+
+    /// Arms a cut: the first time a client sends `text`, every connection is reset before the
+    /// server receives it, and new ones are refused until [`Proxy::restore`].
+    pub fn cut_on(&self, text: &str) {
+        self.inner.fired.store(false, Ordering::SeqCst);
+        *self.inner.trigger.lock().unwrap() = Some(text.as_bytes().to_vec());
+    }
+
+    /// Whether an armed [`Proxy::cut_on`] has fired.
+    pub fn fired(&self) -> bool {
+        self.inner.fired.load(Ordering::SeqCst)
     }
 
     pub fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
+        self.inner.up.store(true, Ordering::SeqCst);
     }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.cut();
+        self.inner.stop.store(true, Ordering::SeqCst);
+        self.inner.cut();
     }
 }
 
-fn relay(client: TcpStream, server: TcpStream) {
-    let pairs = [
-        (client.try_clone(), server.try_clone()),
-        (server.try_clone(), client.try_clone()),
-    ];
-    for (from, to) in pairs {
-        if let (Ok(mut from), Ok(mut to)) = (from, to) {
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut from, &mut to);
-                let _ = to.shutdown(Shutdown::Write);
-            });
-        }
+fn relay(client: TcpStream, server: TcpStream, inner: Arc<ProxyInner>) {
+    // Client → server, watching for the trigger (a short tail is kept across reads).
+    if let (Ok(mut from), Ok(mut to)) = (client.try_clone(), server.try_clone()) {
+        let inner = inner.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 << 10];
+            let mut tail: Vec<u8> = Vec::new();
+            loop {
+                let n = match from.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let hit = {
+                    let mut t = inner.trigger.lock().unwrap();
+                    let found = t.as_ref().is_some_and(|pat| {
+                        let mut window = tail.clone();
+                        window.extend_from_slice(&buf[..n]);
+                        window.windows(pat.len()).any(|w| w == pat.as_slice())
+                    });
+                    if found {
+                        *t = None;
+                    }
+                    found
+                };
+                if hit {
+                    inner.fired.store(true, Ordering::SeqCst);
+                    inner.cut();
+                    break;
+                }
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+                let keep = n.min(256);
+                tail = buf[n - keep..n].to_vec();
+            }
+            let _ = to.shutdown(Shutdown::Write);
+        });
+    }
+    if let (Ok(mut from), Ok(mut to)) = (server.try_clone(), client.try_clone()) {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = to.shutdown(Shutdown::Write);
+        });
     }
 }
 

@@ -11,7 +11,8 @@ use std::time::Duration;
 /// derived from it ([`CloudOptions::retry_window`]) so that the last retry it may start still
 /// ends (request timeout, backoff included) by the deadline; the outer Tokio timeout at the same
 /// deadline is only a backstop. An abort of a failed multipart upload is one more call under the
-/// same deadline, not a loop of its own.
+/// same deadline; if it fails transiently it is retried in the background (never holding the
+/// caller) until the deadline has passed once more.
 #[derive(Debug, Clone)]
 pub struct CloudOptions {
     /// TCP/TLS connect timeout of one HTTP request.

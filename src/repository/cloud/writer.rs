@@ -3,11 +3,13 @@
 
 use super::CloudStore;
 use super::limit::TokenBucket;
+use crate::error::{Classify, Retry};
 use crate::repository::store::StoreError;
 use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{MultipartUpload, ObjectStoreExt, PutPayload};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 /// A streaming upload to a cloud store. Small objects (below one part) go up in one PUT at
@@ -132,14 +134,15 @@ impl CloudWriter {
     }
 
     /// Uploads what is left and completes the object. Returns its size. On error the upload is
-    /// aborted at the store before this returns.
+    /// aborted at the store (one bounded call before this returns; a transient failure of it is
+    /// retried in the background, see [`CloudWriter::abort`]).
     pub async fn finish(mut self) -> Result<u64, StoreError> {
         match self.finish_inner().await {
             Ok(n) => Ok(n),
             Err(e) => {
                 if let Err(abort_err) = self.abort_inner().await {
                     tracing::warn!(key = %self.key, store = %self.store.location, error = %abort_err,
-                        "could not abort the failed upload; the bucket's lifecycle rule will remove it");
+                        "could not abort the failed upload yet; retrying in the background until the deadline");
                 }
                 Err(e)
             }
@@ -183,8 +186,10 @@ impl CloudWriter {
     }
 
     /// Aborts the upload at the store: one call under the call deadline (object_store retries
-    /// transient failures inside it); if the store cannot be reached, the bucket's lifecycle rule
-    /// removes the incomplete upload.
+    /// transient failures inside it). If that fails transiently, the abort is handed to a
+    /// background task that keeps trying until the deadline has passed once more since the first
+    /// attempt, without holding the caller (a run, a job's lock); after that the bucket's
+    /// lifecycle rule removes the incomplete upload. The error of the first attempt is returned.
     pub async fn abort(mut self) -> Result<(), StoreError> {
         self.abort_inner().await
     }
@@ -196,14 +201,58 @@ impl CloudWriter {
         let Some(mut up) = self.upload.take() else {
             return Ok(());
         };
-        match self
+        let deadline = Instant::now() + self.store.options.call_timeout;
+        let err = match self
             .store
             .call("aborting upload of", &self.key, up.abort())
             .await
         {
-            Ok(()) | Err(StoreError::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e),
+            Ok(()) | Err(StoreError::NotFound { .. }) => return Ok(()),
+            Err(e) => e,
+        };
+        if err.retry() == Retry::Transient
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            let store = self.store.clone();
+            let key = self.key.clone();
+            handle.spawn(async move { abort_in_background(store, key, up, deadline).await });
         }
+        Err(err)
+    }
+}
+
+/// Keeps retrying an abort (with backoff) until `deadline`; each attempt is one bounded call.
+async fn abort_in_background(
+    store: CloudStore,
+    key: String,
+    mut up: Box<dyn MultipartUpload>,
+    deadline: Instant,
+) {
+    let mut backoff = store.options.init_backoff.max(Duration::from_millis(50));
+    loop {
+        if Instant::now() + backoff >= deadline {
+            tracing::warn!(key, store = %store.location,
+                "could not abort the failed upload; the bucket's lifecycle rule will remove it");
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, up.abort()).await {
+            Ok(Ok(())) | Ok(Err(object_store::Error::NotFound { .. })) => {
+                tracing::info!(key, store = %store.location, "aborted the failed upload");
+                return;
+            }
+            Ok(Err(e)) => {
+                let err = store.err("aborting upload of", &key, e);
+                if err.retry() == Retry::Permanent {
+                    tracing::warn!(key, store = %store.location, error = %err,
+                        "could not abort the failed upload; the bucket's lifecycle rule will remove it");
+                    return;
+                }
+            }
+            Err(_) => {}
+        }
+        backoff = (backoff * 2).min(store.options.max_backoff);
     }
 }
 
