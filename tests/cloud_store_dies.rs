@@ -279,3 +279,66 @@ fn azure_gone_during_the_commit_record_ends_the_run_partial_within_the_bound() {
         port,
     );
 }
+
+/// S3 goes away at the moment the replica copy aborts its multipart upload (the copy found the
+/// primary's object damaged mid-copy, with the store still up): the run is not held by the abort
+/// (partial within the bound, lock free), and the abort, retried in the background, removes the
+/// incomplete upload once the store is back.
+#[test]
+fn s3_gone_during_the_multipart_abort_ends_the_run_partial_and_aborts_later() {
+    let moto = Moto::start();
+    moto.create_bucket("bdc-test");
+    let proxy = Proxy::start(moto.port());
+    let setup = Setup::new();
+    let (src, _) = source_tree(&setup);
+    catalogue(&setup, &src, &s3_section(&setup, &proxy.endpoint()));
+    let daemon = setup.start_daemon();
+    start_and_wait_for_replica_copy(&setup, &daemon, Duration::from_millis(500));
+    // Damage the tail of the primary's data object in place (same size): the copy reads it last
+    // and finds it does not match the commit record, so it aborts the upload.
+    let id = setup.ctl_json(&["runs", "--limit", "1"])[0]["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let object = setup.path(&format!("repo/backups/uploads/{id}/data/000000.age"));
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&object)
+            .unwrap();
+        let len = f.metadata().unwrap().len();
+        f.write_all_at(&[0x5a; 4096], len - 8192).unwrap();
+    }
+    proxy.cut_on("DELETE /bdc-test/");
+    let killed = wait_for(Duration::from_secs(60), "the abort's DELETE", || {
+        proxy.fired().then(Instant::now)
+    });
+    let run = wait_for(BOUND + Duration::from_secs(5), "the run to end", || {
+        let runs = setup.ctl_json(&["runs", "--limit", "1"]);
+        (runs[0]["status"] != "running").then(|| runs[0].clone())
+    });
+    let took = killed.elapsed();
+    eprintln!("the run ended {took:?} after the store went away");
+    assert_eq!(
+        run["status"],
+        "partial",
+        "{run}\nlog:\n{}",
+        daemon.log_text()
+    );
+    assert!(took <= BOUND, "took {took:?}\nlog:\n{}", daemon.log_text());
+    assert!(
+        run["error"].as_str().unwrap().contains("does not match"),
+        "{run}"
+    );
+    assert_eq!(
+        moto.multipart_uploads("bdc-test").len(),
+        1,
+        "the abort did not reach the store"
+    );
+    proxy.restore();
+    wait_for(Duration::from_secs(60), "the background abort", || {
+        moto.multipart_uploads("bdc-test").is_empty().then_some(())
+    });
+    assert!(daemon.stop().success());
+}
