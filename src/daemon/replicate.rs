@@ -55,7 +55,8 @@ pub enum ReplicaError {
 }
 
 /// Copies one committed backup from `source` to `target`: every object (skipping ones already
-/// there from an earlier attempt), then the commit record's exact bytes, create-only.
+/// there from an earlier attempt whose SHA-256 matches the record, replacing any other), then the
+/// commit record's exact bytes, create-only.
 pub async fn copy_backup(
     source: &Repository,
     target: &Repository,
@@ -77,8 +78,24 @@ pub async fn copy_backup(
                     key: object.key.clone(),
                     source,
                 })?;
-        if existing.is_some_and(|m| m.size == object.size) {
-            continue; // objects become visible only complete; an earlier attempt landed it
+        if let Some(meta) = existing {
+            // Objects become visible only complete, but the size alone vouches for nothing: a
+            // damaged or foreign object of the same size must not be vouched for by the commit
+            // record. Keep it only if its bytes hash to the record's SHA-256; else replace it.
+            if meta.size == object.size && holds(target, object).await? {
+                continue;
+            }
+            tracing::warn!(repository = %target.name, key = %object.key,
+                "replica object does not match the commit record; replacing it");
+            target
+                .store
+                .delete(&object.key)
+                .await
+                .map_err(|source| ReplicaError::Write {
+                    repository: target.name.clone(),
+                    key: object.key.clone(),
+                    source,
+                })?;
         }
         let mut stream =
             source
@@ -184,6 +201,32 @@ pub async fn copy_backup(
         }
     }
     Ok(copied + bytes.len() as u64)
+}
+
+/// Whether `target` holds `object` byte for byte: its SHA-256 and size match the commit record.
+async fn holds(
+    target: &Repository,
+    object: &crate::repository::format::ObjectRecord,
+) -> Result<bool, ReplicaError> {
+    use futures::StreamExt;
+    let read_err = |source| ReplicaError::Read {
+        repository: target.name.clone(),
+        key: object.key.clone(),
+        source,
+    };
+    let mut stream = match target.store.get_stream(&object.key).await {
+        Ok(s) => s,
+        Err(StoreError::NotFound { .. }) => return Ok(false),
+        Err(e) => return Err(read_err(e)),
+    };
+    let mut hash = Sha256::new();
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(read_err)?;
+        hash.update(&chunk);
+        size += chunk.len() as u64;
+    }
+    Ok(size == object.size && hex::encode(hash.finalize()) == object.sha256)
 }
 
 /// Backoff after `attempts` failures: `base`, 2×, 4×, … at most 1 h.

@@ -2,7 +2,8 @@
 //! Blob), installed by tests/setup under [`tools_dir`], started on free 127.0.0.1 ports, and
 //! killed by PID on drop (SIGTERM, then SIGKILL after a timeout: Azurite ignores SIGTERM). A
 //! missing server is a test failure, never a skip. Plus [`Proxy`], a TCP relay whose connections
-//! can be cut and restored, to simulate a store that goes away and comes back.
+//! can be cut and restored, to simulate a store that goes away and comes back, and
+//! `kill_now` / `restart` (same port, same data folder) for a server that dies and comes back.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -70,28 +71,56 @@ pub fn run_python(script: &str, env: &[(&str, String)]) -> String {
 /// A server process: killed by PID on drop.
 struct Server {
     child: Option<Child>,
+    /// Builds the server's command again (a restart on the same port and data folder).
+    make: Box<dyn Fn() -> Command + Send>,
+    what: &'static str,
     log: PathBuf,
     _dir: tempfile::TempDir,
     port: u16,
 }
 
 impl Server {
-    fn spawn(mut cmd: Command, dir: tempfile::TempDir, port: u16, what: &str) -> Server {
+    fn spawn(
+        make: Box<dyn Fn() -> Command + Send>,
+        dir: tempfile::TempDir,
+        port: u16,
+        what: &'static str,
+    ) -> Server {
         let log = dir.path().join("server.log");
-        let f = std::fs::File::create(&log).expect("server log");
-        let f2 = f.try_clone().expect("server log");
-        cmd.stdin(Stdio::null()).stdout(f).stderr(f2);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {what} ({cmd:?}): {e}; run tests/setup"));
         let mut s = Server {
-            child: Some(child),
+            child: None,
+            make,
+            what,
             log,
             _dir: dir,
             port,
         };
-        s.wait_ready(what);
+        s.launch();
         s
+    }
+
+    /// Starts the process (appending to its log) and waits until it answers.
+    fn launch(&mut self) {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("server log");
+        let f2 = f.try_clone().expect("server log");
+        let mut cmd = (self.make)();
+        cmd.stdin(Stdio::null()).stdout(f).stderr(f2);
+        let what = self.what;
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {what} ({cmd:?}): {e}; run tests/setup"));
+        self.child = Some(child);
+        self.wait_ready(what);
+    }
+
+    /// After `kill_now`: the same server again, same port and data folder.
+    fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart of a running {}", self.what);
+        self.launch();
     }
 
     /// Waits until the port answers an HTTP request (any status).
@@ -184,13 +213,20 @@ impl Moto {
         );
         let port = free_port();
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut cmd = Command::new(bin);
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let make = move || {
+            let mut cmd = Command::new(&bin);
+            cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+            for (k, v) in &env {
+                cmd.env(k, v);
+            }
+            cmd
+        };
         Moto {
-            server: Server::spawn(cmd, dir, port, "moto_server"),
+            server: Server::spawn(Box::new(make), dir, port, "moto_server"),
         }
     }
 
@@ -249,6 +285,12 @@ impl Moto {
         self.server.kill_now();
     }
 
+    /// After [`Moto::kill_now`]: moto again on the same port. moto keeps everything in memory,
+    /// so the server comes back empty (create the bucket again).
+    pub fn restart(&mut self) {
+        self.server.restart();
+    }
+
     pub fn log(&self) -> String {
         self.server.log_text()
     }
@@ -269,23 +311,38 @@ impl Azurite {
         );
         let port = free_port();
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut cmd = Command::new(bin);
-        cmd.args([
-            "--blobHost",
-            "127.0.0.1",
-            "--blobPort",
-            &port.to_string(),
-            "--location",
-        ])
-        .arg(dir.path().join("data"))
-        .args([
-            "--skipApiVersionCheck",
-            "--disableProductStyleUrl",
-            "--loose",
-        ]);
+        let data = dir.path().join("data");
+        let make = move || {
+            let mut cmd = Command::new(&bin);
+            cmd.args([
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                &port.to_string(),
+                "--location",
+            ])
+            .arg(&data)
+            .args([
+                "--skipApiVersionCheck",
+                "--disableProductStyleUrl",
+                "--loose",
+            ]);
+            cmd
+        };
         Azurite {
-            server: Server::spawn(cmd, dir, port, "azurite-blob"),
+            server: Server::spawn(Box::new(make), dir, port, "azurite-blob"),
         }
+    }
+
+    /// A crash: SIGKILL.
+    pub fn kill_now(&mut self) {
+        self.server.kill_now();
+    }
+
+    /// After [`Azurite::kill_now`]: Azurite again on the same port and data folder (what was
+    /// committed before the kill is still there).
+    pub fn restart(&mut self) {
+        self.server.restart();
     }
 
     pub fn port(&self) -> u16 {
@@ -322,6 +379,16 @@ impl Azurite {
         self.py("svc.create_container(os.environ['CONTAINER'])", container);
     }
 
+    /// Creates the container unless it exists (after a restart: Azurite saves its metadata
+    /// periodically, so a SIGKILL may lose a recent container creation).
+    pub fn ensure_container(&self, container: &str) {
+        self.py(
+            "c = svc.get_container_client(os.environ['CONTAINER'])\n\
+             if not c.exists(): c.create_container()",
+            container,
+        );
+    }
+
     /// Every committed blob in the container.
     pub fn keys(&self, container: &str) -> Vec<String> {
         let out = self.py(
@@ -338,13 +405,33 @@ impl Azurite {
 }
 
 /// A TCP relay on 127.0.0.1 to `target`. [`Proxy::cut`] resets every open connection and refuses
-/// new ones (the store "goes away"); [`Proxy::restore`] relays again. The listening port is kept
-/// all along, so nothing else can take it.
+/// new ones (the store "goes away"); [`Proxy::restore`] relays again. [`Proxy::cut_on`] cuts at
+/// the moment a request containing a given text is sent (before the server sees it), e.g. the
+/// PUT of a commit record. The listening port is kept all along, so nothing else can take it.
 pub struct Proxy {
     pub port: u16,
-    up: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<TcpStream>>>,
+    inner: Arc<ProxyInner>,
+}
+
+struct ProxyInner {
+    up: AtomicBool,
+    stop: AtomicBool,
+    conns: Mutex<Vec<TcpStream>>,
+    /// Cut when the client sends this text (once).
+    trigger: Mutex<Option<Vec<u8>>>,
+    /// Set when the trigger fired.
+    fired: AtomicBool,
+}
+
+impl ProxyInner {
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        if let Ok(mut list) = self.conns.lock() {
+            for c in list.drain(..) {
+                let _ = c.shutdown(Shutdown::Both);
+            }
+        }
+    }
 }
 
 impl Proxy {
@@ -352,12 +439,16 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("proxy listener");
         let port = listener.local_addr().expect("proxy addr").port();
         listener.set_nonblocking(true).expect("nonblocking");
-        let up = Arc::new(AtomicBool::new(true));
-        let stop = Arc::new(AtomicBool::new(false));
-        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (up2, stop2, conns2) = (up.clone(), stop.clone(), conns.clone());
+        let inner = Arc::new(ProxyInner {
+            up: AtomicBool::new(true),
+            stop: AtomicBool::new(false),
+            conns: Mutex::default(),
+            trigger: Mutex::default(),
+            fired: AtomicBool::new(false),
+        });
+        let inner2 = inner.clone();
         std::thread::spawn(move || {
-            while !stop2.load(Ordering::SeqCst) {
+            while !inner2.stop.load(Ordering::SeqCst) {
                 let client = match listener.accept() {
                     Ok((c, _)) => c,
                     Err(_) => {
@@ -366,7 +457,7 @@ impl Proxy {
                     }
                 };
                 let _ = client.set_nonblocking(false);
-                if !up2.load(Ordering::SeqCst) {
+                if !inner2.up.load(Ordering::SeqCst) {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
                 }
@@ -375,20 +466,15 @@ impl Proxy {
                     continue;
                 };
                 if let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone())
-                    && let Ok(mut list) = conns2.lock()
+                    && let Ok(mut list) = inner2.conns.lock()
                 {
                     list.push(c2);
                     list.push(s2);
                 }
-                relay(client, server);
+                relay(client, server, inner2.clone());
             }
         });
-        Proxy {
-            port,
-            up,
-            stop,
-            conns,
-        }
+        Proxy { port, inner }
     }
 
     pub fn endpoint(&self) -> String {
@@ -396,38 +482,76 @@ impl Proxy {
     }
 
     pub fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        if let Ok(mut list) = self.conns.lock() {
-            for c in list.drain(..) {
-                let _ = c.shutdown(Shutdown::Both);
-            }
-        }
+        self.inner.cut();
+    }
+
+    /// Arms a cut: the first time a client sends `text`, every connection is reset before the
+    /// server receives it, and new ones are refused until [`Proxy::restore`].
+    pub fn cut_on(&self, text: &str) {
+        self.inner.fired.store(false, Ordering::SeqCst);
+        *self.inner.trigger.lock().unwrap() = Some(text.as_bytes().to_vec());
+    }
+
+    /// Whether an armed [`Proxy::cut_on`] has fired.
+    pub fn fired(&self) -> bool {
+        self.inner.fired.load(Ordering::SeqCst)
     }
 
     pub fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
+        self.inner.up.store(true, Ordering::SeqCst);
     }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.cut();
+        self.inner.stop.store(true, Ordering::SeqCst);
+        self.inner.cut();
     }
 }
 
-fn relay(client: TcpStream, server: TcpStream) {
-    let pairs = [
-        (client.try_clone(), server.try_clone()),
-        (server.try_clone(), client.try_clone()),
-    ];
-    for (from, to) in pairs {
-        if let (Ok(mut from), Ok(mut to)) = (from, to) {
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut from, &mut to);
-                let _ = to.shutdown(Shutdown::Write);
-            });
-        }
+fn relay(client: TcpStream, server: TcpStream, inner: Arc<ProxyInner>) {
+    // Client → server, watching for the trigger (a short tail is kept across reads).
+    if let (Ok(mut from), Ok(mut to)) = (client.try_clone(), server.try_clone()) {
+        let inner = inner.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 << 10];
+            let mut tail: Vec<u8> = Vec::new();
+            loop {
+                let n = match from.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let hit = {
+                    let mut t = inner.trigger.lock().unwrap();
+                    let found = t.as_ref().is_some_and(|pat| {
+                        let mut window = tail.clone();
+                        window.extend_from_slice(&buf[..n]);
+                        window.windows(pat.len()).any(|w| w == pat.as_slice())
+                    });
+                    if found {
+                        *t = None;
+                    }
+                    found
+                };
+                if hit {
+                    inner.fired.store(true, Ordering::SeqCst);
+                    inner.cut();
+                    break;
+                }
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+                let keep = n.min(256);
+                tail = buf[n - keep..n].to_vec();
+            }
+            let _ = to.shutdown(Shutdown::Write);
+        });
+    }
+    if let (Ok(mut from), Ok(mut to)) = (server.try_clone(), client.try_clone()) {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = to.shutdown(Shutdown::Write);
+        });
     }
 }
 
