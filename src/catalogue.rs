@@ -1,4 +1,4 @@
-//! The job catalogue: the validated, typed view of `catalogue.toml` (DESIGN §2, §12).
+//! The job catalogue: the validated, typed view of `catalogue.toml` (docs/design.md §2, §12).
 //!
 //! Loading has two phases: [`raw`] parses the TOML once into a permissive layer
 //! (options and loose values, so no single bad value aborts parsing); [`validate`] builds the
@@ -202,7 +202,7 @@ pub struct CompressionSettings {
 #[derive(Debug, Clone)]
 pub struct Job {
     pub name: String,
-    /// Repository names, the first is the primary (DESIGN §2).
+    /// Repository names, the first is the primary (docs/design.md §2).
     pub repositories: Vec<String>,
     /// A `[retention.NAME]` name.
     pub retention: Option<String>,

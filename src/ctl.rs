@@ -1,4 +1,4 @@
-//! The `bdc-backupctl` commands (DESIGN §13): argument parsing, one function per command, human
+//! The `bdc-backupctl` commands (docs/design.md §13): argument parsing, one function per command, human
 //! output or `--json`. Exit codes: 0 ok, 1 the operation failed, 2 usage or cannot reach the daemon.
 
 mod args;
@@ -57,7 +57,7 @@ pub fn main() -> ExitCode {
     exit::install_panic_hook();
     let args = match CtlArgs::try_parse() {
         Ok(args) => args,
-        // archive_command and restore_command: exit codes PostgreSQL understands (DESIGN §5).
+        // archive_command and restore_command: exit codes PostgreSQL understands (docs/design.md §5).
         Err(err) => return wal::usage_error(err),
     };
     exit::set_command(&args.command);

@@ -113,6 +113,7 @@ pub async fn start(
         .map_err(DaemonError::State)?;
     let socket = catalogue.daemon.socket.clone();
     let shared = core::Shared::new(options.catalogue.clone(), catalogue, state, options.clock);
+    shared.remember_backup_ids().await;
 
     // Runs left `running` are reconciled before READY when the repositories answer quickly (local
     // ones always do); a slow or unreachable cloud store must not hold the start past systemd's

@@ -14,8 +14,6 @@ mod restore;
 mod run;
 pub mod watch;
 
-/// Kept for the restore modules' call sites; the parser lives in [`crate::timeparse`].
-pub use crate::timeparse::parse_at;
 pub use config::run_config;
 pub use restore::{
     SnapshotRestoreError, SnapshotRestoreOptions, SnapshotRestoreReport, restore_snapshot,

@@ -38,7 +38,7 @@ macro_rules! string_enum {
 }
 
 string_enum!(
-    /// The status of a run (DESIGN §7).
+    /// The status of a run (docs/design.md §7).
     RunStatus {
         Running => "running",
         Succeeded => "succeeded",
@@ -96,7 +96,7 @@ impl BackupType {
 }
 
 string_enum!(
-    /// The kind of a job (DESIGN §3).
+    /// The kind of a job (docs/design.md §3).
     JobKindName {
         PostgresDump => "postgres-dump",
         PostgresBase => "postgres-base",

@@ -1,4 +1,4 @@
-//! The streaming pipeline (DESIGN §2, §4): source bytes are cut into frames, compressed in
+//! The streaming pipeline (docs/design.md §2, §4): source bytes are cut into frames, compressed in
 //! parallel as independent zstd frames (or one gzip stream), encrypted with age to the catalogue's
 //! recipients, hashed (SHA-256 of content and of stored bytes) and written to a store — in bounded
 //! memory. The reverse direction decrypts, checks the stored hash and decompresses.
@@ -321,7 +321,7 @@ pub async fn store_bytes(
     .map(|s| s.record)
 }
 
-/// [`store_bytes`] past the repository's bandwidth limit (WAL pushes, DESIGN §5).
+/// [`store_bytes`] past the repository's bandwidth limit (WAL pushes, docs/design.md §5).
 pub async fn store_bytes_unlimited(
     store: &Store,
     key: &str,

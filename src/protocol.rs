@@ -1,4 +1,4 @@
-//! The control-socket protocol shared by both binaries (DESIGN §8; spec in docs/protocol.md).
+//! The control-socket protocol shared by both binaries (docs/design.md §8; spec in docs/protocol.md).
 //!
 //! Newline-delimited JSON, one value per line, at most [`MAX_LINE`] bytes a line.
 //! 1. The client sends a [`Hello`]; the daemon answers with its [`Hello`] (or an error line and

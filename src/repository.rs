@@ -1,4 +1,4 @@
-//! The repository: format v1 on an object store (DESIGN §4).
+//! The repository: format v1 on an object store (docs/design.md §4).
 //!
 //! [`format`]: backup ids, object keys, the commit record (`backup.json`, written last, create-only).
 //! [`store`]: the stores a repository lives in, behind one enum ([`Store`]); [`local`] is our own

@@ -620,7 +620,7 @@ pub struct CleanupReport {
 }
 
 /// Removes the objects of backups that never committed, once every object of that backup is
-/// older than `grace` (DESIGN §4: longer than the longest recorded run), never touching a
+/// older than `grace` (docs/design.md §4: longer than the longest recorded run), never touching a
 /// prefix in `running_prefixes` (`backups/<job>/<id>/` of running backups); for local stores
 /// also staging files older than `grace`.
 pub async fn cleanup_uncommitted(

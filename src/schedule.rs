@@ -1,4 +1,4 @@
-//! Cron schedules in the catalogue's timezone and the pure decision of what is due (DESIGN §2).
+//! Cron schedules in the catalogue's timezone and the pure decision of what is due (docs/design.md §2).
 //!
 //! [`cron`]: parsing (5 fields, optional seconds, Vixie day-of-month/day-of-week OR) and the next
 //! fire after an instant in a timezone, DST-correct (a time in a gap fires right after the gap, an

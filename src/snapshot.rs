@@ -1,4 +1,4 @@
-//! The tree-snapshot engine (DESIGN §3, §4, §6) shared by `files`, `config` and (in strict mode)
+//! The tree-snapshot engine (docs/design.md §3, §4, §6) shared by `files`, `config` and (in strict mode)
 //! the data directory of `postgres-base`.
 //!
 //! - [`walk`]: the source in manifest order (sorted depth-first, no symlink following).

@@ -1,4 +1,4 @@
-//! The SQLite state DB (DESIGN §7): runs, committed backups per repository, schedule state, audit
+//! The SQLite state DB (docs/design.md §7): runs, committed backups per repository, schedule state, audit
 //! events, manifest copies. WAL mode, busy timeout, foreign keys; migrations in `migrations/`.
 //! All SQL of the project lives in this module.
 //!
@@ -127,7 +127,7 @@ pub struct AuditEvent {
     pub detail: String,
 }
 
-/// The plaintext local copy of a committed manifest (DESIGN §4).
+/// The plaintext local copy of a committed manifest (docs/design.md §4).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManifestCopy {
     pub job: String,
@@ -663,7 +663,7 @@ impl StateDb {
     }
 
     /// The local manifest copy of a backup, if one was recorded. The caller still checks that the
-    /// file exists and matches `sha256` (DESIGN §4: otherwise the next backup is a full).
+    /// file exists and matches `sha256` (docs/design.md §4: otherwise the next backup is a full).
     pub async fn manifest_copy(
         &self,
         job: &str,

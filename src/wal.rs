@@ -1,4 +1,4 @@
-//! Continuous WAL archiving (DESIGN §5): WAL file names and positions ([`name`]), the WAL page
+//! Continuous WAL archiving (docs/design.md §5): WAL file names and positions ([`name`]), the WAL page
 //! header and `pg_control` ([`header`]), the archive's keys and its `archive.json` ([`format`]).
 //! Pushing ([`push`], run by the daemon) and fetching ([`fetch`], the ctl and `restore cluster`,
 //! no daemon needed) build on these.

@@ -1,4 +1,4 @@
-//! Cloud repositories against real servers started here (DESIGN §11): moto (S3) and Azurite
+//! Cloud repositories against real servers started here (docs/design.md §11): moto (S3) and Azurite
 //! (Azure Blob). The round trip of the local store (store_stream → commit → list_commits →
 //! open_stream → commit twice → delete), and the faults: wrong credentials, a missing bucket, the
 //! server killed or cut off mid-upload (transient error, upload aborted, nothing left behind), an

@@ -445,3 +445,83 @@ retention = "short"
     );
     assert!(daemon.stop().success());
 }
+
+/// Kill points (`BDC_BACKUP_TEST_KILL_AT`, debug builds): the daemon dies as by kill -9 just
+/// before and just after the commit record of a dump is written. After the restart the run is
+/// reconciled by the repository: `interrupted` without a commit record (nothing restorable, the
+/// next run works), `succeeded` with one (the backup is listed and restores).
+#[test]
+fn kill_9_around_the_commit_record_is_reconciled_by_the_repository() {
+    use std::os::unix::process::ExitStatusExt;
+    let cluster = cluster_with_data();
+    let setup = Setup::new();
+    catalogue_for(&setup, &cluster);
+
+    // Just before the commit record: the data objects are written, the backup does not exist.
+    let mut daemon =
+        setup.start_daemon_with(&[("BDC_BACKUP_TEST_KILL_AT", "commit-before:db-dump")]);
+    let _ = setup.ctl(&["run", "db-dump", "--wait"]);
+    let status = daemon.wait(Duration::from_secs(60));
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "{status:?}\n{}",
+        daemon.log_text()
+    );
+    assert_eq!(commit_records(&setup), 0);
+    assert_eq!(setup.ctl_json(&["backups"]).as_array().unwrap().len(), 0);
+    let daemon = setup.start_daemon();
+    let runs = setup.ctl_json(&["runs"]);
+    assert_eq!(runs[0]["status"], "interrupted", "{runs}");
+    assert!(setup.ctl(&["run", "db-dump", "--wait"]).status.success());
+    assert_eq!(setup.ctl_json(&["backups"]).as_array().unwrap().len(), 1);
+    assert!(daemon.stop().success());
+
+    // Just after the commit record: the backup exists, the state DB still says `running`.
+    let mut daemon =
+        setup.start_daemon_with(&[("BDC_BACKUP_TEST_KILL_AT", "commit-after:db-dump")]);
+    let _ = setup.ctl(&["run", "db-dump", "--wait"]);
+    let status = daemon.wait(Duration::from_secs(60));
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "{status:?}\n{}",
+        daemon.log_text()
+    );
+    assert_eq!(commit_records(&setup), 2);
+    let daemon = setup.start_daemon();
+    let runs = setup.ctl_json(&["runs"]);
+    assert_eq!(runs[0]["status"], "succeeded", "{runs}");
+    let backups = wait_for(Duration::from_secs(20), "the backup re-synced", || {
+        let b = setup.ctl_json(&["backups"]);
+        (b.as_array().unwrap().len() == 2).then_some(b)
+    });
+    let newest = backups.as_array().unwrap().last().unwrap()["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        runs[0]["backup_id"].as_str(),
+        Some(newest.as_str()),
+        "{runs}"
+    );
+    let out = setup.ctl(&[
+        "restore",
+        "database",
+        "--job",
+        "db-dump",
+        "--backup",
+        &newest,
+        "--database",
+        "app",
+        "--into",
+        "app_killed",
+        "--create",
+    ]);
+    assert!(out.status.success());
+    assert_eq!(
+        cluster.table_fingerprints("app_killed"),
+        cluster.table_fingerprints("app")
+    );
+    assert!(daemon.stop().success());
+}

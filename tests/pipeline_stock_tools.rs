@@ -1,4 +1,4 @@
-//! Objects written by the pipeline restore with stock tools alone (DESIGN §4):
+//! Objects written by the pipeline restore with stock tools alone (docs/design.md §4):
 //! `age -d -i KEY OBJECT | zstd -d` (and `| gzip -d` for gzip objects). Fails, never skips,
 //! when `age` or `zstd` is missing.
 

@@ -110,7 +110,7 @@ fn times_printed_by_postgresql_parse_to_the_instant_postgresql_reads() {
         let micros: i64 = micros.parse().expect("micros");
         let expected = DateTime::<Utc>::from_timestamp_micros(micros).expect("in range");
         let tz: Tz = zone.parse().expect("zone");
-        match bdc_backup::files::parse_at(text, tz) {
+        match bdc_backup::timeparse::parse_at(text, tz) {
             Some(got) if got == expected => {}
             Some(got) => failures.push(format!(
                 "{zone}: {text:?} parsed as {got}, PostgreSQL reads {expected}"

@@ -1,4 +1,4 @@
-//! WAL archiving end to end (DESIGN §5): a real PostgreSQL cluster archives through the real
+//! WAL archiving end to end (docs/design.md §5): a real PostgreSQL cluster archives through the real
 //! `bdc-backupctl wal-push` into the real daemon; `wal-fetch` reads the segments back.
 
 mod common;
@@ -999,4 +999,89 @@ fn ships_ready_segments_ahead_and_never_acks_a_changed_file() {
     let names: Vec<String> = stored(&repo).into_iter().map(|(n, _, _)| n).collect();
     assert_contiguous(&names);
     drop(daemon);
+}
+
+/// Kill points (`BDC_BACKUP_TEST_KILL_AT`, debug builds): the daemon dies as by kill -9 (1) after
+/// a segment's bytes are written but before they are fsync'd, and (2) after the segment is durable
+/// but before PostgreSQL is answered. In neither case did `wal-push` exit 0 (PostgreSQL counts a
+/// failure and keeps the segment); after the restart PostgreSQL archives it again (the second time
+/// as a duplicate of the same content) and no segment is missing or different.
+#[test]
+fn wal_push_killed_before_fsync_or_before_the_reply_loses_nothing() {
+    use std::os::unix::process::ExitStatusExt;
+    let setup = Setup::new();
+    let cluster = start(&setup, &["local"], "");
+    let repo = setup.path("repo");
+    let (_, failed_before, _) = archiver(&cluster);
+
+    // (1) Bytes written, not fsync'd: the object never becomes visible under its key. (The
+    // segment killed on may be an older one PostgreSQL still has ready; none becomes visible.)
+    let mut daemon =
+        setup.start_daemon_with(&[("BDC_BACKUP_TEST_KILL_AT", "local-before-fsync:/00000001/")]);
+    open_socket(&setup.socket());
+    let first = switch_wal(&cluster);
+    let status = daemon.wait(Duration::from_secs(60));
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "{status:?}\n{}",
+        daemon.log_text()
+    );
+    assert!(
+        stored(&repo).is_empty(),
+        "a segment is visible although never fsync'd: {:?}",
+        stored(&repo)
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "PostgreSQL counts the failure",
+        || (archiver(&cluster).1 > failed_before).then_some(()),
+    );
+
+    // (2) Durable, not answered: the object is there, PostgreSQL still counts a failure.
+    let (_, failed_mid, _) = archiver(&cluster);
+    let mut daemon = setup.start_daemon_with(&[("BDC_BACKUP_TEST_KILL_AT", "wal-before-reply")]);
+    open_socket(&setup.socket());
+    switch_wal(&cluster); // wakes the archiver, which retries `first`
+    let status = daemon.wait(Duration::from_secs(90));
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "{status:?}\n{}",
+        daemon.log_text()
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "PostgreSQL counts the failure",
+        || (archiver(&cluster).1 > failed_mid).then_some(()),
+    );
+    assert!(!stored(&repo).is_empty(), "nothing durable before the kill");
+    assert_eq!(
+        archiver(&cluster).0,
+        0,
+        "a segment was acknowledged without a reply"
+    );
+
+    // A normal daemon: everything arrives, once per content, with no gap.
+    let daemon = setup.start_daemon();
+    open_socket(&setup.socket());
+    let last = switch_wal(&cluster);
+    wait_archived(&cluster, &last);
+    let files = stored(&repo);
+    let names: Vec<String> = files.iter().map(|(n, _, _)| n.clone()).collect();
+    assert!(names.contains(&first), "{first} not in {names:?}");
+    assert_contiguous(&names);
+    let mut unique = names.clone();
+    unique.dedup();
+    assert_eq!(unique, names, "one object per segment");
+    let out_dir = setup.path("fetched");
+    std::fs::create_dir(&out_dir).unwrap();
+    for name in names.iter().filter(|n| n.len() == 24) {
+        let dest = out_dir.join(name);
+        let out = fetch(&setup, &cluster, name, &dest, &[]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let original = std::fs::read(cluster.data_dir().join("pg_wal").join(name)).unwrap();
+        assert!(std::fs::read(&dest).unwrap() == original, "{name} differs");
+    }
+    assert!(daemon.stop().success());
 }

@@ -3,7 +3,7 @@
 use super::*;
 use std::io::Write;
 
-/// DESIGN §12, verbatim.
+/// docs/design.md §12, verbatim.
 const DESIGN_12: &str = r#"
 [daemon]
 state-db = "/var/lib/bdc-backup/state.db"
@@ -39,7 +39,7 @@ weekly = 4
 monthly = 12
 yearly = 5
 
-[objectives.database]                 # the seed's RTO/RPO table, measured continuously
+[objectives.database]                 # the RTO/RPO table
 jobs = ["db", "wal", "db-dump"]
 rpo = "5m"
 rto = "1h"

@@ -1,5 +1,5 @@
 //! Authorization by peer credentials (SO_PEERCRED): read-only requests for the read group,
-//! mutations for root, the daemon's own user or the admin group (DESIGN §8).
+//! mutations for root, the daemon's own user or the admin group (docs/design.md §8).
 
 use crate::protocol::Request;
 use nix::unistd::{Gid, Group, Uid, User};

@@ -52,7 +52,7 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// The ctl's exit code for this error (DESIGN §8): 2 when the daemon cannot be reached.
+    /// The ctl's exit code for this error (docs/design.md §8): 2 when the daemon cannot be reached.
     pub fn exit_code(&self) -> i32 {
         match self {
             ClientError::Connect { .. } => 2,

@@ -1,4 +1,4 @@
-//! The command line of `bdc-backupctl` (DESIGN §13, a contract: flags may be added, these keep working).
+//! The command line of `bdc-backupctl` (docs/design.md §13, a contract: flags may be added, these keep working).
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -207,7 +207,8 @@ pub struct RestoreClusterArgs {
     /// stopped before T, for --lsn the newest stopped at or before L, otherwise the newest).
     #[arg(long)]
     pub backup: Option<String>,
-    /// Recover to this time (RFC 3339, or `YYYY-MM-DD HH:MM[:SS]` in the catalogue's time zone).
+    /// Recover to this time, as PostgreSQL prints it (`2026-12-01 19:47:57.901925+00`, `+05:30`,
+    /// `Z`, a zone name) or `YYYY-MM-DD HH:MM[:SS]` in the catalogue's time zone.
     #[arg(long, value_name = "T")]
     pub time: Option<String>,
     /// Recover to this WAL position (e.g. 0/3000060).
@@ -257,8 +258,9 @@ pub struct RestoreFilesArgs {
     /// The backup id (default: the newest).
     #[arg(long, conflicts_with = "at")]
     pub backup: Option<String>,
-    /// The newest backup stopped at or before this time (RFC 3339, or `YYYY-MM-DD HH:MM[:SS]`
-    /// in the catalogue's time zone).
+    /// The newest backup stopped at or before this time, as PostgreSQL prints it
+    /// (`2026-12-01 19:47:57.9+00`, `+05:30`, `Z`, a zone name) or `YYYY-MM-DD HH:MM[:SS]` in the
+    /// catalogue's time zone.
     #[arg(long, value_name = "TIME")]
     pub at: Option<String>,
     /// Restore beneath this folder (created if missing; must be empty unless --overwrite).

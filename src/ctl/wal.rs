@@ -1,5 +1,5 @@
 //! `wal-push` and `wal-fetch`: PostgreSQL's archive_command and restore_command, with the exit
-//! codes PostgreSQL needs (DESIGN §5): wal-push never exits above 125 (PostgreSQL keeps the file
+//! codes PostgreSQL needs (docs/design.md §5): wal-push never exits above 125 (PostgreSQL keeps the file
 //! and retries); wal-fetch exits 1 only for "not found in every repository", 255 for any error
 //! (PostgreSQL stops recovery instead of ending it early).
 

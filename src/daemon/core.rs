@@ -82,7 +82,7 @@ pub struct Shared {
     stopping: std::sync::atomic::AtomicBool,
     /// One lock per job: a run, its replication and retention passes of the job never overlap.
     job_locks: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
-    /// WAL pushes: their own upload slots, the async backlog's wake-up (DESIGN §5).
+    /// WAL pushes: their own upload slots, the async backlog's wake-up (docs/design.md §5).
     pub wal: super::wal::WalArchiver,
 }
 
@@ -263,6 +263,28 @@ impl Shared {
         });
         self.tasks.spawn(ctx.execute());
         Ok(record)
+    }
+
+    /// Seeds the ids already used, from the state DB: a run that died (kill -9) may have left
+    /// uncommitted objects under its id, and a new run in the same second must not reuse it.
+    pub async fn remember_backup_ids(&self) {
+        let jobs: Vec<String> = self
+            .catalogue()
+            .jobs
+            .iter()
+            .map(|j| j.name.clone())
+            .collect();
+        for job in jobs {
+            match self.state.runs(Some(&job), 1).await {
+                Ok(runs) => {
+                    if let Some(id) = runs.into_iter().next().and_then(|r| r.backup_id) {
+                        let mut last = self.last_ids.lock().unwrap_or_else(|e| e.into_inner());
+                        last.insert(job, id);
+                    }
+                }
+                Err(e) => tracing::warn!(job = %job, error = %e, "cannot read the last backup id"),
+            }
+        }
     }
 
     fn unique_backup_id(&self, job: &str, now: DateTime<Utc>, ty: BackupType) -> String {
@@ -572,7 +594,7 @@ impl RunContext {
     }
 
     /// The job's other repositories, and the type to run: an incremental's parent must be
-    /// committed in every repository (DESIGN §4), so a replica that cannot be opened makes the
+    /// committed in every repository (docs/design.md §4), so a replica that cannot be opened makes the
     /// run a full.
     fn replicas_and_type(&self) -> (Vec<Repository>, BackupType) {
         let mut replicas = Vec::new();

@@ -1,5 +1,5 @@
 //! Logs: journald with structured fields `JOB`, `RUN_ID`, `BACKUP_ID` (no `F_` prefix) when the
-//! journal is there, stderr otherwise (DESIGN §9).
+//! journal is there, stderr otherwise (docs/design.md §9).
 
 use crate::catalogue::LogTarget;
 use tracing_subscriber::layer::SubscriberExt;

@@ -1,4 +1,4 @@
-//! Replication (DESIGN §2): a backup is committed to its job's first repository; the replicator
+//! Replication (docs/design.md §2): a backup is committed to its job's first repository; the replicator
 //! then copies the committed objects byte for byte (same keys, same ciphertext, SHA-256 checked
 //! against the commit record while copying) to the job's other repositories, and their commit
 //! record last. Failed copies stay queued in the state DB and are retried with backoff until

@@ -1,6 +1,6 @@
 //! Retention in the daemon: a pass after each successful backup (under the job's lock, in every
 //! repository of the job) and, on `retention-schedule`, a pass for every job with a policy plus
-//! the cleanup of uncommitted objects (DESIGN §4: after a grace longer than the longest run).
+//! the cleanup of uncommitted objects (docs/design.md §4: after a grace longer than the longest run).
 
 use super::core::Shared;
 use crate::catalogue::{Catalogue, Job};

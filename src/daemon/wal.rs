@@ -1,4 +1,4 @@
-//! The daemon's WAL archiver (DESIGN §5): `wal-push` requests on reserved upload slots (not
+//! The daemon's WAL archiver (docs/design.md §5): `wal-push` requests on reserved upload slots (not
 //! runs, no bandwidth limit, every store call bounded), stored into every sync repository of the
 //! postgres-wal job at once; the persisted backlog that copies archived files to the async
 //! repositories; WAL figures for `status`.

@@ -8,11 +8,11 @@ use crate::pipeline::{self, PipelineError};
 use crate::restore::{Choice, RestoreSource, SourceError};
 use crate::snapshot::path::ByteName;
 use crate::snapshot::restore::{RestoreError, RestoreOptions, RestoreStats};
-use crate::timeparse::parse_at;
+use crate::timeparse::parse_time;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-/// `restore files` / `restore config` (DESIGN §13).
+/// `restore files` / `restore config` (docs/design.md §13).
 #[derive(Debug, Clone, Default)]
 pub struct SnapshotRestoreOptions {
     pub job: String,
@@ -168,13 +168,9 @@ pub async fn restore_snapshot(
         .map_err(SnapshotRestoreError::Source)?;
     let identities = source.identities().map_err(SnapshotRestoreError::Source)?;
     let at = match &o.at {
-        Some(at) if o.backup.is_none() => {
-            Some(parse_at(at, catalogue.daemon.timezone).ok_or_else(|| {
-                usage(&format!(
-                    "--at {at}: not a time (RFC 3339 or YYYY-MM-DD HH:MM[:SS])"
-                ))
-            })?)
-        }
+        Some(at) if o.backup.is_none() => Some(
+            parse_time(at, catalogue.daemon.timezone).map_err(|e| usage(&format!("--at: {e}")))?,
+        ),
         _ => None,
     };
     let chain = source

@@ -1,4 +1,4 @@
-//! `postgres-base` jobs (DESIGN §3, §5): a physical base backup of the data directory with the
+//! `postgres-base` jobs (docs/design.md §3, §5): a physical base backup of the data directory with the
 //! non-exclusive backup API on one held session, through the tree-snapshot engine in strict mode.
 //!
 //! 1. Check the server (12+), read its identity (system identifier, major version), that its

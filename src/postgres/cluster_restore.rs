@@ -1,4 +1,4 @@
-//! `restore cluster` (DESIGN §5, §6, §13): point-in-time recovery from a `postgres-base` backup
+//! `restore cluster` (docs/design.md §5, §6, §13): point-in-time recovery from a `postgres-base` backup
 //! and the WAL archive, offline (no daemon needed).
 //!
 //! 1. Pick the backup: `--backup ID`; for `--time T` the newest whose stop time is before T;

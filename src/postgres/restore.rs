@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
-/// `bdc-backupctl restore database` (DESIGN §13).
+/// `bdc-backupctl restore database` (docs/design.md §13).
 #[derive(Debug, Clone, Default)]
 pub struct RestoreDatabaseOptions {
     pub job: String,

@@ -1,4 +1,4 @@
-//! Plaintext local copies of committed manifests in the daemon's state directory (DESIGN §4).
+//! Plaintext local copies of committed manifests in the daemon's state directory (docs/design.md §4).
 //!
 //! Layout: `<state_dir>/manifests/<job>/<backup_id>-<manifest_sha256>.copy`, folders 0700, files
 //! 0600, written atomically (temp file + fsync + rename + folder fsync). The file starts with one

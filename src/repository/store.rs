@@ -256,7 +256,7 @@ impl Store {
         self.writer_with_limit(key, true).await
     }
 
-    /// A writer that ignores the repository's bandwidth limit (WAL pushes, DESIGN §5).
+    /// A writer that ignores the repository's bandwidth limit (WAL pushes, docs/design.md §5).
     pub async fn writer_unlimited(&self, key: &str) -> Result<ObjectWriter, StoreError> {
         self.writer_with_limit(key, false).await
     }

@@ -1,4 +1,4 @@
-//! The backup side of the engine (DESIGN §3, §4). On a blocking thread: walk the source in
+//! The backup side of the engine (docs/design.md §3, §4). On a blocking thread: walk the source in
 //! manifest order, merge with the parent manifest (unchanged rule + racy-clean), write the tar
 //! stream of what is new or changed into parts (objects) cut into frames at entry boundaries,
 //! and write the complete manifest to a spool file as entries resolve. Strict mode hashes 64 KiB
@@ -526,7 +526,7 @@ impl Engine {
         }
     }
 
-    /// The unchanged rule (DESIGN §3).
+    /// The unchanged rule (docs/design.md §3).
     fn unchanged(&self, new: &Entry, old: &Entry) -> bool {
         let Some((_, cutoff)) = &self.parent else {
             return false;

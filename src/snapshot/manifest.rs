@@ -12,7 +12,7 @@ use std::io::{self, BufRead, Write};
 /// The header's `kind`.
 pub const SNAPSHOT_KIND: &str = "tree-snapshot";
 
-/// Lenient (files, config) or strict (PGDATA) reading (DESIGN §3).
+/// Lenient (files, config) or strict (PGDATA) reading (docs/design.md §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {

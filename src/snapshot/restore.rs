@@ -1,4 +1,4 @@
-//! Restoring a snapshot (DESIGN §6), on a blocking thread, from the plaintext manifest:
+//! Restoring a snapshot (docs/design.md §6), on a blocking thread, from the plaintext manifest:
 //!
 //! 0. check every path (relative, no `.`/`..`, no NUL) before writing anything; plan;
 //! 1. folders (created 0700) and regular files, in manifest order: each file's bytes come from

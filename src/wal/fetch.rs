@@ -1,7 +1,7 @@
 //! Fetching one archived WAL file back (`wal-fetch`, `restore cluster`), without the daemon:
 //! the archive's identity check, the "two hashes" refusal, decryption and the plaintext hash
 //! check, the retry window for transient faults, the atomic write of the destination and the
-//! prefetch spool (DESIGN §5).
+//! prefetch spool (docs/design.md §5).
 
 use super::format::{ARCHIVE_INFO_KEY, object_key};
 use super::header::{ClusterIdentity, WalHeader};

@@ -1,4 +1,4 @@
-//! Where archived WAL lives in a repository (DESIGN §5, docs/repository-format.md):
+//! Where archived WAL lives in a repository (docs/design.md §5, docs/repository-format.md):
 //!
 //! ```text
 //! wal/archive.json                                          which cluster this archive belongs to

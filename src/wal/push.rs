@@ -1,4 +1,4 @@
-//! Archiving one WAL file into one repository (DESIGN §5): read and check the file, the
+//! Archiving one WAL file into one repository (docs/design.md §5): read and check the file, the
 //! repository's `wal/archive.json`, the duplicate rules, the durable store. The daemon
 //! (`daemon::wal`) runs this for every sync repository of the postgres-wal job at once.
 

@@ -1,4 +1,4 @@
-//! Real object-store servers for integration tests (DESIGN §11): moto (S3) and Azurite (Azure
+//! Real object-store servers for integration tests (docs/design.md §11): moto (S3) and Azurite (Azure
 //! Blob), installed by tests/setup under [`tools_dir`], started on free 127.0.0.1 ports, and
 //! killed by PID on drop (SIGTERM, then SIGKILL after a timeout: Azurite ignores SIGTERM). A
 //! missing server is a test failure, never a skip. Plus [`Proxy`], a TCP relay whose connections

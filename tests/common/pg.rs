@@ -1,4 +1,4 @@
-//! Throwaway PostgreSQL clusters for integration tests (DESIGN §11): `initdb` (as the `postgres`
+//! Throwaway PostgreSQL clusters for integration tests (docs/design.md §11): `initdb` (as the `postgres`
 //! OS user when running as root) into a fresh temp folder, a free port on 127.0.0.1, the unix
 //! socket in that folder, `pg_ctl -w start`; stopped (`-m immediate`) and removed on drop.
 //! Plus sample data and fingerprints to compare restores by their data, not by exit codes.

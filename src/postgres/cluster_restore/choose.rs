@@ -19,8 +19,7 @@ pub(super) fn choose<'a>(
     }
     match &o.target {
         RecoveryTarget::Time(t) => {
-            let at = crate::timeparse::parse_at(t, tz)
-                .ok_or_else(|| format!("--time {t}: not a time"))?;
+            let at = crate::timeparse::parse_time(t, tz).map_err(|e| format!("--time: {e}"))?;
             records
                 .iter()
                 .filter(|(r, _)| r.stopped_at < at)

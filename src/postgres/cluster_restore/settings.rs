@@ -49,11 +49,8 @@ pub fn recovery_settings(
     let target = match &o.target {
         RecoveryTarget::EndOfArchive => None,
         RecoveryTarget::Time(t) => {
-            let at = crate::timeparse::parse_at(t, tz).ok_or_else(|| {
-                usage(format!(
-                    "--time {t}: not a time (RFC 3339 or YYYY-MM-DD HH:MM[:SS[.ffffff]], in the catalogue's time zone without an offset)"
-                ))
-            })?;
+            let at =
+                crate::timeparse::parse_time(t, tz).map_err(|e| usage(format!("--time: {e}")))?;
             Some(format!(
                 "recovery_target_time = {}",
                 conf_quote(&at.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string())
