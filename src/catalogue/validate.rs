@@ -1,7 +1,7 @@
 //! Validation of the raw catalogue into [`super::Catalogue`], collecting every error.
 //!
 //! The walk visits every table of the raw tree, reports each problem with its key path
-//! (`job[2].schedule`, `repository.offsite.url`) and carries on, so one pass shows them all. The
+//! (`job[2] "uploads".schedule`, `repository.offsite.url`) and carries on, so one pass shows them all. The
 //! typed catalogue is returned only when no error was found.
 
 use super::fields::{Ctx, Table, join, suggest, type_name, valid_name};
@@ -20,7 +20,7 @@ use std::time::Duration;
 /// When retention and the cleanup of uncommitted objects run on their own (besides after each backup).
 pub const DEFAULT_RETENTION_SCHEDULE: &str = "30 5 * * *";
 
-/// One problem in the catalogue, with its key path (`job[2].schedule`) and file.
+/// One problem in the catalogue, with its key path (`job[2] "uploads".schedule`) and file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CatalogueError {
     pub file: PathBuf,
