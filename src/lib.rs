@@ -47,4 +47,5 @@ pub mod state;
 pub mod timeparse;
 pub mod units;
 pub mod usage;
+pub mod verify;
 pub mod wal;
