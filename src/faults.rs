@@ -4,10 +4,28 @@
 //! kill point NAME whose detail (an object key, a segment name) contains TEXT. Debug builds only:
 //! in release builds [`kill_point`] does nothing and reads no environment.
 //!
-//! Points: `local-before-fsync` (an object's bytes written, not yet fsync'd), `local-before-dir-fsync`
-//! (renamed into place, folder not yet fsync'd), `commit-before` / `commit-after` (around the commit
-//! record's create-only write), `wal-before-reply` (a segment durable everywhere, PostgreSQL not yet
-//! answered), `retention-after-commit-delete` (a backup's commit record deleted, its objects not yet).
+//! Points (detail in brackets):
+//! - repository: `local-before-fsync` [key] (an object's bytes written, not yet fsync'd),
+//!   `local-before-dir-fsync` [key] (renamed into place, folder not yet fsync'd), `commit-before` /
+//!   `commit-after` [commit key] (around the commit record's create-only write),
+//!   `retention-after-commit-delete` [commit key] (a backup's commit record deleted, its objects
+//!   not yet);
+//! - dump: `dump-streaming` [data key] (more than 64 KiB of pg_dump's output read into the object,
+//!   the object not complete);
+//! - snapshots (files, config, base): `part-upload` [data key] (a part's second frame handed to
+//!   its upload), `between-parts` [data key of the part just stored], `manifest-write` [manifest
+//!   key] (the manifest's first bytes read into its upload);
+//! - base backup: `base-walk` [path in PGDATA] (the walk reached this path, backup started),
+//!   `base-wait-stop-segment` [job] (backup stopped, data and backup_label stored, waiting for
+//!   the stop segment);
+//! - WAL: `wal-before-reply` [segment] (a segment durable everywhere, PostgreSQL not yet answered);
+//! - replica copy: `replica-between-objects` [key of the object just copied],
+//!   `replica-before-commit` [commit key] (every object copied, the replica's commit record not
+//!   yet written).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, ReadBuf};
 
 /// The environment variable naming the kill points of this process.
 pub const KILL_AT_ENV: &str = "BDC_BACKUP_TEST_KILL_AT";
@@ -26,4 +44,45 @@ pub fn kill_point(name: &str, detail: &str) {
     }
     #[cfg(not(debug_assertions))]
     let _ = (name, detail);
+}
+
+/// A reader that passes through [`kill_point`] `name` once more than `after` bytes were read
+/// (a kill point in the middle of a stream).
+pub struct KillWhileReading<R> {
+    inner: R,
+    name: &'static str,
+    detail: String,
+    after: u64,
+    read: u64,
+}
+
+impl<R> KillWhileReading<R> {
+    pub fn new(inner: R, name: &'static str, detail: &str, after: u64) -> Self {
+        KillWhileReading {
+            inner,
+            name,
+            detail: detail.to_string(),
+            after,
+            read: 0,
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for KillWhileReading<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if cfg!(debug_assertions) && matches!(poll, Poll::Ready(Ok(()))) {
+            let was = self.read;
+            self.read += (buf.filled().len() - before) as u64;
+            if was <= self.after && self.read > self.after {
+                kill_point(self.name, &self.detail);
+            }
+        }
+        poll
+    }
 }

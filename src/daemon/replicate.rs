@@ -159,6 +159,7 @@ pub async fn copy_backup(
             source: e,
         })?;
         copied += size;
+        crate::faults::kill_point("replica-between-objects", &object.key);
     }
     let key = commit_key(&record.job, &record.id);
     let bytes = source.store.get(&key).await.map_err(|e| match e {
@@ -173,6 +174,7 @@ pub async fn copy_backup(
             source: e,
         },
     })?;
+    crate::faults::kill_point("replica-before-commit", &key);
     match target.store.put_create(&key, bytes.clone()).await {
         Ok(()) => {}
         Err(StoreError::AlreadyExists { .. }) => {

@@ -535,6 +535,7 @@ async fn wait_for_wal(
     timeout: Duration,
     cancel: &CancellationToken,
 ) -> Result<(), BaseError> {
+    crate::faults::kill_point("base-wait-stop-segment", job);
     let deadline = tokio::time::Instant::now() + timeout;
     for segment in segments {
         let Some(name) = WalName::parse(segment) else {
@@ -676,6 +677,7 @@ impl Iterator for PgDataWalk {
                 return Some(event);
             };
             let rel = item.path.as_bytes().to_vec();
+            crate::faults::kill_point("base-walk", &String::from_utf8_lossy(&rel));
             if rel == b"pg_wal" {
                 if item.meta.file_type().is_symlink() {
                     // pg_wal elsewhere (initdb -X): restored as a plain folder.

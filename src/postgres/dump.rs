@@ -387,6 +387,7 @@ async fn dump_to_object(
         });
     };
     let gated = child.exit_gated(stdout);
+    let gated = crate::faults::KillWhileReading::new(gated, "dump-streaming", key, 64 << 10);
     let store = &run.repository.store;
     let stored = tokio::select! {
         r = pipeline::store_stream(store, key, gated, run.pipeline, run.progress, run.cancel) => r,

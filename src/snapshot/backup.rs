@@ -199,6 +199,9 @@ impl Parts {
             }
             return Err(SnapshotError::Cancelled);
         }
+        if p.sent > frame_size as u64 {
+            crate::faults::kill_point("part-upload", &format::data_key(&self.job, &self.backup_id, p.seq));
+        }
         Ok(())
     }
 
@@ -259,6 +262,7 @@ impl Parts {
                 PipelineError::Cancelled => SnapshotError::Cancelled,
                 e => SnapshotError::Store(e),
             })?;
+        crate::faults::kill_point("between-parts", &stored.record.key);
         self.finished.insert(seq, stored);
         Ok(())
     }
