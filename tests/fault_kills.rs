@@ -1,0 +1,323 @@
+//! The fault matrix, kill -9 part: the daemon dies (SIGKILL through the test-only kill points of
+//! `src/faults.rs`) at chosen points of every job kind — dump, files, config, base backup, replica
+//! copy, retention pass. After each kill the next start reconciles the run (`interrupted`, or
+//! `succeeded` when the commit record exists), nothing half-done is visible to `backups` or to a
+//! restore, the next run works and restores the same data, and the cleanup of uncommitted
+//! objects removes the orphans once they are older than its grace (never before), leaving every
+//! committed backup whole (each object's size and SHA-256 as its commit record says).
+
+mod common;
+
+use bdc_backup::repository::{Repository, Store};
+use common::daemon::{Setup, wait_for};
+use common::pg::PgCluster;
+use sha2::{Digest, Sha256};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+const KILL_AT: &str = "BDC_BACKUP_TEST_KILL_AT";
+const HOUR: Duration = Duration::from_secs(3600);
+/// The daemon's shortest cleanup grace (twice the longest run, at least 6 h).
+const GRACE: Duration = Duration::from_secs(6 * 3600);
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// Starts the daemon armed with `point`, runs `args` (a `run … --wait`), and expects the daemon
+/// to die by SIGKILL at that very point.
+fn killed_at(setup: &Setup, point: &str, args: &[&str]) {
+    let mut daemon = setup.start_daemon_with(&[(KILL_AT, point)]);
+    let _ = setup.ctl(args);
+    let status = daemon.wait(Duration::from_secs(300));
+    let log = daemon.log_text();
+    assert_eq!(status.signal(), Some(9), "{point}: {status:?}\n{log}");
+    let name = point.split(':').next().unwrap();
+    assert!(
+        log.contains(&format!("killed at {name} (")),
+        "{point}: the daemon died elsewhere\n{log}"
+    );
+}
+
+/// The job's newest run.
+fn last_run(setup: &Setup, job: &str) -> serde_json::Value {
+    setup.ctl_json(&["runs", "--job", job, "--limit", "1"])[0].clone()
+}
+
+/// `backup_id`s `bdc-backupctl backups --job J` lists (in `repository` when given), once the
+/// daemon's re-sync shows `expected` of them.
+fn listed(setup: &Setup, job: &str, repository: Option<&str>, expected: usize) -> Vec<String> {
+    wait_for(Duration::from_secs(30), "the backups re-synced", || {
+        let mut args = vec!["backups", "--job", job];
+        if let Some(r) = repository {
+            args.extend(["--repository", r]);
+        }
+        let ids: Vec<String> = setup
+            .ctl_json(&args)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["backup_id"].as_str().unwrap().to_string())
+            .collect();
+        (ids.len() == expected).then_some(ids)
+    })
+}
+
+/// `(id, committed)` of every `backups/<job>/<id>/` folder of `repo`.
+fn backup_dirs(repo: &Path, job: &str) -> Vec<(String, bool)> {
+    let Ok(entries) = std::fs::read_dir(repo.join("backups").join(job)) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, bool)> = entries
+        .flatten()
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.path().join("backup.json").exists(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn files_below(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The files of backups without a commit record, and the staging files, of `repo`.
+fn orphans(repo: &Path) -> Vec<PathBuf> {
+    let mut out = files_below(&repo.join(".staging"));
+    let Ok(jobs) = std::fs::read_dir(repo.join("backups")) else {
+        return out;
+    };
+    for job in jobs.flatten() {
+        for (id, committed) in backup_dirs(repo, &job.file_name().to_string_lossy()) {
+            if !committed {
+                out.extend(files_below(&job.path().join(id)));
+            }
+        }
+    }
+    out
+}
+
+/// Checks every commit record of `repo`: each object (and the manifest) is there with the size
+/// and SHA-256 the record gives, and each ancestor is committed. Returns the records checked.
+fn committed_backups_whole(repo: &Path) -> usize {
+    let mut n = 0;
+    for path in files_below(&repo.join("backups")) {
+        if path.file_name().is_none_or(|f| f != "backup.json") {
+            continue;
+        }
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let objects = record["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(std::iter::once(&record["manifest"]));
+        for o in objects {
+            let key = o["key"].as_str().unwrap();
+            let bytes = std::fs::read(repo.join(key))
+                .unwrap_or_else(|e| panic!("{}: object {key} lost: {e}", path.display()));
+            assert_eq!(bytes.len() as u64, o["size"].as_u64().unwrap(), "{key}");
+            assert_eq!(
+                hex::encode(Sha256::digest(&bytes)),
+                o["sha256"].as_str().unwrap(),
+                "{key}"
+            );
+        }
+        let job = record["job"].as_str().unwrap();
+        for a in record["ancestors"].as_array().unwrap() {
+            let a = a.as_str().unwrap();
+            assert!(
+                repo.join(format!("backups/{job}/{a}/backup.json")).exists(),
+                "{}: ancestor {a} is not committed",
+                path.display()
+            );
+        }
+        n += 1;
+    }
+    n
+}
+
+/// Runs the cleanup of uncommitted objects the daemon's retention schedule runs, with the
+/// daemon's shortest grace, on the local repository at `repo`.
+fn cleanup(repo: &Path) -> bdc_backup::retention::CleanupReport {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let repository = Repository::with_store("local", Store::local(repo).unwrap());
+        bdc_backup::retention::cleanup_uncommitted(&repository, GRACE, &[])
+            .await
+            .unwrap()
+    })
+}
+
+/// The orphans the kills left stay while younger than the grace, and go once older; every
+/// committed backup stays whole. Returns how many orphan files there were.
+fn orphans_go_after_the_grace(repo: &Path) -> usize {
+    let before = orphans(repo);
+    let committed = committed_backups_whole(repo);
+    let report = cleanup(repo);
+    assert!(report.removed.is_empty(), "{report:?}");
+    assert_eq!(orphans(repo), before, "nothing removed within the grace");
+    for f in &before {
+        let file = std::fs::File::options().write(true).open(f).unwrap();
+        file.set_modified(SystemTime::now() - GRACE - HOUR).unwrap();
+    }
+    let report = cleanup(repo);
+    assert_eq!(orphans(repo), Vec::<PathBuf>::new(), "{report:?}");
+    assert_eq!(committed_backups_whole(repo), committed);
+    before.len()
+}
+
+fn restore_database(setup: &Setup, backup: &str, into: &str, extra: &[&str]) -> bool {
+    let mut args = vec![
+        "restore",
+        "database",
+        "--job",
+        "db-dump",
+        "--backup",
+        backup,
+        "--database",
+        "app",
+        "--into",
+        into,
+        "--create",
+    ];
+    args.extend_from_slice(extra);
+    setup.ctl(&args).status.success()
+}
+
+fn dump_cluster() -> PgCluster {
+    let cluster = PgCluster::start();
+    cluster.create_database("app");
+    cluster.load_sample("app", 2);
+    cluster.load_pgbench("app", 1);
+    cluster
+}
+
+/// A `db-dump` job of database `app` with `job_keys` (its repositories, …) after `extra`.
+fn dump_catalogue(setup: &Setup, cluster: &PgCluster, job_keys: &str, extra: &str) {
+    setup.write_catalogue(&format!(
+        r#"
+[postgres]
+url = "{url}"
+
+{extra}
+
+[[job]]
+name = "db-dump"
+kind = "postgres-dump"
+schedule = "0 2 * * *"
+databases = ["app"]
+{job_keys}
+"#,
+        url = cluster.url("app")
+    ));
+}
+
+/// Adds `key = value` lines to the catalogue's `[daemon]` section.
+fn daemon_keys(setup: &Setup, lines: &str) {
+    let text = std::fs::read_to_string(setup.catalogue_path())
+        .unwrap()
+        .replacen("[daemon]\n", &format!("[daemon]\n{lines}\n"), 1);
+    std::fs::write(setup.catalogue_path(), text).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dumps and the retention pass
+
+#[test]
+fn a_dump_killed_while_streaming_and_a_retention_pass_killed_between_record_and_objects() {
+    let cluster = dump_cluster();
+    let setup = Setup::new();
+    dump_catalogue(
+        &setup,
+        &cluster,
+        "repositories = [\"local\"]\nretention = \"two\"",
+        "[retention.two]\nlast = 2",
+    );
+    let repo = setup.path("repo");
+    let run = ["run", "db-dump", "--wait"];
+
+    // While pg_dump's output streams into the data object.
+    killed_at(&setup, "dump-streaming:backups/db-dump/", &run);
+    let daemon = setup.start_daemon();
+    let killed = last_run(&setup, "db-dump");
+    assert_eq!(killed["status"], "interrupted", "{killed}");
+    let killed_id = killed["backup_id"].as_str().map(str::to_string);
+    assert!(backup_dirs(&repo, "db-dump").iter().all(|(_, c)| !c));
+    assert!(listed(&setup, "db-dump", None, 0).is_empty());
+    if let Some(id) = &killed_id {
+        assert!(!restore_database(&setup, id, "app_half", &[]));
+        assert!(!cluster.database_exists("app_half"));
+    }
+    // The next runs work and restore the same data.
+    assert!(setup.ctl(&run).status.success(), "{}", daemon.log_text());
+    assert!(setup.ctl(&run).status.success());
+    let ids = listed(&setup, "db-dump", None, 2);
+    assert!(restore_database(&setup, &ids[1], "app_next", &[]));
+    assert_eq!(
+        cluster.table_fingerprints("app_next"),
+        cluster.table_fingerprints("app")
+    );
+    assert!(daemon.stop().success());
+
+    // The retention pass after the third backup: the oldest's commit record deleted, its
+    // objects not yet.
+    killed_at(
+        &setup,
+        &format!("retention-after-commit-delete:{}", ids[0]),
+        &run,
+    );
+    assert!(!repo.join(format!("backups/db-dump/{}/backup.json", ids[0])).exists());
+    assert!(!orphans(&repo).is_empty(), "the deleted backup's objects stay");
+    let daemon = setup.start_daemon();
+    let third = last_run(&setup, "db-dump");
+    assert_eq!(
+        third["status"], "succeeded",
+        "committed before the pass: {third}"
+    );
+    let now = listed(&setup, "db-dump", None, 2);
+    assert!(!now.contains(&ids[0]), "{now:?}");
+    assert_eq!(now[0], ids[1]);
+    assert_eq!(third["backup_id"].as_str(), Some(now[1].as_str()));
+    // The next pass (after the next backup) keeps two, and no remaining backup lost an object.
+    assert!(setup.ctl(&run).status.success());
+    let after = listed(&setup, "db-dump", None, 2);
+    assert_eq!(after[0], now[1]);
+    assert!(restore_database(&setup, &after[0], "app_kept", &[]));
+    assert_eq!(
+        cluster.table_fingerprints("app_kept"),
+        cluster.table_fingerprints("app")
+    );
+    assert!(daemon.stop().success());
+    assert!(orphans_go_after_the_grace(&repo) > 0);
+    assert_eq!(
+        backup_dirs(&repo, "db-dump")
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect::<Vec<_>>(),
+        after
+    );
+}
