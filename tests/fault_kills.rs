@@ -290,8 +290,15 @@ fn a_dump_killed_while_streaming_and_a_retention_pass_killed_between_record_and_
         &format!("retention-after-commit-delete:{}", ids[0]),
         &run,
     );
-    assert!(!repo.join(format!("backups/db-dump/{}/backup.json", ids[0])).exists());
-    assert!(!orphans(&repo).is_empty(), "the deleted backup's objects stay");
+    assert!(
+        !repo
+            .join(format!("backups/db-dump/{}/backup.json", ids[0]))
+            .exists()
+    );
+    assert!(
+        !orphans(&repo).is_empty(),
+        "the deleted backup's objects stay"
+    );
     let daemon = setup.start_daemon();
     let third = last_run(&setup, "db-dump");
     assert_eq!(
@@ -320,4 +327,86 @@ fn a_dump_killed_while_streaming_and_a_retention_pass_killed_between_record_and_
             .collect::<Vec<_>>(),
         after
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replica copies
+
+#[test]
+fn a_replica_copy_killed_between_objects_before_its_commit_or_before_it_was_queued_lands_after_restart()
+ {
+    let cluster = dump_cluster();
+    let setup = Setup::new();
+    let offsite = setup.path("offsite");
+    dump_catalogue(
+        &setup,
+        &cluster,
+        "repositories = [\"local\", \"offsite\"]",
+        &format!(
+            "[repository.offsite]\nurl = \"file://{}\"",
+            offsite.display()
+        ),
+    );
+    daemon_keys(&setup, "replica-retry = \"1s\"");
+    let repo = setup.path("repo");
+    let mut landed = 0;
+    for point in [
+        "replica-between-objects:backups/db-dump/",
+        "replica-before-commit:backups/db-dump/",
+        // The primary's commit record written, the copies not even queued yet.
+        "commit-after:backups/db-dump/",
+    ] {
+        killed_at(&setup, point, &["run", "db-dump", "--wait"]);
+        let (id, primary_committed) = backup_dirs(&repo, "db-dump").pop().unwrap();
+        assert!(primary_committed, "{point}");
+        assert!(
+            !offsite
+                .join(format!("backups/db-dump/{id}/backup.json"))
+                .exists(),
+            "{point}"
+        );
+        let daemon = setup.start_daemon();
+        let run = last_run(&setup, "db-dump");
+        assert_eq!(run["status"], "partial", "{point}: {run}");
+        assert_eq!(run["backup_id"].as_str(), Some(id.as_str()), "{run}");
+        assert!(
+            run["error"].as_str().unwrap().contains("`offsite`"),
+            "{run}"
+        );
+        // The background replicator completes the copy.
+        landed += 1;
+        let ids = listed(&setup, "db-dump", Some("offsite"), landed);
+        assert_eq!(ids.last(), Some(&id), "{point}: {}", daemon.log_text());
+        assert!(
+            offsite
+                .join(format!("backups/db-dump/{id}/backup.json"))
+                .exists()
+        );
+        assert!(daemon.stop().success());
+        // Byte for byte the primary's, each object as its commit record says (SHA-256).
+        assert_eq!(committed_backups_whole(&offsite), landed);
+        for f in files_below(&repo.join(format!("backups/db-dump/{id}"))) {
+            let rel = f.strip_prefix(&repo).unwrap();
+            assert_eq!(
+                std::fs::read(offsite.join(rel)).unwrap(),
+                std::fs::read(&f).unwrap(),
+                "{point}: {}",
+                rel.display()
+            );
+        }
+        let into = format!("app_offsite_{landed}");
+        assert!(restore_database(
+            &setup,
+            &id,
+            &into,
+            &["--repository", "offsite"]
+        ));
+        assert_eq!(
+            cluster.table_fingerprints(&into),
+            cluster.table_fingerprints("app")
+        );
+    }
+    orphans_go_after_the_grace(&repo);
+    orphans_go_after_the_grace(&offsite);
+    assert_eq!(committed_backups_whole(&repo), 3);
 }

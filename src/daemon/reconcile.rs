@@ -1,6 +1,6 @@
 //! Start-up reconciliation of the state DB with the repositories, which are the source of truth:
-//! a run left `running` becomes `interrupted` unless its commit record exists (then it succeeded),
-//! and the backups table is brought in line with the commit records each repository holds.
+//! a run left `running` becomes `interrupted` unless its commit record exists (then it succeeded,
+//! or is `partial` with its missing replica copies queued), and the backups table is brought in line with the commit records each repository holds.
 
 use super::core::Shared;
 use crate::error::error_chain;
@@ -52,12 +52,22 @@ pub async fn interrupted_runs(shared: &Arc<Shared>) {
                 {
                     tracing::error!(error = %err, "state DB: cannot record a backup");
                 }
+                let missing = missing_replicas(shared, repository, record).await;
                 RunOutcome {
-                    status: RunStatus::Succeeded,
+                    status: if missing.is_empty() {
+                        RunStatus::Succeeded
+                    } else {
+                        RunStatus::Partial
+                    },
                     finished_at: record.stopped_at,
                     bytes_read: record.bytes_read,
                     bytes_stored: record.bytes_stored,
-                    error: None,
+                    error: (!missing.is_empty()).then(|| {
+                        format!(
+                            "the daemon stopped before the copy to {} landed; queued for the background replicator",
+                            missing.join(", ")
+                        )
+                    }),
                     backup_id: Some(record.id.clone()),
                 }
             }
@@ -77,6 +87,45 @@ pub async fn interrupted_runs(shared: &Arc<Shared>) {
             tracing::error!(error = %err, "state DB: cannot reconcile run {}", run.id);
         }
     }
+}
+
+/// The job's other repositories that lack the commit record of a backup committed in
+/// `primary` by a run the daemon did not finish: each is queued for the background replicator
+/// (the run may have died before it queued them, or during the copy). Returns their names.
+async fn missing_replicas(
+    shared: &Arc<Shared>,
+    primary: &str,
+    record: &crate::repository::CommitRecord,
+) -> Vec<String> {
+    let catalogue = shared.catalogue();
+    let Some(job) = catalogue.job(&record.job) else {
+        return Vec::new();
+    };
+    let mut missing = Vec::new();
+    for name in job.repositories.iter().filter(|r| r.as_str() != primary) {
+        let there = match catalogue.repository(name).map(Repository::open) {
+            Some(Ok(repo)) => matches!(
+                repo.commit_record(&record.job, &record.id).await,
+                Ok(Some(_))
+            ),
+            _ => false,
+        };
+        if there {
+            continue;
+        }
+        if let Err(err) = shared
+            .state
+            .enqueue_replica(&record.job, &record.id, name, primary, shared.clock.now())
+            .await
+        {
+            tracing::error!(error = %err, "state DB: cannot queue a replica");
+        }
+        missing.push(format!("`{name}`"));
+    }
+    if !missing.is_empty() {
+        shared.replicator_wake.notify_one();
+    }
+    missing
 }
 
 /// The backups table follows the commit records of every repository of the catalogue.

@@ -200,7 +200,10 @@ impl Parts {
             return Err(SnapshotError::Cancelled);
         }
         if p.sent > frame_size as u64 {
-            crate::faults::kill_point("part-upload", &format::data_key(&self.job, &self.backup_id, p.seq));
+            crate::faults::kill_point(
+                "part-upload",
+                &format::data_key(&self.job, &self.backup_id, p.seq),
+            );
         }
         Ok(())
     }

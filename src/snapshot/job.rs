@@ -411,7 +411,12 @@ pub(crate) async fn prepare_snapshot(
     let manifest_record = pipeline::store_stream(
         &run.repository.store,
         &manifest_key,
-        crate::faults::KillWhileReading::new(tokio::io::BufReader::new(reader), "manifest-write", &manifest_key, 0),
+        crate::faults::KillWhileReading::new(
+            tokio::io::BufReader::new(reader),
+            "manifest-write",
+            &manifest_key,
+            0,
+        ),
         run.pipeline,
         &ProgressCounter::default(),
         run.cancel,
