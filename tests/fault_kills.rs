@@ -410,3 +410,237 @@ fn a_replica_copy_killed_between_objects_before_its_commit_or_before_it_was_queu
     orphans_go_after_the_grace(&offsite);
     assert_eq!(committed_backups_whole(&repo), 3);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Files and config snapshots
+
+/// `len` bytes that differ block by block (so parts compress but are not trivial).
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    let mut block = 0u64;
+    while out.len() < len {
+        let line = format!("{seed} block {block:012} of the kill test\n");
+        out.extend_from_slice(line.as_bytes());
+        block += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+/// Where `restore files|config --target T` put the tree whose source was `src`.
+fn restored_root(target: &Path, src: &Path, probe: &str) -> PathBuf {
+    if target.join(probe).exists() {
+        target.to_path_buf()
+    } else {
+        target.join(src.strip_prefix("/").unwrap())
+    }
+}
+
+/// Every file of `src` restored with the same bytes below `root`.
+fn same_tree(src: &Path, root: &Path) {
+    let files = files_below(src);
+    assert!(!files.is_empty());
+    for f in files {
+        let rel = f.strip_prefix(src).unwrap();
+        let got = std::fs::read(root.join(rel))
+            .unwrap_or_else(|e| panic!("{} not restored: {e}", rel.display()));
+        assert!(
+            got == std::fs::read(&f).unwrap(),
+            "{} differs",
+            rel.display()
+        );
+    }
+}
+
+/// `restore KIND --job J [--backup ID] --target T`: whether it succeeded.
+fn restore_tree(setup: &Setup, kind: &str, job: &str, backup: Option<&str>, target: &Path) -> bool {
+    let mut args = vec!["restore", kind, "--job", job];
+    if let Some(id) = backup {
+        args.extend(["--backup", id]);
+    }
+    args.extend(["--target", target.to_str().unwrap()]);
+    setup.ctl(&args).status.success()
+}
+
+/// After a kill before the commit record: the run is `interrupted`, its backup is neither
+/// listed nor restorable, and `committed` backups are still listed.
+fn interrupted_and_invisible(setup: &Setup, kind: &str, job: &str, point: &str, committed: usize) {
+    let run = last_run(setup, job);
+    assert_eq!(run["status"], "interrupted", "{point}: {run}");
+    let repo = setup.path("repo");
+    let dirs = backup_dirs(&repo, job);
+    assert_eq!(
+        dirs.iter().filter(|(_, c)| *c).count(),
+        committed,
+        "{point}: {dirs:?}"
+    );
+    let ids = listed(setup, job, None, committed);
+    for (id, c) in &dirs {
+        if *c {
+            continue;
+        }
+        assert!(!ids.contains(id), "{point}: {ids:?}");
+        let target = setup.path(&format!("half-{id}"));
+        assert!(
+            !restore_tree(setup, kind, job, Some(id), &target),
+            "{point}: an uncommitted backup restored"
+        );
+        assert!(files_below(&target).is_empty(), "{point}: wrote files");
+    }
+}
+
+#[test]
+fn a_files_backup_killed_during_a_part_between_parts_during_the_manifest_and_after_its_commit() {
+    let setup = Setup::new();
+    let src = setup.path("uploads");
+    std::fs::create_dir_all(src.join("docs")).unwrap();
+    // Two files of 130 MiB: a part is 256 MiB, so the backup has two parts.
+    std::fs::write(src.join("a.bin"), pattern(1, 130 << 20)).unwrap();
+    std::fs::write(src.join("b.bin"), pattern(2, 130 << 20)).unwrap();
+    std::fs::write(src.join("docs/readme.txt"), b"version 1\n").unwrap();
+    setup.write_catalogue(&format!(
+        r#"
+[[job]]
+name = "uploads"
+kind = "files"
+path = "{src}"
+full = "0 4 * * 0"
+incremental = "0 3 * * *"
+repositories = ["local"]
+"#,
+        src = src.display()
+    ));
+    let repo = setup.path("repo");
+    let run = ["run", "uploads", "--full", "--wait"];
+    // Each point, and the complete data objects the killed run leaves in its backup's folder.
+    for (point, parts) in [
+        ("part-upload:backups/uploads/", 0),
+        ("between-parts:backups/uploads/", 1),
+        ("manifest-write:backups/uploads/", 2),
+        // The manifest's bytes in the store's staging file, not yet fsync'd nor in place.
+        ("local-before-fsync:manifest", 2),
+    ] {
+        let before = backup_dirs(&repo, "uploads");
+        killed_at(&setup, point, &run);
+        let left: Vec<PathBuf> = backup_dirs(&repo, "uploads")
+            .into_iter()
+            .filter(|d| !before.contains(d))
+            .flat_map(|(id, _)| files_below(&repo.join("backups/uploads").join(id)))
+            .collect();
+        let names: Vec<String> = left
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        let data = names
+            .iter()
+            .filter(|n| n.ends_with(".age") && *n != "manifest.age");
+        assert!(data.count() >= parts, "{point}: {names:?}");
+        assert!(
+            !names
+                .iter()
+                .any(|n| n == "manifest.age" || n == "backup.json"),
+            "{point}: {names:?}"
+        );
+        if parts == 0 {
+            assert!(
+                names.is_empty(),
+                "{point}: the part was not complete: {names:?}"
+            );
+        }
+        let daemon = setup.start_daemon();
+        interrupted_and_invisible(&setup, "files", "uploads", point, 0);
+        assert!(daemon.stop().success());
+    }
+    // Parts of the killed runs are in the store (the second kill left a complete first part).
+    assert!(!orphans(&repo).is_empty());
+
+    // Just after the commit record: the run succeeded and the backup restores.
+    killed_at(&setup, "commit-after:backups/uploads/", &run);
+    let daemon = setup.start_daemon();
+    let committed = last_run(&setup, "uploads");
+    assert_eq!(committed["status"], "succeeded", "{committed}");
+    let id = committed["backup_id"].as_str().unwrap().to_string();
+    assert_eq!(listed(&setup, "uploads", None, 1), vec![id.clone()]);
+    let target = setup.path("restore-committed");
+    assert!(restore_tree(&setup, "files", "uploads", Some(&id), &target));
+    same_tree(&src, &restored_root(&target, &src, "a.bin"));
+
+    // The next run works (its local manifest copy was never saved: a full, by that reason).
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(src.join("docs/readme.txt"), b"version 2, longer\n").unwrap();
+    std::fs::write(src.join("docs/new.txt"), b"new\n").unwrap();
+    let out = setup.ctl(&["run", "uploads", "--incremental", "--wait"]);
+    assert!(out.status.success(), "{}", daemon.log_text());
+    let next = last_run(&setup, "uploads");
+    assert_eq!(next["status"], "succeeded", "{next}");
+    let ids = listed(&setup, "uploads", None, 2);
+    let target = setup.path("restore-next");
+    assert!(restore_tree(&setup, "files", "uploads", None, &target));
+    same_tree(&src, &restored_root(&target, &src, "a.bin"));
+    assert_eq!(ids[1], next["backup_id"].as_str().unwrap());
+    assert!(daemon.stop().success());
+    assert!(orphans_go_after_the_grace(&repo) > 0);
+    assert_eq!(committed_backups_whole(&repo), 2);
+}
+
+#[test]
+fn a_config_snapshot_killed_between_its_part_and_manifest_during_the_manifest_and_after_its_commit()
+{
+    let setup = Setup::new();
+    let etc = setup.path("app-config");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(etc.join(".env"), b"SECRET=1\n").unwrap();
+    std::fs::write(etc.join("nginx.conf"), b"server {}\n").unwrap();
+    setup.write_catalogue(&format!(
+        r#"
+[[job]]
+name = "config"
+kind = "config"
+paths = ["{etc}/.env", "{etc}/*.conf"]
+schedule = "*/30 * * * *"
+repositories = ["local"]
+"#,
+        etc = etc.display()
+    ));
+    let repo = setup.path("repo");
+    let run = ["run", "config", "--wait"];
+    for point in [
+        "between-parts:backups/config/",
+        "manifest-write:backups/config/",
+    ] {
+        killed_at(&setup, point, &run);
+        let daemon = setup.start_daemon();
+        interrupted_and_invisible(&setup, "config", "config", point, 0);
+        assert!(daemon.stop().success());
+    }
+    killed_at(&setup, "commit-after:backups/config/", &run);
+    let daemon = setup.start_daemon();
+    let committed = last_run(&setup, "config");
+    assert_eq!(committed["status"], "succeeded", "{committed}");
+    let id = committed["backup_id"].as_str().unwrap().to_string();
+    assert_eq!(listed(&setup, "config", None, 1), vec![id.clone()]);
+    // A change, and the next run stores it.
+    std::fs::write(etc.join(".env"), b"SECRET=2\n").unwrap();
+    assert!(setup.ctl(&run).status.success(), "{}", daemon.log_text());
+    assert_eq!(last_run(&setup, "config")["status"], "succeeded");
+    let ids = listed(&setup, "config", None, 2);
+    for (backup, secret) in [(&ids[0], "SECRET=1\n"), (&ids[1], "SECRET=2\n")] {
+        let target = setup.path(&format!("restored-{backup}"));
+        assert!(restore_tree(
+            &setup,
+            "config",
+            "config",
+            Some(backup),
+            &target
+        ));
+        let root = restored_root(&target, &etc, ".env");
+        assert_eq!(std::fs::read_to_string(root.join(".env")).unwrap(), secret);
+        assert_eq!(
+            std::fs::read_to_string(root.join("nginx.conf")).unwrap(),
+            "server {}\n"
+        );
+    }
+    assert!(daemon.stop().success());
+    assert!(orphans_go_after_the_grace(&repo) > 0);
+    assert_eq!(committed_backups_whole(&repo), 2);
+}
