@@ -11,6 +11,7 @@ mod common;
 use bdc_backup::repository::{Repository, Store};
 use common::daemon::{Setup, wait_for};
 use common::pg::PgCluster;
+use common::physical::{Physical, fingerprints};
 use sha2::{Digest, Sha256};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,7 @@ const GRACE: Duration = Duration::from_secs(6 * 3600);
 /// to die by SIGKILL at that very point.
 fn killed_at(setup: &Setup, point: &str, args: &[&str]) {
     let mut daemon = setup.start_daemon_with(&[(KILL_AT, point)]);
+    common::wal::open_socket(&setup.socket());
     let _ = setup.ctl(args);
     let status = daemon.wait(Duration::from_secs(300));
     let log = daemon.log_text();
@@ -464,7 +466,13 @@ fn restore_tree(setup: &Setup, kind: &str, job: &str, backup: Option<&str>, targ
 
 /// After a kill before the commit record: the run is `interrupted`, its backup is neither
 /// listed nor restorable, and `committed` backups are still listed.
-fn interrupted_and_invisible(setup: &Setup, kind: &str, job: &str, point: &str, committed: usize) {
+fn interrupted_and_invisible(
+    setup: &Setup,
+    job: &str,
+    point: &str,
+    committed: usize,
+    restore: impl Fn(&str, &Path) -> bool,
+) {
     let run = last_run(setup, job);
     assert_eq!(run["status"], "interrupted", "{point}: {run}");
     let repo = setup.path("repo");
@@ -482,7 +490,7 @@ fn interrupted_and_invisible(setup: &Setup, kind: &str, job: &str, point: &str, 
         assert!(!ids.contains(id), "{point}: {ids:?}");
         let target = setup.path(&format!("half-{id}"));
         assert!(
-            !restore_tree(setup, kind, job, Some(id), &target),
+            !restore(id, &target),
             "{point}: an uncommitted backup restored"
         );
         assert!(files_below(&target).is_empty(), "{point}: wrote files");
@@ -548,7 +556,9 @@ repositories = ["local"]
             );
         }
         let daemon = setup.start_daemon();
-        interrupted_and_invisible(&setup, "files", "uploads", point, 0);
+        interrupted_and_invisible(&setup, "uploads", point, 0, |id, t| {
+            restore_tree(&setup, "files", "uploads", Some(id), t)
+        });
         assert!(daemon.stop().success());
     }
     // Parts of the killed runs are in the store (the second kill left a complete first part).
@@ -610,7 +620,9 @@ repositories = ["local"]
     ] {
         killed_at(&setup, point, &run);
         let daemon = setup.start_daemon();
-        interrupted_and_invisible(&setup, "config", "config", point, 0);
+        interrupted_and_invisible(&setup, "config", point, 0, |id, t| {
+            restore_tree(&setup, "config", "config", Some(id), t)
+        });
         assert!(daemon.stop().success());
     }
     killed_at(&setup, "commit-after:backups/config/", &run);
@@ -641,6 +653,105 @@ repositories = ["local"]
         );
     }
     assert!(daemon.stop().success());
+    assert!(orphans_go_after_the_grace(&repo) > 0);
+    assert_eq!(committed_backups_whole(&repo), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Base backups
+
+/// `restore cluster --job base --backup ID --target-dir T --immediate --no-archive` (no start).
+fn restore_cluster(setup: &Setup, id: &str, target: &Path) -> bool {
+    setup
+        .ctl(&[
+            "restore",
+            "cluster",
+            "--job",
+            "base",
+            "--backup",
+            id,
+            "--target-dir",
+            target.to_str().unwrap(),
+            "--immediate",
+            "--no-archive",
+        ])
+        .status
+        .success()
+}
+
+/// No session of the killed daemon still holds a backup open (PostgreSQL ends it with the
+/// connection).
+fn no_backup_session(p: &Physical) {
+    wait_for(Duration::from_secs(30), "the backup session gone", || {
+        let n = p.cluster.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE '%pg_backup_%' AND pid <> pg_backend_pid();",
+        );
+        (n == "0").then_some(())
+    });
+}
+
+#[test]
+fn a_base_backup_killed_during_the_walk_waiting_for_the_stop_segment_and_around_its_commit() {
+    let mut p = Physical::start("60s");
+    p.cluster.create_database("app");
+    p.cluster.load_pgbench("app", 1);
+    let repo = p.setup.path("repo");
+    assert!(p.daemon.take().unwrap().stop().success());
+    let run = ["run", "base", "--full", "--wait"];
+    for point in [
+        "base-walk:base/",
+        "base-wait-stop-segment:base",
+        "commit-before:backups/base/",
+    ] {
+        killed_at(&p.setup, point, &run);
+        no_backup_session(&p);
+        let daemon = p.setup.start_daemon();
+        common::wal::open_socket(&p.setup.socket());
+        interrupted_and_invisible(&p.setup, "base", point, 0, |id, t| {
+            restore_cluster(&p.setup, id, t)
+        });
+        assert!(daemon.stop().success());
+    }
+    assert!(!orphans(&repo).is_empty());
+
+    // Just after the commit record: the run succeeded and the backup restores.
+    let want = fingerprints(p.cluster.port, "app");
+    killed_at(&p.setup, "commit-after:backups/base/", &run);
+    no_backup_session(&p);
+    p.daemon = Some(p.setup.start_daemon());
+    common::wal::open_socket(&p.setup.socket());
+    let committed = last_run(&p.setup, "base");
+    assert_eq!(committed["status"], "succeeded", "{committed}");
+    let id = committed["backup_id"].as_str().unwrap().to_string();
+    assert_eq!(listed(&p.setup, "base", None, 1), vec![id.clone()]);
+    let (out, restored) = p.restore(
+        "r-committed",
+        &["--backup", &id, "--immediate", "--no-archive"],
+    );
+    assert!(out.status.success(), "{}", restored.log());
+    assert_eq!(fingerprints(restored.port, "app"), want);
+    restored.stop();
+
+    // The next run works (the local manifest copy was never saved: a full, saying why).
+    p.cluster.psql(
+        "app",
+        "UPDATE pgbench_accounts SET abalance = abalance + 7 WHERE aid <= 500;",
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let next = p.backup("--incremental");
+    assert_eq!(next["status"], "succeeded", "{next}");
+    let want = fingerprints(p.cluster.port, "app");
+    p.switch_wal();
+    let next_id = next["backup_id"].as_str().unwrap().to_string();
+    let (out, restored) = p.restore(
+        "r-next",
+        &["--backup", &next_id, "--immediate", "--no-archive"],
+    );
+    assert!(out.status.success(), "{}", restored.log());
+    assert_eq!(fingerprints(restored.port, "app"), want);
+    restored.stop();
+    assert!(p.daemon.take().unwrap().stop().success());
     assert!(orphans_go_after_the_grace(&repo) > 0);
     assert_eq!(committed_backups_whole(&repo), 2);
 }
