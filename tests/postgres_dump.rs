@@ -22,12 +22,116 @@ use bdc_backup::snapshot::job::JobRun;
 use chrono::Utc;
 use common::pg::{PASSWORD, PASSWORD_ROLE, PgCluster};
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 const JOB: &str = "db-dump";
+
+/// A TCP relay to a cluster: each connection's server bytes are forwarded up to `limit`, then
+/// held (the client waits mid-stream, the server blocks on its socket) until
+/// [`HoldingRelay::sever`] resets every connection. Makes "pg_dump is mid-dump" certain.
+struct HoldingRelay {
+    port: u16,
+    held: Arc<AtomicBool>,
+    severed: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl HoldingRelay {
+    fn start(target: u16, limit: usize) -> HoldingRelay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let relay = HoldingRelay {
+            port,
+            held: Arc::default(),
+            severed: Arc::default(),
+            conns: Arc::default(),
+        };
+        let (held, severed, conns) = (
+            relay.held.clone(),
+            relay.severed.clone(),
+            relay.conns.clone(),
+        );
+        std::thread::spawn(move || {
+            while !severed.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                client.set_nonblocking(false).unwrap();
+                let server = TcpStream::connect(("127.0.0.1", target)).unwrap();
+                conns
+                    .lock()
+                    .unwrap()
+                    .extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                let (mut c_in, mut s_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c_in, &mut s_out);
+                    let _ = s_out.shutdown(Shutdown::Write);
+                });
+                let (mut s_in, mut c_out) = (server, client);
+                let (held, severed) = (held.clone(), severed.clone());
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 << 10];
+                    let mut sent = 0usize;
+                    loop {
+                        let n = match s_in.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let room = limit.saturating_sub(sent).min(n);
+                        if c_out.write_all(&buf[..room]).is_err() {
+                            break;
+                        }
+                        sent += room;
+                        if room < n {
+                            held.store(true, Ordering::SeqCst);
+                            while !severed.load(Ordering::SeqCst) {
+                                std::thread::sleep(Duration::from_millis(5));
+                            }
+                            break;
+                        }
+                    }
+                    let _ = c_out.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        relay
+    }
+
+    fn url(&self, db: &str) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// A function that resets every connection (for another task).
+    fn severer(&self) -> impl FnOnce() + Send + 'static {
+        let (severed, conns) = (self.severed.clone(), self.conns.clone());
+        move || {
+            severed.store(true, Ordering::SeqCst);
+            for c in conns.lock().unwrap().drain(..) {
+                let _ = c.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
+    fn sever(&self) {
+        (self.severer())()
+    }
+}
+
+impl Drop for HoldingRelay {
+    fn drop(&mut self) {
+        self.sever();
+    }
+}
 
 /// Writes a new age identity (0600) and returns its path and recipient.
 fn new_identity(dir: &Path, name: &str) -> (PathBuf, String) {
@@ -559,15 +663,18 @@ async fn failed_or_cancelled_dumps_commit_nothing() {
         setup.stored_keys().await
     );
 
-    // Cancelled while pg_dump streams: the child is killed, nothing committed.
+    // Cancelled while pg_dump streams: the child is killed, nothing committed. pg_dump talks to
+    // the server through a relay that holds the server's bytes after 4 MiB, so the dump is
+    // always mid-stream when the test acts (it cannot finish first).
     pg.load_pgbench("app", 2);
-    let setup = Setup::new(&pg.url("postgres"), None, &["app"], &[]);
+    let relay = HoldingRelay::start(pg.port, 4 << 20);
+    let setup = Setup::new(&relay.url("postgres"), None, &["app"], &[]);
     let cancel = CancellationToken::new();
     let progress = ProgressCounter::default();
-    let (c, p) = (cancel.clone(), progress.clone());
+    let (c, p, held) = (cancel.clone(), progress.clone(), relay.held.clone());
     let watcher = tokio::spawn(async move {
-        // Cancel once pg_dump's output is flowing into the pipeline.
-        while p.read() < 1 << 20 {
+        // Cancel once pg_dump's output is flowing into the pipeline and the relay holds it.
+        while p.read() < 1 << 20 || !held.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         c.cancel();
@@ -583,29 +690,26 @@ async fn failed_or_cancelled_dumps_commit_nothing() {
         "{:?}",
         setup.stored_keys().await
     );
+    relay.sever();
+
     // pg_dump loses its server connection mid-stream: its error is kept, nothing committed.
+    let relay = HoldingRelay::start(pg.port, 4 << 20);
+    let setup = Setup::new(&relay.url("postgres"), None, &["app"], &[]);
     let progress = ProgressCounter::default();
-    let p = progress.clone();
-    let port = pg.port;
-    let bin = pg.bin.clone();
+    let (p, held) = (progress.clone(), relay.held.clone());
+    let severed = relay.severer();
     let killer = tokio::spawn(async move {
-        while p.read() < 256 << 10 {
+        while p.read() < 256 << 10 || !held.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        tokio::process::Command::new(bin.join("psql"))
-            .args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c"])
-            .arg("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pg_dump'")
-            .arg("-p")
-            .arg(port.to_string())
-            .status()
-            .await
-            .unwrap()
+        severed();
+        p.read()
     });
     let err = setup
         .dump_with(&CancellationToken::new(), &progress)
         .await
         .unwrap_err();
-    assert!(killer.await.unwrap().success());
+    assert!(killer.await.unwrap() >= 256 << 10, "cut mid-stream");
     let msg = err.to_string();
     assert!(matches!(err, DumpError::Tool { .. }), "{msg}");
     assert!(
@@ -618,16 +722,21 @@ async fn failed_or_cancelled_dumps_commit_nothing() {
         "{:?}",
         setup.stored_keys().await
     );
+    drop(relay);
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
+    let left = || {
         pg.psql(
             "postgres",
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump';"
-        ),
-        "0",
-        "no pg_dump left running"
-    );
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump';",
+        )
+    };
+    for _ in 0..200 {
+        if left() == "0" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(left(), "0", "no pg_dump left running");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
