@@ -4,7 +4,9 @@
 //! `succeeded` when the commit record exists), nothing half-done is visible to `backups` or to a
 //! restore, the next run works and restores the same data, and the cleanup of uncommitted
 //! objects removes the orphans once they are older than its grace (never before), leaving every
-//! committed backup whole (each object's size and SHA-256 as its commit record says).
+//! committed backup whole (each object's size and SHA-256 as its commit record says). The cleanup
+//! is the daemon's own on `retention-schedule` in the config test, the same library function
+//! called with the daemon's shortest grace elsewhere (no minute's wait per test).
 
 mod common;
 
@@ -174,6 +176,14 @@ fn cleanup(repo: &Path) -> bdc_backup::retention::CleanupReport {
     })
 }
 
+/// Sets the files' modification time to an hour past the grace.
+fn older_than_the_grace(files: &[PathBuf]) {
+    for f in files {
+        let file = std::fs::File::options().write(true).open(f).unwrap();
+        file.set_modified(SystemTime::now() - GRACE - HOUR).unwrap();
+    }
+}
+
 /// The orphans the kills left stay while younger than the grace, and go once older; every
 /// committed backup stays whole. Returns how many orphan files there were.
 fn orphans_go_after_the_grace(repo: &Path) -> usize {
@@ -182,10 +192,7 @@ fn orphans_go_after_the_grace(repo: &Path) -> usize {
     let report = cleanup(repo);
     assert!(report.removed.is_empty(), "{report:?}");
     assert_eq!(orphans(repo), before, "nothing removed within the grace");
-    for f in &before {
-        let file = std::fs::File::options().write(true).open(f).unwrap();
-        file.set_modified(SystemTime::now() - GRACE - HOUR).unwrap();
-    }
+    older_than_the_grace(&before);
     let report = cleanup(repo);
     assert_eq!(orphans(repo), Vec::<PathBuf>::new(), "{report:?}");
     assert_eq!(committed_backups_whole(repo), committed);
@@ -653,8 +660,24 @@ repositories = ["local"]
         );
     }
     assert!(daemon.stop().success());
-    assert!(orphans_go_after_the_grace(&repo) > 0);
+    // The daemon's own cleanup (on `retention-schedule`, every minute here) removes the orphans
+    // once they are older than its grace.
+    let left = orphans(&repo);
+    assert!(!left.is_empty());
+    older_than_the_grace(&left);
+    daemon_keys(&setup, "retention-schedule = \"* * * * *\"");
+    let daemon = setup.start_daemon();
+    wait_for(Duration::from_secs(90), "the scheduled cleanup", || {
+        orphans(&repo).is_empty().then_some(())
+    });
+    assert!(
+        daemon
+            .log_text()
+            .contains("removed objects of backups that never committed")
+    );
     assert_eq!(committed_backups_whole(&repo), 2);
+    assert_eq!(listed(&setup, "config", None, 2), ids);
+    assert!(daemon.stop().success());
 }
 
 // ---------------------------------------------------------------------------------------------
