@@ -86,3 +86,20 @@ impl<R: AsyncRead + Unpin> AsyncRead for KillWhileReading<R> {
         poll
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn a_stream_kill_point_passes_every_byte_through_when_not_armed() {
+        // No test here sets the environment variable: the point is passed, not taken.
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut reader = KillWhileReading::new(&data[..], "no-such-point", "key", 1000);
+        let mut out = Vec::new();
+        reader.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, data);
+        assert_eq!(reader.read, data.len() as u64);
+    }
+}
