@@ -2,13 +2,14 @@
 //! statuses and triggers, backup types, backup rows and the status report; the reports of
 //! retention and usage passes ([`reports`]) and the cluster identity ([`identity`]).
 
+pub mod alerts;
 mod identity;
 mod reports;
 
 pub use identity::{ClusterIdentity, u64_string};
 pub use reports::{
     Action, BackupOutcome, GrowthSource, Pin, Projection, Reason, RetentionReport, Rule,
-    UsageReport, UsageRow, WalPlan, WalRetentionReport, WeekGrowth,
+    CapacityRow, UsageReport, UsageRow, WalPlan, WalRetentionReport, WeekGrowth,
 };
 
 use chrono::{DateTime, Utc};
@@ -255,4 +256,7 @@ pub struct StatusReport {
     pub timezone: String,
     pub max_concurrent_runs: usize,
     pub jobs: Vec<JobStatus>,
+    /// Each `[objectives.NAME]` measured now (docs/alerts.md).
+    #[serde(default)]
+    pub objectives: Vec<alerts::ObjectiveHealth>,
 }

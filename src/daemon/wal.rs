@@ -785,13 +785,7 @@ pub async fn fill_status(shared: &Shared, catalogue: &Catalogue, jobs: &mut [Job
                 });
             }
         }
-        // Freshness of a WAL job: the last archived file (it has no runs). With `max-age`, set
-        // PostgreSQL's `archive_timeout` below it so an idle cluster still switches segments.
-        if let Some(max_age) = job.max_age {
-            let reference = wal.last_archived_at.unwrap_or(shared.started_at);
-            status.stale = now - reference
-                > chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX);
-        }
+        // Freshness of a WAL job (the last archived file) is set by `health::jobs`.
         status.wal = Some(wal);
     }
 }
