@@ -232,3 +232,135 @@ fn sink(cx: &mut Ctx, t: &Table, job_names: &BTreeSet<&str>) -> Option<AlertSink
         timeout,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::catalogue::{SinkKind, parse_str};
+    use crate::model::alerts::EventKind;
+    use std::path::Path;
+
+    fn catalogue(job_extra: &str, extra: &str) -> String {
+        let recipient = age::x25519::Identity::generate().to_public().to_string();
+        format!(
+            r#"
+[postgres]
+url = "postgresql://bdc_backup@localhost/bdc_db"
+[encryption]
+recipients = ["{recipient}"]
+[repository.local]
+url = "file:///backups"
+[[job]]
+name = "db-dump"
+kind = "postgres-dump"
+schedule = "0 2 * * *"
+databases = ["bdc_db"]
+repositories = ["local"]
+{job_extra}
+{extra}"#
+        )
+    }
+
+    fn errors(text: &str) -> Vec<(String, String)> {
+        match parse_str(text, Path::new("/etc/bdc-backup/catalogue.toml"), &[]) {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e.0.into_iter().map(|e| (e.key, e.message)).collect(),
+        }
+    }
+
+    #[test]
+    fn sinks_and_ping_url_parse() {
+        let text = catalogue(
+            r#"ping-url = "https://hc-ping.com/0b1c/""#,
+            r#"
+[[alert]]
+name = "ops"
+kind = "webhook"
+url = "https://hooks.example.net/backup?token=abc"
+events = ["run-failed", "stale"]
+jobs = ["db-dump"]
+remind = "6h"
+timeout = "5s"
+
+[[alert]]
+name = "pager"
+kind = "command"
+command = ["/usr/local/bin/page-oncall", "--team", "db"]
+"#,
+        );
+        let c = parse_str(&text, Path::new("/tmp/c.toml"), &[]).expect("valid");
+        assert_eq!(c.jobs[0].ping_url.as_deref(), Some("https://hc-ping.com/0b1c"));
+        assert_eq!(c.alerts.len(), 2);
+        let ops = &c.alerts[0];
+        assert!(matches!(&ops.kind, SinkKind::Webhook { url, secret_file: None } if url.ends_with("token=abc")));
+        assert_eq!(ops.events, vec![EventKind::RunFailed, EventKind::Stale]);
+        assert_eq!(ops.remind, Some(std::time::Duration::from_secs(6 * 3600)));
+        assert!(ops.wants(EventKind::RunFailed, Some("db-dump")));
+        assert!(!ops.wants(EventKind::Fresh, Some("db-dump")));
+        assert!(!ops.wants(EventKind::RunFailed, Some("other")));
+        assert!(ops.wants(EventKind::AlertTest, None));
+        let pager = &c.alerts[1];
+        assert!(matches!(&pager.kind, SinkKind::Command { command } if command.len() == 3));
+        assert_eq!(pager.timeout, super::DEFAULT_SINK_TIMEOUT);
+        assert!(pager.wants(EventKind::CapacityLow, None));
+    }
+
+    #[test]
+    fn credentials_in_a_url_are_refused_without_echoing_them() {
+        let text = catalogue(
+            r#"ping-url = "https://user:hunter2@hc-ping.com/abc""#,
+            r#"
+[[alert]]
+name = "ops"
+kind = "webhook"
+url = "https://bob:s3cret-token@hooks.example.net/backup"
+"#,
+        );
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert_eq!(errs[0].0, "job[0] \"db-dump\".ping-url");
+        assert_eq!(errs[1].0, "alert[0] \"ops\".url");
+        for (_, m) in &errs {
+            assert!(m.contains("holds credentials"), "{m}");
+            assert!(!m.contains("s3cret") && !m.contains("hunter2") && !m.contains("bob"), "{m}");
+        }
+    }
+
+    #[test]
+    fn unknown_events_jobs_and_kinds_are_named() {
+        let text = catalogue(
+            "",
+            r#"
+[[alert]]
+name = "ops"
+kind = "webhook"
+url = "ftp://hooks.example.net/x"
+events = ["run-faild", "everything"]
+jobs = ["db-dunp"]
+
+[[alert]]
+name = "ops"
+kind = "pager"
+
+[[alert]]
+kind = "command"
+"#,
+        );
+        let errs = errors(&text);
+        let find = |k: &str| {
+            errs.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, m)| m.clone())
+                .unwrap_or_else(|| panic!("no error for {k}: {errs:?}"))
+        };
+        assert!(find("alert[0] \"ops\".url").contains("scheme `ftp`"));
+        let e0 = find("alert[0] \"ops\".events[0]");
+        assert!(e0.contains("did you mean \"run-failed\"?"), "{e0}");
+        assert!(e0.contains("run-failed, run-recovered, stale, fresh"), "{e0}");
+        let e1 = find("alert[0] \"ops\".events[1]");
+        assert!(e1.starts_with("unknown event \"everything\"; events: "), "{e1}");
+        assert!(find("alert[0] \"ops\".jobs[0]").contains("did you mean \"db-dump\"?"));
+        assert!(find("alert[1] \"ops\".kind").contains("\"pager\" is not one of"));
+        assert!(find("alert[2].name").starts_with("missing"));
+        assert!(find("alert[2].command").starts_with("missing"));
+    }
+}

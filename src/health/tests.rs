@@ -10,6 +10,7 @@ fn catalogue(extra: &str) -> Catalogue {
 timezone = "UTC"
 [postgres]
 url = "postgresql://bdc_backup@localhost:5432/bdc_db"
+data-directory = "/tmp"
 [encryption]
 recipients = ["{recipient}"]
 [repository.local]
