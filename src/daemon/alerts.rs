@@ -116,8 +116,8 @@ pub async fn apply_health(
 }
 
 /// Logs `event` (journald fields `BDC_EVENT`, `JOB`, `OBJECTIVE`) and writes it to the outbox
-/// once per sink that wants it (`only`: that sink alone). Returns the sinks it was queued for.
-pub async fn emit(shared: &Shared, event: NewEvent, only: Option<&str>) -> Vec<String> {
+/// once per sink that wants it (`only`: those sinks alone). Returns the sinks it was queued for.
+pub async fn emit(shared: &Shared, event: NewEvent, only: Option<&[String]>) -> Vec<String> {
     let catalogue = shared.catalogue();
     let at = shared.clock.now();
     let body = event.body(&shared.alerts.host, at);
@@ -136,7 +136,7 @@ pub async fn emit(shared: &Shared, event: NewEvent, only: Option<&str>) -> Vec<S
     }
     let mut queued = Vec::new();
     for sink in &catalogue.alerts {
-        if only.is_some_and(|o| o != sink.name) || !sink.wants(event.kind, job) {
+        if only.is_some_and(|o| !o.contains(&sink.name)) || !sink.wants(event.kind, job) {
             continue;
         }
         match shared
@@ -338,6 +338,18 @@ async fn capacity_watches(shared: &Shared, catalogue: &Catalogue, now: DateTime<
         .collect()
 }
 
+/// Whether a multiple of `period` after `since` lies in (`last`, `now`].
+fn period_ended(
+    since: DateTime<Utc>,
+    last: DateTime<Utc>,
+    now: DateTime<Utc>,
+    period: Duration,
+) -> bool {
+    let p = period.as_secs().max(1) as i64;
+    let n = |t: DateTime<Utc>| (t - since).num_seconds().max(0) / p;
+    n(now) > n(last)
+}
+
 /// Evaluates health now and turns state changes into events.
 pub async fn evaluate(shared: &Arc<Shared>) {
     let _one = shared.alerts.evaluating.lock().await;
@@ -381,10 +393,23 @@ pub async fn evaluate(shared: &Arc<Shared>) {
                 }
             }
             Transition::Remind => {
-                if shared.state.alert_reminded(&w.key, now).await.is_ok() {
+                // Only the sinks one of whose `remind` periods (counted from when the state
+                // opened) ended since the last reminder.
+                let Some(open) = state else { continue };
+                let due: Vec<String> = catalogue
+                    .alerts
+                    .iter()
+                    .filter(|s| s.wants(w.event.kind, w.event.job.as_deref()))
+                    .filter(|s| {
+                        s.remind
+                            .is_some_and(|r| period_ended(open.since, open.reminded_at, now, r))
+                    })
+                    .map(|s| s.name.clone())
+                    .collect();
+                if !due.is_empty() && shared.state.alert_reminded(&w.key, now).await.is_ok() {
                     let mut event = w.event;
                     event.reminder = true;
-                    emit(shared, event, None).await;
+                    emit(shared, event, Some(&due)).await;
                 }
             }
             Transition::Closed => {

@@ -213,7 +213,8 @@ impl Handler for DaemonHandler {
                     crate::model::alerts::EventKind::AlertTest,
                     format!("test event requested by {}", who(peer)),
                 );
-                let sinks = super::alerts::emit(shared, event, sink.as_deref()).await;
+                let only = sink.map(|s| vec![s]);
+                let sinks = super::alerts::emit(shared, event, only.as_deref()).await;
                 Reply::Ok(Response::AlertTestQueued { sinks })
             }
             #[allow(unreachable_patterns)]
