@@ -123,8 +123,7 @@ pub fn transition(
         (false, None) => Transition::None,
         (true, Some(last)) => match remind {
             Some(r)
-                if now - last
-                    >= chrono::Duration::from_std(r).unwrap_or(chrono::Duration::MAX) =>
+                if now - last >= chrono::Duration::from_std(r).unwrap_or(chrono::Duration::MAX) =>
             {
                 Transition::Remind
             }
@@ -183,8 +182,17 @@ mod tests {
         let v = serde_json::to_value(&body).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         for k in [
-            "version", "event", "severity", "host", "job", "objective", "run_id", "at", "summary",
-            "details", "reminder",
+            "version",
+            "event",
+            "severity",
+            "host",
+            "job",
+            "objective",
+            "run_id",
+            "at",
+            "summary",
+            "details",
+            "reminder",
         ] {
             assert!(keys.contains(&k), "{k} missing from {v}");
         }

@@ -159,7 +159,11 @@ fn verify_interval(catalogue: &Catalogue, job: &str, now: DateTime<Utc>) -> Opti
 }
 
 /// Each objective measured now, by name.
-pub fn objectives(catalogue: &Catalogue, facts: &Facts, now: DateTime<Utc>) -> Vec<ObjectiveHealth> {
+pub fn objectives(
+    catalogue: &Catalogue,
+    facts: &Facts,
+    now: DateTime<Utc>,
+) -> Vec<ObjectiveHealth> {
     catalogue
         .objectives
         .values()

@@ -8,8 +8,8 @@ mod reports;
 
 pub use identity::{ClusterIdentity, u64_string};
 pub use reports::{
-    Action, BackupOutcome, GrowthSource, Pin, Projection, Reason, RetentionReport, Rule,
-    CapacityRow, UsageReport, UsageRow, WalPlan, WalRetentionReport, WeekGrowth,
+    Action, BackupOutcome, CapacityRow, GrowthSource, Pin, Projection, Reason, RetentionReport,
+    Rule, UsageReport, UsageRow, WalPlan, WalRetentionReport, WeekGrowth,
 };
 
 use chrono::{DateTime, Utc};

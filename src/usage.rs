@@ -10,9 +10,7 @@
 
 use crate::catalogue::Catalogue;
 use crate::model::{BackupRow, BackupType, RunRecord};
-pub use crate::model::{
-    CapacityRow, GrowthSource, Projection, UsageReport, UsageRow, WeekGrowth,
-};
+pub use crate::model::{CapacityRow, GrowthSource, Projection, UsageReport, UsageRow, WeekGrowth};
 use crate::retention::{self, BackupInfo};
 use chrono::{DateTime, Duration, Utc};
 use std::collections::BTreeMap;
@@ -211,6 +209,8 @@ pub fn fill_capacity(report: &mut UsageReport, catalogue: &Catalogue) {
                 .unwrap_or(&path)
                 .to_path_buf();
             match nix::sys::statvfs::statvfs(&probe) {
+                // The widths of fsblkcnt_t / c_ulong differ between platforms.
+                #[allow(clippy::unnecessary_cast)]
                 Ok(st) => {
                     let frag = st.fragment_size() as u64;
                     let free_bytes = (st.blocks_available() as u64).saturating_mul(frag);
@@ -232,7 +232,10 @@ pub fn fill_capacity(report: &mut UsageReport, catalogue: &Catalogue) {
                     total_bytes: 0,
                     growth_per_day,
                     days_until_full: None,
-                    error: Some(format!("cannot ask the filesystem of {}: {e}", probe.display())),
+                    error: Some(format!(
+                        "cannot ask the filesystem of {}: {e}",
+                        probe.display()
+                    )),
                 },
             }
         })
@@ -444,7 +447,11 @@ impl fmt::Display for UsageReport {
                         hb(c.free_bytes),
                         hb(c.total_bytes),
                         hb(c.growth_per_day),
-                        if days < CAPACITY_LOW_DAYS { " (LOW)" } else { "" }
+                        if days < CAPACITY_LOW_DAYS {
+                            " (LOW)"
+                        } else {
+                            ""
+                        }
                     )?,
                     (None, None) => writeln!(
                         f,

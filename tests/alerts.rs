@@ -109,10 +109,14 @@ impl Listener {
     }
 
     fn wait_event(&self, path: &str, event: &str, n: usize) -> Vec<Received> {
-        wait_for(Duration::from_secs(60), &format!("{n} {event} at {path}"), || {
-            let got = self.events(path, event);
-            (got.len() >= n).then_some(got)
-        })
+        wait_for(
+            Duration::from_secs(60),
+            &format!("{n} {event} at {path}"),
+            || {
+                let got = self.events(path, event);
+                (got.len() >= n).then_some(got)
+            },
+        )
     }
 }
 
@@ -174,8 +178,7 @@ fn serve(stream: TcpStream, received: &Mutex<Vec<Received>>, answer: bool) {
             return;
         }
         let mut w = &stream;
-        if w
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        if w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
             .is_err()
         {
             return;
@@ -245,7 +248,10 @@ events = ["run-failed", "run-recovered"]
     let daemon = setup.start_daemon();
 
     let out = setup.ctl(&["run", "db-dump", "--wait"]);
-    assert!(!out.status.success(), "the dump of a missing database fails");
+    assert!(
+        !out.status.success(),
+        "the dump of a missing database fails"
+    );
     let failed = listener.wait_event("/hook", "run-failed", 1);
     let body = &failed[0];
     assert_eq!(body.method, "POST");
@@ -271,7 +277,10 @@ events = ["run-failed", "run-recovered"]
 
     // The fix: the database exists now.
     cluster.create_database("appdb");
-    cluster.psql("appdb", "CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2);");
+    cluster.psql(
+        "appdb",
+        "CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2);",
+    );
     let out = setup.ctl(&["run", "db-dump", "--wait"]);
     assert!(out.status.success(), "log:\n{}", daemon.log_text());
     let recovered = listener.wait_event("/hook", "run-recovered", 1);
@@ -281,17 +290,22 @@ events = ["run-failed", "run-recovered"]
     assert_eq!(listener.events("/hook", "run-recovered").len(), 1);
 
     // The command sink: the same JSON on stdin, the event in its environment.
-    let lines: Vec<serde_json::Value> = wait_for(Duration::from_secs(30), "two command deliveries", || {
-        let text = std::fs::read_to_string(&stdin_log).unwrap_or_default();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).expect("one JSON body per line"))
-            .collect();
-        (lines.len() >= 2).then_some(lines)
-    });
+    let lines: Vec<serde_json::Value> =
+        wait_for(Duration::from_secs(30), "two command deliveries", || {
+            let text = std::fs::read_to_string(&stdin_log).unwrap_or_default();
+            let lines: Vec<serde_json::Value> = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| serde_json::from_str(l).expect("one JSON body per line"))
+                .collect();
+            (lines.len() >= 2).then_some(lines)
+        });
     assert_eq!(lines.len(), 2, "{lines:?}");
-    assert_eq!(lines[0], failed[0].json(), "the command got the webhook's body");
+    assert_eq!(
+        lines[0],
+        failed[0].json(),
+        "the command got the webhook's body"
+    );
     assert_eq!(lines[1], recovered[0].json());
     let env = std::fs::read_to_string(&env_log).unwrap();
     assert_eq!(
@@ -308,7 +322,12 @@ events = ["run-failed", "run-recovered"]
             .collect();
         p.iter().any(|r| r.path == "/ping/abc").then_some(p)
     });
-    let count = |m: &str, path: &str| pings.iter().filter(|r| r.method == m && r.path == path).count();
+    let count = |m: &str, path: &str| {
+        pings
+            .iter()
+            .filter(|r| r.method == m && r.path == path)
+            .count()
+    };
     assert_eq!(count("GET", "/ping/abc/start"), 3, "{pings:?}");
     assert_eq!(count("POST", "/ping/abc/fail"), 2, "{pings:?}");
     assert_eq!(count("GET", "/ping/abc"), 1, "{pings:?}");
@@ -428,9 +447,15 @@ timeout = "3s"
             .is_some_and(|e| e.contains("no answer within 3s"))
             .then_some(r)
     });
-    assert!(report["sinks"][0]["pending"].as_u64().unwrap() >= 1, "{report}");
+    assert!(
+        report["sinks"][0]["pending"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
     let text = String::from_utf8_lossy(&setup.ctl(&["alerts"]).stdout).to_string();
-    assert!(text.contains("slow") && text.contains("no answer within 3s"), "{text}");
+    assert!(
+        text.contains("slow") && text.contains("no answer within 3s"),
+        "{text}"
+    );
     // `usage` reports the local repository's filesystem.
     let usage = setup.ctl_json(&["usage"]);
     let cap = &usage["capacity"][0];
@@ -466,7 +491,10 @@ events = ["run-failed", "stael"]
     );
     assert!(text.contains("alert[0] \"ops\".url"), "{text}");
     assert!(text.contains("holds credentials"), "{text}");
-    assert!(!text.contains("pa55w0rd") && !text.contains("alice"), "{text}");
+    assert!(
+        !text.contains("pa55w0rd") && !text.contains("alice"),
+        "{text}"
+    );
     assert!(text.contains("unknown event \"stael\""), "{text}");
     assert!(text.contains("did you mean \"stale\"?"), "{text}");
 }
@@ -545,11 +573,17 @@ remind = "6h"
     // Breached from the start: no restorable point.
     let breached = wait_async(|| listener.events("/a", "objective-breached")).await;
     assert_eq!(breached[0].json()["objective"], "files");
-    assert!(listener.events("/a", "stale").is_empty(), "not stale before max-age");
+    assert!(
+        listener.events("/a", "stale").is_empty(),
+        "not stale before max-age"
+    );
 
     clock.set(utc(2026, 6, 1, 10, 50));
     settle(&daemon).await;
-    assert!(listener.events("/a", "stale").is_empty(), "50 minutes < max-age 1h");
+    assert!(
+        listener.events("/a", "stale").is_empty(),
+        "50 minutes < max-age 1h"
+    );
 
     clock.set(utc(2026, 6, 1, 11, 1));
     settle(&daemon).await;
@@ -569,7 +603,11 @@ remind = "6h"
     .await;
     assert_eq!(b[0].json()["reminder"], false);
     assert_eq!(b[1].json()["reminder"], true);
-    assert_eq!(listener.events("/a", "stale").len(), 1, "state changes only");
+    assert_eq!(
+        listener.events("/a", "stale").len(),
+        1,
+        "state changes only"
+    );
     assert_eq!(listener.events("/a", "objective-breached").len(), 1);
 
     // status shows the objective with both figures and targets.
@@ -578,7 +616,10 @@ remind = "6h"
     assert_eq!(o["name"], "files");
     assert_eq!(o["state"], "breached");
     assert_eq!(o["target_rpo_seconds"], 86400);
-    assert!(o["rpo_seconds"].is_null() && o["rto_seconds"].is_null(), "{o}");
+    assert!(
+        o["rpo_seconds"].is_null() && o["rto_seconds"].is_null(),
+        "{o}"
+    );
     let never = status["jobs"]
         .as_array()
         .unwrap()
@@ -587,12 +628,19 @@ remind = "6h"
         .unwrap();
     assert_eq!(never["stale"], true);
     let human = String::from_utf8_lossy(&setup.ctl(&["status"]).stdout).to_string();
-    assert!(human.contains("OBJECTIVE") && human.contains("breached"), "{human}");
+    assert!(
+        human.contains("OBJECTIVE") && human.contains("breached"),
+        "{human}"
+    );
     assert!(human.contains("none (target 1d)"), "{human}");
 
     // A backup of the objective's job: objective-met once.
     let out = setup.ctl(&["run", "uploads", "--wait"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let met = wait_async(|| listener.events("/a", "objective-met")).await;
     assert_eq!(met[0].json()["objective"], "files");
     settle(&daemon).await;

@@ -168,7 +168,10 @@ fn sink(cx: &mut Ctx, t: &Table, job_names: &BTreeSet<&str>) -> Option<AlertSink
                 .collect();
             for k in ["url", "secret-file"] {
                 if t.get(k).is_some() {
-                    cx.error(&t.key(k), "is for kind = \"webhook\"; a command sink takes `command`");
+                    cx.error(
+                        &t.key(k),
+                        "is for kind = \"webhook\"; a command sink takes `command`",
+                    );
                 }
             }
             if command.is_empty() {
@@ -288,10 +291,15 @@ command = ["/usr/local/bin/page-oncall", "--team", "db"]
 "#,
         );
         let c = parse_str(&text, Path::new("/tmp/c.toml"), &[]).expect("valid");
-        assert_eq!(c.jobs[0].ping_url.as_deref(), Some("https://hc-ping.com/0b1c"));
+        assert_eq!(
+            c.jobs[0].ping_url.as_deref(),
+            Some("https://hc-ping.com/0b1c")
+        );
         assert_eq!(c.alerts.len(), 2);
         let ops = &c.alerts[0];
-        assert!(matches!(&ops.kind, SinkKind::Webhook { url, secret_file: None } if url.ends_with("token=abc")));
+        assert!(
+            matches!(&ops.kind, SinkKind::Webhook { url, secret_file: None } if url.ends_with("token=abc"))
+        );
         assert_eq!(ops.events, vec![EventKind::RunFailed, EventKind::Stale]);
         assert_eq!(ops.remind, Some(std::time::Duration::from_secs(6 * 3600)));
         assert!(ops.wants(EventKind::RunFailed, Some("db-dump")));
@@ -321,7 +329,10 @@ url = "https://bob:s3cret-token@hooks.example.net/backup"
         assert_eq!(errs[1].0, "alert[0] \"ops\".url");
         for (_, m) in &errs {
             assert!(m.contains("holds credentials"), "{m}");
-            assert!(!m.contains("s3cret") && !m.contains("hunter2") && !m.contains("bob"), "{m}");
+            assert!(
+                !m.contains("s3cret") && !m.contains("hunter2") && !m.contains("bob"),
+                "{m}"
+            );
         }
     }
 
@@ -355,9 +366,15 @@ kind = "command"
         assert!(find("alert[0] \"ops\".url").contains("scheme `ftp`"));
         let e0 = find("alert[0] \"ops\".events[0]");
         assert!(e0.contains("did you mean \"run-failed\"?"), "{e0}");
-        assert!(e0.contains("run-failed, run-recovered, stale, fresh"), "{e0}");
+        assert!(
+            e0.contains("run-failed, run-recovered, stale, fresh"),
+            "{e0}"
+        );
         let e1 = find("alert[0] \"ops\".events[1]");
-        assert!(e1.starts_with("unknown event \"everything\"; events: "), "{e1}");
+        assert!(
+            e1.starts_with("unknown event \"everything\"; events: "),
+            "{e1}"
+        );
         assert!(find("alert[0] \"ops\".jobs[0]").contains("did you mean \"db-dump\"?"));
         assert!(find("alert[1] \"ops\".kind").contains("\"pager\" is not one of"));
         assert!(find("alert[2].name").starts_with("missing"));

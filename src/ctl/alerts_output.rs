@@ -53,7 +53,10 @@ pub fn alerts(report: &AlertsReport) -> String {
                 ]
             })
             .collect();
-        out.push_str(&table(&["OPEN", "JOB/OBJECTIVE", "SINCE", "SUMMARY"], &rows));
+        out.push_str(&table(
+            &["OPEN", "JOB/OBJECTIVE", "SINCE", "SUMMARY"],
+            &rows,
+        ));
     }
     out.push('\n');
     if report.sinks.is_empty() {
@@ -79,7 +82,15 @@ pub fn alerts(report: &AlertsReport) -> String {
             })
             .collect();
         out.push_str(&table(
-            &["SINK", "KIND", "TARGET", "PENDING", "DELIVERED", "GAVE UP", "LAST ERROR"],
+            &[
+                "SINK",
+                "KIND",
+                "TARGET",
+                "PENDING",
+                "DELIVERED",
+                "GAVE UP",
+                "LAST ERROR",
+            ],
             &rows,
         ));
     }
@@ -107,7 +118,16 @@ pub fn alerts(report: &AlertsReport) -> String {
             })
             .collect();
         out.push_str(&table(
-            &["ID", "SINK", "EVENT", "JOB", "AT", "ATTEMPTS", "STATE", "LAST ERROR"],
+            &[
+                "ID",
+                "SINK",
+                "EVENT",
+                "JOB",
+                "AT",
+                "ATTEMPTS",
+                "STATE",
+                "LAST ERROR",
+            ],
             &rows,
         ));
     }

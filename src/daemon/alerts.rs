@@ -85,8 +85,7 @@ pub async fn facts(shared: &Shared, catalogue: &Catalogue, now: DateTime<Utc>) -
             f.newest_backup = Some(newest.stopped_at);
             f.newest_backup_bytes = newest.bytes_read;
         }
-        if let Ok(Some((at, restore_seconds, bytes))) = shared.state.newest_drill(&job.name).await
-        {
+        if let Ok(Some((at, restore_seconds, bytes))) = shared.state.newest_drill(&job.name).await {
             f.drill = Some(DrillFact {
                 at,
                 restore_seconds,
@@ -190,14 +189,22 @@ fn run_watch(job: &JobStatus) -> Option<Watch> {
     Some(Watch {
         key: format!("run:{}", job.name),
         bad,
-        event: NewEvent::new(bad_kind, format!("{}: run {} failed: {error}", job.name, last.id))
-            .job(&job.name)
-            .run(last.id)
-            .details(serde_json::json!({"status": last.status, "error": error, "trigger": last.trigger})),
-        recovered: NewEvent::new(good_kind, format!("{}: run {} succeeded again", job.name, last.id))
-            .job(&job.name)
-            .run(last.id)
-            .details(serde_json::json!({"status": last.status, "backup_id": last.backup_id})),
+        event: NewEvent::new(
+            bad_kind,
+            format!("{}: run {} failed: {error}", job.name, last.id),
+        )
+        .job(&job.name)
+        .run(last.id)
+        .details(
+            serde_json::json!({"status": last.status, "error": error, "trigger": last.trigger}),
+        ),
+        recovered: NewEvent::new(
+            good_kind,
+            format!("{}: run {} succeeded again", job.name, last.id),
+        )
+        .job(&job.name)
+        .run(last.id)
+        .details(serde_json::json!({"status": last.status, "backup_id": last.backup_id})),
     })
 }
 
@@ -207,7 +214,11 @@ fn job_watches(job: &JobStatus) -> Vec<Watch> {
         .wal
         .as_ref()
         .and_then(|w| w.last_archived_at)
-        .or_else(|| job.last_success.as_ref().map(|r| r.finished_at.unwrap_or(r.started_at)));
+        .or_else(|| {
+            job.last_success
+                .as_ref()
+                .map(|r| r.finished_at.unwrap_or(r.started_at))
+        });
     out.push(Watch {
         key: format!("stale:{}", job.name),
         bad: Some(job.stale),
@@ -296,20 +307,33 @@ fn objective_watch(o: &ObjectiveHealth) -> Watch {
         )
         .objective(&o.name)
         .details(details.clone()),
-        recovered: NewEvent::new(EventKind::ObjectiveMet, format!("objective {}: met again", o.name))
-            .objective(&o.name)
-            .details(details),
+        recovered: NewEvent::new(
+            EventKind::ObjectiveMet,
+            format!("objective {}: met again", o.name),
+        )
+        .objective(&o.name)
+        .details(details),
     }
 }
 
-async fn capacity_watches(shared: &Shared, catalogue: &Catalogue, now: DateTime<Utc>) -> Vec<Watch> {
+async fn capacity_watches(
+    shared: &Shared,
+    catalogue: &Catalogue,
+    now: DateTime<Utc>,
+) -> Vec<Watch> {
     let (Ok(rows), Ok(runs)) = (
         shared.state.backups(None, None).await,
         shared.state.runs(None, 10_000).await,
     ) else {
         return Vec::new();
     };
-    let mut report = crate::usage::compute(catalogue, &rows, Some(&runs), now, crate::usage::DEFAULT_WEEKS);
+    let mut report = crate::usage::compute(
+        catalogue,
+        &rows,
+        Some(&runs),
+        now,
+        crate::usage::DEFAULT_WEEKS,
+    );
     crate::usage::fill_capacity(&mut report, catalogue);
     report
         .capacity
@@ -319,7 +343,10 @@ async fn capacity_watches(shared: &Shared, catalogue: &Catalogue, now: DateTime<
             bad: if c.error.is_some() {
                 None
             } else {
-                Some(c.days_until_full.is_some_and(|d| d < crate::usage::CAPACITY_LOW_DAYS))
+                Some(
+                    c.days_until_full
+                        .is_some_and(|d| d < crate::usage::CAPACITY_LOW_DAYS),
+                )
             },
             event: NewEvent::new(
                 EventKind::CapacityLow,
@@ -427,7 +454,8 @@ pub async fn evaluate(shared: &Arc<Shared>) {
 pub async fn run_loop(shared: Arc<Shared>) {
     let mut events = shared.events.subscribe();
     evaluate(&shared).await;
-    let mut next = shared.clock.now() + chrono::Duration::from_std(EVALUATE_EVERY).unwrap_or_default();
+    let mut next =
+        shared.clock.now() + chrono::Duration::from_std(EVALUATE_EVERY).unwrap_or_default();
     loop {
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -553,7 +581,13 @@ async fn deliver_one(shared: &Shared, sink: &AlertSink, item: OutboxItem) {
             let now = shared.clock.now();
             let _ = shared
                 .state
-                .delivery_failed(item.id, now, &format!("the queued body is not an event: {e}"), now, true)
+                .delivery_failed(
+                    item.id,
+                    now,
+                    &format!("the queued body is not an event: {e}"),
+                    now,
+                    true,
+                )
                 .await;
             return;
         }

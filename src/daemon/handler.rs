@@ -194,12 +194,17 @@ impl Handler for DaemonHandler {
                 if let Some(name) = &sink
                     && !catalogue.alerts.iter().any(|s| &s.name == name)
                 {
-                    let known: Vec<&str> = catalogue.alerts.iter().map(|s| s.name.as_str()).collect();
+                    let known: Vec<&str> =
+                        catalogue.alerts.iter().map(|s| s.name.as_str()).collect();
                     return error(
                         ErrorCode::NotFound,
                         format!(
                             "no [[alert]] is named `{name}`; sinks: {}",
-                            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
                         ),
                     );
                 }

@@ -47,7 +47,9 @@ pub enum DeliveryError {
 impl Classify for DeliveryError {
     fn retry(&self) -> Retry {
         match self {
-            DeliveryError::Status { status, .. } if (400..500).contains(status) && *status != 429 && *status != 408 => {
+            DeliveryError::Status { status, .. }
+                if (400..500).contains(status) && *status != 429 && *status != 408 =>
+            {
                 Retry::Permanent
             }
             // A receiver may come back; a secret file may be fixed; a command may succeed later.
@@ -95,19 +97,23 @@ pub async fn deliver(
                 .header("X-Bdc-Event", parsed.event.as_str())
                 .body(body.to_string());
             if let Some(path) = secret_file {
-                let secret = tokio::fs::read(path)
-                    .await
-                    .map_err(|source| DeliveryError::Secret {
-                        path: path.clone(),
-                        source,
-                    })?;
+                let secret =
+                    tokio::fs::read(path)
+                        .await
+                        .map_err(|source| DeliveryError::Secret {
+                            path: path.clone(),
+                            source,
+                        })?;
                 let secret = trim_newline(&secret);
                 request = request.header(
                     super::SIGNATURE_HEADER,
                     super::signature(secret, body.as_bytes()),
                 );
             }
-            let response = request.send().await.map_err(|source| http_error(&target, sink.timeout, source))?;
+            let response = request
+                .send()
+                .await
+                .map_err(|source| http_error(&target, sink.timeout, source))?;
             let status = response.status().as_u16();
             if !(200..300).contains(&status) {
                 return Err(DeliveryError::Status { target, status });

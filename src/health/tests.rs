@@ -61,7 +61,12 @@ fn default_max_age_is_twice_the_longest_gap_and_wal_uses_archive_timeout() {
         Some((DEFAULT_WAL_MAX_AGE, true))
     );
     assert_eq!(
-        max_age(&c, c.job("wal").unwrap(), Some(Duration::from_secs(60)), now),
+        max_age(
+            &c,
+            c.job("wal").unwrap(),
+            Some(Duration::from_secs(60)),
+            now
+        ),
         Some((Duration::from_secs(180), true))
     );
 }

@@ -31,7 +31,11 @@ pub struct SinkCounts {
     pub last_delivered_at: Option<DateTime<Utc>>,
 }
 
-fn opt(table: &'static str, column: &'static str, v: Option<String>) -> Result<Option<DateTime<Utc>>, StateError> {
+fn opt(
+    table: &'static str,
+    column: &'static str,
+    v: Option<String>,
+) -> Result<Option<DateTime<Utc>>, StateError> {
     v.map(|s| parse_ts(table, column, &s)).transpose()
 }
 
@@ -52,7 +56,11 @@ fn delivery_from_row(row: &SqliteRow) -> Result<Delivery, StateError> {
         job: row.try_get("job")?,
         created_at: parse_ts(T, "created_at", row.try_get::<&str, _>("created_at")?)?,
         attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
-        next_attempt_at: parse_ts(T, "next_attempt_at", row.try_get::<&str, _>("next_attempt_at")?)?,
+        next_attempt_at: parse_ts(
+            T,
+            "next_attempt_at",
+            row.try_get::<&str, _>("next_attempt_at")?,
+        )?,
         last_error: row.try_get("last_error")?,
         last_attempt_at: opt(T, "last_attempt_at", row.try_get("last_attempt_at")?)?,
         delivered_at: opt(T, "delivered_at", row.try_get("delivered_at")?)?,
@@ -77,7 +85,11 @@ impl StateDb {
                     job: row.try_get("job")?,
                     objective: row.try_get("objective")?,
                     since: parse_ts(T, "since", row.try_get::<&str, _>("since")?)?,
-                    reminded_at: parse_ts(T, "reminded_at", row.try_get::<&str, _>("reminded_at")?)?,
+                    reminded_at: parse_ts(
+                        T,
+                        "reminded_at",
+                        row.try_get::<&str, _>("reminded_at")?,
+                    )?,
                     summary: row.try_get("summary")?,
                 })
             })
@@ -280,10 +292,11 @@ impl StateDb {
 
     /// When the job was first seen, without recording it.
     pub async fn job_first_seen(&self, job: &str) -> Result<Option<DateTime<Utc>>, StateError> {
-        let v: Option<String> = sqlx::query_scalar("SELECT first_seen FROM jobs_seen WHERE job = ?")
-            .bind(job)
-            .fetch_optional(&self.pool)
-            .await?;
+        let v: Option<String> =
+            sqlx::query_scalar("SELECT first_seen FROM jobs_seen WHERE job = ?")
+                .bind(job)
+                .fetch_optional(&self.pool)
+                .await?;
         opt("jobs_seen", "first_seen", v)
     }
 
