@@ -36,6 +36,8 @@ pub struct AlertHub {
     queued: watch::Sender<u64>,
     /// One evaluation at a time (a run's end and the minute tick may meet).
     evaluating: Mutex<()>,
+    /// When capacity was last evaluated (it reads the run history: at most every 15 minutes).
+    capacity_at: std::sync::Mutex<Option<DateTime<Utc>>>,
 }
 
 impl Default for AlertHub {
@@ -45,6 +47,7 @@ impl Default for AlertHub {
             host: crate::events::host_name(),
             queued: watch::Sender::new(0),
             evaluating: Mutex::new(()),
+            capacity_at: std::sync::Mutex::new(None),
         }
     }
 }
@@ -398,7 +401,21 @@ pub async fn evaluate(shared: &Arc<Shared>) {
     };
     let mut watches: Vec<Watch> = report.jobs.iter().flat_map(job_watches).collect();
     watches.extend(report.objectives.iter().map(objective_watch));
-    watches.extend(capacity_watches(shared, &catalogue, now).await);
+    let capacity_due = {
+        let mut last = shared
+            .alerts
+            .capacity_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let due = last.is_none_or(|t| now - t >= chrono::Duration::minutes(15) || now < t);
+        if due {
+            *last = Some(now);
+        }
+        due
+    };
+    if capacity_due {
+        watches.extend(capacity_watches(shared, &catalogue, now).await);
+    }
     for w in watches {
         let Some(bad) = w.bad else { continue };
         let state = open.get(&w.key);
