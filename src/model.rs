@@ -200,6 +200,9 @@ pub struct WalStatus {
     /// Per async repository: files still to copy there.
     #[serde(default)]
     pub backlog: Vec<WalBacklog>,
+    /// The cluster's `archive_timeout` in seconds (0 = off), when it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_timeout_seconds: Option<u64>,
 }
 
 /// The async copy backlog of one repository.

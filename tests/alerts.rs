@@ -672,3 +672,48 @@ async fn wait_async<T>(mut f: impl FnMut() -> Vec<T>) -> Vec<T> {
     }
     panic!("timed out waiting for a delivery");
 }
+
+/// A WAL job without `max-age` is stale after the cluster's `archive_timeout` × 3 (read from the
+/// server), not after the 15-minute fallback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wal_job_defaults_to_three_times_archive_timeout() {
+    let cluster = PgCluster::start_with("archive_timeout = 60\n");
+    let setup = Setup::new();
+    let listener = Listener::start(free_port(), true);
+    setup.write_catalogue(&format!(
+        r#"
+[postgres]
+url = "{url}"
+
+[[job]]
+name = "wal"
+kind = "postgres-wal"
+repositories = ["local"]
+
+[[alert]]
+name = "a"
+kind = "webhook"
+url = "{a}"
+events = ["stale"]
+"#,
+        url = cluster.url("postgres"),
+        a = listener.url("/a"),
+    ));
+    let clock = Arc::new(ManualClock::new(utc(2026, 6, 1, 10, 0)));
+    let daemon = boot(&setup, clock.clone()).await;
+    settle(&daemon).await;
+    let status = setup.ctl_json(&["status"]);
+    assert_eq!(
+        status["jobs"][0]["wal"]["archive_timeout_seconds"], 60,
+        "{status}"
+    );
+    clock.set(utc(2026, 6, 1, 10, 2));
+    settle(&daemon).await;
+    assert_eq!(setup.ctl_json(&["status"])["jobs"][0]["stale"], false);
+    clock.set(utc(2026, 6, 1, 10, 4));
+    settle(&daemon).await;
+    assert_eq!(setup.ctl_json(&["status"])["jobs"][0]["stale"], true);
+    let stale = wait_async(|| listener.events("/a", "stale")).await;
+    assert_eq!(stale[0].json()["job"], "wal");
+    daemon.stop().await;
+}

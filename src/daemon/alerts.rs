@@ -107,7 +107,13 @@ pub async fn apply_health(
     jobs: &mut [JobStatus],
     now: DateTime<Utc>,
 ) -> Vec<ObjectiveHealth> {
-    let facts = facts(shared, catalogue, now).await;
+    let mut facts = facts(shared, catalogue, now).await;
+    // The cluster's archive_timeout, as the WAL status just read it (the default WAL max-age).
+    facts.archive_timeout = jobs
+        .iter()
+        .filter_map(|j| j.wal.as_ref()?.archive_timeout_seconds)
+        .map(Duration::from_secs)
+        .next();
     let health = crate::health::jobs(catalogue, &facts, now);
     for status in jobs.iter_mut() {
         if let Some(h) = health.iter().find(|h| h.job == status.name) {

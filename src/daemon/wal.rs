@@ -737,12 +737,14 @@ pub async fn fill_status(shared: &Shared, catalogue: &Catalogue, jobs: &mut [Job
                 )
                 .await?;
                 let r = c.wal_archiver_status().await;
+                let timeout = c.archive_timeout_seconds().await.ok();
                 c.close().await;
-                r
+                r.map(|r| (r, timeout))
             })
             .await;
             match asked {
-                Ok(Ok((current, failed, last_failed, last_failed_at))) => {
+                Ok(Ok(((current, failed, last_failed, last_failed_at), timeout))) => {
+                    wal.archive_timeout_seconds = timeout.and_then(|t| u64::try_from(t).ok());
                     if let (Some(cur), Some(last)) = (
                         WalName::parse(&current),
                         wal.last_archived.as_deref().and_then(WalName::parse),
