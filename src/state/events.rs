@@ -339,3 +339,137 @@ impl StateDb {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t(m: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, 1, 2, m, 0).unwrap()
+    }
+
+    async fn db() -> (tempfile::TempDir, StateDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(&dir.path().join("state.db")).await.unwrap();
+        (dir, db)
+    }
+
+    #[tokio::test]
+    async fn the_outbox_keeps_pending_rows_until_delivered_or_given_up() {
+        let (_d, db) = db().await;
+        let a = db
+            .enqueue_delivery("ops", EventKind::RunFailed, Some("db"), "{}", t(0))
+            .await
+            .unwrap();
+        let b = db
+            .enqueue_delivery("ops", EventKind::AlertTest, None, "{}", t(1))
+            .await
+            .unwrap();
+        db.enqueue_delivery("pager", EventKind::Stale, Some("db"), "{}", t(1))
+            .await
+            .unwrap();
+        let due: Vec<i64> = db
+            .due_deliveries("ops", t(1), 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(due, vec![a, b]);
+        db.delivery_failed(a, t(2), "refused", t(5), false)
+            .await
+            .unwrap();
+        let due: Vec<i64> = db
+            .due_deliveries("ops", t(3), 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(due, vec![b], "a waits for its retry");
+        assert_eq!(db.next_delivery_at("ops").await.unwrap(), Some(t(1)));
+        db.delivery_done(b, t(3)).await.unwrap();
+        assert_eq!(db.next_delivery_at("ops").await.unwrap(), Some(t(5)));
+        let c = db.sink_counts("ops").await.unwrap();
+        assert_eq!((c.pending, c.delivered, c.gave_up), (1, 1, 0));
+        assert_eq!(c.last_error.as_deref(), Some("refused"));
+        assert_eq!(c.last_delivered_at, Some(t(3)));
+        db.delivery_failed(a, t(6), "refused again", t(10), true)
+            .await
+            .unwrap();
+        let c = db.sink_counts("ops").await.unwrap();
+        assert_eq!((c.pending, c.delivered, c.gave_up), (0, 1, 1));
+        assert!(
+            db.due_deliveries("ops", t(59), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let recent = db.recent_deliveries(10).await.unwrap();
+        assert_eq!(recent.len(), 3);
+        assert_eq!(recent[2].attempts, 2);
+        assert_eq!(recent[2].gave_up_at, Some(t(6)));
+    }
+
+    #[tokio::test]
+    async fn alert_states_open_once_and_close() {
+        let (_d, db) = db().await;
+        let alert = OpenAlert {
+            key: "run:db".into(),
+            event: EventKind::RunFailed,
+            job: Some("db".into()),
+            objective: None,
+            since: t(0),
+            reminded_at: t(0),
+            summary: "failed".into(),
+        };
+        assert!(db.open_alert(&alert).await.unwrap());
+        assert!(!db.open_alert(&alert).await.unwrap(), "already open");
+        db.alert_reminded("run:db", t(7)).await.unwrap();
+        assert_eq!(db.open_alerts().await.unwrap()[0].reminded_at, t(7));
+        assert!(db.close_alert("run:db").await.unwrap());
+        assert!(!db.close_alert("run:db").await.unwrap());
+        assert!(db.open_alerts().await.unwrap().is_empty());
+        // No verify tables yet: no drill, no error.
+        assert_eq!(db.newest_drill("db").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn the_newest_passed_drill_is_read_from_the_verify_table() {
+        let (_d, db) = db().await;
+        // The shape of the verify module's table (migration 0007 on its branch).
+        sqlx::query(
+            "CREATE TABLE verify_checks (id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL,
+                 job TEXT NOT NULL, repository TEXT, backup_id TEXT, kind TEXT NOT NULL,
+                 name TEXT NOT NULL, result TEXT NOT NULL, detail TEXT NOT NULL,
+                 seconds REAL NOT NULL, bytes INTEGER NOT NULL, at TEXT NOT NULL)",
+        )
+        .execute(db.pool())
+        .await
+        .unwrap();
+        for (kind, result, seconds, at) in [
+            ("drill", "pass", 40.0, t(1)),
+            ("drill", "pass", 55.5, t(3)),
+            ("drill", "fail", 1.0, t(4)),
+            ("integrity", "pass", 9.0, t(5)),
+        ] {
+            sqlx::query(
+                "INSERT INTO verify_checks (run_id, job, kind, name, result, detail, seconds, bytes, at)
+                 VALUES (1, 'db', ?, 'x', ?, '', ?, 1000, ?)",
+            )
+            .bind(kind)
+            .bind(result)
+            .bind(seconds)
+            .bind(super::ts(at))
+            .execute(db.pool())
+            .await
+            .unwrap();
+        }
+        assert_eq!(
+            db.newest_drill("db").await.unwrap(),
+            Some((t(3), 55.5, 1000))
+        );
+        assert_eq!(db.newest_drill("other").await.unwrap(), None);
+    }
+}
