@@ -477,6 +477,31 @@ mod tests {
     use crate::model::JobKindName;
     use chrono::TimeZone;
 
+    #[test]
+    fn capacity_of_a_local_repository_and_days_until_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let recipient = age::x25519::Identity::generate().to_public().to_string();
+        let text = format!(
+            "[encryption]\nrecipients = [\"{recipient}\"]\n[repository.local]\nurl = \"file://{}/repo\"\n",
+            dir.path().display()
+        );
+        let c =
+            crate::catalogue::parse_str(&text, std::path::Path::new("/tmp/c.toml"), &[]).unwrap();
+        let mut report = compute(&c, &[], None, Utc::now(), 4);
+        fill_capacity(&mut report, &c);
+        let row = &report.capacity[0];
+        assert_eq!(row.repository, "local");
+        assert!(row.error.is_none(), "{row:?}");
+        assert!(
+            row.free_bytes > 0 && row.total_bytes >= row.free_bytes,
+            "{row:?}"
+        );
+        assert_eq!(row.days_until_full, None, "nothing grows");
+        assert_eq!(days_until_full(1000, 100), Some(10.0));
+        assert!(days_until_full(1000, 100).unwrap() < CAPACITY_LOW_DAYS);
+        assert_eq!(days_until_full(1000, 0), None);
+    }
+
     fn catalogue() -> Catalogue {
         let recipient = age::x25519::Identity::generate().to_public().to_string();
         let text = format!(
