@@ -314,20 +314,24 @@ events = ["run-failed", "run-recovered"]
     );
 
     // ping-url: /start for each run, /fail with the error for the failures, the success ping.
-    let pings = wait_for(Duration::from_secs(30), "the success ping", || {
-        let p: Vec<Received> = listener
-            .received()
-            .into_iter()
-            .filter(|r| r.path.starts_with("/ping/abc"))
-            .collect();
-        p.iter().any(|r| r.path == "/ping/abc").then_some(p)
-    });
-    let count = |m: &str, path: &str| {
+    let count_in = |pings: &[Received], m: &str, path: &str| {
         pings
             .iter()
             .filter(|r| r.method == m && r.path == path)
             .count()
     };
+    let pings = wait_for(Duration::from_secs(30), "every ping", || {
+        let p: Vec<Received> = listener
+            .received()
+            .into_iter()
+            .filter(|r| r.path.starts_with("/ping/abc"))
+            .collect();
+        (count_in(&p, "GET", "/ping/abc/start") >= 3
+            && count_in(&p, "POST", "/ping/abc/fail") >= 2
+            && count_in(&p, "GET", "/ping/abc") >= 1)
+            .then_some(p)
+    });
+    let count = |m: &str, path: &str| count_in(&pings, m, path);
     assert_eq!(count("GET", "/ping/abc/start"), 3, "{pings:?}");
     assert_eq!(count("POST", "/ping/abc/fail"), 2, "{pings:?}");
     assert_eq!(count("GET", "/ping/abc"), 1, "{pings:?}");
@@ -335,8 +339,21 @@ events = ["run-failed", "run-recovered"]
     let text = String::from_utf8_lossy(&fail.body);
     assert!(text.contains("appdb"), "the error is the body: {text}");
 
-    // `alerts`: both sinks delivered, nothing open.
-    let report = setup.ctl_json(&["alerts"]);
+    // `alerts`: both sinks delivered, nothing open (a row is marked delivered once the receiver
+    // has answered, just after the listener or the command saw it).
+    let report = wait_for(
+        Duration::from_secs(30),
+        "both sinks marked delivered",
+        || {
+            let r = setup.ctl_json(&["alerts"]);
+            r["sinks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| s["delivered"] == 2)
+                .then_some(r)
+        },
+    );
     assert_eq!(report["open"].as_array().unwrap().len(), 0, "{report}");
     for sink in report["sinks"].as_array().unwrap() {
         assert_eq!(sink["delivered"], 2, "{report}");
