@@ -10,6 +10,7 @@
 //! paths in a catalogue resolve against the folder of the catalogue file. The key reference is
 //! `docs/catalogue.md`.
 
+pub mod alerts;
 mod fields;
 pub mod raw;
 pub mod validate;
@@ -47,6 +48,8 @@ pub struct Catalogue {
     pub objectives: BTreeMap<String, Objective>,
     /// In declaration order.
     pub jobs: Vec<Job>,
+    /// `[[alert]]` sinks, in declaration order.
+    pub alerts: Vec<AlertSink>,
 }
 
 impl Catalogue {
@@ -181,6 +184,46 @@ pub struct Objective {
     pub rto: Option<Duration>,
 }
 
+/// One `[[alert]]` sink (docs/alerts.md).
+#[derive(Debug, Clone)]
+pub struct AlertSink {
+    pub name: String,
+    pub kind: SinkKind,
+    /// `events`: empty = every event.
+    pub events: Vec<crate::model::alerts::EventKind>,
+    /// `jobs`: empty = every job (events without a job always pass).
+    pub jobs: Vec<String>,
+    /// `remind`: repeat a still-bad state this often (None: never).
+    pub remind: Option<Duration>,
+    /// `timeout` of one delivery, default 10 s.
+    pub timeout: Duration,
+}
+
+impl AlertSink {
+    /// Whether this sink takes `event` about `job`.
+    pub fn wants(&self, event: crate::model::alerts::EventKind, job: Option<&str>) -> bool {
+        let event_ok = self.events.is_empty()
+            || self.events.contains(&event)
+            || event == crate::model::alerts::EventKind::AlertTest;
+        let job_ok = match job {
+            Some(j) => self.jobs.is_empty() || self.jobs.iter().any(|x| x == j),
+            None => true,
+        };
+        event_ok && job_ok
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum SinkKind {
+    /// A JSON POST; with `secret-file`, `X-Bdc-Signature: sha256=HEX` (HMAC-SHA256 of the body).
+    Webhook {
+        url: String,
+        secret_file: Option<PathBuf>,
+    },
+    /// The event JSON on stdin, BDC_EVENT / BDC_JOB / … in the environment.
+    Command { command: Vec<String> },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
     Zstd,
@@ -206,8 +249,10 @@ pub struct Job {
     pub repositories: Vec<String>,
     /// A `[retention.NAME]` name.
     pub retention: Option<String>,
-    /// `max-age`: freshness objective.
+    /// `max-age`: freshness objective (None: the default, `health::max_age`).
     pub max_age: Option<Duration>,
+    /// `ping-url`: a healthchecks-style dead-man URL (`/start`, success, `/fail`).
+    pub ping_url: Option<String>,
     /// `connection`: a per-job PostgreSQL URL (no password).
     pub connection: Option<String>,
     pub compression: CompressionSettings,

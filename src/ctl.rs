@@ -1,6 +1,7 @@
 //! The `bdc-backupctl` commands (docs/design.md §13): argument parsing, one function per command, human
 //! output or `--json`. Exit codes: 0 ok, 1 the operation failed, 2 usage or cannot reach the daemon.
 
+mod alerts_output;
 mod args;
 mod exit;
 mod output;
@@ -238,6 +239,29 @@ async fn run(args: CtlArgs) -> CtlResult {
         Command::Verify { .. } => Err(CtlError::failed(
             "verify is not available in this version of bdc-backup",
         )),
+        Command::Alerts { action, limit } => alerts(&ctx, action, limit).await,
+    }
+}
+
+async fn alerts(ctx: &Ctx, action: Option<args::AlertsAction>, limit: u32) -> CtlResult {
+    match action {
+        None => match ctx.request(Request::Alerts { limit: Some(limit) }).await? {
+            Response::Alerts(report) if ctx.args.json => print_json(&report),
+            Response::Alerts(report) => out(&alerts_output::alerts(&report)),
+            other => Err(unexpected(other)),
+        },
+        Some(args::AlertsAction::Test { sink }) => {
+            match ctx.request(Request::AlertTest { sink }).await? {
+                Response::AlertTestQueued { sinks } if ctx.args.json => {
+                    print_json(&serde_json::json!({ "queued": sinks }))
+                }
+                Response::AlertTestQueued { sinks } => outln(&format!(
+                    "alert-test queued for {}; `bdc-backupctl alerts` shows the delivery",
+                    sinks.join(", ")
+                )),
+                other => Err(unexpected(other)),
+            }
+        }
     }
 }
 
@@ -349,7 +373,10 @@ async fn usage(ctx: &Ctx, job: Option<String>, weeks: u32) -> CtlResult {
             );
             let catalogue = ctx.load_catalogue()?;
             let rows = offline_rows(&catalogue, job.as_deref(), None).await?;
-            crate::usage::compute(&catalogue, &rows, None, chrono::Utc::now(), weeks)
+            let mut report =
+                crate::usage::compute(&catalogue, &rows, None, chrono::Utc::now(), weeks);
+            crate::usage::fill_capacity(&mut report, &catalogue);
+            report
         }
         Err(err) => return Err(err),
     };

@@ -2,6 +2,7 @@
 //! the control socket, then runs the scheduler loop and the run executor until SIGTERM; SIGHUP
 //! reloads the catalogue (an invalid one is rejected and the old one kept). Talks to systemd.
 
+mod alerts;
 mod core;
 mod handler;
 pub mod logging;
@@ -163,6 +164,8 @@ pub async fn start(
     tokio::spawn(wal::backlog_loop(shared.clone()));
     tokio::spawn(retention::run_loop(shared.clone()));
     tokio::spawn(watch::supervise(shared.clone()));
+    tokio::spawn(alerts::run_loop(shared.clone()));
+    tokio::spawn(alerts::delivery_loop(shared.clone()));
     let scheduler = tokio::spawn(scheduler::run_loop(shared.clone()));
     Ok(RunningDaemon {
         shared,
@@ -181,6 +184,11 @@ impl RunningDaemon {
     /// Wakes the scheduler loop (after a manual clock moved).
     pub fn wake(&self) {
         self.shared.wake.notify_one();
+    }
+
+    /// Evaluates health now (alert state changes become events), as the minute tick does.
+    pub async fn evaluate_alerts(&self) {
+        alerts::evaluate(&self.shared).await;
     }
 
     /// STOPPING=1, cancel running jobs (recorded as interrupted), wait for them, close the socket.

@@ -19,6 +19,8 @@
 //! - [`usage`]: bytes stored per job and repository, weekly growth, projections.
 //! - [`wal`]: continuous WAL archiving: names, headers, archive keys, push and fetch.
 //! - [`model`]: plain data types shared by state, protocol and daemon.
+//! - [`health`]: freshness of jobs and RPO/RTO of objectives from the state DB's facts (pure).
+//! - [`events`]: alert events, the state-change rule, the HMAC signature, webhook/command/ping sinks.
 //! - [`error`]: the retry classification every error answers; an error and its sources on one line.
 //! - [`units`]: human-readable byte counts.
 //! - [`timeparse`]: times operators type or paste (`--at`, `--time`), every form PostgreSQL prints.
@@ -31,8 +33,10 @@ pub mod control;
 pub mod ctl;
 pub mod daemon;
 pub mod error;
+pub mod events;
 pub mod faults;
 pub mod files;
+pub mod health;
 pub mod model;
 pub mod pipeline;
 pub mod postgres;

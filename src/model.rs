@@ -2,13 +2,14 @@
 //! statuses and triggers, backup types, backup rows and the status report; the reports of
 //! retention and usage passes ([`reports`]) and the cluster identity ([`identity`]).
 
+pub mod alerts;
 mod identity;
 mod reports;
 
 pub use identity::{ClusterIdentity, u64_string};
 pub use reports::{
-    Action, BackupOutcome, GrowthSource, Pin, Projection, Reason, RetentionReport, Rule,
-    UsageReport, UsageRow, WalPlan, WalRetentionReport, WeekGrowth,
+    Action, BackupOutcome, CapacityRow, GrowthSource, Pin, Projection, Reason, RetentionReport,
+    Rule, UsageReport, UsageRow, WalPlan, WalRetentionReport, WeekGrowth,
 };
 
 use chrono::{DateTime, Utc};
@@ -199,6 +200,9 @@ pub struct WalStatus {
     /// Per async repository: files still to copy there.
     #[serde(default)]
     pub backlog: Vec<WalBacklog>,
+    /// The cluster's `archive_timeout` in seconds (0 = off), when it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_timeout_seconds: Option<u64>,
 }
 
 /// The async copy backlog of one repository.
@@ -255,4 +259,7 @@ pub struct StatusReport {
     pub timezone: String,
     pub max_concurrent_runs: usize,
     pub jobs: Vec<JobStatus>,
+    /// Each `[objectives.NAME]` measured now (docs/alerts.md).
+    #[serde(default)]
+    pub objectives: Vec<alerts::ObjectiveHealth>,
 }

@@ -80,6 +80,16 @@ pub enum Request {
         #[serde(flatten)]
         cluster: ClusterIdentity,
     },
+    /// `{"type":"alerts","limit":20}`: open alert states, recent deliveries, each sink's last error.
+    Alerts {
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+    /// `{"type":"alert-test","sink":null}`: queue an `alert-test` event for every sink (or one).
+    AlertTest {
+        #[serde(default)]
+        sink: Option<String>,
+    },
 }
 
 impl Request {
@@ -96,6 +106,8 @@ impl Request {
             Request::Retention { .. } => "retention",
             Request::Usage { .. } => "usage",
             Request::WalPush { .. } => "wal-push",
+            Request::Alerts { .. } => "alerts",
+            Request::AlertTest { .. } => "alert-test",
         }
     }
 
@@ -107,6 +119,7 @@ impl Request {
                 | Request::Cancel { .. }
                 | Request::Reload
                 | Request::Retention { dry_run: false, .. }
+                | Request::AlertTest { .. }
         )
     }
 }
@@ -140,6 +153,11 @@ pub enum Response {
         reports: Vec<RetentionReport>,
     },
     Usage(UsageReport),
+    Alerts(crate::model::alerts::AlertsReport),
+    /// The `alert-test` event was written to the outbox once per sink.
+    AlertTestQueued {
+        sinks: Vec<String>,
+    },
     Event(Event),
     /// The WAL file is durable in every `sync` repository (queued for the `async` ones).
     WalPushed {

@@ -20,11 +20,13 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+mod events;
 mod replication;
 #[cfg(test)]
 mod tests;
 mod wal;
 
+pub use events::{OutboxItem, SinkCounts};
 pub use replication::{ReplicaStatus, ReplicaTask};
 pub use wal::{WalArchived, WalBacklogItem, WalBacklogSummary};
 

@@ -10,7 +10,7 @@
 
 use crate::catalogue::Catalogue;
 use crate::model::{BackupRow, BackupType, RunRecord};
-pub use crate::model::{GrowthSource, Projection, UsageReport, UsageRow, WeekGrowth};
+pub use crate::model::{CapacityRow, GrowthSource, Projection, UsageReport, UsageRow, WeekGrowth};
 use crate::retention::{self, BackupInfo};
 use chrono::{DateTime, Duration, Utc};
 use std::collections::BTreeMap;
@@ -174,7 +174,77 @@ pub fn compute(
         weeks,
         total_bytes: out.iter().map(|r| r.bytes_stored).sum(),
         rows: out,
+        capacity: Vec::new(),
     }
+}
+
+/// Below this many days until full, `capacity-low` is raised (docs/alerts.md).
+pub const CAPACITY_LOW_DAYS: f64 = 14.0;
+
+/// Fills `report.capacity`: for every local (`file://`) repository of the catalogue, the free
+/// space of its filesystem (statvfs) and the days until full at the growth the report measured
+/// (the weekly rates of every job writing there, per day).
+pub fn fill_capacity(report: &mut UsageReport, catalogue: &Catalogue) {
+    use crate::catalogue::RepositoryLocation;
+    report.capacity = catalogue
+        .repositories
+        .iter()
+        .filter_map(|r| match &r.location {
+            RepositoryLocation::File { path } => Some((r.name.clone(), path.clone())),
+            _ => None,
+        })
+        .map(|(name, path)| {
+            let growth_per_day = report
+                .rows
+                .iter()
+                .filter(|row| row.repository == name)
+                .map(|row| row.weekly_rate)
+                .sum::<u64>()
+                / 7;
+            // The repository folder may not exist yet before its first backup: ask the nearest
+            // existing folder above it (the same filesystem it will be created on).
+            let probe = path
+                .ancestors()
+                .find(|p| p.exists())
+                .unwrap_or(&path)
+                .to_path_buf();
+            match nix::sys::statvfs::statvfs(&probe) {
+                // The widths of fsblkcnt_t / c_ulong differ between platforms.
+                #[allow(clippy::unnecessary_cast)]
+                Ok(st) => {
+                    let frag = st.fragment_size() as u64;
+                    let free_bytes = (st.blocks_available() as u64).saturating_mul(frag);
+                    let total_bytes = (st.blocks() as u64).saturating_mul(frag);
+                    CapacityRow {
+                        repository: name,
+                        path: path.display().to_string(),
+                        free_bytes,
+                        total_bytes,
+                        growth_per_day,
+                        days_until_full: days_until_full(free_bytes, growth_per_day),
+                        error: None,
+                    }
+                }
+                Err(e) => CapacityRow {
+                    repository: name,
+                    path: path.display().to_string(),
+                    free_bytes: 0,
+                    total_bytes: 0,
+                    growth_per_day,
+                    days_until_full: None,
+                    error: Some(format!(
+                        "cannot ask the filesystem of {}: {e}",
+                        probe.display()
+                    )),
+                },
+            }
+        })
+        .collect();
+}
+
+/// Days until `free` bytes are used at `per_day`; None when nothing grows.
+pub fn days_until_full(free: u64, per_day: u64) -> Option<f64> {
+    (per_day > 0).then(|| free as f64 / per_day as f64)
 }
 
 /// The recent cadence: (interval between backups, every k-th backup a full).
@@ -364,6 +434,36 @@ impl fmt::Display for UsageReport {
             let series: Vec<String> = r.weekly.iter().map(|g| hb(g.bytes)).collect();
             writeln!(f, "  {}/{}: {}", r.job, r.repository, series.join(" "))?;
         }
+        if !self.capacity.is_empty() {
+            writeln!(f, "\nfree space of local repositories:")?;
+            for c in &self.capacity {
+                match (&c.error, c.days_until_full) {
+                    (Some(e), _) => writeln!(f, "  {}: {e}", c.repository)?,
+                    (None, Some(days)) => writeln!(
+                        f,
+                        "  {} ({}): {} free of {}, growing {}/day: full in {days:.1} days{}",
+                        c.repository,
+                        c.path,
+                        hb(c.free_bytes),
+                        hb(c.total_bytes),
+                        hb(c.growth_per_day),
+                        if days < CAPACITY_LOW_DAYS {
+                            " (LOW)"
+                        } else {
+                            ""
+                        }
+                    )?,
+                    (None, None) => writeln!(
+                        f,
+                        "  {} ({}): {} free of {}, not growing",
+                        c.repository,
+                        c.path,
+                        hb(c.free_bytes),
+                        hb(c.total_bytes)
+                    )?,
+                }
+            }
+        }
         writeln!(
             f,
             "\nIN 30D/90D/365D: stored now + the weekly rate, before retention deletes anything;\nSTEADY: what the retention policy keeps at the recent cadence and sizes (an estimate)."
@@ -376,6 +476,31 @@ mod tests {
     use super::*;
     use crate::model::JobKindName;
     use chrono::TimeZone;
+
+    #[test]
+    fn capacity_of_a_local_repository_and_days_until_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let recipient = age::x25519::Identity::generate().to_public().to_string();
+        let text = format!(
+            "[encryption]\nrecipients = [\"{recipient}\"]\n[repository.local]\nurl = \"file://{}/repo\"\n",
+            dir.path().display()
+        );
+        let c =
+            crate::catalogue::parse_str(&text, std::path::Path::new("/tmp/c.toml"), &[]).unwrap();
+        let mut report = compute(&c, &[], None, Utc::now(), 4);
+        fill_capacity(&mut report, &c);
+        let row = &report.capacity[0];
+        assert_eq!(row.repository, "local");
+        assert!(row.error.is_none(), "{row:?}");
+        assert!(
+            row.free_bytes > 0 && row.total_bytes >= row.free_bytes,
+            "{row:?}"
+        );
+        assert_eq!(row.days_until_full, None, "nothing grows");
+        assert_eq!(days_until_full(1000, 100), Some(10.0));
+        assert!(days_until_full(1000, 100).unwrap() < CAPACITY_LOW_DAYS);
+        assert_eq!(days_until_full(1000, 0), None);
+    }
 
     fn catalogue() -> Catalogue {
         let recipient = age::x25519::Identity::generate().to_public().to_string();

@@ -69,6 +69,7 @@ impl Handler for Fake {
                 timezone: "UTC".into(),
                 max_concurrent_runs: 2,
                 jobs: vec![],
+                objectives: vec![],
             })),
             Request::Run { job, .. } if job == "missing" => Reply::Error(ErrorBody {
                 code: ErrorCode::NotFound,

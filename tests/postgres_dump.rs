@@ -202,11 +202,13 @@ impl Setup {
             }],
             retention: BTreeMap::new(),
             objectives: BTreeMap::new(),
+            alerts: Vec::new(),
             jobs: vec![Job {
                 name: JOB.into(),
                 repositories: vec!["local".into()],
                 retention: None,
                 max_age: None,
+                ping_url: None,
                 connection: None,
                 compression: CompressionSettings {
                     algorithm: Compression::Zstd,

@@ -371,7 +371,7 @@ email = "ops@example.org"
         pairs(&[
             (
                 "notifications",
-                "unknown key `notifications`; allowed here: daemon, postgres, encryption, repository, retention, objectives, job"
+                "unknown key `notifications`; allowed here: daemon, postgres, encryption, repository, retention, objectives, job, alert"
             ),
             (
                 "daemon.stat-db",

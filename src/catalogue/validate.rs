@@ -127,6 +127,7 @@ const TOP_KEYS: &[&str] = &[
     "retention",
     "objectives",
     "job",
+    "alert",
 ];
 const DAEMON_KEYS: &[&str] = &[
     "state-db",
@@ -170,6 +171,7 @@ const JOB_COMMON_KEYS: &[&str] = &[
     "repositories",
     "retention",
     "max-age",
+    "ping-url",
     "connection",
     "compression",
     "compression-level",
@@ -230,6 +232,8 @@ fn build(cx: &mut Ctx, raw: &RawCatalogue) -> Catalogue {
     let retention = retention(cx, &root);
     let mut jobs = jobs(cx, &root, &repositories, &retention, postgres_info);
     let objectives = objectives(cx, &root, &jobs);
+    let job_names: BTreeSet<&str> = jobs.iter().filter_map(|j| j.name.as_deref()).collect();
+    let alerts = super::alerts::sinks(cx, &root, &job_names);
 
     if !jobs.is_empty() && encryption.recipients.is_empty() && !recipients_reported {
         cx.error(
@@ -252,6 +256,7 @@ fn build(cx: &mut Ctx, raw: &RawCatalogue) -> Catalogue {
         retention,
         objectives,
         jobs,
+        alerts,
     }
 }
 
@@ -1015,6 +1020,7 @@ fn job(
         None
     });
     let max_age = t.duration(cx, "max-age", false);
+    let ping_url = super::alerts::ping_url(cx, t);
     let connection = t.text(cx, "connection").and_then(|c| {
         check_postgres_url(
             cx,
@@ -1220,6 +1226,7 @@ fn job(
             repositories: repo_names.clone(),
             retention: retention_name,
             max_age,
+            ping_url,
             connection,
             compression,
             spec,

@@ -46,11 +46,14 @@ impl Access {
             Request::Status | Request::Runs { .. } | Request::Backups { .. } | Request::Follow => {
                 Access::Read
             }
-            Request::Retention { dry_run: true, .. } | Request::Usage { .. } => Access::Read,
+            Request::Retention { dry_run: true, .. }
+            | Request::Usage { .. }
+            | Request::Alerts { .. } => Access::Read,
             Request::Run { .. }
             | Request::Cancel { .. }
             | Request::Reload
-            | Request::Retention { dry_run: false, .. } => Access::Mutate,
+            | Request::Retention { dry_run: false, .. }
+            | Request::AlertTest { .. } => Access::Mutate,
             Request::WalPush { .. } => Access::WalPush,
         }
     }

@@ -98,6 +98,24 @@ pub enum Command {
         #[arg(long)]
         job: Option<String>,
     },
+    /// Open alert states, recent deliveries and each sink's last error; `alerts test` sends a test event.
+    Alerts {
+        #[command(subcommand)]
+        action: Option<AlertsAction>,
+        /// How many recent deliveries to show.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum AlertsAction {
+    /// Queue an `alert-test` event through the outbox, for every sink or one.
+    Test {
+        /// The `[[alert]]` sink's name (default: every sink).
+        #[arg(long)]
+        sink: Option<String>,
+    },
 }
 
 /// `wal-push PATH [--data-directory DIR] [--timeout T]`

@@ -6,7 +6,7 @@ use crate::units::human_bytes;
 use chrono::{DateTime, Utc};
 use std::fmt::Write;
 
-fn time(t: DateTime<Utc>) -> String {
+pub(super) fn time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%SZ").to_string()
 }
 
@@ -25,7 +25,7 @@ fn duration(run: &RunRecord) -> String {
 }
 
 /// A table with left-aligned columns.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(super) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -244,6 +244,10 @@ pub fn status(report: &StatusReport) -> String {
             );
         }
     }
+    if !report.objectives.is_empty() {
+        out.push('\n');
+        out.push_str(&super::alerts_output::objectives(&report.objectives));
+    }
     out
 }
 
@@ -460,6 +464,7 @@ mod wal_tests {
                     ..WalStatus::default()
                 }),
             }],
+            objectives: vec![],
         };
         let text = status(&report);
         let row = text.lines().find(|l| l.starts_with("wal ")).unwrap();

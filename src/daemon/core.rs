@@ -84,6 +84,8 @@ pub struct Shared {
     job_locks: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// WAL pushes: their own upload slots, the async backlog's wake-up (docs/design.md §5).
     pub wal: super::wal::WalArchiver,
+    /// Alert delivery and evaluation (docs/alerts.md).
+    pub alerts: super::alerts::AlertHub,
 }
 
 impl Shared {
@@ -116,6 +118,7 @@ impl Shared {
             stopping: std::sync::atomic::AtomicBool::new(false),
             job_locks: std::sync::Mutex::new(HashMap::new()),
             wal: super::wal::WalArchiver::new(),
+            alerts: super::alerts::AlertHub::default(),
         })
     }
 
@@ -457,21 +460,6 @@ impl Shared {
                 }
                 repositories.push(status);
             }
-            let stale = match job.max_age {
-                None => false,
-                Some(max_age) => {
-                    let reference = match &last_success {
-                        Some(run) => run.finished_at.unwrap_or(run.started_at),
-                        None => self
-                            .state
-                            .job_known_since(&job.name, now)
-                            .await
-                            .unwrap_or(self.started_at),
-                    };
-                    now - reference
-                        > chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX)
-                }
-            };
             jobs.push(JobStatus {
                 name: job.name.clone(),
                 kind: job.kind(),
@@ -481,12 +469,14 @@ impl Shared {
                 last_success,
                 running: running.get(&job.name).cloned(),
                 repositories,
-                stale,
+                // Set from `health::jobs` below.
+                stale: false,
                 retention: self.state.last_retention_pass(&job.name).await?,
                 wal: None,
             });
         }
         super::wal::fill_status(self, &catalogue, &mut jobs).await;
+        let objectives = super::alerts::apply_health(self, &catalogue, &mut jobs, now).await;
         Ok(StatusReport {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
@@ -495,6 +485,7 @@ impl Shared {
             timezone: catalogue.daemon.timezone.to_string(),
             max_concurrent_runs: catalogue.daemon.max_concurrent_runs,
             jobs,
+            objectives,
         })
     }
 }

@@ -168,15 +168,59 @@ impl Handler for DaemonHandler {
                 let rows = shared.state.backups(job.as_deref(), None).await;
                 let runs = shared.state.runs(job.as_deref(), 100_000).await;
                 match (rows, runs) {
-                    (Ok(rows), Ok(runs)) => Reply::Ok(Response::Usage(crate::usage::compute(
-                        &shared.catalogue(),
-                        &rows,
-                        Some(&runs),
-                        shared.clock.now(),
-                        weeks.unwrap_or(crate::usage::DEFAULT_WEEKS),
-                    ))),
+                    (Ok(rows), Ok(runs)) => {
+                        let catalogue = shared.catalogue();
+                        let mut report = crate::usage::compute(
+                            &catalogue,
+                            &rows,
+                            Some(&runs),
+                            shared.clock.now(),
+                            weeks.unwrap_or(crate::usage::DEFAULT_WEEKS),
+                        );
+                        crate::usage::fill_capacity(&mut report, &catalogue);
+                        Reply::Ok(Response::Usage(report))
+                    }
                     (Err(err), _) | (_, Err(err)) => error(ErrorCode::Internal, err.to_string()),
                 }
+            }
+            Request::Alerts { limit } => {
+                match super::alerts::report(shared, limit.unwrap_or(20).min(1000)).await {
+                    Ok(report) => Reply::Ok(Response::Alerts(report)),
+                    Err(err) => error(ErrorCode::Internal, err.to_string()),
+                }
+            }
+            Request::AlertTest { sink } => {
+                let catalogue = shared.catalogue();
+                if let Some(name) = &sink
+                    && !catalogue.alerts.iter().any(|s| &s.name == name)
+                {
+                    let known: Vec<&str> =
+                        catalogue.alerts.iter().map(|s| s.name.as_str()).collect();
+                    return error(
+                        ErrorCode::NotFound,
+                        format!(
+                            "no [[alert]] is named `{name}`; sinks: {}",
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    );
+                }
+                if catalogue.alerts.is_empty() {
+                    return error(
+                        ErrorCode::NotFound,
+                        "the catalogue has no [[alert]] sink to test",
+                    );
+                }
+                let event = crate::events::NewEvent::new(
+                    crate::model::alerts::EventKind::AlertTest,
+                    format!("test event requested by {}", who(peer)),
+                );
+                let only = sink.map(|s| vec![s]);
+                let sinks = super::alerts::emit(shared, event, only.as_deref()).await;
+                Reply::Ok(Response::AlertTestQueued { sinks })
             }
             #[allow(unreachable_patterns)]
             other => error(

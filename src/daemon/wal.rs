@@ -737,12 +737,14 @@ pub async fn fill_status(shared: &Shared, catalogue: &Catalogue, jobs: &mut [Job
                 )
                 .await?;
                 let r = c.wal_archiver_status().await;
+                let timeout = c.archive_timeout_seconds().await.ok();
                 c.close().await;
-                r
+                r.map(|r| (r, timeout))
             })
             .await;
             match asked {
-                Ok(Ok((current, failed, last_failed, last_failed_at))) => {
+                Ok(Ok(((current, failed, last_failed, last_failed_at), timeout))) => {
+                    wal.archive_timeout_seconds = timeout.and_then(|t| u64::try_from(t).ok());
                     if let (Some(cur), Some(last)) = (
                         WalName::parse(&current),
                         wal.last_archived.as_deref().and_then(WalName::parse),
@@ -785,13 +787,7 @@ pub async fn fill_status(shared: &Shared, catalogue: &Catalogue, jobs: &mut [Job
                 });
             }
         }
-        // Freshness of a WAL job: the last archived file (it has no runs). With `max-age`, set
-        // PostgreSQL's `archive_timeout` below it so an idle cluster still switches segments.
-        if let Some(max_age) = job.max_age {
-            let reference = wal.last_archived_at.unwrap_or(shared.started_at);
-            status.stale = now - reference
-                > chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX);
-        }
+        // Freshness of a WAL job (the last archived file) is set by `health::jobs`.
         status.wal = Some(wal);
     }
 }

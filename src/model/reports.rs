@@ -194,13 +194,33 @@ pub struct UsageRow {
     pub note: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct UsageReport {
     pub at: DateTime<Utc>,
     pub weeks: u32,
     pub rows: Vec<UsageRow>,
     pub total_bytes: u64,
+    /// Per local repository: the free space of its filesystem and when it fills up.
+    #[serde(default)]
+    pub capacity: Vec<CapacityRow>,
+}
+
+/// The filesystem of one local repository (`usage`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct CapacityRow {
+    pub repository: String,
+    pub path: String,
+    pub free_bytes: u64,
+    pub total_bytes: u64,
+    /// Bytes added per day over the history (every job writing there).
+    pub growth_per_day: u64,
+    /// Days until the free space is used up at that rate; None when nothing grows.
+    pub days_until_full: Option<f64>,
+    /// Why the filesystem could not be asked, if it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Where the weekly growth and the cadence came from.

@@ -306,6 +306,19 @@ impl PgControl {
         })
     }
 
+    /// `archive_timeout` in seconds (0 = off), for the default `max-age` of a WAL job.
+    pub async fn archive_timeout_seconds(&mut self) -> Result<i64, PgError> {
+        let target = self.target.clone();
+        sqlx::query_scalar("SELECT setting::bigint FROM pg_settings WHERE name = 'archive_timeout'")
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(|source| PgError::Query {
+                target,
+                what: "reading archive_timeout".into(),
+                source,
+            })
+    }
+
     /// Whether the session's role is a superuser.
     pub async fn is_superuser(&mut self) -> Result<bool, PgError> {
         let target = self.target.clone();

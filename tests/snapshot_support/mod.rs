@@ -89,12 +89,14 @@ impl Setup {
             }],
             retention: BTreeMap::new(),
             objectives: BTreeMap::new(),
+            alerts: Vec::new(),
             jobs: vec![
                 Job {
                     name: "uploads".into(),
                     repositories: vec!["local".into()],
                     retention: None,
                     max_age: None,
+                    ping_url: None,
                     connection: None,
                     compression: compression.clone(),
                     spec: JobSpec::Files(FilesJob {
@@ -112,6 +114,7 @@ impl Setup {
                     repositories: vec!["local".into()],
                     retention: None,
                     max_age: None,
+                    ping_url: None,
                     connection: None,
                     compression,
                     spec: JobSpec::Config(ConfigJob {
