@@ -196,19 +196,8 @@ pub(super) async fn drill(req: &DrillRequest<'_>, scratch: &Scratch, out: &mut D
         socket: None,
     };
     for (check, db) in sql::checks_of(&req.settings.checks, &req.job.name, &default_db) {
-        out.checks.push(
-            sql::run_check(
-                &req.job.name,
-                req.source.repository_name(),
-                &req.backup.id,
-                check,
-                &target,
-                &db,
-                &source,
-                &db,
-            )
-            .await,
-        );
+        out.checks
+            .push(sql::run_check(req, check, &target, &db, &source, &db).await);
     }
     if let Err(e) = stop(&data, "fast").await {
         out.checks.push(new_check(

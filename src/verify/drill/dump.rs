@@ -170,17 +170,8 @@ pub(super) async fn drill(req: &DrillRequest<'_>, scratch: &Scratch, out: &mut D
                 ));
                 for (check, _) in checks.iter().filter(|(_, d)| d == &db.name) {
                     out.checks.push(
-                        sql::run_check(
-                            &req.job.name,
-                            req.source.repository_name(),
-                            &req.backup.id,
-                            check,
-                            &drill_target,
-                            &into,
-                            &source_target,
-                            &db.name,
-                        )
-                        .await,
+                        sql::run_check(req, check, &drill_target, &into, &source_target, &db.name)
+                            .await,
                     );
                 }
             }
@@ -214,34 +205,33 @@ async fn globals(
         return;
     };
     let t0 = Instant::now();
-    let verdict = match pipeline::load_bytes(&req.source.repository.store, &g.object, identities)
-        .await
-    {
-        Err(e) => Err(format!("reading the globals: {}", error_chain_of(&e))),
-        Ok(bytes) => match String::from_utf8(bytes.to_vec()) {
-            Err(_) => Err("the globals SQL is not UTF-8 text".into()),
-            Ok(text) => {
-                let roles = roles_in(&text);
-                if !text.contains("PostgreSQL database cluster dump complete") {
-                    Err(
-                        "the globals SQL is truncated (pg_dumpall's closing line is missing)"
-                            .into(),
-                    )
-                } else {
-                    let missing = missing_roles(url, req, &roles).await;
-                    Ok(format!(
-                        "{} roles, complete; not restored into the drill server{}",
-                        roles.len(),
-                        match missing {
-                            Ok(m) if m.is_empty() => String::new(),
-                            Ok(m) => format!(" (which lacks the roles {})", m.join(", ")),
-                            Err(e) => format!(" (its roles could not be listed: {e})"),
-                        }
-                    ))
+    let verdict =
+        match pipeline::load_bytes(&req.source.repository.store, &g.object, identities).await {
+            Err(e) => Err(format!("reading the globals: {}", error_chain_of(&e))),
+            Ok(bytes) => match String::from_utf8(bytes.to_vec()) {
+                Err(_) => Err("the globals SQL is not UTF-8 text".into()),
+                Ok(text) => {
+                    let roles = roles_in(&text);
+                    if !text.contains("PostgreSQL database cluster dump complete") {
+                        Err(
+                            "the globals SQL is truncated (pg_dumpall's closing line is missing)"
+                                .into(),
+                        )
+                    } else {
+                        let missing = missing_roles(url, req, &roles).await;
+                        Ok(format!(
+                            "{} roles, complete; not restored into the drill server{}",
+                            roles.len(),
+                            match missing {
+                                Ok(m) if m.is_empty() => String::new(),
+                                Ok(m) => format!(" (which lacks the roles {})", m.join(", ")),
+                                Err(e) => format!(" (its roles could not be listed: {e})"),
+                            }
+                        ))
+                    }
                 }
-            }
-        },
-    };
+            },
+        };
     let (result, detail) = match verdict {
         Ok(d) => (CheckResult::Pass, d),
         Err(d) => (CheckResult::Fail, d),

@@ -231,7 +231,7 @@ async fn manifest_files(
             .await
             .map_err(|e| format!("reading the manifest: {e}"))?;
     }
-    let parsed = tokio::task::spawn_blocking(move || -> Result<Vec<FileEntry>, String> {
+    tokio::task::spawn_blocking(move || -> Result<Vec<FileEntry>, String> {
         let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut reader = ManifestReader::new(std::io::BufReader::new(file))
             .map_err(|e| format!("the manifest: {e}"))?;
@@ -254,8 +254,7 @@ async fn manifest_files(
         Ok(out)
     })
     .await
-    .map_err(|e| format!("reading the manifest: {e}"))?;
-    parsed
+    .map_err(|e| format!("reading the manifest: {e}"))?
 }
 
 /// SHA-256 and (with a block size) block hashes of a file.

@@ -96,10 +96,8 @@ pub fn judge(check: &SqlCheck, value: &str, source: Option<&str>) -> Option<Stri
 
 /// Runs one check on `database` of the restored `drill` target (and, for compare-with-source,
 /// on `source_database` of the live `source`).
-pub async fn run_check(
-    job: &str,
-    repository: &str,
-    backup: &str,
+pub(super) async fn run_check(
+    req: &super::DrillRequest<'_>,
     check: &SqlCheck,
     drill: &Target,
     database: &str,
@@ -131,17 +129,15 @@ pub async fn run_check(
             }
         }
     };
-    Check {
-        job: job.to_string(),
-        repository: Some(repository.to_string()),
-        backup_id: Some(backup.to_string()),
-        kind: CheckKind::Sql,
-        name: check.display_name().to_string(),
+    super::new_check(
+        req,
+        CheckKind::Sql,
+        check.display_name(),
         result,
         detail,
-        seconds: began.elapsed().as_secs_f64(),
-        bytes: 0,
-    }
+        began.elapsed().as_secs_f64(),
+        0,
+    )
 }
 
 fn verdict(check: &SqlCheck, value: &str, live: Option<&str>) -> (CheckResult, String) {
