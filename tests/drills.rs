@@ -669,3 +669,45 @@ fn leftovers_of_a_killed_drill_are_removed() {
         .collect();
     assert_eq!(left, vec!["not-a-drill".to_string()]);
 }
+
+/// The benchmark's driver (tests/bench-drills): one drill of `BDC_BENCH_JOB` (kind
+/// `BDC_BENCH_KIND`: postgres-dump or postgres-base) on the catalogue `BDC_BENCH_CATALOGUE`,
+/// scratch directory `BDC_BENCH_SCRATCH`; prints one JSON line with the wall time, the measured
+/// restore time and the pg_amcheck time. Run only by the script.
+#[test]
+#[ignore]
+fn bench_drill() {
+    let env = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} not set"));
+    let catalogue = Catalogue::load(Path::new(&env("BDC_BENCH_CATALOGUE"))).unwrap();
+    let kind = match env("BDC_BENCH_KIND").as_str() {
+        "postgres-base" => JobKindName::PostgresBase,
+        _ => JobKindName::PostgresDump,
+    };
+    let s = settings(Path::new(&env("BDC_BENCH_SCRATCH")), Vec::new());
+    let t = std::time::Instant::now();
+    let out = runtime().block_on(drill_job(
+        &catalogue,
+        &env("BDC_BENCH_JOB"),
+        kind,
+        &s,
+        1,
+        CancellationToken::new(),
+    ));
+    let wall = t.elapsed().as_secs_f64();
+    all_pass(&out);
+    let amcheck: f64 = out
+        .checks
+        .iter()
+        .filter(|c| c.kind == CheckKind::Amcheck)
+        .map(|c| c.seconds)
+        .sum();
+    println!(
+        "BENCH {}",
+        serde_json::json!({
+            "wall": wall,
+            "restore": out.restore_seconds,
+            "amcheck": amcheck,
+            "bytes": out.backup_bytes,
+        })
+    );
+}
