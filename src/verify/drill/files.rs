@@ -99,6 +99,23 @@ pub(super) async fn drill(req: &DrillRequest<'_>, scratch: &Scratch, out: &mut D
     .into_iter()
     .map(|i| entries[i].clone())
     .collect();
+    if picked.is_empty() {
+        // An empty selection would restore everything.
+        out.checks.push(new_check(
+            req,
+            CheckKind::Sample,
+            "sample of 0 files",
+            CheckResult::Skipped,
+            format!(
+                "nothing to sample: the backup holds {} files, files-sample is {}",
+                entries.len(),
+                req.settings.files_sample
+            ),
+            0.0,
+            0,
+        ));
+        return;
+    }
     let need: u64 = picked.iter().map(|e| e.size).sum();
     if let Err(e) = guard::check_space(&scratch.path, need, "the sampled files") {
         return fail(out, e);
