@@ -548,6 +548,7 @@ async fn restore(ctx: &Ctx, what: RestoreCommand) -> CtlResult {
                 jobs: a.jobs,
                 roles: a.roles,
                 repository: a.repository,
+                ..Default::default()
             };
             let report = crate::postgres::restore::restore_database(&catalogue, options)
                 .await
@@ -642,6 +643,7 @@ async fn restore_cluster(ctx: &Ctx, a: args::RestoreClusterArgs) -> CtlResult {
         dry_run: a.dry_run,
         catalogue_path,
         ctl_binary,
+        ..Default::default()
     };
     let report = cr::restore_cluster(&catalogue, options)
         .await

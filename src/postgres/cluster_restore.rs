@@ -73,6 +73,13 @@ pub struct ClusterRestoreOptions {
     /// The catalogue (absolute) and this ctl binary, for `restore_command`.
     pub catalogue_path: PathBuf,
     pub ctl_binary: PathBuf,
+    /// More postgresql.auto.conf lines, written after ours (drills: `listen_addresses = ''`,
+    /// their own `unix_socket_directories`, `archive_command = ''`).
+    pub extra_settings: Vec<String>,
+    /// With `--start`: reach the server through this Unix socket folder, not the URL's host.
+    pub socket_dir: Option<PathBuf>,
+    /// With `--start`: run the server at low CPU and I/O priority (drills).
+    pub low_priority: bool,
 }
 
 /// What the restore did (or would do).

@@ -192,6 +192,18 @@ impl PgControl {
         Self::connect_with(options).await
     }
 
+    /// Like [`PgControl::connect`], through the Unix socket folder `dir` on `port` (a drill
+    /// cluster that listens on no TCP address).
+    pub async fn connect_socket(
+        url: &str,
+        password_file: Option<&Path>,
+        dir: &Path,
+        port: u16,
+    ) -> Result<PgControl, PgError> {
+        let options = connect_options(url, password_file)?.socket(dir).port(port);
+        Self::connect_with(options).await
+    }
+
     async fn connect_with(options: PgConnectOptions) -> Result<PgControl, PgError> {
         let target = describe(&options);
         let user = options.get_username().to_string();

@@ -56,6 +56,20 @@ pub struct Supervised {
 /// server that does not answer fails the tool instead of hanging it.
 pub const TOOL_CONNECT_TIMEOUT: &str = "10";
 
+/// Makes the child run at the lowest CPU priority (nice 19) and in the idle I/O class, as
+/// restore drills' children do; its own children inherit both.
+pub fn low_priority(cmd: &mut Command) {
+    // SAFETY: between fork and exec only async-signal-safe system calls are made.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+            // ioprio_set(IOPRIO_WHO_PROCESS, self, IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT)
+            libc::syscall(libc::SYS_ioprio_set, 1, 0, 3 << 13);
+            Ok(())
+        });
+    }
+}
+
 /// Spawns `cmd` with stderr captured and stdin/stdout as the caller configured them.
 /// Returns the supervisor and the taken stdout/stdin handles (if piped).
 pub fn spawn(

@@ -48,6 +48,11 @@ pub struct RestoreDatabaseOptions {
     pub roles: bool,
     /// The repository to read; default: the job's first.
     pub repository: Option<String>,
+    /// Where the private work folder (spooled archive, password file) is made; default: the
+    /// system's temp folder. Drills put it under their scratch folder.
+    pub work_dir: Option<PathBuf>,
+    /// Run the client tools at low CPU and I/O priority (drills).
+    pub low_priority: bool,
 }
 
 /// What a restore did (`--json` prints it as is).
@@ -350,10 +355,13 @@ pub async fn restore_database(
             source,
         }
     };
-    let work = tempfile::Builder::new()
-        .prefix("bdc-restore-")
-        .tempdir()
-        .map_err(io_err("creating a private temp folder"))?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("bdc-restore-");
+    let work = match &opts.work_dir {
+        Some(dir) => builder.tempdir_in(dir),
+        None => builder.tempdir(),
+    }
+    .map_err(io_err("creating a private temp folder"))?;
     let passfile = match &password_file {
         Some(p) => Some(
             PassFile::create(work.path(), &read_password_file(p).map_err(connect_err)?)
@@ -367,6 +375,7 @@ pub async fn restore_database(
         database: source_db.name.clone(),
         into: opts.into.clone(),
         passfile: passfile.as_ref(),
+        low_priority: opts.low_priority,
     };
 
     // Check the target before changing anything on the server.
@@ -571,6 +580,7 @@ struct ToolCtx<'a> {
     database: String,
     into: String,
     passfile: Option<&'a PassFile>,
+    low_priority: bool,
 }
 
 impl ToolCtx<'_> {
@@ -609,6 +619,9 @@ impl ToolCtx<'_> {
         if let Some(pf) = self.passfile {
             pf.apply(&mut cmd);
         }
+        if self.low_priority {
+            process::low_priority(&mut cmd);
+        }
         cmd.stdin(Stdio::null()).stdout(Stdio::null());
         let (mut child, _, _) =
             process::spawn(&mut cmd, what).map_err(self.io(format!("starting {what}")))?;
@@ -625,6 +638,9 @@ impl ToolCtx<'_> {
     ) -> Result<String, RestoreError> {
         let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
+        if self.low_priority {
+            process::low_priority(&mut cmd);
+        }
         let (mut child, stdout, _) =
             process::spawn(&mut cmd, what).map_err(self.io(format!("starting {what}")))?;
         let mut out = Vec::new();
@@ -672,6 +688,9 @@ async fn stream_restore(
     .stdout(Stdio::null());
     if let Some(pf) = ctx.passfile {
         pf.apply(&mut cmd);
+    }
+    if ctx.low_priority {
+        process::low_priority(&mut cmd);
     }
     let (mut child, _, stdin) =
         process::spawn(&mut cmd, "pg_restore").map_err(ctx.io("starting pg_restore".into()))?;

@@ -1,11 +1,25 @@
 //! Restore drills: the newest backup of a job restored into a temporary database, a scratch cluster
-//! or a scratch folder, checked, measured and removed.
+//! or a scratch folder, checked, measured and removed (docs/drills.md). This module owns the
+//! shared frame: one drill at a time, the scratch folder, cancellation and the clean-up that
+//! always runs; the drills themselves are in `dump`, `cluster` and `files`, the SQL checks in
+//! `sql`, leftovers of a killed daemon in `leftovers`.
 
-use crate::catalogue::{Catalogue, Job};
+mod cluster;
+mod dump;
+mod files;
+pub mod guard;
+mod leftovers;
+pub mod sql;
+
+use crate::catalogue::{Catalogue, Job, JobSpec};
 use crate::repository::CommitRecord;
 use crate::restore::RestoreSource;
 use crate::verify::check::{Check, CheckKind, CheckResult, DrillSettings};
+use std::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+pub use cluster::isolation_settings;
+pub use files::sample;
 
 /// One drill to run.
 pub struct DrillRequest<'a> {
@@ -33,27 +47,150 @@ pub struct DrillOutcome {
     pub backup_bytes: u64,
 }
 
-/// Runs one drill. Never leaves anything behind under the scratch directory or in PostgreSQL.
-pub async fn run(req: DrillRequest<'_>) -> DrillOutcome {
-    DrillOutcome {
-        checks: vec![Check {
-            job: req.job.name.clone(),
-            repository: Some(req.source.repository_name().to_string()),
-            backup_id: Some(req.backup.id.clone()),
-            kind: CheckKind::Drill,
-            name: "restore drill".into(),
-            result: CheckResult::Skipped,
-            detail: "restore drills are not available in this version of bdc-backup".into(),
-            seconds: 0.0,
-            bytes: 0,
-        }],
-        ..DrillOutcome::default()
+/// A check of this drill's job, repository and backup.
+pub(crate) fn new_check(
+    req: &DrillRequest<'_>,
+    kind: CheckKind,
+    name: &str,
+    result: CheckResult,
+    detail: String,
+    seconds: f64,
+    bytes: u64,
+) -> Check {
+    Check {
+        job: req.job.name.clone(),
+        repository: Some(req.source.repository_name().to_string()),
+        backup_id: Some(req.backup.id.clone()),
+        kind,
+        name: name.to_string(),
+        result,
+        detail,
+        seconds,
+        bytes,
     }
+}
+
+/// Runs one drill. Never leaves anything behind under the scratch directory or in PostgreSQL:
+/// the clean-up runs after success, failure and cancel alike.
+pub async fn run(req: DrillRequest<'_>) -> DrillOutcome {
+    let began = Instant::now();
+    let mut out = DrillOutcome::default();
+    let fail = |out: &mut DrillOutcome, detail: String| {
+        out.checks.push(new_check(
+            &req,
+            CheckKind::Drill,
+            "restore drill",
+            CheckResult::Fail,
+            detail,
+            began.elapsed().as_secs_f64(),
+            out.backup_bytes,
+        ));
+    };
+    out.backup_bytes = match req.source.chain_of(req.backup) {
+        Ok(chain) => std::iter::once(&chain.backup)
+            .chain(&chain.ancestors)
+            .flat_map(|r| r.objects.iter().chain(std::iter::once(&r.manifest)))
+            .map(|o| o.size)
+            .sum(),
+        Err(e) => {
+            fail(&mut out, crate::error::error_chain_of(&e));
+            return out;
+        }
+    };
+    if !matches!(
+        req.job.spec,
+        JobSpec::PostgresDump(_)
+            | JobSpec::PostgresBase(_)
+            | JobSpec::Files(_)
+            | JobSpec::Config(_)
+    ) {
+        out.checks.push(new_check(
+            &req,
+            CheckKind::Drill,
+            "restore drill",
+            CheckResult::Skipped,
+            format!("{} jobs have no restore drill", req.job.kind()),
+            0.0,
+            0,
+        ));
+        return out;
+    }
+    // One drill at a time in this process.
+    let _permit = tokio::select! {
+        p = guard::ONE_AT_A_TIME.acquire() => match p {
+            Ok(p) => p,
+            Err(_) => {
+                fail(&mut out, "the drill semaphore is closed".into());
+                return out;
+            }
+        },
+        _ = req.cancel.cancelled() => {
+            fail(&mut out, "cancelled before it started".into());
+            return out;
+        }
+    };
+    let scratch =
+        match guard::Scratch::create(&req.settings.scratch_directory, &req.job.name, req.run_id) {
+            Ok(s) => s,
+            Err(e) => {
+                fail(&mut out, e);
+                return out;
+            }
+        };
+    let cancelled = {
+        let drill = async {
+            match &req.job.spec {
+                JobSpec::PostgresDump(_) => dump::drill(&req, &scratch, &mut out).await,
+                JobSpec::PostgresBase(_) => cluster::drill(&req, &scratch, &mut out).await,
+                _ => files::drill(&req, &scratch, &mut out).await,
+            }
+        };
+        tokio::select! {
+            _ = drill => false,
+            _ = req.cancel.cancelled() => true,
+        }
+    };
+    if cancelled {
+        out.restore_seconds = None;
+        fail(
+            &mut out,
+            "cancelled; what it had restored was removed".into(),
+        );
+    }
+    // Clean-up, whatever happened above.
+    let mut problems = Vec::new();
+    if matches!(req.job.spec, JobSpec::PostgresBase(_))
+        && let Err(e) = cluster::stop(&cluster::data_dir(&scratch), "immediate").await
+    {
+        problems.push(e);
+    }
+    if matches!(req.job.spec, JobSpec::PostgresDump(_))
+        && let Err(e) = dump::drop_drill_databases(&req).await
+    {
+        problems.push(format!("dropping the drill databases: {e}"));
+    }
+    if let Err(e) = scratch.remove() {
+        problems.push(e);
+    }
+    if !problems.is_empty() {
+        out.checks.push(new_check(
+            &req,
+            CheckKind::Drill,
+            "clean-up",
+            CheckResult::Fail,
+            problems.join("; "),
+            0.0,
+            0,
+        ));
+    }
+    out
 }
 
 /// Removes what drills of an earlier, killed daemon left behind (recognised by name): scratch
 /// folders under the scratch directory, `bdc_drill_*` databases, stopped drill clusters. Returns
 /// one line per thing removed.
-pub async fn remove_leftovers(_catalogue: &Catalogue, _settings: &DrillSettings) -> Vec<String> {
-    Vec::new()
+pub async fn remove_leftovers(catalogue: &Catalogue, settings: &DrillSettings) -> Vec<String> {
+    // Never while a drill of this process runs.
+    let _permit = guard::ONE_AT_A_TIME.acquire().await;
+    leftovers::remove(catalogue, settings).await
 }

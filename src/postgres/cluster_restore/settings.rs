@@ -113,6 +113,7 @@ pub fn recovery_settings(
     if o.no_archive {
         lines.push("archive_mode = 'off'".into());
     }
+    lines.extend(o.extra_settings.iter().cloned());
     Ok(lines)
 }
 

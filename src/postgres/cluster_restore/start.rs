@@ -59,6 +59,9 @@ pub(super) async fn start_and_wait(
         .arg("start")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
+    if o.low_priority {
+        crate::postgres::process::low_priority(&mut cmd);
+    }
     let out = cmd.output().await.map_err(|e| ClusterRestoreError::Start {
         reason: format!("running {}: {e}", pg_ctl.display()),
     })?;
@@ -86,7 +89,7 @@ pub(super) async fn start_and_wait(
     let mut failures = 0;
     loop {
         let pid_gone = !dir.join("postmaster.pid").exists();
-        match poll(&url, password_file, port, pause).await {
+        match poll(&url, password_file, port, o.socket_dir.as_deref(), pause).await {
             Ok(Some(point)) => return Ok(point),
             Ok(None) => failures = 0,
             Err(e) => {
@@ -111,11 +114,14 @@ async fn poll(
     url: &str,
     password_file: Option<&Path>,
     port: u16,
+    socket: Option<&Path>,
     pause: bool,
 ) -> Result<Option<RecoveryPoint>, String> {
-    let mut pg = PgControl::connect_port(url, password_file, port)
-        .await
-        .map_err(|e| crate::error::error_chain_of(&e))?;
+    let connected = match socket {
+        Some(dir) => PgControl::connect_socket(url, password_file, dir, port).await,
+        None => PgControl::connect_port(url, password_file, port).await,
+    };
+    let mut pg = connected.map_err(|e| crate::error::error_chain_of(&e))?;
     let q = |e: sqlx::Error| e.to_string();
     let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
         .fetch_one(pg.conn())
