@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::cloud::{CloudStore, CloudWriter, RemoteKind};
+use super::faulty::{FaultyStore, FaultyWriter};
 use super::local::{LocalStore, LocalWriter};
 use crate::error::{Classify, Retry};
 use std::time::Duration;
@@ -21,6 +22,8 @@ pub enum Store {
     Local(LocalStore),
     /// A bucket or container (with a key prefix) on a cloud object store.
     Object(CloudStore),
+    /// Another store with test faults injected (debug builds only, see [`super::faulty`]).
+    Faulty(Arc<FaultyStore>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,6 +183,7 @@ pub struct ObjectWriter {
 pub(crate) enum WriterInner {
     Local(LocalWriter),
     Object(Box<CloudWriter>),
+    Faulty(Box<FaultyWriter>),
 }
 
 impl ObjectWriter {
@@ -188,6 +192,7 @@ impl ObjectWriter {
         match &self.inner {
             WriterInner::Local(w) => w.key(),
             WriterInner::Object(w) => w.key(),
+            WriterInner::Faulty(w) => w.key(),
         }
     }
 
@@ -197,6 +202,7 @@ impl ObjectWriter {
         }
         let w = match &mut self.inner {
             WriterInner::Object(w) => return w.write(chunk).await,
+            WriterInner::Faulty(w) => return w.write(chunk).await,
             WriterInner::Local(w) => w,
         };
         let Some(file) = w.file() else {
@@ -231,6 +237,7 @@ impl ObjectWriter {
                 blocking("finishing", &key, move || inner.finish()).await
             }
             WriterInner::Object(w) => w.finish().await,
+            WriterInner::Faulty(w) => w.finish().await,
         }
     }
 
@@ -242,6 +249,7 @@ impl ObjectWriter {
                 blocking("aborting", &key, move || inner.abort()).await
             }
             WriterInner::Object(w) => w.abort().await,
+            WriterInner::Faulty(w) => w.abort().await,
         }
     }
 }
@@ -261,7 +269,7 @@ impl Store {
         self.writer_with_limit(key, false).await
     }
 
-    async fn writer_with_limit(
+    pub(crate) async fn writer_with_limit(
         &self,
         key: &str,
         limited: bool,
@@ -278,6 +286,9 @@ impl Store {
             Store::Object(s) => Ok(ObjectWriter {
                 inner: WriterInner::Object(Box::new(s.writer(key, limited)?)),
             }),
+            Store::Faulty(s) => Ok(ObjectWriter {
+                inner: WriterInner::Faulty(Box::new(s.writer(key, limited).await?)),
+            }),
         }
     }
 
@@ -285,6 +296,7 @@ impl Store {
     pub async fn put_create(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
         match self {
             Store::Object(s) => s.put_create(key, bytes).await,
+            Store::Faulty(s) => s.put_create(key, bytes).await,
             Store::Local(s) => {
                 let s = s.clone();
                 let k = key.to_string();
@@ -296,6 +308,7 @@ impl Store {
     pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         match self {
             Store::Object(s) => s.get(key).await,
+            Store::Faulty(s) => s.get(key).await,
             Store::Local(s) => {
                 let s = s.clone();
                 let k = key.to_string();
@@ -307,6 +320,7 @@ impl Store {
     pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
         match self {
             Store::Object(s) => s.get_range(key, range).await,
+            Store::Faulty(s) => s.get_range(key, range).await,
             Store::Local(s) => {
                 let s = s.clone();
                 let k = key.to_string();
@@ -322,6 +336,7 @@ impl Store {
     ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
         match self {
             Store::Object(s) => s.get_stream(key).await,
+            Store::Faulty(s) => s.get_stream(key).await,
             Store::Local(s) => {
                 let s = s.clone();
                 let k = key.to_string();
@@ -355,6 +370,7 @@ impl Store {
     pub async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
         match self {
             Store::Object(s) => s.head(key).await,
+            Store::Faulty(s) => s.head(key).await,
             Store::Local(s) => {
                 let s = s.clone();
                 let k = key.to_string();
@@ -367,6 +383,7 @@ impl Store {
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         match self {
             Store::Object(s) => s.list(prefix).await,
+            Store::Faulty(s) => s.list(prefix).await,
             Store::Local(s) => {
                 let s = s.clone();
                 let p = prefix.to_string();
@@ -379,6 +396,7 @@ impl Store {
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         match self {
             Store::Object(s) => s.delete(key).await,
+            Store::Faulty(s) => s.delete(key).await,
             Store::Local(s) => {
                 let s = s.clone();
                 let k = key.to_string();
