@@ -104,11 +104,16 @@ impl Repository {
     fn open_plain(settings: &RepositorySettings) -> Result<Repository, RepositoryError> {
         match &settings.location {
             RepositoryLocation::File { path } => {
-                let store =
-                    Store::local(path.clone()).map_err(|source| RepositoryError::Store {
+                let local = local::LocalStore::open(path.clone()).map_err(|source| {
+                    RepositoryError::Store {
                         repository: settings.name.clone(),
                         source,
-                    })?;
+                    }
+                })?;
+                let store = Store::Local(match settings.call_timeout {
+                    Some(limit) => local.with_read_timeout(limit),
+                    None => local,
+                });
                 Ok(Repository {
                     name: settings.name.clone(),
                     store,
@@ -117,7 +122,12 @@ impl Repository {
             RepositoryLocation::S3 { .. }
             | RepositoryLocation::Gcs { .. }
             | RepositoryLocation::Azure { .. } => {
-                Repository::open_cloud(settings, cloud::CloudOptions::default())
+                let defaults = cloud::CloudOptions::default();
+                let options = cloud::CloudOptions {
+                    call_timeout: settings.call_timeout.unwrap_or(defaults.call_timeout),
+                    ..defaults
+                };
+                Repository::open_cloud(settings, options)
             }
         }
     }

@@ -95,6 +95,7 @@ impl Setup {
                 endpoint: None,
                 credentials_file: None,
                 bandwidth_limit: None,
+                call_timeout: None,
             }],
             retention: BTreeMap::new(),
             objectives: BTreeMap::new(),

@@ -63,6 +63,16 @@ impl Op {
         }
     }
 
+    fn action(self) -> &'static str {
+        match self {
+            Op::Put => "writing",
+            Op::Get | Op::GetRange => "reading",
+            Op::List => "listing",
+            Op::Delete => "deleting",
+            Op::Head => "reading metadata of",
+        }
+    }
+
     fn parse(text: &str) -> Option<Option<Op>> {
         Some(Some(match text {
             "*" => return Some(None),
@@ -144,28 +154,40 @@ impl Plan {
                 Some((f, c)) => (f, parse_calls(rule, c)?),
                 None => (fault, (1, u64::MAX)),
             };
-            let op = Op::parse(op).ok_or_else(|| rule_err(rule, &format!("unknown operation `{op}` (put, get, get-range, list, delete, head or *)")))?;
+            let op = Op::parse(op).ok_or_else(|| {
+                rule_err(
+                    rule,
+                    &format!(
+                        "unknown operation `{op}` (put, get, get-range, list, delete, head or *)"
+                    ),
+                )
+            })?;
             let fault = match fault {
                 "transient" => Fault::Transient,
                 "permanent" => Fault::Permanent,
                 "hang" => Fault::Hang,
                 "truncate" => Fault::Truncate,
                 f => match f.strip_prefix("latency=") {
-                    Some(d) => Fault::Latency(humantime::parse_duration(d).map_err(|e| {
-                        rule_err(rule, &format!("latency `{d}`: {e}"))
-                    })?),
+                    Some(d) => Fault::Latency(
+                        humantime::parse_duration(d)
+                            .map_err(|e| rule_err(rule, &format!("latency `{d}`: {e}")))?,
+                    ),
                     None => {
                         return Err(rule_err(
                             rule,
-                            &format!("unknown fault `{f}` (transient, permanent, hang, truncate or latency=DURATION)"),
+                            &format!(
+                                "unknown fault `{f}` (transient, permanent, hang, truncate or latency=DURATION)"
+                            ),
                         ));
                     }
                 },
             };
-            if fault == Fault::Truncate
-                && !matches!(op, Some(Op::Get) | Some(Op::GetRange) | None)
+            if fault == Fault::Truncate && !matches!(op, Some(Op::Get) | Some(Op::GetRange) | None)
             {
-                return Err(rule_err(rule, "`truncate` applies to reads (get, get-range) only"));
+                return Err(rule_err(
+                    rule,
+                    "`truncate` applies to reads (get, get-range) only",
+                ));
             }
             rules.push(Rule {
                 repository: (repo != "*").then(|| repo.to_string()),
@@ -281,13 +303,7 @@ fn injected(op: Op, key: &str, fault: Fault) -> StoreError {
         _ => (std::io::ErrorKind::PermissionDenied, "permanent"),
     };
     StoreError::Io {
-        action: match op {
-            Op::Put => "writing",
-            Op::Get | Op::GetRange => "reading",
-            Op::List => "listing",
-            Op::Delete => "deleting",
-            Op::Head => "reading metadata of",
-        },
+        action: op.action(),
         key: key.to_string(),
         source: std::io::Error::new(kind, format!("injected {word} fault ({FAULTS_ENV})")),
     }
@@ -330,16 +346,42 @@ impl FaultyStore {
         ));
     }
 
+    /// The deadline the wrapped store puts on this call, with the store's name for the error:
+    /// an injected fault is the wrapped store misbehaving, so its deadline applies to it too.
+    fn deadline(&self, op: Op) -> Option<(std::time::Duration, String)> {
+        match &self.inner {
+            Store::Local(s) if op != Op::Put && op != Op::Delete => {
+                Some((s.read_timeout, s.root.display().to_string()))
+            }
+            Store::Object(s) => Some((s.options().call_timeout, s.location().to_string())),
+            _ => None,
+        }
+    }
+
     async fn call<'a, T>(
         &'a self,
         op: Op,
         key: &'a str,
         f: impl FnOnce(&'a Store) -> BoxFuture<'a, Result<T, StoreError>>,
     ) -> Result<(T, bool), StoreError> {
-        let truncate = before(&self.plan, &self.repository, op, key).await?;
-        let result = f(&self.inner).await;
-        self.done(op, key, &result);
-        result.map(|v| (v, truncate))
+        let run = async {
+            let truncate = before(&self.plan, &self.repository, op, key).await?;
+            let result = f(&self.inner).await;
+            self.done(op, key, &result);
+            result.map(|v| (v, truncate))
+        };
+        let Some((limit, store)) = self.deadline(op) else {
+            return run.await;
+        };
+        match tokio::time::timeout(limit, run).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::TimedOut {
+                action: op.action(),
+                key: key.to_string(),
+                store,
+                after: limit,
+            }),
+        }
     }
 
     // The public calls return boxed futures: a named `Send` type breaks the cycle
@@ -359,7 +401,11 @@ impl FaultyStore {
         })
     }
 
-    pub fn put_create<'a>(&'a self, key: &'a str, bytes: Bytes) -> BoxFuture<'a, Result<(), StoreError>> {
+    pub fn put_create<'a>(
+        &'a self,
+        key: &'a str,
+        bytes: Bytes,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             self.call(Op::Put, key, |s| Box::pin(s.put_create(key, bytes)))
                 .await
@@ -399,13 +445,19 @@ impl FaultyStore {
                 return Ok(stream);
             }
             // Half of the first chunk, then the end, as a connection closed early would look.
-            let cut: BoxStream<'static, Result<Bytes, StoreError>> =
-                Box::pin(stream.take(1).map(|chunk| chunk.map(|b| b.slice(..b.len() / 2))));
+            let cut: BoxStream<'static, Result<Bytes, StoreError>> = Box::pin(
+                stream
+                    .take(1)
+                    .map(|chunk| chunk.map(|b| b.slice(..b.len() / 2))),
+            );
             Ok(cut)
         })
     }
 
-    pub fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<ObjectMeta>, StoreError>> {
+    pub fn head<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ObjectMeta>, StoreError>> {
         Box::pin(async move {
             self.call(Op::Head, key, |s| Box::pin(s.head(key)))
                 .await
@@ -413,7 +465,10 @@ impl FaultyStore {
         })
     }
 
-    pub fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<ObjectMeta>, StoreError>> {
+    pub fn list<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<ObjectMeta>, StoreError>> {
         Box::pin(async move {
             self.call(Op::List, prefix, |s| Box::pin(s.list(prefix)))
                 .await
@@ -490,7 +545,10 @@ mod tests {
         assert_eq!(plan.fault_for("offsite", Op::Put, "backups/x/data/4"), None);
         assert_eq!(plan.fault_for("a", Op::Get, "k"), Some(Fault::Truncate));
         assert_eq!(plan.fault_for("a", Op::List, "k"), None);
-        assert_eq!(plan.fault_for("local", Op::List, "wal/1"), Some(Fault::Hang));
+        assert_eq!(
+            plan.fault_for("local", Op::List, "wal/1"),
+            Some(Fault::Hang)
+        );
         assert_eq!(plan.fault_for("local", Op::List, "wal/1"), None);
         let p = Plan::parse("r:head:k:latency=250ms@3-").unwrap();
         assert_eq!(p.rules[0].fault, Fault::Latency(Duration::from_millis(250)));
@@ -525,10 +583,22 @@ mod tests {
             inner: Store::local(dir.path()).unwrap(),
             plan,
         }));
-        let err = store.put_create("a", Bytes::from_static(b"x")).await.unwrap_err();
-        assert_eq!(crate::error::Classify::retry(&err), crate::error::Retry::Transient);
-        assert!(err.to_string().contains("injected transient fault"), "{err}");
-        store.put_create("a", Bytes::from_static(b"x")).await.unwrap();
+        let err = store
+            .put_create("a", Bytes::from_static(b"x"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            crate::error::Classify::retry(&err),
+            crate::error::Retry::Transient
+        );
+        assert!(
+            err.to_string().contains("injected transient fault"),
+            "{err}"
+        );
+        store
+            .put_create("a", Bytes::from_static(b"x"))
+            .await
+            .unwrap();
         let mut w = store.writer("b").await.unwrap();
         w.write(Bytes::from_static(b"abcdef")).await.unwrap();
         w.finish().await.unwrap();
@@ -537,9 +607,15 @@ mod tests {
         let mut s = store.get_stream("b").await.unwrap();
         assert_eq!(&s.next().await.unwrap().unwrap()[..], b"abc");
         assert!(s.next().await.is_none());
-        store.put_create("c", Bytes::from_static(b"y")).await.unwrap();
+        store
+            .put_create("c", Bytes::from_static(b"y"))
+            .await
+            .unwrap();
         let err = store.get("c").await.unwrap_err();
-        assert_eq!(crate::error::Classify::retry(&err), crate::error::Retry::Permanent);
+        assert_eq!(
+            crate::error::Classify::retry(&err),
+            crate::error::Retry::Permanent
+        );
         let hang = Plan::parse("r:head::hang").unwrap();
         let store = Store::Faulty(Arc::new(FaultyStore {
             repository: "r".into(),

@@ -160,6 +160,24 @@ impl StoreError {
     }
 }
 
+/// A local read bounded by the store's read deadline ([`LocalStore::read_timeout`]).
+pub(crate) async fn local_read<T>(
+    store: &LocalStore,
+    action: &'static str,
+    key: &str,
+    fut: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(store.read_timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::TimedOut {
+            action,
+            key: key.to_string(),
+            store: store.root.display().to_string(),
+            after: store.read_timeout,
+        }),
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     action: &'static str,
     key: &str,
@@ -312,7 +330,16 @@ impl Store {
             Store::Local(s) => {
                 let s = s.clone();
                 let k = key.to_string();
-                blocking("reading", key, move || s.get(&k)).await
+                local_read(
+                    &s,
+                    "reading",
+                    key,
+                    blocking("reading", key, {
+                        let s = s.clone();
+                        move || s.get(&k)
+                    }),
+                )
+                .await
             }
         }
     }
@@ -324,7 +351,16 @@ impl Store {
             Store::Local(s) => {
                 let s = s.clone();
                 let k = key.to_string();
-                blocking("reading range of", key, move || s.get_range(&k, range)).await
+                local_read(
+                    &s,
+                    "reading range of",
+                    key,
+                    blocking("reading range of", key, {
+                        let s = s.clone();
+                        move || s.get_range(&k, range)
+                    }),
+                )
+                .await
             }
         }
     }
@@ -340,26 +376,43 @@ impl Store {
             Store::Local(s) => {
                 let s = s.clone();
                 let k = key.to_string();
-                let (file, path) = blocking("opening", key, move || s.open_file(&k)).await?;
+                let (file, path) = local_read(
+                    &s,
+                    "opening",
+                    key,
+                    blocking("opening", key, {
+                        let s = s.clone();
+                        move || s.open_file(&k)
+                    }),
+                )
+                .await?;
                 let file = Arc::new(file);
                 let key = key.to_string();
                 let stream = futures::stream::try_unfold(
                     (file, path, key, 0u64, false),
-                    |(file, path, key, off, done)| async move {
-                        if done {
-                            return Ok(None);
+                    move |(file, path, key, off, done)| {
+                        let s = s.clone();
+                        async move {
+                            if done {
+                                return Ok(None);
+                            }
+                            let (f2, p2) = (file.clone(), path.clone());
+                            let chunk = local_read(
+                                &s,
+                                "reading",
+                                &key,
+                                blocking("reading", &key, move || {
+                                    LocalStore::read_chunk(&f2, &p2, off)
+                                }),
+                            )
+                            .await?;
+                            if chunk.is_empty() {
+                                return Ok(None);
+                            }
+                            let n = chunk.len() as u64;
+                            let last = chunk.len() < super::local::READ_CHUNK;
+                            Ok(Some((chunk, (file, path, key, off + n, last))))
                         }
-                        let (f2, p2) = (file.clone(), path.clone());
-                        let chunk = blocking("reading", &key, move || {
-                            LocalStore::read_chunk(&f2, &p2, off)
-                        })
-                        .await?;
-                        if chunk.is_empty() {
-                            return Ok(None);
-                        }
-                        let n = chunk.len() as u64;
-                        let last = chunk.len() < super::local::READ_CHUNK;
-                        Ok(Some((chunk, (file, path, key, off + n, last))))
                     },
                 );
                 Ok(Box::pin(stream))
@@ -374,7 +427,16 @@ impl Store {
             Store::Local(s) => {
                 let s = s.clone();
                 let k = key.to_string();
-                blocking("reading metadata of", key, move || s.head(&k)).await
+                local_read(
+                    &s,
+                    "reading metadata of",
+                    key,
+                    blocking("reading metadata of", key, {
+                        let s = s.clone();
+                        move || s.head(&k)
+                    }),
+                )
+                .await
             }
         }
     }
@@ -387,7 +449,16 @@ impl Store {
             Store::Local(s) => {
                 let s = s.clone();
                 let p = prefix.to_string();
-                blocking("listing", prefix, move || s.list(&p)).await
+                local_read(
+                    &s,
+                    "listing",
+                    prefix,
+                    blocking("listing", prefix, {
+                        let s = s.clone();
+                        move || s.list(&p)
+                    }),
+                )
+                .await
             }
         }
     }
