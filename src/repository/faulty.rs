@@ -624,5 +624,19 @@ mod tests {
         }));
         let t = tokio::time::timeout(Duration::from_millis(200), store.head("a")).await;
         assert!(t.is_err(), "a hang returned");
+
+        // The wrapped store's read deadline ends an injected hang.
+        let store = Store::Faulty(Arc::new(FaultyStore {
+            repository: "r".into(),
+            inner: Store::Local(
+                super::super::local::LocalStore::open(dir.path())
+                    .unwrap()
+                    .with_read_timeout(Duration::from_millis(100)),
+            ),
+            plan: Arc::new(Plan::parse("r:get::hang").unwrap()),
+        }));
+        let err = store.get("a").await.unwrap_err();
+        assert!(matches!(err, StoreError::TimedOut { .. }), "{err}");
+        assert!(err.to_string().contains("reading a in"), "{err}");
     }
 }
