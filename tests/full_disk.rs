@@ -378,7 +378,11 @@ fn a_restore_into_a_full_target() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("big.bin") && err.to_lowercase().contains("no space left on device"),
+        err.contains("big.bin")
+            && err.contains(&format!(
+                "writing into {}: no space left on device",
+                target.dir.display()
+            )),
         "{err}"
     );
     let big = restored(&target.dir, &src, "big.bin");

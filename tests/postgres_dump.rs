@@ -664,7 +664,10 @@ async fn damaged_archives_restore_nothing() {
     .unwrap_err();
     assert!(err.to_string().contains(&record.id), "{err}");
     // The spool is checked before anything is created on the server.
-    assert!(!pg.database_exists("spooled"), "the target database was created");
+    assert!(
+        !pg.database_exists("spooled"),
+        "the target database was created"
+    );
 }
 
 #[tokio::test]
