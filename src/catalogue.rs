@@ -162,6 +162,9 @@ pub struct RepositorySettings {
     pub credentials_file: Option<PathBuf>,
     /// `bandwidth-limit` in bytes per second (e.g. "20MiB"), if any.
     pub bandwidth_limit: Option<u64>,
+    /// `call-timeout`: the deadline of one store call (cloud: every call, retries included;
+    /// file://: every read), default 180 s.
+    pub call_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -5,9 +5,11 @@
 //! durable local store (temp file + fsync + no-replace rename + directory fsync, mode 0600).
 //! [`cloud`]: S3, GCS and Azure repositories through object_store (docs/repositories.md).
 //! [`local_copy`]: the daemon's plaintext copies of committed manifests (for incrementals).
+//! [`faulty`]: test-only store faults and a store-call observer (debug builds, environment switch).
 //! [`listing`]: state DB rows and summaries of commit records; listing without a daemon.
 
 pub mod cloud;
+pub mod faulty;
 pub mod format;
 pub mod listing;
 pub mod local;
@@ -64,6 +66,9 @@ pub enum RepositoryError {
         key: String,
         version: u32,
     },
+    /// The test-only fault switch ([`faulty`]) holds a bad rule (debug builds only).
+    #[error("repository `{repository}`: {reason}")]
+    FaultSpec { repository: String, reason: String },
     #[error("repository `{repository}`: commit record {key} is for backup {found}, not {expected}")]
     MismatchedRecord {
         repository: String,
@@ -84,14 +89,31 @@ impl Classify for RepositoryError {
 
 impl Repository {
     /// Opens the repository described by the catalogue (creating a local root if missing).
+    /// In debug builds the store passes through [`faulty::wrap`] (test faults, off by default).
     pub fn open(settings: &RepositorySettings) -> Result<Repository, RepositoryError> {
+        let mut repository = Repository::open_plain(settings)?;
+        repository.store = faulty::wrap(&settings.name, repository.store).map_err(|reason| {
+            RepositoryError::FaultSpec {
+                repository: settings.name.clone(),
+                reason,
+            }
+        })?;
+        Ok(repository)
+    }
+
+    fn open_plain(settings: &RepositorySettings) -> Result<Repository, RepositoryError> {
         match &settings.location {
             RepositoryLocation::File { path } => {
-                let store =
-                    Store::local(path.clone()).map_err(|source| RepositoryError::Store {
+                let local = local::LocalStore::open(path.clone()).map_err(|source| {
+                    RepositoryError::Store {
                         repository: settings.name.clone(),
                         source,
-                    })?;
+                    }
+                })?;
+                let store = Store::Local(match settings.call_timeout {
+                    Some(limit) => local.with_read_timeout(limit),
+                    None => local,
+                });
                 Ok(Repository {
                     name: settings.name.clone(),
                     store,
@@ -100,7 +122,12 @@ impl Repository {
             RepositoryLocation::S3 { .. }
             | RepositoryLocation::Gcs { .. }
             | RepositoryLocation::Azure { .. } => {
-                Repository::open_cloud(settings, cloud::CloudOptions::default())
+                let defaults = cloud::CloudOptions::default();
+                let options = cloud::CloudOptions {
+                    call_timeout: settings.call_timeout.unwrap_or(defaults.call_timeout),
+                    ..defaults
+                };
+                Repository::open_cloud(settings, options)
             }
         }
     }

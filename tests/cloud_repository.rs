@@ -68,6 +68,7 @@ fn s3_settings(name: &str, bucket: &str, endpoint: &str, creds: &Path) -> Reposi
         endpoint: Some(endpoint.into()),
         credentials_file: Some(creds.to_path_buf()),
         bandwidth_limit: None,
+        call_timeout: None,
     }
 }
 
@@ -95,6 +96,7 @@ fn az_settings(name: &str, container: &str, endpoint: &str, creds: &Path) -> Rep
         endpoint: Some(endpoint.into()),
         credentials_file: Some(creds.to_path_buf()),
         bandwidth_limit: None,
+        call_timeout: None,
     }
 }
 

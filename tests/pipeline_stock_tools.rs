@@ -95,6 +95,7 @@ async fn stock_age_and_zstd_or_gzip_restore_our_objects() {
         endpoint: None,
         credentials_file: None,
         bandwidth_limit: None,
+        call_timeout: None,
     })
     .unwrap();
 

@@ -539,6 +539,7 @@ async fn duplicate_rules_and_fetch_on_s3() {
         endpoint: Some(moto.endpoint()),
         credentials_file: Some(creds),
         bandwidth_limit: None,
+        call_timeout: None,
     })
     .unwrap();
     let id = ClusterIdentity {

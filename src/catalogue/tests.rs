@@ -1005,3 +1005,19 @@ repositories = ["local"]
         "{errs:?}"
     );
 }
+
+#[test]
+fn repository_call_timeout_is_a_duration() {
+    let c = parse(&small(
+        "[repository.slow]\nurl = \"file:///srv/slow\"\ncall-timeout = \"2s\"\n",
+    ))
+    .unwrap();
+    let slow = c.repository("slow").unwrap();
+    assert_eq!(slow.call_timeout, Some(Duration::from_secs(2)));
+    assert_eq!(c.repository("local").map(|r| r.call_timeout), Some(None));
+    let errs = errors(&small(
+        "[repository.slow]\nurl = \"file:///srv/slow\"\ncall-timeout = \"soon\"\n",
+    ));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].0, "repository.slow.call-timeout");
+}

@@ -154,6 +154,7 @@ const REPOSITORY_KEYS: &[&str] = &[
     "endpoint",
     "credentials-file",
     "bandwidth-limit",
+    "call-timeout",
 ];
 const RETENTION_KEYS: &[&str] = &[
     "last",
@@ -549,6 +550,7 @@ fn repository(cx: &mut Ctx, t: &Table, name: &str) -> RepositoryEntry {
             .integer(cx, "bandwidth-limit", 1, i64::MAX)
             .and_then(|n| u64::try_from(n).ok()),
     };
+    let call_timeout = t.duration(cx, "call-timeout", false);
     if let Some(RepositoryLocation::File { .. }) = location {
         for k in ["region", "endpoint", "credentials-file"] {
             if t.get(k).is_some() {
@@ -572,6 +574,7 @@ fn repository(cx: &mut Ctx, t: &Table, name: &str) -> RepositoryEntry {
         endpoint,
         credentials_file,
         bandwidth_limit,
+        call_timeout,
     });
     RepositoryEntry {
         name: name.to_string(),

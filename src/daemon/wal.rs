@@ -267,6 +267,7 @@ pub async fn push(
     match push_inner(shared, &name, cluster, file, started).await {
         Ok((sha256, warnings)) => {
             crate::faults::kill_point("wal-before-reply", &name);
+            crate::repository::faulty::observe(&format!("wal-reply\t{name}\tok"));
             shared.wal.note_acked(&name);
             tracing::debug!(wal = %name, ms = started.elapsed().as_millis() as u64, "archived");
             Reply::Ok(Response::WalPushed {

@@ -106,10 +106,11 @@ pub enum BaseError {
         repository: String,
         waited: Duration,
     },
-    #[error("job `{job}`: storing {what}: {source}")]
+    #[error("job `{job}`: storing {what} in repository `{repository}`: {source}")]
     Store {
         job: String,
         what: &'static str,
+        repository: String,
         #[source]
         source: Box<PipelineError>,
     },
@@ -468,6 +469,7 @@ async fn backup_started(
     .map_err(|source| BaseError::Store {
         job: job.clone(),
         what: "backup_label",
+        repository: run.repository.name.clone(),
         source: Box::new(source),
     })?;
     let mut extra: Vec<ObjectRecord> = vec![label_record];
@@ -485,6 +487,7 @@ async fn backup_started(
             .map_err(|source| BaseError::Store {
                 job: job.clone(),
                 what: "tablespace_map",
+                repository: run.repository.name.clone(),
                 source: Box::new(source),
             })?,
         );

@@ -62,10 +62,14 @@ pub enum DumpError {
         outcome: String,
         stderr: String,
     },
-    #[error("job `{job}`: storing {what}: {source}{}", stderr_suffix(stderr))]
+    #[error(
+        "job `{job}`: storing {what} in repository `{repository}`: {source}{}",
+        stderr_suffix(stderr)
+    )]
     Pipeline {
         job: String,
         what: String,
+        repository: String,
         stderr: String,
         #[source]
         source: PipelineError,
@@ -284,6 +288,7 @@ async fn dump_and_commit(
     .map_err(|source| DumpError::Pipeline {
         job: job.clone(),
         what: "the manifest".into(),
+        repository: run.repository.name.clone(),
         stderr: String::new(),
         source,
     })?;
@@ -433,6 +438,7 @@ async fn dump_to_object(
                 _ => Err(DumpError::Pipeline {
                     job,
                     what: what.to_string(),
+                    repository: run.repository.name.clone(),
                     stderr,
                     source,
                 }),

@@ -399,6 +399,24 @@ pub async fn restore_database(
         });
     }
 
+    // A restore through a spool (--tables, --jobs) spools first: a spool that does not fit (or
+    // a damaged archive) fails before roles or the target database are created.
+    let spooled = if opts.tables.is_empty() && opts.jobs.is_none() {
+        None
+    } else {
+        let archive = work.path().join("archive.dump");
+        spool(
+            &ctx,
+            repository,
+            &identities,
+            &source_db,
+            &archive,
+            work.path(),
+        )
+        .await?;
+        Some(archive)
+    };
+
     let mut warnings = Vec::new();
     if opts.roles {
         let globals = manifest.globals.as_ref().ok_or_else(|| {
@@ -450,27 +468,7 @@ pub async fn restore_database(
 
     let mut restored_tables = Vec::new();
     let bytes = source_db.object.content_size;
-    if opts.tables.is_empty() && opts.jobs.is_none() {
-        stream_restore(
-            &ctx,
-            &bins,
-            repository,
-            &identities,
-            &source_db,
-            &target_url,
-        )
-        .await?;
-    } else {
-        let archive = work.path().join("archive.dump");
-        spool(
-            &ctx,
-            repository,
-            &identities,
-            &source_db,
-            &archive,
-            work.path(),
-        )
-        .await?;
+    if let Some(archive) = spooled {
         let mut cmd = Command::new(&bins.pg_restore);
         cmd.args(["--no-password", "--exit-on-error"]);
         match opts.jobs {
@@ -535,6 +533,16 @@ pub async fn restore_database(
         if !outcome.success() {
             return Err(ctx.tool_error("pg_restore", &outcome, stderr));
         }
+    } else {
+        stream_restore(
+            &ctx,
+            &bins,
+            repository,
+            &identities,
+            &source_db,
+            &target_url,
+        )
+        .await?;
     }
     control.close().await;
     drop(passfile);

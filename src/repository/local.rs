@@ -25,6 +25,11 @@ pub const STAGING_DIR: &str = ".staging";
 /// Chunk size of [`LocalStore::read_at`] streams.
 pub const READ_CHUNK: usize = 1 << 20;
 
+/// The default deadline of one read (a whole object, a range, one chunk of a stream, a head, a
+/// listing): a hung file system (a hard NFS mount, a dying disk) ends the call with an error
+/// instead of holding a restore for ever. The catalogue's `call-timeout` overrides it.
+pub const DEFAULT_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(180);
+
 /// A durability step, reported to the sync observer (tests prove the order with it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SyncEvent {
@@ -46,6 +51,8 @@ pub struct LocalStore {
     observer: Option<SyncObserver>,
     /// Test hook: writes past this many bytes of one object fail with ENOSPC.
     enospc_after: Option<u64>,
+    /// The deadline of one read ([`DEFAULT_READ_TIMEOUT`]).
+    pub read_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for LocalStore {
@@ -115,6 +122,7 @@ impl LocalStore {
             root: root.into(),
             observer: None,
             enospc_after: None,
+            read_timeout: DEFAULT_READ_TIMEOUT,
         }
     }
 
@@ -138,6 +146,12 @@ impl LocalStore {
     /// Reports every fsync and rename to `observer` (tests prove durability order with it).
     pub fn with_sync_observer(mut self, observer: SyncObserver) -> LocalStore {
         self.observer = Some(observer);
+        self
+    }
+
+    /// Bounds every read by `limit` (see [`DEFAULT_READ_TIMEOUT`]).
+    pub fn with_read_timeout(mut self, limit: std::time::Duration) -> LocalStore {
+        self.read_timeout = limit;
         self
     }
 

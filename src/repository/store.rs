@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::cloud::{CloudStore, CloudWriter, RemoteKind};
+use super::faulty::{FaultyStore, FaultyWriter};
 use super::local::{LocalStore, LocalWriter};
 use crate::error::{Classify, Retry};
 use std::time::Duration;
@@ -21,6 +22,8 @@ pub enum Store {
     Local(LocalStore),
     /// A bucket or container (with a key prefix) on a cloud object store.
     Object(CloudStore),
+    /// Another store with test faults injected (debug builds only, see [`super::faulty`]).
+    Faulty(Arc<FaultyStore>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +160,24 @@ impl StoreError {
     }
 }
 
+/// A local read bounded by the store's read deadline ([`LocalStore::read_timeout`]).
+pub(crate) async fn local_read<T>(
+    store: &LocalStore,
+    action: &'static str,
+    key: &str,
+    fut: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(store.read_timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::TimedOut {
+            action,
+            key: key.to_string(),
+            store: store.root.display().to_string(),
+            after: store.read_timeout,
+        }),
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     action: &'static str,
     key: &str,
@@ -180,6 +201,7 @@ pub struct ObjectWriter {
 pub(crate) enum WriterInner {
     Local(LocalWriter),
     Object(Box<CloudWriter>),
+    Faulty(Box<FaultyWriter>),
 }
 
 impl ObjectWriter {
@@ -188,6 +210,7 @@ impl ObjectWriter {
         match &self.inner {
             WriterInner::Local(w) => w.key(),
             WriterInner::Object(w) => w.key(),
+            WriterInner::Faulty(w) => w.key(),
         }
     }
 
@@ -197,6 +220,7 @@ impl ObjectWriter {
         }
         let w = match &mut self.inner {
             WriterInner::Object(w) => return w.write(chunk).await,
+            WriterInner::Faulty(w) => return w.write(chunk).await,
             WriterInner::Local(w) => w,
         };
         let Some(file) = w.file() else {
@@ -231,6 +255,7 @@ impl ObjectWriter {
                 blocking("finishing", &key, move || inner.finish()).await
             }
             WriterInner::Object(w) => w.finish().await,
+            WriterInner::Faulty(w) => w.finish().await,
         }
     }
 
@@ -242,6 +267,7 @@ impl ObjectWriter {
                 blocking("aborting", &key, move || inner.abort()).await
             }
             WriterInner::Object(w) => w.abort().await,
+            WriterInner::Faulty(w) => w.abort().await,
         }
     }
 }
@@ -261,7 +287,7 @@ impl Store {
         self.writer_with_limit(key, false).await
     }
 
-    async fn writer_with_limit(
+    pub(crate) async fn writer_with_limit(
         &self,
         key: &str,
         limited: bool,
@@ -278,6 +304,9 @@ impl Store {
             Store::Object(s) => Ok(ObjectWriter {
                 inner: WriterInner::Object(Box::new(s.writer(key, limited)?)),
             }),
+            Store::Faulty(s) => Ok(ObjectWriter {
+                inner: WriterInner::Faulty(Box::new(s.writer(key, limited).await?)),
+            }),
         }
     }
 
@@ -285,6 +314,7 @@ impl Store {
     pub async fn put_create(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
         match self {
             Store::Object(s) => s.put_create(key, bytes).await,
+            Store::Faulty(s) => s.put_create(key, bytes).await,
             Store::Local(s) => {
                 let s = s.clone();
                 let k = key.to_string();
@@ -296,10 +326,20 @@ impl Store {
     pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         match self {
             Store::Object(s) => s.get(key).await,
+            Store::Faulty(s) => s.get(key).await,
             Store::Local(s) => {
                 let s = s.clone();
                 let k = key.to_string();
-                blocking("reading", key, move || s.get(&k)).await
+                local_read(
+                    &s,
+                    "reading",
+                    key,
+                    blocking("reading", key, {
+                        let s = s.clone();
+                        move || s.get(&k)
+                    }),
+                )
+                .await
             }
         }
     }
@@ -307,10 +347,20 @@ impl Store {
     pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
         match self {
             Store::Object(s) => s.get_range(key, range).await,
+            Store::Faulty(s) => s.get_range(key, range).await,
             Store::Local(s) => {
                 let s = s.clone();
                 let k = key.to_string();
-                blocking("reading range of", key, move || s.get_range(&k, range)).await
+                local_read(
+                    &s,
+                    "reading range of",
+                    key,
+                    blocking("reading range of", key, {
+                        let s = s.clone();
+                        move || s.get_range(&k, range)
+                    }),
+                )
+                .await
             }
         }
     }
@@ -322,29 +372,47 @@ impl Store {
     ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
         match self {
             Store::Object(s) => s.get_stream(key).await,
+            Store::Faulty(s) => s.get_stream(key).await,
             Store::Local(s) => {
                 let s = s.clone();
                 let k = key.to_string();
-                let (file, path) = blocking("opening", key, move || s.open_file(&k)).await?;
+                let (file, path) = local_read(
+                    &s,
+                    "opening",
+                    key,
+                    blocking("opening", key, {
+                        let s = s.clone();
+                        move || s.open_file(&k)
+                    }),
+                )
+                .await?;
                 let file = Arc::new(file);
                 let key = key.to_string();
                 let stream = futures::stream::try_unfold(
                     (file, path, key, 0u64, false),
-                    |(file, path, key, off, done)| async move {
-                        if done {
-                            return Ok(None);
+                    move |(file, path, key, off, done)| {
+                        let s = s.clone();
+                        async move {
+                            if done {
+                                return Ok(None);
+                            }
+                            let (f2, p2) = (file.clone(), path.clone());
+                            let chunk = local_read(
+                                &s,
+                                "reading",
+                                &key,
+                                blocking("reading", &key, move || {
+                                    LocalStore::read_chunk(&f2, &p2, off)
+                                }),
+                            )
+                            .await?;
+                            if chunk.is_empty() {
+                                return Ok(None);
+                            }
+                            let n = chunk.len() as u64;
+                            let last = chunk.len() < super::local::READ_CHUNK;
+                            Ok(Some((chunk, (file, path, key, off + n, last))))
                         }
-                        let (f2, p2) = (file.clone(), path.clone());
-                        let chunk = blocking("reading", &key, move || {
-                            LocalStore::read_chunk(&f2, &p2, off)
-                        })
-                        .await?;
-                        if chunk.is_empty() {
-                            return Ok(None);
-                        }
-                        let n = chunk.len() as u64;
-                        let last = chunk.len() < super::local::READ_CHUNK;
-                        Ok(Some((chunk, (file, path, key, off + n, last))))
                     },
                 );
                 Ok(Box::pin(stream))
@@ -355,10 +423,20 @@ impl Store {
     pub async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
         match self {
             Store::Object(s) => s.head(key).await,
+            Store::Faulty(s) => s.head(key).await,
             Store::Local(s) => {
                 let s = s.clone();
                 let k = key.to_string();
-                blocking("reading metadata of", key, move || s.head(&k)).await
+                local_read(
+                    &s,
+                    "reading metadata of",
+                    key,
+                    blocking("reading metadata of", key, {
+                        let s = s.clone();
+                        move || s.head(&k)
+                    }),
+                )
+                .await
             }
         }
     }
@@ -367,10 +445,20 @@ impl Store {
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         match self {
             Store::Object(s) => s.list(prefix).await,
+            Store::Faulty(s) => s.list(prefix).await,
             Store::Local(s) => {
                 let s = s.clone();
                 let p = prefix.to_string();
-                blocking("listing", prefix, move || s.list(&p)).await
+                local_read(
+                    &s,
+                    "listing",
+                    prefix,
+                    blocking("listing", prefix, {
+                        let s = s.clone();
+                        move || s.list(&p)
+                    }),
+                )
+                .await
             }
         }
     }
@@ -379,6 +467,7 @@ impl Store {
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         match self {
             Store::Object(s) => s.delete(key).await,
+            Store::Faulty(s) => s.delete(key).await,
             Store::Local(s) => {
                 let s = s.clone();
                 let k = key.to_string();

@@ -322,6 +322,7 @@ fn settings_for(path: PathBuf) -> RepositorySettings {
         endpoint: None,
         credentials_file: None,
         bandwidth_limit: None,
+        call_timeout: None,
     }
 }
 

@@ -78,15 +78,24 @@ pub enum JobError {
         #[source]
         source: SnapshotError,
     },
+    /// A part could not be stored: names the repository it was going to.
+    #[error("job `{job}`: repository `{repository}`: {source}")]
+    Store {
+        job: String,
+        repository: String,
+        #[source]
+        source: SnapshotError,
+    },
     #[error("job `{job}`: {source}")]
     Repository {
         job: String,
         #[source]
         source: RepositoryError,
     },
-    #[error("job `{job}`: storing the manifest: {source}")]
+    #[error("job `{job}`: storing the manifest in repository `{repository}`: {source}")]
     Manifest {
         job: String,
+        repository: String,
         #[source]
         source: PipelineError,
     },
@@ -112,7 +121,7 @@ pub enum JobError {
 impl Classify for JobError {
     fn retry(&self) -> Retry {
         match self {
-            JobError::Snapshot { source, .. } => source.retry(),
+            JobError::Snapshot { source, .. } | JobError::Store { source, .. } => source.retry(),
             JobError::Repository { source, .. } | JobError::Commit { source, .. } => source.retry(),
             JobError::Manifest { source, .. } => source.retry(),
             JobError::LocalCopy { source, .. } => source.retry(),
@@ -382,6 +391,11 @@ pub(crate) async fn prepare_snapshot(
     })?
     .map_err(|source| match source {
         SnapshotError::Cancelled => JobError::Cancelled { job: job.clone() },
+        source @ SnapshotError::Store(_) => JobError::Store {
+            job: job.clone(),
+            repository: run.repository.name.clone(),
+            source,
+        },
         source => JobError::Snapshot {
             job: job.clone(),
             source,
@@ -423,6 +437,7 @@ pub(crate) async fn prepare_snapshot(
     )
     .await
     .map_err(|source| JobError::Manifest {
+        repository: run.repository.name.clone(),
         job: job.clone(),
         source,
     })?;

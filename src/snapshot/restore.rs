@@ -567,6 +567,12 @@ fn ts(sec: i64, nsec: u32) -> TimeSpec {
 }
 
 impl Restorer<'_> {
+    /// A write into the target failed: names the target (a full disk says "no space left").
+    fn write_err(&self, e: &Entry, err: &std::io::Error) -> RestoreError {
+        let what = format!("writing into {}", self.options.target.display());
+        self.entry_err(e, &what, crate::repository::store::describe_io(err))
+    }
+
     fn entry_err(&self, e: &Entry, what: &str, err: impl std::fmt::Display) -> RestoreError {
         RestoreError::Entry {
             path: e.path.display(),
@@ -758,7 +764,7 @@ impl Restorer<'_> {
                 let chunk = &frame[from..from + take];
                 check.update(chunk);
                 write_extents(file, written, chunk, extents)
-                    .map_err(|err| self.entry_err(e, "writing", err))?;
+                    .map_err(|err| self.write_err(e, &err))?;
                 written += take as u64;
             }
         }
@@ -854,7 +860,7 @@ impl Restorer<'_> {
                 let chunk = &frame[from..from + take];
                 hasher.update(chunk);
                 write_extents(file, written, chunk, sparse)
-                    .map_err(|err| self.entry_err(e, "writing", err))?;
+                    .map_err(|err| self.write_err(e, &err))?;
                 written += take as u64;
                 left -= take as u64;
             }

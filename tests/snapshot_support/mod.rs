@@ -86,6 +86,7 @@ impl Setup {
                 endpoint: None,
                 credentials_file: None,
                 bandwidth_limit: None,
+                call_timeout: None,
             }],
             retention: BTreeMap::new(),
             objectives: BTreeMap::new(),
