@@ -84,7 +84,10 @@ fn tree(root: &Path) -> BTreeMap<PathBuf, (String, Vec<u8>)> {
                 let target = std::fs::read_link(&p).unwrap();
                 out.insert(
                     rel,
-                    ("link".into(), target.as_os_str().as_encoded_bytes().to_vec()),
+                    (
+                        "link".into(),
+                        target.as_os_str().as_encoded_bytes().to_vec(),
+                    ),
                 );
             } else if meta.is_dir() {
                 out.insert(rel, (format!("dir {mode:o}"), Vec::new()));
@@ -138,8 +141,16 @@ fn files_full_and_incremental_on_s3_and_azure_as_primary_and_replica_restore_who
     let src = setup.path("uploads");
     std::fs::create_dir_all(src.join("invoices/2026/11")).unwrap();
     std::fs::create_dir_all(src.join("bin")).unwrap();
-    write_mode(&src.join("invoices/2026/11/big.pdf"), &noise(7, 3 << 20), 0o640);
-    write_mode(&src.join("invoices/2026/11/small.txt"), b"invoice 42\n", 0o644);
+    write_mode(
+        &src.join("invoices/2026/11/big.pdf"),
+        &noise(7, 3 << 20),
+        0o640,
+    );
+    write_mode(
+        &src.join("invoices/2026/11/small.txt"),
+        b"invoice 42\n",
+        0o644,
+    );
     write_mode(&src.join("bin/run.sh"), b"#!/bin/sh\necho hi\n", 0o755);
     write_mode(&src.join("secret.key"), &noise(9, 4096), 0o600);
     write_mode(&src.join("empty"), b"", 0o644);
@@ -179,14 +190,29 @@ repositories = ["azure", "offsite"]
 
     // Changes for the incremental: one file rewritten, one added, one removed, a mode changed.
     std::thread::sleep(Duration::from_millis(1100));
-    write_mode(&src.join("invoices/2026/11/small.txt"), b"invoice 42, paid\n", 0o644);
-    write_mode(&src.join("invoices/2026/11/new.txt"), b"invoice 43\n", 0o644);
+    write_mode(
+        &src.join("invoices/2026/11/small.txt"),
+        b"invoice 42, paid\n",
+        0o644,
+    );
+    write_mode(
+        &src.join("invoices/2026/11/new.txt"),
+        b"invoice 43\n",
+        0o644,
+    );
     std::fs::remove_file(src.join("empty")).unwrap();
-    std::fs::set_permissions(src.join("secret.key"), std::fs::Permissions::from_mode(0o400))
-        .unwrap();
+    std::fs::set_permissions(
+        src.join("secret.key"),
+        std::fs::Permissions::from_mode(0o400),
+    )
+    .unwrap();
     for job in ["to-s3", "to-azure"] {
         let out = setup.ctl(&["run", job, "--incremental", "--wait"]);
-        assert!(out.status.success(), "{job} incremental: {}", daemon.log_text());
+        assert!(
+            out.status.success(),
+            "{job} incremental: {}",
+            daemon.log_text()
+        );
         let run = setup.ctl_json(&["runs", "--job", job, "--limit", "1"])[0].clone();
         assert_eq!(run["status"], "succeeded", "{run}");
         assert_eq!(run["backup_type"], "incremental", "{run}");
@@ -267,6 +293,17 @@ repositories = ["azure", "offsite"]
             target.to_str().unwrap(),
         ]);
         assert!(out.status.success(), "single-file restore from {repo}");
+        let report = String::from_utf8_lossy(&out.stdout).into_owned();
+        let fetched: u64 = report
+            .split("frames fetched (~")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no frames-fetched figure: {report}"));
+        assert!(
+            fetched < 1 << 20,
+            "{repo}: one small frame fetched: {report}"
+        );
         let root = restored_root(&target, &src);
         assert_eq!(
             std::fs::read(root.join("invoices/2026/11/small.txt")).unwrap(),
@@ -444,7 +481,10 @@ repositories = ["offsite", "azure"]
             "SELECT count(*) || ':' || md5(string_agg(id || note, ',' ORDER BY id)) FROM items;",
         )
         .unwrap();
-        assert_eq!(got, want, "the cluster restored from {repo} has the source's rows");
+        assert_eq!(
+            got, want,
+            "the cluster restored from {repo} has the source's rows"
+        );
         assert!(got.starts_with("20600:"), "{got}");
     }
     assert!(daemon.stop().success());
