@@ -259,6 +259,10 @@ fn gs_wrong_credentials_and_a_missing_bucket_are_clear_errors_naming_the_reposit
         error.contains("gs://bdc-test/prod"),
         "wrong credentials name the repository: {run}"
     );
+    assert!(
+        error.contains(&format!("credentials file {}", creds.display())),
+        "and the credentials file the settings came from: {run}"
+    );
     assert!(daemon.stop().success());
     // With the daemon down, `backups` reads the repository itself.
     let out = setup.ctl(&["backups", "--repository", "gcs"]);

@@ -138,12 +138,14 @@ fn files_full_and_incremental_on_s3_and_azure_as_primary_and_replica_restore_who
 
     // A tree with modes, an executable, a private file, an empty file, a symlink, and one large
     // file next to a small one (the small one's single-file restore must not read the large).
+    // The large file (12 MiB, incompressible) makes the full's data object larger than the
+    // 8 MiB part size: a multipart upload on S3, a block list on Azure.
     let src = setup.path("uploads");
     std::fs::create_dir_all(src.join("invoices/2026/11")).unwrap();
     std::fs::create_dir_all(src.join("bin")).unwrap();
     write_mode(
         &src.join("invoices/2026/11/big.pdf"),
-        &noise(7, 3 << 20),
+        &noise(7, 12 << 20),
         0o640,
     );
     write_mode(
@@ -236,6 +238,19 @@ repositories = ["azure", "offsite"]
         }
     }
     assert!(moto.keys("bdc-test").iter().any(|k| k.contains("to-azure")));
+    let full_id =
+        setup.ctl_json(&["backups", "--job", "to-s3", "--repository", "offsite"])[0]["backup_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    let etag = moto.etag(
+        "bdc-test",
+        &format!("prod/backups/to-s3/{full_id}/data/000000.age"),
+    );
+    assert!(
+        etag.trim_matches('"').ends_with("-2"),
+        "the full's data object went up in two parts: {etag}"
+    );
     assert!(azurite.keys("bdc-test").iter().any(|k| k.contains("to-s3")));
 
     // Whole-tree restores of each backup from each repository.
@@ -273,7 +288,7 @@ repositories = ["azure", "offsite"]
     }
 
     // A single small file of the newest backup, by ranged reads: the packs holding it are read
-    // by range (206), and far fewer bytes come back than the large file's 3 MiB.
+    // by range (206), and far fewer bytes come back than the large file's 12 MiB.
     for (job, repo) in [("to-s3", "offsite"), ("to-azure", "azure")] {
         let before = match repo {
             "offsite" => moto.log().len(),
