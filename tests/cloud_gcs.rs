@@ -16,7 +16,7 @@ use common::daemon::Setup;
 use common::objstores::{FakeGcs, credentials_file};
 use common::pg::PgCluster;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// A service-account JSON for an emulator: no OAuth (object_store sends an empty bearer token).
 fn emulator_service_account(setup: &Setup) -> PathBuf {
@@ -32,7 +32,7 @@ fn emulator_service_account(setup: &Setup) -> PathBuf {
 
 /// The catalogue: a dump job of `app` and a files job of the setup's `tree` folder, each into
 /// `local` then `gcs` (`gs://BUCKET/prod` on the emulator, `creds` its credentials file).
-fn catalogue(setup: &Setup, cluster: &PgCluster, gcs: &FakeGcs, bucket: &str, creds: &PathBuf) {
+fn catalogue(setup: &Setup, cluster: &PgCluster, gcs: &FakeGcs, bucket: &str, creds: &Path) {
     std::fs::create_dir_all(setup.path("tree")).unwrap();
     setup.write_catalogue(&format!(
         r#"

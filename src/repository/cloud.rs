@@ -74,7 +74,7 @@ pub enum CloudConfigError {
         url: String,
         credentials: Option<PathBuf>,
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     #[error("{url}: {reason}")]
     Invalid { url: String, reason: String },
@@ -159,7 +159,7 @@ impl CloudStore {
         let build_err = |source| CloudConfigError::Build {
             url: url.clone(),
             credentials: settings.credentials_file.clone(),
-            source,
+            source: Box::new(source),
         };
         let creds = match &settings.credentials_file {
             Some(p) => Some((p.clone(), read_credentials_file(p)?)),
