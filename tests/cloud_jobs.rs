@@ -130,7 +130,7 @@ fn log_since(log: &str, from: usize) -> &str {
 
 #[test]
 fn files_full_and_incremental_on_s3_and_azure_as_primary_and_replica_restore_whole_and_ranged() {
-    let moto = Moto::start();
+    let mut moto = Moto::start();
     moto.create_bucket("bdc-test");
     let azurite = Azurite::start();
     azurite.create_container("bdc-test");
@@ -350,6 +350,29 @@ repositories = ["azure", "offsite"]
             "{repo}: no whole data object was read: {full_gets:?}"
         );
     }
+
+    // The primary gone: the job whose primary is S3 restores from its Azure replica alone.
+    moto.kill_now();
+    let target = setup.path("replica-only");
+    let out = setup.ctl(&[
+        "restore",
+        "files",
+        "--job",
+        "to-s3",
+        "--repository",
+        "azure",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "restore from the replica with S3 down"
+    );
+    assert_same_tree(
+        &src,
+        &restored_root(&target, &src),
+        "to-s3 from azure, S3 down",
+    );
     assert!(daemon.stop().success());
 }
 
