@@ -253,9 +253,29 @@ mod settings;
 mod start;
 
 use choose::choose;
-pub use settings::recovery_settings;
 use settings::{configured_port, write_auto_conf};
+pub use settings::{recovery_settings, recovery_settings_from};
 use start::start_and_wait;
+
+/// The one repository recovery fetches WAL from, if any: `--repository R` when R is a `sync`
+/// repository of the postgres-wal job. A sync repository holds every segment PostgreSQL was told
+/// is archived, so reading only from it loses nothing; and a restore from R then works while the
+/// WAL job's other repositories are unreachable (otherwise the first segment that does not exist,
+/// which recovery always asks for, cannot be called missing while another repository does not
+/// answer: wal-fetch retries, then stops recovery). Otherwise (`None`): every repository of the
+/// WAL job, sync ones first.
+pub fn wal_source<'a>(catalogue: &Catalogue, repository: Option<&'a str>) -> Option<&'a str> {
+    let r = repository?;
+    let wal_job = catalogue
+        .jobs
+        .iter()
+        .find(|j| matches!(j.spec, JobSpec::PostgresWal(_)))?;
+    let sync = wal_job.repositories.iter().any(|n| n == r)
+        && catalogue
+            .repository(r)
+            .is_some_and(|s| s.wal_ack == crate::catalogue::WalAck::Sync);
+    sync.then_some(r)
+}
 
 /// Restores a base backup and prepares (and with `--start` runs) recovery.
 pub async fn restore_cluster(
@@ -280,7 +300,8 @@ pub async fn restore_cluster(
             .join(&o.target_dir)
     };
     let spool = o.start.then(|| target_dir.join(SPOOL_DIR));
-    let settings = recovery_settings(&o, tz, spool.as_deref())?;
+    let wal_repository = wal_source(catalogue, o.repository.as_deref());
+    let settings = recovery_settings_from(&o, tz, spool.as_deref(), wal_repository)?;
 
     let source = RestoreSource::open(
         catalogue,

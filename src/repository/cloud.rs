@@ -66,11 +66,15 @@ pub enum CloudConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("configuring {url}: {source}")]
+    /// object_store refused the configuration (e.g. a service-account key that is no PEM key);
+    /// the credentials file is named, since object_store's message does not say where the
+    /// offending setting came from.
+    #[error("configuring {url}{}: {source}", .credentials.as_ref().map(|p| format!(" (settings from credentials file {})", p.display())).unwrap_or_default())]
     Build {
         url: String,
+        credentials: Option<PathBuf>,
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     #[error("{url}: {reason}")]
     Invalid { url: String, reason: String },
@@ -154,7 +158,8 @@ impl CloudStore {
         let url = settings.url.clone();
         let build_err = |source| CloudConfigError::Build {
             url: url.clone(),
-            source,
+            credentials: settings.credentials_file.clone(),
+            source: Box::new(source),
         };
         let creds = match &settings.credentials_file {
             Some(p) => Some((p.clone(), read_credentials_file(p)?)),

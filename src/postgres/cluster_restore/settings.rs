@@ -34,11 +34,25 @@ pub fn recovery_settings(
     tz: chrono_tz::Tz,
     spool: Option<&Path>,
 ) -> Result<Vec<String>, ClusterRestoreError> {
+    recovery_settings_from(o, tz, spool, None)
+}
+
+/// [`recovery_settings`], with `wal-fetch --repository R` in `restore_command` when the WAL is
+/// to come from one repository only (see [`super::wal_source`]).
+pub fn recovery_settings_from(
+    o: &ClusterRestoreOptions,
+    tz: chrono_tz::Tz,
+    spool: Option<&Path>,
+    wal_repository: Option<&str>,
+) -> Result<Vec<String>, ClusterRestoreError> {
     let mut cmd = format!(
         "{} --catalogue {} wal-fetch %f %p",
         command_word(&o.ctl_binary),
         command_word(&o.catalogue_path)
     );
+    if let Some(r) = wal_repository {
+        cmd.push_str(&format!(" --repository {}", sh_quote(r).replace('%', "%%")));
+    }
     if let Some(spool) = spool {
         cmd.push_str(&format!(
             " --spool {} --prefetch {PREFETCH}",
@@ -244,6 +258,60 @@ mod tests {
         assert_eq!(
             s[0],
             "restore_command = '/opt/100%%/bdc-backupctl --catalogue /etc/cat%%p/catalogue.toml wal-fetch %f %p --spool ''/d/%%f x/.s'' --prefetch 8'"
+        );
+    }
+
+    #[test]
+    fn wal_from_one_sync_repository_when_restoring_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            r#"
+[encryption]
+recipients = ["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"]
+[repository.local]
+url = "file://{d}/a"
+[repository.b]
+url = "file://{d}/b"
+[repository.c]
+url = "file://{d}/c"
+wal-ack = "async"
+[postgres]
+url = "postgresql://postgres@127.0.0.1/postgres"
+data-directory = "{d}/data"
+[[job]]
+name = "base"
+kind = "postgres-base"
+full = "0 4 * * 0"
+wal-job = "wal"
+repositories = ["b", "c", "local"]
+[[job]]
+name = "wal"
+kind = "postgres-wal"
+repositories = ["local", "b", "c"]
+"#,
+            d = dir.path().display()
+        );
+        let cat =
+            crate::catalogue::parse_str(&text, &dir.path().join("c.toml"), &[]).expect("catalogue");
+        use super::super::wal_source;
+        assert_eq!(
+            wal_source(&cat, Some("b")),
+            Some("b"),
+            "sync: WAL from it alone"
+        );
+        assert_eq!(
+            wal_source(&cat, Some("c")),
+            None,
+            "async: may lag, all repositories"
+        );
+        assert_eq!(wal_source(&cat, None), None);
+        assert_eq!(wal_source(&cat, Some("nope")), None);
+
+        let o = opts(RecoveryTarget::EndOfArchive);
+        let s = recovery_settings_from(&o, chrono_tz::UTC, None, Some("off site%")).unwrap();
+        assert_eq!(
+            s[0],
+            "restore_command = '/usr/bin/bdc-backupctl --catalogue ''/etc/bdc backup/catalogue.toml'' wal-fetch %f %p --repository ''off site%%'''"
         );
     }
 
