@@ -15,9 +15,7 @@
 use bdc_backup::catalogue;
 use bdc_backup::control::client::decode_reply;
 use bdc_backup::model::{BackupType, ClusterIdentity, JobKindName};
-use bdc_backup::protocol::{
-    self, ErrorBody, ErrorCode, Event, Hello, Reply, Request, Response,
-};
+use bdc_backup::protocol::{self, ErrorBody, ErrorCode, Event, Hello, Reply, Request, Response};
 use bdc_backup::repository::format::{self, CommitRecord, ObjectRecord};
 use bdc_backup::repository::store::Store;
 use bdc_backup::repository::{Repository, local::LocalStore};
@@ -171,14 +169,57 @@ fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
 fn json_value() -> impl Strategy<Value = serde_json::Value> {
     use serde_json::Value;
     let keys = select(vec![
-        "type", "job", "limit", "repository", "backup-type", "wait", "run-id", "dry-run", "weeks",
-        "name", "system-identifier", "pg-major", "protocol", "software", "ok", "error", "code",
-        "message", "event", "run", "jobs", "run_id", "sha256", "warnings", "hex", "end",
+        "type",
+        "job",
+        "limit",
+        "repository",
+        "backup-type",
+        "wait",
+        "run-id",
+        "dry-run",
+        "weeks",
+        "name",
+        "system-identifier",
+        "pg-major",
+        "protocol",
+        "software",
+        "ok",
+        "error",
+        "code",
+        "message",
+        "event",
+        "run",
+        "jobs",
+        "run_id",
+        "sha256",
+        "warnings",
+        "hex",
+        "end",
     ]);
     let texts = select(vec![
-        "status", "runs", "backups", "run", "cancel", "reload", "follow", "retention", "usage",
-        "wal-push", "full", "incremental", "log", "skipped", "reloaded", "event", "forbidden",
-        "wal-pushed", "cancelled", "000000010000000000000003", "18446744073709551616", "-1", "",
+        "status",
+        "runs",
+        "backups",
+        "run",
+        "cancel",
+        "reload",
+        "follow",
+        "retention",
+        "usage",
+        "wal-push",
+        "full",
+        "incremental",
+        "log",
+        "skipped",
+        "reloaded",
+        "event",
+        "forbidden",
+        "wal-pushed",
+        "cancelled",
+        "000000010000000000000003",
+        "18446744073709551616",
+        "-1",
+        "",
     ]);
     let leaf = prop_oneof![
         Just(Value::Null),
@@ -210,13 +251,16 @@ fn request() -> impl Strategy<Value = Request> {
         Just(Request::Status),
         (opt_text(), any::<Option<u32>>()).prop_map(|(job, limit)| Request::Runs { job, limit }),
         (opt_text(), opt_text()).prop_map(|(job, repository)| Request::Backups { job, repository }),
-        (".{0,16}", prop::option::of(select(BackupType::ALL)), any::<bool>()).prop_map(
-            |(job, backup_type, wait)| Request::Run {
+        (
+            ".{0,16}",
+            prop::option::of(select(BackupType::ALL)),
+            any::<bool>()
+        )
+            .prop_map(|(job, backup_type, wait)| Request::Run {
                 job,
                 backup_type,
                 wait
-            }
-        ),
+            }),
         any::<i64>().prop_map(|run_id| Request::Cancel { run_id }),
         Just(Request::Reload),
         Just(Request::Follow),
@@ -260,13 +304,16 @@ fn reply() -> impl Strategy<Value = Reply> {
         any::<i64>().prop_map(|run_id| Reply::Ok(Response::Cancelled { run_id })),
         any::<usize>().prop_map(|jobs| Reply::Ok(Response::Reloaded { jobs })),
         Just(Reply::Ok(Response::Following)),
-        (".{0,30}", "[0-9a-f]{64}", prop::collection::vec(".{0,20}", 0..3)).prop_map(
-            |(name, sha256, warnings)| Reply::Ok(Response::WalPushed {
+        (
+            ".{0,30}",
+            "[0-9a-f]{64}",
+            prop::collection::vec(".{0,20}", 0..3)
+        )
+            .prop_map(|(name, sha256, warnings)| Reply::Ok(Response::WalPushed {
                 name,
                 sha256,
                 warnings
-            })
-        ),
+            })),
         (".{0,10}", ".{0,40}")
             .prop_map(|(level, message)| Reply::Ok(Response::Event(Event::Log { level, message }))),
         (".{0,10}", ".{0,40}")
@@ -312,7 +359,10 @@ fn protocol_messages_round_trip() {
             let line = json_line(&request);
             prop_assert!(!line.contains(&b'\n'));
             let back = protocol::decode_request(&line).map_err(|e| {
-                TestCaseError::fail(format!("{} does not decode: {e}", String::from_utf8_lossy(&line)))
+                TestCaseError::fail(format!(
+                    "{} does not decode: {e}",
+                    String::from_utf8_lossy(&line)
+                ))
             })?;
             prop_assert_eq!(back, request);
 
@@ -356,31 +406,89 @@ fn value(pool: &'static [&'static str]) -> impl Strategy<Value = String> {
 }
 
 const DURATIONS: &[&str] = &[
-    "\"30s\"", "\"5m\"", "\"26h\"", "\"14d\"", "\"0s\"", "\"\"", "\"-1s\"", "\"1 fortnight\"",
-    "\"18446744073709551615s\"", "\"9999999999999999d\"", "\"1h 30m\"",
+    "\"30s\"",
+    "\"5m\"",
+    "\"26h\"",
+    "\"14d\"",
+    "\"0s\"",
+    "\"\"",
+    "\"-1s\"",
+    "\"1 fortnight\"",
+    "\"18446744073709551615s\"",
+    "\"9999999999999999d\"",
+    "\"1h 30m\"",
 ];
 const CRONS: &[&str] = &[
-    "\"0 2 * * *\"", "\"*/30 * * * *\"", "\"0 4 * * 0\"", "\"60 * * * *\"", "\"* * * * * * *\"",
-    "\"@daily\"", "\"@reboot\"", "\"0 0 31 2 *\"", "\"*/0 * * * *\"", "\"5-1 * * * *\"",
-    "\"0 0 L * *\"", "\"0 0 * * 5#3\"", "\"0 0 ? * MON-FRI\"", "\"\"", "\"1,,2 * * * *\"",
-    "\"0 0 1W * *\"", "\"0 0 * * 7L\"", "\"99999999999 * * * *\"", "\"-1 * * * *\"",
+    "\"0 2 * * *\"",
+    "\"*/30 * * * *\"",
+    "\"0 4 * * 0\"",
+    "\"60 * * * *\"",
+    "\"* * * * * * *\"",
+    "\"@daily\"",
+    "\"@reboot\"",
+    "\"0 0 31 2 *\"",
+    "\"*/0 * * * *\"",
+    "\"5-1 * * * *\"",
+    "\"0 0 L * *\"",
+    "\"0 0 * * 5#3\"",
+    "\"0 0 ? * MON-FRI\"",
+    "\"\"",
+    "\"1,,2 * * * *\"",
+    "\"0 0 1W * *\"",
+    "\"0 0 * * 7L\"",
+    "\"99999999999 * * * *\"",
+    "\"-1 * * * *\"",
 ];
 const REPO_URLS: &[&str] = &[
-    "\"file:///tmp/bdc-fuzz-repo\"", "\"s3://bucket/prefix\"", "\"gs://bucket\"",
-    "\"az://container/p\"", "\"ftp://host/x\"", "\"\"", "\"file://\"", "\"s3://\"",
-    "\"file:///\"", "\"relative/path\"", "\"s3://b/p?region=x\"", "\"az://\"",
+    "\"file:///tmp/bdc-fuzz-repo\"",
+    "\"s3://bucket/prefix\"",
+    "\"gs://bucket\"",
+    "\"az://container/p\"",
+    "\"ftp://host/x\"",
+    "\"\"",
+    "\"file://\"",
+    "\"s3://\"",
+    "\"file:///\"",
+    "\"relative/path\"",
+    "\"s3://b/p?region=x\"",
+    "\"az://\"",
 ];
 const ZONES: &[&str] = &[
-    "\"UTC\"", "\"Europe/Istanbul\"", "\"Mars/Base\"", "\"\"", "\"utc\"", "\"+03:00\"",
+    "\"UTC\"",
+    "\"Europe/Istanbul\"",
+    "\"Mars/Base\"",
+    "\"\"",
+    "\"utc\"",
+    "\"+03:00\"",
 ];
-const NAMES: &[&str] = &["\"db\"", "\"wal\"", "\"files\"", "\"\"", "\"a/b\"", "\"db\"", "\"ü\""];
+const NAMES: &[&str] = &[
+    "\"db\"",
+    "\"wal\"",
+    "\"files\"",
+    "\"\"",
+    "\"a/b\"",
+    "\"db\"",
+    "\"ü\"",
+];
 const KINDS: &[&str] = &[
-    "\"postgres-dump\"", "\"postgres-base\"", "\"postgres-wal\"", "\"files\"", "\"config\"",
-    "\"verify\"", "\"tarball\"",
+    "\"postgres-dump\"",
+    "\"postgres-base\"",
+    "\"postgres-wal\"",
+    "\"files\"",
+    "\"config\"",
+    "\"verify\"",
+    "\"tarball\"",
 ];
 const LISTS: &[&str] = &[
-    "[\"local\"]", "[\"local\", \"offsite\"]", "[]", "[\"nowhere\"]", "[\"local\", \"local\"]",
-    "[\"*.tmp\", \"[\"]", "[\"/etc/hosts\"]", "[\"{a,b}\", \"**/x\"]", "[1]",
+    "[\"local\"]",
+    "[\"local\", \"offsite\"]",
+    "[]",
+    "[\"nowhere\"]",
+    "[\"local\", \"local\"]",
+    "[\"*.tmp\", \"[\"]",
+    "[\"/etc/hosts\"]",
+    "[\"{a,b}\", \"**/x\"]",
+    "[1]",
 ];
 const POSITIVE: &[&str] = &["2", "13", "0", "-3", "100000", "\"7\""];
 
@@ -400,15 +508,20 @@ fn catalogue_text() -> impl Strategy<Value = String> {
                 .prop_map(|v| format!("log-level = {v}")),
             value(&["\"/tmp/bdc-fuzz/state.db\"", "\"\"", "\"state.db\""])
                 .prop_map(|v| format!("state-db = {v}")),
-            value(&["\"bdc-backup\"", "\"\"", "\"root\""]).prop_map(|v| format!("read-group = {v}")),
+            value(&["\"bdc-backup\"", "\"\"", "\"root\""])
+                .prop_map(|v| format!("read-group = {v}")),
         ],
         0..6,
     );
     let postgres = prop::option::of(prop::collection::vec(
         prop_oneof![
             value(&[
-                "\"postgresql://u@localhost:5432/db\"", "\"postgresql://u:pw@h/db\"",
-                "\"postgres://\"", "\"http://x\"", "\"\"", "\"postgresql://h:99999/db\"",
+                "\"postgresql://u@localhost:5432/db\"",
+                "\"postgresql://u:pw@h/db\"",
+                "\"postgres://\"",
+                "\"http://x\"",
+                "\"\"",
+                "\"postgresql://h:99999/db\"",
             ])
             .prop_map(|v| format!("url = {v}")),
             value(&["\"/var/lib/postgresql/15/main\"", "\"\"", "\"rel\""])
@@ -443,7 +556,10 @@ fn catalogue_text() -> impl Strategy<Value = String> {
     let retention = (
         select(&["standard", "short"][..]),
         prop::collection::vec(
-            (select(&["daily", "weekly", "monthly", "yearly", "hourly"][..]), value(POSITIVE)),
+            (
+                select(&["daily", "weekly", "monthly", "yearly", "hourly"][..]),
+                value(POSITIVE),
+            ),
             0..4,
         ),
     )
@@ -479,7 +595,10 @@ fn catalogue_text() -> impl Strategy<Value = String> {
         prop::collection::vec(job_key, 0..7),
     )
         .prop_map(|(name, kind, keys)| {
-            format!("[[job]]\nname = {name}\nkind = {kind}\n{}\n", keys.join("\n"))
+            format!(
+                "[[job]]\nname = {name}\nkind = {kind}\n{}\n",
+                keys.join("\n")
+            )
         });
     (
         daemon,
@@ -546,15 +665,17 @@ fn object_record() -> impl Strategy<Value = ObjectRecord> {
         "[0-9a-f]{64}",
         select(&["zstd", "gzip"][..]),
     )
-        .prop_map(|(key, size, sha256, content_size, content_sha256, c)| ObjectRecord {
-            key,
-            size,
-            sha256,
-            content_size,
-            content_sha256,
-            compression: c.into(),
-            encryption: "age".into(),
-        })
+        .prop_map(
+            |(key, size, sha256, content_size, content_sha256, c)| ObjectRecord {
+                key,
+                size,
+                sha256,
+                content_size,
+                content_sha256,
+                compression: c.into(),
+                encryption: "age".into(),
+            },
+        )
 }
 
 fn details() -> impl Strategy<Value = serde_json::Map<String, serde_json::Value>> {
@@ -586,7 +707,17 @@ fn commit_record() -> impl Strategy<Value = CommitRecord> {
         ".{0,20}",
     )
         .prop_map(
-            |((job, id), (kind, backup_type), ancestors, (started_at, stopped_at), (r, s), objects, manifest, details, software)| {
+            |(
+                (job, id),
+                (kind, backup_type),
+                ancestors,
+                (started_at, stopped_at),
+                (r, s),
+                objects,
+                manifest,
+                details,
+                software,
+            )| {
                 CommitRecord {
                     format_version: 1,
                     id,
@@ -608,7 +739,10 @@ fn commit_record() -> impl Strategy<Value = CommitRecord> {
 }
 
 fn repository() -> Repository {
-    Repository::with_store("fuzz", Store::Local(LocalStore::new("/nonexistent/bdc-fuzz")))
+    Repository::with_store(
+        "fuzz",
+        Store::Local(LocalStore::new("/nonexistent/bdc-fuzz")),
+    )
 }
 
 #[test]
@@ -686,7 +820,14 @@ fn entry_body() -> impl Strategy<Value = Entry> {
             opt_text(),
             opt_text(),
         ),
-        (any::<i64>(), any::<u32>(), any::<i64>(), any::<u32>(), any::<u64>(), any::<u64>()),
+        (
+            any::<i64>(),
+            any::<u32>(),
+            any::<i64>(),
+            any::<u32>(),
+            any::<u64>(),
+            any::<u64>(),
+        ),
         (
             prop::option::of("[0-9a-f]{64}"),
             prop::option::of(byte_name().prop_map(ByteName)),
@@ -696,7 +837,8 @@ fn entry_body() -> impl Strategy<Value = Entry> {
         (
             prop::option::of(location()),
             prop::option::of(
-                (any::<u64>(), "[0-9a-f]{0,64}").prop_map(|(size, xxh3)| BlockHashes { size, xxh3 }),
+                (any::<u64>(), "[0-9a-f]{0,64}")
+                    .prop_map(|(size, xxh3)| BlockHashes { size, xxh3 }),
             ),
             prop::option::of(prop::collection::vec(
                 (any::<u64>(), any::<u64>(), location()).prop_map(|(at, len, data)| Extent {
@@ -709,7 +851,12 @@ fn entry_body() -> impl Strategy<Value = Entry> {
         ),
     )
         .prop_map(
-            |((kind, mode, uid, gid, user, group), (mtime, mn, ctime, cn, ino, size), (sha256, target, link_group, sparse), (data, blocks, extents))| Entry {
+            |(
+                (kind, mode, uid, gid, user, group),
+                (mtime, mn, ctime, cn, ino, size),
+                (sha256, target, link_group, sparse),
+                (data, blocks, extents),
+            )| Entry {
                 path: ByteName::default(),
                 kind,
                 mode,
@@ -745,25 +892,26 @@ fn manifest() -> impl Strategy<Value = (Header, Vec<Entry>, Trailer)> {
         instant(),
         prop::collection::vec(".{0,12}", 0..3),
     )
-        .prop_map(|(job, backup_id, backup_type, mode, source, started_at, ancestors)| Header {
-            format_version: 1,
-            kind: "tree-snapshot".into(),
-            job,
-            backup_id,
-            backup_type,
-            mode,
-            source: ByteName(source),
-            started_at,
-            ancestors,
-        });
-    let paths = prop::collection::vec(prop::collection::vec(byte_name(), 0..4), 0..12).prop_map(
-        |paths| {
+        .prop_map(
+            |(job, backup_id, backup_type, mode, source, started_at, ancestors)| Header {
+                format_version: 1,
+                kind: "tree-snapshot".into(),
+                job,
+                backup_id,
+                backup_type,
+                mode,
+                source: ByteName(source),
+                started_at,
+                ancestors,
+            },
+        );
+    let paths =
+        prop::collection::vec(prop::collection::vec(byte_name(), 0..4), 0..12).prop_map(|paths| {
             let mut v: Vec<Vec<u8>> = paths.into_iter().map(|c| c.join(&b'/')).collect();
             v.sort_by(|a, b| compare(a, b));
             v.dedup_by(|a, b| compare(a, b) == std::cmp::Ordering::Equal);
             v
-        },
-    );
+        });
     let entries = paths.prop_flat_map(|paths| {
         let n = paths.len();
         (Just(paths), prop::collection::vec(entry_body(), n))
@@ -854,24 +1002,36 @@ fn manifests_never_panic() {
 
 #[test]
 fn manifests_round_trip() {
-    fuzz("manifest-round-trip", manifest(), |(header, entries, trailer)| {
-        let bytes = write_manifest(&header, &entries, &trailer);
-        let (h, e, t) = read_manifest(&bytes).map_err(TestCaseError::fail)?;
-        prop_assert_eq!(h, header);
-        prop_assert_eq!(&e, &entries);
-        prop_assert_eq!(t.entries, entries.len() as u64);
-        prop_assert_eq!(
-            (t.objects, t.files_stored, t.warnings),
-            (trailer.objects, trailer.files_stored, trailer.warnings)
-        );
-        Ok(())
-    });
+    fuzz(
+        "manifest-round-trip",
+        manifest(),
+        |(header, entries, trailer)| {
+            let bytes = write_manifest(&header, &entries, &trailer);
+            let (h, e, t) = read_manifest(&bytes).map_err(TestCaseError::fail)?;
+            prop_assert_eq!(h, header);
+            prop_assert_eq!(&e, &entries);
+            prop_assert_eq!(t.entries, entries.len() as u64);
+            prop_assert_eq!(
+                (t.objects, t.files_stored, t.warnings),
+                (trailer.objects, trailer.files_stored, trailer.warnings)
+            );
+            Ok(())
+        },
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
 // WAL: page headers, names, LSNs, archive keys
 
-fn long_header(magic: u16, info: u16, tl: u32, addr: u64, sysid: u64, seg: u32, blk: u32) -> Vec<u8> {
+fn long_header(
+    magic: u16,
+    info: u16,
+    tl: u32,
+    addr: u64,
+    sysid: u64,
+    seg: u32,
+    blk: u32,
+) -> Vec<u8> {
     let mut b = vec![0u8; 40];
     b[0..2].copy_from_slice(&magic.to_le_bytes());
     b[2..4].copy_from_slice(&info.to_le_bytes());
@@ -898,17 +1058,27 @@ fn wal_headers_never_panic_and_read_back() {
     );
     fuzz(
         "wal-header",
-        prop_oneof![bytes(80).prop_map(|b| (b, None)), header.prop_map(|(m, i, t, a, s, seg, blk, tail)| {
-            let mut b = long_header(m, i, t, a, s, seg, blk);
-            b.extend(tail);
-            (b, Some((m, i, t, a, s, seg, blk)))
-        })],
+        prop_oneof![
+            bytes(80).prop_map(|b| (b, None)),
+            header.prop_map(|(m, i, t, a, s, seg, blk, tail)| {
+                let mut b = long_header(m, i, t, a, s, seg, blk);
+                b.extend(tail);
+                (b, Some((m, i, t, a, s, seg, blk)))
+            })
+        ],
         |(bytes, fields)| {
             let parsed = WalHeader::parse(&bytes);
             if let (Ok(h), Some((m, i, t, a, s, seg, blk))) = (parsed, fields) {
                 prop_assert!(i & 0x0002 != 0);
                 prop_assert_eq!(
-                    (h.magic, h.timeline, h.page_address, h.system_identifier, h.segment_size, h.block_size),
+                    (
+                        h.magic,
+                        h.timeline,
+                        h.page_address,
+                        h.system_identifier,
+                        h.segment_size,
+                        h.block_size
+                    ),
                     (m, t, a, s, seg, blk)
                 );
             }
@@ -928,7 +1098,16 @@ fn wal_name_text() -> impl Strategy<Value = String> {
     ];
     (
         prop::collection::vec(part, 1..4),
-        select(&["", ".partial", ".backup", ".history", ".00000028.backup", ".0000002.backup"][..]),
+        select(
+            &[
+                "",
+                ".partial",
+                ".backup",
+                ".history",
+                ".00000028.backup",
+                ".0000002.backup",
+            ][..],
+        ),
     )
         .prop_map(|(parts, suffix)| parts.concat() + suffix)
 }
@@ -1002,8 +1181,17 @@ fn zone() -> impl Strategy<Value = chrono_tz::Tz> {
 fn time_text() -> impl Strategy<Value = String> {
     let date = prop_oneof![
         "[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}",
-        select(&["0000-01-01", "9999-12-31", "2026-02-29", "2024-02-29", "2026-13-01", "2026-1-1"][..])
-            .prop_map(String::from),
+        select(
+            &[
+                "0000-01-01",
+                "9999-12-31",
+                "2026-02-29",
+                "2024-02-29",
+                "2026-13-01",
+                "2026-1-1"
+            ][..]
+        )
+        .prop_map(String::from),
     ];
     let time = prop_oneof![
         Just(String::new()),
@@ -1014,8 +1202,20 @@ fn time_text() -> impl Strategy<Value = String> {
     let zone = prop_oneof![
         Just(String::new()),
         "[ ]?[+-][0-9]{1,2}(:?[0-9]{2}(:?[0-9]{2})?)?",
-        select(&["Z", "z", " UTC", "Europe/Istanbul", " europe/berlin", " Mars/Base", "+", "-15:59:59", "+99"][..])
-            .prop_map(String::from),
+        select(
+            &[
+                "Z",
+                "z",
+                " UTC",
+                "Europe/Istanbul",
+                " europe/berlin",
+                " Mars/Base",
+                "+",
+                "-15:59:59",
+                "+99"
+            ][..]
+        )
+        .prop_map(String::from),
         ".{0,6}",
     ];
     (date, time, zone).prop_map(|(d, t, z)| d + &t + &z)
@@ -1040,29 +1240,34 @@ fn times_round_trip() {
         -15 * 60i32..=15 * 60,
         zone(),
     );
-    fuzz("time-round-trip", input, |((secs, nanos), offset_min, zone)| {
-        let t = Utc.timestamp_opt(secs, nanos).single().expect("in range");
-        // As psql prints it (offset in hours, sometimes minutes), as RFC 3339, and with `T`.
-        let offset = chrono::FixedOffset::east_opt(offset_min * 60).unwrap();
-        let local = t.with_timezone(&offset);
-        for text in [
-            local.format("%Y-%m-%d %H:%M:%S%.f%:z").to_string(),
-            local.format("%Y-%m-%dT%H:%M:%S%.f%z").to_string(),
-            t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string(),
-            t.to_rfc3339(),
-            t.format("%Y-%m-%d %H:%M:%S%.f UTC").to_string(),
-        ] {
-            let back = parse_time(&text, zone).map_err(|e| TestCaseError::fail(e.to_string()))?;
-            // psql's microseconds drop the rest.
-            let want = if text.ends_with("+00") {
-                Utc.timestamp_opt(secs, nanos / 1000 * 1000).unwrap()
-            } else {
-                t
-            };
-            prop_assert_eq!(back, want, "{}", text);
-        }
-        Ok(())
-    });
+    fuzz(
+        "time-round-trip",
+        input,
+        |((secs, nanos), offset_min, zone)| {
+            let t = Utc.timestamp_opt(secs, nanos).single().expect("in range");
+            // As psql prints it (offset in hours, sometimes minutes), as RFC 3339, and with `T`.
+            let offset = chrono::FixedOffset::east_opt(offset_min * 60).unwrap();
+            let local = t.with_timezone(&offset);
+            for text in [
+                local.format("%Y-%m-%d %H:%M:%S%.f%:z").to_string(),
+                local.format("%Y-%m-%dT%H:%M:%S%.f%z").to_string(),
+                t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string(),
+                t.to_rfc3339(),
+                t.format("%Y-%m-%d %H:%M:%S%.f UTC").to_string(),
+            ] {
+                let back =
+                    parse_time(&text, zone).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                // psql's microseconds drop the rest.
+                let want = if text.ends_with("+00") {
+                    Utc.timestamp_opt(secs, nanos / 1000 * 1000).unwrap()
+                } else {
+                    t
+                };
+                prop_assert_eq!(back, want, "{}", text);
+            }
+            Ok(())
+        },
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1079,6 +1284,8 @@ fn regressions_wal_names() {
         "0000000é.history",
     ] {
         assert_eq!(WalName::parse(name), None, "{name}");
-        assert!(parse_object_key(&format!("wal/1-15/00000001/{name}-{}", "a".repeat(64))).is_none());
+        assert!(
+            parse_object_key(&format!("wal/1-15/00000001/{name}-{}", "a".repeat(64))).is_none()
+        );
     }
 }
