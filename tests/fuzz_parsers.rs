@@ -1,5 +1,5 @@
 //! Fuzzed parsers (issue 11): every parser that reads text or bytes from outside — the control
-//! protocol decoder (both ends), the catalogue loader, the commit-record and manifest readers,
+//! protocol decoder (both ends, and the real socket server fed any byte stream cut anywhere), the catalogue loader, the commit-record and manifest readers,
 //! the WAL page header and file names, and `--time` — is fed arbitrary input and structured
 //! near-valid input by proptest. The property everywhere: no panic, a clear error or a value.
 //! Where an encoder exists (requests, replies, commit records, manifests, WAL names and keys,
@@ -13,7 +13,9 @@
 //! run); the findings fixed so far are also kept as explicit inputs in `regressions_*` below.
 
 use bdc_backup::catalogue;
+use bdc_backup::control::auth::{AccessPolicy, Peer};
 use bdc_backup::control::client::decode_reply;
+use bdc_backup::control::server::{self, Handler};
 use bdc_backup::model::{BackupType, ClusterIdentity, JobKindName};
 use bdc_backup::protocol::{self, ErrorBody, ErrorCode, Event, Hello, Reply, Request, Response};
 use bdc_backup::repository::format::{self, CommitRecord, ObjectRecord};
@@ -37,7 +39,12 @@ use proptest::test_runner::{
 };
 use std::fmt::Debug;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------------------------
@@ -386,6 +393,140 @@ fn protocol_messages_round_trip() {
             Ok(())
         },
     );
+}
+
+/// The daemon's side of the socket for the stream target: answers everything at once.
+struct Echo;
+
+impl Handler for Echo {
+    async fn handle(&self, _peer: &Peer, request: Request) -> Reply {
+        match request {
+            Request::Reload => Reply::Ok(Response::Reloaded { jobs: 1 }),
+            other => Reply::Error(ErrorBody {
+                code: ErrorCode::NotFound,
+                message: format!("{} is not served here", other.verb()),
+            }),
+        }
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Event> {
+        // Nothing is ever sent: `follow` streams until the client closes.
+        broadcast::channel(1).1
+    }
+
+    async fn audit(&self, _: &Peer, _: &Request, _: bool, _: &str) {}
+}
+
+/// One connection's input after the hello: chunks as written (so lines are cut anywhere).
+fn stream_chunks() -> impl Strategy<Value = Vec<Vec<u8>>> {
+    let piece = prop_oneof![
+        bytes(64),
+        mutated(request().prop_map(|r| json_line(&r))).prop_map(|mut l| {
+            l.push(b'\n');
+            l
+        }),
+        request().prop_map(|r| {
+            let mut l = json_line(&r);
+            l.push(b'\n');
+            l
+        }),
+        json_value().prop_map(|v| json_line(&v)),
+    ];
+    (prop::collection::vec(piece, 0..8), prop::collection::vec(1usize..40, 1..8)).prop_map(
+        |(pieces, cuts)| {
+            let all = pieces.concat();
+            let mut out = Vec::new();
+            let (mut at, mut i) = (0, 0);
+            while at < all.len() {
+                let n = cuts[i % cuts.len()].min(all.len() - at);
+                out.push(all[at..at + n].to_vec());
+                at += n;
+                i += 1;
+            }
+            out
+        },
+    )
+}
+
+#[test]
+fn control_socket_survives_any_byte_stream() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("control.sock");
+    let shutdown = CancellationToken::new();
+    let (_policy_tx, policy) = watch::channel(AccessPolicy {
+        daemon_uid: nix::unistd::Uid::effective().as_raw(),
+        read_gid: None,
+        admin_gid: None,
+        postgres_uid: None,
+    });
+    let server = rt.block_on(async {
+        let listener = server::bind(&path, None).expect("bind");
+        tokio::spawn(server::serve(
+            listener,
+            Arc::new(Echo),
+            policy,
+            shutdown.clone(),
+        ))
+    });
+    let hello = format!("{{\"protocol\":{},\"software\":\"fuzz\"}}\n", protocol::PROTOCOL_VERSION);
+    // One connection: the hello, the chunks, then end of input; every reply line until EOF.
+    let converse = |chunks: Vec<Vec<u8>>| -> Result<Vec<Vec<u8>>, String> {
+        rt.block_on(async {
+            let stream = UnixStream::connect(&path).await.map_err(|e| e.to_string())?;
+            let (r, mut w) = stream.into_split();
+            w.write_all(hello.as_bytes()).await.map_err(|e| e.to_string())?;
+            for c in &chunks {
+                // The server may close after a line it refuses: later writes may fail.
+                if w.write_all(c).await.is_err() {
+                    break;
+                }
+            }
+            let _ = w.shutdown().await;
+            let mut lines = Vec::new();
+            let mut reader = BufReader::new(r);
+            loop {
+                let mut line = Vec::new();
+                let n = tokio::time::timeout(Duration::from_secs(30), reader.read_until(b'\n', &mut line))
+                    .await
+                    .map_err(|_| "no reply and no end of stream within 30 s".to_string())?
+                    .map_err(|e| e.to_string())?;
+                if n == 0 {
+                    return Ok(lines);
+                }
+                lines.push(line);
+            }
+        })
+    };
+    fuzz("control-socket-stream", stream_chunks(), |chunks| {
+        let sent: Vec<u8> = chunks.concat();
+        let replies = converse(chunks).map_err(TestCaseError::fail)?;
+        prop_assert!(!replies.is_empty(), "no hello back");
+        let theirs: serde_json::Value = serde_json::from_slice(&replies[0])
+            .map_err(|e| TestCaseError::fail(format!("hello: {e}")))?;
+        prop_assert_eq!(&theirs["protocol"], &serde_json::json!(protocol::PROTOCOL_VERSION));
+        for line in &replies[1..] {
+            prop_assert!(line.ends_with(b"\n"), "an unterminated reply");
+            let v: serde_json::Value = serde_json::from_slice(line).map_err(|e| {
+                TestCaseError::fail(format!("a reply that is not JSON ({e}): {}", String::from_utf8_lossy(line)))
+            })?;
+            prop_assert!(v.get("ok").is_some() || v.get("error").is_some(), "{v}");
+            // The client reads it without panicking too.
+            let _ = decode_reply(line.strip_suffix(b"\n").unwrap_or(line));
+        }
+        let lines = sent.split(|b| *b == b'\n').count();
+        prop_assert!(replies.len() - 1 <= lines, "{} replies to {lines} lines", replies.len() - 1);
+        prop_assert!(!server.is_finished(), "the server ended");
+        // And the next connection is served as usual.
+        let after = converse(vec![b"{\"type\":\"reload\"}\n".to_vec()]).map_err(TestCaseError::fail)?;
+        prop_assert_eq!(after.len(), 2);
+        prop_assert!(after[1].starts_with(b"{\"ok\":{\"type\":\"reloaded\""), "{}", String::from_utf8_lossy(&after[1]));
+        Ok(())
+    });
+    shutdown.cancel();
 }
 
 // ---------------------------------------------------------------------------------------------
