@@ -268,6 +268,16 @@ impl Reply {
     }
 }
 
+/// Decodes the client's first line, as the daemon reads it (JSON errors name line and column).
+pub fn decode_hello(line: &[u8]) -> Result<Hello, serde_json::Error> {
+    serde_json::from_slice(line)
+}
+
+/// Decodes one request line, as the daemon reads it (`\n` already removed).
+pub fn decode_request(line: &[u8]) -> Result<Request, serde_json::Error> {
+    serde_json::from_slice(line)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

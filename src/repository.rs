@@ -190,7 +190,9 @@ impl Repository {
         }
     }
 
-    fn parse_record(&self, key: &str, bytes: &[u8]) -> Result<CommitRecord, RepositoryError> {
+    /// Reads a commit record found under `key`: a newer format version says so, the record must
+    /// name the job and id its key does.
+    pub fn parse_record(&self, key: &str, bytes: &[u8]) -> Result<CommitRecord, RepositoryError> {
         // Check the version first, so a newer format says so instead of "missing field".
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes)
             && let Some(version) = v.get("format-version").and_then(|v| v.as_u64())

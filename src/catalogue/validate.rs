@@ -304,6 +304,12 @@ fn daemon(cx: &mut Ctx, t: &Table) -> DaemonSettings {
         _ => LogTarget::Auto,
     };
     let log_level = t.text(cx, "log-level").and_then(|s| {
+        // tracing-subscriber's directive parser slices by byte offsets and panics inside a
+        // multi-byte character (found by tests/fuzz_parsers.rs): module names are ASCII anyway.
+        if !s.is_ascii() {
+            cx.error(&t.key("log-level"), format!("\"{s}\" is not a log filter (only ASCII characters); write e.g. \"info\" or \"info,bdc_backup=debug\""));
+            return None;
+        }
         match tracing_subscriber::EnvFilter::builder().parse(s) {
             Ok(_) => Some(s.to_string()),
             Err(e) => {

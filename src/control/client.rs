@@ -320,6 +320,15 @@ fn error_body(value: &Value) -> ErrorBody {
     })
 }
 
+/// Decodes one reply line as the client reads it: `Some(response)`, `None` for an event this
+/// version does not know (a newer daemon's; skipped), or the error the line carries or is.
+pub fn decode_reply(line: &[u8]) -> Result<Option<Response>, ClientError> {
+    match parse_reply(line)? {
+        Parsed::Ok(response) => Ok(Some(response)),
+        Parsed::UnknownEvent(_) => Ok(None),
+    }
+}
+
 fn parse_reply(line: &[u8]) -> Result<Parsed, ClientError> {
     let value: Value = serde_json::from_slice(line).map_err(|e| {
         ClientError::Protocol(format!("bdc-backupd sent a line that is not JSON: {e}"))

@@ -279,7 +279,7 @@ impl<H: Handler> Connection<H> {
             }
             Ok(Ok(LineRead::Line)) => {}
         }
-        let hello: Hello = match serde_json::from_slice(&line) {
+        let hello: Hello = match crate::protocol::decode_hello(&line) {
             Ok(h) => h,
             Err(e) => {
                 let msg = format!(
@@ -326,7 +326,7 @@ impl<H: Handler> Connection<H> {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let request: Request = match serde_json::from_slice(&line) {
+            let request: Request = match crate::protocol::decode_request(&line) {
                 Ok(r) => r,
                 Err(e) => {
                     self.send(&error_reply(

@@ -33,6 +33,10 @@ pub struct WalName {
 impl WalName {
     /// Parses a bare file name; None when it is not a WAL file name PostgreSQL archives.
     pub fn parse(name: &str) -> Option<WalName> {
+        // Every name PostgreSQL archives is ASCII; slicing below is by byte offsets.
+        if !name.is_ascii() {
+            return None;
+        }
         let hex8 = |s: &str| -> Option<u32> {
             (s.len() == 8
                 && s.bytes()
