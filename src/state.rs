@@ -23,9 +23,11 @@ use std::time::Duration;
 mod replication;
 #[cfg(test)]
 mod tests;
+mod verify;
 mod wal;
 
 pub use replication::{ReplicaStatus, ReplicaTask};
+pub use verify::{KnownObject, SampleCursor};
 pub use wal::{WalArchived, WalBacklogItem, WalBacklogSummary};
 
 #[derive(Debug, thiserror::Error)]

@@ -447,6 +447,7 @@ mod wal_tests {
                 repositories: vec![repo("local"), repo("offsite")],
                 stale: false,
                 retention: vec![],
+                verification: None,
                 wal: Some(WalStatus {
                     last_archived: Some("00000001000000000000000A".into()),
                     last_archived_at: Some(at),
