@@ -4,6 +4,7 @@
 mod args;
 mod exit;
 mod output;
+mod verify;
 mod wal;
 
 use exit::{out, outln};
@@ -235,9 +236,14 @@ async fn run(args: CtlArgs) -> CtlResult {
             dry_run,
         } => retention(&ctx, job, repository, dry_run).await,
         Command::Usage { job, weeks } => usage(&ctx, job, weeks).await,
-        Command::Verify { .. } => Err(CtlError::failed(
-            "verify is not available in this version of bdc-backup",
-        )),
+        Command::Verify {
+            job,
+            integrity_only,
+            drill_only,
+            backup,
+            wait,
+        } => verify::verify(&ctx, job, integrity_only, drill_only, backup, wait).await,
+        Command::Show { run_id } => verify::show(&ctx, run_id).await,
     }
 }
 

@@ -162,7 +162,9 @@ pub async fn start(
     }
     {
         let catalogue = shared.catalogue();
-        shared.tasks.spawn(async move { verify::remove_leftovers(&catalogue).await });
+        shared
+            .tasks
+            .spawn(async move { verify::remove_leftovers(&catalogue).await });
     }
     tokio::spawn(replicate::run_loop(shared.clone()));
     tokio::spawn(wal::backlog_loop(shared.clone()));

@@ -8,11 +8,11 @@ mod reports;
 mod verification;
 
 pub use identity::{ClusterIdentity, u64_string};
-pub use verification::{CheckRecord, RunDetail, VerificationStatus};
 pub use reports::{
     Action, BackupOutcome, GrowthSource, Pin, Projection, Reason, RetentionReport, Rule,
     UsageReport, UsageRow, WalPlan, WalRetentionReport, WeekGrowth,
 };
+pub use verification::{CheckRecord, RunDetail, VerificationStatus};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -116,7 +116,10 @@ fn checks(cx: &mut Ctx, t: &Table, refs: &mut VerifyRefs) -> Vec<SqlCheck> {
         let Value::Dict(_, dict) = item else {
             cx.error(
                 &key,
-                format!("expected a table ([[job.check]]), found {}", type_name(item)),
+                format!(
+                    "expected a table ([[job.check]]), found {}",
+                    type_name(item)
+                ),
             );
             continue;
         };
@@ -190,10 +193,15 @@ fn checks(cx: &mut Ctx, t: &Table, refs: &mut VerifyRefs) -> Vec<SqlCheck> {
 
 fn number(cx: &mut Ctx, t: &Table, k: &str) -> Option<f64> {
     match t.get(k)? {
-        Value::Num(_, n) => n.to_f64().filter(|f| f.is_finite()).or_else(|| {
-            cx.error(&t.key(k), "not a finite number");
-            None
-        }),
+        Value::Num(_, n) => n
+            .to_i128()
+            .map(|i| i as f64)
+            .or_else(|| n.to_f64())
+            .filter(|f| f.is_finite())
+            .or_else(|| {
+                cx.error(&t.key(k), "not a finite number");
+                None
+            }),
         v => {
             cx.error(
                 &t.key(k),

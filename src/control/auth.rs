@@ -46,8 +46,11 @@ impl Access {
             Request::Status | Request::Runs { .. } | Request::Backups { .. } | Request::Follow => {
                 Access::Read
             }
-            Request::Retention { dry_run: true, .. } | Request::Usage { .. } => Access::Read,
+            Request::Retention { dry_run: true, .. }
+            | Request::Usage { .. }
+            | Request::Show { .. } => Access::Read,
             Request::Run { .. }
+            | Request::Verify { .. }
             | Request::Cancel { .. }
             | Request::Reload
             | Request::Retention { dry_run: false, .. } => Access::Mutate,

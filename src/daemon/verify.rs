@@ -59,10 +59,7 @@ pub(super) async fn run(
         }
     }
     if outcome.cancelled {
-        return Err(format!(
-            "cancelled after {} checks",
-            outcome.checks.len()
-        ));
+        return Err(format!("cancelled after {} checks", outcome.checks.len()));
     }
     outcome.verdict().map(|summary| {
         tracing::info!(job = %job.name, run_id, "verify: {summary}");

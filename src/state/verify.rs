@@ -80,7 +80,11 @@ impl StateDb {
     }
 
     /// The newest check of `kind` for backup job `job` (any result).
-    pub async fn last_check(&self, job: &str, kind: &str) -> Result<Option<CheckRecord>, StateError> {
+    pub async fn last_check(
+        &self,
+        job: &str,
+        kind: &str,
+    ) -> Result<Option<CheckRecord>, StateError> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {CHECK_COLUMNS} FROM verify_checks WHERE job = ? AND kind = ? \
              ORDER BY at DESC, id DESC LIMIT 1"
@@ -176,12 +180,11 @@ impl StateDb {
 
     /// How often each object of `repository` was read (key → reads), for tests and tools.
     pub async fn object_reads(&self, repository: &str) -> Result<Vec<(String, u64)>, StateError> {
-        let rows = sqlx::query(
-            "SELECT key, reads FROM verify_objects WHERE repository = ? ORDER BY key",
-        )
-        .bind(repository)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows =
+            sqlx::query("SELECT key, reads FROM verify_objects WHERE repository = ? ORDER BY key")
+                .bind(repository)
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
             .map(|r| {
                 Ok((

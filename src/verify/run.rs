@@ -353,7 +353,10 @@ async fn holdings(
         }
     };
     let Some(settings) = r.catalogue.repository(name) else {
-        fail_all(checks, format!("repository `{name}` is not in the catalogue"));
+        fail_all(
+            checks,
+            format!("repository `{name}` is not in the catalogue"),
+        );
         return None;
     };
     let repository = match Repository::open(settings) {
@@ -395,7 +398,10 @@ async fn holdings(
                         CheckKind::Integrity,
                         format!("backup {id}"),
                         CheckResult::Fail,
-                        format!("backup {id} of job `{}` is not committed in repository `{name}`", job.name),
+                        format!(
+                            "backup {id} of job `{}` is not committed in repository `{name}`",
+                            job.name
+                        ),
                     ));
                 }
                 records.insert(job.name.clone(), good);
@@ -417,8 +423,16 @@ async fn holdings(
     let mut wal = Vec::new();
     if needs_wal {
         match repository.store.list(WAL_PREFIX).await {
-            Ok(list) => wal = list.iter().filter_map(|m| parse_object_key(&m.key)).collect(),
-            Err(e) => fail_all(checks, format!("listing archived WAL: {}", crate::error::error_chain_of(&e))),
+            Ok(list) => {
+                wal = list
+                    .iter()
+                    .filter_map(|m| parse_object_key(&m.key))
+                    .collect()
+            }
+            Err(e) => fail_all(
+                checks,
+                format!("listing archived WAL: {}", crate::error::error_chain_of(&e)),
+            ),
         }
     }
     Some(Holdings {
@@ -515,7 +529,9 @@ async fn integrity_reads(
     for i in &items {
         by_bucket.entry(i.bucket()).or_default().push(i);
     }
-    let first_bucket = cursor.as_ref().map_or(0, |c| c.next_bucket.min(BUCKETS - 1));
+    let first_bucket = cursor
+        .as_ref()
+        .map_or(0, |c| c.next_bucket.min(BUCKETS - 1));
     let mut results: Vec<(&Item, integrity::Read)> = Vec::new();
     let mut bucket = first_bucket;
     let budget = spec.budget;
@@ -626,7 +642,11 @@ async fn integrity_reads(
             };
             (
                 CheckResult::Pass,
-                format!("{} objects, {}: {how}", reads.len(), crate::units::human_bytes(bytes)),
+                format!(
+                    "{} objects, {}: {how}",
+                    reads.len(),
+                    crate::units::human_bytes(bytes)
+                ),
             )
         } else {
             let mut parts: Vec<String> = failures.iter().take(5).map(|s| s.to_string()).collect();
@@ -643,7 +663,15 @@ async fn integrity_reads(
                 ),
             )
         };
-        let mut c = check(&job, Some(repo), backup.as_deref(), CheckKind::Integrity, name, result, detail);
+        let mut c = check(
+            &job,
+            Some(repo),
+            backup.as_deref(),
+            CheckKind::Integrity,
+            name,
+            result,
+            detail,
+        );
         c.bytes = bytes;
         out.checks.push(c);
     }
@@ -652,7 +680,10 @@ async fn integrity_reads(
 /// WAL continuity of every base backup of the covered base jobs in this repository.
 fn wal_checks(r: &VerifyRun<'_>, h: &Holdings, jobs: &[&Job], checks: &mut Vec<Check>) {
     let repo = h.repository.name.as_str();
-    for job in jobs.iter().filter(|j| matches!(j.spec, JobSpec::PostgresBase(_))) {
+    for job in jobs
+        .iter()
+        .filter(|j| matches!(j.spec, JobSpec::PostgresBase(_)))
+    {
         let Some(records) = h.records.get(&job.name) else {
             continue;
         };
@@ -667,7 +698,10 @@ fn wal_checks(r: &VerifyRun<'_>, h: &Holdings, jobs: &[&Job], checks: &mut Vec<C
                     CheckKind::Wal,
                     name,
                     CheckResult::Fail,
-                    format!("the commit record of backup {} has no `postgres` details", rec.id),
+                    format!(
+                        "the commit record of backup {} has no `postgres` details",
+                        rec.id
+                    ),
                 ),
                 Some(Err(e)) => check(
                     &job.name,

@@ -70,9 +70,8 @@ pub fn continuity(archived: &[ArchivedKey], info: &BaseBackupInfo) -> Continuity
     let size = info.wal_segment_size.max(1);
     let per_log = (0x1_0000_0000u64 / size).max(1);
     let segno = |n: &WalName| u64::from(n.log) * per_log + u64::from(n.seg);
-    let name_of = |tl: u32, segno: u64| {
-        format!("{:08X}{:08X}{:08X}", tl, segno / per_log, segno % per_log)
-    };
+    let name_of =
+        |tl: u32, segno: u64| format!("{:08X}{:08X}{:08X}", tl, segno / per_log, segno % per_log);
     let mut segments: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
     let mut histories: BTreeSet<u32> = BTreeSet::new();
     for k in archived.iter().filter(|k| k.identity == info.cluster) {
