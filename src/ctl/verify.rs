@@ -45,9 +45,17 @@ pub(super) async fn verify(
         }
         Err(err) => return Err(err),
     };
-    let run = match client.request(&request).await? {
-        Response::RunStarted { run } => run,
-        other => return Err(unexpected(other)),
+    let run = match client.request(&request).await {
+        Ok(Response::RunStarted { run }) => run,
+        Ok(other) => return Err(unexpected(other)),
+        // An unknown job, or one that is not a backup job, is a usage error (exit 2).
+        Err(crate::control::client::ClientError::Daemon(body))
+            if body.code == crate::protocol::ErrorCode::NotFound
+                || body.message.contains("is a verify job") =>
+        {
+            return Err(CtlError::usage(body.message));
+        }
+        Err(e) => return Err(e.into()),
     };
     if !wait {
         return if json {
@@ -270,7 +278,8 @@ pub fn status_lines(
         (0, _) => "no object read by integrity checks yet".to_string(),
         (_, Some(since)) => {
             let days = (now - since).num_days().max(0) + 1;
-            format!("every object of `{job}` read within the last {days} days")
+            let unit = if days == 1 { "day" } else { "days" };
+            format!("every object of `{job}` read within the last {days} {unit}")
         }
         (n, None) => format!(
             "{} of {n} objects of `{job}` not read yet in the sample cycle",

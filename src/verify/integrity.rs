@@ -136,6 +136,10 @@ async fn read_content(store: &Store, record: &ObjectRecord, ids: &Identities) ->
                 hasher.update(&buf[..n]);
                 size += n as u64;
             }
+            // The pipeline's errors already name the object.
+            Err(e) if e.to_string().contains(key.as_str()) => {
+                return failed(record.size, true, e.to_string());
+            }
             Err(e) => return failed(record.size, true, format!("object {key}: {e}")),
         }
     }
@@ -167,7 +171,8 @@ async fn read_wal(store: &Store, key: &str, sha256: &str, ids: &Identities) -> R
         tokio::task::spawn_blocking(move || crate::wal::fetch::decode_object(&stored, &ids)).await;
     let plain = match decoded {
         Ok(Ok(p)) => p,
-        Ok(Err(e)) => return failed(n, true, format!("object {key}: {e}")),
+        Ok(Err(e)) if e.starts_with("no ") => return failed(n, true, format!("object {key}: {e}")),
+        Ok(Err(e)) => return failed(n, true, format!("object {key}: {e}: damaged")),
         Err(e) => return failed(n, true, format!("object {key}: decoder failed: {e}")),
     };
     let actual = hex::encode(Sha256::digest(&plain));
