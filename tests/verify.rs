@@ -189,6 +189,18 @@ fn dump_files_config_pass_then_each_damage_fails_with_its_cause() {
             "no passing integrity check of {job}: {detail:#}"
         );
     }
+    // Snapshots: every file's bytes checked against the manifest's SHA-256 as well.
+    for job in ["uploads", "config"] {
+        let c = all
+            .iter()
+            .find(|c| c["job"] == job && c["kind"] == "integrity")
+            .unwrap();
+        let d = c["detail"].as_str().unwrap();
+        assert!(
+            d.contains("files or blocks match the manifest") && !d.contains("; 0 files"),
+            "{job}: {d}"
+        );
+    }
     assert_eq!(
         detail["run"]["job"], "check",
         "run of the first covering job"
@@ -454,6 +466,14 @@ drills = false
         "one continuity check per base backup: {detail:#}"
     );
     assert!(wal_checks.iter().all(|c| c["result"] == "pass"));
+    // The incremental's blocks (and the full's files) checked against the manifest's hashes.
+    for c in all.iter().filter(|c| c["job"] == "base" && c["kind"] == "integrity") {
+        let d = c["detail"].as_str().unwrap();
+        assert!(
+            d.contains("files or blocks match the manifest") && !d.contains("; 0 files"),
+            "{d}"
+        );
+    }
     assert!(
         all.iter()
             .any(|c| c["job"] == "wal" && c["name"] == "archived WAL" && c["result"] == "pass"),

@@ -67,12 +67,20 @@ pub struct Read {
     pub content_checked: bool,
     /// Why the object is bad (the cause named), None when it is good.
     pub error: Option<String>,
+    /// Files (or blocks) whose manifest hash was checked in this object's plaintext.
+    pub files_checked: u64,
 }
 
-/// Reads `item` from `store` and checks it; `identities` enables the content check.
-pub async fn read(store: &Store, item: &Item, identities: Option<&Identities>) -> Read {
+/// Reads `item` from `store` and checks it; `identities` enables the content check, `spans`
+/// (the manifest's files and blocks in this object) the per-file check.
+pub async fn read(
+    store: &Store,
+    item: &Item,
+    identities: Option<&Identities>,
+    spans: Option<&[super::content::Span]>,
+) -> Read {
     match (&item.expected, identities) {
-        (Expected::Record(record), Some(ids)) => read_content(store, record, ids).await,
+        (Expected::Record(record), Some(ids)) => read_content(store, record, ids, spans).await,
         (Expected::Record(record), None) => read_stored(store, record).await,
         (Expected::Wal { sha256 }, Some(ids)) => read_wal(store, &item.key, sha256, ids).await,
         (Expected::Wal { .. }, None) => read_wal_header(store, &item.key).await,
@@ -115,12 +123,18 @@ async fn read_stored(store: &Store, record: &ObjectRecord) -> Read {
         bytes: size,
         content_checked: false,
         error,
+        files_checked: 0,
     }
 }
 
 /// Decrypted and decompressed through the pipeline (which checks the stored size and hash as it
 /// streams), then the plaintext's size and SHA-256 against the record.
-async fn read_content(store: &Store, record: &ObjectRecord, ids: &Identities) -> Read {
+async fn read_content(
+    store: &Store,
+    record: &ObjectRecord,
+    ids: &Identities,
+    spans: Option<&[super::content::Span]>,
+) -> Read {
     let key = &record.key;
     let mut reader = match crate::pipeline::open_stream(store, record, ids).await {
         Ok(r) => r,
@@ -129,11 +143,15 @@ async fn read_content(store: &Store, record: &ObjectRecord, ids: &Identities) ->
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     let mut buf = vec![0u8; 256 * 1024];
+    let mut files = spans.map(super::content::SpanChecker::new);
     loop {
         match reader.read(&mut buf).await {
             Ok(0) => break,
             Ok(n) => {
                 hasher.update(&buf[..n]);
+                if let Some(f) = &mut files {
+                    f.update(&buf[..n]);
+                }
                 size += n as u64;
             }
             // The pipeline's errors already name the object.
@@ -144,10 +162,21 @@ async fn read_content(store: &Store, record: &ObjectRecord, ids: &Identities) ->
         }
     }
     let actual = hex::encode(hasher.finalize());
+    let (files_checked, file_failures) = files.map(|f| f.finish()).unwrap_or_default();
     let error = if size != record.content_size || actual != record.content_sha256 {
         Some(format!(
             "object {key}: the decrypted content is {size} bytes with SHA-256 {actual}, the commit record says {} bytes, {}: damaged content",
             record.content_size, record.content_sha256
+        ))
+    } else if !file_failures.is_empty() {
+        let mut parts: Vec<String> = file_failures.iter().take(3).cloned().collect();
+        if file_failures.len() > 3 {
+            parts.push(format!("and {} more", file_failures.len() - 3));
+        }
+        Some(format!(
+            "object {key}: {} of {files_checked} files or blocks differ from the manifest: {}",
+            file_failures.len(),
+            parts.join("; ")
         ))
     } else {
         None
@@ -156,6 +185,7 @@ async fn read_content(store: &Store, record: &ObjectRecord, ids: &Identities) ->
         bytes: record.size,
         content_checked: true,
         error,
+        files_checked,
     }
 }
 
@@ -185,6 +215,7 @@ async fn read_wal(store: &Store, key: &str, sha256: &str, ids: &Identities) -> R
         bytes: n,
         content_checked: true,
         error,
+        files_checked: 0,
     }
 }
 
@@ -196,6 +227,7 @@ async fn read_wal_header(store: &Store, key: &str) -> Read {
             bytes: b.len() as u64,
             content_checked: false,
             error: None,
+            files_checked: 0,
         },
         Ok(b) => failed(
             b.len() as u64,
@@ -211,6 +243,7 @@ fn failed(bytes: u64, content_checked: bool, message: String) -> Read {
         bytes,
         content_checked,
         error: Some(message),
+        files_checked: 0,
     }
 }
 

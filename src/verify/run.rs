@@ -14,7 +14,7 @@ use crate::repository::{CommitRecord, Repository};
 use crate::state::{KnownObject, SampleCursor, StateDb};
 use crate::wal::format::{ArchivedKey, WAL_PREFIX, parse_object_key};
 use chrono::Utc;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -533,6 +533,8 @@ async fn integrity_reads(
         .as_ref()
         .map_or(0, |c| c.next_bucket.min(BUCKETS - 1));
     let mut results: Vec<(&Item, integrity::Read)> = Vec::new();
+    // Per backup: the manifest's files and blocks per object (or why they are unknown).
+    let mut spans: HashMap<String, Result<super::content::Spans, String>> = HashMap::new();
     let mut bucket = first_bucket;
     let budget = spec.budget;
     while bucket < BUCKETS {
@@ -552,16 +554,26 @@ async fn integrity_reads(
             let store = &h.repository.store;
             let mut reads: Vec<(&Item, integrity::Read)> = Vec::with_capacity(list.len());
             for pair in list.chunks(2) {
+                if let Some(ids) = identities {
+                    for item in pair {
+                        load_spans(h, item, ids, &mut spans).await;
+                    }
+                }
+                let span_of = |item: &Item| -> Option<&[super::content::Span]> {
+                    let backup = item.backup_id.as_ref()?;
+                    let all = spans.get(backup)?.as_ref().ok()?;
+                    Some(all.get(&item.key).map_or(&[][..], Vec::as_slice))
+                };
                 match pair {
                     [a, b] => {
                         let (ra, rb) = tokio::join!(
-                            integrity::read(store, a, identities),
-                            integrity::read(store, b, identities)
+                            integrity::read(store, a, identities, span_of(a)),
+                            integrity::read(store, b, identities, span_of(b))
                         );
                         reads.push((a, ra));
                         reads.push((b, rb));
                     }
-                    [a] => reads.push((a, integrity::read(store, a, identities).await)),
+                    [a] => reads.push((a, integrity::read(store, a, identities, span_of(a)).await)),
                     _ => {}
                 }
             }
@@ -630,6 +642,12 @@ async fn integrity_reads(
         let failures: Vec<&String> = reads.iter().filter_map(|(_, x)| x.error.as_ref()).collect();
         let bytes: u64 = reads.iter().map(|(_, x)| x.bytes).sum();
         let content = reads.iter().all(|(_, x)| x.content_checked);
+        let files: u64 = reads.iter().map(|(_, x)| x.files_checked).sum();
+        let per_file = match backup.as_ref().and_then(|b| spans.get(b)) {
+            Some(Ok(_)) => format!("; {files} files or blocks match the manifest"),
+            Some(Err(e)) => format!("; per-file hashes not checked ({e})"),
+            None => String::new(),
+        };
         let name = match &backup {
             Some(id) => format!("objects of backup {id}"),
             None => "archived WAL".to_string(),
@@ -643,7 +661,7 @@ async fn integrity_reads(
             (
                 CheckResult::Pass,
                 format!(
-                    "{} objects, {}: {how}",
+                    "{} objects, {}: {how}{per_file}",
                     reads.len(),
                     crate::units::human_bytes(bytes)
                 ),
@@ -674,6 +692,37 @@ async fn integrity_reads(
         );
         c.bytes = bytes;
         out.checks.push(c);
+    }
+}
+
+/// Reads the manifest of `item`'s backup once (snapshot kinds), for the per-file checks.
+async fn load_spans(
+    h: &Holdings,
+    item: &Item,
+    ids: &Identities,
+    spans: &mut HashMap<String, Result<super::content::Spans, String>>,
+) {
+    let Some(backup) = &item.backup_id else {
+        return;
+    };
+    if spans.contains_key(backup) {
+        return;
+    }
+    let Some(record) = h
+        .records
+        .get(&item.job)
+        .and_then(|list| list.iter().find(|r| &r.id == backup))
+    else {
+        return;
+    };
+    match super::content::spans_of(&h.repository.store, record, ids).await {
+        Ok(Some(s)) => {
+            spans.insert(backup.clone(), Ok(s));
+        }
+        Ok(None) => {}
+        Err(e) => {
+            spans.insert(backup.clone(), Err(e));
+        }
     }
 }
 
