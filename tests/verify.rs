@@ -467,7 +467,10 @@ drills = false
     );
     assert!(wal_checks.iter().all(|c| c["result"] == "pass"));
     // The incremental's blocks (and the full's files) checked against the manifest's hashes.
-    for c in all.iter().filter(|c| c["job"] == "base" && c["kind"] == "integrity") {
+    for c in all
+        .iter()
+        .filter(|c| c["job"] == "base" && c["kind"] == "integrity")
+    {
         let d = c["detail"].as_str().unwrap();
         assert!(
             d.contains("files or blocks match the manifest") && !d.contains("; 0 files"),

@@ -72,7 +72,8 @@ fn read_spans(input: impl std::io::BufRead, backup: &str) -> Result<Spans, Strin
     let mut reader = ManifestReader::new(input).map_err(|e| e.to_string())?;
     let mut out: Spans = HashMap::new();
     while let Some(e) = reader.next_entry().map_err(|e| e.to_string())? {
-        if e.kind != EntryKind::File || e.sparse.is_some() {
+        // Sparse files are stored whole (holes as zeros), the map is only for the restore.
+        if e.kind != EntryKind::File {
             continue;
         }
         let path = e.path.display();
@@ -171,7 +172,10 @@ impl<'a> SpanChecker<'a> {
             }
             let take = (span.len - self.fed).min(data.len() as u64) as usize;
             match &span.expect {
-                Expect::Sha256(_) => self.sha.get_or_insert_with(Sha256::new).update(&data[..take]),
+                Expect::Sha256(_) => self
+                    .sha
+                    .get_or_insert_with(Sha256::new)
+                    .update(&data[..take]),
                 Expect::Block { .. } => self.block.extend_from_slice(&data[..take]),
             }
             self.fed += take as u64;

@@ -534,7 +534,9 @@ async fn integrity_reads(
         .map_or(0, |c| c.next_bucket.min(BUCKETS - 1));
     let mut results: Vec<(&Item, integrity::Read)> = Vec::new();
     // Per backup: the manifest's files and blocks per object (or why they are unknown).
-    let mut spans: HashMap<String, Result<super::content::Spans, String>> = HashMap::new();
+    // Keyed by (job, backup id): ids are unique per job only.
+    let mut spans: HashMap<(String, String), Result<super::content::Spans, String>> =
+        HashMap::new();
     let mut bucket = first_bucket;
     let budget = spec.budget;
     while bucket < BUCKETS {
@@ -560,8 +562,8 @@ async fn integrity_reads(
                     }
                 }
                 let span_of = |item: &Item| -> Option<&[super::content::Span]> {
-                    let backup = item.backup_id.as_ref()?;
-                    let all = spans.get(backup)?.as_ref().ok()?;
+                    let backup = item.backup_id.clone()?;
+                    let all = spans.get(&(item.job.clone(), backup))?.as_ref().ok()?;
                     Some(all.get(&item.key).map_or(&[][..], Vec::as_slice))
                 };
                 match pair {
@@ -643,7 +645,10 @@ async fn integrity_reads(
         let bytes: u64 = reads.iter().map(|(_, x)| x.bytes).sum();
         let content = reads.iter().all(|(_, x)| x.content_checked);
         let files: u64 = reads.iter().map(|(_, x)| x.files_checked).sum();
-        let per_file = match backup.as_ref().and_then(|b| spans.get(b)) {
+        let per_file = match backup
+            .as_ref()
+            .and_then(|b| spans.get(&(job.clone(), b.clone())))
+        {
             Some(Ok(_)) => format!("; {files} files or blocks match the manifest"),
             Some(Err(e)) => format!("; per-file hashes not checked ({e})"),
             None => String::new(),
@@ -700,12 +705,13 @@ async fn load_spans(
     h: &Holdings,
     item: &Item,
     ids: &Identities,
-    spans: &mut HashMap<String, Result<super::content::Spans, String>>,
+    spans: &mut HashMap<(String, String), Result<super::content::Spans, String>>,
 ) {
     let Some(backup) = &item.backup_id else {
         return;
     };
-    if spans.contains_key(backup) {
+    let cache_key = (item.job.clone(), backup.clone());
+    if spans.contains_key(&cache_key) {
         return;
     }
     let Some(record) = h
@@ -717,11 +723,11 @@ async fn load_spans(
     };
     match super::content::spans_of(&h.repository.store, record, ids).await {
         Ok(Some(s)) => {
-            spans.insert(backup.clone(), Ok(s));
+            spans.insert(cache_key, Ok(s));
         }
         Ok(None) => {}
         Err(e) => {
-            spans.insert(backup.clone(), Err(e));
+            spans.insert(cache_key, Err(e));
         }
     }
 }
