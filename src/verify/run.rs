@@ -216,6 +216,9 @@ fn check(
     }
 }
 
+/// A check's grouping of object reads: (job, backup id; None for archived WAL).
+type GroupKey = (String, Option<String>);
+
 /// What one repository holds for the covered jobs.
 struct Holdings {
     repository: Repository,
@@ -632,7 +635,7 @@ async fn integrity_reads(
         out.checks.push(line);
     }
     // One check per backup (and per job's archived WAL), in the order the objects came.
-    let mut groups: Vec<((String, Option<String>), Vec<&(&Item, integrity::Read)>)> = Vec::new();
+    let mut groups: Vec<(GroupKey, Vec<&(&Item, integrity::Read)>)> = Vec::new();
     for res in &results {
         let k = (res.0.job.clone(), res.0.backup_id.clone());
         match groups.iter_mut().find(|(g, _)| g == &k) {
