@@ -7,4 +7,5 @@ pub mod content;
 pub mod drill;
 pub mod integrity;
 pub mod run;
+pub mod scope;
 pub mod wal;
