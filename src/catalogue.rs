@@ -14,6 +14,7 @@ pub mod alerts;
 mod fields;
 pub mod raw;
 pub mod validate;
+mod verify;
 
 #[cfg(test)]
 mod tests;
@@ -371,6 +372,54 @@ pub struct ConfigJob {
 #[derive(Debug, Clone)]
 pub struct VerifyJob {
     pub schedule: CronSchedule,
-    /// Jobs to verify; empty = all.
+    /// `jobs`: the backup jobs to verify; empty = every backup job. (`repositories`, on the job,
+    /// limits the repositories; empty = every repository of the covered jobs.)
     pub jobs: Vec<String>,
+    /// `integrity`: off | sample | full (default sample).
+    pub integrity: IntegrityMode,
+    /// `budget`: how long the integrity reads of one run may take in `sample` mode (default 20m).
+    pub budget: Duration,
+    /// `drills`: restore drills of the newest backup of each covered job (default true).
+    pub drills: bool,
+    /// `scratch-directory`, `drill-url`, `files-sample` and the `[[job.check]]` entries.
+    pub drill: crate::verify::check::DrillSettings,
+}
+
+/// How much a verify run reads back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntegrityMode {
+    Off,
+    /// The next buckets of objects within the budget: every object once per cycle.
+    Sample,
+    /// Every object, every run.
+    Full,
+}
+
+/// The default `budget` of a verify job.
+pub const DEFAULT_VERIFY_BUDGET: Duration = Duration::from_secs(20 * 60);
+
+impl VerifyJob {
+    /// The defaults (also the built-in job named `verify` that `bdc-backupctl verify` uses when
+    /// no verify job covers the job asked for).
+    pub fn defaults(state_directory: &Path) -> VerifyJob {
+        VerifyJob {
+            schedule: CronSchedule::parse("0 5 * * *").expect("a valid cron expression"),
+            jobs: Vec::new(),
+            integrity: IntegrityMode::Sample,
+            budget: DEFAULT_VERIFY_BUDGET,
+            drills: true,
+            drill: crate::verify::check::DrillSettings {
+                scratch_directory: state_directory.join("drills"),
+                drill_url: None,
+                files_sample: crate::verify::check::DEFAULT_FILES_SAMPLE,
+                checks: Vec::new(),
+            },
+        }
+    }
+
+    /// Whether this job covers backup job `job`.
+    pub fn covers(&self, job: &Job) -> bool {
+        job.kind() != JobKindName::Verify
+            && (self.jobs.is_empty() || self.jobs.iter().any(|j| j == &job.name))
+    }
 }

@@ -5,6 +5,7 @@ mod alerts_output;
 mod args;
 mod exit;
 mod output;
+mod verify;
 mod wal;
 
 use exit::{out, outln};
@@ -236,9 +237,14 @@ async fn run(args: CtlArgs) -> CtlResult {
             dry_run,
         } => retention(&ctx, job, repository, dry_run).await,
         Command::Usage { job, weeks } => usage(&ctx, job, weeks).await,
-        Command::Verify { .. } => Err(CtlError::failed(
-            "verify is not available in this version of bdc-backup",
-        )),
+        Command::Verify {
+            job,
+            integrity_only,
+            drill_only,
+            backup,
+            wait,
+        } => verify::verify(&ctx, job, integrity_only, drill_only, backup, wait).await,
+        Command::Show { run_id } => verify::show(&ctx, run_id).await,
         Command::Alerts { action, limit } => alerts(&ctx, action, limit).await,
     }
 }

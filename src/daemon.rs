@@ -11,6 +11,7 @@ mod replicate;
 mod retention;
 mod scheduler;
 pub mod systemd;
+mod verify;
 mod wal;
 mod watch;
 
@@ -159,6 +160,12 @@ pub async fn start(
             }
             reconcile::backups(&shared).await;
         });
+    }
+    {
+        let catalogue = shared.catalogue();
+        shared
+            .tasks
+            .spawn(async move { verify::remove_leftovers(&catalogue).await });
     }
     tokio::spawn(replicate::run_loop(shared.clone()));
     tokio::spawn(wal::backlog_loop(shared.clone()));

@@ -1,16 +1,19 @@
 //! Plain data types shared by the state DB, the control protocol and the daemon: runs, their
 //! statuses and triggers, backup types, backup rows and the status report; the reports of
-//! retention and usage passes ([`reports`]) and the cluster identity ([`identity`]).
+//! retention and usage passes ([`reports`]), the cluster identity ([`identity`]) and the rows of
+//! verify runs ([`verification`]).
 
 pub mod alerts;
 mod identity;
 mod reports;
+mod verification;
 
 pub use identity::{ClusterIdentity, u64_string};
 pub use reports::{
     Action, BackupOutcome, CapacityRow, GrowthSource, Pin, Projection, Reason, RetentionReport,
     Rule, UsageReport, UsageRow, WalPlan, WalRetentionReport, WeekGrowth,
 };
+pub use verification::{CheckRecord, RunDetail, VerificationStatus};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -174,6 +177,9 @@ pub struct JobStatus {
     /// For a postgres-wal job: how archiving is doing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wal: Option<WalStatus>,
+    /// For a backup job: its last drill and how much of it integrity reads have covered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<VerificationStatus>,
 }
 
 /// WAL archiving of a postgres-wal job (`status`).

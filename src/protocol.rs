@@ -8,8 +8,8 @@
 //!    until the run ends (run --wait) or the client closes (follow).
 
 use crate::model::{
-    BackupRow, BackupType, ClusterIdentity, Progress, RetentionReport, RunRecord, RunStatus,
-    StatusReport, UsageReport,
+    BackupRow, BackupType, ClusterIdentity, Progress, RetentionReport, RunDetail, RunRecord,
+    RunStatus, StatusReport, UsageReport,
 };
 use serde::{Deserialize, Serialize};
 
@@ -72,6 +72,25 @@ pub enum Request {
         #[serde(default)]
         weeks: Option<u32>,
     },
+    /// `{"type":"verify","job":"db","integrity-only":false,"drill-only":false,"backup":null,"wait":true}`:
+    /// a manual run of the verify job covering `job` (every backup job when null), answered like
+    /// `run` (`run-started`, then with `wait` its events until `run-finished`).
+    Verify {
+        job: Option<String>,
+        #[serde(rename = "integrity-only", default)]
+        integrity_only: bool,
+        #[serde(rename = "drill-only", default)]
+        drill_only: bool,
+        #[serde(default)]
+        backup: Option<String>,
+        #[serde(default)]
+        wait: bool,
+    },
+    /// `{"type":"show","run-id":42}`: one run in full, with every check of a verify run.
+    Show {
+        #[serde(rename = "run-id")]
+        run_id: i64,
+    },
     /// `{"type":"wal-push","name":"000000010000000000000003","system-identifier":"7312…","pg-major":15}`:
     /// archive one WAL file. The file's open descriptor travels as SCM_RIGHTS ancillary data in
     /// the same `sendmsg` as this line (docs/protocol.md); a wal-push without one is refused.
@@ -108,6 +127,8 @@ impl Request {
             Request::WalPush { .. } => "wal-push",
             Request::Alerts { .. } => "alerts",
             Request::AlertTest { .. } => "alert-test",
+            Request::Verify { .. } => "verify",
+            Request::Show { .. } => "show",
         }
     }
 
@@ -116,6 +137,7 @@ impl Request {
         matches!(
             self,
             Request::Run { .. }
+                | Request::Verify { .. }
                 | Request::Cancel { .. }
                 | Request::Reload
                 | Request::Retention { dry_run: false, .. }
@@ -158,6 +180,8 @@ pub enum Response {
     AlertTestQueued {
         sinks: Vec<String>,
     },
+    /// One run in full (`show`).
+    RunDetail(RunDetail),
     Event(Event),
     /// The WAL file is durable in every `sync` repository (queued for the `async` ones).
     WalPushed {

@@ -24,10 +24,12 @@ mod events;
 mod replication;
 #[cfg(test)]
 mod tests;
+mod verify;
 mod wal;
 
 pub use events::{OutboxItem, SinkCounts};
 pub use replication::{ReplicaStatus, ReplicaTask};
+pub use verify::{KnownObject, SampleCursor};
 pub use wal::{WalArchived, WalBacklogItem, WalBacklogSummary};
 
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,11 @@
-//! Verification of backups: integrity reads, WAL continuity, restore drills and SQL checks, each
-//! reported as a [`check::Check`].
+//! Verification of backups: integrity reads ([`integrity`], per-file hashes [`content`]), WAL continuity ([`wal`]), restore
+//! drills and SQL checks ([`drill`]), each reported as a [`check::Check`]; one verify run over
+//! them all ([`run`]).
 
 pub mod check;
+pub mod content;
 pub mod drill;
+pub mod integrity;
+pub mod run;
+pub mod scope;
+pub mod wal;

@@ -915,20 +915,17 @@ fn example_catalogue_loads() {
 }
 
 #[test]
-fn example_later_release_jobs_validate_when_uncommented() {
+fn example_validates_with_its_nightly_verify_job() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/bdc-backup/catalogue.toml");
     let text = std::fs::read_to_string(&path).expect("read the example");
-    let mut later = false;
     let mut out = String::new();
     for line in text.lines() {
-        later |= line.contains("arrives in a later release");
         let rest = line.strip_prefix("# ").unwrap_or_default();
-        let uncomment = (later
-            && (rest.starts_with("[[job]]")
-                || rest.contains(" = ")
-                || rest.trim_start().starts_with('"')))
-            || rest.starts_with("data-directory");
-        out.push_str(if uncomment { rest } else { line });
+        out.push_str(if rest.starts_with("data-directory") {
+            rest
+        } else {
+            line
+        });
         out.push('\n');
     }
     let c = match parse_str(&out, &path, &[]) {
@@ -938,7 +935,26 @@ fn example_later_release_jobs_validate_when_uncommented() {
     let names: Vec<&str> = c.jobs.iter().map(|j| j.name.as_str()).collect();
     assert_eq!(
         names,
-        ["db-dump", "uploads", "config", "db", "wal", "verify"]
+        [
+            "db-dump",
+            "uploads",
+            "config",
+            "db",
+            "wal",
+            "nightly-verify"
+        ]
+    );
+    let crate::catalogue::JobSpec::Verify(v) = &c.job("nightly-verify").unwrap().spec else {
+        panic!("not a verify job")
+    };
+    let tables: Vec<&str> = v.drill.checks.iter().map(|c| c.sql.as_str()).collect();
+    assert_eq!(
+        tables,
+        [
+            "SELECT count(*) FROM users",
+            "SELECT count(*) FROM beneficiaries",
+            "SELECT count(*) FROM programs"
+        ]
     );
 }
 
@@ -1020,4 +1036,151 @@ fn repository_call_timeout_is_a_duration() {
     ));
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert_eq!(errs[0].0, "repository.slow.call-timeout");
+}
+
+#[test]
+fn verify_job_keys_and_defaults() {
+    let text = small(
+        r#"
+[[job]]
+name = "uploads"
+kind = "files"
+path = "/app/uploads"
+full = "0 4 * * 0"
+repositories = ["local"]
+
+[[job]]
+name = "drill"
+kind = "verify"
+schedule = "0 5 * * *"
+jobs = ["db-dump", "uploads"]
+integrity = "full"
+budget = "5m"
+drills = false
+drill-url = "postgresql://bdc_drill@localhost:5432/postgres"
+files-sample = 7
+
+[[job.check]]
+job = "db-dump"
+name = "users present"
+sql = "SELECT count(*) FROM users"
+min = 1
+
+[[job.check]]
+job = "db-dump"
+sql = "SELECT 'x'"
+equals = "x"
+
+[[job]]
+name = "nightly"
+kind = "verify"
+schedule = "0 6 * * *"
+"#,
+    );
+    let c = parse(&text).expect("valid");
+    let crate::catalogue::JobSpec::Verify(v) = &c.job("drill").unwrap().spec else {
+        panic!("not a verify job")
+    };
+    assert_eq!(v.jobs, vec!["db-dump", "uploads"]);
+    assert_eq!(v.integrity, crate::catalogue::IntegrityMode::Full);
+    assert_eq!(v.budget, Duration::from_secs(300));
+    assert!(!v.drills);
+    assert_eq!(v.drill.files_sample, 7);
+    assert_eq!(v.drill.checks.len(), 2);
+    assert_eq!(v.drill.checks[0].expect.min, Some(1.0));
+    assert_eq!(v.drill.checks[1].expect.equals.as_deref(), Some("x"));
+    assert!(c.job("drill").unwrap().repositories.is_empty());
+    let crate::catalogue::JobSpec::Verify(n) = &c.job("nightly").unwrap().spec else {
+        panic!("not a verify job")
+    };
+    assert_eq!(n.integrity, crate::catalogue::IntegrityMode::Sample);
+    assert!(n.drills && n.jobs.is_empty());
+    assert_eq!(
+        n.drill.scratch_directory,
+        c.daemon.state_directory.join("drills")
+    );
+}
+
+#[test]
+fn verify_job_errors_name_the_job() {
+    let text = small(
+        r#"
+[[job]]
+name = "uploads"
+kind = "files"
+path = "/app/uploads"
+full = "0 4 * * 0"
+repositories = ["local"]
+
+[[job]]
+name = "drill"
+kind = "verify"
+schedule = "0 5 * * *"
+jobs = ["db-dump", "uploads"]
+integrity = "most"
+drill-url = "postgresql://bdc_drill:secret@localhost/postgres"
+
+[[job.check]]
+job = "uploads"
+sql = "SELECT 1"
+min = 1
+
+[[job.check]]
+job = "db-dump"
+sql = "SELECT 1"
+
+[[job.check]]
+job = "nope"
+sql = "SELECT 1"
+max = "ten"
+"#,
+    );
+    let found = errors(&text);
+    let has = |key: &str, part: &str| {
+        assert!(
+            found.iter().any(|(k, m)| k == key && m.contains(part)),
+            "no error {key}: …{part}… in {found:#?}"
+        )
+    };
+    has("job[2] \"drill\".integrity", "\"most\" is not one of");
+    has("job[2] \"drill\".drill-url", "contains a password");
+    has("job[2] \"drill\".check[0].job", "is a files job");
+    has(
+        "job[2] \"drill\".check[1]",
+        "set at least one of min, max, equals",
+    );
+    has("job[2] \"drill\".check[2].job", "no job is named \"nope\"");
+    has("job[2] \"drill\".check[2].max", "expected a number");
+}
+
+#[test]
+fn a_check_must_be_covered_by_its_verify_job() {
+    let text = small(
+        r#"
+[[job]]
+name = "other-dump"
+kind = "postgres-dump"
+schedule = "0 3 * * *"
+databases = ["x"]
+repositories = ["local"]
+
+[[job]]
+name = "drill"
+kind = "verify"
+schedule = "0 5 * * *"
+jobs = ["db-dump"]
+
+[[job.check]]
+job = "other-dump"
+sql = "SELECT 1"
+min = 1
+"#,
+    );
+    assert_eq!(
+        errors(&text),
+        pairs(&[(
+            "job[2] \"drill\".check[0].job",
+            "job \"other-dump\" is not covered by this verify job (its `jobs`: db-dump); add it there"
+        )])
+    );
 }

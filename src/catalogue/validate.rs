@@ -9,7 +9,7 @@ use super::raw::{self, Dict, ENV_OVERRIDES, RawCatalogue, Value};
 use super::{
     Catalogue, CatchUp, Compression, CompressionSettings, ConfigJob, DaemonSettings, DumpJob,
     EncryptionSettings, FilesJob, Job, JobSpec, LogTarget, Objective, PostgresSettings,
-    RepositoryLocation, RepositorySettings, RetentionPolicy, VerifyJob, WalAck, WalJob,
+    RepositoryLocation, RepositorySettings, RetentionPolicy, WalAck, WalJob,
 };
 use crate::model::JobKindName;
 use std::collections::{BTreeMap, BTreeSet};
@@ -202,7 +202,7 @@ pub fn job_kind_keys(kind: JobKindName) -> &'static [&'static str] {
             "one-file-system",
         ],
         JobKindName::Config => &["paths", "schedule", "watch"],
-        JobKindName::Verify => &["schedule", "jobs"],
+        JobKindName::Verify => super::verify::VERIFY_KEYS,
     }
 }
 
@@ -244,7 +244,14 @@ fn build(cx: &mut Ctx, raw: &RawCatalogue) -> Catalogue {
         );
     }
 
-    let jobs: Vec<Job> = jobs.iter_mut().filter_map(|j| j.job.take()).collect();
+    let mut jobs: Vec<Job> = jobs.iter_mut().filter_map(|j| j.job.take()).collect();
+    for job in &mut jobs {
+        if let JobSpec::Verify(v) = &mut job.spec
+            && v.drill.scratch_directory.as_os_str().is_empty()
+        {
+            v.drill.scratch_directory = daemon.state_directory.join("drills");
+        }
+    }
     Catalogue {
         source: cx.file.to_path_buf(),
         daemon,
@@ -756,7 +763,7 @@ struct JobEntry {
     kind: Option<JobKindName>,
     repositories: Vec<String>,
     wal_job: Option<String>,
-    verify_jobs: Vec<(String, String)>,
+    verify: super::verify::VerifyRefs,
     job: Option<Job>,
 }
 
@@ -860,11 +867,7 @@ fn jobs(
                 ),
             }
         }
-        for (key, target) in &j.verify_jobs {
-            if !kinds.contains_key(target) {
-                cx.error(key, unknown_job(target, &kinds));
-            }
-        }
+        super::verify::cross_check(cx, &j.verify, &kinds, &|t| unknown_job(t, &kinds));
         if j.kind == Some(JobKindName::PostgresWal) {
             let known: Vec<&RepositoryEntry> = j
                 .repositories
@@ -977,7 +980,8 @@ fn job(
     // Repositories: at least one, each defined, no repeats.
     let mut repo_names = Vec::new();
     match t.strings(cx, "repositories") {
-        None if t.get("repositories").is_none() => t.missing(
+        // A verify job covers every repository of its jobs unless it names some.
+        None if t.get("repositories").is_none() && kind != Some(JobKindName::Verify) => t.missing(
             cx,
             "repositories",
             "every job needs `repositories`: at least one [repository.NAME]",
@@ -1047,7 +1051,7 @@ fn job(
     let compression = compression(cx, t, default_zstd);
 
     let mut wal_job = None;
-    let mut verify_jobs = Vec::new();
+    let mut verify = super::verify::VerifyRefs::default();
     let needs_connection = |cx: &mut Ctx, what: &str| {
         if !postgres.present && t.get("connection").is_none() {
             cx.error(
@@ -1213,19 +1217,18 @@ fn job(
             }
         }
         Some(JobKindName::Verify) => {
-            let schedule = cron(cx, "schedule", "0 6 * * *");
-            verify_jobs = t
-                .strings(cx, "jobs")
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, j)| (k, j.to_string()))
-                .collect();
-            schedule.map(|schedule| {
-                JobSpec::Verify(VerifyJob {
-                    schedule,
-                    jobs: verify_jobs.iter().map(|(_, j)| j.clone()).collect(),
-                })
-            })
+            let schedule = cron(cx, "schedule", "0 5 * * *");
+            let check_url = |cx: &mut Ctx, key: &str, url: &str| {
+                check_postgres_url(
+                    cx,
+                    key,
+                    url,
+                    "use a ~/.pgpass entry (PGPASSFILE) or peer authentication for the drill role",
+                )
+            };
+            let (spec, refs) = super::verify::verify_job(cx, t, schedule, &check_url);
+            verify = refs;
+            spec.map(JobSpec::Verify)
         }
     };
 
@@ -1248,7 +1251,7 @@ fn job(
         kind,
         repositories: repo_names,
         wal_job,
-        verify_jobs,
+        verify,
         job,
     }
 }

@@ -48,8 +48,10 @@ impl Access {
             }
             Request::Retention { dry_run: true, .. }
             | Request::Usage { .. }
-            | Request::Alerts { .. } => Access::Read,
+            | Request::Alerts { .. }
+            | Request::Show { .. } => Access::Read,
             Request::Run { .. }
+            | Request::Verify { .. }
             | Request::Cancel { .. }
             | Request::Reload
             | Request::Retention { dry_run: false, .. }

@@ -384,7 +384,7 @@ impl<H: Handler> Connection<H> {
                 self.send(&Reply::Ok(Response::Following)).await?;
                 self.follow(events).await
             }
-            Request::Run { wait: true, .. } => {
+            Request::Run { wait: true, .. } | Request::Verify { wait: true, .. } => {
                 // Subscribe before the run starts, so none of its events is missed.
                 let events = self.handler.subscribe();
                 let reply = self.handler.handle(&self.peer, request).await;

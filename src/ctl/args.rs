@@ -93,11 +93,29 @@ pub enum Command {
         #[arg(long, default_value_t = crate::usage::DEFAULT_WEEKS)]
         weeks: u32,
     },
-    /// Integrity check and restore drill now.
+    /// Start a verify run now (through the daemon): integrity reads, WAL continuity and restore
+    /// drills of the covered backup jobs, recorded as a run of the verify job covering --job
+    /// (else of the built-in job `verify`). With --wait: exit 0 when every check passed, 1 when
+    /// any failed, 2 on usage errors; without a daemon, --wait verifies in the ctl (nothing recorded).
     Verify {
-        #[arg(long)]
+        /// Only this backup job.
+        #[arg(long, value_name = "J")]
         job: Option<String>,
+        /// Integrity reads and WAL continuity only, no drill.
+        #[arg(long, conflicts_with = "drill_only")]
+        integrity_only: bool,
+        /// Restore drills only.
+        #[arg(long)]
+        drill_only: bool,
+        /// This backup instead of the newest (read in full).
+        #[arg(long, value_name = "ID")]
+        backup: Option<String>,
+        /// Follow progress, print every check, exit with the result.
+        #[arg(long)]
+        wait: bool,
     },
+    /// One run in full: its error or warnings and, for a verify run, every check.
+    Show { run_id: i64 },
     /// Open alert states, recent deliveries and each sink's last error; `alerts test` sends a test event.
     Alerts {
         #[command(subcommand)]

@@ -213,6 +213,13 @@ pub fn status(report: &StatusReport) -> String {
         if let Some(w) = &j.wal {
             let _ = writeln!(out, "\n{}", wal_lines(&j.name, w, &local));
         }
+        if let Some(v) = &j.verification {
+            let _ = writeln!(
+                out,
+                "\n{}",
+                super::verify::status_lines(&j.name, v, Utc::now(), &local)
+            );
+        }
         if !j.retention.is_empty() {
             let passes: Vec<String> = j
                 .retention
@@ -451,6 +458,7 @@ mod wal_tests {
                 repositories: vec![repo("local"), repo("offsite")],
                 stale: false,
                 retention: vec![],
+                verification: None,
                 wal: Some(WalStatus {
                     last_archived: Some("00000001000000000000000A".into()),
                     last_archived_at: Some(at),

@@ -17,6 +17,7 @@ use crate::schedule::{JobSchedule, next_fire};
 use crate::snapshot::job::{JobOutcome, JobRun};
 use crate::state::{NewRun, RunOutcome, StateDb};
 use crate::units::human_bytes;
+use crate::verify::run::Scope;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -201,6 +202,41 @@ impl Shared {
             .job(job_name)
             .ok_or_else(|| StartError::UnknownJob(job_name.to_string()))?
             .clone();
+        self.start_job(catalogue, job, requested, trigger, Scope::default())
+            .await
+    }
+
+    /// `bdc-backupctl verify`: a manual run of the verify job covering `scope.job` (the first in
+    /// catalogue order, else the built-in `verify`), its checks limited to the scope.
+    pub async fn start_verify(self: &Arc<Self>, scope: Scope) -> Result<RunRecord, StartError> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(StartError::Stopping);
+        }
+        let catalogue = self.catalogue();
+        let job = crate::verify::run::choose_job(&catalogue, scope.job.as_deref()).map_err(
+            |message| match &scope.job {
+                Some(j) if catalogue.job(j).is_none() => StartError::UnknownJob(j.clone()),
+                _ => StartError::NotRunnable {
+                    job: scope.job.clone().unwrap_or_else(|| "verify".into()),
+                    message,
+                },
+            },
+        )?;
+        self.start_job(catalogue, job, None, Trigger::Manual, scope)
+            .await
+    }
+
+    async fn start_job(
+        self: &Arc<Self>,
+        catalogue: Arc<Catalogue>,
+        job: Job,
+        requested: Option<BackupType>,
+        trigger: Trigger,
+        scope: Scope,
+    ) -> Result<RunRecord, StartError> {
+        let job_name = job.name.clone();
+        let job_name = job_name.as_str();
+        let verify = matches!(job.spec, JobSpec::Verify(_));
         let backup_type = runnable_type(&job, requested)?;
         let mut runs = self.runs.lock().await;
         if let Some(active) = runs.get(job_name) {
@@ -210,14 +246,22 @@ impl Shared {
             });
         }
         let now = self.clock.now();
-        let backup_id = self.unique_backup_id(job_name, now, backup_type);
+        // A verify run makes no backup: no backup id, no type.
+        let (backup_type, backup_id) = if verify {
+            (None, None)
+        } else {
+            (
+                Some(backup_type),
+                Some(self.unique_backup_id(job_name, now, backup_type)),
+            )
+        };
         let new = NewRun {
             job: job.name.clone(),
             kind: job.kind(),
             trigger,
-            backup_type: Some(backup_type),
+            backup_type,
             started_at: now,
-            backup_id: Some(backup_id.clone()),
+            backup_id: backup_id.clone(),
         };
         let id = self
             .state
@@ -232,14 +276,14 @@ impl Shared {
             job: job.name.clone(),
             kind: job.kind(),
             trigger,
-            backup_type: Some(backup_type),
+            backup_type,
             status: RunStatus::Running,
             started_at: now,
             finished_at: None,
             bytes_read: 0,
             bytes_stored: 0,
             error: None,
-            backup_id: Some(backup_id.clone()),
+            backup_id: backup_id.clone(),
         };
         let active = ActiveRun {
             record: record.clone(),
@@ -257,10 +301,11 @@ impl Shared {
             phase: active.phase.clone(),
             cancel: active.cancel.clone(),
             reason: active.reason.clone(),
+            scope,
         };
         runs.insert(job_name.to_string(), active);
         drop(runs);
-        tracing::info!(job = %record.job, run_id = record.id, backup_id = %backup_id, trigger = %trigger, "run started");
+        tracing::info!(job = %record.job, run_id = record.id, backup_id = %backup_id.unwrap_or_default(), trigger = %trigger, "run started");
         self.emit(Event::RunStarted {
             run: record.clone(),
         });
@@ -473,10 +518,12 @@ impl Shared {
                 stale: false,
                 retention: self.state.last_retention_pass(&job.name).await?,
                 wal: None,
+                verification: None,
             });
         }
         super::wal::fill_status(self, &catalogue, &mut jobs).await;
         let objectives = super::alerts::apply_health(self, &catalogue, &mut jobs, now).await;
+        super::verify::fill_status(self, &catalogue, &mut jobs).await;
         Ok(StatusReport {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
@@ -575,6 +622,8 @@ struct RunContext {
     phase: Arc<std::sync::Mutex<String>>,
     cancel: CancellationToken,
     reason: Arc<std::sync::Mutex<Option<CancelReason>>>,
+    /// What a verify run covers (the defaults for scheduled runs).
+    scope: Scope,
 }
 
 impl RunContext {
@@ -720,6 +769,25 @@ impl RunContext {
     }
 
     async fn run_kind(&self) -> Result<KindOutcome, String> {
+        if matches!(self.job.spec, JobSpec::Verify(_)) {
+            let phase = |p: &str| self.set_phase(p);
+            super::verify::run(
+                &self.shared,
+                &self.catalogue,
+                &self.job,
+                &self.scope,
+                self.record.id,
+                self.cancel.clone(),
+                &phase,
+                &self.progress,
+            )
+            .await?;
+            return Ok(KindOutcome {
+                committed: Vec::new(),
+                unchanged: false,
+                warnings: Vec::new(),
+            });
+        }
         let primary_name = self
             .job
             .repositories

@@ -144,6 +144,44 @@ impl Handler for DaemonHandler {
                     Err(err) => error(ErrorCode::Internal, err.to_string()),
                 }
             }
+            Request::Verify {
+                job,
+                integrity_only,
+                drill_only,
+                backup,
+                ..
+            } => {
+                let scope = crate::verify::run::Scope {
+                    job,
+                    integrity: !drill_only,
+                    drills: !integrity_only,
+                    backup,
+                };
+                match shared.start_verify(scope).await {
+                    Ok(run) => Reply::Ok(Response::RunStarted { run }),
+                    Err(err @ StartError::UnknownJob(_)) => {
+                        error(ErrorCode::NotFound, err.to_string())
+                    }
+                    Err(err @ StartError::State { .. }) => {
+                        error(ErrorCode::Internal, err.to_string())
+                    }
+                    Err(err) => error(ErrorCode::Conflict, err.to_string()),
+                }
+            }
+            Request::Show { run_id } => match shared.state.run(run_id).await {
+                Ok(None) => error(
+                    ErrorCode::NotFound,
+                    format!("no run {run_id} in the state DB"),
+                ),
+                Ok(Some(run)) => match shared.state.checks_of_run(run_id).await {
+                    Ok(checks) => Reply::Ok(Response::RunDetail(crate::model::RunDetail {
+                        run: Some(run),
+                        checks,
+                    })),
+                    Err(err) => error(ErrorCode::Internal, err.to_string()),
+                },
+                Err(err) => error(ErrorCode::Internal, err.to_string()),
+            },
             Request::Cancel { run_id } => {
                 if shared.cancel_run(run_id, &who(peer)).await {
                     Reply::Ok(Response::Cancelled { run_id })
