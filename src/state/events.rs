@@ -300,34 +300,19 @@ impl StateDb {
         opt("jobs_seen", "first_seen", v)
     }
 
-    /// The newest drill of `job` from the verify tables, if they exist and hold one: (when,
-    /// restore seconds, bytes). None when there is no such table (verify not migrated yet).
+    /// The newest passed drill of `job` (migration 0007's `verify_checks`): when, restore
+    /// seconds, bytes of the restored backup.
     pub async fn newest_drill(
         &self,
         job: &str,
     ) -> Result<Option<(DateTime<Utc>, f64, u64)>, StateError> {
-        let exists: Option<String> = sqlx::query_scalar(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'verify_checks'",
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        if exists.is_none() {
-            return Ok(None);
-        }
-        // The drills' table as the verify module writes it (`verify::check::Check`): kind
-        // `drill`, result `pass`, seconds and bytes. A table of another shape answers None.
         let row = sqlx::query(
             "SELECT at, seconds, bytes FROM verify_checks
              WHERE job = ? AND kind = 'drill' AND result = 'pass' ORDER BY at DESC LIMIT 1",
         )
         .bind(job)
         .fetch_optional(&self.pool)
-        .await;
-        let row = match row {
-            Ok(r) => r,
-            Err(sqlx::Error::Database(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
+        .await?;
         let Some(row) = row else { return Ok(None) };
         let at: String = row.try_get("at")?;
         let seconds: f64 = row.try_get("seconds")?;
@@ -431,23 +416,13 @@ mod tests {
         assert!(db.close_alert("run:db").await.unwrap());
         assert!(!db.close_alert("run:db").await.unwrap());
         assert!(db.open_alerts().await.unwrap().is_empty());
-        // No verify tables yet: no drill, no error.
+        // No drill recorded yet.
         assert_eq!(db.newest_drill("db").await.unwrap(), None);
     }
 
     #[tokio::test]
     async fn the_newest_passed_drill_is_read_from_the_verify_table() {
         let (_d, db) = db().await;
-        // The shape of the verify module's table (migration 0007 on its branch).
-        sqlx::query(
-            "CREATE TABLE verify_checks (id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL,
-                 job TEXT NOT NULL, repository TEXT, backup_id TEXT, kind TEXT NOT NULL,
-                 name TEXT NOT NULL, result TEXT NOT NULL, detail TEXT NOT NULL,
-                 seconds REAL NOT NULL, bytes INTEGER NOT NULL, at TEXT NOT NULL)",
-        )
-        .execute(db.pool())
-        .await
-        .unwrap();
         for (kind, result, seconds, at) in [
             ("drill", "pass", 40.0, t(1)),
             ("drill", "pass", 55.5, t(3)),
