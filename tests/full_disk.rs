@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::files_under;
+
 use common::daemon::{Setup, TestDaemon, wait_for};
 use common::pg::PgCluster;
 use common::wal::*;
@@ -83,24 +85,6 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.dir).output();
     }
-}
-
-/// Every regular file under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out.sort();
-    out
 }
 
 /// No object, not even a staging file, under `repo` (but the filler).

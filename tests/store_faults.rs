@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::files_under;
+
 use common::daemon::{CTL, Setup, TestDaemon, wait_for};
 use common::pg::PgCluster;
 use common::wal::*;
@@ -296,23 +298,6 @@ fn restored(target: &Path, src: &Path, name: &str) -> PathBuf {
     } else {
         target.join(src.strip_prefix("/").unwrap()).join(name)
     }
-}
-
-/// Every regular file under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// A truncated read of a data object during a restore: the restore fails naming the object,
