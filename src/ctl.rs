@@ -2,6 +2,7 @@
 //! output or `--json`. Exit codes: 0 ok, 1 the operation failed, 2 usage or cannot reach the daemon.
 
 mod args;
+mod audit;
 mod exit;
 mod output;
 mod wal;
@@ -226,7 +227,18 @@ async fn run(args: CtlArgs) -> CtlResult {
         },
         Command::Follow => follow(&ctx).await,
         Command::Keygen { output } => keygen(output, json),
-        Command::Restore { what } => restore(&ctx, what).await,
+        Command::Restore { what } => {
+            let result = restore(&ctx, what.clone()).await;
+            audit::report_restore(&ctx, &what, &result).await;
+            result
+        }
+        Command::Metrics => audit::metrics(&ctx).await,
+        Command::Audit {
+            since,
+            job,
+            limit,
+            verify,
+        } => audit::audit(&ctx, since, job, limit, verify).await,
         Command::WalPush(a) => wal::push(&ctx, a).await,
         Command::WalFetch(a) => wal::fetch(&ctx, a).await,
         Command::Retention {

@@ -2,9 +2,11 @@
 //! statuses and triggers, backup types, backup rows and the status report; the reports of
 //! retention and usage passes ([`reports`]) and the cluster identity ([`identity`]).
 
+mod audit;
 mod identity;
 mod reports;
 
+pub use audit::{AuditBreak, AuditChainReport, AuditRow, fit_audit_rows};
 pub use identity::{ClusterIdentity, u64_string};
 pub use reports::{
     Action, BackupOutcome, GrowthSource, Pin, Projection, Reason, RetentionReport, Rule,

@@ -8,7 +8,7 @@
 //!    until the run ends (run --wait) or the client closes (follow).
 
 use crate::model::{
-    BackupRow, BackupType, ClusterIdentity, Progress, RetentionReport, RunRecord, RunStatus,
+    AuditChainReport, AuditRow, BackupRow, BackupType, ClusterIdentity, Progress, RetentionReport, RunRecord, RunStatus,
     StatusReport, UsageReport,
 };
 use serde::{Deserialize, Serialize};
@@ -80,6 +80,31 @@ pub enum Request {
         #[serde(flatten)]
         cluster: ClusterIdentity,
     },
+    /// `{"type":"metrics"}`: the Prometheus text the daemon serves on `metrics-listen`.
+    Metrics,
+    /// `{"type":"audit","since":null,"job":null,"limit":1000,"verify":false}`: the audit trail
+    /// (the newest `limit` rows, oldest first); with `verify`, the whole chain checked too.
+    Audit {
+        #[serde(default)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        #[serde(default)]
+        job: Option<String>,
+        #[serde(default)]
+        limit: Option<u32>,
+        #[serde(default)]
+        verify: bool,
+    },
+    /// `{"type":"audit-report","action":"restore database","job":"db","result":"ok","detail":"…"}`:
+    /// a ctl reports an operation it did itself (a restore); the daemon records it with the
+    /// peer's credentials.
+    AuditReport {
+        action: String,
+        #[serde(default)]
+        job: Option<String>,
+        result: String,
+        #[serde(default)]
+        detail: String,
+    },
 }
 
 impl Request {
@@ -96,6 +121,9 @@ impl Request {
             Request::Retention { .. } => "retention",
             Request::Usage { .. } => "usage",
             Request::WalPush { .. } => "wal-push",
+            Request::Metrics => "metrics",
+            Request::Audit { .. } => "audit",
+            Request::AuditReport { .. } => "audit-report",
         }
     }
 
@@ -149,6 +177,22 @@ pub enum Response {
         /// E.g. "already archived with the same content" per repository.
         #[serde(default)]
         warnings: Vec<String>,
+    },
+    /// Prometheus text format 0.0.4.
+    Metrics {
+        text: String,
+    },
+    Audit {
+        rows: Vec<AuditRow>,
+        /// Older rows left out to keep the line under the cap.
+        #[serde(default)]
+        truncated: bool,
+        /// With `verify`.
+        #[serde(default)]
+        chain: Option<AuditChainReport>,
+    },
+    AuditRecorded {
+        id: i64,
     },
 }
 

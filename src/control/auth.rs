@@ -47,6 +47,8 @@ impl Access {
                 Access::Read
             }
             Request::Retention { dry_run: true, .. } | Request::Usage { .. } => Access::Read,
+            // A reported restore is recorded under the reporter's own credentials.
+            Request::Metrics | Request::Audit { .. } | Request::AuditReport { .. } => Access::Read,
             Request::Run { .. }
             | Request::Cancel { .. }
             | Request::Reload

@@ -98,6 +98,23 @@ pub enum Command {
         #[arg(long)]
         job: Option<String>,
     },
+    /// The Prometheus text the daemon serves on `metrics-listen`.
+    Metrics,
+    /// The audit trail: who did what, when, with what result (from the state DB when the daemon
+    /// is not running).
+    Audit {
+        /// Rows from this time on (a date alone: from its start; no offset: the catalogue's zone).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        job: Option<String>,
+        /// At most this many rows (the newest).
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+        /// Check the whole hash chain; exit 1 naming the first broken row.
+        #[arg(long)]
+        verify: bool,
+    },
 }
 
 /// `wal-push PATH [--data-directory DIR] [--timeout T]`

@@ -84,6 +84,8 @@ pub struct Shared {
     job_locks: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// WAL pushes: their own upload slots, the async backlog's wake-up (docs/design.md §5).
     pub wal: super::wal::WalArchiver,
+    /// What the metrics keep between scrapes (the WAL lag asked of the cluster).
+    pub metrics: super::metrics::MetricsState,
 }
 
 impl Shared {
@@ -116,6 +118,7 @@ impl Shared {
             stopping: std::sync::atomic::AtomicBool::new(false),
             job_locks: std::sync::Mutex::new(HashMap::new()),
             wal: super::wal::WalArchiver::new(),
+            metrics: Default::default(),
         })
     }
 
@@ -870,6 +873,7 @@ impl RunContext {
         record.bytes_stored = outcome.bytes_stored;
         record.error = error;
         record.backup_id = outcome.backup_id.clone();
+        super::audit::run_finished(shared, &record).await;
         shared.runs.lock().await.remove(&self.record.job);
         shared.emit(Event::RunFinished { run: record });
         shared.wake.notify_one();

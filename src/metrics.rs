@@ -1,0 +1,232 @@
+//! The Prometheus metrics (docs/metrics.md): every `bdc_backup_*` family computed at scrape time
+//! from the state DB's facts and the catalogue, rendered in text format 0.0.4 by the `prometheus`
+//! crate. Pure: the daemon gathers the facts and serves or writes the text.
+
+use crate::catalogue::{Catalogue, Job};
+use crate::model::{JobKindName, RunStatus};
+use crate::state::{JobFacts, MetricsFacts};
+use chrono::{DateTime, Utc};
+use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use std::collections::BTreeMap;
+
+/// The Content-Type of text format 0.0.4.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What the daemon knows beyond the state DB.
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// When the daemon started (freshness of a job it has never seen succeed).
+    pub daemon_started: DateTime<Utc>,
+    /// Per WAL job: completed segments not yet archived, as last asked of the cluster.
+    pub wal_lag_segments: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("metrics: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+impl crate::error::Classify for MetricsError {
+    fn retry(&self) -> crate::error::Retry {
+        crate::error::Retry::Permanent
+    }
+}
+
+/// Whether a job is stale: its newest success (a WAL job: its newest archived file) is older than
+/// its `max-age`, counted from when the daemon first saw it if it never succeeded. The same rule
+/// as `status` (daemon/core.rs, daemon/wal.rs); the health module will supply it (the lead wires
+/// it here).
+pub fn job_stale(job: &Job, facts: &JobFacts, daemon_started: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    let Some(max_age) = job.max_age else {
+        return false;
+    };
+    let reference = if job.kind() == JobKindName::PostgresWal {
+        facts.wal_last_archived_at.unwrap_or(daemon_started)
+    } else {
+        match &facts.last_success {
+            Some(run) => run.finished_at.unwrap_or(run.started_at),
+            None => facts.first_seen.unwrap_or(daemon_started),
+        }
+    };
+    now - reference > chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX)
+}
+
+/// One objective's figures for `objective_*`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectiveFigures {
+    pub name: String,
+    pub rpo_seconds: Option<f64>,
+    pub rto_seconds: Option<f64>,
+    pub target_rpo_seconds: Option<f64>,
+    pub target_rto_seconds: Option<f64>,
+    pub met: bool,
+}
+
+/// The objectives' measured figures. None yet: the health module (`health::objectives`)
+/// supplies them and the lead wires it here; until then no `objective_*` series is exported
+/// rather than invented values.
+pub fn objectives(_catalogue: &Catalogue, _facts: &MetricsFacts, _now: DateTime<Utc>) -> Vec<ObjectiveFigures> {
+    Vec::new()
+}
+
+/// Alert deliveries per (sink, result). Empty until the alerts outbox is wired here (the lead).
+pub fn alert_deliveries() -> BTreeMap<(String, String), u64> {
+    BTreeMap::new()
+}
+
+fn secs(t: DateTime<Utc>) -> f64 {
+    t.timestamp_micros() as f64 / 1e6
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<GaugeVec, MetricsError> {
+    let g = GaugeVec::new(Opts::new(format!("bdc_backup_{name}"), help), labels)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn int_gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec, MetricsError> {
+    let g = IntGaugeVec::new(Opts::new(format!("bdc_backup_{name}"), help), labels)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, MetricsError> {
+    let c = IntCounterVec::new(Opts::new(format!("bdc_backup_{name}"), help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Renders every family (docs/metrics.md) for the catalogue's jobs and objectives.
+pub fn render(
+    catalogue: &Catalogue,
+    facts: &MetricsFacts,
+    extras: &Extras,
+    now: DateTime<Utc>,
+) -> Result<String, MetricsError> {
+    let r = Registry::new();
+    let build = int_gauge(&r, "build_info", "Always 1; the version of bdc-backup.", &["version"])?;
+    build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+
+    let last_success = gauge(&r, "job_last_success_timestamp_seconds",
+        "When the job's newest successful run ended (Unix time).", &["job", "kind"])?;
+    let last_run = gauge(&r, "job_last_run_timestamp_seconds",
+        "When the job's newest finished run ended (Unix time; running and skipped runs are not counted).", &["job", "kind"])?;
+    let last_ok = int_gauge(&r, "job_last_run_success",
+        "1 if the job's newest finished run succeeded (succeeded, partial, unchanged), else 0.", &["job", "kind"])?;
+    let duration = gauge(&r, "job_last_duration_seconds",
+        "How long the job's newest finished run took.", &["job"])?;
+    let read = int_gauge(&r, "job_last_read_bytes", "Bytes the job's newest finished run read.", &["job"])?;
+    let stored = int_gauge(&r, "job_last_stored_bytes",
+        "Bytes the job's newest finished run stored (after compression and encryption).", &["job"])?;
+    let stale = int_gauge(&r, "job_stale",
+        "1 if the job's newest success is older than its max-age, else 0.", &["job"])?;
+    let runs = counter(&r, "runs_total", "Runs recorded in the state DB, by status.", &["job", "status"])?;
+    let repo_bytes = int_gauge(&r, "repository_stored_bytes",
+        "Bytes stored by the job's committed backups in the repository.", &["job", "repository"])?;
+    let replica = int_gauge(&r, "replica_pending",
+        "Committed backups of the job still to be copied to the repository.", &["job", "repository"])?;
+    let wal_last = gauge(&r, "wal_last_archived_timestamp_seconds",
+        "When the WAL job's newest file was archived (Unix time).", &["job"])?;
+    let wal_count = counter(&r, "wal_archived_total", "WAL files archived by the job.", &["job"])?;
+    let wal_lag = int_gauge(&r, "wal_lag_segments",
+        "Completed WAL segments the cluster has not had archived yet (as last asked).", &["job"])?;
+    let wal_backlog = int_gauge(&r, "wal_async_backlog",
+        "Archived WAL files still to be copied to the async repository.", &["job", "repository"])?;
+    let verify_ok = gauge(&r, "verify_last_success_timestamp_seconds",
+        "When the newest passed verification check of the job ran (Unix time).", &["job"])?;
+    let drill = gauge(&r, "drill_restore_seconds",
+        "The restore time of the job's newest passed restore drill.", &["job"])?;
+    let verify_fail = counter(&r, "verify_failures_total", "Failed verification checks of the job, by check kind.", &["job", "kind"])?;
+    let rpo = gauge(&r, "objective_rpo_seconds", "The objective's recovery point now: now minus the newest restorable point.", &["objective"])?;
+    let rto = gauge(&r, "objective_rto_seconds", "The objective's recovery time as measured by drills.", &["objective"])?;
+    let rpo_t = gauge(&r, "objective_target_rpo_seconds", "The objective's rpo from the catalogue.", &["objective"])?;
+    let rto_t = gauge(&r, "objective_target_rto_seconds", "The objective's rto from the catalogue.", &["objective"])?;
+    let met = int_gauge(&r, "objective_met", "1 if the objective is met, else 0.", &["objective"])?;
+    let deliveries = counter(&r, "alert_deliveries_total", "Alert deliveries, by sink and result.", &["sink", "result"])?;
+
+    let empty = JobFacts::default();
+    for job in &catalogue.jobs {
+        let f = facts.jobs.get(&job.name).unwrap_or(&empty);
+        let kind = job.kind().as_str();
+        let jk = [job.name.as_str(), kind];
+        if let Some(run) = &f.last_success {
+            last_success.with_label_values(&jk).set(secs(run.finished_at.unwrap_or(run.started_at)));
+        }
+        if let Some(run) = &f.last_run {
+            let end = run.finished_at.unwrap_or(run.started_at);
+            last_run.with_label_values(&jk).set(secs(end));
+            last_ok.with_label_values(&jk).set(i64::from(run.status.is_success()));
+            duration.with_label_values(&[&job.name]).set(((end - run.started_at).num_microseconds().unwrap_or(0) as f64 / 1e6).max(0.0));
+            read.with_label_values(&[&job.name]).set(int(run.bytes_read));
+            stored.with_label_values(&[&job.name]).set(int(run.bytes_stored));
+        }
+        stale.with_label_values(&[&job.name]).set(i64::from(job_stale(job, f, extras.daemon_started, now)));
+        if job.kind() != JobKindName::PostgresWal {
+            // Every status appears (0 when none), so rate() sees a series from its start.
+            for status in RunStatus::ALL.iter().copied() {
+                let n = facts.runs.get(&(job.name.clone(), status.as_str().to_string())).copied().unwrap_or(0);
+                runs.with_label_values(&[&job.name, status.as_str()]).inc_by(n);
+            }
+        }
+        for (i, repo) in job.repositories.iter().enumerate() {
+            let key = (job.name.clone(), repo.clone());
+            if job.kind() != JobKindName::PostgresWal {
+                repo_bytes.with_label_values(&[&job.name, repo]).set(int(facts.stored_bytes.get(&key).copied().unwrap_or(0)));
+                if i > 0 {
+                    replica.with_label_values(&[&job.name, repo]).set(int(facts.replica_pending.get(&key).copied().unwrap_or(0)));
+                }
+            } else if catalogue.repository(repo).is_some_and(|r| r.wal_ack == crate::catalogue::WalAck::Async) {
+                wal_backlog.with_label_values(&[&job.name, repo]).set(int(facts.wal_backlog.get(&key).copied().unwrap_or(0)));
+            }
+        }
+        if job.kind() == JobKindName::PostgresWal {
+            if let Some(at) = f.wal_last_archived_at {
+                wal_last.with_label_values(&[&job.name]).set(secs(at));
+            }
+            wal_count.with_label_values(&[&job.name]).inc_by(f.wal_archived);
+            if let Some(lag) = extras.wal_lag_segments.get(&job.name) {
+                wal_lag.with_label_values(&[&job.name]).set(int(*lag));
+            }
+        }
+        if let Some(v) = &facts.verify {
+            if let Some(at) = v.last_success.get(&job.name) {
+                verify_ok.with_label_values(&[&job.name]).set(secs(*at));
+            }
+            if let Some(s) = v.drill_seconds.get(&job.name) {
+                drill.with_label_values(&[&job.name]).set(*s);
+            }
+        }
+    }
+    if let Some(v) = &facts.verify {
+        for ((job, kind), n) in &v.failures {
+            if catalogue.job(job).is_some() {
+                verify_fail.with_label_values(&[job, kind]).inc_by(*n);
+            }
+        }
+    }
+    for o in objectives(catalogue, facts, now) {
+        let l = [o.name.as_str()];
+        if let Some(v) = o.rpo_seconds {
+            rpo.with_label_values(&l).set(v);
+        }
+        if let Some(v) = o.rto_seconds {
+            rto.with_label_values(&l).set(v);
+        }
+        if let Some(v) = o.target_rpo_seconds {
+            rpo_t.with_label_values(&l).set(v);
+        }
+        if let Some(v) = o.target_rto_seconds {
+            rto_t.with_label_values(&l).set(v);
+        }
+        met.with_label_values(&l).set(i64::from(o.met));
+    }
+    for ((sink, result), n) in alert_deliveries() {
+        deliveries.with_label_values(&[&sink, &result]).inc_by(n);
+    }
+    let text = prometheus::TextEncoder::new().encode_to_string(&r.gather())?;
+    Ok(text)
+}
+
