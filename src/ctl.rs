@@ -320,7 +320,7 @@ async fn retention(
                 err.message
             );
             let catalogue = ctx.load_catalogue()?;
-            crate::retention::run_matching(
+            let reports = crate::retention::run_matching(
                 &catalogue,
                 job.as_deref(),
                 repository.as_deref(),
@@ -328,7 +328,9 @@ async fn retention(
                 dry_run,
             )
             .await
-            .map_err(|e| CtlError::failed(crate::error::error_chain_of(&e)))?
+            .map_err(|e| CtlError::failed(crate::error::error_chain_of(&e)))?;
+            audit::offline_retention(&catalogue, &reports);
+            reports
         }
         Err(err) => return Err(err),
     };

@@ -240,8 +240,21 @@ pub async fn report_restore(ctx: &Ctx, what: &RestoreCommand, result: &CtlResult
     if to_daemon.is_ok() {
         return;
     }
+    let mut event = local_event(&action);
+    event.detail = detail;
+    event.job = job;
+    event.result = result_text;
+    let state_dir = ctx
+        .load_catalogue()
+        .ok()
+        .map(|c| c.daemon.state_directory);
+    append_offline(state_dir.as_deref(), &event);
+}
+
+/// A row of this ctl's own work, by the local user.
+fn local_event(action: &str) -> crate::state::AuditEvent {
     let uid = nix::unistd::getuid();
-    let event = crate::state::AuditEvent {
+    crate::state::AuditEvent {
         at: Utc::now(),
         uid: Some(uid.as_raw()),
         gid: Some(nix::unistd::getgid().as_raw()),
@@ -250,22 +263,43 @@ pub async fn report_restore(ctx: &Ctx, what: &RestoreCommand, result: &CtlResult
             .ok()
             .flatten()
             .map(|u| u.name),
-        action,
+        action: action.to_string(),
         allowed: true,
-        detail,
-        job,
-        result: result_text,
         source: crate::state::AuditSource::Offline,
-        origin: None,
-    };
-    let state_dir = ctx
-        .load_catalogue()
-        .ok()
-        .map(|c| c.daemon.state_directory);
+        ..Default::default()
+    }
+}
+
+/// Each backup an offline `retention` (no daemon) deleted or failed to delete, to the offline file.
+pub fn offline_retention(catalogue: &crate::catalogue::Catalogue, reports: &[crate::model::RetentionReport]) {
+    for report in reports.iter().filter(|r| !r.dry_run) {
+        for b in report
+            .backups
+            .iter()
+            .filter(|b| b.action == crate::retention::Action::Delete)
+        {
+            let mut event = local_event("retention-delete");
+            event.job = Some(report.job.clone());
+            event.result = match &b.error {
+                Some(e) => format!("failed: {e}"),
+                None => "deleted".to_string(),
+            };
+            event.detail = format!(
+                "backup {} in repository {} ({} bytes)",
+                b.id, report.repository, b.bytes_stored
+            );
+            append_offline(Some(&catalogue.daemon.state_directory), &event);
+        }
+    }
+}
+
+/// Appends to `<state-directory>/offline-audit.jsonl`, else to the user's state folder (with a
+/// warning saying so); a row that cannot be written anywhere is a warning.
+fn append_offline(state_dir: Option<&std::path::Path>, event: &crate::state::AuditEvent) {
     let primary = state_dir.as_deref().map(crate::state::offline_audit_path);
     let first = primary
         .as_deref()
-        .map(|p| crate::state::append_offline_audit(p, &event));
+        .map(|p| crate::state::append_offline_audit(p, event));
     if let Some(Ok(())) = first {
         return;
     }
@@ -273,13 +307,13 @@ pub async fn report_restore(ctx: &Ctx, what: &RestoreCommand, result: &CtlResult
         .map(std::path::PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/state")))
         .map(|d| d.join("bdc-backup").join("offline-audit.jsonl"));
-    match home.map(|p| (crate::state::append_offline_audit(&p, &event), p)) {
+    match home.map(|p| (crate::state::append_offline_audit(&p, event), p)) {
         Some((Ok(()), p)) => eprintln!(
             "warning: the daemon did not take the audit row and {} is not writable; recorded in {} — move its lines into that file for the daemon to import them",
             primary.map_or_else(|| "the state directory".to_string(), |p| p.display().to_string()),
             p.display()
         ),
-        Some((Err(e), _)) => eprintln!("warning: this restore could not be audited: {}", crate::error::error_chain_of(&e)),
-        None => eprintln!("warning: this restore could not be audited (no writable offline audit file)"),
+        Some((Err(e), _)) => eprintln!("warning: this operation could not be audited: {}", crate::error::error_chain_of(&e)),
+        None => eprintln!("warning: this operation could not be audited (no writable offline audit file)"),
     }
 }
