@@ -125,7 +125,7 @@ impl StateDb {
         }
         facts.runs = pairs(
             self,
-            "SELECT job, status, count(*) FROM runs GROUP BY job, status",
+            "SELECT job, status, n FROM run_counts",
         )
         .await?;
         facts.stored_bytes = pairs(
@@ -185,5 +185,50 @@ impl StateDb {
         )
         .await?;
         Ok(Some(v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::{JobKindName, RunStatus, Trigger};
+    use crate::state::{NewRun, RunOutcome, StateDb};
+    use chrono::{TimeZone, Utc};
+
+    #[tokio::test]
+    async fn run_counts_follow_inserts_status_changes_and_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(&dir.path().join("state.db")).await.unwrap();
+        let at = Utc.with_ymd_and_hms(2026, 12, 1, 2, 0, 0).unwrap();
+        let run = NewRun {
+            job: "db".into(),
+            kind: JobKindName::PostgresDump,
+            trigger: Trigger::Manual,
+            backup_type: None,
+            started_at: at,
+            backup_id: None,
+        };
+        let a = db.start_run(&run).await.unwrap();
+        db.start_run(&run).await.unwrap();
+        db.record_skipped(&run, "overlap").await.unwrap();
+        let outcome = RunOutcome {
+            status: RunStatus::Failed,
+            finished_at: at,
+            bytes_read: 0,
+            bytes_stored: 0,
+            error: Some("x".into()),
+            backup_id: None,
+        };
+        db.finish_run(a, &outcome).await.unwrap();
+        let count = |facts: &crate::state::MetricsFacts, st: &str| {
+            facts.runs.get(&("db".to_string(), st.to_string())).copied().unwrap_or(0)
+        };
+        let f = db.metrics_facts(&["db"]).await.unwrap();
+        assert_eq!((count(&f, "running"), count(&f, "failed"), count(&f, "skipped")), (1, 1, 1));
+        assert_eq!(f.jobs["db"].last_run.as_ref().map(|r| r.id), Some(a));
+        assert_eq!(f.jobs["db"].last_success, None);
+        sqlx::query("DELETE FROM runs WHERE id = ?").bind(a).execute(db.pool()).await.unwrap();
+        let f = db.metrics_facts(&["db"]).await.unwrap();
+        assert_eq!(count(&f, "failed"), 0);
+        assert_eq!(f.jobs["db"].last_run, None);
     }
 }
