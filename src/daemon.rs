@@ -187,7 +187,10 @@ impl RunningDaemon {
         event.detail = "SIGHUP".to_string();
         event.result = match &result {
             Ok(jobs) => format!("ok: {jobs} jobs"),
-            Err(errors) => format!("failed: the catalogue is invalid ({} errors)", errors.0.len()),
+            Err(errors) => format!(
+                "failed: the catalogue is invalid ({} errors)",
+                errors.0.len()
+            ),
         };
         audit::record(&self.shared, event).await;
         result

@@ -35,7 +35,12 @@ impl crate::error::Classify for MetricsError {
 /// its `max-age`, counted from when the daemon first saw it if it never succeeded. The same rule
 /// as `status` (daemon/core.rs, daemon/wal.rs); the health module will supply it (the lead wires
 /// it here).
-pub fn job_stale(job: &Job, facts: &JobFacts, daemon_started: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+pub fn job_stale(
+    job: &Job,
+    facts: &JobFacts,
+    daemon_started: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> bool {
     let Some(max_age) = job.max_age else {
         return false;
     };
@@ -64,7 +69,11 @@ pub struct ObjectiveFigures {
 /// The objectives' measured figures. None yet: the health module (`health::objectives`)
 /// supplies them and the lead wires it here; until then no `objective_*` series is exported
 /// rather than invented values.
-pub fn objectives(_catalogue: &Catalogue, _facts: &MetricsFacts, _now: DateTime<Utc>) -> Vec<ObjectiveFigures> {
+pub fn objectives(
+    _catalogue: &Catalogue,
+    _facts: &MetricsFacts,
+    _now: DateTime<Utc>,
+) -> Vec<ObjectiveFigures> {
     Vec::new()
 }
 
@@ -83,13 +92,23 @@ fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<GaugeV
     Ok(g)
 }
 
-fn int_gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec, MetricsError> {
+fn int_gauge(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntGaugeVec, MetricsError> {
     let g = IntGaugeVec::new(Opts::new(format!("bdc_backup_{name}"), help), labels)?;
     r.register(Box::new(g.clone()))?;
     Ok(g)
 }
 
-fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, MetricsError> {
+fn counter(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, MetricsError> {
     let c = IntCounterVec::new(Opts::new(format!("bdc_backup_{name}"), help), labels)?;
     r.register(Box::new(c.clone()))?;
     Ok(c)
@@ -107,45 +126,152 @@ pub fn render(
     now: DateTime<Utc>,
 ) -> Result<String, MetricsError> {
     let r = Registry::new();
-    let build = int_gauge(&r, "build_info", "Always 1; the version of bdc-backup.", &["version"])?;
+    let build = int_gauge(
+        &r,
+        "build_info",
+        "Always 1; the version of bdc-backup.",
+        &["version"],
+    )?;
     build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
 
-    let last_success = gauge(&r, "job_last_success_timestamp_seconds",
-        "When the job's newest successful run ended (Unix time).", &["job", "kind"])?;
-    let last_run = gauge(&r, "job_last_run_timestamp_seconds",
-        "When the job's newest finished run ended (Unix time; running and skipped runs are not counted).", &["job", "kind"])?;
-    let last_ok = int_gauge(&r, "job_last_run_success",
-        "1 if the job's newest finished run succeeded (succeeded, partial, unchanged), else 0.", &["job", "kind"])?;
-    let duration = gauge(&r, "job_last_duration_seconds",
-        "How long the job's newest finished run took.", &["job"])?;
-    let read = int_gauge(&r, "job_last_read_bytes", "Bytes the job's newest finished run read.", &["job"])?;
-    let stored = int_gauge(&r, "job_last_stored_bytes",
-        "Bytes the job's newest finished run stored (after compression and encryption).", &["job"])?;
-    let stale = int_gauge(&r, "job_stale",
-        "1 if the job's newest success is older than its max-age, else 0.", &["job"])?;
-    let runs = counter(&r, "runs_total", "Runs recorded in the state DB, by status.", &["job", "status"])?;
-    let repo_bytes = int_gauge(&r, "repository_stored_bytes",
-        "Bytes stored by the job's committed backups in the repository.", &["job", "repository"])?;
-    let replica = int_gauge(&r, "replica_pending",
-        "Committed backups of the job still to be copied to the repository.", &["job", "repository"])?;
-    let wal_last = gauge(&r, "wal_last_archived_timestamp_seconds",
-        "When the WAL job's newest file was archived (Unix time).", &["job"])?;
-    let wal_count = counter(&r, "wal_archived_total", "WAL files archived by the job.", &["job"])?;
-    let wal_lag = int_gauge(&r, "wal_lag_segments",
-        "Completed WAL segments the cluster has not had archived yet (as last asked).", &["job"])?;
-    let wal_backlog = int_gauge(&r, "wal_async_backlog",
-        "Archived WAL files still to be copied to the async repository.", &["job", "repository"])?;
-    let verify_ok = gauge(&r, "verify_last_success_timestamp_seconds",
-        "When the newest passed verification check of the job ran (Unix time).", &["job"])?;
-    let drill = gauge(&r, "drill_restore_seconds",
-        "The restore time of the job's newest passed restore drill.", &["job"])?;
-    let verify_fail = counter(&r, "verify_failures_total", "Failed verification checks of the job, by check kind.", &["job", "kind"])?;
-    let rpo = gauge(&r, "objective_rpo_seconds", "The objective's recovery point now: now minus the newest restorable point.", &["objective"])?;
-    let rto = gauge(&r, "objective_rto_seconds", "The objective's recovery time as measured by drills.", &["objective"])?;
-    let rpo_t = gauge(&r, "objective_target_rpo_seconds", "The objective's rpo from the catalogue.", &["objective"])?;
-    let rto_t = gauge(&r, "objective_target_rto_seconds", "The objective's rto from the catalogue.", &["objective"])?;
-    let met = int_gauge(&r, "objective_met", "1 if the objective is met, else 0.", &["objective"])?;
-    let deliveries = counter(&r, "alert_deliveries_total", "Alert deliveries, by sink and result.", &["sink", "result"])?;
+    let last_success = gauge(
+        &r,
+        "job_last_success_timestamp_seconds",
+        "When the job's newest successful run ended (Unix time).",
+        &["job", "kind"],
+    )?;
+    let last_run = gauge(
+        &r,
+        "job_last_run_timestamp_seconds",
+        "When the job's newest finished run ended (Unix time; running and skipped runs are not counted).",
+        &["job", "kind"],
+    )?;
+    let last_ok = int_gauge(
+        &r,
+        "job_last_run_success",
+        "1 if the job's newest finished run succeeded (succeeded, partial, unchanged), else 0.",
+        &["job", "kind"],
+    )?;
+    let duration = gauge(
+        &r,
+        "job_last_duration_seconds",
+        "How long the job's newest finished run took.",
+        &["job"],
+    )?;
+    let read = int_gauge(
+        &r,
+        "job_last_read_bytes",
+        "Bytes the job's newest finished run read.",
+        &["job"],
+    )?;
+    let stored = int_gauge(
+        &r,
+        "job_last_stored_bytes",
+        "Bytes the job's newest finished run stored (after compression and encryption).",
+        &["job"],
+    )?;
+    let stale = int_gauge(
+        &r,
+        "job_stale",
+        "1 if the job's newest success is older than its max-age, else 0.",
+        &["job"],
+    )?;
+    let runs = counter(
+        &r,
+        "runs_total",
+        "Runs recorded in the state DB, by status.",
+        &["job", "status"],
+    )?;
+    let repo_bytes = int_gauge(
+        &r,
+        "repository_stored_bytes",
+        "Bytes stored by the job's committed backups in the repository.",
+        &["job", "repository"],
+    )?;
+    let replica = int_gauge(
+        &r,
+        "replica_pending",
+        "Committed backups of the job still to be copied to the repository.",
+        &["job", "repository"],
+    )?;
+    let wal_last = gauge(
+        &r,
+        "wal_last_archived_timestamp_seconds",
+        "When the WAL job's newest file was archived (Unix time).",
+        &["job"],
+    )?;
+    let wal_count = counter(
+        &r,
+        "wal_archived_total",
+        "WAL files archived by the job.",
+        &["job"],
+    )?;
+    let wal_lag = int_gauge(
+        &r,
+        "wal_lag_segments",
+        "Completed WAL segments the cluster has not had archived yet (as last asked).",
+        &["job"],
+    )?;
+    let wal_backlog = int_gauge(
+        &r,
+        "wal_async_backlog",
+        "Archived WAL files still to be copied to the async repository.",
+        &["job", "repository"],
+    )?;
+    let verify_ok = gauge(
+        &r,
+        "verify_last_success_timestamp_seconds",
+        "When the newest passed verification check of the job ran (Unix time).",
+        &["job"],
+    )?;
+    let drill = gauge(
+        &r,
+        "drill_restore_seconds",
+        "The restore time of the job's newest passed restore drill.",
+        &["job"],
+    )?;
+    let verify_fail = counter(
+        &r,
+        "verify_failures_total",
+        "Failed verification checks of the job, by check kind.",
+        &["job", "kind"],
+    )?;
+    let rpo = gauge(
+        &r,
+        "objective_rpo_seconds",
+        "The objective's recovery point now: now minus the newest restorable point.",
+        &["objective"],
+    )?;
+    let rto = gauge(
+        &r,
+        "objective_rto_seconds",
+        "The objective's recovery time as measured by drills.",
+        &["objective"],
+    )?;
+    let rpo_t = gauge(
+        &r,
+        "objective_target_rpo_seconds",
+        "The objective's rpo from the catalogue.",
+        &["objective"],
+    )?;
+    let rto_t = gauge(
+        &r,
+        "objective_target_rto_seconds",
+        "The objective's rto from the catalogue.",
+        &["objective"],
+    )?;
+    let met = int_gauge(
+        &r,
+        "objective_met",
+        "1 if the objective is met, else 0.",
+        &["objective"],
+    )?;
+    let deliveries = counter(
+        &r,
+        "alert_deliveries_total",
+        "Alert deliveries, by sink and result.",
+        &["sink", "result"],
+    )?;
 
     let empty = JobFacts::default();
     for job in &catalogue.jobs {
@@ -153,40 +279,69 @@ pub fn render(
         let kind = job.kind().as_str();
         let jk = [job.name.as_str(), kind];
         if let Some(run) = &f.last_success {
-            last_success.with_label_values(&jk).set(secs(run.finished_at.unwrap_or(run.started_at)));
+            last_success
+                .with_label_values(&jk)
+                .set(secs(run.finished_at.unwrap_or(run.started_at)));
         }
         if let Some(run) = &f.last_run {
             let end = run.finished_at.unwrap_or(run.started_at);
             last_run.with_label_values(&jk).set(secs(end));
-            last_ok.with_label_values(&jk).set(i64::from(run.status.is_success()));
-            duration.with_label_values(&[&job.name]).set(((end - run.started_at).num_microseconds().unwrap_or(0) as f64 / 1e6).max(0.0));
-            read.with_label_values(&[&job.name]).set(int(run.bytes_read));
-            stored.with_label_values(&[&job.name]).set(int(run.bytes_stored));
+            last_ok
+                .with_label_values(&jk)
+                .set(i64::from(run.status.is_success()));
+            duration.with_label_values(&[&job.name]).set(
+                ((end - run.started_at).num_microseconds().unwrap_or(0) as f64 / 1e6).max(0.0),
+            );
+            read.with_label_values(&[&job.name])
+                .set(int(run.bytes_read));
+            stored
+                .with_label_values(&[&job.name])
+                .set(int(run.bytes_stored));
         }
-        stale.with_label_values(&[&job.name]).set(i64::from(job_stale(job, f, extras.daemon_started, now)));
+        stale
+            .with_label_values(&[&job.name])
+            .set(i64::from(job_stale(job, f, extras.daemon_started, now)));
         if job.kind() != JobKindName::PostgresWal {
             // Every status appears (0 when none), so rate() sees a series from its start.
             for status in RunStatus::ALL.iter().copied() {
-                let n = facts.runs.get(&(job.name.clone(), status.as_str().to_string())).copied().unwrap_or(0);
-                runs.with_label_values(&[&job.name, status.as_str()]).inc_by(n);
+                let n = facts
+                    .runs
+                    .get(&(job.name.clone(), status.as_str().to_string()))
+                    .copied()
+                    .unwrap_or(0);
+                runs.with_label_values(&[&job.name, status.as_str()])
+                    .inc_by(n);
             }
         }
         for (i, repo) in job.repositories.iter().enumerate() {
             let key = (job.name.clone(), repo.clone());
             if job.kind() != JobKindName::PostgresWal {
-                repo_bytes.with_label_values(&[&job.name, repo]).set(int(facts.stored_bytes.get(&key).copied().unwrap_or(0)));
+                repo_bytes
+                    .with_label_values(&[&job.name, repo])
+                    .set(int(facts.stored_bytes.get(&key).copied().unwrap_or(0)));
                 if i > 0 {
-                    replica.with_label_values(&[&job.name, repo]).set(int(facts.replica_pending.get(&key).copied().unwrap_or(0)));
+                    replica.with_label_values(&[&job.name, repo]).set(int(facts
+                        .replica_pending
+                        .get(&key)
+                        .copied()
+                        .unwrap_or(0)));
                 }
-            } else if catalogue.repository(repo).is_some_and(|r| r.wal_ack == crate::catalogue::WalAck::Async) {
-                wal_backlog.with_label_values(&[&job.name, repo]).set(int(facts.wal_backlog.get(&key).copied().unwrap_or(0)));
+            } else if catalogue
+                .repository(repo)
+                .is_some_and(|r| r.wal_ack == crate::catalogue::WalAck::Async)
+            {
+                wal_backlog
+                    .with_label_values(&[&job.name, repo])
+                    .set(int(facts.wal_backlog.get(&key).copied().unwrap_or(0)));
             }
         }
         if job.kind() == JobKindName::PostgresWal {
             if let Some(at) = f.wal_last_archived_at {
                 wal_last.with_label_values(&[&job.name]).set(secs(at));
             }
-            wal_count.with_label_values(&[&job.name]).inc_by(f.wal_archived);
+            wal_count
+                .with_label_values(&[&job.name])
+                .inc_by(f.wal_archived);
             if let Some(lag) = extras.wal_lag_segments.get(&job.name) {
                 wal_lag.with_label_values(&[&job.name]).set(int(*lag));
             }
@@ -229,4 +384,3 @@ pub fn render(
     let text = prometheus::TextEncoder::new().encode_to_string(&r.gather())?;
     Ok(text)
 }
-

@@ -8,8 +8,8 @@
 //!    until the run ends (run --wait) or the client closes (follow).
 
 use crate::model::{
-    AuditChainReport, AuditRow, BackupRow, BackupType, ClusterIdentity, Progress, RetentionReport, RunRecord, RunStatus,
-    StatusReport, UsageReport,
+    AuditChainReport, AuditRow, BackupRow, BackupType, ClusterIdentity, Progress, RetentionReport,
+    RunRecord, RunStatus, StatusReport, UsageReport,
 };
 use serde::{Deserialize, Serialize};
 

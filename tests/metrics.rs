@@ -16,15 +16,27 @@ use std::time::Duration;
 
 /// `GET path` over a plain TCP connection: (status code, headers lowercased, body).
 fn http_get(port: u16, path: &str) -> (u16, BTreeMap<String, String>, String) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics-listen");
+    let mut s =
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics-listen");
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
     let text = String::from_utf8(raw).expect("UTF-8 answer");
     let (head, body) = text.split_once("\r\n\r\n").expect("headers end");
     let mut lines = head.lines();
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_string()))
@@ -42,11 +54,20 @@ fn promtool(text: &str) -> (bool, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("promtool (tests/setup installs the prometheus package)");
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     (
         out.status.success(),
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
     )
 }
 
@@ -62,7 +83,8 @@ fn samples(text: &str) -> BTreeMap<String, f64> {
 }
 
 fn get(s: &BTreeMap<String, f64>, key: &str) -> f64 {
-    *s.get(key).unwrap_or_else(|| panic!("no sample {key} in {s:#?}"))
+    *s.get(key)
+        .unwrap_or_else(|| panic!("no sample {key} in {s:#?}"))
 }
 
 fn epoch(v: &serde_json::Value) -> f64 {
@@ -112,7 +134,10 @@ repositories = ["local"]
 
     assert!(setup.ctl(&["run", "db", "--wait"]).status.success());
     assert!(setup.ctl(&["run", "db", "--wait"]).status.success());
-    assert_eq!(setup.ctl(&["run", "broken", "--wait"]).status.code(), Some(1));
+    assert_eq!(
+        setup.ctl(&["run", "broken", "--wait"]).status.code(),
+        Some(1)
+    );
     let mut last = String::new();
     for _ in 0..2 {
         last = switch_wal(&cluster);
@@ -122,7 +147,10 @@ repositories = ["local"]
     // The listener: text format 0.0.4 with its Content-Type; 404 elsewhere.
     let (code, headers, body) = http_get(port, "/metrics");
     assert_eq!(code, 200, "{body}");
-    assert_eq!(headers["content-type"], "text/plain; version=0.0.4; charset=utf-8");
+    assert_eq!(
+        headers["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
     let (ok, lint) = promtool(&body);
     assert!(ok, "promtool check metrics:\n{lint}\n{body}");
     assert_eq!(http_get(port, "/").0, 404);
@@ -138,54 +166,134 @@ repositories = ["local"]
     let s = samples(&body);
     let status = setup.ctl_json(&["status"]);
     let job = |name: &str| {
-        status["jobs"].as_array().unwrap().iter().find(|j| j["name"] == name).unwrap().clone()
+        status["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["name"] == name)
+            .unwrap()
+            .clone()
     };
     let db = job("db");
     let version = status["version"].as_str().unwrap();
-    assert_eq!(get(&s, &format!("bdc_backup_build_info{{version=\"{version}\"}}")), 1.0);
+    assert_eq!(
+        get(
+            &s,
+            &format!("bdc_backup_build_info{{version=\"{version}\"}}")
+        ),
+        1.0
+    );
     let success_at = epoch(&db["last_success"]["finished_at"]);
-    let got = get(&s, r#"bdc_backup_job_last_success_timestamp_seconds{job="db",kind="postgres-dump"}"#);
+    let got = get(
+        &s,
+        r#"bdc_backup_job_last_success_timestamp_seconds{job="db",kind="postgres-dump"}"#,
+    );
     assert!((got - success_at).abs() < 1e-3, "{got} vs {success_at}");
-    assert_eq!(get(&s, r#"bdc_backup_job_last_run_success{job="db",kind="postgres-dump"}"#), 1.0);
-    assert_eq!(get(&s, r#"bdc_backup_job_last_run_success{job="broken",kind="postgres-dump"}"#), 0.0);
-    assert!(!s.contains_key(r#"bdc_backup_job_last_success_timestamp_seconds{job="broken",kind="postgres-dump"}"#));
-    assert_eq!(get(&s, r#"bdc_backup_job_last_stored_bytes{job="db"}"#), db["last_success"]["bytes_stored"].as_f64().unwrap());
-    let duration = epoch(&db["last_success"]["finished_at"]) - epoch(&db["last_success"]["started_at"]);
+    assert_eq!(
+        get(
+            &s,
+            r#"bdc_backup_job_last_run_success{job="db",kind="postgres-dump"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            &s,
+            r#"bdc_backup_job_last_run_success{job="broken",kind="postgres-dump"}"#
+        ),
+        0.0
+    );
+    assert!(!s.contains_key(
+        r#"bdc_backup_job_last_success_timestamp_seconds{job="broken",kind="postgres-dump"}"#
+    ));
+    assert_eq!(
+        get(&s, r#"bdc_backup_job_last_stored_bytes{job="db"}"#),
+        db["last_success"]["bytes_stored"].as_f64().unwrap()
+    );
+    let duration =
+        epoch(&db["last_success"]["finished_at"]) - epoch(&db["last_success"]["started_at"]);
     assert!((get(&s, r#"bdc_backup_job_last_duration_seconds{job="db"}"#) - duration).abs() < 1e-3);
-    assert_eq!(get(&s, r#"bdc_backup_job_stale{job="db"}"#), if db["stale"] == true { 1.0 } else { 0.0 });
+    assert_eq!(
+        get(&s, r#"bdc_backup_job_stale{job="db"}"#),
+        if db["stale"] == true { 1.0 } else { 0.0 }
+    );
 
     // Runs by status, from `runs --json`.
     let runs = setup.ctl_json(&["runs", "--limit", "1000"]);
     for name in ["db", "broken"] {
         for st in ["succeeded", "failed", "interrupted"] {
-            let n = runs.as_array().unwrap().iter().filter(|r| r["job"] == name && r["status"] == st).count();
-            assert_eq!(get(&s, &format!("bdc_backup_runs_total{{job=\"{name}\",status=\"{st}\"}}")), n as f64, "{name} {st}");
+            let n = runs
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| r["job"] == name && r["status"] == st)
+                .count();
+            assert_eq!(
+                get(
+                    &s,
+                    &format!("bdc_backup_runs_total{{job=\"{name}\",status=\"{st}\"}}")
+                ),
+                n as f64,
+                "{name} {st}"
+            );
         }
     }
-    assert_eq!(get(&s, r#"bdc_backup_runs_total{job="db",status="succeeded"}"#), 2.0);
-    assert_eq!(get(&s, r#"bdc_backup_runs_total{job="broken",status="failed"}"#), 1.0);
+    assert_eq!(
+        get(&s, r#"bdc_backup_runs_total{job="db",status="succeeded"}"#),
+        2.0
+    );
+    assert_eq!(
+        get(&s, r#"bdc_backup_runs_total{job="broken",status="failed"}"#),
+        1.0
+    );
 
     // Stored bytes per repository, from `backups --json`.
     let backups = setup.ctl_json(&["backups", "--job", "db"]);
-    let bytes: f64 = backups.as_array().unwrap().iter().map(|b| b["bytes_stored"].as_f64().unwrap()).sum();
+    let bytes: f64 = backups
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["bytes_stored"].as_f64().unwrap())
+        .sum();
     assert!(bytes > 0.0);
-    assert_eq!(get(&s, r#"bdc_backup_repository_stored_bytes{job="db",repository="local"}"#), bytes);
+    assert_eq!(
+        get(
+            &s,
+            r#"bdc_backup_repository_stored_bytes{job="db",repository="local"}"#
+        ),
+        bytes
+    );
 
     // WAL: archived count and newest time as `status` shows them.
     let wal = job("wal");
-    assert_eq!(get(&s, r#"bdc_backup_wal_archived_total{job="wal"}"#), wal["wal"]["archived_count"].as_f64().unwrap());
+    assert_eq!(
+        get(&s, r#"bdc_backup_wal_archived_total{job="wal"}"#),
+        wal["wal"]["archived_count"].as_f64().unwrap()
+    );
     assert!(get(&s, r#"bdc_backup_wal_archived_total{job="wal"}"#) >= 2.0);
     let wal_at = epoch(&wal["wal"]["last_archived_at"]);
-    assert!((get(&s, r#"bdc_backup_wal_last_archived_timestamp_seconds{job="wal"}"#) - wal_at).abs() < 1e-3);
+    assert!(
+        (get(
+            &s,
+            r#"bdc_backup_wal_last_archived_timestamp_seconds{job="wal"}"#
+        ) - wal_at)
+            .abs()
+            < 1e-3
+    );
     // No backup ids or timestamps as labels.
     for key in s.keys() {
-        assert!(!key.contains("backup_id") && !key.contains("run_id"), "{key}");
+        assert!(
+            !key.contains("backup_id") && !key.contains("run_id"),
+            "{key}"
+        );
     }
 
     // The metrics file: written at start, then replaced by rename (a new inode) every minute;
     // a reader meanwhile only ever sees whole files.
     use std::os::unix::fs::MetadataExt;
-    let first = wait_for(Duration::from_secs(30), "the metrics file", || std::fs::metadata(&file).ok());
+    let first = wait_for(Duration::from_secs(30), "the metrics file", || {
+        std::fs::metadata(&file).ok()
+    });
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = {
         let (file, stop) = (file.clone(), stop.clone());
@@ -193,7 +301,12 @@ repositories = ["local"]
             let mut reads = 0;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let text = std::fs::read_to_string(&file).expect("the file is always there");
-                assert!(text.starts_with("# HELP") && text.ends_with('\n') && text.contains("bdc_backup_build_info"), "a partial file: {text:?}");
+                assert!(
+                    text.starts_with("# HELP")
+                        && text.ends_with('\n')
+                        && text.contains("bdc_backup_build_info"),
+                    "a partial file: {text:?}"
+                );
                 reads += 1;
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -201,7 +314,9 @@ repositories = ["local"]
         })
     };
     let replaced = wait_for(Duration::from_secs(90), "the metrics file replaced", || {
-        std::fs::metadata(&file).ok().filter(|m| m.ino() != first.ino())
+        std::fs::metadata(&file)
+            .ok()
+            .filter(|m| m.ino() != first.ino())
     });
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     assert!(reader.join().unwrap() > 0);
@@ -209,8 +324,15 @@ repositories = ["local"]
     let text = std::fs::read_to_string(&file).unwrap();
     let (ok, lint) = promtool(&text);
     assert!(ok, "promtool on the file:\n{lint}");
-    assert_eq!(samples(&text).get(r#"bdc_backup_runs_total{job="db",status="succeeded"}"#), Some(&2.0));
-    let leftovers: Vec<_> = std::fs::read_dir(file.parent().unwrap()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(
+        samples(&text).get(r#"bdc_backup_runs_total{job="db",status="succeeded"}"#),
+        Some(&2.0)
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(file.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert_eq!(leftovers.len(), 1, "no temp files left: {leftovers:?}");
     drop(daemon);
 }
@@ -221,10 +343,12 @@ fn a_metrics_listen_that_cannot_bind_stops_the_start_with_a_clear_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     setup.write_catalogue("");
-    let text = std::fs::read_to_string(setup.catalogue_path()).unwrap().replace(
-        "shutdown-timeout = \"20s\"",
-        &format!("shutdown-timeout = \"20s\"\nmetrics-listen = \"127.0.0.1:{port}\""),
-    );
+    let text = std::fs::read_to_string(setup.catalogue_path())
+        .unwrap()
+        .replace(
+            "shutdown-timeout = \"20s\"",
+            &format!("shutdown-timeout = \"20s\"\nmetrics-listen = \"127.0.0.1:{port}\""),
+        );
     std::fs::write(setup.catalogue_path(), text).unwrap();
     let out = Command::new(common::daemon::DAEMON)
         .arg("--catalogue")
@@ -234,13 +358,18 @@ fn a_metrics_listen_that_cannot_bind_stops_the_start_with_a_clear_error() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("metrics-listen 127.0.0.1:{port}: cannot listen")), "{err}");
+    assert!(
+        err.contains(&format!("metrics-listen 127.0.0.1:{port}: cannot listen")),
+        "{err}"
+    );
 
     // A bad address is a catalogue error naming the key.
-    let text = std::fs::read_to_string(setup.catalogue_path()).unwrap().replace(
-        &format!("metrics-listen = \"127.0.0.1:{port}\""),
-        "metrics-listen = \"localhost\"",
-    );
+    let text = std::fs::read_to_string(setup.catalogue_path())
+        .unwrap()
+        .replace(
+            &format!("metrics-listen = \"127.0.0.1:{port}\""),
+            "metrics-listen = \"localhost\"",
+        );
     std::fs::write(setup.catalogue_path(), text).unwrap();
     let out = Command::new(common::daemon::DAEMON)
         .arg("--catalogue")
@@ -249,7 +378,14 @@ fn a_metrics_listen_that_cannot_bind_stops_the_start_with_a_clear_error() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    let err = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(err.contains("daemon.metrics-listen") && err.contains("not an address and port"), "{err}");
+    let err = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        err.contains("daemon.metrics-listen") && err.contains("not an address and port"),
+        "{err}"
+    );
     drop(taken);
 }

@@ -3,7 +3,7 @@
 //! start (docs/metrics.md "Audit trail").
 
 use super::exit::{out, outln};
-use super::{Ctx, CtlError, CtlResult, RestoreCommand, print_json, unexpected};
+use super::{CtlError, CtlResult, Ctx, RestoreCommand, print_json, unexpected};
 use crate::model::{AuditChainReport, AuditRow};
 use crate::protocol::{Request, Response};
 use chrono::{DateTime, Utc};
@@ -148,7 +148,10 @@ fn table(rows: &[AuditRow], tz: chrono_tz::Tz) -> String {
             r.at.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z"),
             who(r),
             r.action,
-            r.job.as_deref().map(|j| format!(" {j}")).unwrap_or_default(),
+            r.job
+                .as_deref()
+                .map(|j| format!(" {j}"))
+                .unwrap_or_default(),
             if r.result.is_empty() { "-" } else { &r.result },
             if r.detail.is_empty() {
                 String::new()
@@ -244,10 +247,7 @@ pub async fn report_restore(ctx: &Ctx, what: &RestoreCommand, result: &CtlResult
     event.detail = detail;
     event.job = job;
     event.result = result_text;
-    let state_dir = ctx
-        .load_catalogue()
-        .ok()
-        .map(|c| c.daemon.state_directory);
+    let state_dir = ctx.load_catalogue().ok().map(|c| c.daemon.state_directory);
     append_offline(state_dir.as_deref(), &event);
 }
 
@@ -271,7 +271,10 @@ fn local_event(action: &str) -> crate::state::AuditEvent {
 }
 
 /// Each backup an offline `retention` (no daemon) deleted or failed to delete, to the offline file.
-pub fn offline_retention(catalogue: &crate::catalogue::Catalogue, reports: &[crate::model::RetentionReport]) {
+pub fn offline_retention(
+    catalogue: &crate::catalogue::Catalogue,
+    reports: &[crate::model::RetentionReport],
+) {
     for report in reports.iter().filter(|r| !r.dry_run) {
         for b in report
             .backups
@@ -296,7 +299,7 @@ pub fn offline_retention(catalogue: &crate::catalogue::Catalogue, reports: &[cra
 /// Appends to `<state-directory>/offline-audit.jsonl`, else to the user's state folder (with a
 /// warning saying so); a row that cannot be written anywhere is a warning.
 fn append_offline(state_dir: Option<&std::path::Path>, event: &crate::state::AuditEvent) {
-    let primary = state_dir.as_deref().map(crate::state::offline_audit_path);
+    let primary = state_dir.map(crate::state::offline_audit_path);
     let first = primary
         .as_deref()
         .map(|p| crate::state::append_offline_audit(p, event));
@@ -305,15 +308,25 @@ fn append_offline(state_dir: Option<&std::path::Path>, event: &crate::state::Aud
     }
     let home = std::env::var_os("XDG_STATE_HOME")
         .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/state")))
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/state"))
+        })
         .map(|d| d.join("bdc-backup").join("offline-audit.jsonl"));
     match home.map(|p| (crate::state::append_offline_audit(&p, event), p)) {
         Some((Ok(()), p)) => eprintln!(
             "warning: the daemon did not take the audit row and {} is not writable; recorded in {} — move its lines into that file for the daemon to import them",
-            primary.map_or_else(|| "the state directory".to_string(), |p| p.display().to_string()),
+            primary.map_or_else(
+                || "the state directory".to_string(),
+                |p| p.display().to_string()
+            ),
             p.display()
         ),
-        Some((Err(e), _)) => eprintln!("warning: this operation could not be audited: {}", crate::error::error_chain_of(&e)),
-        None => eprintln!("warning: this operation could not be audited (no writable offline audit file)"),
+        Some((Err(e), _)) => eprintln!(
+            "warning: this operation could not be audited: {}",
+            crate::error::error_chain_of(&e)
+        ),
+        None => eprintln!(
+            "warning: this operation could not be audited (no writable offline audit file)"
+        ),
     }
 }

@@ -45,7 +45,8 @@ pub async fn scrape(shared: &Shared) -> Result<String, String> {
             .map(|m| m.clone())
             .unwrap_or_default(),
     };
-    crate::metrics::render(&catalogue, &facts, &extras, shared.clock.now()).map_err(|e| e.to_string())
+    crate::metrics::render(&catalogue, &facts, &extras, shared.clock.now())
+        .map_err(|e| e.to_string())
 }
 
 /// Binds `metrics-listen` (an error if it cannot) and starts the listener and the minute loop.
@@ -53,7 +54,10 @@ pub fn start(shared: &Arc<Shared>) -> std::io::Result<()> {
     let catalogue = shared.catalogue();
     if let Some(addr) = catalogue.daemon.metrics_listen {
         let listener = std::net::TcpListener::bind(addr).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("metrics-listen {addr}: cannot listen: {e}"))
+            std::io::Error::new(
+                e.kind(),
+                format!("metrics-listen {addr}: cannot listen: {e}"),
+            )
         })?;
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -112,11 +116,17 @@ fn plain(status: StatusCode, text: String) -> Response<Full<Bytes>> {
 
 async fn answer(shared: &Shared, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     if req.uri().path() != "/metrics" {
-        return plain(StatusCode::NOT_FOUND, "not found; the metrics are at /metrics\n".into());
+        return plain(
+            StatusCode::NOT_FOUND,
+            "not found; the metrics are at /metrics\n".into(),
+        );
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "only GET /metrics\n".into());
-        r.headers_mut().insert(hyper::header::ALLOW, hyper::header::HeaderValue::from_static("GET, HEAD"));
+        r.headers_mut().insert(
+            hyper::header::ALLOW,
+            hyper::header::HeaderValue::from_static("GET, HEAD"),
+        );
         return r;
     }
     match scrape(shared).await {
@@ -162,8 +172,14 @@ async fn minute_loop(shared: Arc<Shared>) {
 /// it over `path`, so a reader sees the old or the new file, never a part.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| {
         let mut f = std::fs::OpenOptions::new()
@@ -185,9 +201,15 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Asks the cluster where it writes now, for each WAL job (5 s at most each).
 async fn refresh_wal_lag(shared: &Shared, catalogue: &Catalogue) {
-    let Some(pg) = &catalogue.postgres else { return };
+    let Some(pg) = &catalogue.postgres else {
+        return;
+    };
     let mut lags = BTreeMap::new();
-    for job in catalogue.jobs.iter().filter(|j| j.kind() == JobKindName::PostgresWal) {
+    for job in catalogue
+        .jobs
+        .iter()
+        .filter(|j| j.kind() == JobKindName::PostgresWal)
+    {
         let Ok(Some(last)) = shared.state.last_wal(&job.name).await else {
             continue;
         };
@@ -207,7 +229,10 @@ async fn refresh_wal_lag(shared: &Shared, catalogue: &Catalogue) {
                 crate::wal::WalName::parse(&last.name),
             )
         {
-            lags.insert(job.name.clone(), super::wal::lag_segments(&last_name, &cur, last.size));
+            lags.insert(
+                job.name.clone(),
+                super::wal::lag_segments(&last_name, &cur, last.size),
+            );
         }
     }
     if let Ok(mut m) = shared.metrics.wal_lag.lock() {

@@ -471,7 +471,10 @@ mod tests {
         let file = crate::state::offline_audit_path(dir.path());
         crate::state::append_offline_audit(&file, &ev("restore database", 7)).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let events = crate::state::read_offline_audit(&file).unwrap().unwrap();
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].source, AuditSource::Offline);
@@ -483,7 +486,9 @@ mod tests {
         assert_eq!(db.verify_audit().await.unwrap().broken, None);
 
         std::fs::write(&file, "{not json\n").unwrap();
-        let err = crate::state::read_offline_audit(&file).unwrap_err().to_string();
+        let err = crate::state::read_offline_audit(&file)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 1"), "{err}");
     }
 }

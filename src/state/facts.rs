@@ -123,11 +123,7 @@ impl StateDb {
             f.last_success = success.and_then(|id| runs.get(&id).cloned());
             facts.jobs.insert(job, f);
         }
-        facts.runs = pairs(
-            self,
-            "SELECT job, status, n FROM run_counts",
-        )
-        .await?;
+        facts.runs = pairs(self, "SELECT job, status, n FROM run_counts").await?;
         facts.stored_bytes = pairs(
             self,
             "SELECT job, repository, sum(bytes_stored) FROM backups GROUP BY job, repository",
@@ -220,13 +216,28 @@ mod tests {
         };
         db.finish_run(a, &outcome).await.unwrap();
         let count = |facts: &crate::state::MetricsFacts, st: &str| {
-            facts.runs.get(&("db".to_string(), st.to_string())).copied().unwrap_or(0)
+            facts
+                .runs
+                .get(&("db".to_string(), st.to_string()))
+                .copied()
+                .unwrap_or(0)
         };
         let f = db.metrics_facts(&["db"]).await.unwrap();
-        assert_eq!((count(&f, "running"), count(&f, "failed"), count(&f, "skipped")), (1, 1, 1));
+        assert_eq!(
+            (
+                count(&f, "running"),
+                count(&f, "failed"),
+                count(&f, "skipped")
+            ),
+            (1, 1, 1)
+        );
         assert_eq!(f.jobs["db"].last_run.as_ref().map(|r| r.id), Some(a));
         assert_eq!(f.jobs["db"].last_success, None);
-        sqlx::query("DELETE FROM runs WHERE id = ?").bind(a).execute(db.pool()).await.unwrap();
+        sqlx::query("DELETE FROM runs WHERE id = ?")
+            .bind(a)
+            .execute(db.pool())
+            .await
+            .unwrap();
         let f = db.metrics_facts(&["db"]).await.unwrap();
         assert_eq!(count(&f, "failed"), 0);
         assert_eq!(f.jobs["db"].last_run, None);
