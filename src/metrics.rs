@@ -384,3 +384,133 @@ pub fn render(
     let text = prometheus::TextEncoder::new().encode_to_string(&r.gather())?;
     Ok(text)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::StateDb;
+    use chrono::TimeZone;
+
+    fn catalogue() -> Catalogue {
+        let recipient = age::x25519::Identity::generate().to_public().to_string();
+        let text = format!(
+            r#"
+[postgres]
+url = "postgresql://bdc_backup@localhost/app"
+[encryption]
+recipients = ["{recipient}"]
+[repository.local]
+url = "file:///backups"
+[objectives.database]
+jobs = ["db"]
+rpo = "5m"
+[[job]]
+name = "db"
+kind = "postgres-dump"
+schedule = "0 2 * * *"
+databases = ["app"]
+repositories = ["local"]
+max-age = "1d"
+[[job]]
+name = "quiet"
+kind = "postgres-dump"
+schedule = "0 2 * * *"
+databases = ["app"]
+repositories = ["local"]
+"#
+        );
+        crate::catalogue::parse_str(&text, std::path::Path::new("/x/catalogue.toml"), &[])
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn sample(text: &str, key: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[tokio::test]
+    async fn verify_figures_come_from_verify_checks_when_it_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(&dir.path().join("state.db")).await.unwrap();
+        let c = catalogue();
+        let now = Utc.with_ymd_and_hms(2026, 12, 1, 12, 0, 0).unwrap();
+        let extras = Extras {
+            daemon_started: now - chrono::Duration::days(3),
+            ..Extras::default()
+        };
+        let facts = db.metrics_facts(&["db", "quiet"]).await.unwrap();
+        assert_eq!(facts.verify, None);
+        let text = render(&c, &facts, &extras, now).unwrap();
+        assert!(!text.contains("bdc_backup_verify_"), "{text}");
+        // No objective figures are invented before the health module supplies them.
+        assert!(!text.contains("bdc_backup_objective_"), "{text}");
+        // Never succeeded, seen 3 days ago, max-age 1d: stale; no max-age: never stale.
+        assert_eq!(
+            sample(&text, r#"bdc_backup_job_stale{job="db"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, r#"bdc_backup_job_stale{job="quiet"}"#),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(&text, r#"bdc_backup_runs_total{job="db",status="failed"}"#),
+            Some(0.0)
+        );
+
+        // The verify helper's table (migration 0007's columns).
+        sqlx::query(
+            "CREATE TABLE verify_checks (id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL,
+               job TEXT NOT NULL, repository TEXT, backup_id TEXT, kind TEXT NOT NULL, name TEXT NOT NULL,
+               result TEXT NOT NULL, detail TEXT NOT NULL, seconds REAL NOT NULL, bytes INTEGER NOT NULL,
+               at TEXT NOT NULL)",
+        )
+        .execute(db.pool())
+        .await
+        .unwrap();
+        for (kind, result, seconds, at) in [
+            ("drill", "pass", 42.5, "2026-12-01T03:00:00.000000Z"),
+            ("drill", "pass", 40.0, "2026-11-30T03:00:00.000000Z"),
+            ("integrity", "fail", 1.0, "2026-12-01T04:00:00.000000Z"),
+            ("integrity", "fail", 1.0, "2026-12-01T05:00:00.000000Z"),
+            ("sql", "pass", 0.1, "2026-12-01T03:30:00.000000Z"),
+        ] {
+            sqlx::query(
+                "INSERT INTO verify_checks (run_id, job, kind, name, result, detail, seconds, bytes, at)
+                 VALUES (1, 'db', ?, 'x', ?, '', ?, 0, ?)",
+            )
+            .bind(kind)
+            .bind(result)
+            .bind(seconds)
+            .bind(at)
+            .execute(db.pool())
+            .await
+            .unwrap();
+        }
+        let facts = db.metrics_facts(&["db", "quiet"]).await.unwrap();
+        let text = render(&c, &facts, &extras, now).unwrap();
+        assert_eq!(
+            sample(&text, r#"bdc_backup_drill_restore_seconds{job="db"}"#),
+            Some(42.5)
+        );
+        let at = Utc
+            .with_ymd_and_hms(2026, 12, 1, 3, 30, 0)
+            .unwrap()
+            .timestamp() as f64;
+        assert_eq!(
+            sample(
+                &text,
+                r#"bdc_backup_verify_last_success_timestamp_seconds{job="db"}"#
+            ),
+            Some(at)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"bdc_backup_verify_failures_total{job="db",kind="integrity"}"#
+            ),
+            Some(2.0)
+        );
+        assert!(!text.contains(r#"verify_failures_total{job="db",kind="drill"}"#));
+    }
+}
