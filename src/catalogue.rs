@@ -108,6 +108,11 @@ pub struct DaemonSettings {
     /// `retention-schedule`: when every job's retention and the cleanup of uncommitted objects run
     /// on their own, besides after each backup. Default "30 5 * * *".
     pub retention_schedule: CronSchedule,
+    /// `metrics-listen`: where `GET /metrics` is served (Prometheus text). Default: not served.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `metrics-file`: the same text written atomically every minute (node_exporter's textfile
+    /// collector). Default: not written.
+    pub metrics_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]

@@ -3,6 +3,7 @@
 
 mod alerts_output;
 mod args;
+mod audit;
 mod exit;
 mod output;
 mod verify;
@@ -228,7 +229,18 @@ async fn run(args: CtlArgs) -> CtlResult {
         },
         Command::Follow => follow(&ctx).await,
         Command::Keygen { output } => keygen(output, json),
-        Command::Restore { what } => restore(&ctx, what).await,
+        Command::Restore { what } => {
+            let result = restore(&ctx, what.clone()).await;
+            audit::report_restore(&ctx, &what, &result).await;
+            result
+        }
+        Command::Metrics => audit::metrics(&ctx).await,
+        Command::Audit {
+            since,
+            job,
+            limit,
+            verify,
+        } => audit::audit(&ctx, since, job, limit, verify).await,
         Command::WalPush(a) => wal::push(&ctx, a).await,
         Command::WalFetch(a) => wal::fetch(&ctx, a).await,
         Command::Retention {
@@ -338,7 +350,7 @@ async fn retention(
                 err.message
             );
             let catalogue = ctx.load_catalogue()?;
-            crate::retention::run_matching(
+            let reports = crate::retention::run_matching(
                 &catalogue,
                 job.as_deref(),
                 repository.as_deref(),
@@ -346,7 +358,9 @@ async fn retention(
                 dry_run,
             )
             .await
-            .map_err(|e| CtlError::failed(crate::error::error_chain_of(&e)))?
+            .map_err(|e| CtlError::failed(crate::error::error_chain_of(&e)))?;
+            audit::offline_retention(&catalogue, &reports);
+            reports
         }
         Err(err) => return Err(err),
     };

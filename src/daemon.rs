@@ -3,9 +3,11 @@
 //! reloads the catalogue (an invalid one is rejected and the old one kept). Talks to systemd.
 
 mod alerts;
+mod audit;
 mod core;
 mod handler;
 pub mod logging;
+mod metrics;
 mod reconcile;
 mod replicate;
 mod retention;
@@ -54,6 +56,8 @@ pub enum DaemonError {
     },
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+    #[error("{0}")]
+    Metrics(#[source] std::io::Error),
 }
 
 /// Keeps the daemon's memory bounded under glibc: buffers of 4 MiB and more (16 MiB WAL
@@ -116,6 +120,8 @@ pub async fn start(
     let socket = catalogue.daemon.socket.clone();
     let shared = core::Shared::new(options.catalogue.clone(), catalogue, state, options.clock);
     shared.remember_backup_ids().await;
+    // Offline restores a ctl recorded while the daemon was down join the chained trail.
+    audit::import_offline(&shared).await;
 
     // Runs left `running` are reconciled before READY when the repositories answer quickly (local
     // ones always do); a slow or unreachable cloud store must not hold the start past systemd's
@@ -147,6 +153,7 @@ pub async fn start(
         })
     };
 
+    metrics::start(&shared).map_err(DaemonError::Metrics)?;
     systemd::ready(&shared.status_line().await);
     tracing::info!(catalogue = %options.catalogue.display(), socket = %socket.display(), "bdc-backupd ready");
 
@@ -185,7 +192,18 @@ pub async fn start(
 impl RunningDaemon {
     /// Re-reads the catalogue (SIGHUP); an invalid one is rejected and the old one kept.
     pub async fn reload(&self) -> Result<usize, CatalogueErrors> {
-        self.shared.reload().await
+        let result = self.shared.reload().await;
+        let mut event = audit::from_daemon(&self.shared, "reload");
+        event.detail = "SIGHUP".to_string();
+        event.result = match &result {
+            Ok(jobs) => format!("ok: {jobs} jobs"),
+            Err(errors) => format!(
+                "failed: the catalogue is invalid ({} errors)",
+                errors.0.len()
+            ),
+        };
+        audit::record(&self.shared, event).await;
+        result
     }
 
     /// Wakes the scheduler loop (after a manual clock moved).

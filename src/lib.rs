@@ -7,7 +7,7 @@
 //! - [`pipeline`]: bounded-memory streaming: frame-parallel zstd (or gzip) → age → SHA-256 → store.
 //! - [`repository`]: the repository format (ids, keys, commit records, manifests) and the stores.
 //! - [`restore`]: what every restore shares: the source (repository, identities, chosen backup, chain).
-//! - [`state`]: the SQLite state DB (runs, backups, schedule state, audit). All SQL lives here.
+//! - [`state`]: the SQLite state DB (runs, backups, schedule state, the chained audit trail). All SQL lives here.
 //! - [`protocol`]: the control-socket wire types shared by both binaries.
 //! - [`control`]: the socket server (peer credentials, authorization) and the client.
 //! - [`snapshot`]: the tree-snapshot engine (walk, tar parts in zstd frames, manifests, restore).
@@ -16,6 +16,7 @@
 //! - [`daemon`]: wires it all together: scheduler loop, run executor, reload, systemd, logs.
 //! - [`ctl`]: the `bdc-backupctl` commands.
 //! - [`retention`]: GFS retention per job and repository, cleanup of uncommitted backups.
+//! - [`metrics`]: the Prometheus metrics, computed at scrape time from the state DB and the catalogue.
 //! - [`usage`]: bytes stored per job and repository, weekly growth, projections.
 //! - [`wal`]: continuous WAL archiving: names, headers, archive keys, push and fetch.
 //! - [`model`]: plain data types shared by state, protocol and daemon.
@@ -37,6 +38,7 @@ pub mod events;
 pub mod faults;
 pub mod files;
 pub mod health;
+pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod postgres;

@@ -4,10 +4,12 @@
 //! verify runs ([`verification`]).
 
 pub mod alerts;
+mod audit;
 mod identity;
 mod reports;
 mod verification;
 
+pub use audit::{AuditBreak, AuditChainReport, AuditRow, fit_audit_rows};
 pub use identity::{ClusterIdentity, u64_string};
 pub use reports::{
     Action, BackupOutcome, CapacityRow, GrowthSource, Pin, Projection, Reason, RetentionReport,

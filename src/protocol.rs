@@ -8,8 +8,8 @@
 //!    until the run ends (run --wait) or the client closes (follow).
 
 use crate::model::{
-    BackupRow, BackupType, ClusterIdentity, Progress, RetentionReport, RunDetail, RunRecord,
-    RunStatus, StatusReport, UsageReport,
+    AuditChainReport, AuditRow, BackupRow, BackupType, ClusterIdentity, Progress, RetentionReport,
+    RunDetail, RunRecord, RunStatus, StatusReport, UsageReport,
 };
 use serde::{Deserialize, Serialize};
 
@@ -109,6 +109,31 @@ pub enum Request {
         #[serde(default)]
         sink: Option<String>,
     },
+    /// `{"type":"metrics"}`: the Prometheus text the daemon serves on `metrics-listen`.
+    Metrics,
+    /// `{"type":"audit","since":null,"job":null,"limit":1000,"verify":false}`: the audit trail
+    /// (the newest `limit` rows, oldest first); with `verify`, the whole chain checked too.
+    Audit {
+        #[serde(default)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        #[serde(default)]
+        job: Option<String>,
+        #[serde(default)]
+        limit: Option<u32>,
+        #[serde(default)]
+        verify: bool,
+    },
+    /// `{"type":"audit-report","action":"restore database","job":"db","result":"ok","detail":"…"}`:
+    /// a ctl reports an operation it did itself (a restore); the daemon records it with the
+    /// peer's credentials.
+    AuditReport {
+        action: String,
+        #[serde(default)]
+        job: Option<String>,
+        result: String,
+        #[serde(default)]
+        detail: String,
+    },
 }
 
 impl Request {
@@ -129,6 +154,9 @@ impl Request {
             Request::AlertTest { .. } => "alert-test",
             Request::Verify { .. } => "verify",
             Request::Show { .. } => "show",
+            Request::Metrics => "metrics",
+            Request::Audit { .. } => "audit",
+            Request::AuditReport { .. } => "audit-report",
         }
     }
 
@@ -191,6 +219,22 @@ pub enum Response {
         /// E.g. "already archived with the same content" per repository.
         #[serde(default)]
         warnings: Vec<String>,
+    },
+    /// Prometheus text format 0.0.4.
+    Metrics {
+        text: String,
+    },
+    Audit {
+        rows: Vec<AuditRow>,
+        /// Older rows left out to keep the line under the cap.
+        #[serde(default)]
+        truncated: bool,
+        /// With `verify`.
+        #[serde(default)]
+        chain: Option<AuditChainReport>,
+    },
+    AuditRecorded {
+        id: i64,
     },
 }
 

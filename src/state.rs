@@ -1,5 +1,5 @@
-//! The SQLite state DB (docs/design.md §7): runs, committed backups per repository, schedule state, audit
-//! events, manifest copies. WAL mode, busy timeout, foreign keys; migrations in `migrations/`.
+//! The SQLite state DB (docs/design.md §7): runs, committed backups per repository, schedule state, the
+//! chained audit trail (`audit`), manifest copies, the facts metrics are computed from (`facts`). WAL mode, busy timeout, foreign keys; migrations in `migrations/`.
 //! All SQL of the project lives in this module.
 //!
 //! Times are stored as RFC 3339 UTC text with exactly six fractional digits and a `Z`
@@ -20,14 +20,22 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+mod audit;
 mod events;
+mod facts;
+mod offline;
 mod replication;
 #[cfg(test)]
 mod tests;
 mod verify;
 mod wal;
 
+pub use audit::{AuditEvent, AuditSource};
 pub use events::{OutboxItem, SinkCounts};
+pub use facts::{JobFacts, MetricsFacts, VerifyFacts};
+pub use offline::{
+    OfflineAuditError, append_offline_audit, offline_audit_path, read_offline_audit,
+};
 pub use replication::{ReplicaStatus, ReplicaTask};
 pub use verify::{KnownObject, SampleCursor};
 pub use wal::{WalArchived, WalBacklogItem, WalBacklogSummary};
@@ -116,21 +124,6 @@ pub struct RunOutcome {
     pub backup_id: Option<String>,
 }
 
-/// One audited request on the control socket (or an offline restore).
-#[derive(Debug, Clone, PartialEq)]
-pub struct AuditEvent {
-    pub at: DateTime<Utc>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub pid: Option<i32>,
-    pub user: Option<String>,
-    /// The request verb, e.g. "run", "cancel", "restore database".
-    pub action: String,
-    pub allowed: bool,
-    /// Arguments / outcome, without secrets.
-    pub detail: String,
-}
-
 /// The plaintext local copy of a committed manifest (docs/design.md §4).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManifestCopy {
@@ -145,6 +138,8 @@ pub struct ManifestCopy {
 #[derive(Debug, Clone)]
 pub struct StateDb {
     pool: sqlx::SqlitePool,
+    /// Audit rows are chained: one writer at a time (state/audit.rs).
+    audit_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 const RUN_COLUMNS: &str = "id, job, kind, \"trigger\", backup_type, status, started_at, finished_at, \
@@ -241,31 +236,6 @@ fn backup_from_row(row: &SqliteRow) -> Result<BackupRow, StateError> {
     })
 }
 
-fn audit_from_row(row: &SqliteRow) -> Result<AuditEvent, StateError> {
-    const T: &str = "audit";
-    let id_u32 = |col: &'static str| -> Result<Option<u32>, StateError> {
-        let v: Option<i64> = row.try_get(col)?;
-        v.map(|v| {
-            u32::try_from(v).map_err(|_| StateError::BadValue {
-                table: T,
-                column: col,
-                message: v.to_string(),
-            })
-        })
-        .transpose()
-    };
-    Ok(AuditEvent {
-        at: parse_ts(T, "at", row.try_get::<&str, _>("at")?)?,
-        uid: id_u32("uid")?,
-        gid: id_u32("gid")?,
-        pid: row.try_get("pid")?,
-        user: row.try_get("user")?,
-        action: row.try_get("action")?,
-        allowed: row.try_get("allowed")?,
-        detail: row.try_get("detail")?,
-    })
-}
-
 impl StateDb {
     /// Opens (creating if missing) and migrates. Fails clearly when it cannot: a file that is not
     /// a SQLite database is an error, never replaced by an empty one.
@@ -306,7 +276,13 @@ impl StateDb {
                 path: shown,
                 source,
             })?;
-        Ok(StateDb { pool })
+        let db = StateDb {
+            pool,
+            audit_lock: Default::default(),
+        };
+        // Rows written before the chain existed (migration 0006) are chained now.
+        db.chain_audit().await?;
+        Ok(db)
     }
 
     /// Opens an existing, migrated state DB for reading (the ctl). Never creates or migrates.
@@ -348,7 +324,10 @@ impl StateDb {
                 ),
             });
         }
-        Ok(StateDb { pool })
+        Ok(StateDb {
+            pool,
+            audit_lock: Default::default(),
+        })
     }
 
     pub fn pool(&self) -> &sqlx::SqlitePool {
@@ -621,34 +600,6 @@ impl StateDb {
             .fetch_one(&self.pool)
             .await?;
         parse_ts("jobs_seen", "first_seen", &v)
-    }
-
-    pub async fn audit(&self, event: &AuditEvent) -> Result<(), StateError> {
-        sqlx::query(
-            "INSERT INTO audit (at, uid, gid, pid, user, action, allowed, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(ts(event.at))
-        .bind(event.uid.map(i64::from))
-        .bind(event.gid.map(i64::from))
-        .bind(event.pid)
-        .bind(event.user.as_deref())
-        .bind(&event.action)
-        .bind(event.allowed)
-        .bind(&event.detail)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Newest first.
-    pub async fn audit_events(&self, limit: u32) -> Result<Vec<AuditEvent>, StateError> {
-        let rows = sqlx::query(
-            "SELECT at, uid, gid, pid, user, action, allowed, detail FROM audit ORDER BY id DESC LIMIT ?",
-        )
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(audit_from_row).collect()
     }
 
     /// Records (or replaces) the local plaintext copy of a committed manifest.

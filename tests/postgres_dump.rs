@@ -179,6 +179,8 @@ impl Setup {
                 replica_retry: Duration::from_secs(30),
                 retention_schedule: bdc_backup::schedule::CronSchedule::parse("30 5 * * *")
                     .unwrap(),
+                metrics_listen: None,
+                metrics_file: None,
             },
             postgres: Some(PostgresSettings {
                 url: url.to_string(),

@@ -1184,3 +1184,31 @@ min = 1
         )])
     );
 }
+
+#[test]
+fn metrics_listen_must_be_an_address_and_port() {
+    let ok = parse(&format!(
+        "[daemon]\nmetrics-listen = \"127.0.0.1:9187\"\nmetrics-file = \"/var/lib/node/bdc.prom\"\n{}",
+        small("")
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        ok.daemon.metrics_listen,
+        Some("127.0.0.1:9187".parse().unwrap())
+    );
+    assert_eq!(
+        ok.daemon.metrics_file.as_deref(),
+        Some(Path::new("/var/lib/node/bdc.prom"))
+    );
+    assert_eq!(parse(&small("")).unwrap().daemon.metrics_listen, None);
+    assert_eq!(
+        errors(&format!(
+            "[daemon]\nmetrics-listen = \"localhost\"\n{}",
+            small("")
+        )),
+        pairs(&[(
+            "daemon.metrics-listen",
+            "\"localhost\" is not an address and port; write e.g. \"127.0.0.1:9187\""
+        )])
+    );
+}

@@ -144,6 +144,8 @@ const DAEMON_KEYS: &[&str] = &[
     "shutdown-timeout",
     "replica-retry",
     "retention-schedule",
+    "metrics-listen",
+    "metrics-file",
 ];
 const POSTGRES_KEYS: &[&str] = &["url", "password-file", "data-directory", "bin-dir"];
 const ENCRYPTION_KEYS: &[&str] = &["recipients", "identity-file"];
@@ -325,7 +327,24 @@ fn daemon(cx: &mut Ctx, t: &Table) -> DaemonSettings {
             }
         }
     });
+    let metrics_listen =
+        t.text(cx, "metrics-listen")
+            .and_then(|s| match s.parse::<std::net::SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    cx.error(
+                        &t.key("metrics-listen"),
+                        format!(
+                            "\"{s}\" is not an address and port; write e.g. \"127.0.0.1:9187\""
+                        ),
+                    );
+                    None
+                }
+            });
+    let metrics_file = t.path(cx, "metrics-file");
     DaemonSettings {
+        metrics_listen,
+        metrics_file,
         state_db,
         state_directory,
         socket,

@@ -50,6 +50,8 @@ impl Access {
             | Request::Usage { .. }
             | Request::Alerts { .. }
             | Request::Show { .. } => Access::Read,
+            // A reported restore is recorded under the reporter's own credentials.
+            Request::Metrics | Request::Audit { .. } | Request::AuditReport { .. } => Access::Read,
             Request::Run { .. }
             | Request::Verify { .. }
             | Request::Cancel { .. }

@@ -116,6 +116,23 @@ pub enum Command {
     },
     /// One run in full: its error or warnings and, for a verify run, every check.
     Show { run_id: i64 },
+    /// The Prometheus text the daemon serves on `metrics-listen`.
+    Metrics,
+    /// The audit trail: who did what, when, with what result (from the state DB when the daemon
+    /// is not running).
+    Audit {
+        /// Rows from this time on (a date alone: from its start; no offset: the catalogue's zone).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        job: Option<String>,
+        /// At most this many rows (the newest).
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+        /// Check the whole hash chain; exit 1 naming the first broken row.
+        #[arg(long)]
+        verify: bool,
+    },
     /// Open alert states, recent deliveries and each sink's last error; `alerts test` sends a test event.
     Alerts {
         #[command(subcommand)]

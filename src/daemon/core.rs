@@ -87,6 +87,8 @@ pub struct Shared {
     pub wal: super::wal::WalArchiver,
     /// Alert delivery and evaluation (docs/alerts.md).
     pub alerts: super::alerts::AlertHub,
+    /// What the metrics keep between scrapes (the WAL lag asked of the cluster).
+    pub metrics: super::metrics::MetricsState,
 }
 
 impl Shared {
@@ -120,6 +122,7 @@ impl Shared {
             job_locks: std::sync::Mutex::new(HashMap::new()),
             wal: super::wal::WalArchiver::new(),
             alerts: super::alerts::AlertHub::default(),
+            metrics: Default::default(),
         })
     }
 
@@ -929,6 +932,7 @@ impl RunContext {
         record.bytes_stored = outcome.bytes_stored;
         record.error = error;
         record.backup_id = outcome.backup_id.clone();
+        super::audit::run_finished(shared, &record).await;
         shared.runs.lock().await.remove(&self.record.job);
         shared.emit(Event::RunFinished { run: record });
         shared.wake.notify_one();

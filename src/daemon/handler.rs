@@ -4,7 +4,6 @@ use super::core::{Shared, StartError};
 use crate::control::auth::Peer;
 use crate::control::server::Handler;
 use crate::protocol::{ErrorBody, ErrorCode, Event, Reply, Request, Response};
-use crate::state::AuditEvent;
 use std::sync::Arc;
 
 pub struct DaemonHandler {
@@ -35,6 +34,7 @@ fn who(peer: &Peer) -> String {
 /// busy (retention never overlaps its runs or replica copies); the state DB follows the deletions.
 async fn retention(
     shared: &Arc<Shared>,
+    peer: &Peer,
     job: Option<String>,
     repository: Option<String>,
     dry_run: bool,
@@ -92,14 +92,89 @@ async fn retention(
         if let Err(err) = retention::record_in_state(&shared.state, &report).await {
             tracing::error!(job = %j.name, repository = %settings.name, error = %err, "state DB: cannot record the retention pass");
         }
+        super::audit::retention(shared, &report, Some(peer)).await;
         reports.push(report);
     }
     retention::fit_reply(&mut reports, crate::protocol::MAX_LINE - 4096);
     Reply::Ok(Response::Retention { reports })
 }
 
+/// `audit`: the newest `limit` rows (default 1000) that fit in a reply line, oldest first; with
+/// `verify` the whole chain is checked.
+async fn audit_listing(
+    shared: &Arc<Shared>,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    job: Option<String>,
+    limit: Option<u32>,
+    verify: bool,
+) -> Reply {
+    let limit = limit.unwrap_or(1000).clamp(1, 100_000);
+    let mut rows = match shared.state.audit_rows(since, job.as_deref(), limit).await {
+        Ok(rows) => rows,
+        Err(err) => return error(ErrorCode::Internal, err.to_string()),
+    };
+    let chain = if verify {
+        match shared.state.verify_audit().await {
+            Ok(report) => Some(report),
+            Err(err) => return error(ErrorCode::Internal, err.to_string()),
+        }
+    } else {
+        None
+    };
+    let truncated = crate::model::fit_audit_rows(&mut rows, crate::protocol::MAX_LINE - 8192);
+    Reply::Ok(Response::Audit {
+        rows,
+        truncated,
+        chain,
+    })
+}
+
 impl Handler for DaemonHandler {
+    /// Answers; a mutation is audited with its result here (the server's hook before it only
+    /// records denials, see [`Handler::audit`] below).
     async fn handle(&self, peer: &Peer, request: Request) -> Reply {
+        if !request.is_mutation() {
+            return self.answer(peer, request).await;
+        }
+        let mut event = super::audit::from_peer(&self.shared, peer, request.verb());
+        event.job = super::audit::job_of(&request);
+        event.detail = serde_json::to_string(&request).unwrap_or_default();
+        let reply = self.answer(peer, request).await;
+        event.result = super::audit::result_of(&reply);
+        super::audit::record(&self.shared, event).await;
+        reply
+    }
+
+    async fn wal_push(
+        &self,
+        peer: &Peer,
+        name: String,
+        cluster: crate::wal::ClusterIdentity,
+        file: std::fs::File,
+    ) -> Reply {
+        super::wal::push(&self.shared, peer, name, cluster, file).await
+    }
+
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.shared.events.subscribe()
+    }
+
+    /// Denied requests; allowed mutations are recorded by `handle` once their result is known.
+    async fn audit(&self, peer: &Peer, request: &Request, allowed: bool, detail: &str) {
+        if allowed {
+            return;
+        }
+        let mut event = super::audit::from_peer(&self.shared, peer, request.verb());
+        event.allowed = false;
+        event.job = super::audit::job_of(request);
+        event.result = "denied".to_string();
+        event.detail = detail.to_string();
+        super::audit::record(&self.shared, event).await;
+    }
+}
+
+impl DaemonHandler {
+    async fn answer(&self, peer: &Peer, request: Request) -> Reply {
         let shared = &self.shared;
         match request {
             Request::Status => match shared.status_report().await {
@@ -201,7 +276,7 @@ impl Handler for DaemonHandler {
                 job,
                 repository,
                 dry_run,
-            } => retention(shared, job, repository, dry_run).await,
+            } => retention(shared, peer, job, repository, dry_run).await,
             Request::Usage { job, weeks } => {
                 let rows = shared.state.backups(job.as_deref(), None).await;
                 let runs = shared.state.runs(job.as_deref(), 100_000).await;
@@ -260,41 +335,36 @@ impl Handler for DaemonHandler {
                 let sinks = super::alerts::emit(shared, event, only.as_deref()).await;
                 Reply::Ok(Response::AlertTestQueued { sinks })
             }
+            Request::Metrics => match super::metrics::scrape(shared).await {
+                Ok(text) => Reply::Ok(Response::Metrics { text }),
+                Err(err) => error(ErrorCode::Internal, err),
+            },
+            Request::Audit {
+                since,
+                job,
+                limit,
+                verify,
+            } => audit_listing(shared, since, job, limit, verify).await,
+            Request::AuditReport {
+                action,
+                job,
+                result,
+                detail,
+            } => {
+                let mut event = super::audit::from_peer(shared, peer, &action);
+                event.job = job;
+                event.result = result;
+                event.detail = detail;
+                match shared.state.audit(&event).await {
+                    Ok(id) => Reply::Ok(Response::AuditRecorded { id }),
+                    Err(err) => error(ErrorCode::Internal, err.to_string()),
+                }
+            }
             #[allow(unreachable_patterns)]
             other => error(
                 ErrorCode::BadRequest,
                 format!("request `{}` is not supported", other.verb()),
             ),
-        }
-    }
-
-    async fn wal_push(
-        &self,
-        peer: &Peer,
-        name: String,
-        cluster: crate::wal::ClusterIdentity,
-        file: std::fs::File,
-    ) -> Reply {
-        super::wal::push(&self.shared, peer, name, cluster, file).await
-    }
-
-    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
-        self.shared.events.subscribe()
-    }
-
-    async fn audit(&self, peer: &Peer, request: &Request, allowed: bool, detail: &str) {
-        let event = AuditEvent {
-            at: self.shared.clock.now(),
-            uid: Some(peer.uid),
-            gid: Some(peer.gid),
-            pid: peer.pid,
-            user: peer.user.clone(),
-            action: request.verb().to_string(),
-            allowed,
-            detail: detail.to_string(),
-        };
-        if let Err(err) = self.shared.state.audit(&event).await {
-            tracing::error!(error = %err, "state DB: cannot write the audit event");
         }
     }
 }

@@ -43,6 +43,7 @@ pub async fn pass_for_job(
                 if let Err(e) = crate::retention::record_in_state(&shared.state, &report).await {
                     problems.push(format!("retention in `{name}`: state DB: {e}"));
                 }
+                super::audit::retention(shared, &report, None).await;
                 for b in report
                     .backups
                     .iter()

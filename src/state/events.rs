@@ -252,6 +252,38 @@ impl StateDb {
         rows.iter().map(delivery_from_row).collect()
     }
 
+    /// Delivery attempts per (sink, result) over the whole outbox, for
+    /// `alert_deliveries_total`: `delivered` (events delivered), `failed` (attempts that failed,
+    /// retried or not) and `gave-up` (events given up after 24 h). Outbox rows are never deleted,
+    /// so each count only grows.
+    pub async fn delivery_counts(
+        &self,
+    ) -> Result<std::collections::BTreeMap<(String, String), u64>, StateError> {
+        const T: &str = "alert_outbox";
+        let rows = sqlx::query(
+            "SELECT sink,
+                 count(delivered_at) AS delivered,
+                 coalesce(sum(attempts), 0) - count(delivered_at) AS failed,
+                 count(gave_up_at) AS gave_up
+             FROM alert_outbox GROUP BY sink",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = std::collections::BTreeMap::new();
+        for row in rows {
+            let sink: String = row.try_get("sink")?;
+            for (result, column) in [
+                ("delivered", "delivered"),
+                ("failed", "failed"),
+                ("gave-up", "gave_up"),
+            ] {
+                let n = super::to_u64(T, column, row.try_get(column)?)?;
+                out.insert((sink.clone(), result.to_string()), n);
+            }
+        }
+        Ok(out)
+    }
+
     /// Counts and the last error and success of one sink.
     pub async fn sink_counts(&self, sink: &str) -> Result<SinkCounts, StateError> {
         const T: &str = "alert_outbox";

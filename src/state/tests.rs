@@ -434,6 +434,7 @@ async fn audit_round_trip_newest_first() {
         action: action.into(),
         allowed,
         detail: "{}".into(),
+        ..AuditEvent::default()
     };
     db.audit(&ev("run", false)).await.unwrap();
     db.audit(&AuditEvent {

@@ -71,6 +71,8 @@ impl Setup {
                 replica_retry: std::time::Duration::from_secs(30),
                 retention_schedule: bdc_backup::schedule::CronSchedule::parse("30 5 * * *")
                     .unwrap(),
+                metrics_listen: None,
+                metrics_file: None,
             },
             postgres: None,
             encryption: EncryptionSettings {
