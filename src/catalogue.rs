@@ -343,7 +343,28 @@ pub struct WalJob {
     /// `ship-ahead`: how many of the `.ready` segments after a pushed one the daemon archives in
     /// the background, ahead of their own `wal-push` (default 8; 0 disables).
     pub ship_ahead: u32,
+    /// Streaming with a supervised `pg_receivewal` (`stream = true`); `None` when off.
+    pub stream: Option<WalStream>,
 }
+
+/// The streaming keys of a postgres-wal job (docs/catalogue.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalStream {
+    /// `slot`: the physical replication slot (created when missing).
+    pub slot: String,
+    /// `synchronous`: `pg_receivewal --synchronous` (flush and report every write).
+    pub synchronous: bool,
+    /// `partial-interval`: how often the growing `.partial` segment is shipped (when it grew).
+    pub partial_interval: Duration,
+    /// `receiver-path`: the `pg_receivewal` to run; found like pg_dump (bin-dir, the server's
+    /// major under /usr/lib/postgresql, PATH) when `None`.
+    pub receiver_path: Option<PathBuf>,
+}
+
+/// The default of `slot`.
+pub const DEFAULT_SLOT: &str = "bdc_backup";
+/// The default of `partial-interval`.
+pub const DEFAULT_PARTIAL_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The default of `ship-ahead`.
 pub const DEFAULT_SHIP_AHEAD: u32 = 8;
@@ -352,6 +373,7 @@ impl Default for WalJob {
     fn default() -> Self {
         WalJob {
             ship_ahead: DEFAULT_SHIP_AHEAD,
+            stream: None,
         }
     }
 }

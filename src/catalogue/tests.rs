@@ -1212,3 +1212,75 @@ fn metrics_listen_must_be_an_address_and_port() {
         )])
     );
 }
+
+#[test]
+fn wal_streaming_keys() {
+    let base = small(
+        r#"
+[[job]]
+name = "wal"
+kind = "postgres-wal"
+repositories = ["local"]
+"#,
+    );
+    let c = parse(&base).expect("valid");
+    let JobSpec::PostgresWal(w) = &c.job("wal").expect("wal").spec else {
+        panic!("not wal")
+    };
+    assert_eq!(w.stream, None);
+    let on = base.replace(
+        "kind = \"postgres-wal\"",
+        "kind = \"postgres-wal\"\nstream = true",
+    );
+    let c = parse(&on).expect("valid");
+    let JobSpec::PostgresWal(w) = &c.job("wal").expect("wal").spec else {
+        panic!("not wal")
+    };
+    let s = w.stream.as_ref().expect("streaming");
+    assert_eq!(s.slot, "bdc_backup");
+    assert!(!s.synchronous);
+    assert_eq!(s.partial_interval, Duration::from_secs(5));
+    assert_eq!(s.receiver_path, None);
+    let set = on.replace(
+        "stream = true",
+        "stream = true\nslot = \"s1\"\nsynchronous = true\npartial-interval = \"2s\"\nreceiver-path = \"/opt/pg/pg_receivewal\"",
+    );
+    let c = parse(&set).expect("valid");
+    let JobSpec::PostgresWal(w) = &c.job("wal").expect("wal").spec else {
+        panic!("not wal")
+    };
+    let s = w.stream.as_ref().expect("streaming");
+    assert_eq!(s.slot, "s1");
+    assert!(s.synchronous);
+    assert_eq!(s.partial_interval, Duration::from_secs(2));
+    assert_eq!(
+        s.receiver_path.as_deref(),
+        Some(Path::new("/opt/pg/pg_receivewal"))
+    );
+    let bad = on.replace(
+        "stream = true",
+        "stream = true\nslot = \"Bad-Slot\"\npartial-interval = \"0s\"",
+    );
+    let errs = errors(&bad);
+    assert!(
+        errs.iter()
+            .any(|(k, m)| k == "job[1] \"wal\".slot" && m.contains("Bad-Slot")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|(k, _)| k == "job[1] \"wal\".partial-interval"),
+        "{errs:?}"
+    );
+    let off = base.replace(
+        "kind = \"postgres-wal\"",
+        "kind = \"postgres-wal\"\nslot = \"s1\"",
+    );
+    assert_eq!(
+        errors(&off),
+        pairs(&[(
+            "job[1] \"wal\".slot",
+            "only meaningful with `stream = true`"
+        )])
+    );
+}

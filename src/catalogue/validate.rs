@@ -193,7 +193,14 @@ pub fn job_kind_keys(kind: JobKindName) -> &'static [&'static str] {
             "max-chain",
             "wal-timeout",
         ],
-        JobKindName::PostgresWal => &["ship-ahead"],
+        JobKindName::PostgresWal => &[
+            "ship-ahead",
+            "stream",
+            "slot",
+            "synchronous",
+            "partial-interval",
+            "receiver-path",
+        ],
         JobKindName::Files => &[
             "path",
             "include",
@@ -1160,6 +1167,7 @@ fn job(
                 .integer(cx, "ship-ahead", 0, 64)
                 .and_then(|n| u32::try_from(n).ok())
                 .unwrap_or(super::DEFAULT_SHIP_AHEAD),
+            stream: wal_stream(cx, t),
         })),
         Some(JobKindName::Files) => {
             let path = t.path(cx, "path");
@@ -1372,4 +1380,42 @@ fn objectives(cx: &mut Ctx, root: &Table, jobs: &[JobEntry]) -> BTreeMap<String,
         );
     }
     out
+}
+
+/// The streaming keys of a postgres-wal job: read only with `stream = true` (naming one of them
+/// without it is an error, so a typo'd `stream` does not silently leave streaming off).
+fn wal_stream(cx: &mut Ctx, t: &Table) -> Option<super::WalStream> {
+    let on = t.bool(cx, "stream").unwrap_or(false);
+    let slot = t.string(cx, "slot").map(str::to_string);
+    if let Some(s) = &slot
+        && (s.is_empty()
+            || s.len() > 63
+            || !s
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+    {
+        cx.error(
+            &t.key("slot"),
+            format!("\"{s}\" is not a replication slot name (1 to 63 of a-z, 0-9 and _)"),
+        );
+    }
+    let synchronous = t.bool(cx, "synchronous").unwrap_or(false);
+    let partial_interval = t
+        .duration(cx, "partial-interval", false)
+        .unwrap_or(super::DEFAULT_PARTIAL_INTERVAL);
+    let receiver_path = t.path(cx, "receiver-path");
+    if !on {
+        for k in ["slot", "synchronous", "partial-interval", "receiver-path"] {
+            if t.get(k).is_some() {
+                cx.error(&t.key(k), "only meaningful with `stream = true`");
+            }
+        }
+        return None;
+    }
+    Some(super::WalStream {
+        slot: slot.unwrap_or_else(|| super::DEFAULT_SLOT.to_string()),
+        synchronous,
+        partial_interval,
+        receiver_path,
+    })
 }
