@@ -11,6 +11,7 @@
 //! - [`protocol`]: the control-socket wire types shared by both binaries.
 //! - [`control`]: the socket server (peer credentials, authorization) and the client.
 //! - [`snapshot`]: the tree-snapshot engine (walk, tar parts in zstd frames, manifests, restore).
+//! - [`stream`]: the pure parts of WAL streaming (receiver backoff, spool files, flush lag); no supervisor yet.
 //! - [`files`]: `files` and `config` jobs and their restores.
 //! - [`postgres`]: the PostgreSQL side: control connection, pg_dump jobs, logical restore.
 //! - [`daemon`]: wires it all together: scheduler loop, run executor, reload, systemd, logs.
@@ -50,6 +51,7 @@ pub mod schedule;
 pub mod secrets;
 pub mod snapshot;
 pub mod state;
+pub mod stream;
 pub mod timeparse;
 pub mod units;
 pub mod usage;
