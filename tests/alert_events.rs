@@ -383,3 +383,194 @@ events = ["capacity-low"]
     assert_eq!(listener.events("capacity-low").len(), 1, "closes silently");
     daemon.stop().await;
 }
+
+/// replica-lagging once when a copy to the job's second repository (unreachable: its parent is a
+/// regular file) has waited over 1 h of the daemon's clock, not again an hour later, and
+/// replica-recovered once when the repository is reachable and the copy landed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_lagging_once_while_unreachable_and_recovered_once_after() {
+    let setup = Setup::new();
+    let listener = Listener::start();
+    let src = setup.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("data.bin"), incompressible(200_000, 3)).unwrap();
+    let offline = setup.path("offline");
+    std::fs::write(&offline, b"not a folder").unwrap();
+    setup.write_catalogue(&format!(
+        r#"
+[repository.replica]
+url = "file://{replica}"
+
+[[job]]
+name = "uploads"
+kind = "files"
+path = "{src}"
+full = "0 4 1 1 *"
+repositories = ["local", "replica"]
+
+[[alert]]
+name = "ops"
+kind = "webhook"
+url = "{hook}"
+events = ["replica-lagging", "replica-recovered"]
+"#,
+        replica = offline.join("replica").display(),
+        src = src.display(),
+        hook = listener.url(),
+    ));
+    let text = std::fs::read_to_string(setup.catalogue_path())
+        .unwrap()
+        .replace(
+            "shutdown-timeout = \"20s\"",
+            "shutdown-timeout = \"20s\"\nreplica-retry = \"2s\"",
+        );
+    std::fs::write(setup.catalogue_path(), text).unwrap();
+    let t0 = Utc::now();
+    let clock = Arc::new(ManualClock::new(t0));
+    let daemon = boot(&setup, clock.clone()).await;
+    let settle = |minutes: i64| {
+        let clock = clock.clone();
+        let daemon = &daemon;
+        async move {
+            clock.set(t0 + chrono::Duration::minutes(minutes));
+            daemon.evaluate_alerts().await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    let out = tokio::task::block_in_place(|| setup.ctl(&["run", "uploads", "--wait"]));
+    assert_eq!(out.status.code(), Some(1), "partial: the replica is unreachable");
+    settle(30).await;
+    assert!(
+        listener.events("replica-lagging").is_empty(),
+        "30 minutes is no lag yet"
+    );
+    settle(65).await;
+    let v = listener.wait_event("replica-lagging");
+    check_body(&v, "replica-lagging", "warning");
+    assert_eq!(v["job"], "uploads", "{v}");
+    assert_eq!(v["details"]["repository"], "replica", "{v}");
+    assert_eq!(v["details"]["pending"], 1, "{v}");
+    let summary = v["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("1 backups wait for repository replica") && summary.contains("offline"),
+        "the summary names the repository and its error: {v}"
+    );
+    settle(130).await;
+    assert_eq!(listener.events("replica-lagging").len(), 1, "state changes only");
+
+    // Reachable again: the replicator copies the backup (its retries follow the daemon's clock).
+    std::fs::remove_file(&offline).unwrap();
+    std::fs::create_dir(&offline).unwrap();
+    let mut minute = 130;
+    wait_for(Duration::from_secs(60), "the replica to land", || {
+        minute += 1;
+        clock.set(t0 + chrono::Duration::minutes(minute));
+        let s = setup.ctl_json(&["status"]);
+        (s["jobs"][0]["repositories"][1]["replica"]["pending"] == 0).then_some(())
+    });
+    settle(minute + 1).await;
+    let r = listener.wait_event("replica-recovered");
+    check_body(&r, "replica-recovered", "info");
+    assert_eq!(r["job"], "uploads", "{r}");
+    assert!(r["summary"].as_str().unwrap().contains("caught up"), "{r}");
+    settle(minute + 90).await;
+    assert_eq!(listener.events("replica-lagging").len(), 1);
+    assert_eq!(listener.events("replica-recovered").len(), 1);
+    daemon.stop().await;
+}
+
+/// Flips one byte in the middle of `path`; returns the original bytes (to put them back).
+fn flip_byte(path: &Path) -> Vec<u8> {
+    let original = std::fs::read(path).expect("read object");
+    let mut bytes = original.clone();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(path, &bytes).expect("write object");
+    original
+}
+
+/// verify-failed once when a verify run finds a flipped byte in a dump's object (the body names
+/// the object), not again for the next failing verify, verify-recovered once after the object is
+/// repaired and a fresh good backup verifies.
+#[test]
+fn verify_failed_once_for_a_flipped_byte_and_verify_recovered_once_after() {
+    let cluster = PgCluster::start();
+    cluster.create_database("app");
+    cluster.psql("app", "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 1000);");
+    let setup = Setup::new();
+    let listener = Listener::start();
+    setup.write_catalogue(&format!(
+        r#"
+[postgres]
+url = "{url}"
+
+[[job]]
+name = "db-dump"
+kind = "postgres-dump"
+schedule = "0 2 1 1 *"
+databases = ["app"]
+globals = false
+repositories = ["local"]
+
+[[job]]
+name = "check"
+kind = "verify"
+schedule = "0 5 1 1 *"
+jobs = ["db-dump"]
+integrity = "full"
+drills = false
+
+[[alert]]
+name = "ops"
+kind = "webhook"
+url = "{hook}"
+events = ["verify-failed", "verify-recovered", "run-failed"]
+"#,
+        url = cluster.url("app"),
+        hook = listener.url(),
+    ));
+    let daemon = setup.start_daemon();
+    let run = |args: &[&str]| setup.ctl(args).status.code();
+    assert_eq!(run(&["run", "db-dump", "--wait"]), Some(0), "{}", daemon.log_text());
+    assert_eq!(run(&["verify", "--wait"]), Some(0), "{}", daemon.log_text());
+
+    let objects = common::files_under(&setup.path("repo/backups/db-dump"));
+    let object = objects
+        .iter()
+        .find(|p| p.to_string_lossy().contains("/data/"))
+        .expect("a dump data object")
+        .clone();
+    let original = flip_byte(&object);
+    let key = object
+        .strip_prefix(setup.path("repo"))
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    assert_eq!(run(&["verify", "--wait"]), Some(1));
+    let v = listener.wait_event("verify-failed");
+    check_body(&v, "verify-failed", "critical");
+    assert_eq!(v["job"], "check", "the verify job: {v}");
+    let runs = setup.ctl_json(&["runs", "--job", "check", "--limit", "1"]);
+    assert_eq!(v["run_id"], runs[0]["id"], "{v} {runs}");
+    let summary = v["summary"].as_str().unwrap();
+    assert!(summary.contains(&key), "the summary names the damaged object {key}: {v}");
+    // Still damaged: the second failing verify sends nothing.
+    assert_eq!(run(&["verify", "--wait"]), Some(1));
+
+    // The object repaired (verify checks every backup) and a fresh good backup, verified:
+    // recovered once.
+    std::fs::write(&object, original).unwrap();
+    assert_eq!(run(&["run", "db-dump", "--wait"]), Some(0));
+    let code = run(&["verify", "--wait"]);
+    let r = wait_for(Duration::from_secs(60), "a verify-recovered event", || {
+        listener.events("verify-recovered").into_iter().next()
+    });
+    assert_eq!(code, Some(0));
+    check_body(&r, "verify-recovered", "info");
+    assert_eq!(r["job"], "check");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(listener.events("verify-failed").len(), 1, "state changes only");
+    assert_eq!(listener.events("verify-recovered").len(), 1);
+    assert!(listener.events("run-failed").is_empty(), "a verify job's failure is verify-failed");
+    assert!(daemon.stop().success());
+}
