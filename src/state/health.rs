@@ -104,3 +104,73 @@ impl StateDb {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t(h: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, 1, h, 0, 0).unwrap()
+    }
+
+    async fn exec(db: &StateDb, sql: &str) {
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(db.pool())
+            .await
+            .unwrap();
+    }
+
+    /// The newest success ignores failures, the newest backup is by stop time over repositories,
+    /// the newest passed drill counts, WAL partials count but history files do not; a job with
+    /// nothing has only its first-seen time, which a second call keeps.
+    #[tokio::test]
+    async fn one_query_gives_each_jobs_newest_facts() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(&dir.path().join("state.db")).await.unwrap();
+        let ts = |h| ts(t(h));
+        exec(&db, &format!(
+            "INSERT INTO runs (job, kind, \"trigger\", backup_type, status, started_at, finished_at, bytes_read, bytes_stored)
+             VALUES ('db', 'postgres-dump', 'manual', 'full', 'succeeded', '{}', '{}', 1, 1),
+                    ('db', 'postgres-dump', 'manual', 'full', 'failed', '{}', '{}', 0, 0)",
+            ts(1), ts(2), ts(3), ts(4)
+        )).await;
+        exec(&db, &format!(
+            "INSERT INTO backups (job, backup_id, repository, kind, backup_type, started_at, stopped_at, bytes_read, bytes_stored)
+             VALUES ('db', 'A', 'local', 'postgres-dump', 'full', '{}', '{}', 100, 10),
+                    ('db', 'B', 'local', 'postgres-dump', 'full', '{}', '{}', 300, 30),
+                    ('db', 'B', 'far', 'postgres-dump', 'full', '{}', '{}', 300, 30)",
+            ts(1), ts(2), ts(5), ts(6), ts(5), ts(6)
+        )).await;
+        exec(&db, &format!(
+            "INSERT INTO verify_checks (run_id, job, kind, name, result, detail, seconds, bytes, at)
+             VALUES (1, 'db', 'drill', 'd', 'pass', '', 12.5, 250, '{}'),
+                    (2, 'db', 'drill', 'd', 'fail', '', 99.0, 250, '{}'),
+                    (3, 'db', 'integrity', 'i', 'pass', '', 1.0, 1, '{}')",
+            ts(7), ts(8), ts(9)
+        )).await;
+        exec(&db, &format!(
+            "INSERT INTO wal_archived (job, system_identifier, pg_major, name, timeline, kind, size, sha256, archived_at, duration_ms)
+             VALUES ('wal', '1', 15, '000000010000000000000001', 1, 'segment', 16, 'a', '{}', 1),
+                    ('wal', '1', 15, '000000010000000000000002.partial', 1, 'partial', 16, 'b', '{}', 1),
+                    ('wal', '1', 15, '00000002.history', 2, 'history', 16, 'c', '{}', 1)",
+            ts(1), ts(2), ts(3)
+        )).await;
+        let facts = db.health_facts(&["db", "wal", "new"], t(10)).await.unwrap();
+        let f = &facts["db"];
+        assert_eq!(f.first_seen, Some(t(10)));
+        assert_eq!(f.newest_success, Some(t(2)));
+        assert_eq!(f.newest_backup, Some((t(6), 300)));
+        assert_eq!(f.drill, Some((t(7), 12.5, 250)));
+        assert_eq!(facts["wal"].newest_wal, Some(t(2)));
+        assert_eq!(
+            facts["new"],
+            HealthRow {
+                first_seen: Some(t(10)),
+                ..HealthRow::default()
+            }
+        );
+        let again = db.health_facts(&["new"], t(11)).await.unwrap();
+        assert_eq!(again["new"].first_seen, Some(t(10)), "first seen stays");
+    }
+}
