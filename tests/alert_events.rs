@@ -132,7 +132,13 @@ impl Tmpfs {
         );
         std::fs::create_dir_all(dir).unwrap();
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
             .arg(dir)
             .output()
             .unwrap();
@@ -152,7 +158,11 @@ impl Tmpfs {
             .arg(&self.dir)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Fills the file system until a write fails with ENOSPC.
@@ -248,9 +258,14 @@ timeout = "5s"
     check_body(&v, "wal-failing", "critical");
     assert_eq!(v["job"], "wal");
     let summary = v["summary"].as_str().unwrap();
-    assert!(summary.contains("wal") && summary.contains("archiver failed"), "{v}");
     assert!(
-        v["details"]["last_failed_wal"].as_str().is_some_and(|w| w.len() == 24),
+        summary.contains("wal") && summary.contains("archiver failed"),
+        "{v}"
+    );
+    assert!(
+        v["details"]["last_failed_wal"]
+            .as_str()
+            .is_some_and(|w| w.len() == 24),
         "the failed segment's name: {v}"
     );
     // Still failing: no second event.
@@ -274,11 +289,22 @@ timeout = "5s"
     let r = listener.wait_event("wal-recovered");
     check_body(&r, "wal-recovered", "info");
     assert_eq!(r["job"], "wal");
-    assert!(r["summary"].as_str().unwrap().contains("works again"), "{r}");
+    assert!(
+        r["summary"].as_str().unwrap().contains("works again"),
+        "{r}"
+    );
     tick();
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(listener.events("wal-failing").len(), 1, "state changes only");
-    assert_eq!(listener.events("wal-recovered").len(), 1, "state changes only");
+    assert_eq!(
+        listener.events("wal-failing").len(),
+        1,
+        "state changes only"
+    );
+    assert_eq!(
+        listener.events("wal-recovered").len(),
+        1,
+        "state changes only"
+    );
     let report = setup.ctl_json(&["alerts"]);
     assert!(
         !report["open"]
@@ -342,18 +368,27 @@ events = ["capacity-low"]
         }
     };
     settle(1).await;
-    assert!(listener.events("capacity-low").is_empty(), "nothing grows yet");
+    assert!(
+        listener.events("capacity-low").is_empty(),
+        "nothing grows yet"
+    );
     // Three backups of 1.5 MiB of new incompressible data each: ~4.5 MiB of the 8 MiB in a week.
     for i in 0..3u64 {
         std::fs::write(src.join("data"), incompressible(3 << 19, i + 7)).unwrap();
         let setup = &setup;
         let out = tokio::task::block_in_place(|| setup.ctl(&["run", "uploads", "--wait"]));
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     settle(20).await;
     let usage = tokio::task::block_in_place(|| setup.ctl_json(&["usage"]));
     let cap = &usage["capacity"][0];
-    let days = cap["days-until-full"].as_f64().expect("a days-until-full figure");
+    let days = cap["days-until-full"]
+        .as_f64()
+        .expect("a days-until-full figure");
     assert!(days < 14.0, "{usage}");
     let v = wait_for(Duration::from_secs(30), "a capacity-low event", || {
         listener.events("capacity-low").into_iter().next()
@@ -361,15 +396,26 @@ events = ["capacity-low"]
     check_body(&v, "capacity-low", "warning");
     assert!(v["job"].is_null(), "{v}");
     let summary = v["summary"].as_str().unwrap();
-    assert!(summary.contains("repository local") && summary.contains("days"), "{v}");
+    assert!(
+        summary.contains("repository local") && summary.contains("days"),
+        "{v}"
+    );
     assert_eq!(v["details"]["repository"], "local", "{v}");
     assert!(v["details"]["free_bytes"].as_u64().is_some(), "{v}");
     // Still low 20 minutes later: no second event.
     settle(40).await;
-    assert_eq!(listener.events("capacity-low").len(), 1, "state changes only");
+    assert_eq!(
+        listener.events("capacity-low").len(),
+        1,
+        "state changes only"
+    );
     let open = tokio::task::block_in_place(|| setup.ctl_json(&["alerts"]));
     assert!(
-        open["open"].as_array().unwrap().iter().any(|a| a["event"] == "capacity-low"),
+        open["open"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["event"] == "capacity-low"),
         "{open}"
     );
     // The filesystem grows: the state closes without an event.
@@ -377,7 +423,11 @@ events = ["capacity-low"]
     settle(60).await;
     let open = tokio::task::block_in_place(|| setup.ctl_json(&["alerts"]));
     assert!(
-        !open["open"].as_array().unwrap().iter().any(|a| a["event"] == "capacity-low"),
+        !open["open"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["event"] == "capacity-low"),
         "{open}"
     );
     assert_eq!(listener.events("capacity-low").len(), 1, "closes silently");
@@ -438,7 +488,11 @@ events = ["replica-lagging", "replica-recovered"]
         }
     };
     let out = tokio::task::block_in_place(|| setup.ctl(&["run", "uploads", "--wait"]));
-    assert_eq!(out.status.code(), Some(1), "partial: the replica is unreachable");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "partial: the replica is unreachable"
+    );
     settle(30).await;
     assert!(
         listener.events("replica-lagging").is_empty(),
@@ -456,7 +510,11 @@ events = ["replica-lagging", "replica-recovered"]
         "the summary names the repository and its error: {v}"
     );
     settle(130).await;
-    assert_eq!(listener.events("replica-lagging").len(), 1, "state changes only");
+    assert_eq!(
+        listener.events("replica-lagging").len(),
+        1,
+        "state changes only"
+    );
 
     // Reachable again: the replicator copies the backup (its retries follow the daemon's clock).
     std::fs::remove_file(&offline).unwrap();
@@ -496,7 +554,10 @@ fn flip_byte(path: &Path) -> Vec<u8> {
 fn verify_failed_once_for_a_flipped_byte_and_verify_recovered_once_after() {
     let cluster = PgCluster::start();
     cluster.create_database("app");
-    cluster.psql("app", "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 1000);");
+    cluster.psql(
+        "app",
+        "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 1000);",
+    );
     let setup = Setup::new();
     let listener = Listener::start();
     setup.write_catalogue(&format!(
@@ -531,7 +592,12 @@ events = ["verify-failed", "verify-recovered", "run-failed"]
     ));
     let daemon = setup.start_daemon();
     let run = |args: &[&str]| setup.ctl(args).status.code();
-    assert_eq!(run(&["run", "db-dump", "--wait"]), Some(0), "{}", daemon.log_text());
+    assert_eq!(
+        run(&["run", "db-dump", "--wait"]),
+        Some(0),
+        "{}",
+        daemon.log_text()
+    );
     assert_eq!(run(&["verify", "--wait"]), Some(0), "{}", daemon.log_text());
 
     let objects = common::files_under(&setup.path("repo/backups/db-dump"));
@@ -553,7 +619,10 @@ events = ["verify-failed", "verify-recovered", "run-failed"]
     let runs = setup.ctl_json(&["runs", "--job", "check", "--limit", "1"]);
     assert_eq!(v["run_id"], runs[0]["id"], "{v} {runs}");
     let summary = v["summary"].as_str().unwrap();
-    assert!(summary.contains(&key), "the summary names the damaged object {key}: {v}");
+    assert!(
+        summary.contains(&key),
+        "the summary names the damaged object {key}: {v}"
+    );
     // Still damaged: the second failing verify sends nothing.
     assert_eq!(run(&["verify", "--wait"]), Some(1));
 
@@ -569,8 +638,15 @@ events = ["verify-failed", "verify-recovered", "run-failed"]
     check_body(&r, "verify-recovered", "info");
     assert_eq!(r["job"], "check");
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(listener.events("verify-failed").len(), 1, "state changes only");
+    assert_eq!(
+        listener.events("verify-failed").len(),
+        1,
+        "state changes only"
+    );
     assert_eq!(listener.events("verify-recovered").len(), 1);
-    assert!(listener.events("run-failed").is_empty(), "a verify job's failure is verify-failed");
+    assert!(
+        listener.events("run-failed").is_empty(),
+        "a verify job's failure is verify-failed"
+    );
     assert!(daemon.stop().success());
 }

@@ -313,8 +313,20 @@ timeout = "1s"
             assert!(!s.contains_key(&key("objective_rpo_seconds")), "{name}");
         }
     }
-    assert_eq!(get(&s, r#"bdc_backup_objective_target_rpo_seconds{objective="nightly"}"#), 86400.0);
-    assert_eq!(get(&s, r#"bdc_backup_objective_target_rto_seconds{objective="database"}"#), 3600.0);
+    assert_eq!(
+        get(
+            &s,
+            r#"bdc_backup_objective_target_rpo_seconds{objective="nightly"}"#
+        ),
+        86400.0
+    );
+    assert_eq!(
+        get(
+            &s,
+            r#"bdc_backup_objective_target_rto_seconds{objective="database"}"#
+        ),
+        3600.0
+    );
     let rpo_key = r#"bdc_backup_objective_rpo_seconds{objective="nightly"}"#;
     let before = get(&s, rpo_key);
     let between = setup.ctl_json(&["status"])["objectives"]
@@ -326,7 +338,10 @@ timeout = "1s"
         .as_f64()
         .unwrap();
     let after = get(&samples(&http_get(port, "/metrics").2), rpo_key);
-    assert!(before <= between && between <= after, "{before} {between} {after}");
+    assert!(
+        before <= between && between <= after,
+        "{before} {between} {after}"
+    );
     assert!(after < 86400.0);
 
     // Alert deliveries, against `alerts --json`: the command sink delivered every event it got
@@ -358,12 +373,22 @@ timeout = "1s"
             .cloned()
             .unwrap()
     };
-    let delivered = |sink_name: &str| format!("bdc_backup_alert_deliveries_total{{result=\"delivered\",sink=\"{sink_name}\"}}");
-    let failed = |sink_name: &str| format!("bdc_backup_alert_deliveries_total{{result=\"failed\",sink=\"{sink_name}\"}}");
-    assert_eq!(get(&m, &delivered("log")), sink(&report, "log")["delivered"].as_f64().unwrap());
+    let delivered = |sink_name: &str| {
+        format!("bdc_backup_alert_deliveries_total{{result=\"delivered\",sink=\"{sink_name}\"}}")
+    };
+    let failed = |sink_name: &str| {
+        format!("bdc_backup_alert_deliveries_total{{result=\"failed\",sink=\"{sink_name}\"}}")
+    };
+    assert_eq!(
+        get(&m, &delivered("log")),
+        sink(&report, "log")["delivered"].as_f64().unwrap()
+    );
     assert_eq!(get(&m, &failed("log")), 0.0);
     assert_eq!(
-        get(&m, r#"bdc_backup_alert_deliveries_total{result="gave-up",sink="log"}"#),
+        get(
+            &m,
+            r#"bdc_backup_alert_deliveries_total{result="gave-up",sink="log"}"#
+        ),
         0.0
     );
     let lines = std::fs::read_to_string(setup.path("events.log")).unwrap();

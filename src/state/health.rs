@@ -41,6 +41,12 @@ impl StateDb {
         now: DateTime<Utc>,
     ) -> Result<BTreeMap<String, HealthRow>, StateError> {
         let names = serde_json::Value::from(jobs.to_vec()).to_string();
+        let out = self.read_health_facts(&names).await?;
+        if out.values().all(|r| r.first_seen.is_some()) {
+            return Ok(out);
+        }
+        // A job not seen before (rare: a new job, the first start): record it, read again. In the
+        // steady state a scrape or an evaluation writes nothing.
         sqlx::query(
             "INSERT INTO jobs_seen (job, first_seen) SELECT value, ? FROM json_each(?) WHERE true
              ON CONFLICT (job) DO NOTHING",
@@ -49,6 +55,14 @@ impl StateDb {
         .bind(&names)
         .execute(&self.pool)
         .await?;
+        self.read_health_facts(&names).await
+    }
+
+    /// The query of [`StateDb::health_facts`] for `names` (a JSON array of job names).
+    async fn read_health_facts(
+        &self,
+        names: &str,
+    ) -> Result<BTreeMap<String, HealthRow>, StateError> {
         // The IN list matches the partial index `runs_success_by_job` and RunStatus::is_success.
         let rows = sqlx::query(
             "SELECT j.value AS job,
@@ -68,14 +82,17 @@ impl StateDb {
                  WHERE job = j.value AND kind = 'drill' AND result = 'pass'
                  ORDER BY at DESC LIMIT 1)",
         )
-        .bind(&names)
+        .bind(names)
         .fetch_all(&self.pool)
         .await?;
         let mut out = BTreeMap::new();
         for row in &rows {
             let backup_bytes: Option<i64> = row.try_get("backup_bytes")?;
             let backup = match opt_ts(row, "backups", "stopped_at", "backup_at")? {
-                Some(at) => Some((at, to_u64("backups", "bytes_read", backup_bytes.unwrap_or(0))?)),
+                Some(at) => Some((
+                    at,
+                    to_u64("backups", "bytes_read", backup_bytes.unwrap_or(0))?,
+                )),
                 None => None,
             };
             let drill = match opt_ts(row, "verify_checks", "at", "drill_at")? {
@@ -142,13 +159,17 @@ mod tests {
                     ('db', 'B', 'far', 'postgres-dump', 'full', '{}', '{}', 300, 30)",
             ts(1), ts(2), ts(5), ts(6), ts(5), ts(6)
         )).await;
-        exec(&db, &format!(
+        exec(
+            &db,
+            &format!(
             "INSERT INTO verify_checks (run_id, job, kind, name, result, detail, seconds, bytes, at)
              VALUES (1, 'db', 'drill', 'd', 'pass', '', 12.5, 250, '{}'),
                     (2, 'db', 'drill', 'd', 'fail', '', 99.0, 250, '{}'),
                     (3, 'db', 'integrity', 'i', 'pass', '', 1.0, 1, '{}')",
             ts(7), ts(8), ts(9)
-        )).await;
+        ),
+        )
+        .await;
         exec(&db, &format!(
             "INSERT INTO wal_archived (job, system_identifier, pg_major, name, timeline, kind, size, sha256, archived_at, duration_ms)
              VALUES ('wal', '1', 15, '000000010000000000000001', 1, 'segment', 16, 'a', '{}', 1),
