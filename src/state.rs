@@ -23,6 +23,7 @@ use std::time::Duration;
 mod audit;
 mod events;
 mod facts;
+mod health;
 mod offline;
 mod replication;
 #[cfg(test)]
@@ -33,6 +34,7 @@ mod wal;
 pub use audit::{AuditEvent, AuditSource};
 pub use events::{OutboxItem, SinkCounts};
 pub use facts::{JobFacts, MetricsFacts, VerifyFacts};
+pub use health::HealthRow;
 pub use offline::{
     OfflineAuditError, append_offline_audit, offline_audit_path, read_offline_audit,
 };

@@ -118,8 +118,35 @@ kind = "postgres-dump"
 schedule = "0 3 * * *"
 databases = ["does_not_exist"]
 repositories = ["local"]
+max-age = "1s"
+
+[objectives.nightly]
+jobs = ["db"]
+rpo = "1d"
+
+[objectives.database]
+jobs = ["db"]
+rpo = "1d"
+rto = "1h"
+
+[objectives.lost]
+jobs = ["broken"]
+rpo = "1h"
+
+[[alert]]
+name = "log"
+kind = "command"
+command = ["/bin/sh", "-c", "cat >> '{events}'"]
+
+[[alert]]
+name = "dead"
+kind = "webhook"
+url = "http://127.0.0.1:{dead}/hook"
+timeout = "1s"
 "#,
         wal = wal_job(&cluster, &["local"]),
+        events = setup.path("events.log").display(),
+        dead = free_port(),
     ));
     let text = std::fs::read_to_string(setup.catalogue_path()).unwrap().replace(
         "shutdown-timeout = \"20s\"",
@@ -143,6 +170,15 @@ repositories = ["local"]
         last = switch_wal(&cluster);
     }
     wait_archived(&cluster, &last);
+    // `broken` (never succeeded, max-age 1 s) turns stale a second after the daemon first saw it.
+    wait_for(Duration::from_secs(30), "broken stale", || {
+        let s = setup.ctl_json(&["status"]);
+        s["jobs"]
+            .as_array()?
+            .iter()
+            .any(|j| j["name"] == "broken" && j["stale"] == true)
+            .then_some(())
+    });
 
     // The listener: text format 0.0.4 with its Content-Type; 404 elsewhere.
     let (code, headers, body) = http_get(port, "/metrics");
@@ -217,6 +253,166 @@ repositories = ["local"]
         get(&s, r#"bdc_backup_job_stale{job="db"}"#),
         if db["stale"] == true { 1.0 } else { 0.0 }
     );
+
+    // Freshness: `broken` never succeeded and has a 1 s max-age: stale, as `status` says.
+    assert_eq!(job("broken")["stale"], true, "{status}");
+    assert_eq!(get(&s, r#"bdc_backup_job_stale{job="broken"}"#), 1.0);
+    assert_eq!(job("db")["stale"], false);
+    assert_eq!(get(&s, r#"bdc_backup_job_stale{job="db"}"#), 0.0);
+    for j in status["jobs"].as_array().unwrap() {
+        let name = j["name"].as_str().unwrap();
+        assert_eq!(
+            get(&s, &format!("bdc_backup_job_stale{{job=\"{name}\"}}")),
+            if j["stale"] == true { 1.0 } else { 0.0 },
+            "{name}"
+        );
+    }
+
+    // Objectives, against `status --json`'s objectives: met (nightly), unknown (database: no
+    // drill yet), breached (lost: no restorable point). The RPO grows with the time: the status
+    // read between two scrapes lies between their figures.
+    let objective = |name: &str| {
+        status["objectives"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["name"] == name)
+            .unwrap_or_else(|| panic!("objective {name} in {status}"))
+            .clone()
+    };
+    let (nightly, database, lost) = (
+        objective("nightly"),
+        objective("database"),
+        objective("lost"),
+    );
+    assert_eq!(
+        (&nightly["state"], &database["state"], &lost["state"]),
+        (&"met".into(), &"unknown".into(), &"breached".into()),
+        "{status}"
+    );
+    for o in [&nightly, &database, &lost] {
+        let name = o["name"].as_str().unwrap();
+        let key = |family: &str| format!("bdc_backup_{family}{{objective=\"{name}\"}}");
+        assert_eq!(
+            get(&s, &key("objective_met")),
+            if o["state"] == "met" { 1.0 } else { 0.0 },
+            "{name}"
+        );
+        for (family, field) in [
+            ("objective_target_rpo_seconds", "target_rpo_seconds"),
+            ("objective_target_rto_seconds", "target_rto_seconds"),
+            ("objective_rto_seconds", "rto_seconds"),
+        ] {
+            assert_eq!(
+                s.get(&key(family)).copied(),
+                o[field].as_f64(),
+                "{family} of {name}: {o}"
+            );
+        }
+        if o["rpo_seconds"].is_null() {
+            assert!(!s.contains_key(&key("objective_rpo_seconds")), "{name}");
+        }
+    }
+    assert_eq!(
+        get(
+            &s,
+            r#"bdc_backup_objective_target_rpo_seconds{objective="nightly"}"#
+        ),
+        86400.0
+    );
+    assert_eq!(
+        get(
+            &s,
+            r#"bdc_backup_objective_target_rto_seconds{objective="database"}"#
+        ),
+        3600.0
+    );
+    let rpo_key = r#"bdc_backup_objective_rpo_seconds{objective="nightly"}"#;
+    let before = get(&s, rpo_key);
+    let between = setup.ctl_json(&["status"])["objectives"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "nightly")
+        .unwrap()["rpo_seconds"]
+        .as_f64()
+        .unwrap();
+    let after = get(&samples(&http_get(port, "/metrics").2), rpo_key);
+    assert!(
+        before <= between && between <= after,
+        "{before} {between} {after}"
+    );
+    assert!(after < 86400.0);
+
+    // Alert deliveries, against `alerts --json`: the command sink delivered every event it got
+    // (run-failed, stale, objective-breached: at least three); the dead webhook only failed.
+    let report = wait_for(Duration::from_secs(60), "the command sink drained", || {
+        let r = setup.ctl_json(&["alerts", "--limit", "1000"]);
+        let log = r["sinks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == "log")
+            .cloned()
+            .unwrap();
+        let dead_tried = r["recent"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["sink"] == "dead" && d["attempts"].as_u64() >= Some(1));
+        (log["pending"] == 0 && log["delivered"].as_u64() >= Some(3) && dead_tried).then_some(r)
+    });
+    let m = samples(&http_get(port, "/metrics").2);
+    let after_report = setup.ctl_json(&["alerts", "--limit", "1000"]);
+    let sink = |r: &serde_json::Value, name: &str| {
+        r["sinks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    let delivered = |sink_name: &str| {
+        format!("bdc_backup_alert_deliveries_total{{result=\"delivered\",sink=\"{sink_name}\"}}")
+    };
+    let failed = |sink_name: &str| {
+        format!("bdc_backup_alert_deliveries_total{{result=\"failed\",sink=\"{sink_name}\"}}")
+    };
+    assert_eq!(
+        get(&m, &delivered("log")),
+        sink(&report, "log")["delivered"].as_f64().unwrap()
+    );
+    assert_eq!(get(&m, &failed("log")), 0.0);
+    assert_eq!(
+        get(
+            &m,
+            r#"bdc_backup_alert_deliveries_total{result="gave-up",sink="log"}"#
+        ),
+        0.0
+    );
+    let lines = std::fs::read_to_string(setup.path("events.log")).unwrap();
+    assert_eq!(
+        lines.lines().filter(|l| !l.trim().is_empty()).count() as f64,
+        get(&m, &delivered("log")),
+        "one line per delivered event"
+    );
+    assert_eq!(get(&m, &delivered("dead")), 0.0);
+    let attempts = |r: &serde_json::Value| -> f64 {
+        r["recent"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["sink"] == "dead")
+            .map(|d| d["attempts"].as_f64().unwrap())
+            .sum()
+    };
+    let dead_failed = get(&m, &failed("dead"));
+    assert!(
+        attempts(&report) <= dead_failed && dead_failed <= attempts(&after_report),
+        "{dead_failed} failed attempts vs alerts: {report} {after_report}"
+    );
+    assert_eq!(sink(&after_report, "dead")["delivered"], 0);
 
     // Runs by status, from `runs --json`.
     let runs = setup.ctl_json(&["runs", "--limit", "1000"]);

@@ -58,42 +58,35 @@ impl AlertHub {
     }
 }
 
-/// What the state DB knows for health: newest success, backup, WAL and drill per job.
+/// What the state DB knows for health: newest success, backup, WAL and drill per job, read in
+/// one grouped query (`StateDb::health_facts`). A state DB error leaves the facts empty.
 pub async fn facts(shared: &Shared, catalogue: &Catalogue, now: DateTime<Utc>) -> Facts {
     let mut facts = Facts::default();
-    let backups = shared.state.backups(None, None).await.unwrap_or_default();
+    let names: Vec<&str> = catalogue.jobs.iter().map(|j| j.name.as_str()).collect();
+    let rows = match shared.state.health_facts(&names, now).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the health facts");
+            return facts;
+        }
+    };
     for job in &catalogue.jobs {
+        let row = rows.get(&job.name).cloned().unwrap_or_default();
         let mut f = JobFacts {
-            first_seen: shared.state.job_known_since(&job.name, now).await.ok(),
-            ..JobFacts::default()
-        };
-        if let Ok((_, Some(run))) = shared.state.last_runs(&job.name).await {
-            f.newest_success = Some(run.finished_at.unwrap_or(run.started_at));
-        }
-        if let JobSpec::PostgresWal(_) = job.spec {
-            f.newest_wal = shared
-                .state
-                .last_wal(&job.name)
-                .await
-                .ok()
-                .flatten()
-                .map(|w| w.archived_at);
-            f.newest_success = f.newest_wal;
-        }
-        if let Some(newest) = backups
-            .iter()
-            .filter(|b| b.job == job.name)
-            .max_by_key(|b| b.stopped_at)
-        {
-            f.newest_backup = Some(newest.stopped_at);
-            f.newest_backup_bytes = newest.bytes_read;
-        }
-        if let Ok(Some((at, restore_seconds, bytes))) = shared.state.newest_drill(&job.name).await {
-            f.drill = Some(DrillFact {
+            first_seen: row.first_seen,
+            newest_success: row.newest_success,
+            newest_backup: row.newest_backup.map(|(at, _)| at),
+            newest_backup_bytes: row.newest_backup.map_or(0, |(_, b)| b),
+            drill: row.drill.map(|(at, restore_seconds, bytes)| DrillFact {
                 at,
                 restore_seconds,
                 bytes,
-            });
+            }),
+            ..JobFacts::default()
+        };
+        if let JobSpec::PostgresWal(_) = job.spec {
+            f.newest_wal = row.newest_wal;
+            f.newest_success = f.newest_wal;
         }
         facts.jobs.insert(job.name.clone(), f);
     }
