@@ -21,7 +21,10 @@
 //! - WAL: `wal-before-reply` [segment] (a segment durable everywhere, PostgreSQL not yet answered);
 //! - replica copy: `replica-between-objects` [key of the object just copied],
 //!   `replica-before-commit` [commit key] (every object copied, the replica's commit record not
-//!   yet written).
+//!   yet written);
+//! - drills: `drill-dump-restored` [drill database name] (a drill database restored, not yet
+//!   checked or dropped), `drill-cluster-started` [job] (a scratch drill cluster restored and
+//!   running, not yet checked, stopped or removed).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};

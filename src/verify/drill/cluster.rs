@@ -164,6 +164,7 @@ pub(super) async fn drill(req: &DrillRequest<'_>, scratch: &Scratch, out: &mut D
         Ok(r) => r,
         Err(e) => return fail(out, error_chain_of(&e)),
     };
+    crate::faults::kill_point("drill-cluster-started", &req.job.name);
     let seconds = began.elapsed().as_secs_f64();
     out.restore_seconds = Some(seconds);
     let reached = report.reached.as_ref();

@@ -145,6 +145,7 @@ pub(super) async fn drill(req: &DrillRequest<'_>, scratch: &Scratch, out: &mut D
             },
         )
         .await;
+        crate::faults::kill_point("drill-dump-restored", &into);
         let answered = match restored {
             Ok(report) => sql::query_value(&drill_target, &into, "SELECT 1")
                 .await
