@@ -7,9 +7,9 @@
 use super::fields::{Ctx, Table, join, suggest, type_name, valid_name};
 use super::raw::{self, Dict, ENV_OVERRIDES, RawCatalogue, Value};
 use super::{
-    ApplicationSettings, Catalogue, CatchUp, Compression, CompressionSettings, ConfigJob, DaemonSettings, DumpJob,
-    EncryptionSettings, FilesJob, Job, JobSpec, LogTarget, Objective, PostgresSettings,
-    RepositoryLocation, RepositorySettings, RetentionPolicy, WalAck, WalJob,
+    ApplicationSettings, Catalogue, CatchUp, Compression, CompressionSettings, ConfigJob,
+    DaemonSettings, DumpJob, EncryptionSettings, FilesJob, Job, JobSpec, LogTarget, Objective,
+    PostgresSettings, RepositoryLocation, RepositorySettings, RetentionPolicy, WalAck, WalJob,
 };
 use crate::model::JobKindName;
 use std::collections::{BTreeMap, BTreeSet};
@@ -290,7 +290,11 @@ fn application(cx: &mut Ctx, root: &Table) -> Option<ApplicationSettings> {
         }
         Some(items) => items.into_iter().map(|(_, s)| s.to_string()).collect(),
         None => {
-            t.missing(cx, "version-command", "the command that prints the application's version");
+            t.missing(
+                cx,
+                "version-command",
+                "the command that prints the application's version",
+            );
             return None;
         }
     };

@@ -216,16 +216,25 @@ pub async fn store(
         return Ok(false);
     }
     // A leftover object of an interrupted copy (no index): the index names a fresh object.
-    let object_key = match repository.store.head(&object_key).await.map_err(store_err)? {
-        None => object_key,
-        Some(_) => format!("{PREFIX}{sha}-{}.toml.age", Utc::now().format("%Y%m%dT%H%M%S%.6fZ")),
-    };
-    let object = crate::pipeline::store_bytes(&repository.store, &object_key, bytes.into(), pipeline)
+    let object_key = match repository
+        .store
+        .head(&object_key)
         .await
-        .map_err(|source| CopyError::Pipeline {
-            repository: repository.name.clone(),
-            source,
-        })?;
+        .map_err(store_err)?
+    {
+        None => object_key,
+        Some(_) => format!(
+            "{PREFIX}{sha}-{}.toml.age",
+            Utc::now().format("%Y%m%dT%H%M%S%.6fZ")
+        ),
+    };
+    let object =
+        crate::pipeline::store_bytes(&repository.store, &object_key, bytes.into(), pipeline)
+            .await
+            .map_err(|source| CopyError::Pipeline {
+                repository: repository.name.clone(),
+                source,
+            })?;
     let index = CopyIndex {
         sha256: sha,
         written_at: Utc::now(),
@@ -236,7 +245,11 @@ pub async fn store(
     };
     let mut json = serde_json::to_vec_pretty(&index).unwrap_or_default();
     json.push(b'\n');
-    match repository.store.put_create(&index_key, Bytes::from(json)).await {
+    match repository
+        .store
+        .put_create(&index_key, Bytes::from(json))
+        .await
+    {
         Ok(()) | Err(StoreError::AlreadyExists { .. }) => Ok(true),
         Err(e) => Err(store_err(e)),
     }
@@ -251,7 +264,12 @@ pub async fn store_for_job(catalogue: &Catalogue, job: &crate::catalogue::Job) -
     }
     let bundle = match bundle(catalogue) {
         Ok(b) => b,
-        Err(e) => return vec![format!("catalogue copy: {}", crate::error::error_chain_of(&e))],
+        Err(e) => {
+            return vec![format!(
+                "catalogue copy: {}",
+                crate::error::error_chain_of(&e)
+            )];
+        }
     };
     let pipeline = match PipelineSettings::for_job(catalogue, job) {
         Ok(p) => p,
@@ -269,7 +287,9 @@ pub async fn store_for_job(catalogue: &Catalogue, job: &crate::catalogue::Job) -
             }
         };
         match result {
-            Ok(true) => tracing::info!(job = %job.name, repository = %name, "catalogue copy stored"),
+            Ok(true) => {
+                tracing::info!(job = %job.name, repository = %name, "catalogue copy stored")
+            }
             Ok(false) => {}
             Err(e) => warnings.push(format!(
                 "catalogue copy: {}",
@@ -349,7 +369,9 @@ pub fn write_files(bundle: &Bundle, dir: &Path) -> std::io::Result<Vec<PathBuf>>
     use std::os::unix::fs::PermissionsExt;
     let mut written = Vec::new();
     for f in &bundle.files {
-        let rel = Path::new(&f.path).strip_prefix("/").unwrap_or(Path::new(&f.path));
+        let rel = Path::new(&f.path)
+            .strip_prefix("/")
+            .unwrap_or(Path::new(&f.path));
         let dest = dir.join(rel);
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent)?;

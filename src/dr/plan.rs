@@ -35,7 +35,11 @@ pub struct Step {
 
 /// What a step does (`kind = "config" | "cluster" | "database" | "files" | "command"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", rename_all_fields = "kebab-case")]
+#[serde(
+    tag = "kind",
+    rename_all = "kebab-case",
+    rename_all_fields = "kebab-case"
+)]
 pub enum Action {
     /// `restore config`: to `target` (the original paths beneath it) or `in-place`.
     Config {
@@ -182,7 +186,9 @@ impl Plan {
                 if let Some(t) = timeout
                     && humantime::parse_duration(t).is_err()
                 {
-                    out.push(format!("{at}: timeout \"{t}\" is not a duration (e.g. \"5m\")"));
+                    out.push(format!(
+                        "{at}: timeout \"{t}\" is not a duration (e.g. \"5m\")"
+                    ));
                 }
             }
         }
@@ -327,7 +333,14 @@ timeout = "2m"
         let plan = Plan::load(&path).unwrap();
         assert_eq!(plan.catalogue, dir.path().join("catalogue.toml"));
         assert_eq!(plan.steps.len(), 5);
-        assert!(matches!(&plan.steps[1].action, Action::Cluster { port: Some(5544), start: true, .. }));
+        assert!(matches!(
+            &plan.steps[1].action,
+            Action::Cluster {
+                port: Some(5544),
+                start: true,
+                ..
+            }
+        ));
         let again: Plan = toml::from_str(&plan.to_toml().unwrap()).unwrap();
         assert_eq!(again, plan);
     }
@@ -336,7 +349,9 @@ timeout = "2m"
     fn bad_plans_name_the_step() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("plan.toml");
-        let bad = PLAN.replace("name = \"dump\"", "name = \"cluster\"").replace("\"2m\"", "\"soon\"");
+        let bad = PLAN
+            .replace("name = \"dump\"", "name = \"cluster\"")
+            .replace("\"2m\"", "\"soon\"");
         std::fs::write(&path, bad).unwrap();
         let e = Plan::load(&path).unwrap_err();
         assert!(e.contains("step[2] \"cluster\": the name is used"), "{e}");
@@ -358,11 +373,21 @@ timeout = "2m"
             finished_at: Utc::now(),
         };
         record_finished(&path, &f).unwrap();
-        record_finished(&path, &Finished { step: "b".into(), ..f.clone() }).unwrap();
+        record_finished(
+            &path,
+            &Finished {
+                step: "b".into(),
+                ..f.clone()
+            },
+        )
+        .unwrap();
         let mut text = std::fs::read_to_string(&path).unwrap();
         text.push_str("{\"step\":\"c\",\"ki");
         std::fs::write(&path, text).unwrap();
         let got = read_progress(&path).unwrap();
-        assert_eq!(got.iter().map(|f| f.step.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            got.iter().map(|f| f.step.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
     }
 }
