@@ -384,3 +384,88 @@ pub fn write_files(bundle: &Bundle, dir: &Path) -> std::io::Result<Vec<PathBuf>>
     }
     Ok(written)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn copies_are_deduplicated_secret_free_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let identity = age::x25519::Identity::generate();
+        let key = d.join("restore.key");
+        {
+            use age::secrecy::ExposeSecret;
+            std::fs::write(&key, format!("{}\n", identity.to_string().expose_secret())).unwrap();
+        }
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        std::fs::write(d.join("hba.conf"), "local all all trust\n").unwrap();
+        let text = format!(
+            r#"
+[encryption]
+recipients = ["{recipient}"]
+identity-file = "{key}"
+
+[repository.local]
+url = "file://{d}/repo"
+
+[[job]]
+name = "etc"
+kind = "config"
+paths = ["{d}/hba.conf", "{key}"]
+schedule = "0 1 * * *"
+repositories = ["local"]
+"#,
+            recipient = identity.to_public(),
+            key = key.display(),
+            d = d.display()
+        );
+        let path = d.join("catalogue.toml");
+        std::fs::write(&path, &text).unwrap();
+        let catalogue = crate::catalogue::parse_str(&text, &path, &[]).unwrap();
+        let b = bundle(&catalogue).unwrap();
+        assert_eq!(b.catalogue, text);
+        assert_eq!(b.files.len(), 1, "{b:?}");
+        assert!(b.files[0].path.ends_with("hba.conf"));
+        assert!(b.skipped[0].contains("a secret"), "{:?}", b.skipped);
+        let job = catalogue.job("etc").unwrap();
+        let repo = Repository::open(catalogue.repository("local").unwrap()).unwrap();
+        let pipeline = PipelineSettings::for_job(&catalogue, job).unwrap();
+        let ids = Identities::from_keys(vec![identity.clone()]);
+        assert!(matches!(
+            newest(&repo, &ids).await,
+            Err(CopyError::Empty { .. })
+        ));
+        assert!(store(&repo, &b, &pipeline).await.unwrap());
+        assert!(
+            !store(&repo, &b, &pipeline).await.unwrap(),
+            "unchanged: not rewritten"
+        );
+        assert!(store_for_job(&catalogue, job).await.is_empty());
+        assert_eq!(list(&repo).await.unwrap().len(), 1);
+        let (index, got) = newest(&repo, &ids).await.unwrap();
+        assert_eq!(got, b);
+        assert_eq!(index.repository, "local");
+        // Nothing secret in the stored bytes' plaintext, and another key cannot open it.
+        let other = Identities::from_keys(vec![age::x25519::Identity::generate()]);
+        assert!(newest(&repo, &other).await.is_err());
+        // A changed catalogue is a second copy, and the newest.
+        std::fs::write(&path, format!("{text}\n# changed\n")).unwrap();
+        assert!(
+            store(&repo, &bundle(&catalogue).unwrap(), &pipeline)
+                .await
+                .unwrap()
+        );
+        let (_, got) = newest(&repo, &ids).await.unwrap();
+        assert!(got.catalogue.ends_with("# changed\n"));
+        let out = d.join("out");
+        let written = write_files(&got, &out).unwrap();
+        assert_eq!(written.len(), 1);
+        assert_eq!(
+            std::fs::read_to_string(&written[0]).unwrap(),
+            "local all all trust\n"
+        );
+    }
+}
