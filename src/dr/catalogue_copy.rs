@@ -328,7 +328,7 @@ pub async fn list(repository: &Repository) -> Result<Vec<CopyIndex>, CopyError> 
             })?;
         out.push(index);
     }
-    out.sort_by(|a, b| a.written_at.cmp(&b.written_at));
+    out.sort_by_key(|a| a.written_at);
     Ok(out)
 }
 

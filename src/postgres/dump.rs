@@ -330,7 +330,7 @@ async fn dump_and_commit(
             .into(),
     );
     let mut provenance = crate::dr::provenance::collect(run.catalogue).await;
-    provenance.postgres_version = u32::try_from(server_version_num).ok();
+    provenance.postgres_version = Some(server_version_num);
     if let Some(w) = provenance.warning() {
         tracing::warn!(job = %job, "{w}");
     }
