@@ -51,6 +51,18 @@ pub struct Catalogue {
     pub jobs: Vec<Job>,
     /// `[[alert]]` sinks, in declaration order.
     pub alerts: Vec<AlertSink>,
+    /// `[application]`: how to learn the application's version (recorded in each commit record).
+    pub application: Option<ApplicationSettings>,
+}
+
+/// `[application]` (docs/catalogue.md): the command whose trimmed stdout is the application's
+/// version, stored in every commit record's provenance (disaster recovery checks it out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplicationSettings {
+    /// argv, run without a shell (`["git", "-C", "/app", "rev-parse", "HEAD"]`).
+    pub version_command: Vec<String>,
+    /// Killed after this long (default 10 s); a failure is a warning on the run.
+    pub version_timeout: Duration,
 }
 
 impl Catalogue {

@@ -4,8 +4,10 @@
 mod alerts_output;
 mod args;
 mod audit;
+mod bootstrap;
 mod exit;
 mod output;
+mod restore_all;
 mod verify;
 mod wal;
 
@@ -258,6 +260,7 @@ async fn run(args: CtlArgs) -> CtlResult {
         } => verify::verify(&ctx, job, integrity_only, drill_only, backup, wait).await,
         Command::Show { run_id } => verify::show(&ctx, run_id).await,
         Command::Alerts { action, limit } => alerts(&ctx, action, limit).await,
+        Command::Bootstrap(a) => bootstrap::run(&a, json).await,
     }
 }
 
@@ -618,9 +621,15 @@ async fn restore(ctx: &Ctx, what: RestoreCommand) -> CtlResult {
             snapshot_restore(ctx, options).await
         }
         RestoreCommand::Cluster(a) => restore_cluster(ctx, a).await,
-        _ => Err(CtlError::failed(
-            "this restore is not available in this version of bdc-backup",
-        )),
+        RestoreCommand::All(a) => {
+            restore_all::run(restore_all::RestoreAllArgs {
+                plan: &a.plan,
+                dry_run: a.dry_run,
+                at: a.at.as_deref(),
+                resume: a.resume,
+            })
+            .await
+        }
     }
 }
 

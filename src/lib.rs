@@ -16,6 +16,7 @@
 //! - [`postgres`]: the PostgreSQL side: control connection, pg_dump jobs, logical restore.
 //! - [`daemon`]: wires it all together: scheduler loop, run executor, reload, systemd, logs.
 //! - [`ctl`]: the `bdc-backupctl` commands.
+//! - [`dr`]: disaster recovery: provenance, catalogue copies in the repositories, DR plans.
 //! - [`retention`]: GFS retention per job and repository, cleanup of uncommitted backups.
 //! - [`metrics`]: the Prometheus metrics, computed at scrape time from the state DB and the catalogue.
 //! - [`usage`]: bytes stored per job and repository, weekly growth, projections.
@@ -34,6 +35,7 @@ pub mod clock;
 pub mod control;
 pub mod ctl;
 pub mod daemon;
+pub mod dr;
 pub mod error;
 pub mod events;
 pub mod faults;

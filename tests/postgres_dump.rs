@@ -206,6 +206,7 @@ impl Setup {
             retention: BTreeMap::new(),
             objectives: BTreeMap::new(),
             alerts: Vec::new(),
+            application: None,
             jobs: vec![Job {
                 name: JOB.into(),
                 repositories: vec!["local".into()],

@@ -371,7 +371,7 @@ email = "ops@example.org"
         pairs(&[
             (
                 "notifications",
-                "unknown key `notifications`; allowed here: daemon, postgres, encryption, repository, retention, objectives, job, alert"
+                "unknown key `notifications`; allowed here: daemon, postgres, encryption, repository, retention, objectives, job, alert, application"
             ),
             (
                 "daemon.stat-db",
@@ -1266,4 +1266,28 @@ repositories = ["local"]
             "only meaningful with `stream = true`"
         )])
     );
+}
+
+#[test]
+fn application_version_command_is_validated() {
+    let c = parse(&small(
+        "\n[application]\nversion-command = [\"git\", \"-C\", \"/app\", \"rev-parse\", \"HEAD\"]\n",
+    ))
+    .unwrap();
+    let app = c.application.expect("[application]");
+    assert_eq!(
+        app.version_command,
+        ["git", "-C", "/app", "rev-parse", "HEAD"]
+    );
+    assert_eq!(app.version_timeout, Duration::from_secs(10));
+    assert!(parse(&small("")).unwrap().application.is_none());
+    let got = errors(&small(
+        "\n[application]\nversion-command = []\nversion-timeout = \"soon\"\ncolour = 1\n",
+    ));
+    let keys: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(keys.contains(&"application.version-command"), "{got:?}");
+    assert!(keys.contains(&"application.colour"), "{got:?}");
+    let got = errors(&small("\n[application]\nversion-timeout = \"5s\"\n"));
+    assert_eq!(got[0].0, "application.version-command", "{got:?}");
+    assert!(got[0].1.starts_with("missing"), "{got:?}");
 }

@@ -7,9 +7,9 @@
 use super::fields::{Ctx, Table, join, suggest, type_name, valid_name};
 use super::raw::{self, Dict, ENV_OVERRIDES, RawCatalogue, Value};
 use super::{
-    Catalogue, CatchUp, Compression, CompressionSettings, ConfigJob, DaemonSettings, DumpJob,
-    EncryptionSettings, FilesJob, Job, JobSpec, LogTarget, Objective, PostgresSettings,
-    RepositoryLocation, RepositorySettings, RetentionPolicy, WalAck, WalJob,
+    ApplicationSettings, Catalogue, CatchUp, Compression, CompressionSettings, ConfigJob,
+    DaemonSettings, DumpJob, EncryptionSettings, FilesJob, Job, JobSpec, LogTarget, Objective,
+    PostgresSettings, RepositoryLocation, RepositorySettings, RetentionPolicy, WalAck, WalJob,
 };
 use crate::model::JobKindName;
 use std::collections::{BTreeMap, BTreeSet};
@@ -128,6 +128,7 @@ const TOP_KEYS: &[&str] = &[
     "objectives",
     "job",
     "alert",
+    "application",
 ];
 const DAEMON_KEYS: &[&str] = &[
     "state-db",
@@ -244,6 +245,7 @@ fn build(cx: &mut Ctx, raw: &RawCatalogue) -> Catalogue {
     let objectives = objectives(cx, &root, &jobs);
     let job_names: BTreeSet<&str> = jobs.iter().filter_map(|j| j.name.as_deref()).collect();
     let alerts = super::alerts::sinks(cx, &root, &job_names);
+    let application = application(cx, &root);
 
     if !jobs.is_empty() && encryption.recipients.is_empty() && !recipients_reported {
         cx.error(
@@ -274,7 +276,42 @@ fn build(cx: &mut Ctx, raw: &RawCatalogue) -> Catalogue {
         objectives,
         jobs,
         alerts,
+        application,
     }
+}
+
+const APPLICATION_KEYS: &[&str] = &["version-command", "version-timeout"];
+
+/// `[application]`: `version-command` (a non-empty argv) and `version-timeout`.
+fn application(cx: &mut Ctx, root: &Table) -> Option<ApplicationSettings> {
+    let dict = root.table(cx, "application", "a table ([application])")?;
+    let t = Table::new("application", dict);
+    t.check_keys(cx, APPLICATION_KEYS, &|_| None);
+    let command: Vec<String> = match t.strings(cx, "version-command") {
+        Some(items) if items.is_empty() => {
+            cx.error(
+                &t.key("version-command"),
+                "must name a program, e.g. [\"git\", \"-C\", \"/app\", \"rev-parse\", \"HEAD\"]",
+            );
+            return None;
+        }
+        Some(items) => items.into_iter().map(|(_, s)| s.to_string()).collect(),
+        None => {
+            t.missing(
+                cx,
+                "version-command",
+                "the command that prints the application's version",
+            );
+            return None;
+        }
+    };
+    let timeout = t
+        .duration(cx, "version-timeout", false)
+        .unwrap_or(Duration::from_secs(10));
+    Some(ApplicationSettings {
+        version_command: command,
+        version_timeout: timeout,
+    })
 }
 
 /// What jobs need to know of `[postgres]`: whether it is there and whether it names the data

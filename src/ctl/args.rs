@@ -133,6 +133,9 @@ pub enum Command {
         #[arg(long)]
         verify: bool,
     },
+    /// Disaster recovery on a bare host: read the repository directly, recover the newest
+    /// catalogue copy into DIR/catalogue.toml, list what each job can restore, write DIR/plan.toml.
+    Bootstrap(BootstrapArgs),
     /// Open alert states, recent deliveries and each sink's last error; `alerts test` sends a test event.
     Alerts {
         #[command(subcommand)]
@@ -208,8 +211,50 @@ pub enum RestoreCommand {
     Files(RestoreFilesArgs),
     /// Restore a config job's snapshot (to a folder, or --in-place to the original paths).
     Config(RestoreConfigArgs),
-    /// Disaster recovery of everything, in the old disaster_recovery.sh's order (not yet built).
-    All(PassThrough),
+    /// Disaster recovery of everything: run a DR plan (written by `bootstrap` or by hand) step by
+    /// step in the seed's order — config, database (cluster or dump), files, hook commands.
+    All(RestoreAllArgs),
+}
+
+/// `restore all --plan FILE [--dry-run] [--at T] [--resume]`
+#[derive(Debug, Clone, Args)]
+pub struct RestoreAllArgs {
+    /// The DR plan (TOML; see docs/operations.md).
+    #[arg(long, value_name = "FILE")]
+    pub plan: PathBuf,
+    /// Print each step with its backup, size and a time estimate; restore nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Restore to this time: PITR target of cluster steps, newest backup stopped by then for
+    /// the others (forms as for `restore cluster --time`).
+    #[arg(long, value_name = "T")]
+    pub at: Option<String>,
+    /// Go on after an interruption: steps recorded in FILE.progress are not redone.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+/// `bootstrap --repository URL [--credentials-file F] --identity KEY --output DIR`
+#[derive(Debug, Clone, Args)]
+pub struct BootstrapArgs {
+    /// The repository's URL (file:///…, s3://bucket/prefix, gs://…, az://…).
+    #[arg(long, value_name = "URL")]
+    pub repository: String,
+    /// The cloud credentials file (as in the catalogue's `credentials-file`).
+    #[arg(long, value_name = "F")]
+    pub credentials_file: Option<PathBuf>,
+    /// S3 region (as in the catalogue).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// S3-compatible endpoint (as in the catalogue).
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// The age identity file that opens the backups.
+    #[arg(long, value_name = "KEY")]
+    pub identity: PathBuf,
+    /// Where catalogue.toml, the named files and plan.toml are written.
+    #[arg(long, value_name = "DIR")]
+    pub output: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -376,11 +421,4 @@ pub struct RestoreConfigArgs {
     pub numeric_owner: bool,
     #[arg(long)]
     pub repository: Option<String>,
-}
-
-/// Restores that arrive with later releases: their flags are accepted and reported.
-#[derive(Debug, Clone, Args)]
-pub struct PassThrough {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub rest: Vec<String>,
 }

@@ -215,7 +215,19 @@ fn describe(what: &RestoreCommand) -> (String, Option<String>, String) {
                 if a.dry_run { " dry-run" } else { "" }
             ),
         ),
-        RestoreCommand::All(_) => ("restore all".into(), None, String::new()),
+        RestoreCommand::All(a) => (
+            "restore all".into(),
+            None,
+            format!(
+                "plan {}{}{}{}",
+                a.plan.display(),
+                a.at.as_deref()
+                    .map(|t| format!(" at {t}"))
+                    .unwrap_or_default(),
+                if a.resume { " resume" } else { "" },
+                if a.dry_run { " dry-run" } else { "" }
+            ),
+        ),
     }
 }
 

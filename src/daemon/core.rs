@@ -678,8 +678,17 @@ impl RunContext {
                         self.set_phase("running");
                         let reporter = self.spawn_progress_reporter();
                         let result = match self.run_kind().await {
-                            Ok(outcome) => {
+                            Ok(mut outcome) => {
                                 let replica_errors = self.replicate(&outcome.committed).await;
+                                // The catalogue travels with the repository (docs/design.md).
+                                self.set_phase("catalogue copy");
+                                outcome.warnings.extend(
+                                    crate::dr::catalogue_copy::store_for_job(
+                                        &self.catalogue,
+                                        &self.job,
+                                    )
+                                    .await,
+                                );
                                 if self.job.retention.is_some() {
                                     self.set_phase("retention");
                                     let now = shared.clock.now();
@@ -830,7 +839,11 @@ impl RunContext {
                 let record = crate::postgres::dump::run_dump(run, spec)
                     .await
                     .map_err(|e| error_chain(&e))?;
-                Ok(KindOutcome::committed(primary, record, Vec::new()))
+                let warnings = crate::dr::provenance::Provenance::of(&record)
+                    .and_then(|p| p.warning())
+                    .into_iter()
+                    .collect();
+                Ok(KindOutcome::committed(primary, record, warnings))
             }
             JobSpec::Files(spec) => {
                 self.set_phase("reading files");

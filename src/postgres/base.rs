@@ -523,6 +523,11 @@ async fn backup_started(
         tablespaces: Vec::new(),
     };
     info.into_details(&mut prepared.record.details);
+    if let Some(mut provenance) = crate::dr::provenance::Provenance::of(&prepared.record) {
+        provenance.postgres_version = Some(info.server_version);
+        provenance.system_identifier = Some(info.cluster.system_identifier.to_string());
+        provenance.store(&mut prepared.record.details);
+    }
     prepared.record.bytes_stored += extra.iter().map(|o| o.size).sum::<u64>();
     prepared.record.objects.extend(extra);
     prepared.record.stopped_at = stop_time;

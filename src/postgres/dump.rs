@@ -329,6 +329,12 @@ async fn dump_and_commit(
             .unwrap_or(false)
             .into(),
     );
+    let mut provenance = crate::dr::provenance::collect(run.catalogue).await;
+    provenance.postgres_version = Some(server_version_num);
+    if let Some(w) = provenance.warning() {
+        tracing::warn!(job = %job, "{w}");
+    }
+    provenance.store(&mut details);
     let record = CommitRecord {
         format_version: FORMAT_VERSION,
         id: run.backup_id.to_string(),

@@ -38,10 +38,33 @@ pub fn summary_of(record: &CommitRecord) -> String {
     if let Some(major) = record.details.get("pg-major").and_then(|v| v.as_u64()) {
         parts.push(format!("PostgreSQL {major}"));
     }
-    if parts.is_empty() {
+    let what = if parts.is_empty() {
         format!("{} objects", record.objects.len())
     } else {
         parts.join(", ")
+    };
+    match crate::dr::provenance::Provenance::of(record) {
+        Some(p) => {
+            let mut from = Vec::new();
+            if let Some(h) = p.host.filter(|h| !h.is_empty()) {
+                from.push(format!("host {h}"));
+            }
+            if let Some(v) = p.bdc_backup_version {
+                from.push(format!("bdc-backup {v}"));
+            }
+            if let Some(s) = p.system_identifier {
+                from.push(format!("system {s}"));
+            }
+            if let Some(a) = p.application_version {
+                from.push(format!("application {a}"));
+            }
+            if from.is_empty() {
+                what
+            } else {
+                format!("{what}; from {}", from.join(", "))
+            }
+        }
+        None => what,
     }
 }
 

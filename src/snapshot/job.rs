@@ -450,6 +450,10 @@ pub(crate) async fn prepare_snapshot(
     );
     details.insert("files-stored".into(), trailer.files_stored.into());
     details.insert("warnings".into(), (warnings.len() as u64).into());
+    let provenance = crate::dr::provenance::collect(run.catalogue).await;
+    provenance.store(&mut details);
+    let mut warnings = warnings;
+    warnings.extend(provenance.warning());
     let record = CommitRecord {
         format_version: FORMAT_VERSION,
         id: backup_id.clone(),

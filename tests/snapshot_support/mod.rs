@@ -93,6 +93,7 @@ impl Setup {
             retention: BTreeMap::new(),
             objectives: BTreeMap::new(),
             alerts: Vec::new(),
+            application: None,
             jobs: vec![
                 Job {
                     name: "uploads".into(),
