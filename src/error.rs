@@ -38,7 +38,12 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut source = err.source();
     while let Some(s) = source {
         let s_text = s.to_string();
-        if !text.to_lowercase().contains(&s_text.to_lowercase()) {
+        // An I/O error's text ends in " (os error N)"; the message before it is what repeats.
+        let core = match s_text.rfind(" (os error ") {
+            Some(i) if s_text.ends_with(')') => &s_text[..i],
+            _ => s_text.as_str(),
+        };
+        if !text.to_lowercase().contains(&core.to_lowercase()) {
             text.push_str(": ");
             text.push_str(&s_text);
         }
