@@ -17,7 +17,7 @@ pub use plan::{BackupInfo, Decision, Plan, Reason, Rule, plan};
 
 use crate::catalogue::{Catalogue, Job, RepositorySettings, RetentionPolicy};
 use crate::error::{Classify, Retry};
-use crate::repository::{Repository, RepositoryError, Store, format};
+use crate::repository::{Repository, RepositoryError, format};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -390,8 +390,7 @@ fn prune_empty_folders(repository: &Repository, job: &str, id: &str) {
         }
         let _ = std::fs::remove_dir(dir);
     }
-    #[allow(irrefutable_let_patterns)]
-    if let Store::Local(local) = &repository.store
+    if let Some(local) = repository.store.local_store()
         && let Ok(dir) = local.path_of(format::backup_prefix(job, id).trim_end_matches('/'))
     {
         prune(&dir);
@@ -628,7 +627,17 @@ pub async fn cleanup_uncommitted(
     grace: Duration,
     running_prefixes: &[String],
 ) -> Result<CleanupReport, RetentionError> {
-    let now = Utc::now();
+    cleanup_uncommitted_at(repository, grace, running_prefixes, Utc::now()).await
+}
+
+/// [`cleanup_uncommitted`] with the grace counted back from `now` (the daemon passes its clock's
+/// time, so the manual-clock tests control the grace).
+pub async fn cleanup_uncommitted_at(
+    repository: &Repository,
+    grace: Duration,
+    running_prefixes: &[String],
+    now: DateTime<Utc>,
+) -> Result<CleanupReport, RetentionError> {
     let grace_c = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
     let cutoff = now
         .checked_sub_signed(grace_c)
@@ -675,8 +684,7 @@ pub async fn cleanup_uncommitted(
         tracing::info!(repository = %repository.name, job = %job, backup_id = %id, objects = n, "cleanup: uncommitted backup removed");
         report.removed.push((format!("{job}/{id}"), n));
     }
-    #[allow(irrefutable_let_patterns)]
-    if let Store::Local(local) = &repository.store {
+    if let Some(local) = repository.store.local_store() {
         let dir = local.staging_dir();
         let staging_err = |source| RetentionError::Staging {
             repository: repository.name.clone(),

@@ -117,7 +117,14 @@ pub async fn scheduled_pass(shared: &Arc<Shared>) {
                 continue;
             }
         };
-        match crate::retention::cleanup_uncommitted(&repository, grace, &running).await {
+        match crate::retention::cleanup_uncommitted_at(
+            &repository,
+            grace,
+            &running,
+            shared.clock.now(),
+        )
+        .await
+        {
             Ok(report) if !report.removed.is_empty() || report.staging_removed > 0 => {
                 tracing::info!(repository = %settings.name, removed = report.removed.len(),
                     staging = report.staging_removed, bytes = report.bytes_freed,

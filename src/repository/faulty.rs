@@ -335,6 +335,11 @@ async fn before(plan: &Plan, repository: &str, op: Op, key: &str) -> Result<bool
 }
 
 impl FaultyStore {
+    /// The store the faults are injected over.
+    pub(crate) fn inner(&self) -> &Store {
+        &self.inner
+    }
+
     fn done<T>(&self, op: Op, key: &str, result: &Result<T, StoreError>) {
         let durable = result.is_ok() && matches!(op, Op::Put | Op::Delete);
         self.plan.log_line(&format!(

@@ -273,6 +273,16 @@ impl ObjectWriter {
 }
 
 impl Store {
+    /// The local store underneath (through a fault-injecting wrapper too), for what only a
+    /// local file system has: the staging folder, empty folders to prune.
+    pub fn local_store(&self) -> Option<&LocalStore> {
+        match self {
+            Store::Local(s) => Some(s),
+            Store::Object(_) => None,
+            Store::Faulty(s) => s.inner().local_store(),
+        }
+    }
+
     /// A local store at `root`, created if missing.
     pub fn local(root: impl Into<PathBuf>) -> Result<Store, StoreError> {
         Ok(Store::Local(LocalStore::open(root)?))

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::model::{BackupType, JobKindName};
-use crate::repository::{CommitRecord, FORMAT_VERSION, ObjectRecord};
+use crate::repository::{CommitRecord, FORMAT_VERSION, ObjectRecord, Store};
 use bytes::Bytes;
 use chrono::{Days, NaiveDate, TimeZone};
 use chrono_tz::{Europe::Berlin, Tz};
