@@ -6,6 +6,7 @@ mod args;
 mod audit;
 mod bootstrap;
 mod exit;
+pub mod generate;
 mod output;
 mod restore_all;
 mod verify;
@@ -65,6 +66,9 @@ pub fn main() -> ExitCode {
         // archive_command and restore_command: exit codes PostgreSQL understands (docs/design.md §5).
         Err(err) => return wal::usage_error(err),
     };
+    if let Command::Generate { what } = args.command {
+        return generate::run(what).map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS);
+    }
     exit::set_command(&args.command);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -79,13 +83,15 @@ pub fn main() -> ExitCode {
     };
     match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            if !err.message.is_empty() {
-                eprintln!("bdc-backupctl: {}", err.message);
-            }
-            ExitCode::from(err.code)
-        }
+        Err(err) => fail(&err),
     }
+}
+
+fn fail(err: &CtlError) -> ExitCode {
+    if !err.message.is_empty() {
+        eprintln!("bdc-backupctl: {}", err.message);
+    }
+    ExitCode::from(err.code)
 }
 
 struct Ctx {
@@ -261,6 +267,7 @@ async fn run(args: CtlArgs) -> CtlResult {
         Command::Show { run_id } => verify::show(&ctx, run_id).await,
         Command::Alerts { action, limit } => alerts(&ctx, action, limit).await,
         Command::Bootstrap(a) => bootstrap::run(&a, json).await,
+        Command::Generate { what } => generate::run(what),
     }
 }
 

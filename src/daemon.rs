@@ -3,6 +3,7 @@
 //! reloads the catalogue (an invalid one is rejected and the old one kept). Talks to systemd.
 
 mod alerts;
+pub mod args;
 mod audit;
 mod core;
 mod handler;

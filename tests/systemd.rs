@@ -1,5 +1,6 @@
-//! systemd integration: the unit passes `systemd-analyze verify`, and logs reach a (fake) journal
-//! with the structured fields `JOB`, `RUN_ID`, `BACKUP_ID` and no `F_` prefix.
+//! systemd integration: the unit passes `systemd-analyze verify` and scores at most 2.0 in
+//! `systemd-analyze security --offline=yes`, and logs reach a (fake) journal with the structured
+//! fields `JOB`, `RUN_ID`, `BACKUP_ID` and no `F_` prefix.
 
 mod common;
 
@@ -8,13 +9,36 @@ use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[test]
-fn the_unit_passes_systemd_analyze_verify() {
-    let unit = std::fs::read_to_string(concat!(
+fn shipped_unit() -> String {
+    std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/systemd/bdc-backupd.service"
     ))
-    .unwrap();
+    .unwrap()
+}
+
+/// systemd-analyze, or None (with the reason printed) where it is not installed.
+fn systemd_analyze() -> Option<Command> {
+    match Command::new("systemd-analyze").arg("--version").output() {
+        Ok(out) if out.status.success() => Some(Command::new("systemd-analyze")),
+        _ => {
+            eprintln!("SKIPPED: systemd-analyze is not installed (tests/setup installs systemd)");
+            None
+        }
+    }
+}
+
+/// The unit with ExecStart/ExecStartPre pointing at the binary under test, in a temp folder.
+fn unit_under_test(unit: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bdc-backupd.service");
+    std::fs::write(&path, unit.replace("/usr/bin/bdc-backupd", DAEMON)).unwrap();
+    (dir, path)
+}
+
+#[test]
+fn the_unit_passes_systemd_analyze_verify() {
+    let unit = shipped_unit();
     for needle in [
         "Type=notify",
         "User=postgres",
@@ -26,18 +50,25 @@ fn the_unit_passes_systemd_analyze_verify() {
         "ExecReload=/bin/kill -HUP $MAINPID",
         "Before=postgresql.service",
         "WatchdogSec=",
+        // Starts only once the catalogue validates.
+        "ExecStartPre=/usr/bin/bdc-backupd --catalogue /etc/bdc-backup/catalogue.toml --check",
+        "SystemCallFilter=@system-service",
+        "ReadOnlyPaths=-/var/lib/postgresql",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
     ] {
         assert!(unit.contains(needle), "the unit has {needle}");
     }
+    // RemoveIPC= would remove the PostgreSQL server's shared memory (the same user) on stop.
+    assert!(
+        !unit.contains("RemoveIPC=yes"),
+        "no RemoveIPC for User=postgres"
+    );
+    let Some(mut analyze) = systemd_analyze() else {
+        return;
+    };
     // verify checks that ExecStart exists: point it at the binary under test.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bdc-backupd.service");
-    std::fs::write(&path, unit.replace("/usr/bin/bdc-backupd", DAEMON)).unwrap();
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&path)
-        .output()
-        .expect("systemd-analyze is installed");
+    let (_dir, path) = unit_under_test(&unit);
+    let out = analyze.arg("verify").arg(&path).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let complaints: Vec<&str> = stderr
         .lines()
@@ -50,6 +81,46 @@ fn the_unit_passes_systemd_analyze_verify() {
     assert!(
         out.status.success() && complaints.is_empty(),
         "systemd-analyze verify:\n{stderr}"
+    );
+}
+
+/// The exposure score stays at most 2.0 (20 on --threshold's 0–100 scale; it was 3.6).
+#[test]
+fn the_unit_scores_at_most_2_0_in_systemd_analyze_security() {
+    let Some(mut analyze) = systemd_analyze() else {
+        return;
+    };
+    let (_dir, path) = unit_under_test(&shipped_unit());
+    let out = analyze
+        .args(["security", "--offline=yes", "--threshold=20"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let overall = stdout
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no overall score:\n{stdout}"));
+    assert!(
+        out.status.success(),
+        "above the threshold: {overall}\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And the threshold is real: a bare unit fails it.
+    let bare = path.with_file_name("bare.service");
+    std::fs::write(
+        &bare,
+        format!("[Service]\nType=simple\nExecStart={DAEMON}\n"),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--threshold=20"])
+        .arg(&bare)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "an unhardened unit fails --threshold=20"
     );
 }
 

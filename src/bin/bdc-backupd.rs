@@ -1,34 +1,13 @@
 //! `bdc-backupd`: the bdc-backup daemon (all logic lives in `bdc_backup::daemon`).
 
 use bdc_backup::catalogue::Catalogue;
-use bdc_backup::daemon::{self, DaemonOptions};
+use bdc_backup::daemon::{self, DaemonOptions, args::DaemonArgs};
 use clap::Parser;
-use std::path::PathBuf;
 use std::process::ExitCode;
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "bdc-backupd",
-    version,
-    about = "The bdc-backup daemon: schedules, runs and records backups"
-)]
-struct Args {
-    /// The job catalogue.
-    #[arg(
-        long,
-        short = 'c',
-        value_name = "FILE",
-        default_value = "/etc/bdc-backup/catalogue.toml"
-    )]
-    catalogue: PathBuf,
-    /// Validate the catalogue, print every error, exit non-zero if any.
-    #[arg(long)]
-    check: bool,
-}
 
 fn main() -> ExitCode {
     daemon::tune_allocator();
-    let args = Args::parse();
+    let args = DaemonArgs::parse();
     let catalogue = match Catalogue::load(&args.catalogue) {
         Ok(catalogue) => catalogue,
         Err(errors) => {

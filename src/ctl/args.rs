@@ -63,6 +63,12 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// Man pages and shell completions, for packagers (hidden).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: super::generate::GenerateCommand,
+    },
     /// PostgreSQL's archive_command (`bdc-backupctl wal-push %p`): exit 0 only when the file is
     /// durable in every sync repository; any failure exits 1 (PostgreSQL retries).
     WalPush(WalPushArgs),
