@@ -51,7 +51,7 @@ fn last_run(setup: &Setup, job: &str) -> serde_json::Value {
 /// `backup_id`s `bdc-backupctl backups --job J` lists (in `repository` when given), once the
 /// daemon's re-sync shows `expected` of them.
 fn listed(setup: &Setup, job: &str, repository: Option<&str>, expected: usize) -> Vec<String> {
-    wait_for(Duration::from_secs(30), "the backups re-synced", || {
+    wait_for(Duration::from_secs(120), "the backups re-synced", || {
         let mut args = vec!["backups", "--job", job];
         if let Some(r) = repository {
             args.extend(["--repository", r]);
