@@ -384,7 +384,10 @@ fn a_replica_copy_killed_between_objects_before_its_commit_or_before_it_was_queu
         );
         // The background replicator completes the copy.
         landed += 1;
-        let ids = listed(&setup, "db-dump", Some("offsite"), landed);
+        let ids = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            listed(&setup, "db-dump", Some("offsite"), landed)
+        }))
+        .unwrap_or_else(|_| panic!("{point}: the copy never landed\n{}", daemon.log_text()));
         assert_eq!(ids.last(), Some(&id), "{point}: {}", daemon.log_text());
         assert!(
             offsite
