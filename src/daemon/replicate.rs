@@ -282,12 +282,25 @@ pub async fn attempt_locked(shared: &Arc<Shared>, task: &ReplicaTask) -> Result<
             .map_err(|e| ReplicaOutcome::Failed(error_chain(&e)))
     }
     .await;
+    // The replica's row in `backups` is what `backups --repository` and retention see: a copy
+    // whose row could not be written (e.g. the state DB busy under load) is retried, not
+    // recorded as landed without it (the next attempt finds the objects and only checks them).
+    let result = match result {
+        Ok((record, bytes)) => match shared
+            .state
+            .upsert_backup(&backup_row(&task.repository, &record))
+            .await
+        {
+            Ok(_) => Ok((record, bytes)),
+            Err(e) => Err(ReplicaOutcome::Failed(format!(
+                "the copy landed but the state DB could not record it: {}",
+                error_chain(&e)
+            ))),
+        },
+        Err(e) => Err(e),
+    };
     match result {
-        Ok((record, bytes)) => {
-            let _ = shared
-                .state
-                .upsert_backup(&backup_row(&task.repository, &record))
-                .await;
+        Ok((_record, bytes)) => {
             if let Err(e) = shared
                 .state
                 .replica_done(&task.job, &task.backup_id, &task.repository, now)
