@@ -149,6 +149,34 @@ fn unknown_key(path: &std::path::Path, key: &str, scheme: &str) -> CloudConfigEr
     }
 }
 
+/// A builder for one cloud scheme: from the credentials file's pairs when one is named (each key
+/// must carry the scheme's prefix, e.g. `AWS_`, and be a setting object_store knows), else from the
+/// environment.
+fn configured<B, K: std::str::FromStr>(
+    creds: &Option<(PathBuf, Vec<(String, String)>)>,
+    scheme: &str,
+    env_prefix: &str,
+    new: fn() -> B,
+    from_env: fn() -> B,
+    set: impl Fn(B, K, &str) -> B,
+) -> Result<B, CloudConfigError> {
+    let Some((path, pairs)) = creds else {
+        return Ok(from_env());
+    };
+    let mut b = new();
+    for (k, v) in pairs {
+        let key: K = k
+            .to_ascii_lowercase()
+            .parse()
+            .map_err(|_| unknown_key(path, k, scheme))?;
+        if !k.starts_with(env_prefix) {
+            return Err(unknown_key(path, k, scheme));
+        }
+        b = set(b, key, v);
+    }
+    Ok(b)
+}
+
 impl CloudStore {
     /// Builds the store of a cloud repository of the catalogue (no network call yet).
     pub fn open(
@@ -174,23 +202,14 @@ impl CloudStore {
             match &settings.location {
                 RepositoryLocation::S3 { bucket, prefix } => {
                     use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
-                    let mut b = match &creds {
-                        Some((path, pairs)) => {
-                            let mut b = AmazonS3Builder::new();
-                            for (k, v) in pairs {
-                                let key: AmazonS3ConfigKey = k
-                                    .to_ascii_lowercase()
-                                    .parse()
-                                    .map_err(|_| unknown_key(path, k, "s3"))?;
-                                if !k.starts_with("AWS_") {
-                                    return Err(unknown_key(path, k, "s3"));
-                                }
-                                b = b.with_config(key, v);
-                            }
-                            b
-                        }
-                        None => AmazonS3Builder::from_env(),
-                    };
+                    let mut b = configured(
+                        &creds,
+                        "s3",
+                        "AWS_",
+                        AmazonS3Builder::new,
+                        AmazonS3Builder::from_env,
+                        |b, key: AmazonS3ConfigKey, v| b.with_config(key, v),
+                    )?;
                     b = b.with_bucket_name(bucket);
                     if let Some(r) = &settings.region {
                         b = b.with_region(r);
@@ -209,23 +228,14 @@ impl CloudStore {
                 }
                 RepositoryLocation::Gcs { bucket, prefix } => {
                     use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
-                    let mut b = match &creds {
-                        Some((path, pairs)) => {
-                            let mut b = GoogleCloudStorageBuilder::new();
-                            for (k, v) in pairs {
-                                let key: GoogleConfigKey = k
-                                    .to_ascii_lowercase()
-                                    .parse()
-                                    .map_err(|_| unknown_key(path, k, "gs"))?;
-                                if !k.starts_with("GOOGLE_") {
-                                    return Err(unknown_key(path, k, "gs"));
-                                }
-                                b = b.with_config(key, v);
-                            }
-                            b
-                        }
-                        None => GoogleCloudStorageBuilder::from_env(),
-                    };
+                    let mut b = configured(
+                        &creds,
+                        "gs",
+                        "GOOGLE_",
+                        GoogleCloudStorageBuilder::new,
+                        GoogleCloudStorageBuilder::from_env,
+                        |b, key: GoogleConfigKey, v| b.with_config(key, v),
+                    )?;
                     b = b.with_bucket_name(bucket);
                     if let Some(e) = &settings.endpoint {
                         b = b.with_base_url(e);
@@ -239,23 +249,14 @@ impl CloudStore {
                 }
                 RepositoryLocation::Azure { container, prefix } => {
                     use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
-                    let mut b = match &creds {
-                        Some((path, pairs)) => {
-                            let mut b = MicrosoftAzureBuilder::new();
-                            for (k, v) in pairs {
-                                let key: AzureConfigKey = k
-                                    .to_ascii_lowercase()
-                                    .parse()
-                                    .map_err(|_| unknown_key(path, k, "az"))?;
-                                if !k.starts_with("AZURE_") {
-                                    return Err(unknown_key(path, k, "az"));
-                                }
-                                b = b.with_config(key, v);
-                            }
-                            b
-                        }
-                        None => MicrosoftAzureBuilder::from_env(),
-                    };
+                    let mut b = configured(
+                        &creds,
+                        "az",
+                        "AZURE_",
+                        MicrosoftAzureBuilder::new,
+                        MicrosoftAzureBuilder::from_env,
+                        |b, key: AzureConfigKey, v| b.with_config(key, v),
+                    )?;
                     b = b.with_container_name(container);
                     if let Some(e) = &settings.endpoint {
                         // e.g. Azurite: http://127.0.0.1:10000/devstoreaccount1
