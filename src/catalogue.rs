@@ -12,7 +12,9 @@
 
 pub mod alerts;
 mod fields;
+mod jobs;
 pub mod raw;
+mod repositories;
 pub mod validate;
 mod verify;
 
