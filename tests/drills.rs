@@ -71,6 +71,7 @@ async fn drill_job(
         settings,
         run_id,
         cancel,
+        recorder: None,
     })
     .await
 }

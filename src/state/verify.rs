@@ -68,6 +68,17 @@ impl StateDb {
         Ok(id)
     }
 
+    /// Corrects the seconds and bytes of check row `id` (figures known only after it was written).
+    pub async fn set_check_figures(&self, id: i64, seconds: f64, bytes: u64) -> Result<(), StateError> {
+        sqlx::query("UPDATE verify_checks SET seconds = ?, bytes = ? WHERE id = ?")
+            .bind(seconds)
+            .bind(to_i64(bytes))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Every check of one run, in the order recorded.
     pub async fn checks_of_run(&self, run_id: i64) -> Result<Vec<CheckRecord>, StateError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -175,6 +186,31 @@ impl StateDb {
         .bind(key)
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    /// Records integrity reads of many objects of `repository` (key, result) in one transaction.
+    pub async fn objects_read(
+        &self,
+        repository: &str,
+        reads: &[(&str, &str)],
+        at: DateTime<Utc>,
+    ) -> Result<(), StateError> {
+        let mut tx = self.pool.begin().await?;
+        let at = ts(at);
+        for (key, result) in reads {
+            sqlx::query(
+                "UPDATE verify_objects SET reads = reads + 1, last_read_at = ?, last_result = ? \
+                 WHERE repository = ? AND key = ?",
+            )
+            .bind(&at)
+            .bind(*result)
+            .bind(repository)
+            .bind(*key)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

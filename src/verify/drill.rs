@@ -15,6 +15,7 @@ use crate::catalogue::{Catalogue, Job, JobSpec};
 use crate::repository::CommitRecord;
 use crate::restore::RestoreSource;
 use crate::verify::check::{Check, CheckKind, CheckResult, DrillSettings};
+use crate::verify::record::Recorder;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +35,9 @@ pub struct DrillRequest<'a> {
     /// The verify run's id (names the temporary database / scratch folder).
     pub run_id: i64,
     pub cancel: CancellationToken,
+    /// Records the drill's checks as they finish, with the run's number of checks before the
+    /// drill began; None: only the outcome has them.
+    pub recorder: Option<(&'a Recorder<'a>, usize)>,
 }
 
 /// What a drill found.
@@ -67,6 +71,14 @@ pub(crate) fn new_check(
         detail,
         seconds,
         bytes,
+    }
+}
+
+/// Records the drill's checks finished so far (when the run has a recorder); each is committed
+/// to the state DB before this returns.
+pub(crate) async fn emit(req: &DrillRequest<'_>, out: &DrillOutcome) {
+    if let Some((rec, base)) = req.recorder {
+        rec.catch_up(base, &out.checks).await;
     }
 }
 
@@ -183,6 +195,7 @@ pub async fn run(req: DrillRequest<'_>) -> DrillOutcome {
             0,
         ));
     }
+    emit(&req, &out).await;
     out
 }
 
