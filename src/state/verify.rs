@@ -24,6 +24,9 @@ pub struct SampleCursor {
     pub cycle_started_at: DateTime<Utc>,
 }
 
+/// The check kinds a drill reports (its restore, pg_amcheck, SQL checks, the sample).
+const DRILL_KINDS: &str = "('drill', 'amcheck', 'sql', 'sample')";
+
 const CHECK_COLUMNS: &str =
     "id, run_id, job, repository, backup_id, kind, name, result, detail, seconds, bytes, at";
 
@@ -69,7 +72,12 @@ impl StateDb {
     }
 
     /// Corrects the seconds and bytes of check row `id` (figures known only after it was written).
-    pub async fn set_check_figures(&self, id: i64, seconds: f64, bytes: u64) -> Result<(), StateError> {
+    pub async fn set_check_figures(
+        &self,
+        id: i64,
+        seconds: f64,
+        bytes: u64,
+    ) -> Result<(), StateError> {
         sqlx::query("UPDATE verify_checks SET seconds = ?, bytes = ? WHERE id = ?")
             .bind(seconds)
             .bind(to_i64(bytes))
@@ -107,12 +115,15 @@ impl StateDb {
         row.as_ref().map(check_from_row).transpose()
     }
 
-    /// Whether a drill of `job` passed on backup `backup_id`.
+    /// Whether a drill of `job` passed on backup `backup_id`: its restore passed and no other
+    /// check of that drill failed (pg_amcheck, an SQL check, the sample, the clean-up).
     pub async fn drill_passed(&self, job: &str, backup_id: &str) -> Result<bool, StateError> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM verify_checks WHERE job = ? AND backup_id = ? \
-             AND kind = 'drill' AND result = 'pass'",
-        )
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM verify_checks c WHERE job = ? AND backup_id = ? \
+             AND kind = 'drill' AND result = 'pass' AND NOT EXISTS (SELECT 1 FROM verify_checks f \
+             WHERE f.run_id = c.run_id AND f.job = c.job AND f.kind IN {DRILL_KINDS} \
+             AND f.result = 'fail')"
+        )))
         .bind(job)
         .bind(backup_id)
         .fetch_one(&self.pool)
@@ -288,7 +299,27 @@ impl StateDb {
         job: &str,
         newest_backup: Option<&str>,
     ) -> Result<VerificationStatus, StateError> {
-        let last_drill = self.last_check(job, "drill").await?;
+        let mut last_drill = self.last_check(job, "drill").await?;
+        // The drill failed when any of its checks did (a restore that worked but whose
+        // pg_amcheck found corruption is a failed drill): its result and first failure then.
+        if let Some(d) = last_drill.as_mut() {
+            let failure = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT name, detail FROM verify_checks WHERE run_id = ? AND job = ? \
+                 AND kind IN {DRILL_KINDS} AND result = 'fail' ORDER BY id LIMIT 1"
+            )))
+            .bind(d.run_id)
+            .bind(job)
+            .fetch_optional(&self.pool)
+            .await?;
+            if let Some(f) = failure {
+                d.result = "fail".to_string();
+                d.detail = format!(
+                    "{}: {}",
+                    f.try_get::<String, _>("name")?,
+                    f.try_get::<String, _>("detail")?
+                );
+            }
+        }
         let newest_backup_proven = match newest_backup {
             Some(id) => self.drill_passed(job, id).await?,
             None => false,
