@@ -701,24 +701,6 @@ impl Tmpfs {
     }
 }
 
-/// Writes `dir/filler` until the file system is full (ENOSPC).
-fn fill(dir: &Path) -> PathBuf {
-    use std::io::Write;
-    let path = dir.join("filler");
-    let mut f = std::fs::File::create(&path).unwrap();
-    let block = vec![0x55u8; 1 << 20];
-    loop {
-        match f.write_all(&block) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
-            Err(e) => panic!("filling {}: {e}", path.display()),
-        }
-    }
-    while f.write_all(&[0x55; 512]).is_ok() {}
-    while f.write_all(&[0x55]).is_ok() {}
-    path
-}
-
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.dir).output();
@@ -748,26 +730,23 @@ fn a_cluster_drill_whose_scratch_file_system_fills_up_fails_naming_it_and_leaves
         chain.objects().values().map(|o| o.content_size).sum()
     });
     assert!(need > 20 << 20, "{need} bytes to restore");
-    // Room for the restore and its WAL, so the free-space check passes; once the restore writes
-    // into the scratch cluster's data directory the test fills the file system.
+    // The free-space check passes (1 MiB more than the chain's restored size is free), but the
+    // restore needs more than that (file system blocks, the WAL recovery replays): it runs into
+    // the full disk while writing.
     let scratch = p.setup.path("scratch");
     let tmpfs = Tmpfs::mount(&scratch, &format!("{}k", need / 1024 + 96 * 1024));
-    let s = settings(&scratch, Vec::new());
-    let data = scratch.join("drill-base-41/data");
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let filler = {
-        let (done, data) = (done.clone(), data.clone());
-        let dir = tmpfs.dir.clone();
-        std::thread::spawn(move || {
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                if data.exists() {
-                    return Some(fill(&dir));
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            None
-        })
+    let free = || {
+        let st = nix::sys::statvfs::statvfs(&scratch).unwrap();
+        st.blocks_available() as u64 * st.fragment_size() as u64
     };
+    let filled = tmpfs.dir.join("filler");
+    std::fs::write(&filled, vec![0x55u8; (free() - need - (1 << 20)) as usize]).unwrap();
+    assert!(
+        free() >= need && free() < need + (2 << 20),
+        "{} free",
+        free()
+    );
+    let s = settings(&scratch, Vec::new());
     let out = rt.block_on(drill_job(
         &catalogue,
         "base",
@@ -776,18 +755,17 @@ fn a_cluster_drill_whose_scratch_file_system_fills_up_fails_naming_it_and_leaves
         41,
         CancellationToken::new(),
     ));
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    let filled = filler
-        .join()
-        .unwrap()
-        .expect("the restore wrote into the scratch directory");
     eprintln!("{out:#?}");
     let c = find(&out, "cluster restore and recovery");
     assert_eq!(c.result, CheckResult::Fail, "{c:#?}");
-    let detail = c.detail.to_lowercase();
     assert!(
-        detail.contains(&scratch.display().to_string()) && detail.contains("no space"),
+        c.detail.contains(&scratch.display().to_string())
+            && c.detail.to_lowercase().contains("no space"),
         "the failure names the scratch path and the full disk: {c:#?}"
+    );
+    assert!(
+        !c.detail.contains("not enough free space"),
+        "the write failed, not the free-space check: {c:#?}"
     );
     assert!(out.restore_seconds.is_none());
     // The scratch cluster's folder is gone (the filler is the test's).

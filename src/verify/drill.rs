@@ -169,6 +169,23 @@ pub async fn run(req: DrillRequest<'_>) -> DrillOutcome {
             "cancelled; what it had restored was removed".into(),
         );
     }
+    // A restore that failed in a full scratch file system may have failed at a step whose own
+    // error does not say so (the server's log could not be written): name the full disk.
+    if out
+        .checks
+        .iter()
+        .any(|c| c.kind == CheckKind::Drill && c.result == CheckResult::Fail)
+        && let Some(note) = guard::full_note(&scratch.path)
+    {
+        for c in out.checks.iter_mut().filter(|c| {
+            c.kind == CheckKind::Drill
+                && c.result == CheckResult::Fail
+                && !c.detail.to_lowercase().contains("no space")
+        }) {
+            c.detail.push_str("; ");
+            c.detail.push_str(&note);
+        }
+    }
     // Clean-up, whatever happened above.
     let mut problems = Vec::new();
     if matches!(req.job.spec, JobSpec::PostgresBase(_))
