@@ -6,6 +6,7 @@ pub mod check;
 pub mod content;
 pub mod drill;
 pub mod integrity;
+pub mod record;
 pub mod run;
 pub mod scope;
 pub mod wal;

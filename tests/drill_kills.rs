@@ -79,6 +79,15 @@ fn last_run(setup: &Setup, job: &str) -> serde_json::Value {
     setup.ctl_json(&["runs", "--job", job, "--limit", "1"])[0].clone()
 }
 
+/// The checks `show RUN_ID --json` lists for `run` (from the state DB).
+fn shown_checks(setup: &Setup, run: &serde_json::Value) -> Vec<serde_json::Value> {
+    let id = run["id"].as_i64().expect("a run id").to_string();
+    setup.ctl_json(&["show", &id])["checks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// `verify --wait --json ARGS` passes (exit 0) with at least one passing drill check.
 fn verify_passes(setup: &Setup, args: &[&str], log: impl Fn() -> String) {
     let mut all = vec!["--json", "verify", "--wait"];
@@ -158,6 +167,21 @@ min = 1
     );
     let run = last_run(&setup, "drill");
     assert_eq!(run["status"], "interrupted", "{run:#}");
+    // Checks are recorded as they finish: the restore that passed before the kill is there.
+    let shown = shown_checks(&setup, &run);
+    assert!(
+        shown.iter().any(|c| c["kind"] == "drill"
+            && c["result"] == "pass"
+            && c["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("restore of `app` into bdc_drill_db_dump_")),
+        "the finished restore check of the killed run: {shown:#?}"
+    );
+    assert!(
+        !shown.iter().any(|c| c["kind"] == "sql"),
+        "the SQL check had not run: {shown:#?}"
+    );
 
     verify_passes(&setup, &["--job", "db-dump"], || daemon.log_text());
     assert_eq!(drill_databases(&cluster), "");
@@ -223,6 +247,17 @@ scratch-directory = "{}"
     );
     let run = last_run(&p.setup, "nightly");
     assert_eq!(run["status"], "interrupted", "{run:#}");
+    let shown = shown_checks(&p.setup, &run);
+    assert!(
+        shown.iter().any(|c| c["kind"] == "drill"
+            && c["result"] == "pass"
+            && c["name"] == "cluster restore and recovery"),
+        "the finished restore check of the killed run: {shown:#?}"
+    );
+    assert!(
+        !shown.iter().any(|c| c["kind"] == "amcheck"),
+        "pg_amcheck had not run: {shown:#?}"
+    );
 
     open_up(p.setup.dir.path());
     verify_passes(&p.setup, &["--job", "base"], || daemon.log_text());

@@ -71,6 +71,7 @@ async fn drill_job(
         settings,
         run_id,
         cancel,
+        recorder: None,
     })
     .await
 }
@@ -668,6 +669,261 @@ fn leftovers_of_a_killed_drill_are_removed() {
         .map(|e| e.file_name().to_string_lossy().to_string())
         .collect();
     assert_eq!(left, vec!["not-a-drill".to_string()]);
+}
+
+/// A tmpfs mounted on a folder for one test (unmounted when dropped).
+struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount a tmpfs (tests run as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs {
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).output();
+    }
+}
+
+#[test]
+fn a_cluster_drill_whose_scratch_file_system_fills_up_fails_naming_it_and_leaves_nothing() {
+    let p = Physical::start("60s");
+    p.cluster.psql(
+        "postgres",
+        "CREATE TABLE t (id int PRIMARY KEY, v text); \
+         INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 300000) g;",
+    );
+    p.backup("--full");
+    p.switch_wal();
+    open_up(p.setup.dir.path());
+    let catalogue = Catalogue::load(&p.setup.catalogue_path()).unwrap();
+    let rt = runtime();
+    // What the free-space check asks for: the chain's restored size.
+    let need: u64 = rt.block_on(async {
+        let job = catalogue.job("base").unwrap();
+        let source = RestoreSource::open(&catalogue, job, None, &[JobKindName::PostgresBase])
+            .await
+            .unwrap();
+        let chain = source.resolve(Choice::Newest).unwrap();
+        chain.objects().values().map(|o| o.content_size).sum()
+    });
+    assert!(need > 20 << 20, "{need} bytes to restore");
+    // The free-space check passes (1 MiB more than the chain's restored size is free), but the
+    // restore needs more than that (file system blocks, the WAL recovery replays): it runs into
+    // the full disk while writing.
+    let scratch = p.setup.path("scratch");
+    let tmpfs = Tmpfs::mount(&scratch, &format!("{}k", need / 1024 + 96 * 1024));
+    let free = || {
+        let st = nix::sys::statvfs::statvfs(&scratch).unwrap();
+        st.blocks_available() as u64 * st.fragment_size() as u64
+    };
+    let filled = tmpfs.dir.join("filler");
+    std::fs::write(&filled, vec![0x55u8; (free() - need - (1 << 20)) as usize]).unwrap();
+    assert!(
+        free() >= need && free() < need + (2 << 20),
+        "{} free",
+        free()
+    );
+    let s = settings(&scratch, Vec::new());
+    let out = rt.block_on(drill_job(
+        &catalogue,
+        "base",
+        JobKindName::PostgresBase,
+        &s,
+        41,
+        CancellationToken::new(),
+    ));
+    eprintln!("{out:#?}");
+    let c = find(&out, "cluster restore and recovery");
+    assert_eq!(c.result, CheckResult::Fail, "{c:#?}");
+    assert!(
+        c.detail.contains(&scratch.display().to_string())
+            && c.detail.to_lowercase().contains("no space"),
+        "the failure names the scratch path and the full disk: {c:#?}"
+    );
+    assert!(
+        !c.detail.contains("not enough free space"),
+        "the write failed, not the free-space check: {c:#?}"
+    );
+    assert!(out.restore_seconds.is_none());
+    // The scratch cluster's folder is gone (the filler is the test's).
+    std::fs::remove_file(&filled).unwrap();
+    nothing_left(&scratch);
+    // Production untouched.
+    assert_eq!(
+        p.cluster.psql("postgres", "SELECT count(*) FROM t"),
+        "300000"
+    );
+    // With the space back, the next drill passes in the same file system.
+    let out = rt.block_on(drill_job(
+        &catalogue,
+        "base",
+        JobKindName::PostgresBase,
+        &s,
+        42,
+        CancellationToken::new(),
+    ));
+    eprintln!("{out:#?}");
+    all_pass(&out);
+    nothing_left(&scratch);
+}
+
+/// Runs `pg_ctl ARGS` or `pg_checksums ARGS` (`tool`) on `data` as the postgres OS user.
+fn as_postgres(tool: &str, data: &Path, args: &[&str]) {
+    let out = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(pg_bin().join(tool))
+        .arg("-D")
+        .arg(data)
+        .args(args)
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{tool} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_cluster_drill_of_a_backup_with_a_corrupted_index_fails_with_pg_amcheck_s_finding() {
+    let p = Physical::start("60s");
+    p.cluster.psql(
+        "postgres",
+        "CREATE TABLE t (id int PRIMARY KEY, v text) WITH (autovacuum_enabled = off); \
+         INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g; \
+         VACUUM ANALYZE t; CHECKPOINT;",
+    );
+    let relation = p
+        .cluster
+        .psql("postgres", "SELECT pg_relation_filepath('t_pkey')");
+    let data = p.cluster.data_dir();
+    // Real corruption: stop the cluster cleanly, turn data checksums off (so PostgreSQL reads
+    // the damaged page instead of refusing it), zero 64 bytes in the middle of leaf page 2 of the
+    // primary key's btree (index tuples live there), start it again.
+    as_postgres("pg_ctl", &data, &["-m", "fast", "-w", "stop"]);
+    as_postgres("pg_checksums", &data, &["--disable"]);
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::File::options()
+            .write(true)
+            .open(data.join(&relation))
+            .unwrap();
+        f.seek(SeekFrom::Start(2 * 8192 + 4096)).unwrap();
+        f.write_all(&[0u8; 64]).unwrap();
+    }
+    let log = p.cluster.dir().join("server.log");
+    as_postgres(
+        "pg_ctl",
+        &data,
+        &["-l", log.to_str().unwrap(), "-w", "-t", "60", "start"],
+    );
+    let seq = "SET enable_indexscan = off; SET enable_indexonlyscan = off; \
+               SET enable_bitmapscan = off; SELECT count(*) FROM t;";
+    assert_eq!(p.cluster.psql("postgres", seq), "20000");
+    // The base backup after that carries the damaged page (its stored hashes are of it).
+    p.backup("--full");
+    p.switch_wal();
+    let scratch = p.setup.path("drills");
+    let events = p.setup.path("events.log");
+    let catalogue = p.setup.catalogue_path();
+    let mut text = std::fs::read_to_string(&catalogue).unwrap();
+    text.push_str(&format!(
+        r#"
+[[job]]
+name = "nightly"
+kind = "verify"
+schedule = "0 5 * * *"
+jobs = ["base"]
+integrity = "off"
+scratch-directory = "{scratch}"
+
+[[alert]]
+name = "pager"
+kind = "command"
+command = ["/bin/sh", "-c", "printf '%s %s\n' \"$BDC_EVENT\" \"$BDC_JOB\" >> '{events}'"]
+events = ["verify-failed"]
+"#,
+        scratch = scratch.display(),
+        events = events.display(),
+    ));
+    std::fs::write(&catalogue, text).unwrap();
+    assert!(p.setup.ctl(&["reload"]).status.success());
+    open_up(p.setup.dir.path());
+
+    let out = p.setup.ctl(&[
+        "--json",
+        "verify",
+        "--wait",
+        "--job",
+        "base",
+        "--drill-only",
+    ]);
+    let detail: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(out.status.code(), Some(1), "{detail:#}\n{}", p.daemon_log());
+    let checks = detail["checks"].as_array().cloned().unwrap_or_default();
+    assert!(
+        checks.iter().any(|c| c["kind"] == "drill"
+            && c["name"] == "cluster restore and recovery"
+            && c["result"] == "pass"),
+        "the restore itself worked: {detail:#}"
+    );
+    let finding = checks
+        .iter()
+        .find(|c| c["kind"] == "amcheck" && c["result"] == "fail")
+        .unwrap_or_else(|| panic!("no failed pg_amcheck check: {detail:#}"));
+    let why = finding["detail"].as_str().unwrap();
+    assert!(
+        why.contains("corruption in `postgres`") && why.contains("t_pkey"),
+        "pg_amcheck's finding named: {why}"
+    );
+    assert_eq!(detail["run"]["status"], "failed");
+    assert!(
+        detail["run"]["error"].as_str().unwrap().contains("t_pkey"),
+        "{detail:#}"
+    );
+    // `status`: the last drill failed, the newest backup is not proven.
+    let status = p.setup.ctl(&["status"]);
+    let status = String::from_utf8_lossy(&status.stdout).to_string();
+    let line = status
+        .lines()
+        .find(|l| l.contains("base: last drill"))
+        .unwrap_or_else(|| panic!("no drill line for base: {status}"));
+    assert!(
+        line.contains(" fail (restore") && line.contains("newest backup proven by a drill: no"),
+        "{line}"
+    );
+    // The verify-failed event, once.
+    wait_for(Duration::from_secs(120), "the verify-failed event", || {
+        std::fs::read_to_string(&events)
+            .ok()
+            .filter(|t| t.contains("verify-failed nightly"))
+    });
+    nothing_left(&scratch);
+    assert_eq!(p.cluster.psql("postgres", seq), "20000");
 }
 
 /// The benchmark's driver (tests/bench-drills): one drill of `BDC_BENCH_JOB` (kind

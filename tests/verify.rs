@@ -428,11 +428,17 @@ fn base_chain_and_wal_pass_then_block_wal_damage_and_a_gap_fail() {
         "postgres",
         "CREATE TABLE t (id int primary key, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g;",
     );
-    p.backup("--full");
+    let full_id = p.backup("--full")["backup_id"]
+        .as_str()
+        .expect("the full's id")
+        .to_string();
     p.cluster
         .psql("postgres", "UPDATE t SET v = 'changed' WHERE id % 97 = 0;");
     p.switch_wal();
-    p.backup("--incremental");
+    let incremental_id = p.backup("--incremental")["backup_id"]
+        .as_str()
+        .expect("the incremental's id")
+        .to_string();
     p.cluster.psql(
         "postgres",
         "INSERT INTO t SELECT g, 'more' FROM generate_series(20001, 21000) g;",
@@ -493,6 +499,79 @@ drills = false
     assert_eq!(bad.len(), 1, "{detail:#}");
     assert!(bad[0]["backup_id"].as_str().unwrap().ends_with("-I"));
     std::fs::write(&incremental, original).unwrap();
+
+    // `--backup <incremental>` verifies what a restore of it reads: its parent full's objects
+    // and the WAL from the incremental's start to its stop. A flipped byte in the full is found.
+    let (code, detail) = verify(
+        &p.setup,
+        &[
+            "--job",
+            "base",
+            "--backup",
+            &incremental_id,
+            "--integrity-only",
+        ],
+    );
+    assert_eq!(code, Some(0), "{detail:#}");
+    let all = checks(&detail);
+    for id in [&full_id, &incremental_id] {
+        assert!(
+            all.iter().any(|c| c["kind"] == "integrity"
+                && c["name"] == format!("objects of backup {id}").as_str()
+                && c["result"] == "pass"),
+            "backup {id} of the chain read: {detail:#}"
+        );
+    }
+    let consistency = format!("archived WAL backup {incremental_id} needs to be consistent");
+    assert!(
+        all.iter().any(|c| c["name"] == consistency.as_str()
+            && c["result"] == "pass"
+            && c["detail"]
+                .as_str()
+                .unwrap()
+                .contains("decrypted content match")),
+        "the incremental's WAL read: {detail:#}"
+    );
+    let wal_lines: Vec<&Value> = all.iter().filter(|c| c["kind"] == "wal").collect();
+    assert!(
+        wal_lines.len() == 1 && wal_lines[0]["backup_id"] == incremental_id.as_str(),
+        "continuity of the chosen backup only: {detail:#}"
+    );
+    let full_obj = files_under(&repo.join(format!("backups/base/{full_id}")), "/data/")[0].clone();
+    let original = flip_byte(&full_obj);
+    let (code, detail) = verify(
+        &p.setup,
+        &[
+            "--job",
+            "base",
+            "--backup",
+            &incremental_id,
+            "--integrity-only",
+        ],
+    );
+    assert_eq!(code, Some(1), "{detail:#}");
+    let bad = failed(&detail);
+    let key = full_obj
+        .strip_prefix(&repo)
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    assert!(
+        bad.len() == 1
+            && bad[0]["backup_id"] == full_id.as_str()
+            && bad[0]["detail"].as_str().unwrap().contains(&key),
+        "the parent's damaged object is named: {detail:#}"
+    );
+    std::fs::write(&full_obj, original).unwrap();
+    // A backup that is not there is named.
+    let (code, detail) = verify(&p.setup, &["--job", "base", "--backup", "20000101T000000Z"]);
+    assert_eq!(code, Some(1), "{detail:#}");
+    assert!(
+        failed(&detail)
+            .iter()
+            .any(|c| c["detail"].as_str().unwrap().contains("20000101T000000Z")),
+        "{detail:#}"
+    );
 
     // A flipped byte in an archived WAL segment: decryption fails, named by key.
     let segments: Vec<PathBuf> = files_under(&repo.join("wal"), "/00000001/")

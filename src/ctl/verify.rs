@@ -118,6 +118,7 @@ async fn offline(ctx: &Ctx, scope: crate::verify::run::Scope) -> CtlResult {
         scope: &scope,
         run_id: 0,
         state: None,
+        recorder: None,
         cancel: tokio_util::sync::CancellationToken::new(),
         phase: &phase,
         progress: &progress,

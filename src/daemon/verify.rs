@@ -1,34 +1,16 @@
-//! Verify runs in the daemon: the run itself (checks recorded in the state DB as it ends, the
-//! verdict as the run's status), the leftovers of drills a killed daemon left (removed at start)
+//! Verify runs in the daemon: the run itself (each check recorded in the state DB as it
+//! finishes, the verdict as the run's status), the leftovers of drills a killed daemon left (removed at start)
 //! and what `status` says per backup job (last drill, newest backup proven, sample coverage).
 
 use super::core::Shared;
 use crate::catalogue::{Catalogue, Job, JobSpec};
-use crate::model::{CheckRecord, JobKindName, JobStatus};
+use crate::model::{JobKindName, JobStatus};
 use crate::pipeline::ProgressCounter;
-use crate::verify::check::Check;
+use crate::verify::record::Recorder;
 use crate::verify::run::{Scope, VerifyRun};
 use tokio_util::sync::CancellationToken;
 
-/// A check as the state DB stores it.
-pub fn record_of(run_id: i64, check: &Check, at: chrono::DateTime<chrono::Utc>) -> CheckRecord {
-    CheckRecord {
-        id: 0,
-        run_id,
-        job: check.job.clone(),
-        repository: check.repository.clone(),
-        backup_id: check.backup_id.clone(),
-        kind: check.kind.as_str().to_string(),
-        name: check.name.clone(),
-        result: check.result.as_str().to_string(),
-        detail: check.detail.clone(),
-        seconds: check.seconds,
-        bytes: check.bytes,
-        at,
-    }
-}
-
-/// Runs verify job `job` (run `run_id`) and records every check. Ok when every check passed
+/// Runs verify job `job` (run `run_id`) and records every check as it finishes. Ok when every check passed
 /// (skipped ones do not count), else Err summarising the failures.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn run(
@@ -41,23 +23,19 @@ pub(super) async fn run(
     phase: &(dyn Fn(&str) + Send + Sync),
     progress: &ProgressCounter,
 ) -> Result<(), String> {
+    let recorder = Recorder::new(&shared.state, run_id, shared.clock.as_ref());
     let outcome = crate::verify::run::run(VerifyRun {
         catalogue,
         job,
         scope,
         run_id,
         state: Some(&shared.state),
+        recorder: Some(&recorder),
         cancel,
         phase,
         progress,
     })
     .await;
-    let now = shared.clock.now();
-    for c in &outcome.checks {
-        if let Err(e) = shared.state.record_check(&record_of(run_id, c, now)).await {
-            tracing::error!(job = %job.name, run_id, error = %e, "state DB: cannot record a check");
-        }
-    }
     if outcome.cancelled {
         return Err(format!("cancelled after {} checks", outcome.checks.len()));
     }

@@ -24,6 +24,9 @@ pub struct SampleCursor {
     pub cycle_started_at: DateTime<Utc>,
 }
 
+/// The check kinds a drill reports (its restore, pg_amcheck, SQL checks, the sample).
+const DRILL_KINDS: &str = "('drill', 'amcheck', 'sql', 'sample')";
+
 const CHECK_COLUMNS: &str =
     "id, run_id, job, repository, backup_id, kind, name, result, detail, seconds, bytes, at";
 
@@ -68,6 +71,22 @@ impl StateDb {
         Ok(id)
     }
 
+    /// Corrects the seconds and bytes of check row `id` (figures known only after it was written).
+    pub async fn set_check_figures(
+        &self,
+        id: i64,
+        seconds: f64,
+        bytes: u64,
+    ) -> Result<(), StateError> {
+        sqlx::query("UPDATE verify_checks SET seconds = ?, bytes = ? WHERE id = ?")
+            .bind(seconds)
+            .bind(to_i64(bytes))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Every check of one run, in the order recorded.
     pub async fn checks_of_run(&self, run_id: i64) -> Result<Vec<CheckRecord>, StateError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -96,12 +115,15 @@ impl StateDb {
         row.as_ref().map(check_from_row).transpose()
     }
 
-    /// Whether a drill of `job` passed on backup `backup_id`.
+    /// Whether a drill of `job` passed on backup `backup_id`: its restore passed and no other
+    /// check of that drill failed (pg_amcheck, an SQL check, the sample, the clean-up).
     pub async fn drill_passed(&self, job: &str, backup_id: &str) -> Result<bool, StateError> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM verify_checks WHERE job = ? AND backup_id = ? \
-             AND kind = 'drill' AND result = 'pass'",
-        )
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM verify_checks c WHERE job = ? AND backup_id = ? \
+             AND kind = 'drill' AND result = 'pass' AND NOT EXISTS (SELECT 1 FROM verify_checks f \
+             WHERE f.run_id = c.run_id AND f.job = c.job AND f.kind IN {DRILL_KINDS} \
+             AND f.result = 'fail')"
+        )))
         .bind(job)
         .bind(backup_id)
         .fetch_one(&self.pool)
@@ -175,6 +197,31 @@ impl StateDb {
         .bind(key)
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    /// Records integrity reads of many objects of `repository` (key, result) in one transaction.
+    pub async fn objects_read(
+        &self,
+        repository: &str,
+        reads: &[(&str, &str)],
+        at: DateTime<Utc>,
+    ) -> Result<(), StateError> {
+        let mut tx = self.pool.begin().await?;
+        let at = ts(at);
+        for (key, result) in reads {
+            sqlx::query(
+                "UPDATE verify_objects SET reads = reads + 1, last_read_at = ?, last_result = ? \
+                 WHERE repository = ? AND key = ?",
+            )
+            .bind(&at)
+            .bind(*result)
+            .bind(repository)
+            .bind(*key)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -252,7 +299,27 @@ impl StateDb {
         job: &str,
         newest_backup: Option<&str>,
     ) -> Result<VerificationStatus, StateError> {
-        let last_drill = self.last_check(job, "drill").await?;
+        let mut last_drill = self.last_check(job, "drill").await?;
+        // The drill failed when any of its checks did (a restore that worked but whose
+        // pg_amcheck found corruption is a failed drill): its result and first failure then.
+        if let Some(d) = last_drill.as_mut() {
+            let failure = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT name, detail FROM verify_checks WHERE run_id = ? AND job = ? \
+                 AND kind IN {DRILL_KINDS} AND result = 'fail' ORDER BY id LIMIT 1"
+            )))
+            .bind(d.run_id)
+            .bind(job)
+            .fetch_optional(&self.pool)
+            .await?;
+            if let Some(f) = failure {
+                d.result = "fail".to_string();
+                d.detail = format!(
+                    "{}: {}",
+                    f.try_get::<String, _>("name")?,
+                    f.try_get::<String, _>("detail")?
+                );
+            }
+        }
         let newest_backup_proven = match newest_backup {
             Some(id) => self.drill_passed(job, id).await?,
             None => false,

@@ -15,6 +15,7 @@ use crate::catalogue::{Catalogue, Job, JobSpec};
 use crate::repository::CommitRecord;
 use crate::restore::RestoreSource;
 use crate::verify::check::{Check, CheckKind, CheckResult, DrillSettings};
+use crate::verify::record::Recorder;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +35,9 @@ pub struct DrillRequest<'a> {
     /// The verify run's id (names the temporary database / scratch folder).
     pub run_id: i64,
     pub cancel: CancellationToken,
+    /// Records the drill's checks as they finish, with the run's number of checks before the
+    /// drill began; None: only the outcome has them.
+    pub recorder: Option<(&'a Recorder<'a>, usize)>,
 }
 
 /// What a drill found.
@@ -67,6 +71,14 @@ pub(crate) fn new_check(
         detail,
         seconds,
         bytes,
+    }
+}
+
+/// Records the drill's checks finished so far (when the run has a recorder); each is committed
+/// to the state DB before this returns.
+pub(crate) async fn emit(req: &DrillRequest<'_>, out: &DrillOutcome) {
+    if let Some((rec, base)) = req.recorder {
+        rec.catch_up(base, &out.checks).await;
     }
 }
 
@@ -157,6 +169,23 @@ pub async fn run(req: DrillRequest<'_>) -> DrillOutcome {
             "cancelled; what it had restored was removed".into(),
         );
     }
+    // A restore that failed in a full scratch file system may have failed at a step whose own
+    // error does not say so (the server's log could not be written): name the full disk.
+    if out
+        .checks
+        .iter()
+        .any(|c| c.kind == CheckKind::Drill && c.result == CheckResult::Fail)
+        && let Some(note) = guard::full_note(&scratch.path)
+    {
+        for c in out.checks.iter_mut().filter(|c| {
+            c.kind == CheckKind::Drill
+                && c.result == CheckResult::Fail
+                && !c.detail.to_lowercase().contains("no space")
+        }) {
+            c.detail.push_str("; ");
+            c.detail.push_str(&note);
+        }
+    }
     // Clean-up, whatever happened above.
     let mut problems = Vec::new();
     if matches!(req.job.spec, JobSpec::PostgresBase(_))
@@ -183,6 +212,7 @@ pub async fn run(req: DrillRequest<'_>) -> DrillOutcome {
             0,
         ));
     }
+    emit(&req, &out).await;
     out
 }
 

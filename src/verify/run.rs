@@ -1,11 +1,14 @@
 //! One verify run: for each covered backup job and repository, integrity reads (all objects, or
 //! the next sample buckets within the budget), WAL continuity for base backups, and one restore
-//! drill of the newest backup per job (at most one drill at a time in the process). Returns
-//! every check; recording them is the caller's (the daemon's) business — the ctl's offline
-//! `verify --wait` records nothing.
+//! drill of the newest backup per job (at most one drill at a time in the process); with
+//! `--backup ID`, that backup's whole chain (its ancestors, and for a base backup the WAL it
+//! needs to be consistent). Returns every check; with a [`Recorder`] (the daemon's) each check
+//! is also recorded in the state DB as it finishes — the ctl's offline `verify --wait` records
+//! nothing.
 
 use super::check::{Check, CheckKind, CheckResult};
 use super::integrity::{self, BUCKETS, Expected, Item};
+use super::record::Recorder;
 pub use super::scope::{BUILT_IN_JOB, Scope, built_in, choose_job, targets};
 use crate::catalogue::{Catalogue, IntegrityMode, Job, JobSpec, VerifyJob};
 use crate::pipeline::{Identities, ProgressCounter};
@@ -32,6 +35,8 @@ pub struct VerifyRun<'a> {
     pub run_id: i64,
     /// The state DB (the daemon's); None offline: nothing recorded, `sample` reads everything.
     pub state: Option<&'a StateDb>,
+    /// Records each check as it finishes (the daemon's); None: the caller has the outcome only.
+    pub recorder: Option<&'a Recorder<'a>>,
     pub cancel: CancellationToken,
     /// Phase text for progress reports.
     pub phase: &'a (dyn Fn(&str) + Send + Sync),
@@ -113,9 +118,25 @@ struct Holdings {
     wal: Vec<ArchivedKey>,
 }
 
-/// Runs the checks. Never panics on bad data: every problem is a failed check naming it.
+/// Runs the checks. Never panics on bad data: every problem is a failed check naming it. With a
+/// recorder, every check is in the state DB when this returns (most of them since they finished).
 pub async fn run(r: VerifyRun<'_>) -> VerifyOutcome {
     let mut out = VerifyOutcome::default();
+    run_checks(&r, &mut out).await;
+    if let Some(rec) = r.recorder {
+        rec.finish(&out.checks).await;
+    }
+    out
+}
+
+/// Records the checks of `list` not recorded yet (the run's list: base 0).
+async fn catch_up(r: &VerifyRun<'_>, list: &[Check]) {
+    if let Some(rec) = r.recorder {
+        rec.catch_up(0, list).await;
+    }
+}
+
+async fn run_checks(r: &VerifyRun<'_>, out: &mut VerifyOutcome) {
     let JobSpec::Verify(spec) = &r.job.spec else {
         out.checks.push(check(
             &r.job.name,
@@ -126,7 +147,7 @@ pub async fn run(r: VerifyRun<'_>) -> VerifyOutcome {
             CheckResult::Fail,
             format!("job `{}` is not a verify job", r.job.name),
         ));
-        return out;
+        return;
     };
     let targets = match targets(r.catalogue, r.job, r.scope) {
         Ok(t) => t,
@@ -140,7 +161,7 @@ pub async fn run(r: VerifyRun<'_>) -> VerifyOutcome {
                 CheckResult::Fail,
                 e,
             ));
-            return out;
+            return;
         }
     };
     // The identity: content checks when there is one; a broken one is a failure, not a skip.
@@ -187,22 +208,22 @@ pub async fn run(r: VerifyRun<'_>) -> VerifyOutcome {
         for (name, jobs) in by_repo.values() {
             if r.cancel.is_cancelled() {
                 out.cancelled = true;
-                return out;
+                return;
             }
             (r.phase)(&format!("integrity: repository {name}"));
-            match holdings(&r, name, jobs, &mut out.checks).await {
-                Some(h) => {
-                    if spec.integrity != IntegrityMode::Off {
-                        integrity_reads(&r, spec, &h, jobs, identities.as_ref(), &mut out).await;
-                    }
-                    wal_checks(&r, &h, jobs, &mut out.checks);
+            if let Some(h) = holdings(r, name, jobs, &mut out.checks).await {
+                catch_up(r, &out.checks).await;
+                if spec.integrity != IntegrityMode::Off {
+                    integrity_reads(r, spec, &h, jobs, identities.as_ref(), out).await;
+                    catch_up(r, &out.checks).await;
                 }
-                None => continue,
+                wal_checks(&h, jobs, r.scope.backup.as_deref(), &mut out.checks);
             }
+            catch_up(r, &out.checks).await;
         }
     }
     if out.cancelled {
-        return out;
+        return;
     }
     if r.scope.drills && spec.drills {
         for (job, repos) in &targets {
@@ -211,12 +232,13 @@ pub async fn run(r: VerifyRun<'_>) -> VerifyOutcome {
             }
             if r.cancel.is_cancelled() {
                 out.cancelled = true;
-                return out;
+                return;
             }
-            drill(&r, spec, job, &repos[0], &mut out.checks).await;
+            catch_up(r, &out.checks).await;
+            drill(r, spec, job, &repos[0], &mut out.checks).await;
+            catch_up(r, &out.checks).await;
         }
     }
-    out
 }
 
 /// Lists the repository's commit records of `jobs` (and its WAL when needed). A repository that
@@ -272,26 +294,24 @@ async fn holdings(
                         crate::error::error_chain_of(&e),
                     ));
                 }
-                let good: Vec<CommitRecord> = match &r.scope.backup {
-                    Some(id) => good.into_iter().filter(|c| &c.id == id).collect(),
+                let good = match &r.scope.backup {
+                    Some(id) => match chain_of(r, job, name, id).await {
+                        Ok(chain) => chain,
+                        Err(detail) => {
+                            checks.push(check(
+                                &job.name,
+                                Some(name),
+                                Some(id),
+                                CheckKind::Integrity,
+                                format!("backup {id}"),
+                                CheckResult::Fail,
+                                detail,
+                            ));
+                            Vec::new()
+                        }
+                    },
                     None => good,
                 };
-                if let Some(id) = &r.scope.backup
-                    && good.is_empty()
-                {
-                    checks.push(check(
-                        &job.name,
-                        Some(name),
-                        Some(id),
-                        CheckKind::Integrity,
-                        format!("backup {id}"),
-                        CheckResult::Fail,
-                        format!(
-                            "backup {id} of job `{}` is not committed in repository `{name}`",
-                            job.name
-                        ),
-                    ));
-                }
                 records.insert(job.name.clone(), good);
             }
             Err(e) => checks.push(check(
@@ -330,11 +350,68 @@ async fn holdings(
     })
 }
 
-/// Every object of the covered jobs in one repository (commit-record objects, then WAL).
+/// `--backup ID` of `job` in repository `name`: the backup and every ancestor a restore of it
+/// reads (the restore path's chain rule), oldest first; Err names what is missing.
+async fn chain_of(
+    r: &VerifyRun<'_>,
+    job: &Job,
+    name: &str,
+    id: &str,
+) -> Result<Vec<CommitRecord>, String> {
+    let source = crate::restore::RestoreSource::open(r.catalogue, job, Some(name), &[job.kind()])
+        .await
+        .map_err(|e| crate::error::error_chain_of(&e))?;
+    let chain = source
+        .resolve(crate::restore::Choice::Id(id))
+        .map_err(|e| crate::error::error_chain_of(&e))?;
+    let mut records: Vec<CommitRecord> = std::iter::once(chain.backup)
+        .chain(chain.ancestors)
+        .collect();
+    records.reverse();
+    Ok(records)
+}
+
+/// The archived WAL a base backup needs to be consistent: its timeline's segments from its start
+/// segment to its stop segment (and the timeline's `.history` after the first).
+fn wal_for_consistency<'h>(wal: &'h [ArchivedKey], rec: &CommitRecord) -> Vec<&'h ArchivedKey> {
+    let Some(Ok(info)) = BaseBackupInfo::from_record(rec) else {
+        return Vec::new();
+    };
+    let history = format!("{:08X}.history", info.timeline);
+    wal.iter()
+        .filter(|k| k.identity == info.cluster && k.name.timeline == info.timeline)
+        .filter(|k| match k.name.kind {
+            crate::wal::WalKind::Segment => {
+                k.name.name.as_str() >= info.start_wal.as_str()
+                    && k.name.name.as_str() <= info.stop_wal.as_str()
+            }
+            crate::wal::WalKind::History => info.timeline > 1 && k.name.name == history,
+            _ => false,
+        })
+        .collect()
+}
+
+/// Every object of the covered jobs in one repository (commit-record objects, then WAL). With
+/// `--backup` of a base backup: the WAL that backup needs to be consistent (group `backup_id`
+/// None, job the base job).
 fn items_of(h: &Holdings, jobs: &[&Job], backup: Option<&str>) -> Vec<Item> {
     let mut items = Vec::new();
     for job in jobs {
         if let Some(records) = h.records.get(&job.name) {
+            if matches!(job.spec, JobSpec::PostgresBase(_))
+                && let Some(rec) = backup.and_then(|id| records.iter().find(|r| r.id == id))
+            {
+                for k in wal_for_consistency(&h.wal, rec) {
+                    items.push(Item {
+                        job: job.name.clone(),
+                        backup_id: None,
+                        key: crate::wal::format::object_key(&k.identity, &k.name, &k.sha256),
+                        expected: Expected::Wal {
+                            sha256: k.sha256.clone(),
+                        },
+                    });
+                }
+            }
             for rec in records {
                 for o in rec.objects.iter().chain(std::iter::once(&rec.manifest)) {
                     items.push(Item {
@@ -380,8 +457,12 @@ async fn integrity_reads(
         && r.scope.backup.is_none()
         && r.state.is_some();
     if let Some(state) = r.state {
+        // A `--backup` run sees only part of the jobs' objects: it makes its chain's objects
+        // known but forgets nothing (and leaves the WAL to the WAL job's rows).
+        let partial = r.scope.backup.is_some();
         let known: Vec<KnownObject> = items
             .iter()
+            .filter(|i| !partial || i.backup_id.is_some())
             .map(|i| KnownObject {
                 repository: repo.to_string(),
                 key: i.key.clone(),
@@ -389,7 +470,11 @@ async fn integrity_reads(
                 bucket: i.bucket(),
             })
             .collect();
-        let names: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
+        let names: Vec<String> = if partial {
+            Vec::new()
+        } else {
+            jobs.iter().map(|j| j.name.clone()).collect()
+        };
         if let Err(e) = state.sync_objects(repo, &names, &known).await {
             tracing::warn!(repository = repo, error = %e, "state DB: cannot record the objects to verify");
         }
@@ -467,16 +552,24 @@ async fn integrity_reads(
                     _ => {}
                 }
             }
+            // The bucket's reads recorded in one transaction (one write per object made the
+            // state DB the bound of a full run).
+            if let Some(state) = r.state {
+                let done: Vec<(&str, &str)> = reads
+                    .iter()
+                    .map(|(item, read)| {
+                        let result = if read.error.is_some() { "fail" } else { "pass" };
+                        (item.key.as_str(), result)
+                    })
+                    .collect();
+                if let Err(e) = state.objects_read(repo, &done, Utc::now()).await {
+                    tracing::warn!(repository = repo, error = %e, "state DB: cannot record the bucket's object reads");
+                }
+            }
             for (item, read) in reads {
                 r.progress
                     .bytes_read
                     .fetch_add(read.bytes, Ordering::Relaxed);
-                if let Some(state) = r.state {
-                    let result = if read.error.is_some() { "fail" } else { "pass" };
-                    if let Err(e) = state.object_read(repo, &item.key, Utc::now(), result).await {
-                        tracing::warn!(repository = repo, error = %e, "state DB: cannot record an object read");
-                    }
-                }
                 results.push((item, read));
             }
         }
@@ -541,9 +634,10 @@ async fn integrity_reads(
             Some(Err(e)) => format!("; per-file hashes not checked ({e})"),
             None => String::new(),
         };
-        let name = match &backup {
-            Some(id) => format!("objects of backup {id}"),
-            None => "archived WAL".to_string(),
+        let name = match (&backup, &r.scope.backup) {
+            (Some(id), _) => format!("objects of backup {id}"),
+            (None, Some(id)) => format!("archived WAL backup {id} needs to be consistent"),
+            (None, None) => "archived WAL".to_string(),
         };
         let (result, detail) = if failures.is_empty() {
             let how = if content {
@@ -620,8 +714,9 @@ async fn load_spans(
     }
 }
 
-/// WAL continuity of every base backup of the covered base jobs in this repository.
-fn wal_checks(r: &VerifyRun<'_>, h: &Holdings, jobs: &[&Job], checks: &mut Vec<Check>) {
+/// WAL continuity of every base backup of the covered base jobs in this repository (only of
+/// `backup` when given: its ancestors' WAL is not what a restore of it replays).
+fn wal_checks(h: &Holdings, jobs: &[&Job], backup: Option<&str>, checks: &mut Vec<Check>) {
     let repo = h.repository.name.as_str();
     for job in jobs
         .iter()
@@ -630,7 +725,10 @@ fn wal_checks(r: &VerifyRun<'_>, h: &Holdings, jobs: &[&Job], checks: &mut Vec<C
         let Some(records) = h.records.get(&job.name) else {
             continue;
         };
-        for rec in records {
+        for rec in records
+            .iter()
+            .filter(|rec| backup.is_none_or(|id| rec.id == id))
+        {
             let started = Instant::now();
             let name = format!("WAL from backup {} to the newest segment", rec.id);
             let mut c = match BaseBackupInfo::from_record(rec) {
@@ -676,7 +774,6 @@ fn wal_checks(r: &VerifyRun<'_>, h: &Holdings, jobs: &[&Job], checks: &mut Vec<C
             c.seconds = started.elapsed().as_secs_f64();
             checks.push(c);
         }
-        let _ = r;
     }
 }
 
@@ -699,6 +796,8 @@ async fn drill(
             detail,
         )
     };
+    // The drill records its checks as they finish: they follow the run's checks so far.
+    let base = checks.len();
     let source = match crate::restore::RestoreSource::open(
         r.catalogue,
         job,
@@ -731,6 +830,7 @@ async fn drill(
         settings: &spec.drill,
         run_id: r.run_id,
         cancel: r.cancel.clone(),
+        recorder: r.recorder.map(|rec| (rec, base)),
     })
     .await;
     for mut c in outcome.checks {

@@ -164,7 +164,6 @@ pub(super) async fn drill(req: &DrillRequest<'_>, scratch: &Scratch, out: &mut D
         Ok(r) => r,
         Err(e) => return fail(out, error_chain_of(&e)),
     };
-    crate::faults::kill_point("drill-cluster-started", &req.job.name);
     let seconds = began.elapsed().as_secs_f64();
     out.restore_seconds = Some(seconds);
     let reached = report.reached.as_ref();
@@ -184,12 +183,15 @@ pub(super) async fn drill(req: &DrillRequest<'_>, scratch: &Scratch, out: &mut D
         seconds,
         out.backup_bytes,
     ));
+    super::emit(req, out).await;
+    crate::faults::kill_point("drill-cluster-started", &req.job.name);
     let target = Target {
         url: url.clone(),
         password_file: pw.clone(),
         socket: Some((socket.clone(), port)),
     };
     amcheck(req, scratch, &target, &info, out).await;
+    super::emit(req, out).await;
     let default_db = sql::url_database(&url, None);
     let source = Target {
         url: url.clone(),
@@ -199,6 +201,7 @@ pub(super) async fn drill(req: &DrillRequest<'_>, scratch: &Scratch, out: &mut D
     for (check, db) in sql::checks_of(&req.settings.checks, &req.job.name, &default_db) {
         out.checks
             .push(sql::run_check(req, check, &target, &db, &source, &db).await);
+        super::emit(req, out).await;
     }
     if let Err(e) = stop(&data, "fast").await {
         out.checks.push(new_check(

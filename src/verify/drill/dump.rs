@@ -145,7 +145,6 @@ pub(super) async fn drill(req: &DrillRequest<'_>, scratch: &Scratch, out: &mut D
             },
         )
         .await;
-        crate::faults::kill_point("drill-dump-restored", &into);
         let answered = match restored {
             Ok(report) => sql::query_value(&drill_target, &into, "SELECT 1")
                 .await
@@ -169,11 +168,14 @@ pub(super) async fn drill(req: &DrillRequest<'_>, scratch: &Scratch, out: &mut D
                     t0.elapsed().as_secs_f64(),
                     db.object.size,
                 ));
+                super::emit(req, out).await;
+                crate::faults::kill_point("drill-dump-restored", &into);
                 for (check, _) in checks.iter().filter(|(_, d)| d == &db.name) {
                     out.checks.push(
                         sql::run_check(req, check, &drill_target, &into, &source_target, &db.name)
                             .await,
                     );
+                    super::emit(req, out).await;
                 }
             }
             Err(e) => fail(out, &name, e),

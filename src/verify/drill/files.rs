@@ -179,6 +179,7 @@ pub(super) async fn drill(req: &DrillRequest<'_>, scratch: &Scratch, out: &mut D
     if restore_ok {
         out.restore_seconds = Some(seconds);
     }
+    super::emit(req, out).await;
     let t0 = Instant::now();
     let manifest_count = entries.len();
     let compared = tokio::task::spawn_blocking(move || {

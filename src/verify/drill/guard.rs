@@ -109,6 +109,22 @@ pub fn check_space(dir: &Path, need: u64, what: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Below this much free space a scratch file system counts as full (a WAL segment, the least
+/// a cluster drill's recovery writes).
+const NEARLY_FULL: u64 = 16 << 20;
+
+/// "no space left …" naming `dir`'s file system, when it has less than [`NEARLY_FULL`] free.
+pub fn full_note(dir: &Path) -> Option<String> {
+    let have = free_space(dir).ok()?;
+    (have < NEARLY_FULL).then(|| {
+        format!(
+            "no space left in the scratch file system of {} ({} free)",
+            dir.display(),
+            human_bytes(have)
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
