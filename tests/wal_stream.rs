@@ -2,7 +2,8 @@
 //! the real daemon supervising the real `pg_receivewal` on a physical slot, the shipped
 //! `.partial`, and `restore cluster [--use-partial]` recovering from the repository alone —
 //! checked by the rows that come back. Also: the receiver killed (restarted, no segment
-//! missing) and the slot dropped (an error in status, no restart loop).
+//! missing), the server restarted under it, and the slot dropped (an error in status, no
+//! restart loop).
 
 mod common;
 
@@ -281,8 +282,30 @@ fn a_killed_receiver_is_restarted_and_no_segment_is_missing() {
             && st["receiver_pid"].as_u64().is_some_and(|p| p as i32 != pid))
         .then_some(st)
     });
+    // The server restarted under the receiver: it reconnects after its backoff.
+    let before = again["restarts"].as_u64().unwrap();
+    s.cluster.restart();
+    s.switch();
+    wait_for(
+        Duration::from_secs(60),
+        "streaming after the server restart",
+        || {
+            let st = s.stream();
+            (st["restarts"].as_u64() > Some(before) && st["state"] == "streaming").then_some(())
+        },
+    );
     let last = s.switch();
     s.wait_archived(&last);
+    let metrics = text(&s.setup.ctl(&["metrics"]));
+    let restarts_metric = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("bdc_backup_wal_stream_restarts_total{job=\"wal\"} "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(restarts_metric.is_some_and(|n| n >= 2), "{metrics}");
+    assert!(
+        metrics.contains("bdc_backup_wal_stream_lag_bytes{job=\"wal\"}"),
+        "{metrics}"
+    );
     let (names, missing) = continuity(&s.setup.path("repo"));
     assert_eq!(
         missing,

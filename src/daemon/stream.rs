@@ -662,14 +662,15 @@ impl Generation {
         });
     }
 
-    /// Flush lag: the server's current position against the receiver's flush position
-    /// (pg_stat_replication of the slot's walsender); the slot's presence.
+    /// Flush lag: the server's current position (a standby's: its replay position) against the
+    /// receiver's flush position (pg_stat_replication of the slot's walsender); the slot's
+    /// presence.
     async fn liveness(&mut self) {
         let slot = self.settings.slot.clone();
         let asked = tokio::time::timeout(Duration::from_secs(5), async {
             let mut c = self.connect().await?;
-            let row: (String, Option<String>, Option<f64>, bool) = sqlx::query_as(
-                "SELECT pg_current_wal_lsn()::text, \
+            let row: (Option<String>, Option<String>, Option<f64>, bool) = sqlx::query_as(
+                "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
                         (SELECT r.flush_lsn::text FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid WHERE s.slot_name = $1), \
                         (SELECT extract(epoch FROM r.flush_lag)::float8 FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid WHERE s.slot_name = $1), \
                         EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
@@ -684,10 +685,10 @@ impl Generation {
         .await;
         match asked {
             Ok(Ok((server, flushed, lag_s, exists))) => {
-                let server_lsn = parse_lsn(&server);
+                let server_lsn = server.as_deref().and_then(parse_lsn);
                 let flushed_lsn = flushed.as_deref().and_then(parse_lsn);
                 self.hub().update(|s| {
-                    s.server_lsn = Some(server.clone());
+                    s.server_lsn = server.clone();
                     s.flush_lsn = flushed.clone();
                     s.flush_lag_bytes = match (server_lsn, flushed_lsn) {
                         (Some(a), Some(b)) => Some(flush_lag(a, b)),
