@@ -353,3 +353,140 @@ fn a_dropped_slot_is_an_error_in_status_not_a_restart_loop() {
     let out = s.setup.ctl(&["status"]);
     assert!(text(&out).contains("vanished"), "{}", text(&out));
 }
+
+/// A standby of `primary` made with pg_basebackup -R, on its own port; stopped on drop.
+struct Standby {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+fn as_postgres(tool: &str) -> std::process::Command {
+    let mut c = std::process::Command::new("runuser");
+    c.args(["-u", "postgres", "--"])
+        .arg(common::pg::pg_bin().join(tool));
+    c
+}
+
+impl Standby {
+    fn start(primary: &PgCluster) -> Standby {
+        let dir = tempfile::Builder::new()
+            .prefix("bdc-standby-")
+            .tempdir()
+            .unwrap();
+        let pg = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+        nix::unistd::chown(dir.path(), Some(pg.uid), Some(pg.gid)).unwrap();
+        let data = dir.path().join("data");
+        let out = as_postgres("pg_basebackup")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "-p",
+            ])
+            .arg(primary.port.to_string())
+            .arg("-D")
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_basebackup: {}", text(&out));
+        let port = free_port();
+        let mut auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
+        auto.push_str(&format!(
+            "port = {port}\nunix_socket_directories = '{}'\n",
+            dir.path().display()
+        ));
+        std::fs::write(data.join("postgresql.auto.conf"), auto).unwrap();
+        let out = as_postgres("pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(dir.path().join("server.log"))
+            .args(["-w", "-t", "60", "start"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "standby start: {}", text(&out));
+        Standby { dir, port }
+    }
+
+    fn psql(&self, sql: &str) -> String {
+        common::physical::psql_port(self.port, "postgres", sql)
+            .unwrap_or_else(|e| panic!("psql on the standby: {e}"))
+    }
+}
+
+impl Drop for Standby {
+    fn drop(&mut self) {
+        let _ = as_postgres("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}
+
+#[test]
+fn a_promote_during_streaming_brings_the_new_timeline_and_its_history() {
+    let setup = Setup::new();
+    let primary = PgCluster::start_with("wal_level = replica\nmax_wal_senders = 5\n");
+    let hba = primary.data_dir().join("pg_hba.conf");
+    let mut lines = std::fs::read_to_string(&hba).unwrap();
+    lines.push_str("host replication all 127.0.0.1/32 trust\n");
+    std::fs::write(&hba, lines).unwrap();
+    primary.psql("postgres", "SELECT pg_reload_conf();");
+    let standby = Standby::start(&primary);
+    // The daemon streams from the standby (a cascading walsender), then the standby is promoted.
+    setup.write_catalogue(&format!(
+        r#"
+[postgres]
+url = "postgresql://postgres@127.0.0.1:{port}/postgres"
+
+[[job]]
+name = "wal"
+kind = "postgres-wal"
+stream = true
+partial-interval = "2s"
+repositories = ["local"]
+"#,
+        port = standby.port
+    ));
+    let daemon = setup.start_daemon();
+    let s = Streaming {
+        setup,
+        cluster: primary,
+        daemon: Some(daemon),
+    };
+    s.wait_state("streaming");
+    let old = s.switch();
+    s.wait_archived(&old);
+    let out = as_postgres("pg_ctl")
+        .arg("-D")
+        .arg(standby.dir.path().join("data"))
+        .args(["-w", "promote"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "promote: {}", text(&out));
+    standby.psql(
+        "CREATE TABLE after_promote AS SELECT g FROM generate_series(1, 1000) g; SELECT pg_switch_wal();",
+    );
+    let seg = standby.psql("SELECT pg_walfile_name(pg_switch_wal());");
+    let repo = s.setup.path("repo");
+    wait_for(
+        Duration::from_secs(60),
+        "timeline 2's history and segments archived",
+        || {
+            let names: Vec<String> = stored(&repo).into_iter().map(|(n, _, _)| n).collect();
+            (names.iter().any(|n| n == "00000002.history")
+                && names
+                    .iter()
+                    .any(|n| n.len() == 24 && n.starts_with("00000002") && *n <= seg))
+            .then_some(())
+        },
+    );
+    assert!(seg.starts_with("00000002"), "{seg}");
+    let st = s.stream();
+    assert_eq!(st["state"], "streaming", "{st}\n{}", s.log());
+}

@@ -228,7 +228,7 @@ pub async fn fetch_partial(
             }
             // Replaced by a newer copy since the listing.
             Ok(Err(StoreError::NotFound { .. })) => continue,
-            Ok(Err(e)) => return Err(PushError::from(store_err(repo)(e)).into()),
+            Ok(Err(e)) => return Err(store_err(repo)(e).into()),
             Ok(Ok(b)) => b,
         };
         let ids = identities.clone();
