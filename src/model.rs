@@ -229,9 +229,13 @@ pub struct WalStreamStatus {
     pub restarts: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receiver_pid: Option<u32>,
-    /// `pg_current_wal_lsn()` and the receiver's flush position, as last asked.
+    /// `pg_current_wal_lsn()` (a standby: its replay position) and the receiver's written and
+    /// flushed positions, as last asked. The lag is against the flushed one with `synchronous`,
+    /// else against the written one (pg_receivewal reports a flush only when a segment closes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_lsn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_lsn: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flush_lsn: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -21,6 +21,12 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// `X/Y` → the LSN.
+fn lsn(text: &str) -> u64 {
+    let (hi, lo) = text.trim().split_once('/').expect("an LSN");
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -190,6 +196,7 @@ fn a_lost_host_loses_seconds_with_use_partial_and_stops_at_the_last_segment_with
         s.log()
     );
     // The row of the test, committed into the segment the receiver is writing.
+    let before = lsn(&s.cluster.psql("postgres", "SELECT pg_current_wal_lsn();"));
     s.cluster.psql(
         "postgres",
         "INSERT INTO rpo VALUES (2, 'committed seconds before the host died');",
@@ -201,6 +208,14 @@ fn a_lost_host_loses_seconds_with_use_partial_and_stops_at_the_last_segment_with
         "no .partial shipped within 10 s: {st}\n{}",
         s.log()
     );
+    // What status says is durable goes past where the row's WAL began (the restore below
+    // proves the row itself); the receiver's lag is measured.
+    assert!(
+        st["durable_lsn"].as_str().map(lsn) > Some(before),
+        "durable {} <= {before:X} (before the row): {st}",
+        st["durable_lsn"]
+    );
+    assert!(st["flush_lag_bytes"].is_u64(), "{st}");
     // The host dies: the server killed -9, its data directory gone, the daemon gone too.
     let pid_line = std::fs::read_to_string(s.cluster.data_dir().join("postmaster.pid")).unwrap();
     let pid: i32 = pid_line.lines().next().unwrap().trim().parse().unwrap();

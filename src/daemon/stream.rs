@@ -30,6 +30,8 @@ const LIVENESS_EVERY: Duration = Duration::from_secs(2);
 /// While in error (slot gone, WAL gone), conditions are checked again this often.
 const FAILED_RECHECK: Duration = Duration::from_secs(10);
 const STORE_TIMEOUT: Duration = super::wal::STORE_TIMEOUT;
+/// A spool file whose push failed is tried again after this long.
+const PUSH_RETRY: Duration = Duration::from_secs(5);
 
 /// What the supervisor shows (`status`, metrics); shared with the archiver.
 #[derive(Default)]
@@ -117,6 +119,9 @@ struct Generation {
     last_ship: Instant,
     /// The end of the newest durable WAL in the sync repositories.
     durable_lsn: Option<u64>,
+    /// The last push or ship of a spool file failed (why); pushes wait for `retry_at`.
+    push_failing: Option<String>,
+    retry_at: Option<Instant>,
 }
 
 impl Generation {
@@ -137,6 +142,8 @@ impl Generation {
             shipped: None,
             last_ship: Instant::now(),
             durable_lsn: None,
+            push_failing: None,
+            retry_at: None,
         }
     }
 
@@ -490,6 +497,9 @@ impl Generation {
     /// Pushes every completed file of the spool (history files first), deleting each once
     /// durable in every sync repository.
     async fn drain(&mut self, p: &Prepared) {
+        if self.retry_at.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
         let names = spool_names(&self.spool);
         for w in push_order(names.iter().map(String::as_str)) {
             if self.over() {
@@ -518,11 +528,17 @@ impl Generation {
                         self.drop_partials(p, &w).await;
                     }
                     tracing::debug!(job = %self.job, wal = %w, "streamed segment archived");
+                    if self.push_failing.take().is_some() {
+                        self.retry_at = None;
+                        self.hub().update(|s| s.error = None);
+                    }
                 }
                 Err(e) => {
-                    tracing::error!(job = %self.job, wal = %w, error = %e, "cannot archive a streamed file; kept in the spool");
-                    self.hub()
-                        .update(|s| s.error = Some(format!("cannot archive {w}: {e}")));
+                    tracing::error!(job = %self.job, wal = %w, error = %e, "cannot archive a streamed file; kept in the spool, retried in 5 s");
+                    let msg = format!("cannot archive {w}: {e}");
+                    self.push_failing = Some(msg.clone());
+                    self.retry_at = Some(Instant::now() + PUSH_RETRY);
+                    self.hub().update(|s| s.error = Some(msg));
                     return;
                 }
             }
@@ -663,19 +679,27 @@ impl Generation {
     }
 
     /// Flush lag: the server's current position (a standby's: its replay position) against the
-    /// receiver's flush position (pg_stat_replication of the slot's walsender); the slot's
-    /// presence.
+    /// receiver's position in pg_stat_replication of the slot's walsender — its `flush_lsn`, or
+    /// without `--synchronous` (pg_receivewal then fsyncs and reports a flush only when a segment
+    /// closes) its `write_lsn`: what it wrote to the spool, which the `.partial` shipping reads.
+    /// And the slot's presence.
     async fn liveness(&mut self) {
         let slot = self.settings.slot.clone();
+        let synchronous = self.settings.synchronous;
         let asked = tokio::time::timeout(Duration::from_secs(5), async {
             let mut c = self.connect().await?;
-            let row: (Option<String>, Option<String>, Option<f64>, bool) = sqlx::query_as(
+            type Row = (Option<String>, Option<String>, Option<String>, Option<f64>, bool);
+            let row: Row = sqlx::query_as(
                 "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
-                        (SELECT r.flush_lsn::text FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid WHERE s.slot_name = $1), \
-                        (SELECT extract(epoch FROM r.flush_lag)::float8 FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid WHERE s.slot_name = $1), \
-                        EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+                        r.write_lsn::text, r.flush_lsn::text, \
+                        extract(epoch FROM CASE WHEN $2 THEN r.flush_lag ELSE r.write_lag END)::float8, \
+                        EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1) \
+                 FROM (SELECT 1) one \
+                 LEFT JOIN pg_replication_slots s ON s.slot_name = $1 \
+                 LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid",
             )
             .bind(&slot)
+            .bind(synchronous)
             .fetch_one(c.conn())
             .await
             .map_err(|e| e.to_string())?;
@@ -684,21 +708,26 @@ impl Generation {
         })
         .await;
         match asked {
-            Ok(Ok((server, flushed, lag_s, exists))) => {
+            Ok(Ok((server, written, flushed, lag_s, exists))) => {
                 let server_lsn = server.as_deref().and_then(parse_lsn);
-                let flushed_lsn = flushed.as_deref().and_then(parse_lsn);
+                let at = if synchronous { &flushed } else { &written };
+                let receiver_lsn = at.as_deref().and_then(parse_lsn);
+                let failing = self.push_failing.clone();
                 self.hub().update(|s| {
                     s.server_lsn = server.clone();
+                    s.write_lsn = written.clone();
                     s.flush_lsn = flushed.clone();
-                    s.flush_lag_bytes = match (server_lsn, flushed_lsn) {
+                    s.flush_lag_bytes = match (server_lsn, receiver_lsn) {
                         (Some(a), Some(b)) => Some(flush_lag(a, b)),
                         _ => None,
                     };
                     s.flush_lag_seconds = lag_s.or(s.flush_lag_bytes.map(|_| 0.0));
                     s.checked_at = Some(self.shared.clock.now());
-                    if !exists {
-                        s.error = Some(format!("the replication slot `{slot}` is gone"));
-                    }
+                    s.error = if !exists {
+                        Some(format!("the replication slot `{slot}` is gone"))
+                    } else {
+                        failing
+                    };
                 });
             }
             Ok(Err(e)) => self.hub().update(|s| s.error = Some(e)),
