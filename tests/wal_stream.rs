@@ -2,8 +2,8 @@
 //! the real daemon supervising the real `pg_receivewal` on a physical slot, the shipped
 //! `.partial`, and `restore cluster [--use-partial]` recovering from the repository alone —
 //! checked by the rows that come back. Also: the receiver killed (restarted, no segment
-//! missing), the server restarted under it, and the slot dropped (an error in status, no
-//! restart loop).
+//! missing), the server restarted under it, the network to the server cut (a TCP relay), the
+//! slot dropped (an error in status, no restart loop), a promote (timeline 2 and its history).
 
 mod common;
 
@@ -504,4 +504,58 @@ repositories = ["local"]
     assert!(seg.starts_with("00000002"), "{seg}");
     let st = s.stream();
     assert_eq!(st["state"], "streaming", "{st}\n{}", s.log());
+}
+
+#[test]
+fn a_cut_network_to_the_server_is_retried_and_no_segment_is_missing() {
+    let setup = Setup::new();
+    let cluster = PgCluster::start_with("wal_level = replica\nmax_wal_senders = 5\n");
+    let hba = cluster.data_dir().join("pg_hba.conf");
+    let mut lines = std::fs::read_to_string(&hba).unwrap();
+    lines.push_str("host replication all 127.0.0.1/32 trust\n");
+    std::fs::write(&hba, lines).unwrap();
+    cluster.psql("postgres", "SELECT pg_reload_conf();");
+    // The daemon reaches the server only through a TCP relay that the test cuts.
+    let relay = common::objstores::Proxy::start(cluster.port);
+    setup.write_catalogue(&format!(
+        r#"
+[postgres]
+url = "postgresql://postgres@127.0.0.1:{port}/postgres"
+
+[[job]]
+name = "wal"
+kind = "postgres-wal"
+stream = true
+repositories = ["local"]
+"#,
+        port = relay.port
+    ));
+    let daemon = setup.start_daemon();
+    let s = Streaming {
+        setup,
+        cluster,
+        daemon: Some(daemon),
+    };
+    s.wait_state("streaming");
+    let first = s.switch();
+    s.wait_archived(&first);
+    let restarts = s.stream()["restarts"].as_u64().unwrap();
+    relay.cut();
+    // WAL goes on while the network is down (the slot keeps it on the server).
+    s.switch();
+    s.switch();
+    let down = wait_for(Duration::from_secs(60), "the cut noticed", || {
+        let st = s.stream();
+        (st["state"] != "streaming" && st["error"].is_string()).then_some(st)
+    });
+    relay.restore();
+    wait_for(Duration::from_secs(90), "streaming again", || {
+        let st = s.stream();
+        (st["state"] == "streaming" && st["restarts"].as_u64() > Some(restarts)).then_some(())
+    });
+    let last = s.switch();
+    s.wait_archived(&last);
+    let (names, missing) = continuity(&s.setup.path("repo"));
+    assert_eq!(missing, None, "a segment is missing: {names:?}\n{down}\n{}", s.log());
+    assert!(names.contains(&first) && names.contains(&last), "{names:?}");
 }
