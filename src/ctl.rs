@@ -679,6 +679,7 @@ async fn restore_cluster(ctx: &Ctx, a: args::RestoreClusterArgs) -> CtlResult {
         dry_run: a.dry_run,
         catalogue_path,
         ctl_binary,
+        use_partial: a.use_partial,
         ..Default::default()
     };
     let report = cr::restore_cluster(&catalogue, options)

@@ -13,6 +13,7 @@ mod reconcile;
 mod replicate;
 mod retention;
 mod scheduler;
+mod stream;
 pub mod systemd;
 mod verify;
 mod wal;
@@ -177,6 +178,7 @@ pub async fn start(
     }
     tokio::spawn(replicate::run_loop(shared.clone()));
     tokio::spawn(wal::backlog_loop(shared.clone()));
+    tokio::spawn(stream::supervise(shared.clone()));
     tokio::spawn(retention::run_loop(shared.clone()));
     tokio::spawn(watch::supervise(shared.clone()));
     tokio::spawn(alerts::run_loop(shared.clone()));

@@ -18,6 +18,9 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub struct Extras {
     /// Per WAL job: completed segments not yet archived, as last asked of the cluster.
     pub wal_lag_segments: BTreeMap<String, u64>,
+    /// Per streaming WAL job (issue 12): the receiver's flush lag in bytes (as last asked) and
+    /// its restarts since the daemon started.
+    pub wal_stream: BTreeMap<String, (Option<u64>, u64)>,
     /// Each job's freshness (`health::jobs`, the same evaluation as `status` and the alerts).
     pub health: Vec<JobHealth>,
     /// Each objective measured now (`health::objectives`).
@@ -165,6 +168,18 @@ pub fn render(
         "Completed WAL segments the cluster has not had archived yet (as last asked).",
         &["job"],
     )?;
+    let stream_lag = int_gauge(
+        &r,
+        "wal_stream_lag_bytes",
+        "WAL the server has written that the streaming receiver has not flushed (bytes, as last asked).",
+        &["job"],
+    )?;
+    let stream_restarts = counter(
+        &r,
+        "wal_stream_restarts_total",
+        "Restarts of the streaming receiver (pg_receivewal) since the daemon started.",
+        &["job"],
+    )?;
     let wal_backlog = int_gauge(
         &r,
         "wal_async_backlog",
@@ -301,6 +316,14 @@ pub fn render(
                 .inc_by(f.wal_archived);
             if let Some(lag) = extras.wal_lag_segments.get(&job.name) {
                 wal_lag.with_label_values(&[&job.name]).set(int(*lag));
+            }
+            if let Some((lag, restarts)) = extras.wal_stream.get(&job.name) {
+                if let Some(lag) = lag {
+                    stream_lag.with_label_values(&[&job.name]).set(int(*lag));
+                }
+                stream_restarts
+                    .with_label_values(&[&job.name])
+                    .inc_by(*restarts);
             }
         }
         if let Some(v) = &facts.verify {

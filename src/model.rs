@@ -211,6 +211,51 @@ pub struct WalStatus {
     /// The cluster's `archive_timeout` in seconds (0 = off), when it answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive_timeout_seconds: Option<u64>,
+    /// Streaming (`stream = true`): the supervised receiver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<WalStreamStatus>,
+}
+
+/// The supervised `pg_receivewal` of a streaming postgres-wal job (`status`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WalStreamStatus {
+    /// starting | streaming | restarting | retrying | failed | stopped
+    pub state: String,
+    pub slot: String,
+    /// What is wrong now (a failed state always has one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Receiver restarts since the daemon started.
+    pub restarts: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receiver_pid: Option<u32>,
+    /// `pg_current_wal_lsn()` (a standby: its replay position) and the receiver's written and
+    /// flushed positions, as last asked. The lag is against the flushed one with `synchronous`,
+    /// else against the written one (pg_receivewal reports a flush only when a segment closes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_lsn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_lsn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flush_lsn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flush_lag_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flush_lag_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked_at: Option<DateTime<Utc>>,
+    /// The end of the newest WAL durable in every sync repository (a complete segment or the
+    /// shipped `.partial`), the file and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durable_lsn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durable_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durable_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial_shipped: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial_shipped_at: Option<DateTime<Utc>>,
 }
 
 /// The async copy backlog of one repository.

@@ -7,6 +7,7 @@ pub mod fetch;
 pub mod format;
 pub mod header;
 pub mod name;
+pub mod partial;
 pub mod push;
 
 pub use fetch::{FetchError, Fetched, fetch};

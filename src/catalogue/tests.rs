@@ -1232,14 +1232,14 @@ repositories = ["local"]
         "kind = \"postgres-wal\"",
         "kind = \"postgres-wal\"\nstream = true",
     );
-    // The keys parse, but streaming itself is refused until the receiver is built (issue 12).
-    assert_eq!(
-        errors(&on),
-        pairs(&[(
-            "job[1] \"wal\".stream",
-            "streaming WAL is not built in this version of bdc-backup yet; archive WAL with archive_command = 'bdc-backupctl wal-push %p' (docs/operator-guide.md)"
-        )])
-    );
+    let c = parse(&on).expect("streaming is accepted");
+    let JobSpec::PostgresWal(w) = &c.job("wal").expect("wal").spec else {
+        panic!("not wal")
+    };
+    let s = w.stream.as_ref().expect("stream on");
+    assert_eq!(s.slot, "bdc_backup");
+    assert!(!s.synchronous);
+    assert_eq!(s.partial_interval, std::time::Duration::from_secs(5));
     let bad = on.replace(
         "stream = true",
         "stream = true\nslot = \"Bad-Slot\"\npartial-interval = \"0s\"",

@@ -693,13 +693,6 @@ pub(super) fn wal_stream(cx: &mut Ctx, t: &Table) -> Option<super::WalStream> {
         }
         return None;
     }
-    // The receiver is not supervised yet (issue 12): refuse rather than accept a setting that
-    // would leave WAL unarchived while the operator believes it streams.
-    cx.error(
-        &t.key("stream"),
-        "streaming WAL is not built in this version of bdc-backup yet; archive WAL with \
-         archive_command = 'bdc-backupctl wal-push %p' (docs/operator-guide.md)",
-    );
     Some(super::WalStream {
         slot: slot.unwrap_or_else(|| super::DEFAULT_SLOT.to_string()),
         synchronous,

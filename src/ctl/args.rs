@@ -197,6 +197,10 @@ pub struct WalFetchArgs {
     /// Also fetch this many following segments of the timeline into --spool.
     #[arg(long, value_name = "N", default_value_t = 0, requires = "spool")]
     pub prefetch: u32,
+    /// Streaming: serve the shipped `<segment>.partial` for a segment that is the very last of
+    /// the newest timeline (never in place of a complete segment).
+    #[arg(long)]
+    pub use_partial: bool,
 }
 
 /// `300` (seconds) or a humantime duration (`5m`, `90s`).
@@ -352,6 +356,9 @@ pub struct RestoreClusterArgs {
     /// Read from this repository (default: the job's first).
     #[arg(long)]
     pub repository: Option<String>,
+    /// Also replay the newest shipped `.partial` segment (streaming; `wal-fetch --use-partial`).
+    #[arg(long)]
+    pub use_partial: bool,
 }
 
 /// `restore files --job J [--backup ID|--at T] --target DIR [--path P…] [--dry-run] [--overwrite]`

@@ -82,6 +82,21 @@ fn wal_lines(
     if let Some(e) = &w.cluster_error {
         let _ = write!(out, "\n{job}: cluster not reachable for WAL figures: {e}");
     }
+    if let Some(st) = &w.stream {
+        let _ = write!(
+            out,
+            "\n{job}: streaming {} on slot {}: flush lag {} bytes, {} restarts, durable to {}{}",
+            st.state,
+            st.slot,
+            st.flush_lag_bytes.map_or("?".into(), |n| n.to_string()),
+            st.restarts,
+            st.durable_lsn.as_deref().unwrap_or("-"),
+            st.error
+                .as_deref()
+                .map(|e| format!("; error: {e}"))
+                .unwrap_or_default()
+        );
+    }
     for b in &w.backlog {
         let _ = write!(
             out,

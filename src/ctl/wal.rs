@@ -164,6 +164,28 @@ pub async fn fetch(ctx: &Ctx, args: WalFetchArgs) -> CtlResult {
             }
             Ok(())
         }
+        Ok(None) if args.use_partial && wal.kind == crate::wal::WalKind::Segment => {
+            for repo in &repos {
+                match crate::wal::partial::fetch_partial(repo, &cluster, &wal, &identities).await {
+                    Ok(Some(f)) => {
+                        write_atomic(&args.dest, &f.bytes).map_err(|e| fatal(e.to_string()))?;
+                        eprintln!(
+                            "wal-fetch {name}: served the shipped {name}.partial of repository `{}` (--use-partial)",
+                            repo.name
+                        );
+                        return Ok(());
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(fatal(crate::error::error_chain_of(&e))),
+                }
+            }
+            Err(CtlError {
+                code: 1,
+                message: format!(
+                    "wal-fetch {name}: not found (nor a .partial that may stand in for it)"
+                ),
+            })
+        }
         Ok(None) => Err(CtlError {
             code: 1,
             message: format!(

@@ -259,7 +259,30 @@ fn job_watches(job: &JobStatus) -> Vec<Watch> {
             .details(serde_json::json!({"last_failed_wal": wal.last_failed_wal, "failed_count": wal.failed_count})),
             recovered: NewEvent::new(EventKind::WalRecovered, format!("{}: WAL archiving works again", job.name))
                 .job(&job.name),
-        });
+        }); // Streaming (issue 12): a receiver that cannot go on (slot vanished, WAL gone) alerts at once.
+        if let Some(st) = &wal.stream {
+            out.push(Watch {
+                key: format!("stream:{}", job.name),
+                bad: Some(st.state == "failed"),
+                event: NewEvent::new(
+                    EventKind::WalFailing,
+                    format!(
+                        "{}: WAL streaming stopped: {}",
+                        job.name,
+                        st.error.clone().unwrap_or_default()
+                    ),
+                )
+                .job(&job.name)
+                .details(
+                    serde_json::json!({"slot": st.slot, "state": st.state, "error": st.error}),
+                ),
+                recovered: NewEvent::new(
+                    EventKind::WalRecovered,
+                    format!("{}: WAL streaming works again", job.name),
+                )
+                .job(&job.name),
+            });
+        }
     }
     for repo in &job.repositories {
         if let Some(r) = &repo.replica {

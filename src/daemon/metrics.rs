@@ -59,6 +59,12 @@ pub async fn scrape(shared: &Shared) -> Result<String, String> {
             .lock()
             .map(|m| m.clone())
             .unwrap_or_default(),
+        wal_stream: match (super::wal::wal_job(&catalogue), shared.wal.stream.status()) {
+            (Some(job), Some(st)) => [(job.name.clone(), (st.flush_lag_bytes, st.restarts))]
+                .into_iter()
+                .collect(),
+            _ => Default::default(),
+        },
         health: crate::health::jobs(&catalogue, &health_facts, now),
         objectives: crate::health::objectives(&catalogue, &health_facts, now),
         deliveries,

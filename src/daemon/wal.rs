@@ -58,7 +58,8 @@ pub struct WalSetup {
     catalogue: Arc<Catalogue>,
     job: String,
     settings: PipelineSettings,
-    sync: Vec<Repository>,
+    /// The sync repositories (the stream supervisor ships the `.partial` to these).
+    pub(super) sync: Vec<Repository>,
     async_names: Vec<String>,
     ship_ahead: usize,
     /// `<data-directory>/pg_wal`, when the catalogue names the data directory.
@@ -117,6 +118,8 @@ pub struct WalArchiver {
     /// Notified (all waiters) after every successful push: a base backup waiting for its WAL
     /// re-checks then.
     pub archived: Notify,
+    /// The WAL stream supervisor's status (src/daemon/stream.rs).
+    pub stream: super::stream::StreamHub,
 }
 
 impl WalArchiver {
@@ -133,6 +136,7 @@ impl WalArchiver {
             acked: std::sync::Mutex::new(std::collections::VecDeque::new()),
             wake: Notify::new(),
             archived: Notify::new(),
+            stream: Default::default(),
         }
     }
 
@@ -253,6 +257,30 @@ impl WalArchiver {
             .iter()
             .any(|n| n == name)
     }
+}
+
+impl WalSetup {
+    /// The pipeline settings (recipients, compression) of WAL objects.
+    pub(super) fn settings(&self) -> &PipelineSettings {
+        &self.settings
+    }
+}
+
+/// The setup of the current catalogue (the stream supervisor's `.partial` shipping).
+pub(super) fn sync_setup(shared: &Shared) -> Result<Arc<WalSetup>, String> {
+    shared.wal.setup(shared.catalogue())
+}
+
+/// A completed file of the stream's spool, through the same path as a `wal-push` (the same
+/// keys, checks, duplicate rules, state record and async backlog); Ok once durable in every
+/// sync repository.
+pub(super) async fn push_file(
+    shared: &Arc<Shared>,
+    name: &str,
+    cluster: ClusterIdentity,
+    file: std::fs::File,
+) -> Result<(String, Vec<String>), String> {
+    push_inner(shared, name, cluster, file, Instant::now()).await
 }
 
 /// Answers one `wal-push`.
@@ -788,6 +816,7 @@ pub async fn fill_status(shared: &Shared, catalogue: &Catalogue, jobs: &mut [Job
                 });
             }
         }
+        wal.stream = shared.wal.stream.status();
         // Freshness of a WAL job (the last archived file) is set by `health::jobs`.
         status.wal = Some(wal);
     }

@@ -80,6 +80,8 @@ pub struct ClusterRestoreOptions {
     pub socket_dir: Option<PathBuf>,
     /// With `--start`: run the server at low CPU and I/O priority (drills).
     pub low_priority: bool,
+    /// `wal-fetch --use-partial` in `restore_command`: the shipped `.partial` may end recovery.
+    pub use_partial: bool,
 }
 
 /// What the restore did (or would do).
@@ -107,6 +109,10 @@ pub struct ClusterRestoreReport {
     /// With `--start`: where recovery ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reached: Option<RecoveryPoint>,
+    /// Where the archived WAL ends (the last complete segment, a shipped `.partial` beyond it)
+    /// and whether this restore replays that `.partial`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wal_end: Option<String>,
 }
 
 /// The point a started recovery reached.
@@ -151,6 +157,9 @@ impl std::fmt::Display for ClusterRestoreReport {
                 "  {} files ({} bytes), {} folders",
                 s.files, s.bytes, s.folders
             )?;
+        }
+        if let Some(w) = &self.wal_end {
+            writeln!(f, "  WAL: {w}")?;
         }
         match &self.reached {
             Some(p) => write!(
@@ -359,6 +368,7 @@ pub async fn restore_cluster(
         dry_run: o.dry_run,
         stats: None,
         reached: None,
+        wal_end: wal_end(catalogue, wal_repository, &info, o.use_partial).await,
     };
     // The target: missing or empty.
     match std::fs::symlink_metadata(&target_dir) {
@@ -510,6 +520,45 @@ pub async fn restore_cluster(
         report.reached = Some(reached?);
     }
     Ok(report)
+}
+
+/// Where the archive ends, said in the report: the last complete segment of the newest timeline
+/// and a shipped `.partial` beyond it — replayed with `--use-partial`, else recovery stops at
+/// the end of that last complete segment. None when the archive cannot be read (the restore
+/// itself reports that) or holds no segment.
+async fn wal_end(
+    catalogue: &Catalogue,
+    repository: Option<&str>,
+    info: &BaseBackupInfo,
+    use_partial: bool,
+) -> Option<String> {
+    let repos = crate::wal::fetch::wal_repositories(catalogue, repository).ok()?;
+    let mut names = Vec::new();
+    for repo in &repos {
+        if let Ok(n) = crate::wal::partial::archived_names(
+            repo,
+            &info.cluster,
+            crate::wal::fetch::CALL_TIMEOUT,
+        )
+        .await
+        {
+            names.extend(n);
+        }
+    }
+    let end = crate::wal::partial::ArchiveEnd::of(names.iter());
+    let last = end
+        .last_segment
+        .as_ref()
+        .map_or("none".to_string(), |s| s.name.clone());
+    Some(match (end.partial_beyond(), use_partial) {
+        (Some(p), true) => format!(
+            "the archive ends with {p} (shipped while streaming) after the last complete segment {last}; recovery replays it (--use-partial)"
+        ),
+        (Some(p), false) => format!(
+            "recovery stops at the end of the last complete segment {last}: the newer WAL in {p} is not replayed without --use-partial"
+        ),
+        (None, _) => format!("the archive ends with the complete segment {last}"),
+    })
 }
 
 /// A numeric `--target-timeline` must exist: the backup's own, or one whose history file is in

@@ -53,6 +53,9 @@ pub fn recovery_settings_from(
     if let Some(r) = wal_repository {
         cmd.push_str(&format!(" --repository {}", sh_quote(r).replace('%', "%%")));
     }
+    if o.use_partial {
+        cmd.push_str(" --use-partial");
+    }
     if let Some(spool) = spool {
         cmd.push_str(&format!(
             " --spool {} --prefetch {PREFETCH}",
