@@ -15,6 +15,23 @@ use std::future::Future;
 use std::io::{self, Write};
 use std::time::Duration;
 
+/// Bumped every time a WAL file became durable in every sync repository (the daemon's archiver
+/// calls [`note_durable`]); a base backup waiting for its stop segment subscribes with
+/// [`durable_signal`] and re-checks the repository when it changes instead of only polling.
+static DURABLE: std::sync::LazyLock<tokio::sync::watch::Sender<u64>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::Sender::new(0));
+
+/// Tells the waiters that a WAL file is durable now (called after it was acknowledged).
+pub fn note_durable() {
+    DURABLE.send_modify(|n| *n = n.wrapping_add(1));
+}
+
+/// A receiver that sees every [`note_durable`] after this call (subscribe before checking the
+/// repository, then wait for `changed()`: no notification is lost in between).
+pub fn durable_signal() -> tokio::sync::watch::Receiver<u64> {
+    DURABLE.subscribe()
+}
+
 /// History and backup-label files larger than this are refused (they are a few hundred bytes).
 const MAX_SMALL_FILE: u64 = 16 << 20;
 
