@@ -12,6 +12,7 @@
 //!
 //! Memory ≈ (workers + 2) × frame_size plus a few 256 KiB ciphertext chunks, whatever the input.
 
+pub mod buffers;
 pub mod compress;
 pub mod decode;
 pub mod encrypt;
@@ -470,9 +471,12 @@ where
                     if gzip_level.is_some() {
                         return Ok((plain, len));
                     }
-                    let out =
-                        tokio::task::spawn_blocking(move || compress::zstd_frame(&plain, level))
-                            .await
+                    let out = tokio::task::spawn_blocking(move || {
+                        let out = compress::zstd_frame(&plain, level);
+                        buffers::recycle(plain);
+                        out
+                    })
+                    .await
                             .map_err(|e| Some(PipelineError::Task(e.to_string())))?
                             .map_err(|e| Some(PipelineError::Compress(e)))?;
                     Ok::<_, Option<PipelineError>>((Bytes::from(out), len))
@@ -523,20 +527,16 @@ where
         })
     };
 
-    // Consumer: hash the ciphertext and upload it.
+    // Consumer: upload the ciphertext (the encryption thread hashes it as it hands it on).
     let consumer = async move {
         // Owns `out_rx`: when the upload fails, dropping it stops the encryption thread.
         let mut out_rx = out_rx;
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
         while let Some(chunk) = out_rx.recv().await {
-            hasher.update(&chunk);
-            size += chunk.len() as u64;
             let n = chunk.len() as u64;
             writer.write(chunk).await?;
             progress.bytes_stored.fetch_add(n, Ordering::Relaxed);
         }
-        Ok::<_, PipelineError>((size, hex::encode(hasher.finalize())))
+        Ok::<_, PipelineError>(())
     };
 
     let (produced, consumed) = tokio::join!(producer, consumer);
@@ -549,16 +549,16 @@ where
         Err(Some(e)) => return Err(e),
         other => other,
     };
-    let (size, sha256) = consumed?;
-    match encrypted {
+    consumed?;
+    let (size, sha256) = match encrypted {
         Err(encrypt::EncryptFail::Failed(msg)) => return Err(PipelineError::Encrypt(msg)),
         Err(encrypt::EncryptFail::Closed) => {
             return Err(PipelineError::Task(
                 "the encryption stage stopped early".into(),
             ));
         }
-        Ok(()) => {}
-    }
+        Ok(digest) => digest,
+    };
     let produced =
         produced.map_err(|_| PipelineError::Task("the encryption stage stopped early".into()))?;
     Ok(StoredObject {

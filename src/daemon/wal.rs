@@ -462,6 +462,7 @@ async fn record(
         shared.wal.wake.notify_one();
     }
     shared.wal.archived.notify_waiters();
+    crate::wal::push::note_durable();
     Ok(())
 }
 

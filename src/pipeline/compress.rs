@@ -6,7 +6,7 @@
 //! valid zstd stream (`zstd -d` reads it) and any frame decompresses on its own. gzip is one
 //! stream over the whole content, compressed on the encryption thread.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::Stream;
 use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -23,11 +23,12 @@ pub fn fixed_frames<R: AsyncRead + Unpin + Send>(
             if eof {
                 return Ok(None);
             }
-            let mut buf = BytesMut::with_capacity(frame_size);
+            let mut buf = BytesMut::from(Bytes::from(super::buffers::take(frame_size)));
             let mut at_eof = false;
             while buf.len() < frame_size {
-                // read_buf never reads past the capacity, which is exactly frame_size.
-                let n = source.read_buf(&mut buf).await?;
+                // A kept buffer may be larger than frame_size: the limit cuts the frame there.
+                let room = frame_size - buf.len();
+                let n = source.read_buf(&mut (&mut buf).limit(room)).await?;
                 if n == 0 {
                     at_eof = true;
                     break;
@@ -41,9 +42,26 @@ pub fn fixed_frames<R: AsyncRead + Unpin + Send>(
     ))
 }
 
-/// Compresses one frame as an independent zstd frame (content size recorded in the header).
+thread_local! {
+    /// This thread's zstd context and the level it is set to: a context is several MiB of
+    /// tables, too costly to allocate and fault in for every 2 MiB frame.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Compresses one frame as an independent zstd frame (content size recorded in the header), with
+/// this thread's reused context, into a buffer from [`super::buffers`].
 pub fn zstd_frame(plain: &[u8], level: i32) -> io::Result<Vec<u8>> {
-    zstd::bulk::compress(plain, level)
+    let mut out = super::buffers::take(zstd::zstd_safe::compress_bound(plain.len()));
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        let (_, c) = slot.as_mut().expect("just set");
+        c.compress_to_buffer(plain, &mut out)
+    })?;
+    Ok(out)
 }
 
 /// The compressed sizes of the zstd frames in `data`, in order (for tests and tools).

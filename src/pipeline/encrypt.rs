@@ -3,9 +3,12 @@
 //! The thread receives (already compressed) frames — or plaintext, which it gzips itself — over
 //! a bounded channel, writes them through age's sync `StreamWriter`, whose output goes into a
 //! [`ChannelWriter`]: a `std::io::Write` that hands ciphertext chunks to the async uploader
-//! through another bounded channel. Memory stays bounded by the channel capacities.
+//! through another bounded channel. Memory stays bounded by the channel capacities. The
+//! ciphertext's size and SHA-256 are taken here as each chunk is handed on (while it is still in
+//! the cache), not in a separate pass; the frames received go back to [`super::buffers`].
 
 use bytes::{Bytes, BytesMut};
+use sha2::{Digest, Sha256};
 use std::io::{self, Write};
 use tokio::sync::mpsc;
 
@@ -29,10 +32,13 @@ pub(crate) enum EncryptFail {
 
 /// A `std::io::Write` that sends its bytes, in chunks, into a bounded Tokio channel. Must only be
 /// used on a blocking thread (it uses `blocking_send`).
+/// The size and SHA-256 of what went through are kept as it goes.
 pub struct ChannelWriter {
     tx: mpsc::Sender<Bytes>,
     buf: BytesMut,
     chunk: usize,
+    hasher: Sha256,
+    size: u64,
 }
 
 impl ChannelWriter {
@@ -41,13 +47,22 @@ impl ChannelWriter {
             tx,
             buf: BytesMut::with_capacity(chunk),
             chunk,
+            hasher: Sha256::new(),
+            size: 0,
         }
+    }
+
+    /// The bytes written so far and their SHA-256 (lowercase hex), after a flush.
+    pub fn digest(self) -> (u64, String) {
+        (self.size, hex::encode(self.hasher.finalize()))
     }
 
     fn send(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
+        self.hasher.update(&self.buf);
+        self.size += self.buf.len() as u64;
         let out = self.buf.split().freeze();
         self.buf.reserve(self.chunk);
         self.tx
@@ -81,13 +96,14 @@ fn fail(e: io::Error) -> EncryptFail {
 }
 
 /// Runs on a blocking thread: age-encrypts (after gzip, if `gzip_level` is set) everything
-/// received on `rx` until [`Input::Finish`], writing ciphertext into `tx`.
+/// received on `rx` until [`Input::Finish`], writing ciphertext into `tx`. Returns the
+/// ciphertext's size and SHA-256.
 pub(crate) fn encrypt_blocking(
     recipients: Vec<age::x25519::Recipient>,
     gzip_level: Option<u32>,
     mut rx: mpsc::Receiver<Input>,
     tx: mpsc::Sender<Bytes>,
-) -> Result<(), EncryptFail> {
+) -> Result<(u64, String), EncryptFail> {
     if recipients.is_empty() {
         return Err(EncryptFail::Failed("no age recipients configured".into()));
     }
@@ -110,13 +126,17 @@ pub(crate) fn encrypt_blocking(
         }
     };
     let mut sink = age_w.finish().map_err(fail)?;
-    sink.flush().map_err(fail)
+    sink.flush().map_err(fail)?;
+    Ok(sink.digest())
 }
 
 fn pump(rx: &mut mpsc::Receiver<Input>, w: &mut impl Write) -> Result<(), EncryptFail> {
     loop {
         match rx.blocking_recv() {
-            Some(Input::Data(b)) => w.write_all(&b).map_err(fail)?,
+            Some(Input::Data(b)) => {
+                w.write_all(&b).map_err(fail)?;
+                super::buffers::recycle(b);
+            }
             Some(Input::Finish) => return Ok(()),
             None => return Err(EncryptFail::Closed),
         }

@@ -45,8 +45,11 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a base backup waits for its WAL by default.
 pub const DEFAULT_WAL_TIMEOUT: Duration = Duration::from_secs(600);
-/// How often the WAL archive is polled while waiting, at most (the first polls come sooner).
-const WAL_POLL: Duration = Duration::from_millis(500);
+/// How often the WAL archive is polled while waiting, at most (the first polls come sooner). The
+/// daemon's archiver wakes the wait as soon as a file is durable
+/// ([`crate::wal::push::durable_signal`]); polling is the fallback (an `archive_command` of another
+/// daemon, a repository written by another host).
+const WAL_POLL: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BaseError {
@@ -534,7 +537,8 @@ async fn backup_started(
     Ok(job::commit_prepared(run, prepared).await?)
 }
 
-/// Polls the archive until every segment is there.
+/// Waits until every segment is in the archive: re-checked whenever the daemon's archiver made a
+/// WAL file durable, and polled as the fallback.
 async fn wait_for_wal(
     job: &str,
     repo: &Repository,
@@ -553,6 +557,8 @@ async fn wait_for_wal(
         // The segment is usually archived within a few hundred ms: poll soon, then back off.
         let mut pause = Duration::from_millis(50);
         loop {
+            // Subscribed before the check: a segment made durable meanwhile still wakes us.
+            let mut durable = crate::wal::push::durable_signal();
             match repo.store.list(&prefix).await {
                 Ok(found) if !found.is_empty() => break,
                 Ok(_) => {}
@@ -570,9 +576,9 @@ async fn wait_for_wal(
             }
             tokio::select! {
                 _ = cancel.cancelled() => return Err(BaseError::Cancelled { job: job.into() }),
-                _ = tokio::time::sleep(pause) => {}
+                _ = tokio::time::sleep(pause) => pause = (pause * 2).min(WAL_POLL),
+                _ = durable.changed() => {}
             }
-            pause = (pause * 2).min(WAL_POLL);
         }
     }
     Ok(())

@@ -341,18 +341,19 @@ impl LocalStore {
     }
 
     /// Reads up to [`READ_CHUNK`] bytes at `offset` (empty at EOF).
+    /// The buffer is not zeroed first (`read_to_end` reads into its spare capacity): a fresh
+    /// zeroed MiB per chunk cost restores a page fault per 4 KiB.
     pub fn read_chunk(file: &File, path: &Path, offset: u64) -> Result<Bytes, StoreError> {
-        let mut buf = vec![0u8; READ_CHUNK];
-        let mut filled = 0;
-        while filled < buf.len() {
-            match file.read_at(&mut buf[filled..], offset + filled as u64) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(local_err("reading", path, e)),
-            }
-        }
-        buf.truncate(filled);
+        use std::io::{Read, Seek};
+        let mut reader = file;
+        reader
+            .seek(io::SeekFrom::Start(offset))
+            .map_err(|e| local_err("reading", path, e))?;
+        let mut buf = Vec::with_capacity(READ_CHUNK);
+        reader
+            .take(READ_CHUNK as u64)
+            .read_to_end(&mut buf)
+            .map_err(|e| local_err("reading", path, e))?;
         Ok(Bytes::from(buf))
     }
 

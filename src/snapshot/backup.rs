@@ -39,6 +39,9 @@ const MAX_QUEUE: usize = 50_000;
 const MAX_OUTSTANDING: usize = 2;
 /// Read size for file content.
 const READ_CHUNK: usize = 256 * 1024;
+/// Frame buffers have this much room beyond the frame size (tar headers and padding of the entry
+/// that fills the frame), so they are not reallocated.
+const FRAME_SLACK: usize = 64 * 1024;
 /// Strict mode: the block size of per-block hashes and block incrementals.
 pub const BLOCK_SIZE: u64 = 64 * 1024;
 /// Changed blocks in a row stored as one `.bdc-blocks` tar entry, at most.
@@ -173,7 +176,7 @@ impl Parts {
             self.current = Some(OpenPart {
                 seq,
                 tx,
-                buf: Vec::with_capacity(self.frame_size + 64 * 1024),
+                buf: pipeline::buffers::take(self.frame_size + FRAME_SLACK),
                 sent: 0,
                 entries: 0,
             });
@@ -189,7 +192,7 @@ impl Parts {
         if p.buf.is_empty() {
             return Ok(());
         }
-        let data = std::mem::replace(&mut p.buf, Vec::with_capacity(frame_size + 64 * 1024));
+        let data = std::mem::replace(&mut p.buf, pipeline::buffers::take(frame_size + FRAME_SLACK));
         p.sent += data.len() as u64;
         if p.tx.blocking_send(Ok(Bytes::from(data))).is_err() {
             // The store task ended early (failed or cancelled): its error says why.
@@ -285,6 +288,24 @@ impl Parts {
     }
 }
 
+/// One `read(2)` of at most `want` bytes appended to `buf` (into its spare capacity: no zeroing
+/// of memory the read overwrites anyway). Returns the bytes read.
+fn read_appending(file: &File, buf: &mut Vec<u8>, want: usize) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    buf.reserve(want);
+    let spare = &mut buf.spare_capacity_mut()[..want];
+    // SAFETY: `spare` is valid for writes of `want` bytes; read(2) writes at most that many and
+    // returns how many it wrote, and only those become part of the vector.
+    let n = unsafe { libc::read(file.as_raw_fd(), spare.as_mut_ptr().cast(), want) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: the first `n` bytes of the spare capacity were just initialised by read(2).
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
 /// Runs the engine (blocking; call from `spawn_blocking`).
 #[allow(clippy::too_many_arguments)]
 pub fn run(
@@ -362,7 +383,6 @@ pub fn run(
         files_by_blocks: 0,
         runs: 0,
         files_stored: 0,
-        buf: vec![0u8; READ_CHUNK],
     };
     let result = engine.walk(walk, &cancel);
     if let Err(e) = result {
@@ -462,7 +482,6 @@ struct Engine {
     /// `.bdc-blocks/<n>` entries written so far.
     runs: u64,
     files_stored: u64,
-    buf: Vec<u8>,
 }
 
 fn tar_name(path: &ByteName, dir: bool) -> Vec<u8> {
@@ -819,7 +838,7 @@ impl Engine {
             self.bytes_stored += size;
             let seq = self.parts.part().seq;
             let pad = tar::padding(size);
-            self.parts.write(&vec![0u8; pad]);
+            self.parts.write(&[0u8; tar::BLOCK][..pad]);
             self.parts.entry_done()?;
             if let Some(err) = error {
                 self.warn_or_fail(&item.path, format!("read failed: {err}"))?;
@@ -881,20 +900,25 @@ impl Engine {
         let mut short = false;
         let mut error = None;
         while left > 0 {
-            let want = (left.min(READ_CHUNK as u64)) as usize;
+            // Read straight into the frame buffer (no copy), up to the frame's end.
+            let frame_size = self.parts.frame_size;
+            let buf = &mut self.parts.part().buf;
+            let room = frame_size.saturating_sub(buf.len()).max(tar::BLOCK);
+            let want = (left.min(READ_CHUNK.min(room) as u64)) as usize;
+            let at = buf.len();
             let n = if short || error.is_some() {
-                self.buf[..want].fill(0);
+                buf.resize(at + want, 0);
                 want
             } else {
-                match file.read(&mut self.buf[..want]) {
+                match read_appending(file, buf, want) {
                     Ok(0) => {
                         short = true;
-                        self.buf[..want].fill(0);
+                        buf.resize(at + want, 0);
                         want
                     }
                     Ok(n) => {
                         if let Some(hook) = &self.cfg.inspect {
-                            let found = hook(path, file, size - left, &self.buf[..n]);
+                            let found = hook(path, file, size - left, &buf[at..at + n]);
                             self.warnings.extend(found);
                         }
                         n
@@ -902,18 +926,16 @@ impl Engine {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
                         error = Some(e);
-                        self.buf[..want].fill(0);
+                        buf.resize(at + want, 0);
                         want
                     }
                 }
             };
-            hasher.update(&self.buf[..n]);
+            let data = &self.parts.part().buf[at..at + n];
+            hasher.update(data);
             if let Some(b) = blocks.as_mut() {
-                b.update(&self.buf[..n]);
+                b.update(data);
             }
-            let chunk = std::mem::take(&mut self.buf);
-            self.parts.write(&chunk[..n]);
-            self.buf = chunk;
             left -= n as u64;
             self.bytes_read += n as u64;
             if self.parts.part().buf.len() >= self.parts.frame_size {

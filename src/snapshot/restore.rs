@@ -269,19 +269,30 @@ impl Check {
 /// Skips to `offset` and reads `len` bytes from a stream.
 async fn read_at(stream: &mut ObjectStream, offset: u64, len: u64) -> io::Result<Bytes> {
     use tokio::io::AsyncReadExt;
-    let mut skip = offset - stream.pos;
-    let mut scratch = vec![0u8; 256 * 1024];
-    while skip > 0 {
-        let n = usize::try_from(skip.min(scratch.len() as u64)).unwrap_or(scratch.len());
-        stream.reader.read_exact(&mut scratch[..n]).await?;
-        skip -= n as u64;
-        stream.pos += n as u64;
+    let skip = offset - stream.pos;
+    if skip > 0 {
+        let skipped = tokio::io::copy(&mut (&mut stream.reader).take(skip), &mut tokio::io::sink())
+            .await?;
+        stream.pos += skipped;
+        if skipped < skip {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
     }
     let len = usize::try_from(len).map_err(|_| io::Error::other("frame too large"))?;
-    let mut buf = vec![0u8; len];
-    stream.reader.read_exact(&mut buf).await?;
+    // Read into spare capacity (no zeroing of a buffer the read overwrites anyway).
+    let mut buf = bytes::BytesMut::with_capacity(len);
+    while buf.len() < len {
+        let room = len - buf.len();
+        let n = stream
+            .reader
+            .read_buf(&mut bytes::BufMut::limit(&mut buf, room))
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
     stream.pos += len as u64;
-    Ok(Bytes::from(buf))
+    Ok(buf.freeze())
 }
 
 /// Restores from a plaintext manifest file (blocking; call from `spawn_blocking`).

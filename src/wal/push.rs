@@ -15,6 +15,23 @@ use std::future::Future;
 use std::io::{self, Write};
 use std::time::Duration;
 
+/// Bumped every time a WAL file became durable in every sync repository (the daemon's archiver
+/// calls [`note_durable`]); a base backup waiting for its stop segment subscribes with
+/// [`durable_signal`] and re-checks the repository when it changes instead of only polling.
+static DURABLE: std::sync::LazyLock<tokio::sync::watch::Sender<u64>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::Sender::new(0));
+
+/// Tells the waiters that a WAL file is durable now (called after it was acknowledged).
+pub fn note_durable() {
+    DURABLE.send_modify(|n| *n = n.wrapping_add(1));
+}
+
+/// A receiver that sees every [`note_durable`] after this call (subscribe before checking the
+/// repository, then wait for `changed()`: no notification is lost in between).
+pub fn durable_signal() -> tokio::sync::watch::Receiver<u64> {
+    DURABLE.subscribe()
+}
+
 /// History and backup-label files larger than this are refused (they are a few hundred bytes).
 const MAX_SMALL_FILE: u64 = 16 << 20;
 
@@ -303,92 +320,76 @@ fn seal(plain: &[u8], name: &WalName, settings: &PipelineSettings) -> Result<Sea
     let frames: Vec<&[u8]> = plain.chunks(frame_size).collect();
     let workers = settings.compression.workers.clamp(1, frames.len().max(1));
     let zstd = settings.compression.algorithm == Compression::Zstd;
-    let (sha256, compressed) = std::thread::scope(|scope| {
-        let hasher = scope.spawn(|| hex::encode(Sha256::digest(plain)));
-        let compressed = if zstd {
-            let next = AtomicUsize::new(0);
-            let mut outs: Vec<Option<io::Result<Vec<u8>>>> =
-                (0..frames.len()).map(|_| None).collect();
-            let done: Vec<Vec<(usize, io::Result<Vec<u8>>)>> = std::thread::scope(|inner| {
-                let handles: Vec<_> = (0..workers)
-                    .map(|_| {
-                        inner.spawn(|| {
-                            let mut mine = Vec::new();
-                            loop {
-                                let i = next.fetch_add(1, Ordering::Relaxed);
-                                let Some(f) = frames.get(i) else { break };
-                                mine.push((i, crate::pipeline::compress::zstd_frame(f, level)));
-                            }
-                            mine
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap_or_default())
-                    .collect()
-            });
-            for (i, r) in done.into_iter().flatten() {
-                outs[i] = Some(r);
-            }
-            let mut all = Vec::with_capacity(outs.len());
-            for (i, o) in outs.into_iter().enumerate() {
-                match o {
-                    Some(Ok(v)) => all.push(v),
-                    Some(Err(e)) => return Err(PipelineError::Compress(e)),
-                    None => {
-                        return Err(PipelineError::Task(format!(
-                            "frame {i} was not compressed (a compression thread failed)"
-                        )));
-                    }
-                }
-            }
-            if all.is_empty() {
-                // An empty file still gets one (empty) zstd frame: a valid zstd stream.
-                all.push(
-                    crate::pipeline::compress::zstd_frame(&[], level)
-                        .map_err(PipelineError::Compress)?,
-                );
-            }
-            Some(all)
-        } else {
-            None
-        };
-        let sha256 = hasher
-            .join()
-            .map_err(|_| PipelineError::Task("the hashing thread failed".into()))?;
-        Ok((sha256, compressed))
-    })
-    .map_err(failed)?;
     let encrypt_err = |e: io::Error| failed(PipelineError::Encrypt(e.to_string()));
     let encryptor = age::Encryptor::with_recipients(
         settings.recipients.iter().map(|r| r as &dyn age::Recipient),
     )
     .map_err(|e| failed(PipelineError::Encrypt(e.to_string())))?;
-    let capacity = compressed
-        .as_ref()
-        .map_or(plain.len() / 2, |c| c.iter().map(Vec::len).sum::<usize>())
-        + 4096;
+    // The object is hashed as age writes it (no second pass over it).
     let mut w = encryptor
-        .wrap_output(Vec::with_capacity(capacity + capacity / 1000))
+        .wrap_output(HashingVec::with_capacity(plain.len() / 2 + 4096))
         .map_err(encrypt_err)?;
-    let compression = match compressed {
-        Some(frames) => {
-            for f in &frames {
-                w.write_all(f).map_err(encrypt_err)?;
+    // The plaintext is hashed on one thread while frames are compressed on `workers` others;
+    // this thread encrypts each frame as soon as it and the ones before it are compressed.
+    let next = AtomicUsize::new(0);
+    let (sha256, compression) = std::thread::scope(|scope| {
+        let hasher = scope.spawn(|| hex::encode(Sha256::digest(plain)));
+        let compression = if zstd {
+            let (tx, rx) = std::sync::mpsc::channel::<(usize, io::Result<Vec<u8>>)>();
+            for _ in 0..workers {
+                let tx = tx.clone();
+                let (next, frames) = (&next, &frames);
+                scope.spawn(move || {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(f) = frames.get(i) else { break };
+                        let out = crate::pipeline::compress::zstd_frame(f, level);
+                        if tx.send((i, out)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            let mut waiting: std::collections::BTreeMap<usize, Vec<u8>> = Default::default();
+            let mut written = 0usize;
+            while written < frames.len() {
+                let Ok((i, out)) = rx.recv() else {
+                    return Err(PipelineError::Task(format!(
+                        "frame {written} was not compressed (a compression thread failed)"
+                    )));
+                };
+                waiting.insert(i, out.map_err(PipelineError::Compress)?);
+                while let Some(f) = waiting.remove(&written) {
+                    w.write_all(&f)
+                        .map_err(|e| PipelineError::Encrypt(e.to_string()))?;
+                    crate::pipeline::buffers::give(f);
+                    written += 1;
+                }
+            }
+            if frames.is_empty() {
+                // An empty file still gets one (empty) zstd frame: a valid zstd stream.
+                let empty = crate::pipeline::compress::zstd_frame(&[], level)
+                    .map_err(PipelineError::Compress)?;
+                w.write_all(&empty)
+                    .map_err(|e| PipelineError::Encrypt(e.to_string()))?;
             }
             "zstd"
-        }
-        None => {
+        } else {
             let level = u32::try_from(level.clamp(0, 9)).unwrap_or(6);
             let mut gz = flate2::write::GzEncoder::new(&mut w, flate2::Compression::new(level));
-            gz.write_all(plain).map_err(encrypt_err)?;
-            gz.finish().map_err(encrypt_err)?;
+            gz.write_all(plain)
+                .and_then(|_| gz.finish().map(|_| ()))
+                .map_err(|e| PipelineError::Encrypt(e.to_string()))?;
             "gzip"
-        }
-    };
-    let object = w.finish().map_err(encrypt_err)?;
-    let object_sha256 = hex::encode(Sha256::digest(&object));
+        };
+        let sha256 = hasher
+            .join()
+            .map_err(|_| PipelineError::Task("the hashing thread failed".into()))?;
+        Ok((sha256, compression))
+    })
+    .map_err(failed)?;
+    let (object, object_sha256) = w.finish().map_err(encrypt_err)?.finish();
     Ok(SealedWal {
         name: name.clone(),
         size: plain.len() as u64,
@@ -397,6 +398,37 @@ fn seal(plain: &[u8], name: &WalName, settings: &PipelineSettings) -> Result<Sea
         object_sha256,
         compression,
     })
+}
+
+/// A `Vec` that hashes what is written into it (the sealed object and its SHA-256 in one pass).
+struct HashingVec {
+    out: Vec<u8>,
+    hasher: Sha256,
+}
+
+impl HashingVec {
+    fn with_capacity(n: usize) -> HashingVec {
+        HashingVec {
+            out: Vec::with_capacity(n),
+            hasher: Sha256::new(),
+        }
+    }
+
+    fn finish(self) -> (Vec<u8>, String) {
+        (self.out, hex::encode(self.hasher.finalize()))
+    }
+}
+
+impl Write for HashingVec {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.hasher.update(buf);
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Runs a store call with a bound.
