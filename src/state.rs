@@ -21,6 +21,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 mod audit;
+mod drill_facts;
 mod events;
 mod facts;
 mod health;
@@ -32,6 +33,7 @@ mod verify;
 mod wal;
 
 pub use audit::{AuditEvent, AuditSource};
+pub use drill_facts::DrillFact;
 pub use events::{OutboxItem, SinkCounts};
 pub use facts::{JobFacts, MetricsFacts, VerifyFacts};
 pub use health::HealthRow;

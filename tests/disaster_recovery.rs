@@ -3,24 +3,50 @@
 //! with nothing but the repository URL and a copy of the identity file, in fresh folders and on
 //! a fresh port: `bootstrap`, `restore all --plan` interrupted by a failing hook, `--resume`;
 //! the database is compared table by table, the tree file by file (modes, owners, mtimes,
-//! links), the config files byte by byte, and finished steps are not redone.
+//! links), the config files byte by byte, and finished steps are not redone. The newcomer paths:
+//! output piped into `head -1`, `bootstrap` and the dry run as the `postgres` user (errors naming
+//! the unreadable identity and the unwritable output folder), a dry run whose estimates name
+//! their basis (a drill, or none), the offline audit row beside the plan, and `bootstrap` from
+//! an S3 repository (moto).
 
 mod common;
 
-use common::daemon::CTL;
+use common::daemon::{CTL, Setup};
+use common::objstores::{Moto, credentials_file};
 use common::physical::{Physical, fingerprints, open_up, psql_port};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn ctl(args: &[&str]) -> Output {
-    // No --catalogue, no BDC_BACKUP_* variables: a bare host.
-    let out = Command::new(CTL)
-        .args(args)
-        .env_remove("BDC_BACKUP_CATALOGUE")
+    run_ctl(bare(Command::new(CTL)), args)
+}
+
+/// No --catalogue, no BDC_BACKUP_* variables: a bare host; `HOME` a folder of its own (tests look
+/// at what lands there), and no socket of a running daemon.
+fn bare(mut c: Command) -> Command {
+    c.env_remove("BDC_BACKUP_CATALOGUE")
         .env_remove("BDC_BACKUP_SOCKET")
-        .output()
-        .expect("run bdc-backupctl");
+        .env_remove("XDG_STATE_HOME")
+        .env("HOME", home());
+    c
+}
+
+fn home() -> PathBuf {
+    let h = std::env::temp_dir().join(format!("bdc-dr-home-{}", std::process::id()));
+    std::fs::create_dir_all(&h).unwrap();
+    h
+}
+
+/// The ctl as the postgres OS user (the tests run as root).
+fn ctl_as_postgres(args: &[&str]) -> Output {
+    let mut c = Command::new("runuser");
+    c.args(["-u", "postgres", "--", CTL]);
+    run_ctl(bare(c), args)
+}
+
+fn run_ctl(mut c: Command, args: &[&str]) -> Output {
+    let out = c.args(args).output().expect("run bdc-backupctl");
     eprintln!(
         "$ bdc-backupctl {}\n[exit {:?}]\n{}{}",
         args.join(" "),
@@ -37,6 +63,31 @@ fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// The ctl with its stdout a pipe whose reader is already gone (every write fails with EPIPE),
+/// and with stdout piped through `head -1` (bash, pipefail: the ctl's own exit status).
+fn ctl_into_closed_pipes(args: &[&str]) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut c = bare(Command::new(CTL));
+    let out = c.args(args).stdout(writer).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "closed stdout: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let line = std::iter::once(CTL.to_string())
+        .chain(args.iter().map(|a| format!("'{a}'")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut c = bare(Command::new("bash"));
+    let out = c
+        .args(["-o", "pipefail", "-c", &format!("{line} | head -1")])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "| head -1: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
 }
 
 fn free_port() -> u16 {
@@ -218,6 +269,16 @@ repositories = ["local"]
             p.daemon_log()
         );
     }
+    // A drill of the uploads job: the dry run's estimate for its step rests on it.
+    let out = p
+        .setup
+        .ctl(&["verify", "--job", "uploads", "--drill-only", "--wait"]);
+    assert!(
+        out.status.success(),
+        "drill: {}\n{}",
+        text(&out),
+        p.daemon_log()
+    );
     p.switch_wal();
     let want_app = fingerprints(p.cluster.port, "app");
     assert!(want_app.contains_key("public.after_base"));
@@ -389,6 +450,130 @@ repositories = ["local"]
         "{dry}"
     );
     assert!(dry.contains("nothing written"), "{dry}");
+    // Each restore step: from where, to where, its size, an estimate and its basis — the drill
+    // for the drilled job, "no drill recorded" (and the fallback rate) for the others.
+    let line = |prefix: &str| {
+        dry.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line {prefix}: {dry}"))
+            .to_string()
+    };
+    let files_line = line("[4/5] files uploads: files uploads backup");
+    assert!(files_line.contains("from `local` (file://"), "{files_line}");
+    assert!(files_line.contains("stored, about "), "{files_line}");
+    assert!(
+        files_line.contains("(from drill run ") && files_line.contains(" MiB/s"),
+        "{files_line}"
+    );
+    let cluster_line = line("[2/5] cluster base:");
+    assert!(
+        cluster_line.contains(&format!(
+            "to {} (port {port})",
+            fresh.join("dr/restore/pgdata/base").display()
+        )),
+        "{cluster_line}"
+    );
+    assert!(
+        cluster_line.contains("(no drill recorded for `base` in ")
+            && cluster_line.ends_with(": estimate at 50 MiB/s)"),
+        "{cluster_line}"
+    );
+    assert!(
+        line("[3/5] database app-dump:").contains("database `app_from_dump` on postgresql://"),
+        "{dry}"
+    );
+
+    // Piped into `head -1`: a quiet end, exit 0.
+    ctl_into_closed_pipes(&["restore", "all", "--plan", plan_s, "--dry-run"]);
+    ctl_into_closed_pipes(&[
+        "bootstrap",
+        "--repository",
+        &url,
+        "--identity",
+        key.to_str().unwrap(),
+        "--output",
+        fresh.join("dr-piped").to_str().unwrap(),
+    ]);
+
+    // As the postgres user: an identity it cannot read, an output folder it cannot write are
+    // named; with its own identity and folder, bootstrap and the dry run work.
+    let root_key = fresh.join("root-only.key");
+    std::fs::write(&root_key, &key_text).unwrap();
+    std::fs::set_permissions(&root_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let pg_out = fresh.join("pg-home/dr");
+    let out = ctl_as_postgres(&[
+        "bootstrap",
+        "--repository",
+        &url,
+        "--identity",
+        root_key.to_str().unwrap(),
+        "--output",
+        pg_out.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("--identity {}: ", root_key.display()))
+            && text(&out).contains("Permission denied")
+            && text(&out).contains("user `postgres`"),
+        "{}",
+        text(&out)
+    );
+    let out = ctl_as_postgres(&[
+        "bootstrap",
+        "--repository",
+        &url,
+        "--identity",
+        key.to_str().unwrap(),
+        "--output",
+        pg_out.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "--output {}: cannot write there as user `postgres`: Permission denied",
+            pg_out.display()
+        )),
+        "{}",
+        text(&out)
+    );
+    std::fs::create_dir_all(fresh.join("pg-home")).unwrap();
+    let st = Command::new("chown")
+        .arg("postgres")
+        .arg(fresh.join("pg-home"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = ctl_as_postgres(&[
+        "bootstrap",
+        "--repository",
+        &url,
+        "--identity",
+        key.to_str().unwrap(),
+        "--output",
+        pg_out.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let pg_plan = pg_out.join("plan.toml");
+    let out = ctl_as_postgres(&[
+        "restore",
+        "all",
+        "--plan",
+        pg_plan.to_str().unwrap(),
+        "--dry-run",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let pg_dry = String::from_utf8_lossy(&out.stdout).to_string();
+    let steps: Vec<&str> = pg_dry.lines().filter(|l| l.starts_with('[')).collect();
+    assert_eq!(steps.len(), 4, "{pg_dry}");
+    for l in steps {
+        assert!(
+            l.contains(" stored, about ")
+                && (l.contains("(from drill run ") || l.contains("(no drill recorded")),
+            "{l}"
+        );
+    }
+    // Its audit rows beside its plan, as the postgres user's.
+    assert!(pg_out.join("offline-audit.jsonl").exists());
     assert!(
         !fresh.join("dr/restore").exists(),
         "a dry run writes nothing"
@@ -425,6 +610,30 @@ repositories = ["local"]
     );
     assert_eq!(progress2.lines().count(), 5);
 
+    // No daemon took the audit rows: they are beside the plan (dry run, the failed run, the
+    // refused one, the resumed one), not in the home folder.
+    let audit = std::fs::read_to_string(out_dir.join("offline-audit.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        rows.iter().filter(|r| r["action"] == "restore all").count() >= 4,
+        "{audit}"
+    );
+    assert!(
+        rows.iter().any(|r| r["result"] == "ok"
+            && r["detail"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("plan {plan_s} resume"))),
+        "{audit}"
+    );
+    assert!(
+        !home().join(".local/state/bdc-backup").exists(),
+        "nothing in the home folder"
+    );
+
     // The database, table by table: the PITR cluster and the dump restored into it.
     let restored = common::physical::Restored {
         dir: fresh.join("dr/restore/pgdata/base"),
@@ -457,4 +666,105 @@ repositories = ["local"]
         );
     }
     drop(restored);
+}
+
+#[test]
+fn bootstrap_from_an_s3_repository_and_restore_its_files() {
+    let moto = Moto::start();
+    moto.create_bucket("bdc-dr");
+    let setup = Setup::new();
+    let creds = credentials_file(
+        setup.dir.path(),
+        "s3.env",
+        &[
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+        ],
+    );
+    let src = setup.path("uploads");
+    std::fs::create_dir_all(src.join("docs")).unwrap();
+    std::fs::write(src.join("docs/readme.txt"), "hello from s3\n").unwrap();
+    std::fs::write(src.join("data.bin"), vec![3u8; 70_000]).unwrap();
+    std::fs::set_permissions(src.join("data.bin"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink("docs/readme.txt", src.join("latest")).unwrap();
+    setup.write_catalogue(&format!(
+        r#"
+[repository.offsite]
+url = "s3://bdc-dr/prod"
+region = "us-east-1"
+endpoint = "{endpoint}"
+credentials-file = "{creds}"
+
+[[job]]
+name = "uploads"
+kind = "files"
+path = "{src}"
+full = "0 4 * * 0"
+repositories = ["offsite"]
+"#,
+        endpoint = moto.endpoint(),
+        creds = creds.display(),
+        src = src.display(),
+    ));
+    let daemon = setup.start_daemon();
+    let out = setup.ctl(&["run", "uploads", "--wait"]);
+    assert!(out.status.success(), "{}", daemon.log_text());
+    let want = tree(&src);
+
+    // The bare host: the URL, the endpoint, a credentials file and the identity.
+    let fresh = tempfile::Builder::new()
+        .prefix("bdc-dr-s3-")
+        .tempdir()
+        .unwrap();
+    let key = fresh.path().join("restore.key");
+    std::fs::copy(setup.path("restore.key"), &key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let fresh_creds = fresh.path().join("s3.env");
+    std::fs::copy(&creds, &fresh_creds).unwrap();
+    let out_dir = fresh.path().join("dr");
+    let endpoint = moto.endpoint();
+    let args = [
+        "bootstrap",
+        "--repository",
+        "s3://bdc-dr/prod",
+        "--region",
+        "us-east-1",
+        "--endpoint",
+        &endpoint,
+        "--credentials-file",
+        fresh_creds.to_str().unwrap(),
+        "--identity",
+        key.to_str().unwrap(),
+        "--output",
+        out_dir.to_str().unwrap(),
+    ];
+    let out = ctl(&args);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("uploads"), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("catalogue.original.toml")).unwrap(),
+        std::fs::read_to_string(setup.catalogue_path()).unwrap()
+    );
+    let rewritten = std::fs::read_to_string(out_dir.join("catalogue.toml")).unwrap();
+    assert!(
+        rewritten.contains(&fresh_creds.display().to_string()),
+        "the credentials point at this host's file: {rewritten}"
+    );
+    // The plan's one files step, run from the recovered catalogue against S3.
+    let plan = out_dir.join("plan.toml");
+    let plan_s = plan.to_str().unwrap();
+    let out = ctl(&["restore", "all", "--plan", plan_s, "--dry-run"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("from `offsite` (s3://bdc-dr/prod)"),
+        "{}",
+        text(&out)
+    );
+    let out = ctl(&["restore", "all", "--plan", plan_s]);
+    assert!(out.status.success(), "{}", text(&out));
+    let target = out_dir
+        .join("restore/files")
+        .join(src.strip_prefix("/").unwrap());
+    assert_eq!(tree(&target), want);
+    drop(daemon);
 }

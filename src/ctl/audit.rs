@@ -233,7 +233,7 @@ fn describe(what: &RestoreCommand) -> (String, Option<String>, String) {
 
 /// Records a restore: to the daemon when it answers (it adds our peer credentials), else in the
 /// offline file (`<state-directory>/offline-audit.jsonl`, or `~/.local/state/bdc-backup/` when that
-/// is not writable). Never changes the restore's outcome; a failure is a warning on stderr.
+/// is not writable; `restore all`: `offline-audit.jsonl` beside its plan). Never changes the restore's outcome; a failure is a warning on stderr.
 pub async fn report_restore(ctx: &Ctx, what: &RestoreCommand, result: &CtlResult) {
     let (action, job, detail) = describe(what);
     let result_text = match result {
@@ -259,6 +259,11 @@ pub async fn report_restore(ctx: &Ctx, what: &RestoreCommand, result: &CtlResult
     event.detail = detail;
     event.job = job;
     event.result = result_text;
+    if let RestoreCommand::All(a) = what {
+        // A DR run: beside its plan, not in the old host's state directory (docs/decisions.md).
+        super::restore_all::audit_beside_plan(&a.plan, &event);
+        return;
+    }
     let state_dir = ctx.load_catalogue().ok().map(|c| c.daemon.state_directory);
     append_offline(state_dir.as_deref(), &event);
 }

@@ -48,8 +48,17 @@ pub struct JobRestorable {
 pub async fn run(a: &super::args::BootstrapArgs, json: bool) -> CtlResult {
     let identity = std::path::absolute(&a.identity)
         .map_err(|e| CtlError::usage(format!("--identity {}: {e}", a.identity.display())))?;
-    let identities = Identities::load(&identity)
-        .map_err(|e| CtlError::usage(format!("--identity {}: {e}", identity.display())))?;
+    let identities = Identities::load(&identity).map_err(|e| {
+        let hint = match &e {
+            crate::pipeline::IdentityError::Io { source, .. }
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                format!(" (running as {}; the file must be readable by it)", who())
+            }
+            _ => String::new(),
+        };
+        CtlError::usage(format!("--identity {}: {e}{hint}", identity.display()))
+    })?;
     let credentials = match &a.credentials_file {
         Some(f) => Some(
             std::path::absolute(f)
@@ -57,6 +66,7 @@ pub async fn run(a: &super::args::BootstrapArgs, json: bool) -> CtlResult {
         ),
         None => None,
     };
+    let out = writable_output(&a.output)?;
     let repo = open_url(
         &a.repository,
         credentials.as_deref(),
@@ -76,9 +86,6 @@ pub async fn run(a: &super::args::BootstrapArgs, json: bool) -> CtlResult {
                 CtlError::failed(chain)
             }
         })?;
-    std::fs::create_dir_all(&a.output)
-        .map_err(|e| CtlError::failed(format!("--output {}: {e}", a.output.display())))?;
-    let out = std::path::absolute(&a.output).unwrap_or_else(|_| a.output.clone());
     let write = |p: &Path, text: &str| {
         std::fs::write(p, text).map_err(|e| CtlError::failed(format!("{}: {e}", p.display())))
     };
@@ -151,6 +158,32 @@ pub async fn run(a: &super::args::BootstrapArgs, json: bool) -> CtlResult {
     } else {
         outln(&human(&report))
     }
+}
+
+/// This process's user, as errors name it.
+fn who() -> String {
+    let uid = nix::unistd::getuid();
+    nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map_or_else(|| format!("uid {uid}"), |u| format!("user `{}`", u.name))
+}
+
+/// The output folder, created, absolute, and checked writable before the repository is read.
+fn writable_output(dir: &Path) -> Result<PathBuf, CtlError> {
+    let fail = |e: std::io::Error| {
+        CtlError::failed(format!(
+            "--output {}: cannot write there as {}: {e}",
+            dir.display(),
+            who()
+        ))
+    };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    tempfile::Builder::new()
+        .prefix(".bootstrap-probe-")
+        .tempfile_in(dir)
+        .map_err(fail)?;
+    Ok(std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf()))
 }
 
 const HOOK_EXAMPLE: &str = "\n# Hooks that start services come last, e.g.:\n# [[step]]\n# name = \"start the application\"\n# kind = \"command\"\n# command = [\"systemctl\", \"start\", \"app.service\"]\n# timeout = \"5m\"\n";

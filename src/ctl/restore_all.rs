@@ -50,43 +50,7 @@ pub async fn run(a: RestoreAllArgs<'_>) -> CtlResult {
         outln(&format!("application version to check out first: {v}"))?;
     }
     if a.dry_run {
-        let mut sum = 0.0;
-        for (i, step) in plan.steps.iter().enumerate() {
-            let line = match step.action.source() {
-                None => format!("command {:?}", command_of(step)),
-                Some((job, backup, repo)) => {
-                    match choose(&catalogue, job, backup, repo, at).await {
-                        Ok((record, bytes)) => {
-                            let secs = plan::estimate_seconds(bytes, None);
-                            sum += secs;
-                            format!(
-                                "{} {job} backup {} ({}), about {}",
-                                step.action.kind(),
-                                record.id,
-                                crate::units::human_bytes(bytes),
-                                humantime::format_duration(std::time::Duration::from_secs(
-                                    secs.ceil() as u64
-                                ))
-                            )
-                        }
-                        Err(e) => {
-                            format!("{} {job}: CANNOT RUN: {}", step.action.kind(), e.message)
-                        }
-                    }
-                }
-            };
-            let mark = if done(step) {
-                " (done, skipped with --resume)"
-            } else {
-                ""
-            };
-            outln(&format!("[{}/{total}] {}: {line}{mark}", i + 1, step.name))?;
-        }
-        return outln(&format!(
-            "total about {} (estimates at {} MiB/s; nothing written)",
-            humantime::format_duration(std::time::Duration::from_secs(sum.ceil() as u64)),
-            plan::FALLBACK_BYTES_PER_SECOND / 1048576.0
-        ));
+        return dry_run(&plan, &catalogue, at, &done).await;
     }
     let catalogue_path = std::fs::canonicalize(&plan.catalogue)
         .map_err(|e| CtlError::usage(format!("{}: {e}", plan.catalogue.display())))?;
@@ -129,6 +93,175 @@ pub async fn run(a: RestoreAllArgs<'_>) -> CtlResult {
         "all {total} step(s) done (progress in {})",
         progress.display()
     ))
+}
+
+/// `--dry-run`: per step what it restores, from where, to where, its size and an estimate with
+/// its basis (the job's newest passed drill in this host's state DB, else the fixed rate).
+async fn dry_run(
+    plan: &Plan,
+    catalogue: &Catalogue,
+    at: Option<DateTime<Utc>>,
+    done: &dyn Fn(&Step) -> bool,
+) -> CtlResult {
+    let drills = Drills::open(catalogue).await;
+    let total = plan.steps.len();
+    let mut sum = 0.0;
+    for (i, step) in plan.steps.iter().enumerate() {
+        let line = match step.action.source() {
+            None => format!("command {:?}", command_of(step)),
+            Some((job, backup, repo)) => match choose(catalogue, job, backup, repo, at).await {
+                Ok(c) => {
+                    let (drill, no_drill) = drills.newest(job).await;
+                    let e = plan::estimate(c.size, drill.as_ref(), &no_drill);
+                    sum += e.seconds;
+                    format!(
+                        "{} {job} backup {} from `{}` ({}) to {}, {} stored, about {} ({})",
+                        step.action.kind(),
+                        c.record.id,
+                        c.repository,
+                        c.url,
+                        destination(&step.action),
+                        crate::units::human_bytes(c.size.stored),
+                        duration_text(e.seconds),
+                        e.basis
+                    )
+                }
+                Err(e) => format!("{} {job}: CANNOT RUN: {}", step.action.kind(), e.message),
+            },
+        };
+        let mark = if done(step) {
+            " (done, skipped with --resume)"
+        } else {
+            ""
+        };
+        outln(&format!("[{}/{total}] {}: {line}{mark}", i + 1, step.name))?;
+    }
+    outln(&format!(
+        "total about {} (nothing written)",
+        duration_text(sum)
+    ))
+}
+
+fn duration_text(seconds: f64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(seconds.ceil() as u64)).to_string()
+}
+
+/// Where a step writes.
+fn destination(action: &Action) -> String {
+    match action {
+        Action::Config {
+            target: Some(t), ..
+        } => t.display().to_string(),
+        Action::Config { .. } => "the original paths (in place)".into(),
+        Action::Cluster {
+            target_dir, port, ..
+        } => match port {
+            Some(p) => format!("{} (port {p})", target_dir.display()),
+            None => target_dir.display().to_string(),
+        },
+        Action::Database { into, url, .. } => format!(
+            "database `{into}` on {}",
+            url.as_deref()
+                .map(without_password)
+                .unwrap_or_else(|| "the catalogue's server".into())
+        ),
+        Action::Files { target, .. } => target.display().to_string(),
+        Action::Command { .. } => String::new(),
+    }
+}
+
+/// A URL as shown: any password replaced by `***`.
+fn without_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// The drill figures of this host: its state DB (the plan's catalogue names it) when there is
+/// one. Drill results are not in the repository: a bare host has none.
+enum Drills {
+    Db(crate::state::StateDb, std::path::PathBuf),
+    None(String),
+}
+
+impl Drills {
+    async fn open(catalogue: &Catalogue) -> Drills {
+        let path = catalogue.daemon.state_db.clone();
+        match std::fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Drills::None(format!(
+                    "no drill recorded (no state DB at {}; drill results are kept there, not in the repository)",
+                    path.display()
+                ));
+            }
+            Err(e) => {
+                return Drills::None(format!(
+                    "no drill recorded (the state DB {} cannot be read: {e})",
+                    path.display()
+                ));
+            }
+            Ok(_) => {}
+        }
+        match crate::state::StateDb::open_read_only(&path).await {
+            Ok(db) => Drills::Db(db, path),
+            Err(e) => Drills::None(format!(
+                "no drill recorded (the state DB cannot be read: {})",
+                crate::error::error_chain_of(&e)
+            )),
+        }
+    }
+
+    /// The newest passed drill of `job`, or why there is none.
+    async fn newest(&self, job: &str) -> (Option<crate::state::DrillFact>, String) {
+        match self {
+            Drills::None(why) => (None, why.clone()),
+            Drills::Db(db, path) => match db.newest_passed_drill(job).await {
+                Ok(Some(d)) => (Some(d), String::new()),
+                Ok(None) => (
+                    None,
+                    format!("no drill recorded for `{job}` in {}", path.display()),
+                ),
+                Err(e) => (
+                    None,
+                    format!(
+                        "no drill recorded (reading {}: {})",
+                        path.display(),
+                        crate::error::error_chain_of(&e)
+                    ),
+                ),
+            },
+        }
+    }
+}
+
+/// The offline audit file of a DR run: `offline-audit.jsonl` in the plan's folder (bootstrap's
+/// output folder), which the run writes anyway (the progress file); the catalogue's state
+/// directory is the old host's, absent on a bare one.
+pub fn offline_audit_path(plan: &Path) -> std::path::PathBuf {
+    plan.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .join("offline-audit.jsonl")
+}
+
+/// Appends the run's audit row (no daemon took it) beside the plan, saying where; a row that
+/// cannot be written is a warning, never a changed outcome.
+pub fn audit_beside_plan(plan: &Path, event: &crate::state::AuditEvent) {
+    let path = offline_audit_path(plan);
+    match crate::state::append_offline_audit(&path, event) {
+        Ok(()) => eprintln!(
+            "bdc-backupctl: no daemon took the audit row; recorded in {} — once the daemon runs on this host, append its lines to <state-directory>/offline-audit.jsonl and it imports them at start",
+            path.display()
+        ),
+        Err(e) => eprintln!(
+            "warning: this operation could not be audited: {}",
+            crate::error::error_chain_of(&e)
+        ),
+    }
 }
 
 fn command_of(step: &Step) -> Vec<String> {
@@ -175,15 +308,23 @@ fn check_jobs(plan: &Plan, catalogue: &Catalogue) -> Result<(), String> {
     }
 }
 
+/// What a step restores: the backup, the repository it is read from, and its chain's size.
+struct Chosen {
+    record: CommitRecord,
+    repository: String,
+    url: String,
+    size: plan::StepSize,
+}
+
 /// The backup a step restores (its `backup`, else the newest stopped at or before `at`) and the
-/// bytes stored it reads (with its ancestors).
+/// bytes it reads (with its ancestors).
 async fn choose(
     catalogue: &Catalogue,
     job: &str,
     backup: Option<&str>,
     repository: Option<&str>,
     at: Option<DateTime<Utc>>,
-) -> Result<(CommitRecord, u64), CtlError> {
+) -> Result<Chosen, CtlError> {
     let name = match repository {
         Some(r) => r.to_string(),
         None => catalogue
@@ -214,13 +355,19 @@ async fn choose(
             (None, None) => format!("job `{job}` has no backup in repository `{name}`"),
         })
     })?;
-    let bytes = chosen.bytes_stored
-        + records
-            .iter()
-            .filter(|r| chosen.ancestors.contains(&r.id))
-            .map(|r| r.bytes_stored)
-            .sum::<u64>();
-    Ok((chosen, bytes))
+    let chain = || {
+        std::iter::once(&chosen).chain(records.iter().filter(|r| chosen.ancestors.contains(&r.id)))
+    };
+    let size = plan::StepSize {
+        stored: chain().map(|r| r.bytes_stored).sum(),
+        plaintext: chain().map(|r| r.bytes_read).sum(),
+    };
+    Ok(Chosen {
+        record: chosen.clone(),
+        repository: name,
+        url: settings.url.clone(),
+        size,
+    })
 }
 
 /// Runs one step; its one-line summary and the backup it restored.
@@ -247,24 +394,15 @@ async fn run_step(
             in_place,
             repository,
         } => {
-            let (record, _) =
-                choose(catalogue, job, backup.as_deref(), repository.as_deref(), at).await?;
-            let options = crate::files::SnapshotRestoreOptions {
-                job: job.clone(),
-                backup: Some(record.id.clone()),
-                at: None,
+            let c = choose(catalogue, job, backup.as_deref(), repository.as_deref(), at).await?;
+            let to = SnapshotTo {
                 target: target.clone(),
                 in_place: *in_place,
-                paths: Vec::new(),
-                dry_run: false,
                 overwrite: true,
-                ignore_errors: false,
-                numeric_owner: false,
-                repository: repository.clone(),
             };
-            snapshot(catalogue, options)
+            snapshot(catalogue, job, &c.record, repository, to)
                 .await
-                .map(|s| (s, Some(record.id)))
+                .map(|s| (s, Some(c.record.id)))
         }
         Action::Files {
             job,
@@ -273,24 +411,15 @@ async fn run_step(
             overwrite,
             repository,
         } => {
-            let (record, _) =
-                choose(catalogue, job, backup.as_deref(), repository.as_deref(), at).await?;
-            let options = crate::files::SnapshotRestoreOptions {
-                job: job.clone(),
-                backup: Some(record.id.clone()),
-                at: None,
+            let c = choose(catalogue, job, backup.as_deref(), repository.as_deref(), at).await?;
+            let to = SnapshotTo {
                 target: Some(target.clone()),
                 in_place: false,
-                paths: Vec::new(),
-                dry_run: false,
                 overwrite: *overwrite,
-                ignore_errors: false,
-                numeric_owner: false,
-                repository: repository.clone(),
             };
-            snapshot(catalogue, options)
+            snapshot(catalogue, job, &c.record, repository, to)
                 .await
-                .map(|s| (s, Some(record.id)))
+                .map(|s| (s, Some(c.record.id)))
         }
         Action::Database {
             job,
@@ -302,8 +431,9 @@ async fn run_step(
             roles,
             repository,
         } => {
-            let (record, _) =
-                choose(catalogue, job, backup.as_deref(), repository.as_deref(), at).await?;
+            let record = choose(catalogue, job, backup.as_deref(), repository.as_deref(), at)
+                .await?
+                .record;
             let options = crate::postgres::restore::RestoreDatabaseOptions {
                 job: job.clone(),
                 database: database.clone(),
@@ -360,10 +490,34 @@ async fn run_step(
     }
 }
 
+/// Where a files or config step writes (all that differs between the two).
+struct SnapshotTo {
+    target: Option<std::path::PathBuf>,
+    in_place: bool,
+    overwrite: bool,
+}
+
+/// `restore files` / `restore config` of `record`, whole, checked as always.
 async fn snapshot(
     catalogue: &Catalogue,
-    options: crate::files::SnapshotRestoreOptions,
+    job: &str,
+    record: &CommitRecord,
+    repository: &Option<String>,
+    to: SnapshotTo,
 ) -> Result<String, CtlError> {
+    let options = crate::files::SnapshotRestoreOptions {
+        job: job.to_string(),
+        backup: Some(record.id.clone()),
+        at: None,
+        target: to.target,
+        in_place: to.in_place,
+        paths: Vec::new(),
+        dry_run: false,
+        overwrite: to.overwrite,
+        ignore_errors: false,
+        numeric_owner: false,
+        repository: repository.clone(),
+    };
     let report = crate::files::restore_snapshot(catalogue, options)
         .await
         .map_err(|e| CtlError::failed(crate::error::error_chain_of(&e)))?;

@@ -3,6 +3,7 @@
 //! commands that start services — written by `bootstrap` or by hand; and its progress file
 //! (`plan.toml.progress`), one fsynced JSON line per finished step, read by `--resume`.
 
+use crate::state::DrillFact;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -271,17 +272,94 @@ pub fn record_finished(path: &Path, finished: &Finished) -> Result<(), String> {
     Ok(())
 }
 
-/// A time estimate for restoring `bytes`: the drill's seconds scaled by size when known, else
-/// at `FALLBACK_BYTES_PER_SECOND`.
-pub fn estimate_seconds(bytes: u64, drill: Option<(u64, f64)>) -> f64 {
-    match drill {
-        Some((drill_bytes, secs)) if drill_bytes > 0 => secs * bytes as f64 / drill_bytes as f64,
-        _ => bytes as f64 / FALLBACK_BYTES_PER_SECOND,
+/// The assumed restore rate without a drill (stored bytes per second).
+pub const FALLBACK_BYTES_PER_SECOND: f64 = 50.0 * 1024.0 * 1024.0;
+
+/// What a step restores: its backup's chain, stored and as read at backup time (plaintext).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepSize {
+    pub stored: u64,
+    pub plaintext: u64,
+}
+
+/// A step's time estimate and what it rests on ("from drill run 42 on 2026-12-01: 180 MiB/s").
+#[derive(Debug, Clone, PartialEq)]
+pub struct Estimate {
+    pub seconds: f64,
+    pub basis: String,
+}
+
+/// The estimate of restoring `size`: from the job's newest passed drill when it measured a time
+/// and a size, else at [`FALLBACK_BYTES_PER_SECOND`], saying why (`no_drill` is the reason when
+/// there is no drill, e.g. "no drill recorded").
+///
+/// A cluster or dump drill restores the whole chain: its rate is stored bytes per second. A files
+/// or config drill restores a sample ("X of Y files (B bytes) restored …"): when that is not every
+/// file, its rate is plaintext bytes per second, applied to the chain's plaintext size.
+pub fn estimate(size: StepSize, drill: Option<&DrillFact>, no_drill: &str) -> Estimate {
+    let fallback = |why: String| Estimate {
+        seconds: size.stored as f64 / FALLBACK_BYTES_PER_SECOND,
+        basis: format!(
+            "{why}: estimate at {} MiB/s",
+            FALLBACK_BYTES_PER_SECOND / MIB
+        ),
+    };
+    let Some(d) = drill else {
+        return fallback(no_drill.to_string());
+    };
+    let run = format!("drill run {} on {}", d.run_id, d.at.format("%Y-%m-%d"));
+    if d.seconds <= 0.0 || !d.seconds.is_finite() {
+        return fallback(format!("{run} recorded no restore time"));
+    }
+    if let Some((restored, of, bytes)) = sample_of(&d.detail)
+        && restored < of
+    {
+        if bytes == 0 || size.plaintext == 0 {
+            return fallback(format!(
+                "{run} restored a sample of {restored} of {of} files without a size"
+            ));
+        }
+        let rate = bytes as f64 / d.seconds;
+        return Estimate {
+            seconds: size.plaintext as f64 / rate,
+            basis: format!(
+                "from {run} (a sample of {restored} of {of} files): {} MiB/s of file data",
+                rate_text(rate)
+            ),
+        };
+    }
+    if d.bytes == 0 {
+        return fallback(format!("{run} recorded no size"));
+    }
+    let rate = d.bytes as f64 / d.seconds;
+    Estimate {
+        seconds: size.stored as f64 / rate,
+        basis: format!("from {run}: {} MiB/s", rate_text(rate)),
     }
 }
 
-/// The assumed restore rate without a drill (stored bytes per second).
-pub const FALLBACK_BYTES_PER_SECOND: f64 = 50.0 * 1024.0 * 1024.0;
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn rate_text(bytes_per_second: f64) -> String {
+    let m = bytes_per_second / MIB;
+    if m >= 10.0 {
+        format!("{m:.0}")
+    } else {
+        format!("{m:.1}")
+    }
+}
+
+/// A files drill's sample from its detail: (files restored, files in the backup, bytes restored).
+fn sample_of(detail: &str) -> Option<(u64, u64, u64)> {
+    let mut words = detail.split_whitespace();
+    let restored = words.next()?.parse().ok()?;
+    (words.next()? == "of").then_some(())?;
+    let of = words.next()?.parse().ok()?;
+    (words.next()? == "files").then_some(())?;
+    let bytes = words.next()?.strip_prefix('(')?.parse().ok()?;
+    (words.next()? == "bytes)").then_some(())?;
+    Some((restored, of, bytes))
+}
 
 #[cfg(test)]
 mod tests {
@@ -389,5 +467,104 @@ timeout = "2m"
             got.iter().map(|f| f.step.as_str()).collect::<Vec<_>>(),
             ["a", "b"]
         );
+    }
+
+    fn drill(seconds: f64, bytes: u64, detail: &str) -> DrillFact {
+        DrillFact {
+            run_id: 42,
+            at: "2026-12-01T03:00:00Z".parse().unwrap(),
+            seconds,
+            bytes,
+            detail: detail.into(),
+        }
+    }
+
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn without_a_drill_the_estimate_says_so_and_uses_the_fixed_rate() {
+        let size = StepSize {
+            stored: 500 * (1 << 20),
+            plaintext: GIB,
+        };
+        let e = estimate(size, None, "no drill recorded");
+        assert_eq!(e.seconds, 10.0);
+        assert_eq!(e.basis, "no drill recorded: estimate at 50 MiB/s");
+    }
+
+    #[test]
+    fn a_whole_restore_drill_gives_the_rate_of_stored_bytes() {
+        // 180 MiB restored in 1 s; 1 GiB stored now → 1024/180 s.
+        let d = drill(1.0, 180 * (1 << 20), "cluster restored and promoted");
+        let size = StepSize {
+            stored: GIB,
+            plaintext: 4 * GIB,
+        };
+        let e = estimate(size, Some(&d), "unused");
+        assert!((e.seconds - 1024.0 / 180.0).abs() < 1e-9, "{e:?}");
+        assert_eq!(e.basis, "from drill run 42 on 2026-12-01: 180 MiB/s");
+        // A files drill whose sample was every file is a whole restore too.
+        let d = drill(2.0, GIB, "3 of 3 files (5000 bytes) restored in 2.0s");
+        let e = estimate(size, Some(&d), "unused");
+        assert_eq!(e.seconds, 2.0);
+        assert_eq!(e.basis, "from drill run 42 on 2026-12-01: 512 MiB/s");
+    }
+
+    #[test]
+    fn a_sampled_files_drill_gives_the_rate_of_file_data() {
+        // 100 of 3000 files, 10 MiB in 0.5 s = 20 MiB/s of file data; 2 GiB of file data now.
+        let d = drill(
+            0.5,
+            GIB,
+            "100 of 3000 files (10485760 bytes) restored in 0.5s",
+        );
+        let size = StepSize {
+            stored: GIB,
+            plaintext: 2 * GIB,
+        };
+        let e = estimate(size, Some(&d), "unused");
+        assert!((e.seconds - 2048.0 / 20.0).abs() < 1e-9, "{e:?}");
+        assert_eq!(
+            e.basis,
+            "from drill run 42 on 2026-12-01 (a sample of 100 of 3000 files): 20 MiB/s of file data"
+        );
+    }
+
+    #[test]
+    fn a_drill_without_time_or_size_falls_back_naming_the_run() {
+        let size = StepSize {
+            stored: 50 << 20,
+            plaintext: 50 << 20,
+        };
+        let e = estimate(size, Some(&drill(0.0, GIB, "")), "unused");
+        assert_eq!(
+            (e.seconds, e.basis.as_str()),
+            (
+                1.0,
+                "drill run 42 on 2026-12-01 recorded no restore time: estimate at 50 MiB/s"
+            )
+        );
+        let e = estimate(size, Some(&drill(3.0, 0, "")), "unused");
+        assert_eq!(
+            e.basis,
+            "drill run 42 on 2026-12-01 recorded no size: estimate at 50 MiB/s"
+        );
+        let e = estimate(
+            size,
+            Some(&drill(3.0, GIB, "1 of 9 files (0 bytes) restored")),
+            "unused",
+        );
+        assert!(e.basis.contains("without a size"), "{e:?}");
+        assert_eq!(e.seconds, 1.0);
+    }
+
+    #[test]
+    fn the_sample_is_read_from_the_files_drill_detail() {
+        assert_eq!(
+            sample_of("12 of 40 files (123 bytes) restored in 0.1s"),
+            Some((12, 40, 123))
+        );
+        assert_eq!(sample_of("cluster restore and recovery"), None);
+        assert_eq!(sample_of(""), None);
     }
 }
