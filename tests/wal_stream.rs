@@ -556,6 +556,11 @@ repositories = ["local"]
     let last = s.switch();
     s.wait_archived(&last);
     let (names, missing) = continuity(&s.setup.path("repo"));
-    assert_eq!(missing, None, "a segment is missing: {names:?}\n{down}\n{}", s.log());
+    assert_eq!(
+        missing,
+        None,
+        "a segment is missing: {names:?}\n{down}\n{}",
+        s.log()
+    );
     assert!(names.contains(&first) && names.contains(&last), "{names:?}");
 }
