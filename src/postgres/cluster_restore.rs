@@ -207,9 +207,10 @@ pub enum ClusterRestoreError {
         #[source]
         source: Box<PipelineError>,
     },
-    #[error("backup {backup}: {source}")]
+    #[error("backup {backup} (repository `{repository}`): {source}")]
     Restore {
         backup: String,
+        repository: String,
         #[source]
         source: Box<RestoreError>,
     },
@@ -597,6 +598,7 @@ async fn run_restore(
     .map_err(|e| ClusterRestoreError::Task(e.to_string()))?
     .map_err(|source| ClusterRestoreError::Restore {
         backup: backup.to_string(),
+        repository: repository.name.clone(),
         source: Box::new(source),
     })
 }
