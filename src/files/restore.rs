@@ -104,10 +104,11 @@ pub enum SnapshotRestoreError {
         #[source]
         source: PipelineError,
     },
-    #[error("job `{job}`, backup {backup}: {source}")]
+    #[error("job `{job}`, backup {backup} (repository `{repository}`): {source}")]
     Restore {
         job: String,
         backup: String,
+        repository: String,
         #[source]
         source: RestoreError,
     },
@@ -241,6 +242,7 @@ pub async fn restore_snapshot(
     .map_err(|source| SnapshotRestoreError::Restore {
         job: job_name.clone(),
         backup: backup.clone(),
+        repository: repository.name.clone(),
         source,
     })?;
     Ok(SnapshotRestoreReport {

@@ -5,7 +5,10 @@
 //! plaintext comes back through a bounded channel as an `AsyncRead`. When the stored size or
 //! SHA-256 differ from the record, the reader returns an `InvalidData` error naming the key
 //! instead of EOF. When decryption fails part-way, the driver still reads the rest of the
-//! object so it can say whether the stored bytes were damaged.
+//! object so it can say whether the stored bytes were damaged. A damaged object's error says
+//! what happened — `truncated` (fewer bytes stored than the commit record says) or `corrupted`
+//! (other bytes) — with the key, where the repository lives, both sizes, and that retrying will
+//! not help ([`size_damage`], [`corrupted`] for readers that do not stream).
 
 use super::Identities;
 use crate::repository::{ObjectRecord, Store, StoreError};
@@ -15,6 +18,67 @@ use sha2::{Digest, Sha256};
 use std::io::{self, Read};
 use tokio::io::AsyncRead;
 use tokio::sync::{mpsc, oneshot};
+
+/// The end of every damaged-object message: the answer to "will a retry help?".
+pub const NO_RETRY: &str =
+    "permanent: retrying will not help; restore from another repository or another backup";
+
+/// Where `store` lives, for messages: the local repository's folder or the cloud URL.
+pub fn location(store: &Store) -> String {
+    match store {
+        Store::Local(s) => s.root.display().to_string(),
+        Store::Object(s) => s.location().to_string(),
+        Store::Faulty(s) => location(s.inner()),
+    }
+}
+
+/// The message of an object whose stored size differs from its commit record.
+fn size_message(store: &Store, record: &ObjectRecord, found: u64, more: bool) -> String {
+    let (what, more) = if more {
+        ("corrupted", "more than ")
+    } else {
+        ("truncated", "")
+    };
+    format!(
+        "object {} in repository {}: {what}: the store holds {more}{found} bytes, the commit record says {} ({NO_RETRY})",
+        record.key,
+        location(store),
+        record.size
+    )
+}
+
+/// Checks the stored size of `record`'s object against the record (one metadata call): the
+/// message when it is missing, truncated or longer; `None` when the size agrees (or the store
+/// cannot say).
+pub async fn size_damage(store: &Store, record: &ObjectRecord) -> Option<String> {
+    match store.head(&record.key).await {
+        Ok(Some(meta)) if meta.size == record.size => None,
+        Ok(Some(meta)) => Some(size_message(
+            store,
+            record,
+            meta.size,
+            meta.size > record.size,
+        )),
+        Ok(None) => Some(format!(
+            "object {} in repository {}: missing: the commit record lists it ({} bytes) but the store does not hold it ({NO_RETRY})",
+            record.key,
+            location(store),
+            record.size
+        )),
+        Err(_) => None,
+    }
+}
+
+/// The message of an object of the recorded size whose bytes fail decryption or decompression
+/// (`reason`: age's or zstd's words).
+pub fn corrupted(store: &Store, record: &ObjectRecord, reason: &dyn std::fmt::Display) -> String {
+    format!(
+        "object {} in repository {}: corrupted: its stored size agrees with the commit record ({} bytes) but its bytes do not decrypt ({reason}): they differ from what was written ({NO_RETRY})",
+        record.key,
+        location(store),
+        record.size
+    )
+}
 
 /// Plaintext is handed to the reader in chunks of this size.
 const PLAIN_CHUNK: usize = 256 * 1024;
@@ -160,7 +224,14 @@ pub(crate) async fn open(
     let decoder = tokio::task::spawn_blocking(move || {
         decode_blocking(cipher_rx, thread_plain_tx, header_tx, ids, compression)
     });
-    tokio::spawn(drive(stream, record.clone(), cipher_tx, plain_tx, decoder));
+    tokio::spawn(drive(
+        stream,
+        store.clone(),
+        record.clone(),
+        cipher_tx,
+        plain_tx,
+        decoder,
+    ));
     match header_rx.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
@@ -189,6 +260,7 @@ fn with_key(key: &str, e: &io::Error) -> io::Error {
 /// (if any) to the reader before it can see EOF.
 async fn drive(
     mut stream: futures::stream::BoxStream<'static, Result<Bytes, StoreError>>,
+    store: Store,
     record: ObjectRecord,
     cipher_tx: mpsc::Sender<io::Result<Bytes>>,
     plain_tx: mpsc::Sender<io::Result<Bytes>>,
@@ -229,17 +301,14 @@ async fn drive(
     } else if size != record.size {
         Some(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!(
-                "object {key}: stored size differs from the commit record ({}{size} bytes, recorded {}): truncated or damaged",
-                if size > record.size { "more than " } else { "" },
-                record.size
-            ),
+            size_message(&store, &record, size, size > record.size),
         ))
     } else if actual != record.sha256 {
         Some(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
-                "object {key}: SHA-256 of the stored bytes is {actual}, the commit record says {}: damaged",
+                "object {key} in repository {}: corrupted: the SHA-256 of the stored bytes is {actual}, the commit record says {} ({NO_RETRY})",
+                location(&store),
                 record.sha256
             ),
         ))

@@ -216,9 +216,10 @@ pub enum ClusterRestoreError {
         #[source]
         source: Box<PipelineError>,
     },
-    #[error("backup {backup}: {source}")]
+    #[error("backup {backup} (repository `{repository}`): {source}")]
     Restore {
         backup: String,
+        repository: String,
         #[source]
         source: Box<RestoreError>,
     },
@@ -646,6 +647,7 @@ async fn run_restore(
     .map_err(|e| ClusterRestoreError::Task(e.to_string()))?
     .map_err(|source| ClusterRestoreError::Restore {
         backup: backup.to_string(),
+        repository: repository.name.clone(),
         source: Box::new(source),
     })
 }

@@ -737,8 +737,8 @@ async fn stream_restore(
             child.kill().await;
             drop(stdin);
             Err(ctx.io(format!(
-                "reading database `{}`'s archive",
-                ctx.database
+                "reading database `{}`'s archive from repository `{}`",
+                ctx.database, repository.name
             ))(e))
         }
         Some((false, e)) => {
@@ -800,7 +800,10 @@ async fn spool(
         let n = source
             .read(&mut buf)
             .await
-            .map_err(ctx.io(format!("reading database `{}`'s archive", ctx.database)))?;
+            .map_err(ctx.io(format!(
+                "reading database `{}`'s archive from repository `{}`",
+                ctx.database, repository.name
+            )))?;
         if n == 0 {
             break;
         }

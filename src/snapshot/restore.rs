@@ -17,7 +17,7 @@
 use super::manifest::{BlockHasher, Entry, EntryKind, ManifestError, ManifestReader};
 use super::path::{ByteName, UnsafePath, check_relative};
 use crate::error::{Classify, Retry};
-use crate::pipeline::{self, FrameInfo, Identities};
+use crate::pipeline::{self, FrameInfo, Identities, PipelineError};
 use crate::repository::{ObjectRecord, Store};
 use bytes::Bytes;
 use nix::errno::Errno;
@@ -192,7 +192,25 @@ impl Frames<'_> {
                 info,
                 self.identities,
             ))
-            .map_err(|e| crate::error::error_chain_of(&e))
+            .map_err(|e| self.damage(record, &e))
+    }
+
+    /// Says what is wrong with an object whose ranged read failed: truncated (or missing, or
+    /// longer) when the store's size differs from the commit record; corrupted when the bytes
+    /// fail decryption or decompression; else the read error itself (a store fault).
+    fn damage(&self, record: &ObjectRecord, e: &PipelineError) -> String {
+        if let Some(found) = self
+            .handle
+            .block_on(pipeline::decode::size_damage(self.store, record))
+        {
+            return found;
+        }
+        match e {
+            PipelineError::Read { source, .. } if source.kind() == io::ErrorKind::InvalidData => {
+                pipeline::decode::corrupted(self.store, record, source)
+            }
+            other => crate::error::error_chain_of(other),
+        }
     }
 
     /// The frame from the object's stream; None when streaming is off or failed (then the

@@ -168,6 +168,7 @@ pub async fn fetch_from(
         }
         Ok(Ok(b)) => b,
     };
+    let stored_len = stored.len();
     let ids = identities.clone();
     let decoded = tokio::task::spawn_blocking(move || decode_object(&stored, &ids))
         .await
@@ -186,10 +187,15 @@ pub async fn fetch_from(
             });
         }
         Err(reason) => {
+            let what = if stored_len == 0 {
+                "truncated: the stored object is empty (0 bytes)".to_string()
+            } else {
+                format!("corrupted: its {stored_len} stored bytes do not decrypt ({reason})")
+            };
             return Err(FetchError::Corrupt {
                 repository: repo.name.clone(),
                 key,
-                reason,
+                reason: format!("{what}; {}", crate::pipeline::decode::NO_RETRY),
             });
         }
     };
