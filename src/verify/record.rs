@@ -90,10 +90,10 @@ impl<'a> Recorder<'a> {
         let rows = self.rows.lock().await;
         for (row, c) in rows.iter().zip(all) {
             let Some(id) = row.id else { continue };
-            if row.seconds != c.seconds || row.bytes != c.bytes {
-                if let Err(e) = self.state.set_check_figures(id, c.seconds, c.bytes).await {
-                    tracing::error!(job = %c.job, run_id = self.run_id, error = %e, "state DB: cannot correct a check's figures");
-                }
+            if (row.seconds != c.seconds || row.bytes != c.bytes)
+                && let Err(e) = self.state.set_check_figures(id, c.seconds, c.bytes).await
+            {
+                tracing::error!(job = %c.job, run_id = self.run_id, error = %e, "state DB: cannot correct a check's figures");
             }
         }
     }
