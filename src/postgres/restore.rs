@@ -797,13 +797,10 @@ async fn spool(
     let mut size = 0u64;
     let mut buf = vec![0u8; 256 * 1024];
     loop {
-        let n = source
-            .read(&mut buf)
-            .await
-            .map_err(ctx.io(format!(
-                "reading database `{}`'s archive from repository `{}`",
-                ctx.database, repository.name
-            )))?;
+        let n = source.read(&mut buf).await.map_err(ctx.io(format!(
+            "reading database `{}`'s archive from repository `{}`",
+            ctx.database, repository.name
+        )))?;
         if n == 0 {
             break;
         }
