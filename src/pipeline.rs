@@ -477,8 +477,8 @@ where
                         out
                     })
                     .await
-                            .map_err(|e| Some(PipelineError::Task(e.to_string())))?
-                            .map_err(|e| Some(PipelineError::Compress(e)))?;
+                    .map_err(|e| Some(PipelineError::Task(e.to_string())))?
+                    .map_err(|e| Some(PipelineError::Compress(e)))?;
                     Ok::<_, Option<PipelineError>>((Bytes::from(out), len))
                 })
                 .buffered(workers);

@@ -192,7 +192,10 @@ impl Parts {
         if p.buf.is_empty() {
             return Ok(());
         }
-        let data = std::mem::replace(&mut p.buf, pipeline::buffers::take(frame_size + FRAME_SLACK));
+        let data = std::mem::replace(
+            &mut p.buf,
+            pipeline::buffers::take(frame_size + FRAME_SLACK),
+        );
         p.sent += data.len() as u64;
         if p.tx.blocking_send(Ok(Bytes::from(data))).is_err() {
             // The store task ended early (failed or cancelled): its error says why.

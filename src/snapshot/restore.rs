@@ -271,8 +271,8 @@ async fn read_at(stream: &mut ObjectStream, offset: u64, len: u64) -> io::Result
     use tokio::io::AsyncReadExt;
     let skip = offset - stream.pos;
     if skip > 0 {
-        let skipped = tokio::io::copy(&mut (&mut stream.reader).take(skip), &mut tokio::io::sink())
-            .await?;
+        let skipped =
+            tokio::io::copy(&mut (&mut stream.reader).take(skip), &mut tokio::io::sink()).await?;
         stream.pos += skipped;
         if skipped < skip {
             return Err(io::ErrorKind::UnexpectedEof.into());
