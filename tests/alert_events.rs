@@ -5,180 +5,42 @@
 //! it stays bad, and its recovery once.
 
 mod common;
+use common::tmpfs::Tmpfs;
+use common::webhook::Listener;
 
 use bdc_backup::catalogue::Catalogue;
 use bdc_backup::clock::{Clock, ManualClock};
 use bdc_backup::daemon::{DaemonOptions, RunningDaemon, start};
 use chrono::Utc;
 use common::daemon::{Setup, wait_for};
-use common::objstores::free_port;
 use common::pg::PgCluster;
 use common::wal::*;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// A minimal HTTP/1.1 listener on 127.0.0.1 that records every JSON body and answers 200.
-struct Listener {
-    port: u16,
-    bodies: Arc<Mutex<Vec<serde_json::Value>>>,
-    stop: Arc<AtomicBool>,
-}
+/// The shared webhook listener (tests/common/webhook.rs) at one path, its bodies as JSON.
+struct Hook(Listener);
 
-impl Listener {
-    fn start() -> Listener {
-        let port = free_port();
-        let socket = TcpListener::bind(("127.0.0.1", port)).expect("bind the listener");
-        socket.set_nonblocking(true).unwrap();
-        let bodies = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (b, s) = (bodies.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                match socket.accept() {
-                    Ok((stream, _)) => {
-                        stream.set_nonblocking(false).unwrap();
-                        let b = b.clone();
-                        std::thread::spawn(move || serve(stream, &b));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
-        Listener { port, bodies, stop }
+impl Hook {
+    fn start() -> Hook {
+        Hook(Listener::start(0, true))
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/hook", self.port)
+        self.0.url("/hook")
     }
 
     fn events(&self, event: &str) -> Vec<serde_json::Value> {
-        self.bodies
-            .lock()
-            .unwrap()
+        self.0
+            .events("/hook", event)
             .iter()
-            .filter(|v| v["event"] == event)
-            .cloned()
+            .map(|r| r.json())
             .collect()
     }
 
     fn wait_event(&self, event: &str) -> serde_json::Value {
-        wait_for(Duration::from_secs(60), &format!("a {event} event"), || {
-            self.events(event).into_iter().next()
-        })
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-}
-
-fn serve(stream: TcpStream, bodies: &Mutex<Vec<serde_json::Value>>) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut len = 0;
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':')
-                && k.trim().eq_ignore_ascii_case("content-length")
-            {
-                len = v.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0; len];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        bodies
-            .lock()
-            .unwrap()
-            .push(serde_json::from_slice(&body).expect("a JSON body"));
-        let mut w = &stream;
-        if w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-            .is_err()
-        {
-            return;
-        }
-    }
-}
-
-/// A tmpfs mounted at `dir` for the life of the value (the tests run as root).
-struct Tmpfs {
-    dir: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "these tests mount tmpfs: run as root"
-        );
-        std::fs::create_dir_all(dir).unwrap();
-        let out = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0755"),
-                "tmpfs",
-            ])
-            .arg(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "mount: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Tmpfs {
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn remount(&self, size: &str) {
-        let out = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Fills the file system until a write fails with ENOSPC.
-    fn fill(&self) -> PathBuf {
-        let path = self.dir.join("filler");
-        let mut f = std::fs::File::create(&path).unwrap();
-        let block = vec![0x55u8; 16 << 10];
-        while f.write_all(&block).is_ok() {}
-        while f.write_all(&[0x55]).is_ok() {}
-        path
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).output();
+        self.0.wait_event("/hook", event, 1)[0].json()
     }
 }
 
@@ -211,7 +73,7 @@ fn check_body(v: &serde_json::Value, event: &str, severity: &str) {
 fn wal_failing_once_while_pushes_fail_and_wal_recovered_once_after() {
     let setup = Setup::new();
     let repo = Tmpfs::mount(&setup.path("repo"), "8m");
-    let listener = Listener::start();
+    let listener = Hook::start();
     let cluster = PgCluster::start_with(&archive_conf(&setup.socket()));
     let src = setup.path("src");
     std::fs::create_dir_all(&src).unwrap();
@@ -334,7 +196,7 @@ async fn boot(setup: &Setup, clock: Arc<ManualClock>) -> RunningDaemon {
 async fn capacity_low_once_for_a_filling_tmpfs_and_closes_silently() {
     let setup = Setup::new();
     let repo = Tmpfs::mount(&setup.path("repo"), "8m");
-    let listener = Listener::start();
+    let listener = Hook::start();
     let src = setup.path("src");
     std::fs::create_dir_all(&src).unwrap();
     setup.write_catalogue(&format!(
@@ -419,7 +281,7 @@ events = ["capacity-low"]
         "{open}"
     );
     // The filesystem grows: the state closes without an event.
-    repo.remount("4g");
+    repo.grow("4g");
     settle(60).await;
     let open = tokio::task::block_in_place(|| setup.ctl_json(&["alerts"]));
     assert!(
@@ -440,7 +302,7 @@ events = ["capacity-low"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_lagging_once_while_unreachable_and_recovered_once_after() {
     let setup = Setup::new();
-    let listener = Listener::start();
+    let listener = Hook::start();
     let src = setup.path("src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("data.bin"), incompressible(200_000, 3)).unwrap();
@@ -559,7 +421,7 @@ fn verify_failed_once_for_a_flipped_byte_and_verify_recovered_once_after() {
         "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 1000);",
     );
     let setup = Setup::new();
-    let listener = Listener::start();
+    let listener = Hook::start();
     setup.write_catalogue(&format!(
         r#"
 [postgres]

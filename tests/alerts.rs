@@ -3,6 +3,7 @@
 //! objectives. The HMAC header is checked by recomputing it here.
 
 mod common;
+use common::webhook::{Listener, Received};
 
 use bdc_backup::catalogue::Catalogue;
 use bdc_backup::clock::{Clock, ManualClock};
@@ -12,179 +13,9 @@ use common::daemon::{DAEMON, Setup, wait_for};
 use common::objstores::free_port;
 use common::pg::PgCluster;
 use hmac::{Hmac, Mac};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-
-/// One request the listener received.
-#[derive(Debug, Clone)]
-struct Received {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Received {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).expect("a JSON body")
-    }
-}
-
-/// A minimal HTTP/1.1 listener on 127.0.0.1: records every request and answers 200 (or never).
-struct Listener {
-    port: u16,
-    received: Arc<Mutex<Vec<Received>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    /// Every accepted connection, shut down when the listener goes (no keep-alive survivors).
-    streams: Arc<Mutex<Vec<TcpStream>>>,
-}
-
-impl Listener {
-    fn start(port: u16, answer: bool) -> Listener {
-        let socket = TcpListener::bind(("127.0.0.1", port)).expect("bind the listener");
-        socket.set_nonblocking(true).unwrap();
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let streams = Arc::new(Mutex::new(Vec::new()));
-        let thread = {
-            let received = received.clone();
-            let stop = stop.clone();
-            let streams = streams.clone();
-            std::thread::spawn(move || {
-                let mut held = Vec::new();
-                while !stop.load(Ordering::SeqCst) {
-                    match socket.accept() {
-                        Ok((stream, _)) => {
-                            stream.set_nonblocking(false).unwrap();
-                            streams.lock().unwrap().push(stream.try_clone().unwrap());
-                            let received = received.clone();
-                            if answer {
-                                std::thread::spawn(move || serve(stream, &received, true));
-                            } else {
-                                // Read the request, then hold the connection open: no answer ever.
-                                let clone = stream.try_clone().unwrap();
-                                std::thread::spawn(move || serve(clone, &received, false));
-                                held.push(stream);
-                            }
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                    }
-                }
-            })
-        };
-        Listener {
-            port,
-            received,
-            stop,
-            thread: Some(thread),
-            streams,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn received(&self) -> Vec<Received> {
-        self.received.lock().unwrap().clone()
-    }
-
-    /// Requests to `path` carrying event `event`.
-    fn events(&self, path: &str, event: &str) -> Vec<Received> {
-        self.received()
-            .into_iter()
-            .filter(|r| r.path == path && r.json()["event"] == event)
-            .collect()
-    }
-
-    fn wait_event(&self, path: &str, event: &str, n: usize) -> Vec<Received> {
-        wait_for(
-            Duration::from_secs(60),
-            &format!("{n} {event} at {path}"),
-            || {
-                let got = self.events(path, event);
-                (got.len() >= n).then_some(got)
-            },
-        )
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        for s in self.streams.lock().unwrap().drain(..) {
-            let _ = s.shutdown(std::net::Shutdown::Both);
-        }
-    }
-}
-
-fn serve(stream: TcpStream, received: &Mutex<Vec<Received>>, answer: bool) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut parts = line.split_whitespace();
-        let method = parts.next().unwrap_or_default().to_string();
-        let path = parts.next().unwrap_or_default().to_string();
-        let mut headers = Vec::new();
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                headers.push((k.trim().to_string(), v.trim().to_string()));
-            }
-        }
-        let len = headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.parse::<usize>().ok())
-            .unwrap_or(0);
-        let mut body = vec![0; len];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        received.lock().unwrap().push(Received {
-            method,
-            path,
-            headers,
-            body,
-        });
-        if !answer {
-            // Never answer: keep the connection until the client gives up.
-            let mut sink = Vec::new();
-            let _ = reader.read_to_end(&mut sink);
-            return;
-        }
-        let mut w = &stream;
-        if w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-            .is_err()
-        {
-            return;
-        }
-    }
-}
 
 fn hmac_hex(secret: &[u8], body: &[u8]) -> String {
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
@@ -206,7 +37,7 @@ fn secret_file(setup: &Setup) -> std::path::PathBuf {
 fn a_failing_dump_alerts_once_and_recovers_once_through_webhook_command_and_ping() {
     let cluster = PgCluster::start();
     let setup = Setup::new();
-    let listener = Listener::start(free_port(), true);
+    let listener = Listener::start(0, true);
     let secret = secret_file(&setup);
     let stdin_log = setup.path("command-stdin.log");
     let env_log = setup.path("command-env.log");
@@ -425,7 +256,7 @@ timeout = "2s"
 #[test]
 fn a_sink_that_never_answers_delays_no_run_and_shows_in_alerts() {
     let setup = Setup::new();
-    let listener = Listener::start(free_port(), false);
+    let listener = Listener::start(0, false);
     let src = setup.path("src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("a.txt"), "hello").unwrap();
@@ -540,7 +371,7 @@ async fn settle(daemon: &RunningDaemon) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_and_objectives_under_the_manual_clock() {
     let setup = Setup::new();
-    let listener = Listener::start(free_port(), true);
+    let listener = Listener::start(0, true);
     let src = setup.path("src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("a.txt"), "hello").unwrap();
@@ -696,7 +527,7 @@ async fn wait_async<T>(mut f: impl FnMut() -> Vec<T>) -> Vec<T> {
 async fn a_wal_job_defaults_to_three_times_archive_timeout() {
     let cluster = PgCluster::start_with("archive_timeout = 60\n");
     let setup = Setup::new();
-    let listener = Listener::start(free_port(), true);
+    let listener = Listener::start(0, true);
     setup.write_catalogue(&format!(
         r#"
 [postgres]

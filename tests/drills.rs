@@ -6,6 +6,7 @@
 //! cannot archive; leftovers of a killed drill are removed by `remove_leftovers`.
 
 mod common;
+use common::tmpfs::Tmpfs;
 
 use bdc_backup::catalogue::Catalogue;
 use bdc_backup::model::JobKindName;
@@ -669,42 +670,6 @@ fn leftovers_of_a_killed_drill_are_removed() {
         .map(|e| e.file_name().to_string_lossy().to_string())
         .collect();
     assert_eq!(left, vec!["not-a-drill".to_string()]);
-}
-
-/// A tmpfs mounted on a folder for one test (unmounted when dropped).
-struct Tmpfs {
-    dir: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(dir).unwrap();
-        let out = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0755"),
-                "tmpfs",
-            ])
-            .arg(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "mount a tmpfs (tests run as root): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Tmpfs {
-            dir: dir.to_path_buf(),
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).output();
-    }
 }
 
 #[test]

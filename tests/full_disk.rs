@@ -5,87 +5,16 @@
 //! file left, nothing acknowledged or claimed; and the next run fine once space is back.
 
 mod common;
+use common::tmpfs::Tmpfs;
 
 use common::files_under;
 
 use common::daemon::{Setup, TestDaemon, wait_for};
 use common::pg::PgCluster;
 use common::wal::*;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
-
-/// A tmpfs mounted at `dir` for the life of the value.
-struct Tmpfs {
-    dir: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "full-disk tests mount tmpfs: run as root"
-        );
-        std::fs::create_dir_all(dir).unwrap();
-        let out = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0755"),
-                "tmpfs",
-            ])
-            .arg(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "mount: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Tmpfs {
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    /// Space is back: the same file system, bigger.
-    fn grow(&self, size: &str) {
-        let out = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "remount: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Fills the file system with `filler` until a write fails with ENOSPC.
-    fn fill(&self) -> PathBuf {
-        let path = self.dir.join("filler");
-        let mut f = std::fs::File::create(&path).unwrap();
-        let block = vec![0x55u8; 16 << 10];
-        loop {
-            match f.write_all(&block) {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
-                Err(e) => panic!("filling {}: {e}", path.display()),
-            }
-        }
-        // Byte-sized writes take the last partial page.
-        while f.write_all(&[0x55]).is_ok() {}
-        path
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).output();
-    }
-}
 
 /// No object, not even a staging file, under `repo` (but the filler).
 fn assert_nothing_stored(repo: &Path) {

@@ -5,7 +5,9 @@ pub mod daemon;
 pub mod objstores;
 pub mod pg;
 pub mod physical;
+pub mod tmpfs;
 pub mod wal;
+pub mod webhook;
 
 use std::path::{Path, PathBuf};
 
