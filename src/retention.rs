@@ -286,14 +286,15 @@ fn outcome(d: &Decision, action: Action) -> BackupOutcome {
 /// Deletes the backups `plan` marks for deletion from `repository` (nothing when `dry_run`):
 /// newest first, so an incremental goes before its parent; each backup's commit record first,
 /// so a half-deleted backup never looks complete. Then lists the repository to confirm the
-/// deleted backups are gone. Failures are in the report, never hidden.
+/// deleted backups are gone. Failures are in the report, never hidden. `at` is the daemon's clock
+/// (the report's time).
 pub async fn apply(
     repository: &Repository,
     job: &str,
     plan: &Plan,
     dry_run: bool,
+    at: DateTime<Utc>,
 ) -> RetentionReport {
-    let at = Utc::now();
     let mut report = RetentionReport {
         job: job.to_string(),
         repository: repository.name.clone(),
@@ -435,9 +436,8 @@ pub async fn run_for_job(
         .collect();
     let plan = plan::plan(&infos, &policy, catalogue.daemon.timezone, now);
     let withhold = !bad.is_empty();
-    let mut report = apply(repository, &job.name, &plan, dry_run || withhold).await;
+    let mut report = apply(repository, &job.name, &plan, dry_run || withhold, now).await;
     report.policy = policy_name;
-    report.at = now;
     report.timezone = catalogue.daemon.timezone.to_string();
     if let crate::catalogue::JobSpec::PostgresBase(base) = &job.spec
         && let Some(wal_job) = &base.wal_job

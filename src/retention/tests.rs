@@ -1033,7 +1033,7 @@ fn apply_dry(p: &Plan) -> RetentionReport {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let repo = Repository::with_store("local", Store::local(dir.path()).unwrap());
-    rt.block_on(apply(&repo, "db", p, true))
+    rt.block_on(apply(&repo, "db", p, true, Utc::now()))
 }
 
 #[tokio::test]
