@@ -262,7 +262,7 @@ fn dump_files_config_pass_then_each_damage_fails_with_its_cause() {
     assert!(
         failed(&shown)
             .iter()
-            .any(|c| c["job"] == "config" && c["detail"].as_str().unwrap().contains("damaged")),
+            .any(|c| c["job"] == "config" && c["detail"].as_str().unwrap().contains("corrupted")),
         "{shown:#}"
     );
     std::fs::write(&part, original).unwrap();
