@@ -288,6 +288,13 @@ pub struct ReplicaReport {
     pub last_success_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
     pub last_error_at: Option<DateTime<Utc>>,
+    /// The pending copies are held back by a permanent error (credentials refused, bucket
+    /// missing, path not a directory): retried hourly until someone fixes it.
+    #[serde(default)]
+    pub permanent: bool,
+    /// When the next pending copy is attempted.
+    #[serde(default)]
+    pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
 /// One retention pass over one job in one repository, as recorded in the state DB.

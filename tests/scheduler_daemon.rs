@@ -11,6 +11,7 @@ use bdc_backup::model::{RunRecord, RunStatus, Trigger};
 use bdc_backup::state::StateDb;
 use chrono::{DateTime, TimeZone, Utc};
 use common::daemon::Setup;
+use common::files_under;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -289,5 +290,242 @@ repositories = ["local", "second"]
             .pending,
         0
     );
+    daemon.stop().await;
+}
+
+/// Issue 11: a replica whose repository fails permanently (a local path that is a regular file:
+/// ENOTDIR) is not retried with the seconds-long backoff. On the daemon's manual clock: one
+/// attempt by the run, none for 50 minutes (the doubling 1 s backoff would have made ~11), the
+/// hourly probe after an hour; `status` and the replica-lagging alert say "permanent" and name the
+/// repository and the reason; once the path is fixed a catalogue reload lands the copy at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_replica_error_is_retried_hourly_shown_and_recovers_after_a_fix() {
+    let setup = Setup::new();
+    let src = setup.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("data.txt"), b"some bytes to copy\n").unwrap();
+    let offsite = setup.path("offsite");
+    std::fs::write(&offsite, b"a file, not a folder").unwrap();
+    setup.write_catalogue(&format!(
+        r#"
+[repository.offsite]
+url = "file://{offsite}"
+
+[[job]]
+name = "uploads"
+kind = "files"
+path = "{src}"
+full = "0 4 1 1 *"
+repositories = ["local", "offsite"]
+"#,
+        offsite = offsite.display(),
+        src = src.display(),
+    ));
+    let text = std::fs::read_to_string(setup.catalogue_path())
+        .unwrap()
+        .replace(
+            "shutdown-timeout = \"20s\"",
+            "shutdown-timeout = \"20s\"\nreplica-retry = \"1s\"",
+        );
+    std::fs::write(setup.catalogue_path(), text).unwrap();
+    let t0 = utc(2026, 11, 26, 10, 0, 0);
+    let clock = Arc::new(ManualClock::new(t0));
+    let daemon = boot(&setup, clock.clone()).await;
+    let state = StateDb::open(&setup.path("state/state.db")).await.unwrap();
+    let far = t0 + chrono::Duration::days(365);
+    let queued = || async {
+        let tasks = state.due_replicas(far).await.unwrap();
+        assert_eq!(tasks.len(), 1, "{tasks:?}");
+        tasks[0].clone()
+    };
+
+    let out = tokio::task::block_in_place(|| setup.ctl(&["run", "uploads", "--full", "--wait"]));
+    assert_eq!(out.status.code(), Some(1), "partial: the replica failed");
+    let run = &runs(&setup).await[0];
+    assert_eq!(run.status, RunStatus::Partial, "{run:?}");
+    let error = run.error.clone().unwrap_or_default();
+    assert!(
+        error.contains("offsite") && error.contains("permanent"),
+        "the run says the replica error is permanent: {error}"
+    );
+    let task = queued().await;
+    assert!(task.permanent, "{task:?}");
+    assert_eq!(task.attempts, 1);
+    assert_eq!(task.next_attempt_at, t0 + chrono::Duration::hours(1));
+
+    // 50 minutes in 100 s steps: the replicator wakes at each step and tries nothing.
+    for step in 1..=30 {
+        clock.set(t0 + chrono::Duration::seconds(100 * step));
+        daemon.wake();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(queued().await.attempts, 1, "retried within the hour");
+    let status = tokio::task::block_in_place(|| setup.ctl(&["status"]));
+    let text = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(
+        text.contains("replica `offsite`: 1 pending, PERMANENT error")
+            && text.contains(&offsite.display().to_string()),
+        "status shows the permanent error and its path:\n{text}"
+    );
+    let json = tokio::task::block_in_place(|| setup.ctl_json(&["status"]));
+    assert_eq!(
+        json["jobs"][0]["repositories"][1]["replica"]["permanent"], true,
+        "{json}"
+    );
+
+    // After the hour: one probe (still failing), the next one an hour later.
+    let hour = t0 + chrono::Duration::minutes(61);
+    clock.set(hour);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while queued().await.attempts < 2 {
+        assert!(Instant::now() < deadline, "no hourly probe");
+        daemon.wake();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let task = queued().await;
+    assert_eq!(
+        (task.attempts, task.permanent, task.next_attempt_at),
+        (2, true, hour + chrono::Duration::hours(1)),
+        "{task:?}"
+    );
+    daemon.evaluate_alerts().await;
+    let alerts = tokio::task::block_in_place(|| setup.ctl_json(&["alerts"]));
+    let lagging = alerts["open"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["event"] == "replica-lagging")
+        .unwrap_or_else(|| panic!("replica-lagging open: {alerts}"))
+        .clone();
+    let summary = lagging["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("repository offsite: permanent error")
+            && summary.contains(&offsite.display().to_string()),
+        "the alert names the repository, says permanent and gives the reason: {summary}"
+    );
+
+    // Fixed: the path is a folder now. A reload retries the held-back copy at once.
+    std::fs::remove_file(&offsite).unwrap();
+    std::fs::create_dir(&offsite).unwrap();
+    daemon.reload().await.expect("the catalogue reloads");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !state.due_replicas(far).await.unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the copy did not land after the fix"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state.backups(None, Some("offsite")).await.unwrap().len(), 1);
+    let st = state.replica_status("uploads", "offsite").await.unwrap();
+    assert_eq!((st.pending, st.permanent), (0, false));
+    daemon.stop().await;
+}
+
+/// Issue 11: the cleanup of uncommitted objects on the daemon's manual clock. An orphan (the
+/// objects a killed run leaves: a backup folder without its commit record) survives the hourly
+/// `retention-schedule` pass 5 h later (the grace is 6 h: twice the longest run, at least 6 h)
+/// and is gone after the pass 7 h later; the committed backup's objects are never removed,
+/// not even 20 days on. Each pass is known to have decided the orphan when a 2-day-old staging
+/// file of the same repository (removed after the backups, in the same pass) is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_removes_an_orphan_only_after_the_grace_and_never_a_committed_backup() {
+    let setup = Setup::new();
+    let src = setup.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("data.txt"), b"kept forever\n").unwrap();
+    setup.write_catalogue(&format!(
+        r#"
+[[job]]
+name = "uploads"
+kind = "files"
+path = "{src}"
+full = "0 4 1 1 *"
+repositories = ["local"]
+"#,
+        src = src.display(),
+    ));
+    let text = std::fs::read_to_string(setup.catalogue_path())
+        .unwrap()
+        .replace(
+            "shutdown-timeout = \"20s\"",
+            "shutdown-timeout = \"20s\"\nretention-schedule = \"0 * * * *\"",
+        );
+    std::fs::write(setup.catalogue_path(), text).unwrap();
+    let t0 = Utc::now();
+    let clock = Arc::new(ManualClock::new(t0));
+    let daemon = boot(&setup, clock.clone()).await;
+    let out = tokio::task::block_in_place(|| setup.ctl(&["run", "uploads", "--full", "--wait"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = runs(&setup).await[0]
+        .backup_id
+        .clone()
+        .expect("a backup id");
+    let repo = setup.path("repo");
+    let committed_dir = repo.join("backups/uploads").join(&id);
+    let committed = files_under(&committed_dir);
+    assert!(
+        committed.iter().any(|p| p.ends_with("backup.json")) && committed.len() > 2,
+        "{committed:?}"
+    );
+    // The orphan: the same objects under another id, without the commit record.
+    let orphan_dir = repo.join("backups/uploads").join(format!("{id}x"));
+    for p in committed.iter().filter(|p| !p.ends_with("backup.json")) {
+        let to = orphan_dir.join(p.strip_prefix(&committed_dir).unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(p, &to).unwrap();
+    }
+    let orphan = files_under(&orphan_dir);
+    assert!(!orphan.is_empty());
+    let marker = |name: &str| {
+        let path = repo.join(".staging").join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"left by a killed upload").unwrap();
+        let old = std::time::SystemTime::now() - Duration::from_secs(2 * 86_400);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        path
+    };
+    let pass_at = |hours: i64, marker: std::path::PathBuf| {
+        let clock = clock.clone();
+        async move {
+            clock.set(t0 + chrono::Duration::hours(hours));
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while marker.exists() {
+                assert!(Instant::now() < deadline, "no cleanup pass at +{hours} h");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    pass_at(5, marker("a")).await;
+    assert_eq!(files_under(&orphan_dir), orphan, "removed before the grace");
+    assert_eq!(files_under(&committed_dir), committed);
+
+    pass_at(7, marker("b")).await;
+    assert!(
+        files_under(&orphan_dir).is_empty(),
+        "the orphan outlived the grace: {:?}",
+        files_under(&orphan_dir)
+    );
+    assert_eq!(files_under(&committed_dir), committed);
+
+    pass_at(24 * 20, marker("c")).await;
+    assert_eq!(
+        files_under(&committed_dir),
+        committed,
+        "a committed backup lost objects"
+    );
+    let out = tokio::task::block_in_place(|| setup.ctl_json(&["backups"]));
+    assert_eq!(out.as_array().map(Vec::len), Some(1), "{out}");
     daemon.stop().await;
 }

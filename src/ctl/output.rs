@@ -115,6 +115,31 @@ fn wal_lines(
     out
 }
 
+/// The `status` line of a job's replica with copies pending and an error.
+fn replica_line(
+    job: &str,
+    repository: &str,
+    rep: &crate::model::ReplicaReport,
+    local: &dyn Fn(DateTime<Utc>) -> String,
+) -> String {
+    let err = rep.last_error.as_deref().unwrap_or_default();
+    if rep.permanent {
+        let next = rep
+            .next_attempt_at
+            .map(|t| format!("; next attempt {}", local(t)))
+            .unwrap_or_default();
+        format!(
+            "{job}: replica `{repository}`: {} pending, PERMANENT error (retried hourly until fixed{next}): {err}",
+            rep.pending
+        )
+    } else {
+        format!(
+            "{job}: replica `{repository}`: {} pending, last error: {err}",
+            rep.pending
+        )
+    }
+}
+
 pub fn status(report: &StatusReport) -> String {
     let tz: chrono_tz::Tz = report.timezone.parse().unwrap_or(chrono_tz::UTC);
     let local = |t: DateTime<Utc>| t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string();
@@ -216,12 +241,12 @@ pub fn status(report: &StatusReport) -> String {
         for r in &j.repositories {
             if let Some(rep) = &r.replica
                 && rep.pending > 0
-                && let Some(err) = &rep.last_error
+                && rep.last_error.is_some()
             {
                 let _ = writeln!(
                     out,
-                    "\n{}: replica `{}`: {} pending, last error: {err}",
-                    j.name, r.repository, rep.pending
+                    "\n{}",
+                    replica_line(&j.name, &r.repository, rep, &local)
                 );
             }
         }
@@ -412,6 +437,34 @@ pub fn event(e: &Event) -> String {
 mod wal_tests {
     use super::*;
     use crate::model::{WalBacklog, WalStatus};
+
+    #[test]
+    fn replica_line_says_permanent() {
+        let at = DateTime::parse_from_rfc3339("2026-11-26T03:00:00Z")
+            .unwrap()
+            .to_utc();
+        let mut rep = crate::model::ReplicaReport {
+            pending: 2,
+            lag_seconds: Some(60),
+            last_success_at: None,
+            last_error: Some("bucket `b` does not exist".into()),
+            last_error_at: None,
+            permanent: true,
+            next_attempt_at: Some(at),
+        };
+        let local = |t: DateTime<Utc>| t.to_rfc3339();
+        let line = replica_line("db", "offsite", &rep, &local);
+        assert_eq!(
+            line,
+            "db: replica `offsite`: 2 pending, PERMANENT error (retried hourly until fixed; next attempt 2026-11-26T03:00:00+00:00): bucket `b` does not exist"
+        );
+        rep.permanent = false;
+        let line = replica_line("db", "offsite", &rep, &local);
+        assert_eq!(
+            line,
+            "db: replica `offsite`: 2 pending, last error: bucket `b` does not exist"
+        );
+    }
 
     #[test]
     fn wal_status_lines() {

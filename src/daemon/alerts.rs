@@ -288,19 +288,32 @@ fn job_watches(job: &JobStatus) -> Vec<Watch> {
         if let Some(r) = &repo.replica {
             out.push(Watch {
                 key: format!("replica:{}:{}", job.name, repo.repository),
+                // The same lag rule for a permanent error (an operator may be mid-change); the
+                // summary says it is permanent and why.
                 bad: Some(r.pending > 0 && r.lag_seconds.is_some_and(|l| l > REPLICA_LAG)),
                 event: NewEvent::new(
                     EventKind::ReplicaLagging,
-                    format!(
-                        "{}: {} backups wait for repository {} ({})",
-                        job.name,
-                        r.pending,
-                        repo.repository,
-                        r.last_error.clone().unwrap_or_default()
-                    ),
+                    if r.permanent {
+                        format!(
+                            "{}: {} backups wait for repository {}: permanent error, retried hourly until fixed: {}",
+                            job.name,
+                            r.pending,
+                            repo.repository,
+                            r.last_error.clone().unwrap_or_default()
+                        )
+                    } else {
+                        format!(
+                            "{}: {} backups wait for repository {} ({})",
+                            job.name,
+                            r.pending,
+                            repo.repository,
+                            r.last_error.clone().unwrap_or_default()
+                        )
+                    },
                 )
                 .job(&job.name)
-                .details(serde_json::json!({"repository": repo.repository, "pending": r.pending, "lag_seconds": r.lag_seconds})),
+                .details(serde_json::json!({"repository": repo.repository, "pending": r.pending,
+                    "lag_seconds": r.lag_seconds, "permanent": r.permanent, "error": r.last_error})),
                 recovered: NewEvent::new(
                     EventKind::ReplicaRecovered,
                     format!("{}: repository {} caught up", job.name, repo.repository),

@@ -182,6 +182,21 @@ impl Shared {
                 tracing::info!(jobs, "catalogue reloaded");
                 self.emit(Event::Reloaded { jobs });
                 self.wake.notify_one();
+                // The operator may have fixed what held replicas back permanently (credentials,
+                // a bucket, a path): try those copies now rather than at the hourly probe.
+                match self.state.retry_permanent_replicas(self.clock.now()).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(
+                            copies = n,
+                            "retrying replicas held back by a permanent error"
+                        );
+                        self.replicator_wake.notify_one();
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "state DB: cannot reschedule held-back replicas")
+                    }
+                }
                 Ok(jobs)
             }
             Err(errors) => Err(errors),
@@ -504,6 +519,8 @@ impl Shared {
                         last_success_at: r.last_success_at,
                         last_error: r.last_error,
                         last_error_at: r.last_error_at,
+                        permanent: r.permanent,
+                        next_attempt_at: r.next_attempt_at,
                     });
                 }
                 repositories.push(status);
@@ -741,6 +758,7 @@ impl RunContext {
                 attempts: 0,
                 last_error: None,
                 next_attempt_at: now,
+                permanent: false,
             };
             if let Err(message) = super::replicate::attempt_locked(&self.shared, &task).await {
                 errors.push(format!(

@@ -2,11 +2,13 @@
 //! then copies the committed objects byte for byte (same keys, same ciphertext, SHA-256 checked
 //! against the commit record while copying) to the job's other repositories, and their commit
 //! record last. Failed copies stay queued in the state DB and are retried with backoff until
-//! they land; a run whose replica failed is `partial`.
+//! they land; a run whose replica failed is `partial`. A permanent failure (credentials refused,
+//! bucket missing, a local path that is not a directory) is retried hourly only, for the whole
+//! repository, and shown as permanent in `status` and the replica-lagging alert.
 
 use super::core::Shared;
 use crate::catalogue::Catalogue;
-use crate::error::error_chain;
+use crate::error::{Classify, Retry, error_chain};
 use crate::repository::backup_row;
 use crate::repository::format::commit_key;
 use crate::repository::{CommitRecord, Repository, StoreError};
@@ -18,6 +20,9 @@ use std::time::Duration;
 
 /// How often the replicator looks for due copies when nothing wakes it.
 const REPLICATOR_TICK: Duration = Duration::from_secs(30);
+/// The wait after a permanent failure: someone has to fix something first; a catalogue reload
+/// makes the held-back copies due at once.
+pub const PERMANENT_RETRY: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
@@ -52,6 +57,21 @@ pub enum ReplicaError {
     },
     #[error("{0}")]
     Other(String),
+}
+
+impl Classify for ReplicaError {
+    fn retry(&self) -> Retry {
+        match self {
+            ReplicaError::Read { source, .. } | ReplicaError::Write { source, .. } => {
+                source.retry()
+            }
+            // The primary's object or record disagrees with itself: copying again gives the
+            // same bytes until someone repairs it.
+            ReplicaError::Mismatch { .. } | ReplicaError::Gone { .. } | ReplicaError::Other(_) => {
+                Retry::Permanent
+            }
+        }
+    }
 }
 
 /// Copies one committed backup from `source` to `target`: every object (skipping ones already
@@ -237,11 +257,14 @@ pub fn backoff(base: Duration, attempts: u32) -> chrono::Duration {
     chrono::Duration::milliseconds(ms.min(3_600_000) as i64)
 }
 
-fn open(catalogue: &Catalogue, name: &str) -> Result<Repository, String> {
-    let settings = catalogue
-        .repository(name)
-        .ok_or_else(|| format!("repository `{name}` is not in the catalogue"))?;
-    Repository::open(settings).map_err(|e| error_chain(&e))
+fn open(catalogue: &Catalogue, name: &str) -> Result<Repository, ReplicaOutcome> {
+    let settings = catalogue.repository(name).ok_or_else(|| {
+        ReplicaOutcome::Failed(
+            format!("repository `{name}` is not in the catalogue"),
+            Retry::Permanent,
+        )
+    })?;
+    Repository::open(settings).map_err(|e| ReplicaOutcome::Failed(error_chain(&e), e.retry()))
 }
 
 /// One attempt at a queued copy under the job's lock; records the outcome.
@@ -269,17 +292,17 @@ pub async fn attempt_locked(shared: &Arc<Shared>, task: &ReplicaTask) -> Result<
         return Ok(());
     }
     let result = async {
-        let source = open(&catalogue, &task.source).map_err(ReplicaOutcome::Failed)?;
-        let target = open(&catalogue, &task.repository).map_err(ReplicaOutcome::Failed)?;
+        let source = open(&catalogue, &task.source)?;
+        let target = open(&catalogue, &task.repository)?;
         let record = match source.commit_record(&task.job, &task.backup_id).await {
             Ok(Some(record)) => record,
             Ok(None) => return Err(ReplicaOutcome::Gone),
-            Err(e) => return Err(ReplicaOutcome::Failed(error_chain(&e))),
+            Err(e) => return Err(ReplicaOutcome::Failed(error_chain(&e), e.retry())),
         };
         copy_backup(&source, &target, &record)
             .await
             .map(|bytes| (record, bytes))
-            .map_err(|e| ReplicaOutcome::Failed(error_chain(&e)))
+            .map_err(|e| ReplicaOutcome::Failed(error_chain(&e), e.retry()))
     }
     .await;
     // The replica's row in `backups` is what `backups --repository` and retention see: a copy
@@ -292,10 +315,13 @@ pub async fn attempt_locked(shared: &Arc<Shared>, task: &ReplicaTask) -> Result<
             .await
         {
             Ok(_) => Ok((record, bytes)),
-            Err(e) => Err(ReplicaOutcome::Failed(format!(
-                "the copy landed but the state DB could not record it: {}",
-                error_chain(&e)
-            ))),
+            Err(e) => Err(ReplicaOutcome::Failed(
+                format!(
+                    "the copy landed but the state DB could not record it: {}",
+                    error_chain(&e)
+                ),
+                Retry::Transient,
+            )),
         },
         Err(e) => Err(e),
     };
@@ -321,10 +347,21 @@ pub async fn attempt_locked(shared: &Arc<Shared>, task: &ReplicaTask) -> Result<
                 .await;
             Ok(())
         }
-        Err(ReplicaOutcome::Failed(message)) => {
-            let next = now + backoff(catalogue.daemon.replica_retry, task.attempts);
-            tracing::warn!(job = %task.job, backup_id = %task.backup_id, repository = %task.repository,
-                "replica failed (next attempt at {next}): {message}");
+        Err(ReplicaOutcome::Failed(message, retry)) => {
+            let permanent = retry == Retry::Permanent;
+            let next = if permanent {
+                now + chrono::Duration::from_std(PERMANENT_RETRY).unwrap_or_default()
+            } else {
+                now + backoff(catalogue.daemon.replica_retry, task.attempts)
+            };
+            if permanent {
+                tracing::error!(job = %task.job, backup_id = %task.backup_id, repository = %task.repository,
+                    "replica failed with a permanent error; copies to this repository wait until {next} \
+                     (or a catalogue reload): {message}");
+            } else {
+                tracing::warn!(job = %task.job, backup_id = %task.backup_id, repository = %task.repository,
+                    "replica failed (next attempt at {next}): {message}");
+            }
             let _ = shared
                 .state
                 .replica_failed(
@@ -332,18 +369,24 @@ pub async fn attempt_locked(shared: &Arc<Shared>, task: &ReplicaTask) -> Result<
                     &task.backup_id,
                     &task.repository,
                     &message,
+                    permanent,
                     now,
                     next,
                 )
                 .await;
-            Err(message)
+            Err(if permanent {
+                format!("{message} (permanent: retried hourly until fixed)")
+            } else {
+                message
+            })
         }
     }
 }
 
 enum ReplicaOutcome {
     Gone,
-    Failed(String),
+    /// The error on one line, and whether trying again later may help.
+    Failed(String, Retry),
 }
 
 /// The background replicator: retries queued copies when due, until they land.
