@@ -445,3 +445,81 @@ fn a_hung_read_during_a_restore_ends_at_the_call_deadline() {
         );
     }
 }
+
+/// Issue 11: what asks a store for its local form (`Store::local_store`: the cleanup's staging
+/// folder and the pruning of empty folders) under the fault-injecting wrapper. The wrapper is
+/// not bypassed: the cleanup's deletes go through it (an injected permanent fault on the first
+/// delete fails the pass naming the repository and leaves the orphan and the staging file), and
+/// the local-only work still happens through it (the next pass removes the orphan, prunes its
+/// folder and the 2-day-old staging file).
+#[test]
+fn cleanup_under_the_faulty_wrapper_is_not_bypassed_and_reaches_the_local_store() {
+    use bdc_backup::repository::faulty::wrap_with;
+    use bdc_backup::repository::{Repository, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("repo");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let plain = Store::local(&root).unwrap();
+        for key in ["part-000000.age", "part-000001.age", "manifest.age"] {
+            plain
+                .put_create(
+                    &format!("backups/uploads/20260101T000000Z-orphan/{key}"),
+                    bytes::Bytes::from_static(b"left by a killed run"),
+                )
+                .await
+                .unwrap();
+        }
+        let staging = root.join(".staging/upload-123.tmp");
+        std::fs::create_dir_all(staging.parent().unwrap()).unwrap();
+        std::fs::write(&staging, b"half an upload").unwrap();
+        let two_days = std::time::SystemTime::now() - Duration::from_secs(2 * 86_400);
+        std::fs::File::options()
+            .write(true)
+            .open(&staging)
+            .unwrap()
+            .set_modified(two_days)
+            .unwrap();
+        let store = wrap_with("local", plain, "local:delete::permanent@1").unwrap();
+        assert!(matches!(store, Store::Faulty(_)));
+        assert_eq!(
+            store.local_store().map(|l| l.staging_dir()),
+            Some(root.join(".staging")),
+            "the wrapper hides the local store underneath"
+        );
+        let repository = Repository::with_store("local", store);
+        // Every object is "older" than the grace: `now` is a day ahead.
+        let now = chrono::Utc::now() + chrono::Duration::days(1);
+        let grace = Duration::from_secs(6 * 3600);
+        let orphan = root.join("backups/uploads/20260101T000000Z-orphan");
+
+        let err = bdc_backup::retention::cleanup_uncommitted_at(&repository, grace, &[], now)
+            .await
+            .unwrap_err();
+        let text = bdc_backup::error::error_chain(&err);
+        assert!(
+            text.contains("local") && text.contains("injected permanent fault"),
+            "{text}"
+        );
+        assert_eq!(
+            files_under(&orphan).len(),
+            3,
+            "the failed delete removed something"
+        );
+        assert!(staging.exists(), "the pass went on after a failed delete");
+
+        let report = bdc_backup::retention::cleanup_uncommitted_at(&repository, grace, &[], now)
+            .await
+            .unwrap();
+        assert_eq!(
+            report.removed,
+            [("uploads/20260101T000000Z-orphan".to_string(), 3)]
+        );
+        assert_eq!(report.staging_removed, 1, "{report:?}");
+        assert!(!staging.exists());
+        assert!(!orphan.exists(), "the empty folder was not pruned");
+    });
+}

@@ -289,6 +289,20 @@ pub fn wrap(repository: &str, store: Store) -> Result<Store, String> {
     })))
 }
 
+/// `store` with the faults of `spec` (the rule syntax of [`FAULTS_ENV`]), not the environment's:
+/// for tests that hold a [`super::Repository`] in their own process. Debug builds only (in
+/// release builds an error).
+pub fn wrap_with(repository: &str, store: Store, spec: &str) -> Result<Store, String> {
+    if !cfg!(debug_assertions) {
+        return Err("store faults exist in debug builds only".into());
+    }
+    Ok(Store::Faulty(Arc::new(FaultyStore {
+        repository: repository.to_string(),
+        inner: store,
+        plan: Arc::new(Plan::parse(spec)?),
+    })))
+}
+
 /// A store with injected faults (see the module doc).
 #[derive(Debug)]
 pub struct FaultyStore {
