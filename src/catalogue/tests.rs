@@ -517,6 +517,30 @@ endpoint = "https://key:hunter2@s3.example.net"
     );
 }
 
+/// libpq's socket forms (an empty host after the user, the socket in `host=`) are accepted as
+/// written, for `[postgres] url` and a job's `connection`; a URL that is not one still fails.
+#[test]
+fn libpq_socket_urls_with_an_empty_host_are_accepted() {
+    for url in [
+        "postgresql://u@/db?host=/var/run/postgresql",
+        "postgresql://u@:5433/db?host=/run/postgresql",
+        "postgres://u@/db",
+        "postgresql:///db?host=/run/postgresql",
+    ] {
+        let text = small(&format!("connection = \"{url}\"\n"))
+            .replace("postgresql://bdc_backup@localhost/bdc_db", url);
+        let cat = parse(&text).unwrap_or_else(|e| panic!("{url}: {e:?}"));
+        assert_eq!(cat.postgres.as_ref().map(|p| p.url.as_str()), Some(url));
+    }
+    let errs = errors(&small("").replace(
+        "postgresql://bdc_backup@localhost/bdc_db",
+        "postgresql://u@[::1/db",
+    ));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].0, "postgres.url");
+    assert!(errs[0].1.starts_with("not a valid URL ("), "{errs:?}");
+}
+
 #[test]
 fn missing_identity_and_secret_files() {
     let text = small("")

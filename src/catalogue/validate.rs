@@ -477,12 +477,15 @@ pub(super) fn check_postgres_url(
         cx.error(key, format!("the URL contains a password; remove it and {password_hint} (secrets never go into the catalogue)"));
         return None;
     }
-    let url = match url::Url::parse(s) {
+    let url = match url::Url::parse(&with_placeholder_host(s)) {
         Ok(u) => u,
         Err(e) => {
             cx.error(
                 key,
-                format!("not a valid URL ({e}); expected postgresql://USER@HOST:PORT/DATABASE"),
+                format!(
+                    "not a valid URL ({e}); expected postgresql://USER@HOST:PORT/DATABASE \
+                     (or postgresql://USER@/DATABASE?host=/run/postgresql for a socket)"
+                ),
             );
             return None;
         }
@@ -495,6 +498,25 @@ pub(super) fn check_postgres_url(
         return None;
     }
     Some(s.to_string())
+}
+
+/// libpq accepts an empty host after a user (`postgresql://user@/db?host=/run/postgresql`: the
+/// socket comes from the query or the default; also `user@:5433/db`); the `url` crate refuses
+/// "empty host" there. Checked with `localhost` in its place, as the connection does
+/// (`postgres::connection`, where a `host=` parameter then overrides it).
+fn with_placeholder_host(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, after) = rest.split_at(end);
+        let (user, host) = match authority.rsplit_once('@') {
+            Some((u, h)) => (format!("{u}@"), h),
+            None => (String::new(), authority),
+        };
+        if host.is_empty() || host.starts_with(':') {
+            return format!("{scheme}://{user}localhost{host}{after}");
+        }
+    }
+    url.to_string()
 }
 
 /// Whether URL text carries a password: `user:password@` in its authority or a `password=`
