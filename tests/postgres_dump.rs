@@ -764,7 +764,10 @@ async fn damaged_archives_restore_nothing() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains(&record.id), "{err}");
-    assert!(pg.tables("streamed").is_empty(), "nothing restored");
+    assert!(
+        !pg.database_exists("streamed"),
+        "the database the failed restore created is dropped again"
+    );
 
     // Spooled (--jobs): the archive is rejected before pg_restore runs.
     let err = restore_database(
@@ -781,6 +784,56 @@ async fn damaged_archives_restore_nothing() {
     assert!(
         !pg.database_exists("spooled"),
         "the target database was created"
+    );
+}
+
+/// Issue 11: a truncated dump object (as tests/bad_objects.rs damages one) fails a streamed
+/// `restore database --create` after the database was created: the database is dropped again.
+/// Without `--create` the existing target is the operator's and stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_restore_drops_only_the_database_it_created() {
+    let pg = PgCluster::start();
+    pg.create_database("app");
+    pg.load_sample("app", 1);
+    pg.load_pgbench("app", 1);
+    let setup = Setup::new(&pg.url("postgres"), None, &["app"], &[]);
+    let record = setup.dump(&CancellationToken::new()).await.expect("dump");
+    let object = setup.work.path().join("repo").join(&record.objects[0].key);
+    let size = std::fs::metadata(&object).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&object)
+        .unwrap()
+        .set_len(size / 2)
+        .unwrap();
+
+    let err = restore_database(&setup.catalogue, setup.restore_opts("created"))
+        .await
+        .unwrap_err();
+    let text = bdc_backup::error::error_chain(&err);
+    assert!(
+        text.contains(&record.objects[0].key) && text.contains("truncated"),
+        "the error names the truncated object: {text}"
+    );
+    assert!(
+        !pg.database_exists("created"),
+        "the database the failed restore created was left behind"
+    );
+
+    pg.create_database("mine");
+    let err = restore_database(
+        &setup.catalogue,
+        RestoreDatabaseOptions {
+            create: false,
+            ..setup.restore_opts("mine")
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains(&record.id), "{err}");
+    assert!(
+        pg.database_exists("mine"),
+        "an existing target database was dropped"
     );
 }
 

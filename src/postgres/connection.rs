@@ -375,6 +375,27 @@ impl PgControl {
         Ok(())
     }
 
+    /// `DROP DATABASE` (with `FORCE` from PostgreSQL 13 on, so a session a failed tool left
+    /// behind does not keep it): undoes a `create_database` whose restore failed.
+    pub async fn drop_database(
+        &mut self,
+        name: &str,
+        server_version_num: u32,
+    ) -> Result<(), PgError> {
+        let force = if server_version_num >= 130_000 {
+            " WITH (FORCE)"
+        } else {
+            ""
+        };
+        let sql = format!("DROP DATABASE IF EXISTS {}{force}", quote_ident(name));
+        let what = format!("dropping database `{name}`");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut self.conn)
+            .await
+            .map_err(self.query_err(&what))?;
+        Ok(())
+    }
+
     /// Ordinary and partitioned tables of `db` as `schema.table`, sorted, system schemas excluded.
     pub async fn list_tables(&self, db: &str) -> Result<Vec<String>, PgError> {
         let mut other = self.connect_database(db).await?;

@@ -120,6 +120,16 @@ impl std::fmt::Display for RestoreReport {
 pub enum RestoreError {
     #[error("no job `{job}` in the catalogue")]
     UnknownJob { job: String },
+    /// The restore failed and the database it had created could not be dropped again.
+    #[error(
+        "{source}; the database `{database}` this restore created could not be dropped again ({drop_error}): drop it by hand"
+    )]
+    CreatedLeftBehind {
+        database: String,
+        drop_error: String,
+        #[source]
+        source: Box<RestoreError>,
+    },
     #[error("job `{job}` is a {kind} job, not postgres-dump")]
     NotADumpJob { job: String, kind: String },
     #[error(transparent)]
@@ -235,6 +245,7 @@ impl Classify for RestoreError {
             RestoreError::Connect { source, .. } => source.retry(),
             RestoreError::Io { source, .. } => io_retry(source),
             RestoreError::Read { source, .. } => source.retry(),
+            RestoreError::CreatedLeftBehind { source, .. } => source.retry(),
             _ => Retry::Permanent,
         }
     }
@@ -461,89 +472,111 @@ pub async fn restore_database(
             .await
             .map_err(connect_err)?;
     }
-    let target_url = url_with_database(&url, &opts.into).map_err(|source| RestoreError::Url {
-        job: job_name.clone(),
-        source,
-    })?;
-
-    let mut restored_tables = Vec::new();
+    // From here on a failure (a truncated or damaged object, pg_restore refusing) must not leave
+    // the database this restore created behind: it is dropped again.
     let bytes = source_db.object.content_size;
-    if let Some(archive) = spooled {
-        let mut cmd = Command::new(&bins.pg_restore);
-        cmd.args(["--no-password", "--exit-on-error"]);
-        match opts.jobs {
-            Some(n) if n > 1 => {
-                cmd.arg("-j").arg(n.to_string());
+    let restored = async {
+        let target_url = url_with_database(&url, &opts.into).map_err(|source| RestoreError::Url {
+            job: job_name.clone(),
+            source,
+        })?;
+
+        let mut restored_tables = Vec::new();
+        if let Some(archive) = spooled {
+            let mut cmd = Command::new(&bins.pg_restore);
+            cmd.args(["--no-password", "--exit-on-error"]);
+            match opts.jobs {
+                Some(n) if n > 1 => {
+                    cmd.arg("-j").arg(n.to_string());
+                }
+                _ => {
+                    cmd.arg("--single-transaction");
+                }
             }
-            _ => {
-                cmd.arg("--single-transaction");
+            if !opts.tables.is_empty() {
+                let toc_text = ctx
+                    .capture(
+                        &bins.pg_restore,
+                        &["-l".as_ref(), archive.as_os_str()],
+                        "pg_restore -l",
+                    )
+                    .await?;
+                let schema_sql = ctx
+                    .capture(
+                        &bins.pg_restore,
+                        &[
+                            "-s".as_ref(),
+                            "-f".as_ref(),
+                            "-".as_ref(),
+                            archive.as_os_str(),
+                        ],
+                        "pg_restore -s",
+                    )
+                    .await?;
+                let existing = Existing {
+                    tables: control
+                        .list_tables(&opts.into)
+                        .await
+                        .map_err(connect_err)?
+                        .into_iter()
+                        .collect(),
+                    functions: control
+                        .list_functions(&opts.into)
+                        .await
+                        .map_err(connect_err)?
+                        .into_iter()
+                        .collect(),
+                };
+                let selection = toc::select_tables(&toc_text, &schema_sql, &opts.tables, &existing)
+                    .map_err(backup_err)?;
+                for fk in &selection.skipped_foreign_keys {
+                    warnings.push(format!("foreign key {fk} left out: the referenced table is not restored and not in `{}`", opts.into));
+                }
+                restored_tables = selection
+                    .tables
+                    .iter()
+                    .map(|(s, t)| format!("{s}.{t}"))
+                    .collect();
+                let list = work.path().join("restore.list");
+                write_private(&list, selection.list.as_bytes())
+                    .map_err(io_err("writing the restore list"))?;
+                cmd.arg("-L").arg(&list);
             }
-        }
-        if !opts.tables.is_empty() {
-            let toc_text = ctx
-                .capture(
-                    &bins.pg_restore,
-                    &["-l".as_ref(), archive.as_os_str()],
-                    "pg_restore -l",
-                )
-                .await?;
-            let schema_sql = ctx
-                .capture(
-                    &bins.pg_restore,
-                    &[
-                        "-s".as_ref(),
-                        "-f".as_ref(),
-                        "-".as_ref(),
-                        archive.as_os_str(),
-                    ],
-                    "pg_restore -s",
-                )
-                .await?;
-            let existing = Existing {
-                tables: control
-                    .list_tables(&opts.into)
-                    .await
-                    .map_err(connect_err)?
-                    .into_iter()
-                    .collect(),
-                functions: control
-                    .list_functions(&opts.into)
-                    .await
-                    .map_err(connect_err)?
-                    .into_iter()
-                    .collect(),
-            };
-            let selection = toc::select_tables(&toc_text, &schema_sql, &opts.tables, &existing)
-                .map_err(backup_err)?;
-            for fk in &selection.skipped_foreign_keys {
-                warnings.push(format!("foreign key {fk} left out: the referenced table is not restored and not in `{}`", opts.into));
+            cmd.arg("-d").arg(&target_url).arg(&archive);
+            let (outcome, stderr) = ctx.run(cmd, "pg_restore").await?;
+            if !outcome.success() {
+                return Err(ctx.tool_error("pg_restore", &outcome, stderr));
             }
-            restored_tables = selection
-                .tables
-                .iter()
-                .map(|(s, t)| format!("{s}.{t}"))
-                .collect();
-            let list = work.path().join("restore.list");
-            write_private(&list, selection.list.as_bytes())
-                .map_err(io_err("writing the restore list"))?;
-            cmd.arg("-L").arg(&list);
+        } else {
+            stream_restore(
+                &ctx,
+                &bins,
+                repository,
+                &identities,
+                &source_db,
+                &target_url,
+            )
+            .await?;
         }
-        cmd.arg("-d").arg(&target_url).arg(&archive);
-        let (outcome, stderr) = ctx.run(cmd, "pg_restore").await?;
-        if !outcome.success() {
-            return Err(ctx.tool_error("pg_restore", &outcome, stderr));
-        }
-    } else {
-        stream_restore(
-            &ctx,
-            &bins,
-            repository,
-            &identities,
-            &source_db,
-            &target_url,
-        )
-        .await?;
+        Ok::<_, RestoreError>(restored_tables)
     }
+    .await;
+    let restored_tables = match restored {
+        Ok(tables) => tables,
+        Err(err) if opts.create => {
+            return Err(
+                match control.drop_database(&opts.into, server_version_num).await {
+                    Ok(()) => err,
+                    Err(drop_error) => RestoreError::CreatedLeftBehind {
+                        database: opts.into.clone(),
+                        drop_error: crate::error::error_chain(&drop_error),
+                        source: Box::new(err),
+                    },
+                },
+            );
+        }
+        Err(err) => return Err(err),
+    };
     control.close().await;
     drop(passfile);
     work.close()
