@@ -129,7 +129,7 @@ fn replica_line(
             .map(|t| format!("; next attempt {}", local(t)))
             .unwrap_or_default();
         format!(
-            "{job}: replica `{repository}`: {} pending, PERMANENT error (retried hourly until fixed{next}): {err}",
+            "{job}: replica `{repository}`: {} pending, PERMANENT error (retried with backoff until fixed{next}): {err}",
             rep.pending
         )
     } else {
@@ -456,7 +456,7 @@ mod wal_tests {
         let line = replica_line("db", "offsite", &rep, &local);
         assert_eq!(
             line,
-            "db: replica `offsite`: 2 pending, PERMANENT error (retried hourly until fixed; next attempt 2026-11-26T03:00:00+00:00): bucket `b` does not exist"
+            "db: replica `offsite`: 2 pending, PERMANENT error (retried with backoff until fixed; next attempt 2026-11-26T03:00:00+00:00): bucket `b` does not exist"
         );
         rep.permanent = false;
         let line = replica_line("db", "offsite", &rep, &local);

@@ -295,7 +295,7 @@ fn job_watches(job: &JobStatus) -> Vec<Watch> {
                     EventKind::ReplicaLagging,
                     if r.permanent {
                         format!(
-                            "{}: {} backups wait for repository {}: permanent error, retried hourly until fixed: {}",
+                            "{}: {} backups wait for repository {}: permanent error, retried with backoff until fixed: {}",
                             job.name,
                             r.pending,
                             repo.repository,

@@ -183,7 +183,7 @@ impl Shared {
                 self.emit(Event::Reloaded { jobs });
                 self.wake.notify_one();
                 // The operator may have fixed what held replicas back permanently (credentials,
-                // a bucket, a path): try those copies now rather than at the hourly probe.
+                // a bucket, a path): try those copies now rather than at the next backoff probe.
                 match self.state.retry_permanent_replicas(self.clock.now()).await {
                     Ok(0) => {}
                     Ok(n) => {

@@ -3,8 +3,10 @@
 //! against the commit record while copying) to the job's other repositories, and their commit
 //! record last. Failed copies stay queued in the state DB and are retried with backoff until
 //! they land; a run whose replica failed is `partial`. A permanent failure (credentials refused,
-//! bucket missing, a local path that is not a directory) is retried hourly only, for the whole
-//! repository, and shown as permanent in `status` and the replica-lagging alert.
+//! bucket missing, a local path that is not a directory) keeps the same doubling backoff (an
+//! operator's fix is picked up as soon as for any failure) but holds back every copy to that
+//! repository with it (one probe, not one failure per queued backup), and is shown as permanent
+//! in `status` and the replica-lagging alert.
 
 use super::core::Shared;
 use crate::catalogue::Catalogue;
@@ -20,9 +22,6 @@ use std::time::Duration;
 
 /// How often the replicator looks for due copies when nothing wakes it.
 const REPLICATOR_TICK: Duration = Duration::from_secs(30);
-/// The wait after a permanent failure: someone has to fix something first; a catalogue reload
-/// makes the held-back copies due at once.
-pub const PERMANENT_RETRY: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
@@ -349,11 +348,9 @@ pub async fn attempt_locked(shared: &Arc<Shared>, task: &ReplicaTask) -> Result<
         }
         Err(ReplicaOutcome::Failed(message, retry)) => {
             let permanent = retry == Retry::Permanent;
-            let next = if permanent {
-                now + chrono::Duration::from_std(PERMANENT_RETRY).unwrap_or_default()
-            } else {
-                now + backoff(catalogue.daemon.replica_retry, task.attempts)
-            };
+            // The documented `replica-retry` backoff for both classes: a permanent error needs
+            // a fix first, but a fix should land as soon as a transient failure's would.
+            let next = now + backoff(catalogue.daemon.replica_retry, task.attempts);
             if permanent {
                 tracing::error!(job = %task.job, backup_id = %task.backup_id, repository = %task.repository,
                     "replica failed with a permanent error; copies to this repository wait until {next} \
@@ -375,7 +372,7 @@ pub async fn attempt_locked(shared: &Arc<Shared>, task: &ReplicaTask) -> Result<
                 )
                 .await;
             Err(if permanent {
-                format!("{message} (permanent: retried hourly until fixed)")
+                format!("{message} (permanent: retried with backoff, at most hourly, until fixed)")
             } else {
                 message
             })
