@@ -6,8 +6,8 @@
 //! links), the config files byte by byte, and finished steps are not redone. The newcomer paths:
 //! output piped into `head -1`, `bootstrap` and the dry run as the `postgres` user (errors naming
 //! the unreadable identity and the unwritable output folder), a dry run whose estimates name
-//! their basis (a drill, or none), the offline audit row beside the plan, and `bootstrap` from
-//! an S3 repository (moto).
+//! their basis (a drill, or none), the offline audit row beside the plan, `show RUN_ID` with the
+//! backup's provenance, and `bootstrap` from an S3 repository (moto).
 
 mod common;
 
@@ -255,7 +255,7 @@ repositories = ["local"]
     std::fs::write(p.setup.catalogue_path(), catalogue).unwrap();
     assert!(p.setup.ctl(&["reload"]).status.success());
 
-    p.backup("--full");
+    let base_run = p.backup("--full");
     p.cluster.psql(
         "app",
         "CREATE TABLE after_base AS SELECT g FROM generate_series(1, 321) g;",
@@ -289,6 +289,65 @@ repositories = ["local"]
     assert!(
         listed.contains(&head),
         "application version in backups --json: {listed}"
+    );
+    // `show RUN_ID` of the base backup: where it came from, for people and as JSON.
+    let run_id = base_run["id"].as_i64().expect("run id").to_string();
+    let system_id = p.cluster.psql(
+        "postgres",
+        "SELECT system_identifier FROM pg_control_system();",
+    );
+    let version_num: u32 = p
+        .cluster
+        .psql("postgres", "SHOW server_version_num;")
+        .parse()
+        .unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    let shown = p.setup.ctl_json(&["show", &run_id]);
+    let prov = &shown["provenance"];
+    assert_eq!(prov["host"].as_str(), Some(host.as_str()), "{shown}");
+    assert_eq!(
+        prov["bdc-backup-version"].as_str(),
+        Some(env!("CARGO_PKG_VERSION")),
+        "{shown}"
+    );
+    assert_eq!(prov["postgres-version"].as_u64(), Some(version_num.into()));
+    assert_eq!(prov["system-identifier"].as_str(), Some(system_id.as_str()));
+    assert_eq!(prov["application-version"].as_str(), Some(head.as_str()));
+    let out = p.setup.ctl(&["show", &run_id]);
+    assert!(out.status.success(), "{}", text(&out));
+    let human = text(&out);
+    for want in [
+        format!("  host {host}\n"),
+        format!("  bdc-backup {}\n", env!("CARGO_PKG_VERSION")),
+        format!(
+            "  PostgreSQL {}.{} ({version_num})\n",
+            version_num / 10000,
+            version_num % 10000
+        ),
+        format!("  system identifier {system_id}\n"),
+        format!("  application version {head}\n"),
+    ] {
+        assert!(human.contains(&want), "show lacks {want:?}: {human}");
+    }
+    // The dump's run: the application version and the server version, no system identifier.
+    let dump_run = p
+        .setup
+        .ctl_json(&["runs", "--job", "app-dump", "--limit", "1"])[0]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    let shown = p.setup.ctl_json(&["show", &dump_run]);
+    assert_eq!(
+        shown["provenance"]["application-version"].as_str(),
+        Some(head.as_str()),
+        "{shown}"
+    );
+    assert_eq!(
+        shown["provenance"]["postgres-version"].as_u64(),
+        Some(version_num.into())
     );
     // One catalogue copy, deduplicated across the runs (unchanged catalogue).
     let copies: Vec<_> = std::fs::read_dir(dir.join("repo/catalogue"))
