@@ -12,7 +12,9 @@
 mod common;
 
 use common::daemon::{CTL, Setup};
+use common::dr::bootstrap_args;
 use common::objstores::{Moto, credentials_file};
+use common::output::{run_logged, text};
 use common::physical::{Physical, fingerprints, open_up, psql_port};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -45,24 +47,8 @@ fn ctl_as_postgres(args: &[&str]) -> Output {
     run_ctl(bare(c), args)
 }
 
-fn run_ctl(mut c: Command, args: &[&str]) -> Output {
-    let out = c.args(args).output().expect("run bdc-backupctl");
-    eprintln!(
-        "$ bdc-backupctl {}\n[exit {:?}]\n{}{}",
-        args.join(" "),
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+fn run_ctl(c: Command, args: &[&str]) -> Output {
+    run_logged(c, "bdc-backupctl", args)
 }
 
 /// The ctl with its stdout a pipe whose reader is already gone (every write fails with EPIPE),
@@ -383,28 +369,16 @@ repositories = ["local"]
             .status
             .success()
     );
-    let out = ctl(&[
-        "bootstrap",
-        "--repository",
-        &url,
-        "--identity",
-        wrong.to_str().unwrap(),
-        "--output",
-        out_dir.to_str().unwrap(),
-    ]);
+    let out = ctl(&bootstrap_args(&url, &wrong, &out_dir));
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("wrong identity"), "{}", text(&out));
     let empty = fresh.join("empty-repo");
     std::fs::create_dir_all(&empty).unwrap();
-    let out = ctl(&[
-        "bootstrap",
-        "--repository",
+    let out = ctl(&bootstrap_args(
         &format!("file://{}", empty.display()),
-        "--identity",
-        key.to_str().unwrap(),
-        "--output",
-        out_dir.to_str().unwrap(),
-    ]);
+        &key,
+        &out_dir,
+    ));
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out).contains("holds no catalogue copy"),
@@ -412,15 +386,7 @@ repositories = ["local"]
         text(&out)
     );
 
-    let out = ctl(&[
-        "bootstrap",
-        "--repository",
-        &url,
-        "--identity",
-        key.to_str().unwrap(),
-        "--output",
-        out_dir.to_str().unwrap(),
-    ]);
+    let out = ctl(&bootstrap_args(&url, &key, &out_dir));
     assert!(out.status.success(), "{}", text(&out));
     let report = text(&out);
     assert!(report.contains(&head), "{report}");
@@ -544,15 +510,7 @@ repositories = ["local"]
 
     // Piped into `head -1`: a quiet end, exit 0.
     ctl_into_closed_pipes(&["restore", "all", "--plan", plan_s, "--dry-run"]);
-    ctl_into_closed_pipes(&[
-        "bootstrap",
-        "--repository",
-        &url,
-        "--identity",
-        key.to_str().unwrap(),
-        "--output",
-        fresh.join("dr-piped").to_str().unwrap(),
-    ]);
+    ctl_into_closed_pipes(&bootstrap_args(&url, &key, &fresh.join("dr-piped")));
 
     // As the postgres user: an identity it cannot read, an output folder it cannot write are
     // named; with its own identity and folder, bootstrap and the dry run work.
@@ -560,15 +518,7 @@ repositories = ["local"]
     std::fs::write(&root_key, &key_text).unwrap();
     std::fs::set_permissions(&root_key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let pg_out = fresh.join("pg-home/dr");
-    let out = ctl_as_postgres(&[
-        "bootstrap",
-        "--repository",
-        &url,
-        "--identity",
-        root_key.to_str().unwrap(),
-        "--output",
-        pg_out.to_str().unwrap(),
-    ]);
+    let out = ctl_as_postgres(&bootstrap_args(&url, &root_key, &pg_out));
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
         text(&out).contains(&format!("--identity {}: ", root_key.display()))
@@ -577,15 +527,7 @@ repositories = ["local"]
         "{}",
         text(&out)
     );
-    let out = ctl_as_postgres(&[
-        "bootstrap",
-        "--repository",
-        &url,
-        "--identity",
-        key.to_str().unwrap(),
-        "--output",
-        pg_out.to_str().unwrap(),
-    ]);
+    let out = ctl_as_postgres(&bootstrap_args(&url, &key, &pg_out));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains(&format!(
@@ -602,15 +544,7 @@ repositories = ["local"]
         .status()
         .unwrap();
     assert!(st.success());
-    let out = ctl_as_postgres(&[
-        "bootstrap",
-        "--repository",
-        &url,
-        "--identity",
-        key.to_str().unwrap(),
-        "--output",
-        pg_out.to_str().unwrap(),
-    ]);
+    let out = ctl_as_postgres(&bootstrap_args(&url, &key, &pg_out));
     assert!(out.status.success(), "{}", text(&out));
     let pg_plan = pg_out.join("plan.toml");
     let out = ctl_as_postgres(&[
