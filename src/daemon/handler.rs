@@ -253,7 +253,9 @@ impl DaemonHandler {
                         let provenance = match &run.backup_id {
                             Some(id) => {
                                 let catalogue = shared.catalogue();
-                                crate::dr::provenance::of_backup(&catalogue, &run.job, id).await
+                                crate::dr::provenance::of_backup(&catalogue, &run.job, id)
+                                    .await
+                                    .map(Box::new)
                             }
                             None => None,
                         };

@@ -36,7 +36,7 @@ pub struct RunDetail {
     /// Where the run's backup came from (its commit record's provenance), when the run made a
     /// backup that a repository still holds and the record has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provenance: Option<super::Provenance>,
+    pub provenance: Option<Box<super::Provenance>>,
 }
 
 /// A backup job's verification, for `status`.
