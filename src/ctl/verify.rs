@@ -185,7 +185,7 @@ fn print_detail(ctx: &Ctx, detail: &RunDetail) -> CtlResult {
     }
 }
 
-/// Where the run's backup came from, one `  key: value` line per recorded fact.
+/// Where the run's backup came from: one indented line per recorded fact (`  host db1`).
 fn provenance_lines(p: &crate::model::Provenance) -> String {
     let mut out = String::new();
     if let Some(h) = p.host.as_deref().filter(|h| !h.is_empty()) {
