@@ -1,16 +1,18 @@
 //! Plain data types shared by the state DB, the control protocol and the daemon: runs, their
 //! statuses and triggers, backup types, backup rows and the status report; the reports of
-//! retention and usage passes ([`reports`]), the cluster identity ([`identity`]) and the rows of
-//! verify runs ([`verification`]).
+//! retention and usage passes ([`reports`]), the cluster identity ([`identity`]), where a backup
+//! came from ([`provenance`]) and the rows of verify runs ([`verification`]).
 
 pub mod alerts;
 mod audit;
 mod identity;
+mod provenance;
 mod reports;
 mod verification;
 
 pub use audit::{AuditBreak, AuditChainReport, AuditRow, fit_audit_rows};
 pub use identity::{ClusterIdentity, u64_string};
+pub use provenance::Provenance;
 pub use reports::{
     Action, BackupOutcome, CapacityRow, GrowthSource, Pin, Projection, Reason, RetentionReport,
     Rule, UsageReport, UsageRow, WalPlan, WalRetentionReport, WeekGrowth,

@@ -9,9 +9,11 @@ mod common;
 
 use common::daemon::{Setup, wait_for};
 use common::files_under;
+use common::output::stderr;
 use common::pg::PgCluster;
 use common::physical::Physical;
-use std::path::{Path, PathBuf};
+use common::runs::{backup_id, largest_object};
+use std::path::Path;
 use std::time::Duration;
 
 /// How an object is damaged.
@@ -46,25 +48,6 @@ fn damage(path: &Path, how: Damage) -> (Vec<u8>, u64) {
     (original, damaged.len() as u64)
 }
 
-/// The largest data object of one backup (not the commit record, not the manifest).
-fn largest_object(setup: &Setup, job: &str, backup: &str) -> (PathBuf, String) {
-    let dir = setup.path(&format!("repo/backups/{job}/{backup}"));
-    let path = files_under(&dir)
-        .into_iter()
-        .filter(|p| {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            name != "backup.json" && name != "manifest.age"
-        })
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .unwrap_or_else(|| panic!("no data object under {}", dir.display()));
-    let key = path
-        .strip_prefix(setup.path("repo"))
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
-    (path, key)
-}
-
 /// The error says what happened to which object in which repository, and that a retry will not
 /// help; for a truncation both sizes.
 fn assert_says(text: &str, key: &str, how: Damage, found: u64, recorded: u64) {
@@ -96,16 +79,6 @@ fn assert_says(text: &str, key: &str, how: Damage, found: u64, recorded: u64) {
     }
 }
 
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn backup_id(setup: &Setup, job: &str) -> String {
-    let run = setup.ctl_json(&["runs", "--job", job, "--limit", "1"])[0].clone();
-    assert_eq!(run["status"], "succeeded", "{run}");
-    run["backup_id"].as_str().unwrap().to_string()
-}
-
 /// A dump whose data object is truncated, emptied or flipped: `restore database --create` fails
 /// naming it and leaves no database behind; with the object repaired the same restore works.
 #[test]
@@ -118,20 +91,7 @@ fn a_damaged_dump_object_fails_the_restore_by_name_and_creates_nothing() {
         "CREATE TABLE t (id int primary key, v text); \
          INSERT INTO t SELECT g, md5(g::text) || md5((g * 7)::text) FROM generate_series(1, 40000) g;",
     );
-    setup.write_catalogue(&format!(
-        r#"
-[postgres]
-url = "{url}"
-
-[[job]]
-name = "db-dump"
-kind = "postgres-dump"
-schedule = "0 2 * * *"
-databases = ["app"]
-repositories = ["local"]
-"#,
-        url = cluster.url("app")
-    ));
+    setup.write_catalogue(&common::catalogue::dump_job(&cluster.url("app")));
     let daemon = setup.start_daemon();
     assert!(setup.ctl(&["run", "db-dump", "--wait"]).status.success());
     let id = backup_id(&setup, "db-dump");
@@ -181,18 +141,7 @@ fn a_damaged_files_part_fails_the_restore_by_name_and_leaves_no_half_file() {
         .collect();
     std::fs::write(src.join("big.bin"), &big).unwrap();
     std::fs::write(src.join("small.txt"), b"small\n").unwrap();
-    setup.write_catalogue(&format!(
-        r#"
-[[job]]
-name = "uploads"
-kind = "files"
-path = "{src}"
-full = "0 4 * * 0"
-incremental = "0 3 * * *"
-repositories = ["local"]
-"#,
-        src = src.display()
-    ));
+    setup.write_catalogue(&common::catalogue::files_job("uploads", &src));
     let daemon = setup.start_daemon();
     assert!(
         setup
@@ -298,15 +247,7 @@ fn a_truncated_block_object_or_an_empty_wal_segment_stops_restore_cluster() {
         "INSERT INTO t SELECT g, 'later' FROM generate_series(50101, 50200) g;",
     );
     p.switch_wal();
-    let object = files_under(&p.setup.path("repo/wal"))
-        .into_iter()
-        .find(|f| f.file_name().unwrap().to_string_lossy().starts_with(&seg))
-        .expect("the archived object");
-    let wal_key = object
-        .strip_prefix(p.setup.path("repo"))
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
+    let (object, wal_key) = p.archived_object(&seg);
     std::fs::write(&object, b"").unwrap();
     let (out, restored) = p.restore("walzero", &[]);
     assert!(!out.status.success(), "the restore must report the failure");

@@ -6,13 +6,15 @@
 //! links), the config files byte by byte, and finished steps are not redone. The newcomer paths:
 //! output piped into `head -1`, `bootstrap` and the dry run as the `postgres` user (errors naming
 //! the unreadable identity and the unwritable output folder), a dry run whose estimates name
-//! their basis (a drill, or none), the offline audit row beside the plan, and `bootstrap` from
-//! an S3 repository (moto).
+//! their basis (a drill, or none), the offline audit row beside the plan, `show RUN_ID` with the
+//! backup's provenance, and `bootstrap` from an S3 repository (moto).
 
 mod common;
 
 use common::daemon::{CTL, Setup};
+use common::dr::bootstrap_args;
 use common::objstores::{Moto, credentials_file};
+use common::output::{run_logged, text};
 use common::physical::{Physical, fingerprints, open_up, psql_port};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -45,24 +47,8 @@ fn ctl_as_postgres(args: &[&str]) -> Output {
     run_ctl(bare(c), args)
 }
 
-fn run_ctl(mut c: Command, args: &[&str]) -> Output {
-    let out = c.args(args).output().expect("run bdc-backupctl");
-    eprintln!(
-        "$ bdc-backupctl {}\n[exit {:?}]\n{}{}",
-        args.join(" "),
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+fn run_ctl(c: Command, args: &[&str]) -> Output {
+    run_logged(c, "bdc-backupctl", args)
 }
 
 /// The ctl with its stdout a pipe whose reader is already gone (every write fails with EPIPE),
@@ -255,7 +241,7 @@ repositories = ["local"]
     std::fs::write(p.setup.catalogue_path(), catalogue).unwrap();
     assert!(p.setup.ctl(&["reload"]).status.success());
 
-    p.backup("--full");
+    let base_run = p.backup("--full");
     p.cluster.psql(
         "app",
         "CREATE TABLE after_base AS SELECT g FROM generate_series(1, 321) g;",
@@ -289,6 +275,65 @@ repositories = ["local"]
     assert!(
         listed.contains(&head),
         "application version in backups --json: {listed}"
+    );
+    // `show RUN_ID` of the base backup: where it came from, for people and as JSON.
+    let run_id = base_run["id"].as_i64().expect("run id").to_string();
+    let system_id = p.cluster.psql(
+        "postgres",
+        "SELECT system_identifier FROM pg_control_system();",
+    );
+    let version_num: u32 = p
+        .cluster
+        .psql("postgres", "SHOW server_version_num;")
+        .parse()
+        .unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    let shown = p.setup.ctl_json(&["show", &run_id]);
+    let prov = &shown["provenance"];
+    assert_eq!(prov["host"].as_str(), Some(host.as_str()), "{shown}");
+    assert_eq!(
+        prov["bdc-backup-version"].as_str(),
+        Some(env!("CARGO_PKG_VERSION")),
+        "{shown}"
+    );
+    assert_eq!(prov["postgres-version"].as_u64(), Some(version_num.into()));
+    assert_eq!(prov["system-identifier"].as_str(), Some(system_id.as_str()));
+    assert_eq!(prov["application-version"].as_str(), Some(head.as_str()));
+    let out = p.setup.ctl(&["show", &run_id]);
+    assert!(out.status.success(), "{}", text(&out));
+    let human = text(&out);
+    for want in [
+        format!("  host {host}\n"),
+        format!("  bdc-backup {}\n", env!("CARGO_PKG_VERSION")),
+        format!(
+            "  PostgreSQL {}.{} ({version_num})\n",
+            version_num / 10000,
+            version_num % 10000
+        ),
+        format!("  system identifier {system_id}\n"),
+        format!("  application version {head}\n"),
+    ] {
+        assert!(human.contains(&want), "show lacks {want:?}: {human}");
+    }
+    // The dump's run: the application version and the server version, no system identifier.
+    let dump_run = p
+        .setup
+        .ctl_json(&["runs", "--job", "app-dump", "--limit", "1"])[0]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    let shown = p.setup.ctl_json(&["show", &dump_run]);
+    assert_eq!(
+        shown["provenance"]["application-version"].as_str(),
+        Some(head.as_str()),
+        "{shown}"
+    );
+    assert_eq!(
+        shown["provenance"]["postgres-version"].as_u64(),
+        Some(version_num.into())
     );
     // One catalogue copy, deduplicated across the runs (unchanged catalogue).
     let copies: Vec<_> = std::fs::read_dir(dir.join("repo/catalogue"))
@@ -324,28 +369,16 @@ repositories = ["local"]
             .status
             .success()
     );
-    let out = ctl(&[
-        "bootstrap",
-        "--repository",
-        &url,
-        "--identity",
-        wrong.to_str().unwrap(),
-        "--output",
-        out_dir.to_str().unwrap(),
-    ]);
+    let out = ctl(&bootstrap_args(&url, &wrong, &out_dir));
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("wrong identity"), "{}", text(&out));
     let empty = fresh.join("empty-repo");
     std::fs::create_dir_all(&empty).unwrap();
-    let out = ctl(&[
-        "bootstrap",
-        "--repository",
+    let out = ctl(&bootstrap_args(
         &format!("file://{}", empty.display()),
-        "--identity",
-        key.to_str().unwrap(),
-        "--output",
-        out_dir.to_str().unwrap(),
-    ]);
+        &key,
+        &out_dir,
+    ));
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out).contains("holds no catalogue copy"),
@@ -353,15 +386,7 @@ repositories = ["local"]
         text(&out)
     );
 
-    let out = ctl(&[
-        "bootstrap",
-        "--repository",
-        &url,
-        "--identity",
-        key.to_str().unwrap(),
-        "--output",
-        out_dir.to_str().unwrap(),
-    ]);
+    let out = ctl(&bootstrap_args(&url, &key, &out_dir));
     assert!(out.status.success(), "{}", text(&out));
     let report = text(&out);
     assert!(report.contains(&head), "{report}");
@@ -485,15 +510,7 @@ repositories = ["local"]
 
     // Piped into `head -1`: a quiet end, exit 0.
     ctl_into_closed_pipes(&["restore", "all", "--plan", plan_s, "--dry-run"]);
-    ctl_into_closed_pipes(&[
-        "bootstrap",
-        "--repository",
-        &url,
-        "--identity",
-        key.to_str().unwrap(),
-        "--output",
-        fresh.join("dr-piped").to_str().unwrap(),
-    ]);
+    ctl_into_closed_pipes(&bootstrap_args(&url, &key, &fresh.join("dr-piped")));
 
     // As the postgres user: an identity it cannot read, an output folder it cannot write are
     // named; with its own identity and folder, bootstrap and the dry run work.
@@ -501,15 +518,7 @@ repositories = ["local"]
     std::fs::write(&root_key, &key_text).unwrap();
     std::fs::set_permissions(&root_key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let pg_out = fresh.join("pg-home/dr");
-    let out = ctl_as_postgres(&[
-        "bootstrap",
-        "--repository",
-        &url,
-        "--identity",
-        root_key.to_str().unwrap(),
-        "--output",
-        pg_out.to_str().unwrap(),
-    ]);
+    let out = ctl_as_postgres(&bootstrap_args(&url, &root_key, &pg_out));
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
         text(&out).contains(&format!("--identity {}: ", root_key.display()))
@@ -518,15 +527,7 @@ repositories = ["local"]
         "{}",
         text(&out)
     );
-    let out = ctl_as_postgres(&[
-        "bootstrap",
-        "--repository",
-        &url,
-        "--identity",
-        key.to_str().unwrap(),
-        "--output",
-        pg_out.to_str().unwrap(),
-    ]);
+    let out = ctl_as_postgres(&bootstrap_args(&url, &key, &pg_out));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains(&format!(
@@ -543,15 +544,7 @@ repositories = ["local"]
         .status()
         .unwrap();
     assert!(st.success());
-    let out = ctl_as_postgres(&[
-        "bootstrap",
-        "--repository",
-        &url,
-        "--identity",
-        key.to_str().unwrap(),
-        "--output",
-        pg_out.to_str().unwrap(),
-    ]);
+    let out = ctl_as_postgres(&bootstrap_args(&url, &key, &pg_out));
     assert!(out.status.success(), "{}", text(&out));
     let pg_plan = pg_out.join("plan.toml");
     let out = ctl_as_postgres(&[

@@ -9,6 +9,7 @@ mod common;
 use common::daemon::Setup;
 use common::pg::PgCluster;
 use common::physical::{Physical, open_up};
+use common::runs::last_run;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::time::Duration;
@@ -74,11 +75,6 @@ fn drill_databases(cluster: &PgCluster) -> String {
     )
 }
 
-/// The newest run of `job`.
-fn last_run(setup: &Setup, job: &str) -> serde_json::Value {
-    setup.ctl_json(&["runs", "--job", job, "--limit", "1"])[0].clone()
-}
-
 /// The checks `show RUN_ID --json` lists for `run` (from the state DB).
 fn shown_checks(setup: &Setup, run: &serde_json::Value) -> Vec<serde_json::Value> {
     let id = run["id"].as_i64().expect("a run id").to_string();
@@ -117,17 +113,7 @@ fn a_daemon_killed_during_a_dump_drill_leaves_nothing_after_the_next_start() {
     cluster.load_sample("app", 1);
     let scratch = setup.path("drills");
     setup.write_catalogue(&format!(
-        r#"
-[postgres]
-url = "{url}"
-
-[[job]]
-name = "db-dump"
-kind = "postgres-dump"
-schedule = "0 2 * * *"
-databases = ["app"]
-repositories = ["local"]
-
+        r#"{dump}
 [[job]]
 name = "drill"
 kind = "verify"
@@ -135,16 +121,10 @@ schedule = "0 6 * * *"
 jobs = ["db-dump"]
 integrity = "off"
 scratch-directory = "{scratch}"
-
-[[job.check]]
-job = "db-dump"
-database = "app"
-name = "users present"
-sql = "SELECT count(*) FROM users"
-min = 1
-"#,
-        url = cluster.url("app"),
+{check}"#,
+        dump = common::catalogue::dump_job(&cluster.url("app")),
         scratch = scratch.display(),
+        check = common::catalogue::USERS_PRESENT_CHECK,
     ));
     let daemon = setup.start_daemon();
     assert!(setup.ctl(&["run", "db-dump", "--wait"]).status.success());
@@ -165,7 +145,7 @@ min = 1
         "{:?}",
         drill_folders(&scratch)
     );
-    let run = last_run(&setup, "drill");
+    let run = last_run(&setup, Some("drill"));
     assert_eq!(run["status"], "interrupted", "{run:#}");
     // Checks are recorded as they finish: the restore that passed before the kill is there.
     let shown = shown_checks(&setup, &run);
@@ -245,7 +225,7 @@ scratch-directory = "{}"
         || drill_folders(&scratch).is_empty() && processes_under(&scratch).is_empty(),
         "the scratch cluster stopped and removed at start",
     );
-    let run = last_run(&p.setup, "nightly");
+    let run = last_run(&p.setup, Some("nightly"));
     assert_eq!(run["status"], "interrupted", "{run:#}");
     let shown = shown_checks(&p.setup, &run);
     assert!(

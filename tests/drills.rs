@@ -130,20 +130,10 @@ fn dump_setup(extra: &str) -> (PgCluster, Setup) {
     cluster.load_extras("app");
     let setup = Setup::new();
     setup.write_catalogue(&format!(
-        r#"
-[postgres]
-url = "{url}"
-
-[[job]]
-name = "db-dump"
-kind = "postgres-dump"
-schedule = "0 2 * * *"
-databases = ["app"]
-repositories = ["local"]
-compression-workers = 2
+        r#"{dump}compression-workers = 2
 {extra}
 "#,
-        url = cluster.url("app")
+        dump = common::catalogue::dump_job(&cluster.url("app"))
     ));
     let daemon = setup.start_daemon();
     let out = setup.ctl(&["run", "db-dump", "--wait"]);

@@ -11,6 +11,7 @@ use common::files_under;
 
 use common::daemon::{Setup, TestDaemon, wait_for};
 use common::pg::PgCluster;
+use common::runs::last_run;
 use common::wal::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -44,27 +45,15 @@ fn files_catalogue(setup: &Setup, extra: &str) -> (PathBuf, Vec<u8>) {
     std::fs::write(src.join("big.bin"), &data).unwrap();
     std::fs::write(src.join("small.txt"), b"small\n").unwrap();
     setup.write_catalogue(&format!(
-        r#"{extra}
-[[job]]
-name = "uploads"
-kind = "files"
-path = "{src}"
-full = "0 4 * * 0"
-incremental = "0 3 * * *"
-repositories = ["local"]
-"#,
-        src = src.display()
+        "{extra}{}",
+        common::catalogue::files_job("uploads", &src)
     ));
     (src, data)
 }
 
-fn last_run(setup: &Setup) -> serde_json::Value {
-    setup.ctl_json(&["runs", "--limit", "1"])[0].clone()
-}
-
 fn assert_failed_for_space(setup: &Setup, daemon: &TestDaemon, out: &Output) -> serde_json::Value {
     assert_ne!(out.status.code(), Some(0), "log:\n{}", daemon.log_text());
-    let run = last_run(setup);
+    let run = last_run(setup, None);
     assert_eq!(run["status"], "failed", "{run}");
     let error = run["error"].as_str().unwrap();
     assert!(
@@ -112,7 +101,7 @@ fn a_files_backup_into_a_full_repository() {
     repo.grow("32m");
     let out = setup.ctl(&["run", "uploads", "--full", "--wait"]);
     assert!(out.status.success(), "log:\n{}", daemon.log_text());
-    let run = last_run(&setup);
+    let run = last_run(&setup, None);
     assert_eq!(run["status"], "succeeded");
     let target = setup.path("target");
     assert!(
@@ -138,20 +127,7 @@ fn a_dump_into_a_full_repository() {
         "CREATE TABLE t (id int primary key, v text); \
          INSERT INTO t SELECT g, md5(random()::text) || md5(random()::text) FROM generate_series(1, 40000) g;",
     );
-    setup.write_catalogue(&format!(
-        r#"
-[postgres]
-url = "{url}"
-
-[[job]]
-name = "db-dump"
-kind = "postgres-dump"
-schedule = "0 2 * * *"
-databases = ["app"]
-repositories = ["local"]
-"#,
-        url = cluster.url("app")
-    ));
+    setup.write_catalogue(&common::catalogue::dump_job(&cluster.url("app")));
     let daemon = setup.start_daemon();
     let filler = repo.fill();
     let out = setup.ctl(&["run", "db-dump", "--wait"]);
@@ -162,7 +138,7 @@ repositories = ["local"]
     std::fs::remove_file(&filler).unwrap();
     let out = setup.ctl(&["run", "db-dump", "--wait"]);
     assert!(out.status.success(), "log:\n{}", daemon.log_text());
-    assert_eq!(last_run(&setup)["status"], "succeeded");
+    assert_eq!(last_run(&setup, None)["status"], "succeeded");
     let out = setup.ctl(&[
         "restore", "database", "--job", "db-dump", "--into", "restored", "--create",
     ]);
@@ -222,7 +198,7 @@ fn a_full_state_directory_loses_no_committed_run() {
             .status
             .success()
     );
-    let first = last_run(&setup);
+    let first = last_run(&setup, None);
     assert_eq!(first["status"], "succeeded");
 
     let filler = state.fill();
@@ -254,7 +230,7 @@ fn a_full_state_directory_loses_no_committed_run() {
             .status
             .success()
     );
-    assert_eq!(last_run(&setup)["status"], "succeeded");
+    assert_eq!(last_run(&setup, None)["status"], "succeeded");
     let log = daemon.log_text();
     assert!(daemon.stop().success(), "log:\n{log}");
     let daemon = setup.start_daemon();
@@ -283,7 +259,10 @@ fn a_restore_into_a_full_target() {
             .status
             .success()
     );
-    let id = last_run(&setup)["backup_id"].as_str().unwrap().to_string();
+    let id = last_run(&setup, None)["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(daemon.stop().success());
 
     let target = Tmpfs::mount(&setup.path("target"), "1m");
@@ -319,20 +298,7 @@ fn a_parallel_restore_with_a_full_spool() {
         "CREATE TABLE t (id int primary key, v text); \
          INSERT INTO t SELECT g, md5(random()::text) FROM generate_series(1, 40000) g;",
     );
-    setup.write_catalogue(&format!(
-        r#"
-[postgres]
-url = "{url}"
-
-[[job]]
-name = "db-dump"
-kind = "postgres-dump"
-schedule = "0 2 * * *"
-databases = ["app"]
-repositories = ["local"]
-"#,
-        url = cluster.url("app")
-    ));
+    setup.write_catalogue(&common::catalogue::dump_job(&cluster.url("app")));
     let daemon = setup.start_daemon();
     assert!(setup.ctl(&["run", "db-dump", "--wait"]).status.success());
     assert!(daemon.stop().success());

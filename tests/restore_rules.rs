@@ -16,6 +16,7 @@ use bdc_backup::repository::{BackupId, CommitRecord, Repository};
 use bdc_backup::snapshot::job::JobRun;
 use chrono::Utc;
 use common::daemon::CTL;
+use common::output::{run_logged, stderr};
 use common::pg::{PASSWORD, PASSWORD_ROLE, PgCluster};
 use snapshot_support::*;
 use std::path::{Path, PathBuf};
@@ -26,24 +27,9 @@ use tokio_util::sync::CancellationToken;
 const GARBAGE_KEY_ID: &str = "20000101T000000Z-F";
 
 fn ctl(catalogue: &Path, args: &[&str]) -> Output {
-    let out = Command::new(CTL)
-        .arg("--catalogue")
-        .arg(catalogue)
-        .args(args)
-        .output()
-        .expect("run bdc-backupctl");
-    eprintln!(
-        "$ bdc-backupctl {}\n[exit {:?}]\n{}{}",
-        args.join(" "),
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    let mut c = Command::new(CTL);
+    c.arg("--catalogue").arg(catalogue);
+    run_logged(c, "bdc-backupctl", args)
 }
 
 /// Writes a garbage `backup.json` for an unrelated backup of `job`; returns its key.
@@ -71,15 +57,7 @@ identity-file = "{identity}"
 
 [repository.local]
 url = "file://{work}/repo"
-
-[[job]]
-name = "uploads"
-kind = "files"
-path = "{src}"
-full = "0 4 * * 0"
-incremental = "0 3 * * *"
-repositories = ["local"]
-"#,
+{files_job}"#,
         state = s.catalogue.daemon.state_directory.display(),
         work = w.display(),
         recipient = s.recipient,
@@ -90,7 +68,7 @@ repositories = ["local"]
             .as_ref()
             .unwrap()
             .display(),
-        src = s.src.display(),
+        files_job = common::catalogue::files_job("uploads", &s.src),
     );
     let cat = w.join("catalogue.toml");
     std::fs::write(&cat, toml).unwrap();
@@ -280,25 +258,15 @@ state-db = "{dir}/state/state.db"
 socket = "{dir}/control.sock"
 timezone = "UTC"
 
-[postgres]
-url = "{url}"
-
 [encryption]
 recipients = ["{recipient}"]
 identity-file = "{key}"
 
 [repository.local]
 url = "file://{dir}/repo"
-
-[[job]]
-name = "db-dump"
-kind = "postgres-dump"
-schedule = "0 2 * * *"
-databases = ["app"]
-repositories = ["local"]
-"#,
+{dump}"#,
         dir = dir.display(),
-        url = pg.url("postgres"),
+        dump = common::catalogue::dump_job(&pg.url("postgres")),
         recipient = id.to_public(),
         key = key.display(),
     );

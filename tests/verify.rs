@@ -8,11 +8,11 @@
 mod common;
 
 use common::daemon::Setup;
+use common::output::text;
 use common::pg::PgCluster;
 use common::physical::Physical;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 /// Every file under `dir` whose path contains `part`, sorted.
 fn files_under(dir: &Path, part: &str) -> Vec<PathBuf> {
@@ -79,14 +79,6 @@ fn run_ok(setup: &Setup, job: &str, extra: &[&str]) {
     assert!(out.status.success(), "run {job} failed");
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// A cluster with the sample data, a dump job, a files job and a config job, the verify job
 /// `check` (integrity full, no drills) and `drill` (drills only, for the dump).
 fn dump_files_config(setup: &Setup) -> PgCluster {
@@ -109,25 +101,7 @@ fn dump_files_config(setup: &Setup) -> PgCluster {
     std::fs::write(config.join("app.env"), b"APP_ENV=production\n").unwrap();
     std::fs::write(config.join("nginx.conf"), b"server { listen 80; }\n").unwrap();
     setup.write_catalogue(&format!(
-        r#"
-[postgres]
-url = "{url}"
-
-[[job]]
-name = "db-dump"
-kind = "postgres-dump"
-schedule = "0 2 * * *"
-databases = ["app"]
-repositories = ["local"]
-
-[[job]]
-name = "uploads"
-kind = "files"
-path = "{uploads}"
-full = "0 4 * * 0"
-incremental = "0 3 * * *"
-repositories = ["local"]
-
+        r#"{dump}{files_job}
 [[job]]
 name = "config"
 kind = "config"
@@ -149,17 +123,11 @@ schedule = "0 6 * * *"
 jobs = ["db-dump"]
 integrity = "off"
 drills = true
-
-[[job.check]]
-job = "db-dump"
-database = "app"
-name = "users present"
-sql = "SELECT count(*) FROM users"
-min = 1
-"#,
-        url = cluster.url("app"),
-        uploads = uploads.display(),
+{check}"#,
+        dump = common::catalogue::dump_job(&cluster.url("app")),
+        files_job = common::catalogue::files_job("uploads", &uploads),
         config = config.display(),
+        check = common::catalogue::USERS_PRESENT_CHECK,
     ));
     cluster
 }

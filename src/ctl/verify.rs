@@ -129,7 +129,11 @@ async fn offline(ctx: &Ctx, scope: crate::verify::run::Scope) -> CtlResult {
     }
     let now = Utc::now();
     let checks: Vec<CheckRecord> = outcome.checks.iter().map(|c| record_of(c, now)).collect();
-    let detail = RunDetail { run: None, checks };
+    let detail = RunDetail {
+        run: None,
+        checks,
+        provenance: None,
+    };
     print_detail(ctx, &detail)?;
     verdict(None, &detail.checks)
 }
@@ -181,6 +185,34 @@ fn print_detail(ctx: &Ctx, detail: &RunDetail) -> CtlResult {
     }
 }
 
+/// Where the run's backup came from: one indented line per recorded fact (`  host db1`).
+fn provenance_lines(p: &crate::model::Provenance) -> String {
+    let mut out = String::new();
+    if let Some(h) = p.host.as_deref().filter(|h| !h.is_empty()) {
+        let _ = writeln!(out, "  host {h}");
+    }
+    if let Some(v) = &p.bdc_backup_version {
+        let _ = writeln!(out, "  bdc-backup {v}");
+    }
+    if let Some(v) = p.postgres_version {
+        // server_version_num: 150004 is 15.4 (10 and later: major * 10000 + minor).
+        let _ = writeln!(out, "  PostgreSQL {}.{} ({v})", v / 10000, v % 10000);
+    }
+    if let Some(s) = &p.system_identifier {
+        let _ = writeln!(out, "  system identifier {s}");
+    }
+    match (&p.application_version, &p.application_version_error) {
+        (Some(a), _) => {
+            let _ = writeln!(out, "  application version {a}");
+        }
+        (None, Some(e)) => {
+            let _ = writeln!(out, "  application version unknown: {e}");
+        }
+        (None, None) => {}
+    }
+    out
+}
+
 /// One run in full, for people.
 pub fn report(detail: &RunDetail) -> String {
     let mut out = String::new();
@@ -222,6 +254,9 @@ pub fn report(detail: &RunDetail) -> String {
         None => {
             let _ = writeln!(out, "verify (in the ctl, not recorded)");
         }
+    }
+    if let Some(p) = &detail.provenance {
+        out.push_str(&provenance_lines(p));
     }
     if !detail.checks.is_empty() {
         let pass = detail.checks.iter().filter(|c| c.result == "pass").count();

@@ -249,10 +249,22 @@ impl DaemonHandler {
                     format!("no run {run_id} in the state DB"),
                 ),
                 Ok(Some(run)) => match shared.state.checks_of_run(run_id).await {
-                    Ok(checks) => Reply::Ok(Response::RunDetail(crate::model::RunDetail {
-                        run: Some(run),
-                        checks,
-                    })),
+                    Ok(checks) => {
+                        let provenance = match &run.backup_id {
+                            Some(id) => {
+                                let catalogue = shared.catalogue();
+                                crate::dr::provenance::of_backup(&catalogue, &run.job, id)
+                                    .await
+                                    .map(Box::new)
+                            }
+                            None => None,
+                        };
+                        Reply::Ok(Response::RunDetail(crate::model::RunDetail {
+                            run: Some(run),
+                            checks,
+                            provenance,
+                        }))
+                    }
                     Err(err) => error(ErrorCode::Internal, err.to_string()),
                 },
                 Err(err) => error(ErrorCode::Internal, err.to_string()),

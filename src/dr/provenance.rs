@@ -5,30 +5,11 @@
 
 use crate::catalogue::{ApplicationSettings, Catalogue};
 use crate::repository::CommitRecord;
-use serde::{Deserialize, Serialize};
 
 /// The `details` key of the commit record.
 pub const DETAILS_KEY: &str = "provenance";
 
-/// The provenance of one backup (every field optional when read: old or partial records).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", default)]
-pub struct Provenance {
-    pub host: Option<String>,
-    pub bdc_backup_version: Option<String>,
-    /// `server_version_num` (150004) of the cluster the backup read.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub postgres_version: Option<u32>,
-    /// `system_identifier` of the cluster (as a string: it does not fit a JSON number).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub system_identifier: Option<String>,
-    /// The trimmed stdout of `[application] version-command`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub application_version: Option<String>,
-    /// Why the version command gave no version (a warning on the run, never a failure).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub application_version_error: Option<String>,
-}
+pub use crate::model::Provenance;
 
 impl Provenance {
     /// The provenance stored in `record`, if any (malformed: none).
@@ -52,6 +33,43 @@ impl Provenance {
             .as_ref()
             .map(|e| format!("application version unknown: {e}"))
     }
+}
+
+/// The provenance recorded for backup `id` of `job`: from the first repository (the job's, or
+/// every repository when the job left the catalogue) holding its commit record. None when none
+/// holds it or the record has none; a repository that cannot be read is skipped with a warning
+/// in the log (`show` still shows the run).
+pub async fn of_backup(catalogue: &Catalogue, job: &str, id: &str) -> Option<Provenance> {
+    let names: Vec<&str> = match catalogue.job(job) {
+        Some(j) if !j.repositories.is_empty() => {
+            j.repositories.iter().map(String::as_str).collect()
+        }
+        _ => catalogue
+            .repositories
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect(),
+    };
+    for name in names {
+        let Some(settings) = catalogue.repository(name) else {
+            continue;
+        };
+        let repo = match crate::repository::Repository::open(settings) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(repository = name, error = %crate::error::error_chain_of(&e), "provenance: cannot open the repository");
+                continue;
+            }
+        };
+        match repo.commit_record(job, id).await {
+            Ok(Some(record)) => return Provenance::of(&record),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(repository = name, job, backup = id, error = %crate::error::error_chain_of(&e), "provenance: cannot read the commit record");
+            }
+        }
+    }
+    None
 }
 
 /// This host's name (empty when it cannot be read).

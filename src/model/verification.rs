@@ -33,6 +33,10 @@ pub struct RunDetail {
     /// None for an offline `verify --wait` (nothing recorded).
     pub run: Option<RunRecord>,
     pub checks: Vec<CheckRecord>,
+    /// Where the run's backup came from (its commit record's provenance), when the run made a
+    /// backup that a repository still holds and the record has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Box<super::Provenance>>,
 }
 
 /// A backup job's verification, for `status`.

@@ -1,10 +1,14 @@
 //! Shared harness of the integration tests.
 #![allow(dead_code)]
 
+pub mod catalogue;
 pub mod daemon;
+pub mod dr;
 pub mod objstores;
+pub mod output;
 pub mod pg;
 pub mod physical;
+pub mod runs;
 pub mod tmpfs;
 pub mod wal;
 pub mod webhook;

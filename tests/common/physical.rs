@@ -134,6 +134,20 @@ repositories = ["local"]
         });
     }
 
+    /// The stored object of the archived segment `seg` in `local`: its path and its key.
+    pub fn archived_object(&self, seg: &str) -> (PathBuf, String) {
+        let object = super::files_under(&self.setup.path("repo/wal"))
+            .into_iter()
+            .find(|f| f.file_name().unwrap().to_string_lossy().starts_with(seg))
+            .unwrap_or_else(|| panic!("no archived object of {seg}"));
+        let key = object
+            .strip_prefix(self.setup.path("repo"))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        (object, key)
+    }
+
     /// `restore cluster` into a new folder with `--start` on a free port, plus `extra` flags.
     pub fn restore(&self, name: &str, extra: &[&str]) -> (Output, Restored) {
         open_up(self.setup.dir.path());
