@@ -5,6 +5,7 @@ pub mod daemon;
 pub mod objstores;
 pub mod pg;
 pub mod physical;
+pub mod stream;
 pub mod tmpfs;
 pub mod wal;
 pub mod webhook;
