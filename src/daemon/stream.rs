@@ -7,12 +7,15 @@
 //! `restart_lsn` is an error in `status` (and a `wal-failing` alert), not a restart loop.
 
 use super::core::Shared;
+use crate::catalogue::Compression;
 use crate::catalogue::{Catalogue, JobSpec, WalStream};
 use crate::model::WalStreamStatus;
 use crate::postgres::connection::PgControl;
 use crate::stream::{Backoff, SpoolFile, classify, flush_lag, push_order, starts_below_slot};
 use crate::wal::name::{format_lsn, parse_lsn};
-use crate::wal::partial::{SpoolPartial, partial_of, remove_partials, store_partial};
+use crate::wal::partial::{
+    PartialSealer, SpoolPartial, partial_of, remove_partials, store_partial,
+};
 use crate::wal::push::{ensure_archive_info, seal, stored_hashes};
 use crate::wal::{ClusterIdentity, WalKind, WalName};
 use std::collections::BTreeSet;
@@ -119,6 +122,8 @@ struct Generation {
     slot_seen: bool,
     /// The `.partial` last shipped: (name, the bytes of WAL it held).
     shipped: Option<(String, u64)>,
+    /// The sealed frames of the `.partial` being shipped (only new WAL is compressed).
+    sealer: Option<PartialSealer>,
     /// Timelines whose `.history` is durable in every sync repository.
     durable_histories: BTreeSet<u32>,
     last_ship: Instant,
@@ -145,6 +150,7 @@ impl Generation {
             spool,
             slot_seen: false,
             shipped: None,
+            sealer: None,
             durable_histories: BTreeSet::new(),
             last_ship: Instant::now(),
             durable_lsn: None,
@@ -589,8 +595,9 @@ impl Generation {
     }
 
     /// Ships the written prefix of the spool's newest `.partial` to every sync repository when
-    /// it grew since the last time (its zero padding is neither read, hashed nor sealed; sealed
-    /// at [`PARTIAL_LEVEL`]: it is replaced within seconds).
+    /// it grew since the last time: its zero padding is neither read, hashed nor sealed, and the
+    /// frames sealed by earlier ships are reused ([`PartialSealer`]; zstd at [`PARTIAL_LEVEL`]:
+    /// it is replaced within seconds).
     async fn ship_partial(&mut self, p: &Prepared) {
         let names = spool_names(&self.spool);
         let Some(partial) = names
@@ -619,27 +626,57 @@ impl Generation {
             .as_ref()
             .filter(|(n, _)| *n == partial.name)
             .map(|(_, len)| *len);
+        let sealer = self
+            .sealer
+            .take()
+            .filter(|s| *s.name() == partial)
+            .unwrap_or_else(|| PartialSealer::new(&partial, PARTIAL_LEVEL));
+        let zstd = setup.settings().compression.algorithm == Compression::Zstd;
         let (name, cluster, s2) = (partial.clone(), p.cluster, setup.clone());
         let sealed = tokio::task::spawn_blocking(move || {
-            let spooled = SpoolPartial::open(file, &name, &cluster)?;
-            let len = spooled.written_len()?;
-            if shipped_len.is_some_and(|s| len <= s) {
-                return Ok(None);
-            }
-            let plain = spooled.read_written(len)?;
-            let mut settings = s2.settings().clone();
-            settings.compression.level = PARTIAL_LEVEL;
-            let sealed = seal(&plain, &name, &settings)?;
-            Ok::<_, crate::wal::push::PushError>(Some((sealed, plain.len() as u64)))
+            let mut sealer = sealer;
+            let sealed = (|| {
+                let spooled = SpoolPartial::open(file, &name, &cluster)?;
+                let len = spooled.written_len()?;
+                if shipped_len.is_some_and(|s| len <= s) {
+                    return Ok(None);
+                }
+                if !zstd {
+                    // gzip is one stream: the whole prefix each time.
+                    let (_, plain) = spooled.read_written(0, len)?;
+                    let mut settings = s2.settings().clone();
+                    settings.compression.level = PARTIAL_LEVEL;
+                    let sealed = seal(&plain, &name, &settings)?;
+                    return Ok(Some((sealed, plain.len() as u64)));
+                }
+                // Only the WAL past the frames sealed by earlier ships is read, hashed and
+                // compressed.
+                let (from, tail) = spooled.read_written(sealer.sealed_len(), len)?;
+                if from < sealer.sealed_len() {
+                    sealer.reset();
+                }
+                // A frame is kept only a page below the write position (never one with a page
+                // being written).
+                let keep_below = (from + tail.len() as u64).saturating_sub(spooled.page_size());
+                let sealed = sealer.seal(&tail, keep_below, &s2.settings().recipients)?;
+                let filled = sealed.size;
+                Ok::<_, crate::wal::push::PushError>(Some((sealed, filled)))
+            })();
+            (sealer, sealed)
         })
         .await;
         let (sealed, filled) = match sealed {
-            Ok(Ok(Some(s))) => s,
-            // Not grown since the last ship.
-            Ok(Ok(None)) => return,
-            Ok(Err(e)) => {
-                tracing::warn!(job = %self.job, error = %crate::error::error_chain(&e), "cannot ship {partial}");
-                return;
+            Ok((sealer, r)) => {
+                self.sealer = Some(sealer);
+                match r {
+                    Ok(Some(s)) => s,
+                    // Not grown since the last ship.
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::warn!(job = %self.job, error = %crate::error::error_chain(&e), "cannot ship {partial}");
+                        return;
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!(job = %self.job, error = %e, "cannot ship {partial}");

@@ -26,6 +26,9 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
+mod sealer;
+pub use sealer::{PARTIAL_FRAME, PartialSealer};
+
 fn store_err(repo: &Repository) -> impl FnOnce(StoreError) -> PushError + '_ {
     move |source| PushError::Store {
         repository: repo.name.clone(),
@@ -317,24 +320,35 @@ impl SpoolPartial {
         Ok(last + filled_len(&buf[..got]) as u64)
     }
 
-    /// Reads the first `len` bytes (from [`Self::written_len`]; WAL written since is not
-    /// included) and checks that every page in them was written — if one is still zero, the
-    /// file is not the append-only prefix it should be, and the whole file is read instead
-    /// (its zero padding trimmed). Blocking.
-    pub fn read_written(&self, len: u64) -> Result<Vec<u8>, PushError> {
+    /// Reads the bytes `from..len` (`len` from [`Self::written_len`]; WAL written since is not
+    /// included) and checks that every page starting in them was written. If one is still zero,
+    /// the file is not the append-only prefix it should be: the whole file is read instead (its
+    /// zero padding trimmed) and `from` is 0. Returns (`from`, the bytes). Blocking.
+    pub fn read_written(&self, from: u64, len: u64) -> Result<(u64, Vec<u8>), PushError> {
         let len = len.min(self.segment_size);
-        let mut buf = vec![0u8; len as usize];
-        let got = read_full_at(&self.file, &mut buf, 0).map_err(|e| self.read_err(e))?;
+        let from = from.min(len);
+        let mut buf = vec![0u8; (len - from) as usize];
+        let got = read_full_at(&self.file, &mut buf, from).map_err(|e| self.read_err(e))?;
         buf.truncate(got);
         let page = self.page as usize;
-        if buf.chunks(page).all(|p| p.len() < 2 || p[..2] != [0, 0]) {
-            return Ok(buf);
+        // Offset of the first page start at or after `from`.
+        let skip = ((page as u64 - from % self.page) % self.page) as usize;
+        let pages_ok = buf
+            .get(skip..)
+            .is_none_or(|b| b.chunks(page).all(|p| p.len() < 2 || p[..2] != [0, 0]));
+        if pages_ok {
+            return Ok((from, buf));
         }
         tracing::warn!(wal = %self.name, "a page before the write position is zero: shipping the whole file");
         let mut all = vec![0u8; self.segment_size as usize];
         let got = read_full_at(&self.file, &mut all, 0).map_err(|e| self.read_err(e))?;
         all.truncate(filled_len(&all[..got]));
-        Ok(all)
+        Ok((0, all))
+    }
+
+    /// The page size of its WAL.
+    pub fn page_size(&self) -> u64 {
+        self.page
     }
 }
 
@@ -519,9 +533,16 @@ mod tests {
                 written as u64,
                 "written {written}"
             );
-            let prefix = f.read_written(written as u64).unwrap();
-            assert_eq!(prefix, full[..written], "written {written}");
+            let (from, prefix) = f.read_written(0, written as u64).unwrap();
+            assert_eq!(
+                (from, &prefix[..]),
+                (0, &full[..written]),
+                "written {written}"
+            );
             assert_eq!(pad_partial(prefix).unwrap(), full);
+            let from = (written / 2) as u64;
+            let (got_from, rest) = f.read_written(from, written as u64).unwrap();
+            assert_eq!((got_from, &rest[..]), (from, &full[from as usize..written]));
         }
         // An object of an older version (the whole padded file) stays as it is.
         let (_, full) = spool_file(dir.path(), 3 * PAGE);
@@ -549,8 +570,8 @@ mod tests {
         full[3 * PAGE..4 * PAGE].fill(0);
         std::fs::write(&path, &full).unwrap();
         let f = open(&path).unwrap();
-        let prefix = f.read_written(10 * PAGE as u64).unwrap();
-        assert_eq!(prefix, full[..10 * PAGE]);
+        let (from, prefix) = f.read_written(PAGE as u64, 10 * PAGE as u64).unwrap();
+        assert_eq!((from, &prefix[..]), (0, &full[..10 * PAGE]));
     }
 
     #[test]
