@@ -235,19 +235,16 @@ fn a_promote_during_streaming_brings_the_new_timeline_and_its_history() {
     });
     // The old timeline's unfinished segment is left as a .partial by pg_receivewal; it leaves
     // the spool once 00000002.history is durable.
+    // (The log line comes right after the file's removal: waited for too.)
     common::daemon::wait_for(WAIT, "timeline 1's .partial gone from the spool", || {
         let names = s.spool_names();
         (!names
             .iter()
-            .any(|n| n.starts_with("00000001") && n.ends_with(".partial")))
+            .any(|n| n.starts_with("00000001") && n.ends_with(".partial"))
+            && s.log()
+                .contains("removed the replaced timeline's .partial from the spool"))
         .then_some(names)
     });
-    assert!(
-        s.log()
-            .contains("removed the replaced timeline's .partial from the spool"),
-        "{}",
-        s.log()
-    );
     let st = s.stream();
     assert_eq!(st["state"], "streaming", "{st}\n{}", s.log());
 }
