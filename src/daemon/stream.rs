@@ -7,17 +7,21 @@
 //! `restart_lsn` is an error in `status` (and a `wal-failing` alert), not a restart loop.
 
 use super::core::Shared;
+use crate::catalogue::Compression;
 use crate::catalogue::{Catalogue, JobSpec, WalStream};
 use crate::model::WalStreamStatus;
 use crate::postgres::connection::PgControl;
 use crate::stream::{Backoff, SpoolFile, classify, flush_lag, push_order, starts_below_slot};
 use crate::wal::name::{format_lsn, parse_lsn};
-use crate::wal::partial::{filled_len, partial_of, remove_partials, store_partial};
-use crate::wal::push::{ensure_archive_info, seal_wal_file};
+use crate::wal::partial::{
+    PartialSealer, SpoolPartial, partial_of, remove_partials, store_partial,
+};
+use crate::wal::push::{ensure_archive_info, seal, stored_hashes};
 use crate::wal::{ClusterIdentity, WalKind, WalName};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt;
 
 /// The spool folder under the state directory.
@@ -32,6 +36,8 @@ const FAILED_RECHECK: Duration = Duration::from_secs(10);
 const STORE_TIMEOUT: Duration = super::wal::STORE_TIMEOUT;
 /// A spool file whose push failed is tried again after this long.
 const PUSH_RETRY: Duration = Duration::from_secs(5);
+/// The zstd (or gzip) level of shipped `.partial` objects: each lives only until the next one.
+const PARTIAL_LEVEL: i32 = 1;
 
 /// What the supervisor shows (`status`, metrics); shared with the archiver.
 #[derive(Default)]
@@ -114,8 +120,12 @@ struct Generation {
     spool: PathBuf,
     /// The slot was seen (or created) by this generation: its disappearance is an error.
     slot_seen: bool,
-    /// The `.partial` last shipped: (name, its file's mtime and the plaintext hash).
-    shipped: Option<(String, SystemTime, String)>,
+    /// The `.partial` last shipped: (name, the bytes of WAL it held).
+    shipped: Option<(String, u64)>,
+    /// The sealed frames of the `.partial` being shipped (only new WAL is compressed).
+    sealer: Option<PartialSealer>,
+    /// Timelines whose `.history` is durable in every sync repository.
+    durable_histories: BTreeSet<u32>,
     last_ship: Instant,
     /// The end of the newest durable WAL in the sync repositories.
     durable_lsn: Option<u64>,
@@ -140,6 +150,8 @@ impl Generation {
             spool,
             slot_seen: false,
             shipped: None,
+            sealer: None,
+            durable_histories: BTreeSet::new(),
             last_ship: Instant::now(),
             durable_lsn: None,
             push_failing: None,
@@ -483,6 +495,7 @@ impl Generation {
                 return "stopped".into();
             }
             self.drain(p).await;
+            self.clean_replaced_partials(p).await;
             if self.last_ship.elapsed() >= self.settings.partial_interval {
                 self.last_ship = Instant::now();
                 self.ship_partial(p).await;
@@ -519,6 +532,9 @@ impl Generation {
                         tracing::warn!(job = %self.job, "cannot remove {}: {e}", path.display());
                     }
                     let _ = std::fs::File::open(&self.spool).and_then(|d| d.sync_all());
+                    if w.kind == WalKind::History {
+                        self.durable_histories.insert(w.timeline);
+                    }
                     if w.kind == WalKind::Segment {
                         let end = {
                             let per_log = 0x1_0000_0000u64 / p.segment_size;
@@ -572,13 +588,16 @@ impl Generation {
         if self
             .shipped
             .as_ref()
-            .is_some_and(|(n, _, _)| *n == partial.name)
+            .is_some_and(|(n, _)| *n == partial.name)
         {
             self.shipped = None;
         }
     }
 
-    /// Ships the spool's `.partial` to every sync repository when it changed since last time.
+    /// Ships the written prefix of the spool's newest `.partial` to every sync repository when
+    /// it grew since the last time: its zero padding is neither read, hashed nor sealed, and the
+    /// frames sealed by earlier ships are reused ([`PartialSealer`]; zstd at [`PARTIAL_LEVEL`]:
+    /// it is replaced within seconds).
     async fn ship_partial(&mut self, p: &Prepared) {
         let names = spool_names(&self.spool);
         let Some(partial) = names
@@ -595,17 +614,6 @@ impl Generation {
         let Ok(file) = std::fs::File::open(&path) else {
             return;
         };
-        let mtime = file
-            .metadata()
-            .and_then(|m| m.modified())
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-        if self
-            .shipped
-            .as_ref()
-            .is_some_and(|(n, t, _)| *n == partial.name && *t == mtime)
-        {
-            return;
-        }
         let setup = match super::wal::sync_setup(&self.shared) {
             Ok(s) => s,
             Err(e) => {
@@ -613,40 +621,68 @@ impl Generation {
                 return;
             }
         };
+        let shipped_len = self
+            .shipped
+            .as_ref()
+            .filter(|(n, _)| *n == partial.name)
+            .map(|(_, len)| *len);
+        let sealer = self
+            .sealer
+            .take()
+            .filter(|s| *s.name() == partial)
+            .unwrap_or_else(|| PartialSealer::new(&partial, PARTIAL_LEVEL));
+        let zstd = setup.settings().compression.algorithm == Compression::Zstd;
         let (name, cluster, s2) = (partial.clone(), p.cluster, setup.clone());
         let sealed = tokio::task::spawn_blocking(move || {
-            let sealed = seal_wal_file(&file, &name, &cluster, s2.settings())?;
-            // The WAL it holds: its start plus the bytes before the zero padding.
-            let mut plain = Vec::new();
-            let bytes = {
-                use std::io::Read;
-                (&file)
-                    .read_to_end(&mut plain)
-                    .map(|_| filled_len(&plain))
-                    .unwrap_or(0)
-            };
-            Ok::<_, crate::wal::push::PushError>((sealed, bytes))
+            let mut sealer = sealer;
+            let sealed = (|| {
+                let spooled = SpoolPartial::open(file, &name, &cluster)?;
+                let len = spooled.written_len()?;
+                if shipped_len.is_some_and(|s| len <= s) {
+                    return Ok(None);
+                }
+                if !zstd {
+                    // gzip is one stream: the whole prefix each time.
+                    let (_, plain) = spooled.read_written(0, len)?;
+                    let mut settings = s2.settings().clone();
+                    settings.compression.level = PARTIAL_LEVEL;
+                    let sealed = seal(&plain, &name, &settings)?;
+                    return Ok(Some((sealed, plain.len() as u64)));
+                }
+                // Only the WAL past the frames sealed by earlier ships is read, hashed and
+                // compressed.
+                let (from, tail) = spooled.read_written(sealer.sealed_len(), len)?;
+                if from < sealer.sealed_len() {
+                    sealer.reset();
+                }
+                // A frame is kept only a page below the write position (never one with a page
+                // being written).
+                let keep_below = (from + tail.len() as u64).saturating_sub(spooled.page_size());
+                let sealed = sealer.seal(&tail, keep_below, &s2.settings().recipients)?;
+                let filled = sealed.size;
+                Ok::<_, crate::wal::push::PushError>(Some((sealed, filled)))
+            })();
+            (sealer, sealed)
         })
         .await;
         let (sealed, filled) = match sealed {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::warn!(job = %self.job, error = %crate::error::error_chain(&e), "cannot ship {partial}");
-                return;
+            Ok((sealer, r)) => {
+                self.sealer = Some(sealer);
+                match r {
+                    Ok(Some(s)) => s,
+                    // Not grown since the last ship.
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::warn!(job = %self.job, error = %crate::error::error_chain(&e), "cannot ship {partial}");
+                        return;
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!(job = %self.job, error = %e, "cannot ship {partial}");
                 return;
             }
         };
-        if self
-            .shipped
-            .as_ref()
-            .is_some_and(|(n, _, h)| *n == partial.name && *h == sealed.sha256)
-        {
-            self.shipped = Some((partial.name.clone(), mtime, sealed.sha256.clone()));
-            return;
-        }
         let now = self.shared.clock.now();
         let results = futures::future::join_all(setup.sync.iter().map(|repo| {
             let sealed = &sealed;
@@ -667,15 +703,87 @@ impl Generation {
             });
             return;
         }
-        tracing::debug!(job = %self.job, wal = %partial, filled, "shipped the partial segment");
-        self.shipped = Some((partial.name.clone(), mtime, sealed.sha256.clone()));
+        tracing::debug!(job = %self.job, wal = %partial, filled, object = sealed.object.len(), "shipped the partial segment");
+        self.shipped = Some((partial.name.clone(), filled));
         let per_log = 0x1_0000_0000u64 / p.segment_size;
         let start = (u64::from(partial.log) * per_log + u64::from(partial.seg)) * p.segment_size;
-        self.note_durable(start + filled as u64, &partial.name);
+        self.note_durable(start + filled, &partial.name);
         self.hub().update(|s| {
             s.partial_shipped = Some(partial.name.clone());
             s.partial_shipped_at = Some(now);
         });
+    }
+
+    /// At a timeline switch pg_receivewal leaves the old timeline's segment unfinished as a
+    /// `.partial` and follows the new timeline. Such a `.partial` (of a timeline older than the
+    /// spool's newest) is removed once the newest timeline's `.history` is durable in every sync
+    /// repository: a restore follows that timeline, whose first segment carries the old one's WAL
+    /// up to the switch. Its copies already shipped stay in the repositories (like a promoted
+    /// standby's `.partial`); `wal-fetch` never serves them (an older timeline).
+    async fn clean_replaced_partials(&mut self, p: &Prepared) {
+        let files: Vec<SpoolFile> = spool_names(&self.spool)
+            .iter()
+            .map(|n| classify(n))
+            .collect();
+        let newest = files
+            .iter()
+            .filter_map(|f| match f {
+                SpoolFile::Partial(w) | SpoolFile::Complete(w) => Some(w.timeline),
+                SpoolFile::Other => None,
+            })
+            .max();
+        let Some(newest) = newest else { return };
+        let replaced: Vec<&WalName> = files
+            .iter()
+            .filter_map(|f| match f {
+                SpoolFile::Partial(w) if w.timeline < newest => Some(w),
+                _ => None,
+            })
+            .collect();
+        if replaced.is_empty() || !self.history_durable(p, newest).await {
+            return;
+        }
+        for w in replaced {
+            let path = self.spool.join(&w.name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(job = %self.job, wal = %w, timeline = newest, "removed the replaced timeline's .partial from the spool ({newest:08X}.history is archived)");
+                    if self.shipped.as_ref().is_some_and(|(n, _)| *n == w.name) {
+                        self.shipped = None;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(job = %self.job, "cannot remove {}: {e}", path.display())
+                }
+            }
+        }
+        let _ = std::fs::File::open(&self.spool).and_then(|d| d.sync_all());
+    }
+
+    /// Whether `<timeline>.history` is durable in every sync repository (pushed from the spool
+    /// by this generation, else looked up once).
+    async fn history_durable(&mut self, p: &Prepared, timeline: u32) -> bool {
+        if self.durable_histories.contains(&timeline) {
+            return true;
+        }
+        let Some(name) = WalName::parse(&format!("{timeline:08X}.history")) else {
+            return false;
+        };
+        let Ok(setup) = super::wal::sync_setup(&self.shared) else {
+            return false;
+        };
+        for repo in &setup.sync {
+            match stored_hashes(repo, &p.cluster, &name, STORE_TIMEOUT).await {
+                Ok(h) if !h.is_empty() => {}
+                Ok(_) => return false,
+                Err(e) => {
+                    tracing::warn!(job = %self.job, repository = %repo.name, error = %e, "cannot look for {name}");
+                    return false;
+                }
+            }
+        }
+        self.durable_histories.insert(timeline);
+        true
     }
 
     /// Flush lag: the server's current position (a standby's: its replay position) against the

@@ -115,9 +115,6 @@ pub struct WalArchiver {
     acked: std::sync::Mutex<std::collections::VecDeque<String>>,
     /// Wakes the backlog (a file was queued).
     pub wake: Notify,
-    /// Notified (all waiters) after every successful push: a base backup waiting for its WAL
-    /// re-checks then.
-    pub archived: Notify,
     /// The WAL stream supervisor's status (src/daemon/stream.rs).
     pub stream: super::stream::StreamHub,
 }
@@ -135,7 +132,6 @@ impl WalArchiver {
             scanning: AtomicBool::new(false),
             acked: std::sync::Mutex::new(std::collections::VecDeque::new()),
             wake: Notify::new(),
-            archived: Notify::new(),
             stream: Default::default(),
         }
     }
@@ -461,7 +457,6 @@ async fn record(
     if !setup.async_names.is_empty() {
         shared.wal.wake.notify_one();
     }
-    shared.wal.archived.notify_waiters();
     crate::wal::push::note_durable();
     Ok(())
 }
@@ -625,7 +620,8 @@ async fn ship_one(
                     at: Instant::now(),
                 },
             );
-        shared.wal.archived.notify_waiters();
+        // Durable in every sync repository: a base backup waiting for it may look now.
+        crate::wal::push::note_durable();
         Ok(())
     }
     .await;

@@ -207,6 +207,16 @@ pub async fn fetch_from(
             reason: format!("its content has sha256 {actual}"),
         });
     }
+    // A streamed `.partial` holds only its written prefix: back to a full-size segment file.
+    let bytes = if name.kind == WalKind::Partial {
+        super::partial::pad_partial(bytes).map_err(|reason| FetchError::Corrupt {
+            repository: repo.name.clone(),
+            key,
+            reason,
+        })?
+    } else {
+        bytes
+    };
     Ok(Some(Fetched {
         repository: repo.name.clone(),
         sha256,

@@ -302,7 +302,13 @@ pub fn seal_wal_file(
     result
 }
 
-fn seal(plain: &[u8], name: &WalName, settings: &PipelineSettings) -> Result<SealedWal, PushError> {
+/// Compresses and encrypts `plain` (already read and checked) as [`seal_wal_file`] does: the
+/// streamed `.partial` seals only its written prefix (src/wal/partial.rs). Blocking.
+pub fn seal(
+    plain: &[u8],
+    name: &WalName,
+    settings: &PipelineSettings,
+) -> Result<SealedWal, PushError> {
     use crate::catalogue::Compression;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let failed = |source: PipelineError| PushError::Pipeline {

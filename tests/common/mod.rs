@@ -9,6 +9,8 @@ pub mod output;
 pub mod pg;
 pub mod physical;
 pub mod runs;
+
+pub mod stream;
 pub mod tmpfs;
 pub mod wal;
 pub mod webhook;

@@ -35,7 +35,8 @@ pub fn open_up(path: &Path) {
     let _ = std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600));
 }
 
-fn free_port() -> u16 {
+/// A port for a PostgreSQL server (which takes a number, not a bound socket).
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -171,6 +172,29 @@ repositories = ["local"]
     }
 }
 
+/// `restore cluster --job base` of `setup` into the folder `name` with `--start` on a free
+/// port, plus `extra` flags (as [`Physical::restore`], for harnesses without a [`Physical`]).
+pub fn restore_base(setup: &Setup, name: &str, extra: &[&str]) -> (Output, Restored) {
+    open_up(setup.dir.path());
+    let target = setup.path(name);
+    let port = free_port();
+    let port_s = port.to_string();
+    let mut args = vec![
+        "restore",
+        "cluster",
+        "--job",
+        "base",
+        "--target-dir",
+        target.to_str().unwrap(),
+        "--start",
+        "--port",
+        &port_s,
+    ];
+    args.extend_from_slice(extra);
+    let out = setup.ctl(&args);
+    (out, Restored { dir: target, port })
+}
+
 /// The backup role of docs/operator-guide.md (PostgreSQL 15).
 pub const BACKUP_ROLE_SQL: &str = "CREATE ROLE bdc_backup LOGIN; \
      GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean) TO bdc_backup; \
@@ -236,7 +260,8 @@ impl Drop for Restored {
     }
 }
 
-fn as_postgres(tool: &str) -> Command {
+/// A PostgreSQL tool run as the postgres OS user.
+pub fn as_postgres(tool: &str) -> Command {
     let mut c = Command::new("runuser");
     c.args(["-u", "postgres", "--"]).arg(pg_bin().join(tool));
     c
