@@ -9,7 +9,6 @@ pub mod output;
 pub mod pg;
 pub mod physical;
 pub mod runs;
-
 pub mod stream;
 pub mod tmpfs;
 pub mod wal;
