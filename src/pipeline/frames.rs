@@ -138,16 +138,13 @@ pub async fn open_frames(
             }
         }
     });
-    match header_rx.await {
-        Ok(Err(e)) => {
-            return Err(StoreError::Io {
-                action: "decrypting",
-                key: record.key.clone(),
-                source: e,
-            });
-        }
-        // Decrypting, or stopped before the header: the reader reports why.
-        Ok(Ok(())) | Err(_) => {}
+    // Decrypting, or stopped before the header (the reader then reports why), unless:
+    if let Ok(Err(e)) = header_rx.await {
+        return Err(StoreError::Io {
+            action: "decrypting",
+            key: record.key.clone(),
+            source: e,
+        });
     }
     Ok(FrameReader {
         rx: out_rx,
