@@ -26,6 +26,9 @@ const MAX_FRAME: usize = 256 << 20;
 /// The buffer a compressed frame is gathered in starts this large (a 2 MiB frame fits).
 const GATHER: usize = (2 << 20) + (256 << 10);
 
+/// A compressed frame: the first `len` bytes of the buffer (kept whole for the pool).
+type Gathered = (Vec<u8>, usize);
+
 /// One decompressed frame.
 #[derive(Debug)]
 pub struct Frame {
@@ -100,7 +103,7 @@ pub async fn open_frames(
     }
     let mut stream = store.get_stream(&record.key).await?;
     let (cipher_tx, cipher_rx) = mpsc::channel::<io::Result<Bytes>>(2);
-    let (frame_tx, frame_rx) = mpsc::channel::<io::Result<Bytes>>(1);
+    let (frame_tx, frame_rx) = mpsc::channel::<io::Result<Gathered>>(1);
     let (out_tx, out_rx) = mpsc::channel::<io::Result<Bytes>>(1);
     let (header_tx, header_rx) = oneshot::channel();
     // Stage 0: the store's chunks as they come.
@@ -246,7 +249,7 @@ enum Stop {
 
 fn decrypt_and_cut(
     rx: mpsc::Receiver<io::Result<Bytes>>,
-    tx: mpsc::Sender<io::Result<Bytes>>,
+    tx: mpsc::Sender<io::Result<Gathered>>,
     header_tx: oneshot::Sender<io::Result<()>>,
     identities: &Identities,
     store: &Store,
@@ -299,7 +302,7 @@ fn decrypt_and_cut(
 
 fn decrypt_into(
     cipher: &mut Cipher,
-    tx: &mpsc::Sender<io::Result<Bytes>>,
+    tx: &mpsc::Sender<io::Result<Gathered>>,
     header_tx: oneshot::Sender<io::Result<()>>,
     identities: &Identities,
 ) -> Stop {
@@ -354,10 +357,9 @@ fn decrypt_into(
         while let Ok(len) = zstd::zstd_safe::find_frame_compressed_size(&buf[..filled]) {
             let mut next = super::buffers::take_filled(GATHER.max(filled - len));
             next[..filled - len].copy_from_slice(&buf[len..filled]);
-            buf.truncate(len);
             let frame = std::mem::replace(&mut buf, next);
             filled -= len;
-            if tx.blocking_send(Ok(Bytes::from(frame))).is_err() {
+            if tx.blocking_send(Ok((frame, len))).is_err() {
                 return Stop::Quiet;
             }
             if filled == 0 {
@@ -381,12 +383,13 @@ thread_local! {
 }
 
 /// Decompresses one complete zstd frame into a pooled buffer of its recorded content size.
-fn decompress(frame: Bytes) -> io::Result<Bytes> {
+fn decompress((buf, len): Gathered) -> io::Result<Bytes> {
+    let frame = &buf[..len];
     let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
-    let size = match zstd::zstd_safe::get_frame_content_size(&frame) {
+    let size = match zstd::zstd_safe::get_frame_content_size(frame) {
         Ok(Some(n)) => n,
         // Without a recorded size (no writer of ours omits it), the streaming decoder.
-        Ok(None) => return zstd::stream::decode_all(&frame[..]).map(Bytes::from),
+        Ok(None) => return zstd::stream::decode_all(frame).map(Bytes::from),
         Err(_) => return Err(invalid("a damaged zstd frame header".into())),
     };
     let size = usize::try_from(size)
@@ -401,7 +404,7 @@ fn decompress(frame: Bytes) -> io::Result<Bytes> {
         }
         slot.as_mut()
             .expect("just set")
-            .decompress_to_buffer(&frame[..], &mut out)
+            .decompress_to_buffer(frame, &mut out)
     })?;
     if out.len() != size {
         return Err(invalid(format!(
@@ -409,6 +412,7 @@ fn decompress(frame: Bytes) -> io::Result<Bytes> {
             out.len()
         )));
     }
-    super::buffers::recycle(frame);
+    // Back whole: the pool keeps its initialised length (no zeroing when it is gathered into).
+    super::buffers::give(buf);
     Ok(Bytes::from(out))
 }
