@@ -16,6 +16,7 @@ pub mod buffers;
 pub mod compress;
 pub mod decode;
 pub mod encrypt;
+pub mod frames;
 pub mod ranged;
 
 pub use ranged::read_frame;

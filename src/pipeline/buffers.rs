@@ -16,10 +16,18 @@ const MIN_KEPT_CAPACITY: usize = 64 << 10;
 
 static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
+/// A kept buffer, preferring one already large enough for `capacity` bytes.
+fn pop(capacity: usize) -> Option<Vec<u8>> {
+    let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    match pool.iter().position(|v| v.capacity() >= capacity) {
+        Some(i) => Some(pool.swap_remove(i)),
+        None => pool.pop(),
+    }
+}
+
 /// An empty buffer with room for at least `capacity` bytes (a kept one when there is one).
 pub fn take(capacity: usize) -> Vec<u8> {
-    let kept = POOL.lock().unwrap_or_else(|e| e.into_inner()).pop();
-    match kept {
+    match pop(capacity) {
         Some(mut v) => {
             v.clear();
             v.reserve(capacity);
@@ -27,6 +35,18 @@ pub fn take(capacity: usize) -> Vec<u8> {
         }
         None => Vec::with_capacity(capacity),
     }
+}
+
+/// A buffer of exactly `len` bytes of unspecified content, for `Read::read` to overwrite: a kept
+/// buffer keeps the length it came back with, so only bytes never written before are zeroed.
+pub fn take_filled(len: usize) -> Vec<u8> {
+    let mut v = pop(len).unwrap_or_default();
+    if v.len() < len {
+        v.resize(len, 0);
+    } else {
+        v.truncate(len);
+    }
+    v
 }
 
 /// Gives a buffer back.
@@ -63,5 +83,16 @@ mod tests {
         assert!(again.is_empty());
         assert!(again.capacity() >= 2 << 20);
         give(again);
+    }
+
+    #[test]
+    fn filled_buffers_have_the_length_asked_for() {
+        let v = take_filled(100 << 10);
+        assert_eq!(v.len(), 100 << 10);
+        give(v);
+        let v = take_filled(70 << 10);
+        assert_eq!(v.len(), 70 << 10);
+        give(v);
+        assert_eq!(take_filled(300 << 10).len(), 300 << 10);
     }
 }

@@ -33,7 +33,7 @@ pub fn location(store: &Store) -> String {
 }
 
 /// The message of an object whose stored size differs from its commit record.
-fn size_message(store: &Store, record: &ObjectRecord, found: u64, more: bool) -> String {
+pub(crate) fn size_message(store: &Store, record: &ObjectRecord, found: u64, more: bool) -> String {
     let (what, more) = if more {
         ("corrupted", "more than ")
     } else {
@@ -114,7 +114,7 @@ enum DecodeFail {
     Failed(io::Error),
 }
 
-fn no_identity_message(identities: &Identities) -> String {
+pub(crate) fn no_identity_message(identities: &Identities) -> String {
     // age cannot tell a wrong identity from a damaged recipient stanza; checking the stored hash
     // would mean reading the whole object first, so the hint covers the rare second case.
     let hint = "(if it is the right identity, the object's header is damaged; `verify` checks stored hashes)";
@@ -171,7 +171,8 @@ fn decode_blocking(
         }
     };
     loop {
-        let mut buf = vec![0u8; PLAIN_CHUNK];
+        // A pooled buffer (given back by [`PlainReader`] once read): no zeroed allocation per chunk.
+        let mut buf = super::buffers::take_filled(PLAIN_CHUNK);
         let mut filled = 0;
         while filled < buf.len() {
             match out.read(&mut buf[filled..]) {
@@ -182,6 +183,7 @@ fn decode_blocking(
             }
         }
         if filled == 0 {
+            super::buffers::give(buf);
             return Ok(());
         }
         buf.truncate(filled);
@@ -244,12 +246,46 @@ pub(crate) async fn open(
         // The decoder stopped before reading the header: the reader reports why.
         Err(_) => {}
     }
-    let chunks = futures::stream::unfold(plain_rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    Ok(Box::new(tokio_util::io::StreamReader::new(Box::pin(
-        chunks,
-    ))))
+    Ok(Box::new(PlainReader {
+        rx: plain_rx,
+        current: Bytes::new(),
+        pos: 0,
+    }))
+}
+
+/// The plaintext chunks as an `AsyncRead`; each chunk's buffer goes back to the pool once read
+/// (whole, never split: the pool gets it back at its full, initialised length).
+struct PlainReader {
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    current: Bytes,
+    /// Bytes of `current` already read.
+    pos: usize,
+}
+
+impl AsyncRead for PlainReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        use std::task::Poll;
+        while self.pos == self.current.len() {
+            match self.rx.poll_recv(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(b))) => {
+                    super::buffers::recycle(std::mem::replace(&mut self.current, b));
+                    self.pos = 0;
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+            }
+        }
+        let this = &mut *self;
+        let n = buf.remaining().min(this.current.len() - this.pos);
+        buf.put_slice(&this.current[this.pos..this.pos + n]);
+        this.pos += n;
+        Poll::Ready(Ok(()))
+    }
 }
 
 fn with_key(key: &str, e: &io::Error) -> io::Error {

@@ -552,3 +552,99 @@ async fn one_frame_by_ranged_reads() {
             .is_ok()
     );
 }
+
+/// All frames of an object through [`frames::open_frames`], joined.
+async fn read_frames(f: &Fixture, rec: &ObjectRecord, workers: usize) -> io::Result<Vec<u8>> {
+    let mut r = frames::open_frames(&f.store, rec, &ids(f), workers)
+        .await
+        .map_err(|e| e.into_io())?;
+    let mut out = Vec::new();
+    while let Some(frame) = r.next().await {
+        let frame = frame?;
+        assert_eq!(frame.content_offset, out.len() as u64);
+        out.extend_from_slice(&frame.data);
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn frame_reads_give_the_frames_in_order() {
+    let f = fixture();
+    let fs = 64 * 1024;
+    for len in [0, 1, fs - 1, fs, fs * 7 / 2, fs * 40 + 3] {
+        let input = data(len);
+        let key = format!("t/frames-{len}.age");
+        let stored = store_frames(
+            &f.store,
+            &key,
+            compress::fixed_frames(&input[..], fs),
+            &settings(&f, Compression::Zstd, fs, 2),
+            &ProgressCounter::default(),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        for workers in [1, 3] {
+            let mut r = frames::open_frames(&f.store, &stored.record, &ids(&f), workers)
+                .await
+                .unwrap();
+            for info in &stored.frames {
+                let frame = within(r.next()).await.unwrap().unwrap();
+                assert_eq!(frame.content_offset, info.content_offset);
+                assert_eq!(frame.data.len() as u64, info.content_len);
+            }
+            assert!(within(r.next()).await.is_none(), "{len}: more frames");
+            assert_eq!(
+                within(read_frames(&f, &stored.record, workers))
+                    .await
+                    .unwrap(),
+                input
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn frame_reads_of_damaged_objects_are_errors_naming_the_key() {
+    let f = fixture();
+    let fs = 64 * 1024;
+    let input = data(fs * 5);
+    let key = "t/frames-damage.age";
+    let path = f.dir.path().join("repo").join(key);
+    let rec = store_stream(
+        &f.store,
+        key,
+        &input[..],
+        &settings(&f, Compression::Zstd, fs, 2),
+        &ProgressCounter::default(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let good = std::fs::read(&path).unwrap();
+    let mut flipped = good.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x40;
+    let mut extended = good.clone();
+    extended.extend_from_slice(b"junk");
+    for (what, bytes, says) in [
+        ("flip in the middle", flipped, "corrupted"),
+        ("truncated", good[..good.len() / 2].to_vec(), "truncated"),
+        ("extended", extended, "corrupted"),
+    ] {
+        std::fs::write(&path, &bytes).unwrap();
+        let err = within(read_frames(&f, &rec, 2)).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{what}: {err}");
+        assert!(err.to_string().contains(key), "{what}: {err}");
+        assert!(err.to_string().contains(says), "{what}: {err}");
+    }
+    std::fs::write(&path, &good).unwrap();
+    assert_eq!(within(read_frames(&f, &rec, 2)).await.unwrap(), input);
+    // Not ours to decrypt: said at open.
+    let other = Identities::from_keys(vec![age::x25519::Identity::generate()]);
+    let err = match frames::open_frames(&f.store, &rec, &other, 2).await {
+        Ok(_) => panic!("opened with the wrong identity"),
+        Err(e) => e,
+    };
+    assert!(err.to_string().contains("matches"), "{err}");
+}

@@ -123,13 +123,16 @@ const CACHED_FRAMES: usize = 4;
 /// At most this many objects are streamed at once (a chain restore reads several).
 const MAX_STREAMS: usize = 16;
 
-/// One object read front to back (whole restores): decryption and decompression run on the
-/// pipeline's own threads, overlapping with our writing. Frames of one object are requested in
-/// increasing order (manifests and parts are both in walk order), so the stream only skips ahead.
+/// Frames of one object decompressed at once while the restore writes (see
+/// [`pipeline::frames`]).
+const DECODE_WORKERS: usize = 2;
+
+/// One object read front to back (whole restores): read, decryption, decompression (frames in
+/// parallel) and our writing overlap as stages of [`pipeline::frames`]. Frames of one object are
+/// requested in increasing order (manifests and parts are both in walk order), so the stream only
+/// skips ahead.
 struct ObjectStream {
-    reader: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
-    /// Content offset of the next byte.
-    pos: u64,
+    reader: pipeline::frames::FrameReader,
     /// The last frame read (content offset, bytes): files of other objects may come between two
     /// files of one frame.
     last: Option<(u64, Bytes)>,
@@ -168,8 +171,10 @@ impl Frames<'_> {
             Some(data) => data,
             None => self.ranged(record, f)?,
         };
-        if self.cached.len() >= CACHED_FRAMES {
-            self.cached.pop_front();
+        if self.cached.len() >= CACHED_FRAMES
+            && let Some((_, _, old)) = self.cached.pop_front()
+        {
+            pipeline::buffers::recycle(old);
         }
         self.cached.push_back((key.to_string(), f[0], data.clone()));
         Ok(data)
@@ -223,20 +228,17 @@ impl Frames<'_> {
             if self.streams.len() >= MAX_STREAMS {
                 return None;
             }
-            let opened =
-                self.handle
-                    .block_on(pipeline::open_stream(self.store, record, self.identities));
+            let opened = self.handle.block_on(pipeline::frames::open_frames(
+                self.store,
+                record,
+                self.identities,
+                DECODE_WORKERS,
+            ));
             match opened {
                 Ok(reader) => {
                     self.bytes += record.size;
-                    self.streams.insert(
-                        key.to_string(),
-                        ObjectStream {
-                            reader,
-                            pos: 0,
-                            last: None,
-                        },
-                    );
+                    self.streams
+                        .insert(key.to_string(), ObjectStream { reader, last: None });
                 }
                 Err(_) => {
                     self.ranged_only.insert(key.to_string());
@@ -248,14 +250,7 @@ impl Frames<'_> {
             let stream = self.streams.get_mut(key)?;
             match &stream.last {
                 Some((off, data)) if *off == f[2] => Ok(data.clone()),
-                _ if stream.pos > f[2] => Err(()),
-                _ => match self.handle.block_on(read_at(stream, f[2], f[3])) {
-                    Ok(data) => {
-                        stream.last = Some((f[2], data.clone()));
-                        Ok(data)
-                    }
-                    Err(_) => Err(()),
-                },
+                _ => next_frame(stream, f[2], f[3]),
             }
         };
         match result {
@@ -284,33 +279,20 @@ impl Check {
     }
 }
 
-/// Skips to `offset` and reads `len` bytes from a stream.
-async fn read_at(stream: &mut ObjectStream, offset: u64, len: u64) -> io::Result<Bytes> {
-    use tokio::io::AsyncReadExt;
-    let skip = offset - stream.pos;
-    if skip > 0 {
-        let skipped =
-            tokio::io::copy(&mut (&mut stream.reader).take(skip), &mut tokio::io::sink()).await?;
-        stream.pos += skipped;
-        if skipped < skip {
-            return Err(io::ErrorKind::UnexpectedEof.into());
+/// The frame at content `offset` (of `len` bytes) from a stream, skipping the frames before it.
+fn next_frame(stream: &mut ObjectStream, offset: u64, len: u64) -> Result<Bytes, ()> {
+    loop {
+        match stream.reader.blocking_next() {
+            Some(Ok(f)) if f.content_offset < offset => pipeline::buffers::recycle(f.data),
+            Some(Ok(f)) if f.content_offset == offset && f.data.len() as u64 == len => {
+                if let Some((_, old)) = stream.last.replace((offset, f.data.clone())) {
+                    pipeline::buffers::recycle(old);
+                }
+                return Ok(f.data);
+            }
+            _ => return Err(()),
         }
     }
-    let len = usize::try_from(len).map_err(|_| io::Error::other("frame too large"))?;
-    // Read into spare capacity (no zeroing of a buffer the read overwrites anyway).
-    let mut buf = bytes::BytesMut::with_capacity(len);
-    while buf.len() < len {
-        let room = len - buf.len();
-        let n = stream
-            .reader
-            .read_buf(&mut bytes::BufMut::limit(&mut buf, room))
-            .await?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-    }
-    stream.pos += len as u64;
-    Ok(buf.freeze())
 }
 
 /// Restores from a plaintext manifest file (blocking; call from `spawn_blocking`).
