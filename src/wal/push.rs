@@ -573,6 +573,48 @@ mod tests {
         assert_eq!(h.segment_size, None);
     }
 
+    #[test]
+    fn sealing_checks_the_file_like_reading_it() {
+        let id = ClusterIdentity {
+            system_identifier: 42,
+            pg_major: 15,
+        };
+        let key = age::x25519::Identity::generate();
+        let mut settings = PipelineSettings::new(
+            crate::catalogue::CompressionSettings {
+                algorithm: crate::catalogue::Compression::Zstd,
+                level: 1,
+                workers: 2,
+            },
+            vec![key.to_public()],
+        );
+        settings.frame_size = 100_000;
+        let name = WalName::parse("000000010000000000000001").unwrap();
+        let seal = |bytes: &[u8], name: &WalName| {
+            seal_wal_file(&file_with(bytes), name, &id, &settings).map(|s| s.sha256)
+        };
+        let good = segment(42, 1 << 20);
+        assert_eq!(
+            seal(&good, &name).unwrap(),
+            hex::encode(Sha256::digest(&good))
+        );
+        let empty = seal(&[], &name);
+        assert!(matches!(empty, Err(PushError::Header { .. })), "{empty:?}");
+        let short = seal(&good[..4096], &name);
+        assert!(matches!(short, Err(PushError::Size { .. })), "{short:?}");
+        let misnamed = WalName::parse("000000010000000000000002").unwrap();
+        let wrong = seal(&good, &misnamed);
+        assert!(
+            matches!(wrong, Err(PushError::WrongPosition { .. })),
+            "{wrong:?}"
+        );
+        let other = seal(&segment(43, 1 << 20), &name);
+        assert!(
+            matches!(other, Err(PushError::WrongSegmentCluster { .. })),
+            "{other:?}"
+        );
+    }
+
     #[tokio::test]
     async fn duplicate_rules_and_archive_info() {
         let dir = tempfile::tempdir().unwrap();

@@ -315,6 +315,10 @@ fn seal_frames(
     let level = settings.compression.level;
     let count = buf.len().div_ceil(frame_size);
     let workers = settings.compression.workers.clamp(1, count.max(1));
+    if count == 0 {
+        // An empty file has no header: the header error names it.
+        check_header(&[], name, size, cluster)?;
+    }
     let mut w = age_writer(name, settings, buf.len() / 2 + 4096)?;
     let sha256 = std::thread::scope(|scope| -> Result<String, PushError> {
         let (hash_tx, hash_rx) = mpsc::channel::<&[u8]>();
@@ -360,7 +364,7 @@ fn seal_frames(
         }
         drop((hash_tx, work_tx));
         if count == 0 {
-            // Not reached for segments (their header is checked above); kept for safety.
+            // Not reached: an empty file fails its header check above.
             return Err(failed(PipelineError::Task("empty segment".into())));
         }
         // Encrypt in order as frames come back compressed.
