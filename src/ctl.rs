@@ -70,11 +70,19 @@ pub fn main() -> ExitCode {
         return generate::run(what).map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS);
     }
     exit::set_command(&args.command);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    // wal-push (archive_command: one process per segment) only waits on one socket: a
+    // current-thread runtime, no worker threads to start and stop.
+    let runtime = if matches!(args.command, Command::WalPush(_)) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("bdc-backupctl: cannot start the async runtime: {err}");
@@ -140,6 +148,22 @@ impl Ctx {
         Ok(crate::control::client::default_socket_path())
     }
 
+    /// The socket for `wal-push`: like [`Ctx::socket_path`], but only `[daemon] socket` is read
+    /// from the catalogue (the daemon archives with its own catalogue; PostgreSQL runs one
+    /// `wal-push` per segment, so validating the whole file each time is wasted work).
+    fn lean_socket_path(&self) -> Result<PathBuf, CtlError> {
+        if let Some(socket) = &self.args.socket {
+            return Ok(socket.clone());
+        }
+        if let Some(path) = self.catalogue_path() {
+            return raw_socket(&path).map_err(CtlError::usage);
+        }
+        if let Some(socket) = std::env::var_os(ENV_SOCKET) {
+            return Ok(PathBuf::from(socket));
+        }
+        Ok(crate::control::client::default_socket_path())
+    }
+
     async fn client(&self) -> Result<Client, CtlError> {
         let path = self.socket_path()?;
         Ok(Client::connect(&path).await?)
@@ -153,10 +177,19 @@ impl Ctx {
 
 /// `[daemon] socket` read from a catalogue that does not validate (the default if unset).
 fn socket_from_raw(path: &std::path::Path) -> Option<PathBuf> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let table: toml::Table = text.parse().ok()?;
+    raw_socket(path).ok()
+}
+
+/// `[daemon] socket` of the catalogue at `path` (`BDC_BACKUP_SOCKET` first, the default if
+/// unset), read without validating the rest of the file; the error says why it cannot be read.
+fn raw_socket(path: &std::path::Path) -> Result<PathBuf, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the catalogue {}: {e}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| format!("the catalogue {} is not valid TOML: {e}", path.display()))?;
     if let Ok(socket) = std::env::var(ENV_SOCKET) {
-        return Some(PathBuf::from(socket));
+        return Ok(PathBuf::from(socket));
     }
     match table
         .get("daemon")
@@ -165,13 +198,15 @@ fn socket_from_raw(path: &std::path::Path) -> Option<PathBuf> {
     {
         Some(socket) => {
             let socket = PathBuf::from(socket);
-            Some(if socket.is_absolute() {
+            Ok(if socket.is_absolute() {
                 socket
             } else {
-                path.parent()?.join(socket)
+                path.parent()
+                    .ok_or_else(|| format!("{} has no parent folder", path.display()))?
+                    .join(socket)
             })
         }
-        None => Some(crate::control::client::default_socket_path()),
+        None => Ok(crate::control::client::default_socket_path()),
     }
 }
 

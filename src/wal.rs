@@ -9,6 +9,7 @@ pub mod header;
 pub mod name;
 pub mod partial;
 pub mod push;
+pub mod seal;
 
 pub use fetch::{FetchError, Fetched, fetch};
 pub use format::ArchiveInfo;

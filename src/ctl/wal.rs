@@ -73,7 +73,7 @@ pub async fn push(ctx: &Ctx, args: WalPushArgs) -> CtlResult {
     let cluster = ClusterIdentity::read(&data_dir(&args.data_directory))
         .map_err(|e| fail(format!("cannot identify the cluster: {e}")))?;
     let file = std::fs::File::open(&args.path).map_err(|e| fail(format!("cannot open: {e}")))?;
-    let socket = ctx.socket_path().map_err(|e| fail(e.message))?;
+    let socket = ctx.lean_socket_path().map_err(|e| fail(e.message))?;
     let exchange = async {
         let mut client = crate::control::client::Client::connect(&socket).await?;
         client.set_reply_timeout(None);

@@ -13,7 +13,8 @@ use crate::protocol::{ErrorBody, ErrorCode, Reply, Response};
 use crate::repository::Repository;
 use crate::state::WalArchived;
 use crate::wal::push::{
-    SealedWal, Stored, copy_archived, ensure_archive_info, is_stored, seal_wal_file, store_sealed,
+    Precheck, PushError, SealedWal, Stored, copy_archived, ensure_archive_info, is_stored,
+    precheck, recycle_object, seal_wal_file, store_prechecked,
 };
 use crate::wal::{ClusterIdentity, WalKind, WalName, format::object_key};
 use std::collections::{HashMap, HashSet};
@@ -367,46 +368,70 @@ async fn push_inner(
     }
     let seal_name = wal_name.clone();
     let seal_setup = setup.clone();
-    let wal = tokio::task::spawn_blocking(move || {
+    let sealing = tokio::task::spawn_blocking(move || {
         seal_wal_file(&file, &seal_name, &cluster, &seal_setup.settings)
-    })
-    .await
-    .map_err(|e| format!("reading the file failed: {e}"))?
-    .map_err(|e| error_chain(&e))?;
-    let (key, warnings) = store_everywhere(&setup, &cluster, &wal, now).await?;
+    });
+    // Meanwhile every sync repository's archive.json is read and the name looked up.
+    let (sealed, checked) = tokio::join!(sealing, prechecks(&setup, &cluster, &wal_name));
+    let wal = sealed
+        .map_err(|e| format!("reading the file failed: {e}"))?
+        .map_err(|e| error_chain(&e))?;
+    let stored = store_everywhere(&setup, &cluster, &wal, checked, now).await;
+    let wal_size = wal.size;
+    let wal_sha256 = wal.sha256;
+    recycle_object(wal.object);
+    let (key, warnings) = stored?;
     record(
         shared,
         &setup,
         &wal_name,
         &cluster,
-        wal.size,
-        &wal.sha256,
+        wal_size,
+        &wal_sha256,
         &key,
         now,
         started,
     )
     .await?;
-    Ok((wal.sha256, warnings))
+    Ok((wal_sha256, warnings))
 }
 
-/// Stores `wal` into every sync repository at once (checking `archive.json` first); the key and
+/// [`precheck`] of every sync repository at once (in `setup.sync`'s order).
+async fn prechecks(
+    setup: &WalSetup,
+    cluster: &ClusterIdentity,
+    name: &WalName,
+) -> Vec<Result<Precheck, PushError>> {
+    futures::future::join_all(
+        setup
+            .sync
+            .iter()
+            .map(|repo| precheck(repo, cluster, name, STORE_TIMEOUT)),
+    )
+    .await
+}
+
+/// Stores `wal` into every sync repository at once, after their [`prechecks`]; the key and
 /// the "already archived" warnings, or every failure.
 async fn store_everywhere(
     setup: &WalSetup,
     cluster: &ClusterIdentity,
     wal: &SealedWal,
+    checked: Vec<Result<Precheck, PushError>>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<(String, Vec<String>), String> {
-    let results = futures::future::join_all(setup.sync.iter().map(|repo| async move {
-        ensure_archive_info(repo, cluster, now, STORE_TIMEOUT).await?;
-        store_sealed(repo, cluster, wal, upload_timeout(wal.size as usize)).await
-    }))
+    let results = futures::future::join_all(setup.sync.iter().zip(checked).map(
+        |(repo, checked)| async move {
+            let limit = upload_timeout(wal.size as usize);
+            store_prechecked(repo, cluster, wal, &checked?, now, limit).await
+        },
+    ))
     .await;
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     for (repo, result) in setup.sync.iter().zip(results) {
         match result {
-            Ok(Stored::New(_)) => {}
+            Ok(Stored::New(_) | Stored::Written { .. }) => {}
             Ok(Stored::AlreadyThere { .. }) => {
                 let w = format!(
                     "{} is already archived in repository `{}` with the same content",
@@ -603,7 +628,11 @@ async fn ship_one(
         })
         .await
         .map_err(|e| e.to_string())??;
-        let (key, _) = store_everywhere(setup, &cluster, &wal, shared.clock.now()).await?;
+        let checked = prechecks(setup, &cluster, &wal.name).await;
+        let stored = store_everywhere(setup, &cluster, &wal, checked, shared.clock.now()).await;
+        let sha256 = wal.sha256.clone();
+        recycle_object(wal.object);
+        let (key, _) = stored?;
         shared
             .wal
             .shipped
@@ -614,7 +643,7 @@ async fn ship_one(
                 Shipped {
                     id,
                     cluster,
-                    sha256: wal.sha256,
+                    sha256,
                     key,
                     setup: setup.clone(),
                     at: Instant::now(),

@@ -302,6 +302,7 @@ pub async fn run_base(run: JobRun<'_>, spec: &BaseJob) -> Result<JobOutcome, Bas
         .ok_or_else(|| BaseError::NoDataDirectory { job: job.clone() })?;
     let password_file = pg_settings.and_then(|p| p.password_file.as_deref());
     let (wal_job, wal_repo) = wal_repository(run.catalogue, &job, spec)?;
+    let mut phases = Phases::new();
     let mut pg = PgControl::connect(&url, password_file)
         .await
         .map_err(|source| BaseError::Pg {
@@ -309,6 +310,7 @@ pub async fn run_base(run: JobRun<'_>, spec: &BaseJob) -> Result<JobOutcome, Bas
             source: Box::new(source),
         })?;
     let facts = server_facts(&job, &mut pg, &data_dir).await?;
+    phases.lap("connect");
 
     let job::Plan {
         parent,
@@ -316,6 +318,7 @@ pub async fn run_base(run: JobRun<'_>, spec: &BaseJob) -> Result<JobOutcome, Bas
         backup_id,
         full_because,
     } = job::plan(&run, JobKindName::PostgresBase, spec.max_chain).await?;
+    phases.lap("plan");
 
     // The backup starts: from here on every failure stops it.
     let label = format!("bdc-backup {job} {backup_id}");
@@ -332,6 +335,7 @@ pub async fn run_base(run: JobRun<'_>, spec: &BaseJob) -> Result<JobOutcome, Bas
             &job,
             "starting the backup (the backup role needs EXECUTE on pg_backup_start/pg_backup_stop)",
         ))?;
+    phases.lap("start-checkpoint");
     tracing::info!(job = %job, backup_id = %backup_id, start_lsn = %start_lsn, "base backup started");
     let mut stopped = false;
     let result = backup_started(
@@ -345,6 +349,7 @@ pub async fn run_base(run: JobRun<'_>, spec: &BaseJob) -> Result<JobOutcome, Bas
         &start_lsn,
         (&wal_job, &wal_repo),
         &mut stopped,
+        &mut phases,
     )
     .await;
     if result.is_err() {
@@ -365,6 +370,7 @@ pub async fn run_base(run: JobRun<'_>, spec: &BaseJob) -> Result<JobOutcome, Bas
     }
     pg.close().await;
     let (record, warnings) = result?;
+    tracing::info!(job = %job, backup_id = %record.id, backup_type = ?ty, "base backup phases (ms): {}", phases.summary());
     Ok(JobOutcome::Committed {
         record: Box::new(record),
         warnings,
@@ -384,6 +390,7 @@ async fn backup_started(
     start_lsn: &str,
     (wal_job, wal_repo): (&str, &Repository),
     stopped: &mut bool,
+    phases: &mut Phases,
 ) -> Result<(crate::repository::CommitRecord, Vec<String>), BaseError> {
     let job = run.job.name.clone();
     let timeline: i32 = sqlx::query_scalar("SELECT timeline_id FROM pg_control_checkpoint()")
@@ -433,6 +440,7 @@ async fn backup_started(
     };
     let mut prepared =
         job::prepare_snapshot(run, JobKindName::PostgresBase, cfg, Box::new(walk)).await?;
+    phases.lap("walk-and-store");
     let checksum_failures = verifier.as_ref().map_or(0, |v| v.failures());
     if let Some(more) = verifier.as_ref().and_then(|v| v.unlisted()) {
         prepared.warnings.push(more);
@@ -457,6 +465,7 @@ async fn backup_started(
             .await
             .map_err(query_err(&job, "stopping the backup"))?;
     *stopped = true;
+    phases.lap("stop");
     // The record's stop time is the stop call's: recovery to a time after it can use this backup.
     let stop_time = Utc::now();
     tracing::info!(job = %job, backup_id = %backup_id, stop_lsn = %stop_lsn, "base backup stopped; waiting for its WAL");
@@ -497,6 +506,7 @@ async fn backup_started(
         map_key = Some(key);
     }
 
+    phases.lap("label");
     let stop = crate::wal::name::parse_lsn(&stop_lsn).ok_or_else(|| bad_lsn(&stop_lsn))?;
     let segments = crate::wal::name::segments_between(timeline, start, stop, facts.segment_size);
     wait_for_wal(
@@ -508,6 +518,7 @@ async fn backup_started(
         run.cancel,
     )
     .await?;
+    phases.lap("wal-wait");
 
     let info = BaseBackupInfo {
         cluster: facts.identity,
@@ -534,7 +545,38 @@ async fn backup_started(
     prepared.record.bytes_stored += extra.iter().map(|o| o.size).sum::<u64>();
     prepared.record.objects.extend(extra);
     prepared.record.stopped_at = stop_time;
-    Ok(job::commit_prepared(run, prepared).await?)
+    let committed = job::commit_prepared(run, prepared).await?;
+    phases.lap("commit");
+    Ok(committed)
+}
+
+/// Where a base backup's time went (logged at info level when it commits).
+struct Phases {
+    last: std::time::Instant,
+    laps: Vec<(&'static str, Duration)>,
+}
+
+impl Phases {
+    fn new() -> Phases {
+        Phases {
+            last: std::time::Instant::now(),
+            laps: Vec::new(),
+        }
+    }
+
+    fn lap(&mut self, what: &'static str) {
+        let now = std::time::Instant::now();
+        self.laps.push((what, now - self.last));
+        self.last = now;
+    }
+
+    fn summary(&self) -> String {
+        self.laps
+            .iter()
+            .map(|(w, d)| format!("{w} {}", d.as_millis()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// Waits until every segment is in the archive: re-checked whenever the daemon's archiver made a

@@ -3,16 +3,15 @@
 //! (`daemon::wal`) runs this for every sync repository of the postgres-wal job at once.
 
 use super::format::{ARCHIVE_INFO_KEY, ArchiveInfo, file_prefix, object_key, parse_object_key};
-use super::header::{ClusterIdentity, HeaderError, WalHeader};
-use super::name::{WalKind, WalName};
+use super::header::{ClusterIdentity, HeaderError};
+use super::name::WalName;
 use crate::error::{Classify, Retry};
 use crate::pipeline::{PipelineError, PipelineSettings};
 use crate::repository::{ObjectRecord, Repository, StoreError};
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use std::future::Future;
-use std::io::{self, Write};
+use std::io;
 use std::time::Duration;
 
 /// Bumped every time a WAL file became durable in every sync repository (the daemon's archiver
@@ -33,7 +32,7 @@ pub fn durable_signal() -> tokio::sync::watch::Receiver<u64> {
 }
 
 /// History and backup-label files larger than this are refused (they are a few hundred bytes).
-const MAX_SMALL_FILE: u64 = 16 << 20;
+pub(super) const MAX_SMALL_FILE: u64 = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
@@ -131,311 +130,7 @@ impl Classify for PushError {
     }
 }
 
-/// A WAL file read and checked, ready to store.
-#[derive(Debug, Clone)]
-pub struct WalFile {
-    pub name: WalName,
-    pub bytes: Bytes,
-    /// SHA-256 of `bytes`, lowercase hex.
-    pub sha256: String,
-    /// The segment size from the long header (segments and partials).
-    pub segment_size: Option<u64>,
-}
-
-/// Reads the whole file from offset 0 (pread: the descriptor's offset is not used) and checks
-/// it: a segment or `.partial` must be exactly its header's segment size and carry the system
-/// identifier of `cluster`. Blocking.
-pub fn read_wal_file(
-    file: &std::fs::File,
-    name: &WalName,
-    cluster: &ClusterIdentity,
-) -> Result<WalFile, PushError> {
-    let mut buf = Vec::new();
-    let segment_size = read_checked(file, name, cluster, &mut buf)?;
-    let sha256 = hex::encode(Sha256::digest(&buf));
-    Ok(WalFile {
-        name: name.clone(),
-        bytes: Bytes::from(buf),
-        sha256,
-        segment_size,
-    })
-}
-
-/// Reads the whole file into `buf` (resized to the file's size; one large `pread` in the normal
-/// case) and checks it like [`read_wal_file`], without hashing. Returns the segment size.
-fn read_checked(
-    file: &std::fs::File,
-    name: &WalName,
-    cluster: &ClusterIdentity,
-    buf: &mut Vec<u8>,
-) -> Result<Option<u64>, PushError> {
-    use std::os::unix::fs::FileExt;
-    let read_err = |source| PushError::Read {
-        name: name.name.clone(),
-        source,
-    };
-    let meta = file.metadata().map_err(read_err)?;
-    if !meta.is_file() {
-        return Err(read_err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file",
-        )));
-    }
-    let size = meta.len();
-    let segment = matches!(name.kind, WalKind::Segment | WalKind::Partial);
-    if !segment && size > MAX_SMALL_FILE {
-        return Err(read_err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{size} bytes is too large for a {:?} file", name.kind),
-        )));
-    }
-    if segment && size > (1 << 30) {
-        return Err(PushError::Size {
-            name: name.name.clone(),
-            size,
-            expected: 1 << 30,
-        });
-    }
-    // A reused buffer keeps its pages: no page faults for 16 MiB on every push.
-    buf.resize(size as usize, 0);
-    let mut off = 0usize;
-    while off < buf.len() {
-        match file.read_at(&mut buf[off..], off as u64) {
-            Ok(0) => {
-                return Err(read_err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("file shrank to {off} bytes while reading"),
-                )));
-            }
-            Ok(n) => off += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(read_err(e)),
-        }
-    }
-    let mut segment_size = None;
-    if segment {
-        let header = WalHeader::parse(buf).map_err(|source| PushError::Header {
-            name: name.name.clone(),
-            source,
-        })?;
-        if u64::from(header.segment_size) != size {
-            return Err(PushError::Size {
-                name: name.name.clone(),
-                size,
-                expected: u64::from(header.segment_size),
-            });
-        }
-        let per_log = 0x1_0000_0000u64 / size;
-        let expected = (u64::from(name.log) * per_log + u64::from(name.seg)) * size;
-        if header.page_address != expected {
-            return Err(PushError::WrongPosition {
-                name: name.name.clone(),
-                found: super::name::format_lsn(header.page_address),
-                expected: super::name::format_lsn(expected),
-            });
-        }
-        if header.system_identifier != cluster.system_identifier {
-            return Err(PushError::WrongSegmentCluster {
-                name: name.name.clone(),
-                segment: header.system_identifier,
-                request: cluster.system_identifier,
-            });
-        }
-        segment_size = Some(size);
-    }
-    Ok(segment_size)
-}
-
-/// Read buffers kept between pushes (at most this many).
-const KEPT_BUFFERS: usize = 4;
-static BUFFERS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
-
-fn take_buffer() -> Vec<u8> {
-    BUFFERS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .pop()
-        .unwrap_or_default()
-}
-
-fn give_buffer(buf: Vec<u8>) {
-    // Only segment-sized buffers are worth keeping (1 GiB segments are not kept).
-    if buf.capacity() > 64 << 20 {
-        return;
-    }
-    let mut kept = BUFFERS.lock().unwrap_or_else(|e| e.into_inner());
-    if kept.len() < KEPT_BUFFERS {
-        kept.push(buf);
-    }
-}
-
-/// A WAL file read, checked, compressed and encrypted once, ready to be written as is into every
-/// sync repository (the recipients are the catalogue's, the same for all of them).
-#[derive(Debug, Clone)]
-pub struct SealedWal {
-    pub name: WalName,
-    /// Plaintext size.
-    pub size: u64,
-    /// SHA-256 of the plaintext, lowercase hex (the key carries it).
-    pub sha256: String,
-    /// The object's bytes: age(zstd frames) or age(gzip).
-    pub object: Bytes,
-    /// SHA-256 of `object`.
-    pub object_sha256: String,
-    pub compression: &'static str,
-}
-
-/// Reads and checks the file (as [`read_wal_file`]), then hashes the plaintext on one thread
-/// while its frames are compressed on `settings.compression.workers` others, then encrypts.
-/// The object has the pipeline's format (independent zstd frames of the frame size, or one gzip
-/// stream, inside age). Blocking.
-pub fn seal_wal_file(
-    file: &std::fs::File,
-    name: &WalName,
-    cluster: &ClusterIdentity,
-    settings: &PipelineSettings,
-) -> Result<SealedWal, PushError> {
-    let mut buf = take_buffer();
-    let result =
-        read_checked(file, name, cluster, &mut buf).and_then(|_| seal(&buf, name, settings));
-    give_buffer(buf);
-    result
-}
-
-/// Compresses and encrypts `plain` (already read and checked) as [`seal_wal_file`] does: the
-/// streamed `.partial` seals only its written prefix (src/wal/partial.rs). Blocking.
-pub fn seal(
-    plain: &[u8],
-    name: &WalName,
-    settings: &PipelineSettings,
-) -> Result<SealedWal, PushError> {
-    use crate::catalogue::Compression;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let failed = |source: PipelineError| PushError::Pipeline {
-        repository: "(all)".into(),
-        name: name.name.clone(),
-        source: Box::new(source),
-    };
-    if settings.recipients.is_empty() {
-        return Err(failed(PipelineError::Encrypt(
-            "no age recipients configured".into(),
-        )));
-    }
-    let level = settings.compression.level;
-    let frame_size = settings.effective_frame_size();
-    let frames: Vec<&[u8]> = plain.chunks(frame_size).collect();
-    let workers = settings.compression.workers.clamp(1, frames.len().max(1));
-    let zstd = settings.compression.algorithm == Compression::Zstd;
-    let encrypt_err = |e: io::Error| failed(PipelineError::Encrypt(e.to_string()));
-    let encryptor = age::Encryptor::with_recipients(
-        settings.recipients.iter().map(|r| r as &dyn age::Recipient),
-    )
-    .map_err(|e| failed(PipelineError::Encrypt(e.to_string())))?;
-    // The object is hashed as age writes it (no second pass over it).
-    let mut w = encryptor
-        .wrap_output(HashingVec::with_capacity(plain.len() / 2 + 4096))
-        .map_err(encrypt_err)?;
-    // The plaintext is hashed on one thread while frames are compressed on `workers` others;
-    // this thread encrypts each frame as soon as it and the ones before it are compressed.
-    let next = AtomicUsize::new(0);
-    let (sha256, compression) = std::thread::scope(|scope| {
-        let hasher = scope.spawn(|| hex::encode(Sha256::digest(plain)));
-        let compression = if zstd {
-            let (tx, rx) = std::sync::mpsc::channel::<(usize, io::Result<Vec<u8>>)>();
-            for _ in 0..workers {
-                let tx = tx.clone();
-                let (next, frames) = (&next, &frames);
-                scope.spawn(move || {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(f) = frames.get(i) else { break };
-                        let out = crate::pipeline::compress::zstd_frame(f, level);
-                        if tx.send((i, out)).is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-            drop(tx);
-            let mut waiting: std::collections::BTreeMap<usize, Vec<u8>> = Default::default();
-            let mut written = 0usize;
-            while written < frames.len() {
-                let Ok((i, out)) = rx.recv() else {
-                    return Err(PipelineError::Task(format!(
-                        "frame {written} was not compressed (a compression thread failed)"
-                    )));
-                };
-                waiting.insert(i, out.map_err(PipelineError::Compress)?);
-                while let Some(f) = waiting.remove(&written) {
-                    w.write_all(&f)
-                        .map_err(|e| PipelineError::Encrypt(e.to_string()))?;
-                    crate::pipeline::buffers::give(f);
-                    written += 1;
-                }
-            }
-            if frames.is_empty() {
-                // An empty file still gets one (empty) zstd frame: a valid zstd stream.
-                let empty = crate::pipeline::compress::zstd_frame(&[], level)
-                    .map_err(PipelineError::Compress)?;
-                w.write_all(&empty)
-                    .map_err(|e| PipelineError::Encrypt(e.to_string()))?;
-            }
-            "zstd"
-        } else {
-            let level = u32::try_from(level.clamp(0, 9)).unwrap_or(6);
-            let mut gz = flate2::write::GzEncoder::new(&mut w, flate2::Compression::new(level));
-            gz.write_all(plain)
-                .and_then(|_| gz.finish().map(|_| ()))
-                .map_err(|e| PipelineError::Encrypt(e.to_string()))?;
-            "gzip"
-        };
-        let sha256 = hasher
-            .join()
-            .map_err(|_| PipelineError::Task("the hashing thread failed".into()))?;
-        Ok((sha256, compression))
-    })
-    .map_err(failed)?;
-    let (object, object_sha256) = w.finish().map_err(encrypt_err)?.finish();
-    Ok(SealedWal {
-        name: name.clone(),
-        size: plain.len() as u64,
-        sha256,
-        object: Bytes::from(object),
-        object_sha256,
-        compression,
-    })
-}
-
-/// A `Vec` that hashes what is written into it (the sealed object and its SHA-256 in one pass).
-struct HashingVec {
-    out: Vec<u8>,
-    hasher: Sha256,
-}
-
-impl HashingVec {
-    fn with_capacity(n: usize) -> HashingVec {
-        HashingVec {
-            out: Vec::with_capacity(n),
-            hasher: Sha256::new(),
-        }
-    }
-
-    fn finish(self) -> (Vec<u8>, String) {
-        (self.out, hex::encode(self.hasher.finalize()))
-    }
-}
-
-impl Write for HashingVec {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.hasher.update(buf);
-        self.out.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
+pub use super::seal::{SealedWal, WalFile, read_wal_file, recycle_object, seal, seal_wal_file};
 
 /// Runs a store call with a bound.
 pub async fn bounded<T, E>(
@@ -574,6 +269,10 @@ pub async fn stored_hashes(
 pub enum Stored {
     /// Newly stored.
     New(ObjectRecord),
+    /// A sealed object newly written ([`store_sealed`], [`store_prechecked`]): its key and size.
+    /// The ciphertext is not hashed (a WAL object is identified and checked by the plaintext
+    /// hash its key carries), so there is no full [`ObjectRecord`].
+    Written { key: String, size: u64 },
     /// The same content was already there (a warning, not an error).
     AlreadyThere { key: String },
 }
@@ -641,6 +340,66 @@ async fn check_duplicates(
     Ok(None)
 }
 
+/// What a repository holds for a WAL file, read before the file is sealed (the push overlaps
+/// these look-ups with reading, hashing and compressing it): see [`precheck`].
+#[derive(Debug, Clone)]
+pub struct Precheck {
+    /// `wal/archive.json` is there and names this cluster (else [`store_prechecked`] creates it).
+    pub archive_info: bool,
+    /// The plaintext hashes stored under the file's name (normally none).
+    pub hashes: Vec<String>,
+}
+
+/// Reads `archive.json` (checked when present, never created here) and lists what is stored
+/// under `name`: nothing is written, so a file that turns out to be bad leaves no trace.
+pub async fn precheck(
+    repo: &Repository,
+    cluster: &ClusterIdentity,
+    name: &WalName,
+    limit: Duration,
+) -> Result<Precheck, PushError> {
+    let archive_info = match read_archive_info(repo, limit).await? {
+        Some(info) => {
+            check_archive_info(&repo.name, &info, cluster)?;
+            true
+        }
+        None => false,
+    };
+    Ok(Precheck {
+        archive_info,
+        hashes: stored_hashes(repo, cluster, name, limit).await?,
+    })
+}
+
+/// [`store_sealed`] after a [`precheck`] of `repo`: `archive.json` created if it was missing,
+/// the duplicate rules applied to the hashes listed then, the object written (durable on return).
+pub async fn store_prechecked(
+    repo: &Repository,
+    cluster: &ClusterIdentity,
+    wal: &SealedWal,
+    checked: &Precheck,
+    now: DateTime<Utc>,
+    limit: Duration,
+) -> Result<Stored, PushError> {
+    if !checked.archive_info {
+        ensure_archive_info(repo, cluster, now, limit).await?;
+    }
+    if let Some(other) = checked.hashes.iter().find(|h| **h != wal.sha256) {
+        return Err(PushError::Duplicate {
+            repository: repo.name.clone(),
+            name: wal.name.name.clone(),
+            existing: other.clone(),
+            sha256: wal.sha256.clone(),
+        });
+    }
+    if !checked.hashes.is_empty() {
+        return Ok(Stored::AlreadyThere {
+            key: object_key(cluster, &wal.name, &wal.sha256),
+        });
+    }
+    write_sealed(repo, cluster, wal, limit).await
+}
+
 /// [`store_wal`] for a [`SealedWal`]: the duplicate rules, then its bytes written as they are
 /// (durable on return). `archive.json` must have been checked.
 pub async fn store_sealed(
@@ -649,10 +408,20 @@ pub async fn store_sealed(
     wal: &SealedWal,
     limit: Duration,
 ) -> Result<Stored, PushError> {
-    let key = object_key(cluster, &wal.name, &wal.sha256);
     if let Some(there) = check_duplicates(repo, cluster, &wal.name, &wal.sha256, limit).await? {
         return Ok(there);
     }
+    write_sealed(repo, cluster, wal, limit).await
+}
+
+/// Writes the sealed object under its key (create-only; durable on return).
+async fn write_sealed(
+    repo: &Repository,
+    cluster: &ClusterIdentity,
+    wal: &SealedWal,
+    limit: Duration,
+) -> Result<Stored, PushError> {
+    let key = object_key(cluster, &wal.name, &wal.sha256);
     let write = async {
         let mut w = repo.store.writer_unlimited(&key).await?;
         w.write(wal.object.clone()).await?;
@@ -664,15 +433,7 @@ pub async fn store_sealed(
             action: format!("storing {}", wal.name),
             after: limit,
         }),
-        Ok(Ok(size)) => Ok(Stored::New(ObjectRecord {
-            key,
-            size,
-            sha256: wal.object_sha256.clone(),
-            content_size: wal.size,
-            content_sha256: wal.sha256.clone(),
-            compression: wal.compression.into(),
-            encryption: "age".into(),
-        })),
+        Ok(Ok(size)) => Ok(Stored::Written { key, size }),
         // A concurrent push of the same content won the race: same key, same content.
         Ok(Err(StoreError::AlreadyExists { .. })) => Ok(Stored::AlreadyThere { key }),
         Ok(Err(e)) => Err(store_err(repo)(e)),
@@ -753,6 +514,7 @@ pub async fn copy_archived(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn segment(sysid: u64, size: usize) -> Vec<u8> {
         let mut b = vec![7u8; size];
@@ -809,6 +571,48 @@ mod tests {
         )
         .unwrap();
         assert_eq!(h.segment_size, None);
+    }
+
+    #[test]
+    fn sealing_checks_the_file_like_reading_it() {
+        let id = ClusterIdentity {
+            system_identifier: 42,
+            pg_major: 15,
+        };
+        let key = age::x25519::Identity::generate();
+        let mut settings = PipelineSettings::new(
+            crate::catalogue::CompressionSettings {
+                algorithm: crate::catalogue::Compression::Zstd,
+                level: 1,
+                workers: 2,
+            },
+            vec![key.to_public()],
+        );
+        settings.frame_size = 100_000;
+        let name = WalName::parse("000000010000000000000001").unwrap();
+        let seal = |bytes: &[u8], name: &WalName| {
+            seal_wal_file(&file_with(bytes), name, &id, &settings).map(|s| s.sha256)
+        };
+        let good = segment(42, 1 << 20);
+        assert_eq!(
+            seal(&good, &name).unwrap(),
+            hex::encode(Sha256::digest(&good))
+        );
+        let empty = seal(&[], &name);
+        assert!(matches!(empty, Err(PushError::Header { .. })), "{empty:?}");
+        let short = seal(&good[..4096], &name);
+        assert!(matches!(short, Err(PushError::Size { .. })), "{short:?}");
+        let misnamed = WalName::parse("000000010000000000000002").unwrap();
+        let wrong = seal(&good, &misnamed);
+        assert!(
+            matches!(wrong, Err(PushError::WrongPosition { .. })),
+            "{wrong:?}"
+        );
+        let other = seal(&segment(43, 1 << 20), &name);
+        assert!(
+            matches!(other, Err(PushError::WrongSegmentCluster { .. })),
+            "{other:?}"
+        );
     }
 
     #[tokio::test]
@@ -910,8 +714,23 @@ mod tests {
                 "r",
                 crate::repository::Store::local(dir.path().join(format!("{algorithm:?}"))).unwrap(),
             );
-            let Stored::New(record) = store_sealed(&sub, &id, &sealed, limit).await.unwrap() else {
+            let Stored::Written {
+                key: stored_key,
+                size,
+            } = store_sealed(&sub, &id, &sealed, limit).await.unwrap()
+            else {
                 panic!("not stored")
+            };
+            let object = sub.store.get(&stored_key).await.unwrap();
+            assert_eq!(object.len() as u64, size);
+            let record = ObjectRecord {
+                key: stored_key,
+                size,
+                sha256: hex::encode(Sha256::digest(&object)),
+                content_size: sealed.size,
+                content_sha256: sealed.sha256.clone(),
+                compression: sealed.compression.into(),
+                encryption: "age".into(),
             };
             let back = crate::pipeline::load_bytes(
                 &sub.store,
@@ -924,9 +743,18 @@ mod tests {
             if algorithm == crate::catalogue::Compression::Zstd {
                 // Independent frames of the frame size, as the pipeline writes them.
                 let plain_frames = bytes.len().div_ceil(100_000);
-                let object = sub.store.get(&record.key).await.unwrap();
-                assert_eq!(object.len() as u64, record.size);
-                assert_eq!(hex::encode(Sha256::digest(&object)), record.sha256);
+                let identity = key.clone();
+                let mut zst = Vec::new();
+                std::io::Read::read_to_end(
+                    &mut age::Decryptor::new(&object[..])
+                        .unwrap()
+                        .decrypt(std::iter::once(&identity as &dyn age::Identity))
+                        .unwrap(),
+                    &mut zst,
+                )
+                .unwrap();
+                let sizes = crate::pipeline::compress::zstd_frame_sizes(&zst).unwrap();
+                assert_eq!(sizes.len(), plain_frames);
                 assert!(plain_frames > 1);
             }
             assert!(matches!(

@@ -107,13 +107,11 @@ impl PartialSealer {
         for f in fresh {
             crate::pipeline::buffers::give(f);
         }
-        let object_sha256 = hex::encode(Sha256::digest(&object));
         Ok(SealedWal {
             name: self.name.clone(),
             size: start + tail.len() as u64,
             sha256: hex::encode(hasher.finalize()),
             object: Bytes::from(object),
-            object_sha256,
             compression: "zstd",
         })
     }
@@ -145,10 +143,6 @@ mod tests {
             assert_eq!(plain, wal[..len], "ship of {len} bytes");
             assert_eq!(sealed.sha256, hex::encode(Sha256::digest(&wal[..len])));
             assert_eq!(sealed.size, len as u64);
-            assert_eq!(
-                sealed.object_sha256,
-                hex::encode(Sha256::digest(&sealed.object))
-            );
             shipped = len;
         }
         // Complete frames were kept (3 of them), only below `keep_below`.
