@@ -144,7 +144,17 @@ fn a_killed_receiver_is_restarted_and_no_segment_is_missing() {
     s.wait_restarted(WAIT, before, "streaming after the server restart");
     let last = s.switch();
     s.wait_archived(&last);
-    let metrics = text(&s.setup.ctl(&["metrics"]));
+    // The lag is unknown until the supervisor has asked the restarted server once: poll for it.
+    let deadline = std::time::Instant::now() + WAIT;
+    let metrics = loop {
+        let metrics = text(&s.setup.ctl(&["metrics"]));
+        if metrics.contains("bdc_backup_wal_stream_lag_bytes{job=\"wal\"}")
+            || std::time::Instant::now() > deadline
+        {
+            break metrics;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     let restarts_metric = metrics
         .lines()
         .find_map(|l| l.strip_prefix("bdc_backup_wal_stream_restarts_total{job=\"wal\"} "))
