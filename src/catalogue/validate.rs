@@ -502,9 +502,9 @@ pub(super) fn check_postgres_url(
 
 /// libpq accepts an empty host after a user (`postgresql://user@/db?host=/run/postgresql`: the
 /// socket comes from the query or the default; also `user@:5433/db`); the `url` crate refuses
-/// "empty host" there. Checked with `localhost` in its place, as the connection does
-/// (`postgres::connection`, where a `host=` parameter then overrides it).
-fn with_placeholder_host(url: &str) -> String {
+/// "empty host" there, and so does sqlx's parser. Checked, and connected (`postgres::connection`),
+/// with `localhost` in its place, which a `host=` parameter then overrides.
+pub(crate) fn with_placeholder_host(url: &str) -> String {
     if let Some((scheme, rest)) = url.split_once("://") {
         let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         let (authority, after) = rest.split_at(end);

@@ -119,34 +119,15 @@ pub fn connect_options(
     password_file: Option<&Path>,
 ) -> Result<PgConnectOptions, PgError> {
     let mut options =
-        PgConnectOptions::from_str(&with_placeholder_host(url)).map_err(|source| {
-            PgError::InvalidUrl {
+        PgConnectOptions::from_str(&crate::catalogue::validate::with_placeholder_host(url))
+            .map_err(|source| PgError::InvalidUrl {
                 url: url.to_string(),
                 source,
-            }
-        })?;
+            })?;
     if let Some(path) = password_file {
         options = options.password(&read_password_file(path)?);
     }
     Ok(options.application_name("bdc-backup"))
-}
-
-/// libpq accepts an empty host (`postgresql://user@/db?host=/run/postgresql`: the socket comes
-/// from the query or the default), sqlx's URL parser does not: give it `localhost`, which a
-/// `host=` parameter then overrides.
-fn with_placeholder_host(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let (authority, after) = rest.split_at(end);
-        let (user, host) = match authority.rsplit_once('@') {
-            Some((u, h)) => (format!("{u}@"), h),
-            None => (String::new(), authority),
-        };
-        if host.is_empty() || host.starts_with(':') {
-            return format!("{scheme}://{user}localhost{host}{after}");
-        }
-    }
-    url.to_string()
 }
 
 /// `host:port/db` (or `socket/db`) for messages.

@@ -247,30 +247,9 @@ impl SpoolPartial {
             name: name.name.clone(),
             source,
         })?;
-        let segment_size = u64::from(header.segment_size);
-        if segment_size != size {
-            return Err(PushError::Size {
-                name: name.name.clone(),
-                size,
-                expected: segment_size,
-            });
-        }
-        let per_log = 0x1_0000_0000u64 / size;
-        let expected = (u64::from(name.log) * per_log + u64::from(name.seg)) * size;
-        if header.page_address != expected {
-            return Err(PushError::WrongPosition {
-                name: name.name.clone(),
-                found: super::name::format_lsn(header.page_address),
-                expected: super::name::format_lsn(expected),
-            });
-        }
-        if header.system_identifier != cluster.system_identifier {
-            return Err(PushError::WrongSegmentCluster {
-                name: name.name.clone(),
-                segment: header.system_identifier,
-                request: cluster.system_identifier,
-            });
-        }
+        // The same size, position and cluster checks as a pushed segment's.
+        let segment_size =
+            super::seal::check_header(&head[..got], name, size, cluster)?.unwrap_or(size);
         Ok(SpoolPartial {
             file,
             name: name.clone(),

@@ -111,7 +111,7 @@ fn read_at(
 
 /// Checks a segment's long header (in `first`, its first bytes) against the file's size, its name
 /// and `cluster`. Returns the segment size; `None` for files that are not segments.
-fn check_header(
+pub(crate) fn check_header(
     first: &[u8],
     name: &WalName,
     size: u64,
