@@ -151,24 +151,7 @@ repositories = ["local"]
 
     /// `restore cluster` into a new folder with `--start` on a free port, plus `extra` flags.
     pub fn restore(&self, name: &str, extra: &[&str]) -> (Output, Restored) {
-        open_up(self.setup.dir.path());
-        let target = self.setup.path(name);
-        let port = free_port();
-        let port_s = port.to_string();
-        let mut args = vec![
-            "restore",
-            "cluster",
-            "--job",
-            "base",
-            "--target-dir",
-            target.to_str().unwrap(),
-            "--start",
-            "--port",
-            &port_s,
-        ];
-        args.extend_from_slice(extra);
-        let out = self.setup.ctl(&args);
-        (out, Restored { dir: target, port })
+        restore_base(&self.setup, name, extra)
     }
 }
 
