@@ -94,12 +94,28 @@ impl Env {
 
     /// Restores the engine's output into `target` (every file's SHA-256 is checked).
     async fn restore(&self, out: &EngineOutput, target: &Path) {
+        self.restore_with(out, target, |_| {})
+            .await
+            .expect("restore");
+    }
+
+    /// Restores with the commit record's object records changed by `edit` first.
+    async fn restore_with(
+        &self,
+        out: &EngineOutput,
+        target: &Path,
+        edit: impl FnOnce(&mut HashMap<String, bdc_backup::repository::ObjectRecord>),
+    ) -> Result<
+        bdc_backup::snapshot::restore::RestoreStats,
+        bdc_backup::snapshot::restore::RestoreError,
+    > {
         let mut manifest = out.manifest.reopen().unwrap();
-        let objects: HashMap<_, _> = out
+        let mut objects: HashMap<_, _> = out
             .objects
             .iter()
             .map(|o| (o.record.key.clone(), o.record.clone()))
             .collect();
+        edit(&mut objects);
         let store = self.store.clone();
         let ids = Identities::from_keys(vec![self.identity.clone()]);
         let options = RestoreOptions {
@@ -112,7 +128,6 @@ impl Env {
         })
         .await
         .unwrap()
-        .expect("restore");
     }
 }
 
@@ -238,4 +253,38 @@ async fn unreadable_is_a_warning_in_lenient_and_a_failure_in_strict() {
         .expect("strict fails");
     assert!(matches!(err, SnapshotError::Strict { .. }), "{err}");
     assert!(err.to_string().contains("secret"), "{err}");
+}
+
+/// A whole restore reads every object to its end: the stored bytes' SHA-256 is checked against the
+/// commit record even though every frame decrypts and every file's own SHA-256 matches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_restore_checks_each_objects_stored_hash() {
+    let env = Env::new();
+    let src = env.src();
+    for i in 0..20u32 {
+        std::fs::write(
+            src.join(format!("f{i}")),
+            vec![b'a' + (i % 26) as u8; 50_000],
+        )
+        .unwrap();
+    }
+    let out = env.run("H-F", Mode::Strict, None, None).await.unwrap();
+    env.restore(&out, &env.dir.path().join("good")).await;
+    let mut edited = String::new();
+    let err = env
+        .restore_with(&out, &env.dir.path().join("bad"), |objects| {
+            let (key, record) = objects
+                .iter_mut()
+                .find(|(k, _)| !k.contains("manifest"))
+                .expect("a data part");
+            record.sha256 = "00".repeat(32);
+            edited = key.clone();
+        })
+        .await
+        .expect_err("a stored hash that differs from the record fails the restore");
+    let text = err.to_string();
+    assert!(
+        text.contains(&edited) && text.contains("SHA-256 of the stored bytes"),
+        "{text}"
+    );
 }

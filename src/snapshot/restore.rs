@@ -120,8 +120,12 @@ const AGE_CHUNK: u64 = 64 * 1024 + 16;
 /// Frames kept after use.
 const CACHED_FRAMES: usize = 4;
 
-/// At most this many objects are streamed at once (a chain restore reads several).
-const MAX_STREAMS: usize = 16;
+/// At most this many objects are streamed at once (a chain restore reads several; the others are
+/// read by ranges). Each holds ≈ `DECODE_WORKERS` + 3 frames (see [`pipeline::frames`]), so with
+/// 2 MiB frames a restore holds ≈ 6 × 5 × 2 MiB = 60 MiB of frames at most. A stream whose last
+/// frame was taken is closed at once (its frames stay in the small cache), so a full backup's
+/// parts, read one after the other, count as one.
+const MAX_STREAMS: usize = 6;
 
 /// Frames of one object decompressed at once while the restore writes (see
 /// [`pipeline::frames`]).
@@ -168,7 +172,7 @@ impl Frames<'_> {
         })?;
         self.frames += 1;
         let data = match self.streamed(key, record, f) {
-            Some(data) => data,
+            Some(data) => data?,
             None => self.ranged(record, f)?,
         };
         if self.cached.len() >= CACHED_FRAMES
@@ -219,8 +223,15 @@ impl Frames<'_> {
     }
 
     /// The frame from the object's stream; None when streaming is off or failed (then the
-    /// object is read by ranges from now on).
-    fn streamed(&mut self, key: &str, record: &ObjectRecord, f: [u64; 4]) -> Option<Bytes> {
+    /// object is read by ranges from now on). At the object's last frame the stream is read to
+    /// its end, so the stored size and SHA-256 are checked (an error names the object), and
+    /// closed.
+    fn streamed(
+        &mut self,
+        key: &str,
+        record: &ObjectRecord,
+        f: [u64; 4],
+    ) -> Option<Result<Bytes, String>> {
         if !self.streaming || self.ranged_only.contains(key) || record.compression != "zstd" {
             return None;
         }
@@ -254,7 +265,27 @@ impl Frames<'_> {
             }
         };
         match result {
-            Ok(data) => Some(data),
+            Ok(data) if f[2] + f[3] >= record.content_size => {
+                // The object's last frame: the verdict on the whole object, and the slot freed
+                // (the frame itself stays in the cache).
+                let mut done = self.streams.remove(key)?;
+                let verdict = match done.reader.blocking_next() {
+                    None => Ok(data),
+                    Some(Err(e)) => {
+                        // Reported once, on this file; the object's other frames are read by
+                        // ranges from now on (each still authenticated by age).
+                        self.ranged_only.insert(key.to_string());
+                        Err(e.to_string())
+                    }
+                    Some(Ok(extra)) => Err(format!(
+                        "object {key}: content goes on past the {} bytes its commit record says \
+                         (at offset {})",
+                        record.content_size, extra.content_offset
+                    )),
+                };
+                Some(verdict)
+            }
+            Ok(data) => Some(Ok(data)),
             Err(()) => {
                 self.streams.remove(key);
                 self.ranged_only.insert(key.to_string());
