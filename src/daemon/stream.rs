@@ -11,7 +11,7 @@ use crate::catalogue::Compression;
 use crate::catalogue::{Catalogue, JobSpec, WalStream};
 use crate::model::WalStreamStatus;
 use crate::postgres::connection::PgControl;
-use crate::stream::{Backoff, SpoolFile, classify, flush_lag, push_order, starts_below_slot};
+use crate::stream::{Backoff, SpoolFile, classify, push_order, starts_below_slot};
 use crate::wal::name::{format_lsn, parse_lsn};
 use crate::wal::partial::{
     PartialSealer, SpoolPartial, partial_of, remove_partials, store_partial,
@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt;
+
+mod liveness;
 
 /// The spool folder under the state directory.
 pub const SPOOL_DIR: &str = "wal-stream";
@@ -132,6 +134,9 @@ struct Generation {
     /// The last push or ship of a spool file failed (why); pushes wait for `retry_at`.
     push_failing: Option<String>,
     retry_at: Option<Instant>,
+    /// The liveness check's connection, kept between checks (one session, not one every
+    /// check: no backend start and no `log_connections` lines every 2 s); dropped on any error.
+    liveness_conn: Option<PgControl>,
 }
 
 impl Generation {
@@ -156,6 +161,7 @@ impl Generation {
             durable_lsn: None,
             push_failing: None,
             retry_at: None,
+            liveness_conn: None,
         }
     }
 
@@ -238,6 +244,9 @@ impl Generation {
                     self.pause(wait).await;
                 }
             }
+        }
+        if let Some(c) = self.liveness_conn.take() {
+            c.close().await;
         }
         self.hub().update(|s| {
             s.state = "stopped".into();
@@ -784,65 +793,6 @@ impl Generation {
         }
         self.durable_histories.insert(timeline);
         true
-    }
-
-    /// Flush lag: the server's current position (a standby's: its replay position) against the
-    /// receiver's position in pg_stat_replication of the slot's walsender — its `flush_lsn`, or
-    /// without `--synchronous` (pg_receivewal then fsyncs and reports a flush only when a segment
-    /// closes) its `write_lsn`: what it wrote to the spool, which the `.partial` shipping reads.
-    /// And the slot's presence.
-    async fn liveness(&mut self) {
-        let slot = self.settings.slot.clone();
-        let synchronous = self.settings.synchronous;
-        let asked = tokio::time::timeout(Duration::from_secs(5), async {
-            let mut c = self.connect().await?;
-            type Row = (Option<String>, Option<String>, Option<String>, Option<f64>, bool);
-            let row: Row = sqlx::query_as(
-                "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
-                        r.write_lsn::text, r.flush_lsn::text, \
-                        extract(epoch FROM CASE WHEN $2 THEN r.flush_lag ELSE r.write_lag END)::float8, \
-                        EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1) \
-                 FROM (SELECT 1) one \
-                 LEFT JOIN pg_replication_slots s ON s.slot_name = $1 \
-                 LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid",
-            )
-            .bind(&slot)
-            .bind(synchronous)
-            .fetch_one(c.conn())
-            .await
-            .map_err(|e| e.to_string())?;
-            c.close().await;
-            Ok::<_, String>(row)
-        })
-        .await;
-        match asked {
-            Ok(Ok((server, written, flushed, lag_s, exists))) => {
-                let server_lsn = server.as_deref().and_then(parse_lsn);
-                let at = if synchronous { &flushed } else { &written };
-                let receiver_lsn = at.as_deref().and_then(parse_lsn);
-                let failing = self.push_failing.clone();
-                self.hub().update(|s| {
-                    s.server_lsn = server.clone();
-                    s.write_lsn = written.clone();
-                    s.flush_lsn = flushed.clone();
-                    s.flush_lag_bytes = match (server_lsn, receiver_lsn) {
-                        (Some(a), Some(b)) => Some(flush_lag(a, b)),
-                        _ => None,
-                    };
-                    s.flush_lag_seconds = lag_s.or(s.flush_lag_bytes.map(|_| 0.0));
-                    s.checked_at = Some(self.shared.clock.now());
-                    s.error = if !exists {
-                        Some(format!("the replication slot `{slot}` is gone"))
-                    } else {
-                        failing
-                    };
-                });
-            }
-            Ok(Err(e)) => self.hub().update(|s| s.error = Some(e)),
-            Err(_) => self
-                .hub()
-                .update(|s| s.error = Some("the server gave no answer within 5 s".into())),
-        }
     }
 }
 
