@@ -6,11 +6,14 @@
 //! Write path, with bounded channels between the stages:
 //!
 //! ```text
-//! source ─▶ frames (frame_size) ─▶ SHA-256(content) ─▶ zstd per frame on ≤ workers blocking tasks
-//!        ─▶ ordered ─▶ age (blocking thread) ─▶ ciphertext chunks ─▶ SHA-256(stored) ─▶ ObjectWriter
+//! source ─▶ frames (frame_size) ─▶ zstd per frame on ≤ workers blocking tasks ─▶ in order ─┐
+//!   ┌──────────────────────────────────────────────────────────────────────────────────────┘
+//!   ├▶ SHA-256(content) (blocking thread; the plaintext frame)
+//!   └▶ age (blocking thread) ─▶ ciphertext chunks ─▶ SHA-256(stored) ─▶ ObjectWriter
 //! ```
 //!
-//! Memory ≈ (workers + 2) × frame_size plus a few 256 KiB ciphertext chunks, whatever the input.
+//! Memory ≈ (2 × workers + 5) × frame_size plus a few 256 KiB ciphertext chunks, whatever the
+//! input.
 
 pub mod buffers;
 pub mod compress;
@@ -443,58 +446,69 @@ where
         encrypt::encrypt_blocking(recipients, gzip_level, enc_rx, out_tx)
     });
 
-    // Producer: read frames, hash content, compress (zstd: in parallel, in order), hand on.
+    // Producer: read frames, compress them (zstd: on at most `workers` blocking tasks at once,
+    // handed on in order), hand them on to the encryption thread and their plaintext to the
+    // content hasher (a blocking thread of its own, so hashing never holds up the dispatch of
+    // the next compression). Up to 2 × workers frames are in flight so that a frame finished
+    // early, waiting for the one before it, does not keep a compression slot idle.
     let producer = async move {
-        let mut hasher = Sha256::new();
+        let slots = Arc::new(tokio::sync::Semaphore::new(workers));
+        let (hash_tx, hash_rx) = mpsc::channel::<Bytes>(2);
+        let hasher = tokio::task::spawn_blocking(move || hash_frames(hash_rx));
         let mut content_size = 0u64;
         let mut table = Vec::new();
         let mut compressed_offset = 0u64;
         {
-            let hashed = frames.filter_map(|item| {
-                let item = match item {
-                    Ok(b) if b.is_empty() => None,
-                    Ok(b) => {
-                        hasher.update(&b);
-                        content_size += b.len() as u64;
-                        progress
-                            .bytes_read
-                            .fetch_add(b.len() as u64, Ordering::Relaxed);
-                        Some(Ok(b))
+            let nonempty = frames
+                .filter(|item| futures::future::ready(!matches!(item, Ok(b) if b.is_empty())));
+            let mut compressed = nonempty
+                .map(|item| {
+                    let slots = slots.clone();
+                    async move {
+                        let plain = item.map_err(|e| Some(PipelineError::Source(e)))?;
+                        if gzip_level.is_some() {
+                            return Ok((None, plain));
+                        }
+                        let slot = slots
+                            .acquire_owned()
+                            .await
+                            .map_err(|e| Some(PipelineError::Task(e.to_string())))?;
+                        let (out, plain) = tokio::task::spawn_blocking(move || {
+                            let out = compress::zstd_frame(&plain, level);
+                            drop(slot);
+                            (out, plain)
+                        })
+                        .await
+                        .map_err(|e| Some(PipelineError::Task(e.to_string())))?;
+                        let out = out.map_err(|e| Some(PipelineError::Compress(e)))?;
+                        Ok::<_, Option<PipelineError>>((Some(Bytes::from(out)), plain))
                     }
-                    Err(e) => Some(Err(e)),
-                };
-                futures::future::ready(item)
-            });
-            let mut compressed = hashed
-                .map(|item| async move {
-                    let plain = item.map_err(|e| Some(PipelineError::Source(e)))?;
-                    let len = plain.len() as u64;
-                    if gzip_level.is_some() {
-                        return Ok((plain, len));
-                    }
-                    let out = tokio::task::spawn_blocking(move || {
-                        let out = compress::zstd_frame(&plain, level);
-                        buffers::recycle(plain);
-                        out
-                    })
-                    .await
-                    .map_err(|e| Some(PipelineError::Task(e.to_string())))?
-                    .map_err(|e| Some(PipelineError::Compress(e)))?;
-                    Ok::<_, Option<PipelineError>>((Bytes::from(out), len))
                 })
-                .buffered(workers);
+                .buffered(2 * workers);
             let mut offset = 0u64;
             while let Some(next) = compressed.next().await {
-                let (data, len) = next?;
-                if gzip_level.is_none() {
-                    table.push(FrameInfo {
-                        content_offset: offset,
-                        content_len: len,
-                        compressed_offset,
-                        compressed_len: data.len() as u64,
-                    });
-                    compressed_offset += data.len() as u64;
-                }
+                let (data, plain) = next?;
+                let len = plain.len() as u64;
+                content_size += len;
+                progress.bytes_read.fetch_add(len, Ordering::Relaxed);
+                let data = match data {
+                    Some(data) => {
+                        table.push(FrameInfo {
+                            content_offset: offset,
+                            content_len: len,
+                            compressed_offset,
+                            compressed_len: data.len() as u64,
+                        });
+                        compressed_offset += data.len() as u64;
+                        hash_tx.send(plain).await.map_err(|_| None)?;
+                        data
+                    }
+                    // gzip: the encryption thread compresses the plaintext itself.
+                    None => {
+                        hash_tx.send(plain.clone()).await.map_err(|_| None)?;
+                        plain
+                    }
+                };
                 offset += len;
                 enc_tx
                     .send(encrypt::Input::Data(data))
@@ -502,6 +516,10 @@ where
                     .map_err(|_| None)?;
             }
         }
+        drop(hash_tx);
+        let content_sha256 = hasher
+            .await
+            .map_err(|e| Some(PipelineError::Task(e.to_string())))?;
         if gzip_level.is_none() && table.is_empty() {
             // An empty source still gets one (empty) zstd frame: a valid zstd stream.
             let empty =
@@ -523,7 +541,7 @@ where
             .map_err(|_| None)?;
         Ok::<_, Option<PipelineError>>(Produced {
             content_size,
-            content_sha256: hex::encode(hasher.finalize()),
+            content_sha256,
             frames: table,
         })
     };
@@ -574,6 +592,17 @@ where
         },
         frames: produced.frames,
     })
+}
+
+/// The content hasher's thread: SHA-256 of the frames received, in order (each frame's buffer
+/// goes back to [`buffers`] once hashed).
+fn hash_frames(mut rx: mpsc::Receiver<Bytes>) -> String {
+    let mut hasher = Sha256::new();
+    while let Some(frame) = rx.blocking_recv() {
+        hasher.update(&frame);
+        buffers::recycle(frame);
+    }
+    hex::encode(hasher.finalize())
 }
 
 /// Opens an object for reading: fetched as a stream, decrypted, decompressed. The stored size and

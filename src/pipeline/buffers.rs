@@ -8,7 +8,7 @@ use bytes::Bytes;
 use std::sync::Mutex;
 
 /// Buffers kept at most (idle memory ≈ KEPT × frame size).
-const KEPT: usize = 8;
+const KEPT: usize = 16;
 /// Buffers larger than this are not kept (a 1 GiB WAL segment, a huge single frame).
 const MAX_KEPT_CAPACITY: usize = 16 << 20;
 /// Buffers smaller than this are not worth keeping.
