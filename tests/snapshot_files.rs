@@ -20,8 +20,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// The tests of this file run at once in one process; the one that counts this process's reads
+/// (`rchar`) holds this exclusively, the others share it, so no other test's reads are counted.
+static IO: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn awkward_tree_round_trip_and_stock_tools() {
+    let _io = IO.read().await;
     let s = Setup::new(None, vec![]);
     make_awkward_tree(&s.src);
     age_tree(&s.src, 3600);
@@ -89,6 +94,7 @@ async fn awkward_tree_round_trip_and_stock_tools() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incremental_chain_restores_each_state() {
+    let _io = IO.read().await;
     let s = Setup::new(None, vec![]);
     make_awkward_tree(&s.src);
     for i in 0..50 {
@@ -174,6 +180,7 @@ async fn incremental_chain_restores_each_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_chain_and_missing_copy_make_a_full() {
+    let _io = IO.read().await;
     let s = Setup::new(Some(2), vec![]);
     std::fs::write(s.src.join("a"), b"a").unwrap();
     let (f, _, _) = s.backup(BackupType::Incremental).await;
@@ -210,6 +217,7 @@ fn rchar() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_path_restore_reads_only_its_frames() {
+    let _io = IO.write().await;
     let s = Setup::new(None, vec![]);
     for i in 0..400u64 {
         std::fs::create_dir_all(s.src.join(format!("d{}", i % 10))).unwrap();
@@ -257,6 +265,7 @@ async fn single_path_restore_reads_only_its_frames() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_and_deleted_parts_name_the_files() {
+    let _io = IO.read().await;
     let s = Setup::new(None, vec![]);
     for i in 0..100u64 {
         std::fs::write(s.src.join(format!("f{i:03}")), random_bytes(30_000, i)).unwrap();
@@ -317,6 +326,7 @@ async fn damaged_and_deleted_parts_name_the_files() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused() {
+    let _io = IO.read().await;
     let s = Setup::new(None, vec![]);
     std::fs::write(s.src.join("a"), b"a").unwrap();
     let (full, _, _) = s.backup(BackupType::Full).await;
@@ -394,6 +404,7 @@ async fn bad_input_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctl_restore_files_from_a_catalogue_file() {
+    let _io = IO.read().await;
     let s = Setup::new(None, vec![]);
     std::fs::write(s.src.join("hello.txt"), b"hello").unwrap();
     std::fs::create_dir_all(s.src.join("sub")).unwrap();
@@ -488,6 +499,7 @@ repositories = ["local"]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_backup_leaves_no_commit_and_the_next_incremental_is_right() {
+    let _io = IO.read().await;
     let s = Setup::new(None, vec![]);
     for i in 0..30u64 {
         std::fs::write(s.src.join(format!("f{i:02}")), random_bytes(200_000, i)).unwrap();
