@@ -500,12 +500,15 @@ where
                             compressed_len: data.len() as u64,
                         });
                         compressed_offset += data.len() as u64;
-                        hash_tx.send(plain).await.map_err(|_| None)?;
+                        hash_tx.send(plain).await.map_err(|_| hasher_gone())?;
                         data
                     }
                     // gzip: the encryption thread compresses the plaintext itself.
                     None => {
-                        hash_tx.send(plain.clone()).await.map_err(|_| None)?;
+                        hash_tx
+                            .send(plain.clone())
+                            .await
+                            .map_err(|_| hasher_gone())?;
                         plain
                     }
                 };
@@ -592,6 +595,13 @@ where
         },
         frames: produced.frames,
     })
+}
+
+/// The content hasher stopped taking frames (it only stops early when its thread failed).
+fn hasher_gone() -> Option<PipelineError> {
+    Some(PipelineError::Task(
+        "the content hashing thread stopped early".into(),
+    ))
 }
 
 /// The content hasher's thread: SHA-256 of the frames received, in order (each frame's buffer
