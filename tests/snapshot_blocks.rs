@@ -1,7 +1,8 @@
 //! Block incrementals of the snapshot engine (strict mode): per-block hashes in every strict
 //! manifest, changed files of an incremental stored as changed blocks plus extents pointing at
-//! the ancestors' bytes, chains of them restored byte-identical (whole and `--path`), old
-//! manifests without hashes falling back to whole files, and damaged data naming the file.
+//! the ancestors' bytes, chains of them restored byte-identical (whole and `--path`), a
+//! parent's older block size kept, old manifests without
+//! hashes falling back to whole files, and damaged data naming the file.
 
 use bdc_backup::catalogue::{Compression, CompressionSettings};
 use bdc_backup::model::BackupType;
@@ -435,4 +436,85 @@ async fn damaged_data_under_an_extent_names_the_file() {
     let text = err.to_string();
     assert!(text.contains("big"), "{text}");
     assert!(text.contains(key.as_str()), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_of_many_read_chunks_and_an_older_block_size_kept() {
+    use bdc_backup::snapshot::manifest::BlockHasher;
+    let env = Env::new();
+    let src = setup(&env);
+    // Many read chunks (256 KiB each), not a whole number of blocks.
+    let huge_len = (6 << 20) + 1234;
+    std::fs::write(src.join("huge"), noise(50, huge_len)).unwrap();
+    let huge0 = std::fs::read(src.join("huge")).unwrap();
+    let full = env.run("F", Mode::Strict, None, vec![]).await;
+    assert_eq!(entry(&full.out, "huge").blocks.unwrap().size, B);
+
+    // Changes at the start, in the middle (across a block boundary), in the partial last
+    // block, and growth.
+    overwrite(&src.join("huge"), 0, &noise(51, 10));
+    overwrite(&src.join("huge"), 3 * (1 << 20) - 5, &noise(52, 10));
+    overwrite(&src.join("huge"), huge_len as u64 - 1, &[9]);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(src.join("huge"))
+        .unwrap();
+    f.write_all(&noise(53, 100_000)).unwrap();
+    drop(f);
+    let s1 = state(&src);
+    let i1 = env.incremental("I1", &[&full]).await;
+    assert!(i1.out.warnings.is_empty(), "{:?}", i1.out.warnings);
+    let huge1 = entry(&i1.out, "huge");
+    assert!(huge1.extents.is_some() && huge1.data.is_none());
+    assert_eq!(huge1.blocks.as_ref().unwrap().size, B);
+    // 1 + 2 + 1 changed blocks (the last one partial) and the 100,000 new bytes; plus `small`.
+    let most = 4 * B + 100_000 + B + 1000;
+    assert!(
+        i1.out.bytes_stored <= most,
+        "stored {} content bytes, at most {most}",
+        i1.out.bytes_stored
+    );
+    let target = env.dir.path().join("r1");
+    env.restore(&[&i1, &full], &target, &[]).await.unwrap();
+    assert_eq!(state(&target), s1);
+
+    // The same full as an older version wrote it, with 64 KiB blocks: an incremental compares
+    // `huge` at 64 KiB (its entry keeps that size) instead of storing it whole.
+    let old_bs = 64 * 1024;
+    let mut old = Vec::new();
+    for line in BufReader::new(full.out.manifest.reopen().unwrap()).lines() {
+        let mut v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if v.get("path").and_then(|p| p.as_str()) == Some("huge") {
+            let mut h = BlockHasher::new(old_bs);
+            h.update(&huge0);
+            v["blocks"] = serde_json::to_value(h.finish()).unwrap();
+        }
+        serde_json::to_writer(&mut old, &v).unwrap();
+        old.push(b'\n');
+    }
+    let manifest: Box<dyn BufRead + Send> = Box::new(std::io::Cursor::new(old));
+    let i1b = env
+        .run(
+            "I1b",
+            Mode::Strict,
+            Some((manifest, full.started)),
+            vec!["F".into()],
+        )
+        .await;
+    let huge1b = entry(&i1b.out, "huge");
+    assert_eq!(huge1b.blocks.as_ref().unwrap().size, old_bs);
+    assert!(
+        huge1b.extents.is_some(),
+        "compared by blocks, not stored whole"
+    );
+    // 1 + 2 + 1 changed 64 KiB blocks (the last one partial) and the growth; plus `small`.
+    let most = 4 * old_bs + 100_000 + 1000;
+    assert!(
+        i1b.out.bytes_stored <= most,
+        "stored {} content bytes, at most {most}",
+        i1b.out.bytes_stored
+    );
+    let target = env.dir.path().join("r1b");
+    env.restore(&[&i1b, &full], &target, &[]).await.unwrap();
+    assert_eq!(state(&target), s1);
 }

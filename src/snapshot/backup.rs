@@ -1,7 +1,7 @@
 //! The backup side of the engine (docs/design.md §3, §4). On a blocking thread: walk the source in
 //! manifest order, merge with the parent manifest (unchanged rule + racy-clean), write the tar
 //! stream of what is new or changed into parts (objects) cut into frames at entry boundaries,
-//! and write the complete manifest to a spool file as entries resolve. Strict mode hashes 64 KiB
+//! and write the complete manifest to a spool file as entries resolve. Strict mode hashes 16 KiB
 //! blocks; an incremental stores only the changed blocks of a changed file whose parent entry
 //! has block hashes (`.bdc-blocks/<n>` tar entries) and points the rest at the parent's bytes.
 //!
@@ -10,6 +10,7 @@
 //! in-order queue until their part is stored; a part is closed early when the queue grows, so
 //! memory stays bounded (≈ frame buffers + ≤ `MAX_QUEUE` entries + one folder listing per depth).
 
+mod blocks;
 mod content;
 mod parts;
 
@@ -34,10 +35,14 @@ use tokio_util::sync::CancellationToken;
 
 /// Entries waiting for their part before the part is closed early.
 const MAX_QUEUE: usize = 50_000;
-/// Strict mode: the block size of per-block hashes and block incrementals.
-pub const BLOCK_SIZE: u64 = 64 * 1024;
-/// Changed blocks in a row stored as one `.bdc-blocks` tar entry, at most.
-const RUN_BLOCKS: u64 = 64;
+/// Strict mode: the block size of the per-block hashes a file stored whole gets (two PostgreSQL
+/// pages). A block incremental compares at its parent entry's block size instead (older
+/// backups: 64 KiB), so a chain keeps one size per file until the next full.
+pub const BLOCK_SIZE: u64 = 16 * 1024;
+/// The parent block sizes a block incremental compares at (others: the file is stored whole).
+pub const PARENT_BLOCK_SIZES: std::ops::RangeInclusive<u64> = 4096..=(1 << 20);
+/// Changed bytes in a row stored as one `.bdc-blocks` tar entry, at most (whole blocks).
+const RUN_BYTES: u64 = 4 << 20;
 
 /// The parent snapshot an incremental compares with.
 pub struct Parent {
@@ -518,7 +523,9 @@ impl Engine {
             let base = old.filter(|o| {
                 !self.lenient()
                     && o.kind == EntryKind::File
-                    && o.blocks.as_ref().is_some_and(|b| b.size == BLOCK_SIZE)
+                    && o.blocks
+                        .as_ref()
+                        .is_some_and(|b| PARENT_BLOCK_SIZES.contains(&b.size))
                     && o.has_content()
             });
             match self.read_file(&item, &mut e, base.as_ref())? {

@@ -1,23 +1,21 @@
 //! Reading a file's content into the snapshot's tar stream: whole files (pinned size, SHA-256
-//! and strict mode's block hashes as read, lenient mode's re-read of a file that changed) and
-//! block incrementals (only the changed 64 KiB blocks stored, the rest pointing at the parent).
+//! and strict mode's block hashes as read, lenient mode's re-read of a file that changed); block
+//! incrementals are [`super::blocks`]'.
 
 use super::super::SnapshotError;
-use super::super::manifest::{
-    BlockHasher, BlockHashes, Entry, EntryKind, Extent, block_hash, content_pieces, push_extent,
-};
+use super::super::manifest::{BlockHasher, BlockHashes, Entry, EntryKind};
 use super::super::path::ByteName;
 use super::super::tar::{self, TarKind};
 use super::super::walk::Item;
 use super::parts::Pending;
-use super::{BLOCK_SIZE, Engine, RUN_BLOCKS};
+use super::{BLOCK_SIZE, Engine};
 use sha2::{Digest, Sha256};
 use std::fs::File;
-use std::io::{self, Read, Seek};
+use std::io::{self, Seek};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 
 /// Read size for file content.
-const READ_CHUNK: usize = 256 * 1024;
+pub(super) const READ_CHUNK: usize = 256 * 1024;
 
 /// One `read(2)` of at most `want` bytes appended to `buf` (into its spare capacity: no zeroing
 /// of memory the read overwrites anyway). Returns the bytes read.
@@ -105,9 +103,9 @@ impl Engine {
                 hook(&item.path, &item.abs, attempt);
             }
             if let Some(base) = base
-                && size >= BLOCK_SIZE
+                && base.blocks.as_ref().is_some_and(|b| size >= b.size)
             {
-                let pending = self.copy_blocks(&mut file, size, e, base)?;
+                let pending = self.copy_blocks(&file, size, e, base)?;
                 if before.blocks() * 512 < size {
                     e.sparse = sparse_map(&file, size);
                 }
@@ -232,145 +230,6 @@ impl Engine {
             error,
             blocks.map(BlockHasher::finish),
         ))
-    }
-
-    /// A block incremental of a changed file (strict mode, the parent entry `base` has block
-    /// hashes of [`BLOCK_SIZE`]): every block is read and hashed; a block whose hash and length
-    /// equal the parent's block at the same index points at the parent's bytes (its data or
-    /// extents), the others are stored in `.bdc-blocks/<n>` tar entries (runs of up to
-    /// [`RUN_BLOCKS`]). Exactly `size` bytes as in [`Self::copy_content`] (pinned size).
-    /// Sets `e.blocks` and `e.extents` (the inherited ones; the stored runs are returned and
-    /// merged in when their part is stored).
-    pub(super) fn copy_blocks(
-        &mut self,
-        file: &mut File,
-        size: u64,
-        e: &mut Entry,
-        base: &Entry,
-    ) -> Result<Vec<Pending>, SnapshotError> {
-        let old = base.blocks.as_ref().expect("checked by the caller");
-        let nblocks = size.div_ceil(BLOCK_SIZE);
-        let mut hashes = String::with_capacity(nblocks as usize * 32);
-        let mut inherited: Vec<Extent> = Vec::new();
-        let mut pending = Vec::new();
-        let mut run: Vec<u8> = Vec::new();
-        let mut run_at = 0u64;
-        let mut block = vec![0u8; BLOCK_SIZE as usize];
-        let mut short = false;
-        for i in 0..nblocks {
-            let at = i * BLOCK_SIZE;
-            let want = BLOCK_SIZE.min(size - at) as usize;
-            let mut got = 0usize;
-            while got < want {
-                if short {
-                    block[got..want].fill(0);
-                    break;
-                }
-                match file.read(&mut block[got..want]) {
-                    Ok(0) => short = true,
-                    Ok(n) => {
-                        got += n;
-                        self.bytes_read += n as u64;
-                    }
-                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                    Err(err) => {
-                        return Err(SnapshotError::Strict {
-                            path: e.path.display(),
-                            reason: format!("read failed: {err}"),
-                        });
-                    }
-                }
-            }
-            let data = &block[..want];
-            let h = block_hash(data);
-            let h = std::str::from_utf8(&h).expect("hex");
-            hashes.push_str(h);
-            let old_len = base.size.saturating_sub(at).min(BLOCK_SIZE) as usize;
-            let mut same = old_len == want && old.get(i as usize) == Some(h);
-            if same {
-                let pieces = content_pieces(base, at, want as u64);
-                if pieces.iter().map(|x| x.len).sum::<u64>() == want as u64 {
-                    if !run.is_empty() {
-                        pending.push(self.store_run(e, run_at, &run)?);
-                        run.clear();
-                    }
-                    for x in pieces {
-                        push_extent(&mut inherited, x);
-                    }
-                } else {
-                    same = false;
-                }
-            }
-            if !same {
-                // Only stored blocks are inspected (page checksums): an unchanged block is the
-                // content the parent backup inspected already.
-                if let Some(hook) = &self.cfg.inspect {
-                    let found = hook(&e.path, file, at, data);
-                    self.warnings.extend(found);
-                }
-                if run.is_empty() {
-                    run_at = at;
-                }
-                run.extend_from_slice(data);
-                if run.len() as u64 >= RUN_BLOCKS * BLOCK_SIZE {
-                    pending.push(self.store_run(e, run_at, &run)?);
-                    run.clear();
-                }
-            }
-        }
-        if !run.is_empty() {
-            pending.push(self.store_run(e, run_at, &run)?);
-        }
-        e.sha256 = None;
-        e.data = None;
-        e.blocks = Some(BlockHashes {
-            size: BLOCK_SIZE,
-            xxh3: hashes,
-        });
-        e.extents = Some(inherited);
-        Ok(pending)
-    }
-
-    /// Writes changed blocks as one `./.bdc-blocks/<n>` tar entry (no real entry's tar name
-    /// starts with `./`).
-    pub(super) fn store_run(
-        &mut self,
-        e: &Entry,
-        at: u64,
-        run: &[u8],
-    ) -> Result<Pending, SnapshotError> {
-        let name = format!("./.bdc-blocks/{}", self.runs);
-        self.runs += 1;
-        let meta = Entry {
-            mode: 0o600,
-            uid: 0,
-            gid: 0,
-            user: None,
-            group: None,
-            blocks: None,
-            extents: None,
-            ..e.clone()
-        };
-        let len = run.len() as u64;
-        self.header_named(&meta, name.as_bytes(), TarKind::File, len, b"")?;
-        let start = self.parts.part().offset();
-        let seq = self.parts.part().seq;
-        for chunk in run.chunks(READ_CHUNK) {
-            self.parts.write(chunk);
-            if self.parts.part().buf.len() >= self.parts.frame_size {
-                self.parts.send_frame()?;
-            }
-        }
-        let pad = tar::padding(len);
-        self.parts.write(&vec![0u8; pad]);
-        self.parts.entry_done()?;
-        self.bytes_stored += len;
-        Ok(Pending {
-            seq,
-            start,
-            len,
-            at: Some(at),
-        })
     }
 }
 
