@@ -133,6 +133,12 @@ impl Engine {
                     for x in pieces {
                         push_extent(&mut w.inherited, x);
                     }
+                    // Read but not stored: the run's progress counts it as read (the stored
+                    // blocks are counted by the pipeline as they pass).
+                    self.parts
+                        .progress
+                        .bytes_read
+                        .fetch_add(want as u64, std::sync::atomic::Ordering::Relaxed);
                 } else {
                     same = false;
                 }
