@@ -134,6 +134,31 @@ impl Env {
         .await
     }
 
+    /// An incremental of `parent` whose manifest is first rewritten line by line by `edit` (as
+    /// an older version would have written it).
+    async fn incremental_on_rewritten(
+        &self,
+        id: &str,
+        parent: &Run,
+        mut edit: impl FnMut(&mut serde_json::Value),
+    ) -> Run {
+        let mut text = Vec::new();
+        for line in BufReader::new(parent.out.manifest.reopen().unwrap()).lines() {
+            let mut v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+            edit(&mut v);
+            serde_json::to_writer(&mut text, &v).unwrap();
+            text.push(b'\n');
+        }
+        let manifest: Box<dyn BufRead + Send> = Box::new(std::io::Cursor::new(text));
+        self.run(
+            id,
+            Mode::Strict,
+            Some((manifest, parent.started)),
+            vec![parent.id.clone()],
+        )
+        .await
+    }
+
     /// Restores `chain[0]` (objects of the whole chain available) into `target`.
     async fn restore(
         &self,
@@ -386,26 +411,15 @@ async fn a_parent_without_block_hashes_means_whole_files() {
     let env = Env::new();
     let src = setup(&env);
     let full = env.run("F", Mode::Strict, None, vec![]).await;
-    // The same manifest as an older version wrote it: no `blocks`.
-    let mut old = Vec::new();
-    for line in BufReader::new(full.out.manifest.reopen().unwrap()).lines() {
-        let mut v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
-        if let Some(o) = v.as_object_mut() {
-            o.remove("blocks");
-        }
-        serde_json::to_writer(&mut old, &v).unwrap();
-        old.push(b'\n');
-    }
     overwrite(&src.join("big"), 5 * B, &noise(30, 100));
     let s1 = state(&src);
-    let manifest: Box<dyn BufRead + Send> = Box::new(std::io::Cursor::new(old));
+    // The same manifest as an older version wrote it: no `blocks`.
     let i1 = env
-        .run(
-            "I1",
-            Mode::Strict,
-            Some((manifest, full.started)),
-            vec!["F".into()],
-        )
+        .incremental_on_rewritten("I1", &full, |v| {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("blocks");
+            }
+        })
         .await;
     assert_eq!(i1.out.files_by_blocks, 0);
     assert!(i1.out.bytes_stored >= 40 * B + 1000);
@@ -493,25 +507,14 @@ async fn a_file_of_many_read_chunks_and_an_older_block_size_kept() {
     // The same full as an older version wrote it, with 64 KiB blocks: an incremental compares
     // `huge` at 64 KiB (its entry keeps that size) instead of storing it whole.
     let old_bs = 64 * 1024;
-    let mut old = Vec::new();
-    for line in BufReader::new(full.out.manifest.reopen().unwrap()).lines() {
-        let mut v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
-        if v.get("path").and_then(|p| p.as_str()) == Some("huge") {
-            let mut h = BlockHasher::new(old_bs);
-            h.update(&huge0);
-            v["blocks"] = serde_json::to_value(h.finish()).unwrap();
-        }
-        serde_json::to_writer(&mut old, &v).unwrap();
-        old.push(b'\n');
-    }
-    let manifest: Box<dyn BufRead + Send> = Box::new(std::io::Cursor::new(old));
     let i1b = env
-        .run(
-            "I1b",
-            Mode::Strict,
-            Some((manifest, full.started)),
-            vec!["F".into()],
-        )
+        .incremental_on_rewritten("I1b", &full, |v| {
+            if v.get("path").and_then(|p| p.as_str()) == Some("huge") {
+                let mut h = BlockHasher::new(old_bs);
+                h.update(&huge0);
+                v["blocks"] = serde_json::to_value(h.finish()).unwrap();
+            }
+        })
         .await;
     let huge1b = entry(&i1b.out, "huge");
     assert_eq!(huge1b.blocks.as_ref().unwrap().size, old_bs);

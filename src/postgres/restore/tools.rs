@@ -100,6 +100,23 @@ impl ToolCtx<'_> {
     }
 }
 
+/// The database's archive as a checked stream from the repository.
+async fn open_archive(
+    ctx: &ToolCtx<'_>,
+    repository: &Repository,
+    identities: &Identities,
+    db: &DumpedDatabase,
+) -> Result<impl tokio::io::AsyncRead + Unpin, RestoreError> {
+    pipeline::open_stream(&repository.store, &db.object, identities)
+        .await
+        .map_err(|source| RestoreError::Read {
+            job: ctx.job.clone(),
+            backup: ctx.backup.clone(),
+            database: ctx.database.clone(),
+            source,
+        })
+}
+
 /// Streams the archive from the repository into `pg_restore` (one transaction: a stream that
 /// fails its checks part-way leaves nothing behind, as pg_restore never sees the end).
 pub(super) async fn stream_restore(
@@ -110,14 +127,7 @@ pub(super) async fn stream_restore(
     db: &DumpedDatabase,
     target_url: &str,
 ) -> Result<(), RestoreError> {
-    let mut source = pipeline::open_stream(&repository.store, &db.object, identities)
-        .await
-        .map_err(|source| RestoreError::Read {
-            job: ctx.job.clone(),
-            backup: ctx.backup.clone(),
-            database: ctx.database.clone(),
-            source,
-        })?;
+    let mut source = open_archive(ctx, repository, identities, db).await?;
     let mut cmd = Command::new(&bins.pg_restore);
     cmd.args([
         "--no-password",
@@ -212,14 +222,7 @@ pub(super) async fn spool(
             have,
         });
     }
-    let mut source = pipeline::open_stream(&repository.store, &db.object, identities)
-        .await
-        .map_err(|source| RestoreError::Read {
-            job: ctx.job.clone(),
-            backup: ctx.backup.clone(),
-            database: ctx.database.clone(),
-            source,
-        })?;
+    let mut source = open_archive(ctx, repository, identities, db).await?;
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

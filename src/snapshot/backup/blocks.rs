@@ -87,10 +87,7 @@ impl Engine {
             self.compare_chunk(&mut walk, e, file, at, &buf[..len])?;
             at += len as u64;
         }
-        if !walk.run.is_empty() {
-            let run = std::mem::take(&mut walk.run);
-            walk.pending.push(self.store_run(e, walk.run_at, &run)?);
-        }
+        self.flush_run(&mut walk, e)?;
         e.sha256 = None;
         e.data = None;
         e.blocks = Some(BlockHashes {
@@ -124,12 +121,7 @@ impl Engine {
             if same {
                 let pieces = content_pieces(w.base, at, want as u64);
                 if pieces.iter().map(|x| x.len).sum::<u64>() == want as u64 {
-                    if !w.run.is_empty() {
-                        let run = std::mem::take(&mut w.run);
-                        w.pending.push(self.store_run(e, w.run_at, &run)?);
-                        w.run = run;
-                        w.run.clear();
-                    }
+                    self.flush_run(w, e)?;
                     for x in pieces {
                         push_extent(&mut w.inherited, x);
                     }
@@ -155,13 +147,22 @@ impl Engine {
                 }
                 w.run.extend_from_slice(data);
                 if w.run.len() as u64 + bs > RUN_BYTES {
-                    let run = std::mem::take(&mut w.run);
-                    w.pending.push(self.store_run(e, w.run_at, &run)?);
-                    w.run = run;
-                    w.run.clear();
+                    self.flush_run(w, e)?;
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Stores the run of changed blocks gathered so far (if any) and starts a new one.
+    fn flush_run(&mut self, w: &mut Walk<'_>, e: &Entry) -> Result<(), SnapshotError> {
+        if w.run.is_empty() {
+            return Ok(());
+        }
+        let run = std::mem::take(&mut w.run);
+        w.pending.push(self.store_run(e, w.run_at, &run)?);
+        w.run = run;
+        w.run.clear();
         Ok(())
     }
 
