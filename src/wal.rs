@@ -10,8 +10,36 @@ pub mod name;
 pub mod partial;
 pub mod push;
 pub mod seal;
+pub mod staged;
 
 pub use fetch::{FetchError, Fetched, fetch};
 pub use format::ArchiveInfo;
 pub use header::{ClusterIdentity, WalHeader};
 pub use name::{WalKind, WalName};
+
+/// WAL files for unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::io::Write;
+
+    /// A segment of `size` bytes (1 MiB segments: segment 1) with a long header naming `sysid`.
+    pub fn segment(sysid: u64, size: usize) -> Vec<u8> {
+        let mut b = vec![7u8; size];
+        b[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        b[2..4].copy_from_slice(&0x0006u16.to_le_bytes());
+        b[4..8].copy_from_slice(&1u32.to_le_bytes());
+        // segment 1 of 1 MiB segments
+        b[8..16].copy_from_slice(&(1u64 << 20).to_le_bytes());
+        b[24..32].copy_from_slice(&sysid.to_le_bytes());
+        b[32..36].copy_from_slice(&((1u32 << 20).to_le_bytes()));
+        b[36..40].copy_from_slice(&8192u32.to_le_bytes());
+        b
+    }
+
+    /// An unnamed temporary file holding `bytes`.
+    pub fn file_with(bytes: &[u8]) -> std::fs::File {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(bytes).unwrap();
+        f
+    }
+}

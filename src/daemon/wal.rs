@@ -13,10 +13,11 @@ use crate::model::{JobKindName, JobStatus, WalBacklog, WalStatus};
 use crate::pipeline::PipelineSettings;
 use crate::protocol::{ErrorBody, ErrorCode, Reply, Response};
 use crate::repository::Repository;
+use crate::repository::local::LocalWriter;
 use crate::state::WalArchived;
 use crate::wal::push::{
     Precheck, PushError, SealedWal, Stored, copy_archived, ensure_archive_info, is_stored,
-    precheck, recycle_object, seal_wal_file, store_prechecked,
+    precheck, recycle_object, seal_wal_file_staged, store_prechecked,
 };
 use crate::wal::{ClusterIdentity, WalKind, WalName, format::object_key};
 use ahead::{FileId, Shipped, ship_ahead};
@@ -332,14 +333,15 @@ async fn push_inner(
     let seal_name = wal_name.clone();
     let seal_setup = setup.clone();
     let sealing = tokio::task::spawn_blocking(move || {
-        seal_wal_file(&file, &seal_name, &cluster, &seal_setup.settings)
+        // The first sync repository, when local, gets the object as it is encrypted.
+        let staged = crate::wal::staged::open(&seal_setup.sync[0], &cluster, &seal_name);
+        seal_wal_file_staged(&file, &seal_name, &cluster, &seal_setup.settings, staged)
     });
     // Meanwhile every sync repository's archive.json is read and the name looked up.
     let (sealed, checked) = tokio::join!(sealing, prechecks(&setup, &cluster, &wal_name));
-    let wal = sealed
-        .map_err(|e| format!("reading the file failed: {e}"))?
-        .map_err(|e| error_chain(&e))?;
-    let stored = store_everywhere(&setup, &cluster, &wal, checked, now).await;
+    let (wal, staged) = sealed.map_err(|e| format!("reading the file failed: {e}"))?;
+    let wal = wal.map_err(|e| error_chain(&e))?;
+    let stored = store_everywhere(&setup, &cluster, &wal, checked, staged, now).await;
     let wal_size = wal.size;
     let wal_sha256 = wal.sha256;
     recycle_object(wal.object);
@@ -381,15 +383,20 @@ async fn store_everywhere(
     cluster: &ClusterIdentity,
     wal: &SealedWal,
     checked: Vec<Result<Precheck, PushError>>,
+    staged: Option<LocalWriter>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<(String, Vec<String>), String> {
-    let results = futures::future::join_all(setup.sync.iter().zip(checked).map(
-        |(repo, checked)| async move {
-            let limit = upload_timeout(wal.size as usize);
-            store_prechecked(repo, cluster, wal, &checked?, now, limit).await
-        },
-    ))
-    .await;
+    // The staged object belongs to the first sync repository (see push_inner).
+    let mut staged = std::iter::once(staged).chain(std::iter::repeat_with(|| None));
+    let results =
+        futures::future::join_all(setup.sync.iter().zip(checked).map(|(repo, checked)| {
+            let staged = staged.next().flatten();
+            async move {
+                let limit = upload_timeout(wal.size as usize);
+                store_prechecked(repo, cluster, wal, &checked?, staged, now, limit).await
+            }
+        }))
+        .await;
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     for (repo, result) in setup.sync.iter().zip(results) {

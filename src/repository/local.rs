@@ -219,6 +219,7 @@ impl LocalStore {
             staging,
             file: Some(Arc::new(file)),
             written: 0,
+            kicked: 0,
         })
     }
 
@@ -480,11 +481,49 @@ pub struct LocalWriter {
     staging: PathBuf,
     file: Option<Arc<File>>,
     written: u64,
+    /// Bytes whose writeback [`LocalWriter::start_writeback`] has started.
+    kicked: u64,
 }
 
 impl LocalWriter {
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Points the upload at another key (validated as [`LocalStore::path_of`] does): a WAL
+    /// object is written while it is sealed, before the hash its key carries is known.
+    pub fn retarget(&mut self, key: &str) -> Result<(), StoreError> {
+        self.target = self.store.path_of(key)?;
+        self.key = key.to_string();
+        Ok(())
+    }
+
+    /// Starts the writeback of what was written since the last call (`sync_file_range` with
+    /// `SYNC_FILE_RANGE_WRITE`: asynchronous, a hint), so that the fsync of
+    /// [`LocalWriter::finish`] finds little left to write. Durability is that fsync's alone.
+    pub fn start_writeback(&mut self) {
+        use std::os::fd::AsRawFd;
+        let Some(file) = &self.file else { return };
+        let (Ok(from), Ok(len)) = (
+            i64::try_from(self.kicked),
+            i64::try_from(self.written - self.kicked),
+        ) else {
+            return;
+        };
+        if len == 0 {
+            return;
+        }
+        // SAFETY: a plain system call on a descriptor this writer keeps open; it reads no
+        // memory of ours. Its result is ignored: it only starts writeback early.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), from, len, libc::SYNC_FILE_RANGE_WRITE);
+        }
+        self.kicked = self.written;
     }
 
     pub fn staging_path(&self) -> &Path {

@@ -7,6 +7,7 @@ use super::header::{ClusterIdentity, HeaderError};
 use super::name::WalName;
 use crate::error::{Classify, Retry};
 use crate::pipeline::{PipelineError, PipelineSettings};
+use crate::repository::local::LocalWriter;
 use crate::repository::{ObjectRecord, Repository, StoreError};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -130,7 +131,9 @@ impl Classify for PushError {
     }
 }
 
-pub use super::seal::{SealedWal, WalFile, read_wal_file, recycle_object, seal, seal_wal_file};
+pub use super::seal::{
+    SealedWal, WalFile, read_wal_file, recycle_object, seal, seal_wal_file, seal_wal_file_staged,
+};
 
 /// Runs a store call with a bound.
 pub async fn bounded<T, E>(
@@ -378,6 +381,7 @@ pub async fn store_prechecked(
     cluster: &ClusterIdentity,
     wal: &SealedWal,
     checked: &Precheck,
+    staged: Option<LocalWriter>,
     now: DateTime<Utc>,
     limit: Duration,
 ) -> Result<Stored, PushError> {
@@ -397,7 +401,13 @@ pub async fn store_prechecked(
             key: object_key(cluster, &wal.name, &wal.sha256),
         });
     }
-    write_sealed(repo, cluster, wal, limit).await
+    match staged {
+        // Written while sealed (exactly the object: see `seal_wal_file_staged`).
+        Some(staged) => {
+            super::staged::publish(repo, staged, cluster, &wal.name, &wal.sha256, limit).await
+        }
+        None => write_sealed(repo, cluster, wal, limit).await,
+    }
 }
 
 /// [`store_wal`] for a [`SealedWal`]: the duplicate rules, then its bytes written as they are
@@ -514,26 +524,7 @@ pub async fn copy_archived(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-
-    fn segment(sysid: u64, size: usize) -> Vec<u8> {
-        let mut b = vec![7u8; size];
-        b[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
-        b[2..4].copy_from_slice(&0x0006u16.to_le_bytes());
-        b[4..8].copy_from_slice(&1u32.to_le_bytes());
-        // segment 1 of 1 MiB segments
-        b[8..16].copy_from_slice(&(1u64 << 20).to_le_bytes());
-        b[24..32].copy_from_slice(&sysid.to_le_bytes());
-        b[32..36].copy_from_slice(&((1u32 << 20).to_le_bytes()));
-        b[36..40].copy_from_slice(&8192u32.to_le_bytes());
-        b
-    }
-
-    fn file_with(bytes: &[u8]) -> std::fs::File {
-        let mut f = tempfile::tempfile().unwrap();
-        f.write_all(bytes).unwrap();
-        f
-    }
+    use crate::wal::testing::{file_with, segment};
 
     #[test]
     fn checks_size_and_system() {

@@ -6,7 +6,9 @@
 use super::header::{ClusterIdentity, WalHeader};
 use super::name::{WalKind, WalName};
 use super::push::{MAX_SMALL_FILE, PushError};
+use super::staged::Tee;
 use crate::pipeline::{PipelineError, PipelineSettings};
+use crate::repository::local::LocalWriter;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use std::io::{self, Write};
@@ -255,15 +257,33 @@ pub fn seal_wal_file(
     cluster: &ClusterIdentity,
     settings: &PipelineSettings,
 ) -> Result<SealedWal, PushError> {
+    seal_wal_file_staged(file, name, cluster, settings, None).0
+}
+
+/// [`seal_wal_file`], writing a zstd segment's object also into `staged` (a local repository's
+/// staging file, see [`super::staged`]) as it is encrypted. Returns the staging file only when it
+/// holds exactly the object (otherwise it is dropped, which removes it). Blocking.
+pub fn seal_wal_file_staged(
+    file: &std::fs::File,
+    name: &WalName,
+    cluster: &ClusterIdentity,
+    settings: &PipelineSettings,
+    staged: Option<LocalWriter>,
+) -> (Result<SealedWal, PushError>, Option<LocalWriter>) {
     let mut buf = take_from(&BUFFERS);
     let zstd = settings.compression.algorithm == crate::catalogue::Compression::Zstd;
     let result = if zstd && is_segment(name) {
-        seal_frames(file, name, cluster, settings, &mut buf)
+        seal_frames(file, name, cluster, settings, &mut buf, staged)
     } else {
-        read_checked(file, name, cluster, &mut buf).and_then(|_| seal_whole(&buf, name, settings))
+        let sealed = read_checked(file, name, cluster, &mut buf)
+            .and_then(|_| seal_whole(&buf, name, settings));
+        (sealed, None)
     };
     give_to(&BUFFERS, buf);
-    result
+    match result {
+        (Ok(sealed), staged) => (Ok(sealed), staged),
+        (Err(err), _) => (Err(err), None),
+    }
 }
 
 fn pipeline_failed(name: &WalName) -> impl Fn(PipelineError) -> PushError + '_ {
@@ -274,12 +294,12 @@ fn pipeline_failed(name: &WalName) -> impl Fn(PipelineError) -> PushError + '_ {
     }
 }
 
-/// The age writer of an object, into a kept buffer.
-fn age_writer(
+/// The age writer of an object, into `out`.
+fn age_writer<W: Write>(
     name: &WalName,
     settings: &PipelineSettings,
-    size_hint: usize,
-) -> Result<age::stream::StreamWriter<Vec<u8>>, PushError> {
+    out: W,
+) -> Result<age::stream::StreamWriter<W>, PushError> {
     let failed = pipeline_failed(name);
     if settings.recipients.is_empty() {
         return Err(failed(PipelineError::Encrypt(
@@ -290,12 +310,17 @@ fn age_writer(
         settings.recipients.iter().map(|r| r as &dyn age::Recipient),
     )
     .map_err(|e| failed(PipelineError::Encrypt(e.to_string())))?;
-    let mut out = take_from(&OBJECTS);
-    out.clear();
-    out.reserve(size_hint);
     encryptor
         .wrap_output(out)
         .map_err(|e| failed(PipelineError::Encrypt(e.to_string())))
+}
+
+/// A kept object buffer with room for `size_hint` bytes.
+fn object_buffer(size_hint: usize) -> Vec<u8> {
+    let mut out = take_from(&OBJECTS);
+    out.clear();
+    out.reserve(size_hint);
+    out
 }
 
 /// A zstd segment, frame by frame (see [`seal_wal_file`]).
@@ -305,6 +330,21 @@ fn seal_frames(
     cluster: &ClusterIdentity,
     settings: &PipelineSettings,
     buf: &mut Vec<u8>,
+    staged: Option<LocalWriter>,
+) -> (Result<SealedWal, PushError>, Option<LocalWriter>) {
+    let mut staged = staged;
+    let sealed = seal_frames_into(file, name, cluster, settings, buf, &mut staged);
+    (sealed, staged)
+}
+
+/// [`seal_frames`]: `staged` is taken by the object's [`Tee`] and given back when whole.
+fn seal_frames_into(
+    file: &std::fs::File,
+    name: &WalName,
+    cluster: &ClusterIdentity,
+    settings: &PipelineSettings,
+    buf: &mut Vec<u8>,
+    staged: &mut Option<LocalWriter>,
 ) -> Result<SealedWal, PushError> {
     use std::sync::mpsc;
     let failed = pipeline_failed(name);
@@ -319,7 +359,8 @@ fn seal_frames(
         // An empty file has no header: the header error names it.
         check_header(&[], name, size, cluster)?;
     }
-    let mut w = age_writer(name, settings, buf.len() / 2 + 4096)?;
+    let out = Tee::new(object_buffer(buf.len() / 2 + 4096), staged.take());
+    let mut w = age_writer(name, settings, out)?;
     let sha256 = std::thread::scope(|scope| -> Result<String, PushError> {
         let (hash_tx, hash_rx) = mpsc::channel::<&[u8]>();
         let hasher = scope.spawn(move || {
@@ -388,9 +429,11 @@ fn seal_frames(
             .join()
             .map_err(|_| failed(PipelineError::Task("the hashing thread failed".into())))
     })?;
-    let object = w
+    let (object, whole) = w
         .finish()
-        .map_err(|e| failed(PipelineError::Encrypt(e.to_string())))?;
+        .map_err(|e| failed(PipelineError::Encrypt(e.to_string())))?
+        .finish();
+    *staged = whole;
     Ok(SealedWal {
         name: name.clone(),
         size,
@@ -426,7 +469,7 @@ fn seal_whole(
     let workers = settings.compression.workers.clamp(1, frames.len().max(1));
     let zstd = settings.compression.algorithm == Compression::Zstd;
     let encrypt_err = |e: io::Error| failed(PipelineError::Encrypt(e.to_string()));
-    let mut w = age_writer(name, settings, plain.len() / 2 + 4096)?;
+    let mut w = age_writer(name, settings, object_buffer(plain.len() / 2 + 4096))?;
     let next = AtomicUsize::new(0);
     let (sha256, compression) = std::thread::scope(|scope| {
         let hasher = scope.spawn(|| hex::encode(Sha256::digest(plain)));

@@ -5,7 +5,7 @@
 
 use super::{Shared, WalSetup, prechecks, store_everywhere};
 use crate::error::error_chain;
-use crate::wal::push::{recycle_object, seal_wal_file};
+use crate::wal::push::{recycle_object, seal_wal_file_staged};
 use crate::wal::{ClusterIdentity, WalName};
 use std::collections::HashSet;
 use std::path::Path;
@@ -181,22 +181,25 @@ async fn ship_one(
         }
         let path = pg_wal.join(name);
         let seal_setup = setup.clone();
-        let (id, wal) = tokio::task::spawn_blocking(move || {
+        let (id, wal, staged) = tokio::task::spawn_blocking(move || {
             let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
             let before = file.metadata().map_err(|e| e.to_string())?;
-            let wal = seal_wal_file(&file, &wal_name, &cluster, &seal_setup.settings)
-                .map_err(|e| error_chain(&e))?;
+            let staged = crate::wal::staged::open(&seal_setup.sync[0], &cluster, &wal_name);
+            let (wal, staged) =
+                seal_wal_file_staged(&file, &wal_name, &cluster, &seal_setup.settings, staged);
+            let wal = wal.map_err(|e| error_chain(&e))?;
             let after = file.metadata().map_err(|e| e.to_string())?;
             let id = FileId::of(&before);
             if id != FileId::of(&after) {
                 return Err("the file changed while it was read".to_string());
             }
-            Ok((id, wal))
+            Ok((id, wal, staged))
         })
         .await
         .map_err(|e| e.to_string())??;
         let checked = prechecks(setup, &cluster, &wal.name).await;
-        let stored = store_everywhere(setup, &cluster, &wal, checked, shared.clock.now()).await;
+        let now = shared.clock.now();
+        let stored = store_everywhere(setup, &cluster, &wal, checked, staged, now).await;
         let sha256 = wal.sha256.clone();
         recycle_object(wal.object);
         let (key, _) = stored?;
