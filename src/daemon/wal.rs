@@ -334,7 +334,8 @@ async fn push_inner(
     let seal_setup = setup.clone();
     let sealing = tokio::task::spawn_blocking(move || {
         // The first sync repository, when local, gets the object as it is encrypted.
-        let staged = crate::wal::staged::open(&seal_setup.sync[0], &cluster, &seal_name);
+        let first = seal_setup.sync.first();
+        let staged = first.and_then(|repo| crate::wal::staged::open(repo, &cluster, &seal_name));
         seal_wal_file_staged(&file, &seal_name, &cluster, &seal_setup.settings, staged)
     });
     // Meanwhile every sync repository's archive.json is read and the name looked up.

@@ -184,7 +184,8 @@ async fn ship_one(
         let (id, wal, staged) = tokio::task::spawn_blocking(move || {
             let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
             let before = file.metadata().map_err(|e| e.to_string())?;
-            let staged = crate::wal::staged::open(&seal_setup.sync[0], &cluster, &wal_name);
+            let first = seal_setup.sync.first();
+            let staged = first.and_then(|repo| crate::wal::staged::open(repo, &cluster, &wal_name));
             let (wal, staged) =
                 seal_wal_file_staged(&file, &wal_name, &cluster, &seal_setup.settings, staged);
             let wal = wal.map_err(|e| error_chain(&e))?;
