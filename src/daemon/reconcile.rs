@@ -139,6 +139,9 @@ pub async fn backups(shared: &Arc<Shared>) {
                 continue;
             }
         };
+        // The rows to check are read before the listing: a row recorded meanwhile (a replica the
+        // replicator lands while this runs) is not in the listing and must not be forgotten.
+        let before = shared.state.backups(None, Some(&repo.name)).await;
         let (records, bad) = match repo.list_commits(None).await {
             Ok(found) => found,
             Err(err) => {
@@ -160,7 +163,7 @@ pub async fn backups(shared: &Arc<Shared>) {
                 tracing::error!(error = %err, "state DB: cannot record a backup");
             }
         }
-        if let Ok(rows) = shared.state.backups(None, Some(&repo.name)).await {
+        if let Ok(rows) = before {
             for row in rows {
                 if !present.contains(&(row.job.clone(), row.backup_id.clone())) {
                     tracing::warn!(job = %row.job, backup_id = %row.backup_id, repository = %repo.name,
