@@ -36,6 +36,29 @@ pub(crate) mod testing {
         b
     }
 
+    /// The cluster of [`segment`]`(42, …)`: system identifier 42, PostgreSQL 15.
+    pub fn cluster() -> super::ClusterIdentity {
+        super::ClusterIdentity {
+            system_identifier: 42,
+            pg_major: 15,
+        }
+    }
+
+    /// zstd level 1 on 2 workers, frames of 100 000 bytes (a segment of [`segment`] is several),
+    /// encrypted to `key`.
+    pub fn zstd_settings(key: &age::x25519::Identity) -> crate::pipeline::PipelineSettings {
+        let mut settings = crate::pipeline::PipelineSettings::new(
+            crate::catalogue::CompressionSettings {
+                algorithm: crate::catalogue::Compression::Zstd,
+                level: 1,
+                workers: 2,
+            },
+            vec![key.to_public()],
+        );
+        settings.frame_size = 100_000;
+        settings
+    }
+
     /// An unnamed temporary file holding `bytes`.
     pub fn file_with(bytes: &[u8]) -> std::fs::File {
         let mut f = tempfile::tempfile().unwrap();

@@ -222,6 +222,17 @@ impl WalArchiver {
 
 impl WalSetup {
     /// The pipeline settings (recipients, compression) of WAL objects.
+    /// Reads, checks and seals a WAL file for every sync repository; the first one, when local,
+    /// gets the object in a staging file as it is encrypted (`wal::staged`). Blocking.
+    fn seal(
+        &self,
+        file: &std::fs::File,
+        name: &WalName,
+        cluster: &ClusterIdentity,
+    ) -> Result<(SealedWal, Option<LocalWriter>), PushError> {
+        seal_wal_file_staged(file, name, cluster, &self.settings, self.sync.first())
+    }
+
     pub(super) fn settings(&self) -> &PipelineSettings {
         &self.settings
     }
@@ -332,16 +343,12 @@ async fn push_inner(
     }
     let seal_name = wal_name.clone();
     let seal_setup = setup.clone();
-    let sealing = tokio::task::spawn_blocking(move || {
-        // The first sync repository, when local, gets the object as it is encrypted.
-        let first = seal_setup.sync.first();
-        let staged = first.and_then(|repo| crate::wal::staged::open(repo, &cluster, &seal_name));
-        seal_wal_file_staged(&file, &seal_name, &cluster, &seal_setup.settings, staged)
-    });
+    let sealing = tokio::task::spawn_blocking(move || seal_setup.seal(&file, &seal_name, &cluster));
     // Meanwhile every sync repository's archive.json is read and the name looked up.
     let (sealed, checked) = tokio::join!(sealing, prechecks(&setup, &cluster, &wal_name));
-    let (wal, staged) = sealed.map_err(|e| format!("reading the file failed: {e}"))?;
-    let wal = wal.map_err(|e| error_chain(&e))?;
+    let (wal, staged) = sealed
+        .map_err(|e| format!("reading the file failed: {e}"))?
+        .map_err(|e| error_chain(&e))?;
     let stored = store_everywhere(&setup, &cluster, &wal, checked, staged, now).await;
     let wal_size = wal.size;
     let wal_sha256 = wal.sha256;

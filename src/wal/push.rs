@@ -524,7 +524,7 @@ pub async fn copy_archived(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wal::testing::{file_with, segment};
+    use crate::wal::testing::{cluster, file_with, segment, zstd_settings};
 
     #[test]
     fn checks_size_and_system() {
@@ -566,20 +566,9 @@ mod tests {
 
     #[test]
     fn sealing_checks_the_file_like_reading_it() {
-        let id = ClusterIdentity {
-            system_identifier: 42,
-            pg_major: 15,
-        };
+        let id = cluster();
         let key = age::x25519::Identity::generate();
-        let mut settings = PipelineSettings::new(
-            crate::catalogue::CompressionSettings {
-                algorithm: crate::catalogue::Compression::Zstd,
-                level: 1,
-                workers: 2,
-            },
-            vec![key.to_public()],
-        );
-        settings.frame_size = 100_000;
+        let settings = zstd_settings(&key);
         let name = WalName::parse("000000010000000000000001").unwrap();
         let seal = |bytes: &[u8], name: &WalName| {
             seal_wal_file(&file_with(bytes), name, &id, &settings).map(|s| s.sha256)

@@ -8,6 +8,7 @@ use super::name::{WalKind, WalName};
 use super::push::{MAX_SMALL_FILE, PushError};
 use super::staged::Tee;
 use crate::pipeline::{PipelineError, PipelineSettings};
+use crate::repository::Repository;
 use crate::repository::local::LocalWriter;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -257,33 +258,32 @@ pub fn seal_wal_file(
     cluster: &ClusterIdentity,
     settings: &PipelineSettings,
 ) -> Result<SealedWal, PushError> {
-    seal_wal_file_staged(file, name, cluster, settings, None).0
+    seal_wal_file_staged(file, name, cluster, settings, None).map(|(sealed, _)| sealed)
 }
 
-/// [`seal_wal_file`], writing a zstd segment's object also into `staged` (a local repository's
-/// staging file, see [`super::staged`]) as it is encrypted. Returns the staging file only when it
-/// holds exactly the object (otherwise it is dropped, which removes it). Blocking.
+/// [`seal_wal_file`], writing a zstd segment's object also into a staging file of `stage_in`
+/// when that is a local repository (see [`super::staged`]) as it is encrypted. The staging file
+/// comes back only when it holds exactly the object (otherwise it is dropped, which removes it).
+/// Blocking.
 pub fn seal_wal_file_staged(
     file: &std::fs::File,
     name: &WalName,
     cluster: &ClusterIdentity,
     settings: &PipelineSettings,
-    staged: Option<LocalWriter>,
-) -> (Result<SealedWal, PushError>, Option<LocalWriter>) {
+    stage_in: Option<&Repository>,
+) -> Result<(SealedWal, Option<LocalWriter>), PushError> {
     let mut buf = take_from(&BUFFERS);
     let zstd = settings.compression.algorithm == crate::catalogue::Compression::Zstd;
     let result = if zstd && is_segment(name) {
+        let staged = stage_in.and_then(|repo| super::staged::open(repo, cluster, name));
         seal_frames(file, name, cluster, settings, &mut buf, staged)
     } else {
-        let sealed = read_checked(file, name, cluster, &mut buf)
-            .and_then(|_| seal_whole(&buf, name, settings));
-        (sealed, None)
+        read_checked(file, name, cluster, &mut buf)
+            .and_then(|_| seal_whole(&buf, name, settings))
+            .map(|sealed| (sealed, None))
     };
     give_to(&BUFFERS, buf);
-    match result {
-        (Ok(sealed), staged) => (Ok(sealed), staged),
-        (Err(err), _) => (Err(err), None),
-    }
+    result
 }
 
 fn pipeline_failed(name: &WalName) -> impl Fn(PipelineError) -> PushError + '_ {
@@ -331,21 +331,7 @@ fn seal_frames(
     settings: &PipelineSettings,
     buf: &mut Vec<u8>,
     staged: Option<LocalWriter>,
-) -> (Result<SealedWal, PushError>, Option<LocalWriter>) {
-    let mut staged = staged;
-    let sealed = seal_frames_into(file, name, cluster, settings, buf, &mut staged);
-    (sealed, staged)
-}
-
-/// [`seal_frames`]: `staged` is taken by the object's [`Tee`] and given back when whole.
-fn seal_frames_into(
-    file: &std::fs::File,
-    name: &WalName,
-    cluster: &ClusterIdentity,
-    settings: &PipelineSettings,
-    buf: &mut Vec<u8>,
-    staged: &mut Option<LocalWriter>,
-) -> Result<SealedWal, PushError> {
+) -> Result<(SealedWal, Option<LocalWriter>), PushError> {
     use std::sync::mpsc;
     let failed = pipeline_failed(name);
     let size = checked_size(file, name)?;
@@ -359,7 +345,7 @@ fn seal_frames_into(
         // An empty file has no header: the header error names it.
         check_header(&[], name, size, cluster)?;
     }
-    let out = Tee::new(object_buffer(buf.len() / 2 + 4096), staged.take());
+    let out = Tee::new(object_buffer(buf.len() / 2 + 4096), staged);
     let mut w = age_writer(name, settings, out)?;
     let sha256 = std::thread::scope(|scope| -> Result<String, PushError> {
         let (hash_tx, hash_rx) = mpsc::channel::<&[u8]>();
@@ -433,14 +419,14 @@ fn seal_frames_into(
         .finish()
         .map_err(|e| failed(PipelineError::Encrypt(e.to_string())))?
         .finish();
-    *staged = whole;
-    Ok(SealedWal {
+    let sealed = SealedWal {
         name: name.clone(),
         size,
         sha256,
         object: Bytes::from(object),
         compression: "zstd",
-    })
+    };
+    Ok((sealed, whole))
 }
 
 /// Compresses and encrypts `plain` (already read and checked) as a file read whole: the streamed

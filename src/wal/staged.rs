@@ -37,7 +37,7 @@ pub fn open(repo: &Repository, cluster: &ClusterIdentity, name: &WalName) -> Opt
 /// The encryptor's output: the whole object in memory, and a copy in the staging file while
 /// writing it succeeds (a failed write drops the staged copy, which removes its file).
 pub struct Tee {
-    pub buf: Vec<u8>,
+    buf: Vec<u8>,
     staged: Option<LocalWriter>,
     /// `buf[..sent]` is in the staging file.
     sent: usize,
@@ -136,10 +136,9 @@ pub async fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::PipelineSettings;
     use crate::wal::push::{Precheck, store_prechecked};
     use crate::wal::seal::seal_wal_file_staged;
-    use crate::wal::testing::{file_with, segment};
+    use crate::wal::testing::{cluster, file_with, segment, zstd_settings};
 
     fn staging_files(root: &std::path::Path) -> usize {
         std::fs::read_dir(root.join(".staging")).unwrap().count()
@@ -153,20 +152,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("repo");
         let repo = Repository::with_store("r", Store::local(&root).unwrap());
-        let id = ClusterIdentity {
-            system_identifier: 42,
-            pg_major: 15,
-        };
+        let id = cluster();
         let key = age::x25519::Identity::generate();
-        let mut settings = PipelineSettings::new(
-            crate::catalogue::CompressionSettings {
-                algorithm: crate::catalogue::Compression::Zstd,
-                level: 1,
-                workers: 2,
-            },
-            vec![key.to_public()],
-        );
-        settings.frame_size = 100_000; // several frames, several pieces of the staging file
+        // Frames of 100 000 bytes: several frames, several pieces of the staging file.
+        let settings = zstd_settings(&key);
         let name = WalName::parse("000000010000000000000001").unwrap();
         // Incompressible after the header: the object exceeds one piece of the staging file.
         // A 4 MiB segment (number 1): its long header says so.
@@ -187,12 +176,13 @@ mod tests {
         };
         let now = chrono::Utc::now();
 
-        let staged = open(&repo, &id, &name);
-        assert!(staged.is_some(), "a local repository gets a staging file");
+        let probe = open(&repo, &id, &name);
+        assert!(probe.is_some(), "a local repository gets a staging file");
         assert_eq!(staging_files(&root), 1);
+        drop(probe);
+        assert_eq!(staging_files(&root), 0, "a dropped staging file is removed");
         let (sealed, staged) =
-            seal_wal_file_staged(&file_with(&bytes), &name, &id, &settings, staged);
-        let sealed = sealed.unwrap();
+            seal_wal_file_staged(&file_with(&bytes), &name, &id, &settings, Some(&repo)).unwrap();
         let staged = staged.expect("the staging file holds the whole object");
         assert_eq!(staged.written(), sealed.object.len() as u64);
         assert!(
@@ -216,14 +206,9 @@ mod tests {
             archive_info: true,
             hashes: vec![sealed.sha256.clone()],
         };
-        let (again, staged) = seal_wal_file_staged(
-            &file_with(&bytes),
-            &name,
-            &id,
-            &settings,
-            open(&repo, &id, &name),
-        );
-        let again = again.unwrap();
+        let (again, staged) =
+            seal_wal_file_staged(&file_with(&bytes), &name, &id, &settings, Some(&repo)).unwrap();
+        assert!(staged.is_some());
         let stored = store_prechecked(&repo, &id, &again, &listed, staged, now, limit)
             .await
             .unwrap();
@@ -231,15 +216,14 @@ mod tests {
         assert_eq!(staging_files(&root), 0);
 
         // Another cluster's segment: refused, and its staging file removed.
-        let (bad, staged) = seal_wal_file_staged(
+        let bad = seal_wal_file_staged(
             &file_with(&segment(43, 1 << 20)),
             &name,
             &id,
             &settings,
-            open(&repo, &id, &name),
+            Some(&repo),
         );
         assert!(bad.is_err());
-        assert!(staged.is_none());
         assert_eq!(staging_files(&root), 0);
     }
 }

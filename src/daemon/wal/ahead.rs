@@ -5,7 +5,7 @@
 
 use super::{Shared, WalSetup, prechecks, store_everywhere};
 use crate::error::error_chain;
-use crate::wal::push::{recycle_object, seal_wal_file_staged};
+use crate::wal::push::recycle_object;
 use crate::wal::{ClusterIdentity, WalName};
 use std::collections::HashSet;
 use std::path::Path;
@@ -184,11 +184,9 @@ async fn ship_one(
         let (id, wal, staged) = tokio::task::spawn_blocking(move || {
             let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
             let before = file.metadata().map_err(|e| e.to_string())?;
-            let first = seal_setup.sync.first();
-            let staged = first.and_then(|repo| crate::wal::staged::open(repo, &cluster, &wal_name));
-            let (wal, staged) =
-                seal_wal_file_staged(&file, &wal_name, &cluster, &seal_setup.settings, staged);
-            let wal = wal.map_err(|e| error_chain(&e))?;
+            let (wal, staged) = seal_setup
+                .seal(&file, &wal_name, &cluster)
+                .map_err(|e| error_chain(&e))?;
             let after = file.metadata().map_err(|e| e.to_string())?;
             let id = FileId::of(&before);
             if id != FileId::of(&after) {
