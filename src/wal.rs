@@ -3,6 +3,7 @@
 //! Pushing ([`push`], run by the daemon) and fetching ([`fetch`], the ctl and `restore cluster`,
 //! no daemon needed) build on these.
 
+pub mod changes;
 pub mod fetch;
 pub mod format;
 pub mod header;

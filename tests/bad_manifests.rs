@@ -59,6 +59,7 @@ impl Env {
             fault_unreadable: None,
             before_read: None,
             inspect: None,
+            changed: None,
         };
         let walk = TreeWalk::new(&src, Filter::default(), true).unwrap();
         let engine_store = store.clone();

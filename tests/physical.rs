@@ -254,6 +254,17 @@ fn incremental_of_a_big_table_stores_changed_blocks_only() {
         i * 4 < f,
         "the incremental stores changed blocks only: {i1} vs {full}"
     );
+    // The WAL since the full's start says which blocks changed: the others are not even read.
+    let (fr, ir) = (
+        full["bytes_read"].as_u64().unwrap(),
+        i1["bytes_read"].as_u64().unwrap(),
+    );
+    let log = p.daemon_log();
+    assert!(
+        log.contains("reads only the blocks the WAL changed"),
+        "WAL change tracking was not used:\n{log}"
+    );
+    assert!(ir * 4 < fr, "the incremental read {ir} B, the full {fr} B");
     let id = i1["backup_id"].as_str().unwrap();
     let (out, restored) = p.restore(
         &format!("r-{id}"),

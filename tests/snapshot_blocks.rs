@@ -92,6 +92,7 @@ impl Env {
             fault_unreadable: None,
             before_read: None,
             inspect: None,
+            changed: None,
         };
         let walk = TreeWalk::new(&self.src(), Filter::default(), true).unwrap();
         let store = self.store.clone();

@@ -73,6 +73,7 @@ impl Env {
             fault_unreadable: unreadable.map(|u| ByteName(u.as_bytes().to_vec())),
             before_read: hook,
             inspect: None,
+            changed: None,
         };
         let walk = TreeWalk::new(&self.src(), Filter::default(), true).unwrap();
         let store = self.store.clone();

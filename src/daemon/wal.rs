@@ -63,6 +63,9 @@ pub struct WalSetup {
     ship_ahead: usize,
     /// `<data-directory>/pg_wal`, when the catalogue names the data directory.
     pg_wal: Option<PathBuf>,
+    /// The state directory, when segment change summaries are kept (the catalogue has a
+    /// `postgres-base` job, whose block incrementals read them: `wal::changes`).
+    changes_in: Option<PathBuf>,
 }
 
 /// The archiver's shared parts.
@@ -161,6 +164,11 @@ fn build_setup(catalogue: Arc<Catalogue>) -> Result<WalSetup, String> {
         .as_ref()
         .and_then(|pg| pg.data_directory.as_ref())
         .map(|d| d.join("pg_wal"));
+    let changes_in = catalogue
+        .jobs
+        .iter()
+        .any(|j| matches!(j.spec, JobSpec::PostgresBase(_)))
+        .then(|| catalogue.daemon.state_directory.clone());
     Ok(WalSetup {
         job: job.name.clone(),
         settings,
@@ -168,6 +176,7 @@ fn build_setup(catalogue: Arc<Catalogue>) -> Result<WalSetup, String> {
         async_names,
         ship_ahead,
         pg_wal,
+        changes_in,
         catalogue,
     })
 }
@@ -230,7 +239,22 @@ impl WalSetup {
         name: &WalName,
         cluster: &ClusterIdentity,
     ) -> Result<(SealedWal, Option<LocalWriter>), PushError> {
-        seal_wal_file_staged(file, name, cluster, &self.settings, self.sync.first())
+        let mut sealed =
+            seal_wal_file_staged(file, name, cluster, &self.settings, self.sync.first())?;
+        match (sealed.0.changes.take(), &self.changes_in) {
+            (Some(Ok(changes)), Some(state_dir)) => {
+                let dir =
+                    crate::wal::changes::store::cluster_dir(state_dir, cluster.system_identifier);
+                if let Err(e) = crate::wal::changes::store::save(&dir, &name.name, &changes) {
+                    tracing::warn!(wal = %name, error = %e, dir = %dir.display(), "cannot keep the segment's change summary; the next incremental reads changed files whole");
+                }
+            }
+            (Some(Err(e)), Some(_)) => {
+                tracing::warn!(wal = %name, error = %e, "the segment's records cannot be read for change tracking; the next incremental reads changed files whole");
+            }
+            _ => {}
+        }
+        Ok(sealed)
     }
 
     pub(super) fn settings(&self) -> &PipelineSettings {

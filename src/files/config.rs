@@ -63,6 +63,7 @@ pub async fn run_config(run: JobRun<'_>, spec: &ConfigJob) -> Result<JobOutcome,
         fault_unreadable: None,
         before_read: None,
         inspect: None,
+        changed: None,
     };
     let (record, warnings) = job::store_snapshot(
         &run,

@@ -51,6 +51,7 @@ pub async fn run_files(run: JobRun<'_>, spec: &FilesJob) -> Result<JobOutcome, J
         fault_unreadable: None,
         before_read: None,
         inspect: None,
+        changed: None,
     };
     let (record, warnings) =
         job::store_snapshot(&run, JobKindName::Files, cfg, Box::new(walk)).await?;

@@ -20,6 +20,7 @@
 //! Any failure after the start stops the backup on the same session (or closes it, which
 //! aborts it) and deletes this backup's objects.
 
+mod changes;
 mod walk;
 
 use super::base_record::{BACKUP_LABEL_OBJECT, BaseBackupInfo, TABLESPACE_MAP_OBJECT};
@@ -399,6 +400,32 @@ async fn backup_started(
         .await
         .map_err(query_err(&job, "reading the timeline"))?;
     let timeline = timeline as u32;
+    let bad_lsn = |l: &str| BaseError::Query {
+        job: job.clone(),
+        what: "reading the backup's LSNs".into(),
+        source: sqlx::Error::Protocol(format!("unexpected LSN `{l}`")),
+    };
+    let start = crate::wal::name::parse_lsn(start_lsn).ok_or_else(|| bad_lsn(start_lsn))?;
+    let parent_info = parent
+        .as_ref()
+        .and_then(|p| BaseBackupInfo::from_record(&p.record))
+        .and_then(Result::ok);
+    let changed = changes::for_incremental(
+        pg,
+        changes::Incremental {
+            job: &job,
+            state_dir: run.state_dir,
+            data_directory: &facts.data_directory,
+            parent: parent_info.as_ref(),
+            identity: &facts.identity,
+            segment_size: facts.segment_size,
+            checksums: facts.checksums,
+            timeline,
+            start,
+        },
+    )
+    .await;
+    phases.lap("wal-changes");
     let (ancestors, parent) = match parent.map(ChosenParent::into_engine) {
         Some((a, p)) => (a, Some(p)),
         None => (Vec::new(), None),
@@ -412,12 +439,6 @@ async fn backup_started(
             },
         })
     })?;
-    let bad_lsn = |l: &str| BaseError::Query {
-        job: job.clone(),
-        what: "reading the backup's LSNs".into(),
-        source: sqlx::Error::Protocol(format!("unexpected LSN `{l}`")),
-    };
-    let start = crate::wal::name::parse_lsn(start_lsn).ok_or_else(|| bad_lsn(start_lsn))?;
     let verifier = facts.checksums.then(|| Verifier::new(start));
     let inspect: Option<InspectHook> = verifier.clone().map(|v| {
         let hook: InspectHook =
@@ -438,6 +459,7 @@ async fn backup_started(
         fault_unreadable: None,
         before_read: None,
         inspect,
+        changed,
     };
     let mut prepared =
         job::prepare_snapshot(run, JobKindName::PostgresBase, cfg, Box::new(walk)).await?;
@@ -548,6 +570,10 @@ async fn backup_started(
     prepared.record.stopped_at = stop_time;
     let committed = job::commit_prepared(run, prepared).await?;
     phases.lap("commit");
+    // The next incremental's parent is this backup: older change summaries are not needed.
+    let (state_dir, first) = (run.state_dir.to_path_buf(), info.start_wal.clone());
+    let sysid = info.cluster.system_identifier;
+    tokio::task::spawn_blocking(move || changes::prune(&state_dir, sysid, &first));
     Ok(committed)
 }
 

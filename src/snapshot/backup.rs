@@ -79,7 +79,20 @@ pub struct EngineConfig {
     /// the open file for re-reads with `read_at`); the strings it returns become run warnings.
     /// Base backups verify page checksums here.
     pub inspect: Option<InspectHook>,
+    /// What a journal says may have changed in a file since the parent backup began (a base
+    /// backup: the WAL between the two starts). A block incremental leaves the other blocks
+    /// unread and points them at the parent's bytes. None (or None for a file): every block of
+    /// a changed file is read and compared.
+    pub changed: Option<ChangedHook>,
 }
+
+/// See [`EngineConfig::changed`].
+pub type ChangedHook = std::sync::Arc<dyn Fn(&ByteName) -> Option<Changed> + Send + Sync>;
+
+/// The byte ranges of a file (sorted, apart) that may differ from the parent backup's copy;
+/// every other byte the parent has is the parent's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changed(pub Vec<std::ops::Range<u64>>);
 
 /// See [`EngineConfig::before_read`].
 pub type ReadHook = std::sync::Arc<dyn Fn(&ByteName, &std::path::Path, u32) + Send + Sync>;
@@ -103,6 +116,8 @@ pub struct EngineOutput {
     pub bytes_stored: u64,
     /// Files stored as block extents (block incrementals).
     pub files_by_blocks: u64,
+    /// Blocks of those left unread because the journal says they did not change.
+    pub blocks_unread: u64,
     pub warnings: Vec<String>,
 }
 
@@ -181,6 +196,7 @@ pub fn run(
         bytes_read: 0,
         bytes_stored: 0,
         files_by_blocks: 0,
+        blocks_unread: 0,
         runs: 0,
         files_stored: 0,
     };
@@ -219,6 +235,7 @@ pub fn run(
         bytes_read: engine.bytes_read,
         bytes_stored: engine.bytes_stored,
         files_by_blocks: engine.files_by_blocks,
+        blocks_unread: engine.blocks_unread,
         warnings: engine.warnings,
     })
 }
@@ -279,6 +296,7 @@ struct Engine {
     bytes_read: u64,
     bytes_stored: u64,
     files_by_blocks: u64,
+    blocks_unread: u64,
     /// `.bdc-blocks/<n>` entries written so far.
     runs: u64,
     files_stored: u64,

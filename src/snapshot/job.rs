@@ -411,8 +411,12 @@ pub(crate) async fn prepare_snapshot(
         trailer,
         bytes_read,
         warnings,
+        blocks_unread,
         ..
     } = out;
+    if blocks_unread > 0 {
+        tracing::info!(job = %job, backup_id = %backup_id, blocks_unread, bytes_read, "blocks the WAL says did not change were not read");
+    }
     let manifest_key = format::manifest_key(&job, &backup_id);
     let reader =
         tokio::fs::File::from_std(manifest.reopen().map_err(|source| JobError::Snapshot {

@@ -3,6 +3,7 @@
 //! the hash), compressed frame by frame and encrypted once for every sync repository; the buffers
 //! and zstd contexts kept between pushes. Storing is [`super::push`]'s.
 
+use super::changes::{SegmentChanges, Summarizer};
 use super::header::{ClusterIdentity, WalHeader};
 use super::name::{WalKind, WalName};
 use super::push::{MAX_SMALL_FILE, PushError};
@@ -245,6 +246,15 @@ pub struct SealedWal {
     /// object is identified and checked by the plaintext hash its key carries.
     pub object: Bytes,
     pub compression: &'static str,
+    /// A segment's changed blocks ([`super::changes`]), read as it was sealed: None for other
+    /// files, Err (why) when the segment's records could not be read.
+    pub changes: Option<Result<SegmentChanges, String>>,
+}
+
+/// The LSN of a segment's first byte.
+fn segment_start(name: &WalName, size: u64) -> u64 {
+    let per_log = 0x1_0000_0000u64 / size.max(1);
+    (u64::from(name.log) * per_log + u64::from(name.seg)) * size
 }
 
 /// Reads and checks the file (as [`read_wal_file`]) and seals it. zstd: frame by frame as it is
@@ -347,14 +357,21 @@ fn seal_frames(
     }
     let out = Tee::new(object_buffer(buf.len() / 2 + 4096), staged);
     let mut w = age_writer(name, settings, out)?;
-    let sha256 = std::thread::scope(|scope| -> Result<String, PushError> {
+    let (sha256, changes) = std::thread::scope(|scope| -> Result<_, PushError> {
         let (hash_tx, hash_rx) = mpsc::channel::<&[u8]>();
+        let summarize = name.kind == WalKind::Segment;
         let hasher = scope.spawn(move || {
             let mut h = Sha256::new();
+            // The records' block references are read on this thread too, frame by frame.
+            let mut changes = summarize.then(|| Summarizer::new(segment_start(name, size), size));
             for frame in hash_rx {
                 h.update(frame);
+                if let Some(c) = changes.as_mut().filter(|c| !c.done()) {
+                    c.feed(frame);
+                }
             }
-            hex::encode(h.finalize())
+            let changes = changes.map(|c| c.finish().map_err(|e| e.to_string()));
+            (hex::encode(h.finalize()), changes)
         });
         let (work_tx, work_rx) = mpsc::channel::<(usize, &[u8])>();
         let work_rx = std::sync::Arc::new(std::sync::Mutex::new(work_rx));
@@ -425,6 +442,7 @@ fn seal_frames(
         sha256,
         object: Bytes::from(object),
         compression: "zstd",
+        changes,
     };
     Ok((sealed, whole))
 }
@@ -513,11 +531,16 @@ fn seal_whole(
     })
     .map_err(&failed)?;
     let object = w.finish().map_err(encrypt_err)?;
+    let changes = (name.kind == WalKind::Segment).then(|| {
+        super::changes::summarize(segment_start(name, plain.len() as u64), plain)
+            .map_err(|e| e.to_string())
+    });
     Ok(SealedWal {
         name: name.clone(),
         size: plain.len() as u64,
         sha256,
         object: Bytes::from(object),
         compression,
+        changes,
     })
 }

@@ -1,9 +1,11 @@
 //! Block incrementals (strict mode): a changed file whose parent entry has block hashes is read
 //! block by block at the parent's block size; blocks equal to the parent's point at the parent's
 //! bytes, the others are stored as `./.bdc-blocks/<n>` tar entries. The file is read in chunks
-//! of whole blocks into one reused buffer.
+//! of whole blocks into one reused buffer. Blocks the journal (`EngineConfig::changed`) says
+//! did not change are not read at all: they point at the parent's bytes with its hashes.
 
 use super::super::SnapshotError;
+use super::super::backup::Changed;
 use super::super::manifest::{
     BLOCK_HASH_HEX, BlockHashes, Entry, Extent, block_hash, content_pieces, push_extent,
 };
@@ -12,7 +14,7 @@ use super::content::READ_CHUNK;
 use super::parts::Pending;
 use super::{Engine, RUN_BYTES};
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 
 /// The comparison's state while one file is walked.
 struct Walk<'a> {
@@ -26,16 +28,17 @@ struct Walk<'a> {
     run_at: u64,
 }
 
-/// Fills `buf` from the file's position; after its end (`short`: the file shrank while read)
+/// Fills `buf` from the file at `offset`; after its end (`short`: the file shrank while read)
 /// with zeros, as the pinned size says. Returns the bytes read from the file.
-fn fill(mut file: &File, buf: &mut [u8], short: &mut bool) -> io::Result<u64> {
+fn fill_at(file: &File, buf: &mut [u8], offset: u64, short: &mut bool) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
     let mut got = 0usize;
     while got < buf.len() {
         if *short {
             buf[got..].fill(0);
             break;
         }
-        match file.read(&mut buf[got..]) {
+        match file.read_at(&mut buf[got..], offset + got as u64) {
             Ok(0) => *short = true,
             Ok(n) => got += n,
             Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
@@ -77,13 +80,50 @@ impl Engine {
             path: e.path.display(),
             reason: format!("read failed: {err}"),
         };
+        // What the journal says may have changed (only for the very file the parent saw).
+        let changed = self
+            .cfg
+            .changed
+            .as_ref()
+            .filter(|_| base.ino == e.ino)
+            .and_then(|hook| hook(&e.path));
         // Whole blocks per read; a file smaller than one chunk gets a buffer of its size.
         let mut buf = vec![0u8; chunk_size.min(size.div_ceil(bs) * bs) as usize];
         let mut short = false;
         let mut at = 0u64;
+        let mut next = 0usize; // the first changed range not wholly before `at`
         while at < size {
-            let len = (size - at).min(chunk_size) as usize;
-            self.bytes_read += fill(file, &mut buf[..len], &mut short).map_err(read_failed)?;
+            let mut len = (size - at).min(chunk_size);
+            if let Some(Changed(ranges)) = &changed {
+                // Blocks no changed range touches are the parent's: not read.
+                let touched = |at: u64, next: &mut usize| {
+                    while ranges.get(*next).is_some_and(|r| r.end <= at) {
+                        *next += 1;
+                    }
+                    let want = (size - at).min(bs);
+                    ranges.get(*next).is_some_and(|r| r.start < at + want)
+                };
+                while at < size && !touched(at, &mut next) {
+                    let want = (size - at).min(bs);
+                    if !self.inherit_block(&mut walk, e, at, want)? {
+                        break;
+                    }
+                    at += want;
+                }
+                if at >= size {
+                    break;
+                }
+                // Read as far as the changed range goes (a block that could not be
+                // inherited alone).
+                let end = match ranges.get(next) {
+                    Some(r) if r.start < at + bs => r.end.min(size).div_ceil(bs) * bs,
+                    _ => at + bs,
+                };
+                len = (size - at).min(chunk_size).min(end.max(at + bs) - at);
+            }
+            let len = len as usize;
+            self.bytes_read +=
+                fill_at(file, &mut buf[..len], at, &mut short).map_err(read_failed)?;
             self.compare_chunk(&mut walk, e, file, at, &buf[..len])?;
             at += len as u64;
         }
@@ -96,6 +136,37 @@ impl Engine {
         });
         e.extents = Some(walk.inherited);
         Ok(walk.pending)
+    }
+
+    /// Points the block at `at` (`want` bytes) at the parent's bytes without reading it, when
+    /// the parent has it whole; false when it must be read.
+    fn inherit_block(
+        &mut self,
+        w: &mut Walk<'_>,
+        e: &Entry,
+        at: u64,
+        want: u64,
+    ) -> Result<bool, SnapshotError> {
+        let old = w.old;
+        let old_len = w.base.size.saturating_sub(at).min(w.bs);
+        let Some(h) = old.get((at / w.bs) as usize) else {
+            return Ok(false);
+        };
+        if old_len != want {
+            return Ok(false);
+        }
+        let pieces = content_pieces(w.base, at, want);
+        if pieces.iter().map(|x| x.len).sum::<u64>() != want {
+            return Ok(false);
+        }
+        self.flush_run(w, e)?;
+        w.hashes.push_str(h);
+        for x in pieces {
+            push_extent(&mut w.inherited, x);
+        }
+        // Not read: the run's progress does not count it.
+        self.blocks_unread += 1;
+        Ok(true)
     }
 
     /// Compares the blocks of one chunk (whole blocks from `chunk_at`, the last one may be
