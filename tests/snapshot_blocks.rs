@@ -2,7 +2,8 @@
 //! manifest, changed files of an incremental stored as changed blocks plus extents pointing at
 //! the ancestors' bytes, chains of them restored byte-identical (whole and `--path`), a
 //! parent's older block size kept, old manifests without
-//! hashes falling back to whole files, and damaged data naming the file.
+//! hashes falling back to whole files, damaged data naming the file, and the blocks a journal
+//! (the WAL, for base backups) calls unchanged left unread.
 
 use bdc_backup::catalogue::{Compression, CompressionSettings};
 use bdc_backup::model::BackupType;
@@ -25,6 +26,8 @@ struct Env {
     dir: tempfile::TempDir,
     store: Store,
     identity: age::x25519::Identity,
+    /// The journal's word on changed blocks, for the next runs.
+    changed: std::sync::Mutex<Option<backup::ChangedHook>>,
 }
 
 /// One engine run and when it started.
@@ -44,6 +47,7 @@ impl Env {
             dir,
             store,
             identity: age::x25519::Identity::generate(),
+            changed: std::sync::Mutex::new(None),
         }
     }
 
@@ -92,7 +96,7 @@ impl Env {
             fault_unreadable: None,
             before_read: None,
             inspect: None,
-            changed: None,
+            changed: self.changed.lock().unwrap().clone(),
         };
         let walk = TreeWalk::new(&self.src(), Filter::default(), true).unwrap();
         let store = self.store.clone();
@@ -533,4 +537,72 @@ async fn a_file_of_many_read_chunks_and_an_older_block_size_kept() {
     let target = env.dir.path().join("r1b");
     env.restore(&[&i1b, &full], &target, &[]).await.unwrap();
     assert_eq!(state(&target), s1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_the_journal_calls_unchanged_are_not_read() {
+    let env = Env::new();
+    let src = env.src();
+    std::fs::write(src.join("big"), noise(1, (64 * B) as usize)).unwrap();
+    std::fs::write(src.join("other"), noise(2, (8 * B) as usize)).unwrap();
+    let full = env.run("F", Mode::Strict, None, vec![]).await;
+    let old = std::fs::read(src.join("big")).unwrap();
+
+    // Blocks 3 and 40 change, the file grows by 5 blocks; the journal names block 3 only (and
+    // a range in block 9 that did not change): block 40 is taken on its word.
+    overwrite(&src.join("big"), 3 * B + 10, &noise(10, 100));
+    overwrite(&src.join("big"), 40 * B, &noise(11, 100));
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(src.join("big"))
+        .unwrap();
+    f.write_all(&noise(12, (5 * B) as usize)).unwrap();
+    drop(f);
+    overwrite(&src.join("other"), 0, &noise(13, 100));
+    *env.changed.lock().unwrap() = Some(std::sync::Arc::new(|path: &ByteName| {
+        (path.as_bytes() == b"big")
+            .then(|| backup::Changed(vec![3 * B + 5..3 * B + 200, 9 * B + 1..9 * B + 2]))
+    }));
+    let i1 = env.incremental("I1", &[&full]).await;
+    assert!(i1.out.warnings.is_empty(), "{:?}", i1.out.warnings);
+    // big: blocks 3 and 9 and the 5 new ones read; other (no word from the journal): all 8.
+    assert_eq!(i1.out.blocks_unread, 62);
+    assert_eq!(i1.out.bytes_read, 7 * B + 8 * B);
+    assert!(
+        i1.read < 20 * B,
+        "progress counts {} B: the unread blocks too",
+        i1.read
+    );
+
+    let target = env.dir.path().join("r1");
+    env.restore(&[&i1, &full], &target, &[])
+        .await
+        .expect("restored");
+    let got = std::fs::read(target.join("big")).unwrap();
+    let now = std::fs::read(src.join("big")).unwrap();
+    assert_eq!(got.len(), now.len());
+    let block = |v: &[u8], i: u64| v[(i * B) as usize..((i + 1) * B) as usize].to_vec();
+    assert_eq!(block(&got, 3), block(&now, 3), "the changed block named");
+    assert_eq!(block(&got, 40), block(&old, 40), "the journal's word taken");
+    for i in 64..69 {
+        assert_eq!(block(&got, i), block(&now, i), "grown block {i}");
+    }
+    assert_eq!(
+        std::fs::read(target.join("other")).unwrap(),
+        std::fs::read(src.join("other")).unwrap()
+    );
+
+    // An incremental on that one, the journal silent on big: nothing of it read, and the chain
+    // restores what it says.
+    overwrite(&src.join("big"), 0, &noise(14, 10));
+    *env.changed.lock().unwrap() = Some(std::sync::Arc::new(|_: &ByteName| {
+        Some(backup::Changed(Vec::new()))
+    }));
+    let i2 = env.incremental("I2", &[&i1, &full]).await;
+    assert_eq!(i2.out.bytes_read, 0);
+    let target = env.dir.path().join("r2");
+    env.restore(&[&i2, &i1, &full], &target, &[])
+        .await
+        .expect("restored");
+    assert_eq!(std::fs::read(target.join("big")).unwrap(), got);
 }

@@ -239,22 +239,28 @@ impl WalSetup {
         name: &WalName,
         cluster: &ClusterIdentity,
     ) -> Result<(SealedWal, Option<LocalWriter>), PushError> {
-        let mut sealed =
-            seal_wal_file_staged(file, name, cluster, &self.settings, self.sync.first())?;
-        match (sealed.0.changes.take(), &self.changes_in) {
-            (Some(Ok(changes)), Some(state_dir)) => {
+        seal_wal_file_staged(file, name, cluster, &self.settings, self.sync.first())
+    }
+
+    /// Keeps a stored segment's change summary for the block incrementals (a cache: failures
+    /// are logged, the next incremental then reads changed files whole). Blocking, small.
+    fn keep_changes(&self, cluster: &ClusterIdentity, wal: &SealedWal) {
+        let Some(state_dir) = &self.changes_in else {
+            return;
+        };
+        match &wal.changes {
+            Some(Ok(changes)) => {
                 let dir =
                     crate::wal::changes::store::cluster_dir(state_dir, cluster.system_identifier);
-                if let Err(e) = crate::wal::changes::store::save(&dir, &name.name, &changes) {
-                    tracing::warn!(wal = %name, error = %e, dir = %dir.display(), "cannot keep the segment's change summary; the next incremental reads changed files whole");
+                if let Err(e) = crate::wal::changes::store::save(&dir, &wal.name.name, changes) {
+                    tracing::warn!(wal = %wal.name, error = %e, dir = %dir.display(), "cannot keep the segment's change summary; the next incremental reads changed files whole");
                 }
             }
-            (Some(Err(e)), Some(_)) => {
-                tracing::warn!(wal = %name, error = %e, "the segment's records cannot be read for change tracking; the next incremental reads changed files whole");
+            Some(Err(e)) => {
+                tracing::warn!(wal = %wal.name, error = %e, "the segment's records cannot be read for change tracking; the next incremental reads changed files whole");
             }
-            _ => {}
+            None => {}
         }
-        Ok(sealed)
     }
 
     pub(super) fn settings(&self) -> &PipelineSettings {
@@ -448,6 +454,8 @@ async fn store_everywhere(
     if !errors.is_empty() {
         return Err(errors.join("; "));
     }
+    // Only WAL the archive holds (stored now, or already with this content) is summarized.
+    setup.keep_changes(cluster, wal);
     Ok((object_key(cluster, &wal.name, &wal.sha256), warnings))
 }
 

@@ -83,7 +83,8 @@ pub struct ForkChanges {
 /// The changes of a run of WAL: per relation fork, and what makes block lists useless.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changes {
-    pub forks: HashMap<RelFork, ForkChanges>,
+    /// (foldhash: a block reference is looked up for every record of a segment as it is sealed.)
+    pub forks: HashMap<RelFork, ForkChanges, foldhash::fast::RandomState>,
     /// Set when a record changes files in a way block lists do not describe (a database or
     /// tablespace created, moved or dropped): then nothing is skipped.
     pub opaque: Option<String>,
@@ -91,7 +92,11 @@ pub struct Changes {
 
 impl Changes {
     fn block(&mut self, fork: RelFork, block: u32) {
-        self.forks.entry(fork).or_default().blocks.push(block);
+        let blocks = &mut self.forks.entry(fork).or_default().blocks;
+        // Records in a row often touch the same page.
+        if blocks.last() != Some(&block) {
+            blocks.push(block);
+        }
     }
 
     /// Sorts and deduplicates every block list.
@@ -238,7 +243,6 @@ fn read_record(
     let mut block_data = 0usize;
     let mut main_data = 0usize;
     let mut prev: Option<(u32, u32, u32)> = None;
-    let mut found: Vec<(RelFork, u32)> = Vec::new();
     while c.total - c.off > block_data + main_data {
         match c.u8()? {
             XLR_BLOCK_ID_DATA_SHORT => {
@@ -280,7 +284,9 @@ fn read_record(
                     return Err(RecordError::Bad(format!("fork number {fork}")));
                 }
                 let (spc, db, rel) = rel;
-                found.push((RelFork { spc, db, rel, fork }, block));
+                // Noted at once: a record that turns out malformed fails the whole segment,
+                // and one re-read across a segment boundary only repeats its blocks.
+                out.block(RelFork { spc, db, rel, fork }, block);
             }
             other => return Err(RecordError::Bad(format!("block id {other}"))),
         }
@@ -328,23 +334,18 @@ fn read_record(
                 f.truncated = Some(f.truncated.map_or(block, |t| t.min(block)));
             }
         }
-        RM_DBASE_ID | RM_TBLSPC_ID => {
-            if out.opaque.is_none() {
-                let what = if rmid == RM_DBASE_ID {
-                    "a database"
-                } else {
-                    "a tablespace"
-                };
-                out.opaque = Some(format!(
-                    "{what} was created, moved or dropped (WAL record at {})",
-                    super::name::format_lsn(at)
-                ));
-            }
+        RM_DBASE_ID | RM_TBLSPC_ID if out.opaque.is_none() => {
+            let what = if rmid == RM_DBASE_ID {
+                "a database"
+            } else {
+                "a tablespace"
+            };
+            out.opaque = Some(format!(
+                "{what} was created, moved or dropped (WAL record at {})",
+                super::name::format_lsn(at)
+            ));
         }
         _ => {}
-    }
-    for (fork, block) in found {
-        out.block(fork, block);
     }
     Ok(rmid == RM_XLOG_ID && kind == XLOG_SWITCH)
 }

@@ -311,6 +311,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::single_range_in_vec_init)]
     fn blocks_become_byte_ranges_of_their_segment_file() {
         let key = RelFork {
             spc: 1663,

@@ -113,10 +113,11 @@ impl Engine {
                 if at >= size {
                     break;
                 }
-                // Read as far as the changed range goes (a block that could not be
-                // inherited alone).
+                // Read as far as the changed range goes; a block that could not be inherited
+                // alone, or everything past the parent's size (a grown file).
                 let end = match ranges.get(next) {
                     Some(r) if r.start < at + bs => r.end.min(size).div_ceil(bs) * bs,
+                    _ if at + bs > base.size => size,
                     _ => at + bs,
                 };
                 len = (size - at).min(chunk_size).min(end.max(at + bs) - at);

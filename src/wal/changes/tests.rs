@@ -33,7 +33,7 @@ impl Wal {
 
     fn page_header(&mut self, remaining: u32) {
         let lsn = self.lsn();
-        let long = lsn % SEG as u64 == 0;
+        let long = lsn.is_multiple_of(SEG as u64);
         let mut info = 0u16;
         if long {
             info |= XLP_LONG_HEADER;
@@ -87,7 +87,7 @@ impl Wal {
     /// Where a record of `len` bytes put now would end.
     fn end_after(&self, len: usize) -> u64 {
         let hdr = |pos: u64| {
-            if pos % SEG as u64 == 0 {
+            if pos.is_multiple_of(SEG as u64) {
                 LONG_PAGE_HEADER as u64
             } else {
                 SHORT_PAGE_HEADER as u64
@@ -96,7 +96,7 @@ impl Wal {
         let mut pos = self.lsn().next_multiple_of(8);
         let mut rest = len as u64;
         loop {
-            if pos % PAGE as u64 == 0 {
+            if pos.is_multiple_of(PAGE as u64) {
                 pos += hdr(pos);
             }
             let n = (PAGE as u64 - pos % PAGE as u64).min(rest);
@@ -493,7 +493,7 @@ fn wal_that_is_not_this_segment_or_damaged_is_an_error() {
     bad[0..2].copy_from_slice(&0xD0FFu16.to_le_bytes());
     assert_eq!(summarize(*start, &bad), Err(ChangesError::Magic(0xD0FF)));
     // Cut short.
-    assert!(matches!(summarize(*start, &seg[..SEG / 2]), Err(_)));
+    assert!(summarize(*start, &seg[..SEG / 2]).is_err());
     let mut s = Summarizer::new(*start, SEG as u64);
     s.feed(&seg[..SEG / 2]);
     assert!(matches!(s.finish(), Err(ChangesError::Short(_))));
