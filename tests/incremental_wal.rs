@@ -7,19 +7,8 @@
 
 mod common;
 
-use common::physical::{Physical, fingerprints};
+use common::physical::{Fingerprint, Physical, fingerprints};
 use std::time::Duration;
-
-type Fingerprint = std::collections::BTreeMap<String, (i64, String)>;
-
-fn ok(out: &std::process::Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 const TRACKED: &str = "reads only the blocks the WAL changed";
 const WHOLE: &str = "reads every changed file whole";
@@ -28,18 +17,9 @@ fn count(log: &str, what: &str) -> usize {
     log.matches(what).count()
 }
 
-/// Restores each run and compares its data with the fingerprint taken right after it.
 fn restores_each(p: &Physical, runs: &[(serde_json::Value, Fingerprint)]) {
-    for (run, want) in runs {
-        let id = run["backup_id"].as_str().unwrap();
-        let (out, restored) = p.restore(
-            &format!("r-{id}"),
-            &["--backup", id, "--immediate", "--no-archive"],
-        );
-        ok(&out, &format!("restore {id}\n{}", restored.log()));
-        assert_eq!(&fingerprints(restored.port, "app"), want, "backup {id}");
-        restored.stop();
-    }
+    let pairs: Vec<_> = runs.iter().map(|(r, f)| (r, f)).collect();
+    p.restores_each("app", &pairs);
 }
 
 #[test]

@@ -200,16 +200,7 @@ fn incrementals_each_restore_their_own_state() {
     }
     assert_ne!(s0, s1);
     assert_ne!(s1, s2);
-    for (run, want) in [(&full, &s0), (&i1, &s1), (&i2, &s2)] {
-        let id = run["backup_id"].as_str().unwrap();
-        let (out, restored) = p.restore(
-            &format!("r-{id}"),
-            &["--backup", id, "--immediate", "--no-archive"],
-        );
-        ok(&out, &format!("restore {id}\n{}", restored.log()));
-        assert_eq!(&fingerprints(restored.port, "app"), want, "backup {id}");
-        restored.stop();
-    }
+    p.restores_each("app", &[(&full, &s0), (&i1, &s1), (&i2, &s2)]);
 }
 
 /// Block incrementals: after a few rows of a big table changed, the incremental stores the

@@ -149,6 +149,27 @@ repositories = ["local"]
         (object, key)
     }
 
+    /// Restores each backup (`--immediate --no-archive`: the state at its end) and compares the
+    /// data of database `db` with the fingerprint taken right after it.
+    pub fn restores_each(&self, db: &str, runs: &[(&serde_json::Value, &Fingerprint)]) {
+        for (run, want) in runs {
+            let id = run["backup_id"].as_str().unwrap();
+            let (out, restored) = self.restore(
+                &format!("r-{id}"),
+                &["--backup", id, "--immediate", "--no-archive"],
+            );
+            assert!(
+                out.status.success(),
+                "restore {id} failed: {}{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                restored.log()
+            );
+            assert_eq!(&&fingerprints(restored.port, db), want, "backup {id}");
+            restored.stop();
+        }
+    }
+
     /// `restore cluster` into a new folder with `--start` on a free port, plus `extra` flags.
     pub fn restore(&self, name: &str, extra: &[&str]) -> (Output, Restored) {
         restore_base(&self.setup, name, extra)
@@ -286,7 +307,10 @@ pub fn psql_port(port: u16, db: &str, sql: &str) -> Result<String, String> {
 }
 
 /// Every user table of `db` → (row count, md5 of its rows in sorted order).
-pub fn fingerprints(port: u16, db: &str) -> BTreeMap<String, (i64, String)> {
+/// Row count and md5 of every table of a database, by name ([`fingerprints`]).
+pub type Fingerprint = BTreeMap<String, (i64, String)>;
+
+pub fn fingerprints(port: u16, db: &str) -> Fingerprint {
     let tables = psql_port(
         port,
         db,
