@@ -242,25 +242,25 @@ impl WalSetup {
         seal_wal_file_staged(file, name, cluster, &self.settings, self.sync.first())
     }
 
-    /// Keeps a stored segment's change summary for the block incrementals, read from its
-    /// plaintext on a blocking thread after the push (off the acknowledgement's path; a cache:
-    /// failures are logged, the next incremental then reads changed files whole).
+    /// Keeps a stored segment's change summary for the block incrementals (a cache: failures
+    /// are logged, the next incremental then reads changed files whole). Blocking, small.
     fn keep_changes(&self, cluster: &ClusterIdentity, wal: &SealedWal) {
-        let (Some(state_dir), Some(plain)) = (&self.changes_in, &wal.plaintext) else {
+        let Some(state_dir) = &self.changes_in else {
             return;
         };
-        let dir = crate::wal::changes::store::cluster_dir(state_dir, cluster.system_identifier);
-        let (plain, name) = (plain.clone(), wal.name.name.clone());
-        tokio::task::spawn_blocking(move || match plain.changes() {
-            Ok(changes) => {
-                if let Err(e) = crate::wal::changes::store::save(&dir, &name, &changes) {
-                    tracing::warn!(wal = %name, error = %e, dir = %dir.display(), "cannot keep the segment's change summary; the next incremental reads changed files whole");
+        match &wal.changes {
+            Some(Ok(changes)) => {
+                let dir =
+                    crate::wal::changes::store::cluster_dir(state_dir, cluster.system_identifier);
+                if let Err(e) = crate::wal::changes::store::save(&dir, &wal.name.name, changes) {
+                    tracing::warn!(wal = %wal.name, error = %e, dir = %dir.display(), "cannot keep the segment's change summary; the next incremental reads changed files whole");
                 }
             }
-            Err(e) => {
-                tracing::warn!(wal = %name, error = %e, "the segment's records cannot be read for change tracking; the next incremental reads changed files whole");
+            Some(Err(e)) => {
+                tracing::warn!(wal = %wal.name, error = %e, "the segment's records cannot be read for change tracking; the next incremental reads changed files whole");
             }
-        });
+            None => {}
+        }
     }
 
     pub(super) fn settings(&self) -> &PipelineSettings {

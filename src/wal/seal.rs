@@ -3,7 +3,7 @@
 //! the hash), compressed frame by frame and encrypted once for every sync repository; the buffers
 //! and zstd contexts kept between pushes. Storing is [`super::push`]'s.
 
-use super::changes::SegmentChanges;
+use super::changes::{SegmentChanges, Summarizer};
 use super::header::{ClusterIdentity, WalHeader};
 use super::name::{WalKind, WalName};
 use super::push::{MAX_SMALL_FILE, PushError};
@@ -246,38 +246,9 @@ pub struct SealedWal {
     /// object is identified and checked by the plaintext hash its key carries.
     pub object: Bytes,
     pub compression: &'static str,
-    /// A segment's plaintext, kept so that its records can be read for change tracking after
-    /// the push is acknowledged ([`super::changes`]); None for other files.
-    pub plaintext: Option<std::sync::Arc<Plaintext>>,
-}
-
-/// A sealed segment's plaintext (its buffer goes back to the read-buffer pool when dropped).
-pub struct Plaintext {
-    /// The LSN of its first byte.
-    pub start: u64,
-    bytes: Vec<u8>,
-}
-
-impl Plaintext {
-    /// The blocks its records change (blocking: about a millisecond per 16 MiB).
-    pub fn changes(&self) -> Result<SegmentChanges, String> {
-        super::changes::summarize(self.start, &self.bytes).map_err(|e| e.to_string())
-    }
-}
-
-impl Drop for Plaintext {
-    fn drop(&mut self) {
-        give_to(&BUFFERS, std::mem::take(&mut self.bytes));
-    }
-}
-
-impl std::fmt::Debug for Plaintext {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plaintext")
-            .field("start", &self.start)
-            .field("len", &self.bytes.len())
-            .finish()
-    }
+    /// A segment's changed blocks ([`super::changes`]), read as it was sealed: None for other
+    /// files, Err (why) when the segment's records could not be read.
+    pub changes: Option<Result<SegmentChanges, String>>,
 }
 
 /// The LSN of a segment's first byte.
@@ -321,20 +292,8 @@ pub fn seal_wal_file_staged(
             .and_then(|_| seal_whole(&buf, name, settings))
             .map(|sealed| (sealed, None))
     };
-    match result {
-        // A segment's plaintext is kept for its change summary (see `Plaintext`).
-        Ok((mut sealed, staged)) if name.kind == WalKind::Segment => {
-            sealed.plaintext = Some(std::sync::Arc::new(Plaintext {
-                start: segment_start(name, buf.len() as u64),
-                bytes: buf,
-            }));
-            Ok((sealed, staged))
-        }
-        other => {
-            give_to(&BUFFERS, buf);
-            other
-        }
-    }
+    give_to(&BUFFERS, buf);
+    result
 }
 
 fn pipeline_failed(name: &WalName) -> impl Fn(PipelineError) -> PushError + '_ {
@@ -398,14 +357,21 @@ fn seal_frames(
     }
     let out = Tee::new(object_buffer(buf.len() / 2 + 4096), staged);
     let mut w = age_writer(name, settings, out)?;
-    let sha256 = std::thread::scope(|scope| -> Result<String, PushError> {
+    let (sha256, changes) = std::thread::scope(|scope| -> Result<_, PushError> {
         let (hash_tx, hash_rx) = mpsc::channel::<&[u8]>();
+        let summarize = name.kind == WalKind::Segment;
         let hasher = scope.spawn(move || {
             let mut h = Sha256::new();
+            // The records' block references are read on this thread too, frame by frame.
+            let mut changes = summarize.then(|| Summarizer::new(segment_start(name, size), size));
             for frame in hash_rx {
                 h.update(frame);
+                if let Some(c) = changes.as_mut().filter(|c| !c.done()) {
+                    c.feed(frame);
+                }
             }
-            hex::encode(h.finalize())
+            let changes = changes.map(|c| c.finish().map_err(|e| e.to_string()));
+            (hex::encode(h.finalize()), changes)
         });
         let (work_tx, work_rx) = mpsc::channel::<(usize, &[u8])>();
         let work_rx = std::sync::Arc::new(std::sync::Mutex::new(work_rx));
@@ -476,7 +442,7 @@ fn seal_frames(
         sha256,
         object: Bytes::from(object),
         compression: "zstd",
-        plaintext: None,
+        changes,
     };
     Ok((sealed, whole))
 }
@@ -565,12 +531,16 @@ fn seal_whole(
     })
     .map_err(&failed)?;
     let object = w.finish().map_err(encrypt_err)?;
+    let changes = (name.kind == WalKind::Segment).then(|| {
+        super::changes::summarize(segment_start(name, plain.len() as u64), plain)
+            .map_err(|e| e.to_string())
+    });
     Ok(SealedWal {
         name: name.clone(),
         size: plain.len() as u64,
         sha256,
         object: Bytes::from(object),
         compression,
-        plaintext: None,
+        changes,
     })
 }

@@ -113,7 +113,7 @@ impl PartialSealer {
             sha256: hex::encode(hasher.finalize()),
             object: Bytes::from(object),
             compression: "zstd",
-            plaintext: None,
+            changes: None,
         })
     }
 }
