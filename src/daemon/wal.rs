@@ -230,7 +230,6 @@ impl WalArchiver {
 }
 
 impl WalSetup {
-    /// The pipeline settings (recipients, compression) of WAL objects.
     /// Reads, checks and seals a WAL file for every sync repository; the first one, when local,
     /// gets the object in a staging file as it is encrypted (`wal::staged`). Blocking.
     fn seal(
@@ -263,6 +262,7 @@ impl WalSetup {
         }
     }
 
+    /// The pipeline settings (recipients, compression) of WAL objects.
     pub(super) fn settings(&self) -> &PipelineSettings {
         &self.settings
     }

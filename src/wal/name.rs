@@ -79,6 +79,12 @@ impl WalName {
         (self.kind != WalKind::History).then(|| &self.name[..24])
     }
 
+    /// The LSN of a segment's first byte, for segments of `segment_size` bytes.
+    pub fn start_lsn(&self, segment_size: u64) -> u64 {
+        let per_log = segments_per_log(segment_size.max(1));
+        (u64::from(self.log) * per_log + u64::from(self.seg)) * segment_size
+    }
+
     /// A position that orders segments of one cluster (fixed segment size) regardless of
     /// timeline: `log << 32 | seg`.
     pub fn position(&self) -> u64 {

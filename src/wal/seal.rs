@@ -135,8 +135,7 @@ pub(crate) fn check_header(
             expected: u64::from(header.segment_size),
         });
     }
-    let per_log = 0x1_0000_0000u64 / size;
-    let expected = (u64::from(name.log) * per_log + u64::from(name.seg)) * size;
+    let expected = name.start_lsn(size);
     if header.page_address != expected {
         return Err(PushError::WrongPosition {
             name: name.name.clone(),
@@ -251,12 +250,6 @@ pub struct SealedWal {
     pub changes: Option<Result<SegmentChanges, String>>,
 }
 
-/// The LSN of a segment's first byte.
-fn segment_start(name: &WalName, size: u64) -> u64 {
-    let per_log = 0x1_0000_0000u64 / size.max(1);
-    (u64::from(name.log) * per_log + u64::from(name.seg)) * size
-}
-
 /// Reads and checks the file (as [`read_wal_file`]) and seals it. zstd: frame by frame as it is
 /// read, each frame hashed on one thread and compressed on one of
 /// `settings.compression.workers` others as soon as it is read, and encrypted in order on this
@@ -363,7 +356,7 @@ fn seal_frames(
         let hasher = scope.spawn(move || {
             let mut h = Sha256::new();
             // The records' block references are read on this thread too, frame by frame.
-            let mut changes = summarize.then(|| Summarizer::new(segment_start(name, size), size));
+            let mut changes = summarize.then(|| Summarizer::new(name.start_lsn(size), size));
             for frame in hash_rx {
                 h.update(frame);
                 if let Some(c) = changes.as_mut().filter(|c| !c.done()) {
@@ -532,7 +525,7 @@ fn seal_whole(
     .map_err(&failed)?;
     let object = w.finish().map_err(encrypt_err)?;
     let changes = (name.kind == WalKind::Segment).then(|| {
-        super::changes::summarize(segment_start(name, plain.len() as u64), plain)
+        super::changes::summarize(name.start_lsn(plain.len() as u64), plain)
             .map_err(|e| e.to_string())
     });
     Ok(SealedWal {
